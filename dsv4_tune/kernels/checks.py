@@ -1,0 +1,107 @@
+"""Input checks for the kernel entry points.
+
+Every check reads tensor metadata only (shape, dtype, stride, device): nothing here synchronises
+with the GPU.  The optional value checks (:func:`check_index_values`) do, and run only when a
+caller asks for ``validate=True`` (tests, the tuner).  Each failure is a ``ValueError`` that names
+the argument and says what was expected.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dsv4_tune.kernels.kv_layout import DATA_BYTES, TOKEN_BYTES, num_slots
+from dsv4_tune.kernels.runtime import interpreting, kernel_device_ok
+
+
+def _where() -> str:
+    return "the CPU (Triton interpreter)" if interpreting() else "a GPU"
+
+
+def check_device(name: str, t: torch.Tensor, device: torch.device | None = None) -> None:
+    """``t`` must live where the kernels run now, and on ``device`` when one is given."""
+    if not kernel_device_ok(t):
+        raise ValueError(f"{name}: expected a tensor on {_where()}, got device {t.device}")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name}: expected device {device} like the other inputs, got {t.device}")
+
+
+def check_kv_cache(name: str, kv: torch.Tensor) -> None:
+    """A pool view ``[pages, P, 1, 584]`` uint8 whose pages hold P data rows then P scale rows."""
+    if kv.dtype != torch.uint8:
+        raise ValueError(f"{name}: expected dtype torch.uint8 (the FP8 pool bytes), got {kv.dtype}")
+    if kv.dim() != 4 or kv.shape[2] != 1 or kv.shape[3] != TOKEN_BYTES:
+        raise ValueError(
+            f"{name}: expected shape [pages, page_size, 1, {TOKEN_BYTES}], got {tuple(kv.shape)}"
+        )
+    if kv.shape[0] < 1 or kv.shape[1] < 1:
+        raise ValueError(f"{name}: expected at least one page of at least one token, got {tuple(kv.shape)}")
+    if kv.stride(3) != 1 or kv.stride(1) != TOKEN_BYTES:
+        raise ValueError(
+            f"{name}: expected the pool view's strides (page_stride, {TOKEN_BYTES}, *, 1), "
+            f"got {kv.stride()}"
+        )
+    page_size = kv.shape[1]
+    if kv.stride(0) < page_size * TOKEN_BYTES or kv.stride(0) % DATA_BYTES:
+        raise ValueError(
+            f"{name}: page stride {kv.stride(0)} B must be a multiple of {DATA_BYTES} B and hold "
+            f"{page_size} tokens of {TOKEN_BYTES} B (use kv_layout.pool_view)"
+        )
+
+
+def check_indices(name: str, idx: torch.Tensor, batch: int | None = None, s_q: int | None = None) -> None:
+    """Sparse slot ids ``[b, s_q, topk]`` int32 (any strides)."""
+    if idx.dtype != torch.int32:
+        raise ValueError(f"{name}: expected dtype torch.int32, got {idx.dtype}")
+    if idx.dim() != 3:
+        raise ValueError(f"{name}: expected shape [b, s_q, topk], got {tuple(idx.shape)}")
+    if batch is not None and (idx.shape[0], idx.shape[1]) != (batch, s_q):
+        raise ValueError(
+            f"{name}: expected leading dims [b={batch}, s_q={s_q}], got {tuple(idx.shape)}"
+        )
+    if idx.shape[2] < 1:
+        raise ValueError(f"{name}: expected topk >= 1, got {tuple(idx.shape)}")
+
+
+def check_topk_length(name: str, length: torch.Tensor, batch: int) -> None:
+    """Per batch row candidate counts ``[b]`` int32."""
+    if length.dtype != torch.int32:
+        raise ValueError(f"{name}: expected dtype torch.int32, got {length.dtype}")
+    if length.dim() != 1 or length.shape[0] != batch:
+        raise ValueError(f"{name}: expected shape [{batch}] (one per batch row), got {tuple(length.shape)}")
+
+
+def check_scope(
+    prefix: str,
+    kv: torch.Tensor,
+    idx: torch.Tensor,
+    length: torch.Tensor | None,
+    batch: int | None = None,
+    s_q: int | None = None,
+) -> None:
+    """All metadata checks of one scope (pool, indices, optional topk_length), one device."""
+    check_kv_cache(f"{prefix}k_cache", kv)
+    check_device(f"{prefix}k_cache", kv)
+    check_indices(f"{prefix}indices", idx, batch, s_q)
+    check_device(f"{prefix}indices", idx, kv.device)
+    if length is not None:
+        check_topk_length(f"{prefix}topk_length", length, idx.shape[0])
+        check_device(f"{prefix}topk_length", length, kv.device)
+
+
+def check_index_values(
+    prefix: str, kv: torch.Tensor, idx: torch.Tensor, length: torch.Tensor | None
+) -> None:
+    """Value checks (synchronises): ids are -1 or in ``[0, pages * P)``, lengths in ``[0, topk]``."""
+    n = num_slots(kv)
+    bad = (idx != -1) & ((idx < 0) | (idx >= n))
+    if bool(bad.any()):
+        first = idx[bad].flatten()[0].item()
+        raise ValueError(
+            f"{prefix}indices: {int(bad.sum())} ids are neither -1 nor a slot in [0, {n}) "
+            f"(first: {first})"
+        )
+    if length is not None:
+        topk = idx.shape[2]
+        if bool(((length < 0) | (length > topk)).any()):
+            raise ValueError(f"{prefix}topk_length: values must lie in [0, {topk}]")

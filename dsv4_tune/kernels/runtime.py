@@ -1,0 +1,41 @@
+"""The one place for launch-time facts the kernels depend on: interpreter mode, dot dtype, FP8 type.
+
+Under ``TRITON_INTERPRET=1`` a ``tl.dot`` of bfloat16 operands multiplies raw bit patterns
+(triton-lang/triton#11584), so the launchers pass the dot operand dtype as a constexpr: bfloat16 on
+a GPU, float32 under the interpreter.  Every launcher asks :func:`dot_dtype` and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from dsv4_tune.kernels.kv_layout import Fp8Flavour, check_flavour
+
+
+def interpreting() -> bool:
+    """True when Triton kernels run on the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def dot_dtype() -> tl.dtype:
+    """Operand dtype of every ``tl.dot`` in our kernels (see the module docstring)."""
+    return tl.float32 if interpreting() else tl.bfloat16
+
+
+def triton_fp8(fp8: Fp8Flavour) -> tl.dtype:
+    """The Triton type whose bitcast decodes a NoPE byte: float8e4nv (OCP) or float8e4b8 (fnuz)."""
+    return tl.float8e4b8 if check_flavour(fp8) == "e4m3fnuz" else tl.float8e4nv
+
+
+def next_pow2(n: int) -> int:
+    """Smallest power of two >= n (1 for n <= 1)."""
+    return 1 if n <= 1 else triton.next_power_of_2(n)
+
+
+def kernel_device_ok(t: torch.Tensor) -> bool:
+    """Whether a tensor lives where our kernels can run now: a GPU, or the CPU under the interpreter."""
+    return t.device.type == "cpu" if interpreting() else t.device.type == "cuda"
