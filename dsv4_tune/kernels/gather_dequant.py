@@ -22,9 +22,8 @@ from dsv4_tune.kernels.kv_layout import (
     SCALE_BYTES,
     Fp8Flavour,
     check_flavour,
-    num_slots,
 )
-from dsv4_tune.kernels.runtime import triton_fp8
+from dsv4_tune.kernels.runtime import scope_args, triton_fp8
 
 BLOCK_TK_CHOICES = (32, 64, 128, 256)
 NUM_WARPS_CHOICES = (2, 4, 8)
@@ -152,15 +151,6 @@ def _gather_dequant_dual_kernel(
         )
 
 
-def _scope_args(kv: torch.Tensor, idx: torch.Tensor, length: torch.Tensor | None) -> list:
-    """Kernel arguments of one scope: pool base, page strides (bytes, bf16 units), ids, lengths."""
-    return [
-        kv, kv.stride(0), kv.stride(0) // 2, kv.shape[1], num_slots(kv),
-        idx, idx.stride(0), idx.stride(1), idx.stride(2),
-        length if length is not None else idx,  # dummy pointer, never read when HAS_LEN is off
-    ]
-
-
 def _outputs(
     ref: torch.Tensor, n_tok: int, total: int, out: torch.Tensor | None, invalid: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,7 +212,7 @@ def gather_dequant(
     if grid[0] == 0:
         return out, invalid
     _gather_dequant_kernel[grid](
-        *_scope_args(k_cache, indices, topk_length),
+        *scope_args(k_cache, indices, topk_length),
         out, invalid.view(torch.uint8), t0, n_tok, s_q, topk, out.shape[1], k_offset,
         HAS_LEN=topk_length is not None, FP8=triton_fp8(fp8), BLOCK_TK=config.BLOCK_TK,
         num_warps=config.num_warps, num_stages=config.num_stages,
@@ -268,8 +258,8 @@ def gather_dequant_dual(
     if n_tok == 0:
         return out, invalid
     _gather_dequant_dual_kernel[grid](
-        *_scope_args(k_cache, indices, topk_length),
-        *_scope_args(extra_k_cache, extra_indices, extra_topk_length),
+        *scope_args(k_cache, indices, topk_length),
+        *scope_args(extra_k_cache, extra_indices, extra_topk_length),
         out, invalid.view(torch.uint8), t0, n_tok, s_q, topk, x_topk, n_main,
         HAS_LEN=topk_length is not None, X_HAS_LEN=extra_topk_length is not None,
         FP8=triton_fp8(fp8), BLOCK_TK=config.BLOCK_TK,

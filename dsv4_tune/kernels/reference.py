@@ -13,12 +13,12 @@ from dsv4_tune.kernels.kv_layout import HEAD_DIM, Fp8Flavour, num_slots, read_to
 
 
 def candidate_valid(
-    kv_cache: torch.Tensor, indices: torch.Tensor, topk_length: torch.Tensor | None
+    k_cache: torch.Tensor, indices: torch.Tensor, topk_length: torch.Tensor | None
 ) -> torch.Tensor:
     """``[T, topk]`` bool: which candidates of ``indices [b, s_q, topk]`` are valid."""
     b, s_q, topk = indices.shape
     idx = indices.reshape(b * s_q, topk).to(torch.int64)
-    valid = (idx >= 0) & (idx < num_slots(kv_cache))
+    valid = (idx >= 0) & (idx < num_slots(k_cache))
     if topk_length is not None:
         length = topk_length.to(torch.int64).repeat_interleave(s_q)  # row of token t is t // s_q
         valid &= torch.arange(topk, device=idx.device)[None, :] < length[:, None]
@@ -26,38 +26,38 @@ def candidate_valid(
 
 
 def gather_dequant_scope_ref(
-    kv_cache: torch.Tensor,
+    k_cache: torch.Tensor,
     indices: torch.Tensor,
     topk_length: torch.Tensor | None,
     fp8: Fp8Flavour,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One scope: (BF16 ``[T, topk, 512]`` with invalid rows exactly 0, invalid ``[T, topk]``)."""
     b, s_q, topk = indices.shape
-    valid = candidate_valid(kv_cache, indices, topk_length)
+    valid = candidate_valid(k_cache, indices, topk_length)
     idx = indices.reshape(-1).to(torch.int64)
-    rows = torch.zeros(idx.numel(), HEAD_DIM, dtype=torch.bfloat16, device=kv_cache.device)
+    rows = torch.zeros(idx.numel(), HEAD_DIM, dtype=torch.bfloat16, device=k_cache.device)
     flat_valid = valid.reshape(-1)
     if flat_valid.any():
-        rows[flat_valid] = read_tokens(kv_cache, idx[flat_valid], fp8)
+        rows[flat_valid] = read_tokens(k_cache, idx[flat_valid], fp8)
     return rows.reshape(b * s_q, topk, HEAD_DIM), ~valid
 
 
 def gather_dequant_ref(
-    kv_cache: torch.Tensor,
+    k_cache: torch.Tensor,
     indices: torch.Tensor,
     topk_length: torch.Tensor | None = None,
-    extra_kv_cache: torch.Tensor | None = None,
+    extra_k_cache: torch.Tensor | None = None,
     extra_indices: torch.Tensor | None = None,
     extra_topk_length: torch.Tensor | None = None,
     *,
     fp8: Fp8Flavour,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Both scopes concatenated along topk: (BF16 ``[T, total_topk, 512]``, invalid ``[T, total_topk]``)."""
-    kv, inv = gather_dequant_scope_ref(kv_cache, indices, topk_length, fp8)
-    if extra_kv_cache is None:
+    kv, inv = gather_dequant_scope_ref(k_cache, indices, topk_length, fp8)
+    if extra_k_cache is None:
         return kv, inv
     assert extra_indices is not None
-    kv_x, inv_x = gather_dequant_scope_ref(extra_kv_cache, extra_indices, extra_topk_length, fp8)
+    kv_x, inv_x = gather_dequant_scope_ref(extra_k_cache, extra_indices, extra_topk_length, fp8)
     return torch.cat([kv, kv_x], dim=1), torch.cat([inv, inv_x], dim=1)
 
 
@@ -90,11 +90,11 @@ def attention_ref(
 
 def sparse_decode_ref(
     q: torch.Tensor,
-    kv_cache: torch.Tensor,
+    k_cache: torch.Tensor,
     indices: torch.Tensor,
     *,
     topk_length: torch.Tensor | None = None,
-    extra_kv_cache: torch.Tensor | None = None,
+    extra_k_cache: torch.Tensor | None = None,
     extra_indices: torch.Tensor | None = None,
     extra_topk_length: torch.Tensor | None = None,
     attn_sink: torch.Tensor | None = None,
@@ -107,7 +107,7 @@ def sparse_decode_ref(
     """
     b, s_q, h, _ = q.shape
     kv, invalid = gather_dequant_ref(
-        kv_cache, indices, topk_length, extra_kv_cache, extra_indices, extra_topk_length, fp8=fp8
+        k_cache, indices, topk_length, extra_k_cache, extra_indices, extra_topk_length, fp8=fp8
     )
     out, lse = attention_ref(q.reshape(b * s_q, h, HEAD_DIM), kv, invalid, attn_sink, sm_scale)
     out = out.to(torch.bfloat16).reshape(b, s_q, h, HEAD_DIM)

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from dsv4_tune.kernels.kv_layout import Fp8Flavour, check_flavour
+from dsv4_tune.kernels.kv_layout import Fp8Flavour, check_flavour, num_slots
 
 
 def interpreting() -> bool:
@@ -39,3 +39,14 @@ def next_pow2(n: int) -> int:
 def kernel_device_ok(t: torch.Tensor) -> bool:
     """Whether a tensor lives where our kernels can run now: a GPU, or the CPU under the interpreter."""
     return t.device.type == "cpu" if interpreting() else t.device.type == "cuda"
+
+
+def scope_args(kv: torch.Tensor, idx: torch.Tensor, length: torch.Tensor | None) -> list:
+    """Kernel arguments of one KV scope, in the order every kernel takes them: pool base, page
+    stride in bytes and in BF16 units, page size, slot count, ids and their three strides, and the
+    topk_length pointer (the ids stand in when there is none; the kernel's flag then never reads it)."""
+    return [
+        kv, kv.stride(0), kv.stride(0) // 2, kv.shape[1], num_slots(kv),
+        idx, idx.stride(0), idx.stride(1), idx.stride(2),
+        length if length is not None else idx,
+    ]

@@ -1,0 +1,130 @@
+"""The public entry: ``sparse_decode``, same argument meaning as FlashMLA's sparse FP8 decode.
+
+Checks read metadata only (no host sync) unless ``validate=True``.  With ``plan=None`` it runs the
+registry's fixed, safe default plan.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dsv4_tune.kernels.checks import check_device, check_index_values, check_scope
+from dsv4_tune.kernels.kv_layout import HEAD_DIM, Fp8Flavour, check_flavour
+from dsv4_tune.kernels.launchers import DecodeInputs
+from dsv4_tune.kernels.variants import default_plan, get_variant, plan_problems
+from dsv4_tune.kernels.workspace import DEFAULT_WORKSPACE, Workspace
+from dsv4_tune.workload import Plan, Workload
+
+
+def _check_q(q: torch.Tensor) -> None:
+    if q.dtype != torch.bfloat16:
+        raise ValueError(f"q: expected dtype torch.bfloat16, got {q.dtype}")
+    if q.dim() != 4 or q.shape[3] != HEAD_DIM:
+        raise ValueError(f"q: expected shape [b, s_q, h_q, {HEAD_DIM}], got {tuple(q.shape)}")
+    check_device("q", q)
+
+
+def _check_sink(sink: torch.Tensor, h_q: int, device: torch.device) -> None:
+    if sink.dtype != torch.float32 or sink.dim() != 1 or sink.shape[0] != h_q:
+        raise ValueError(f"attn_sink: expected a float32 tensor [{h_q}], got {sink.dtype} {tuple(sink.shape)}")
+    check_device("attn_sink", sink, device)
+
+
+def workload_of(
+    q: torch.Tensor,
+    indices: torch.Tensor,
+    topk_length: torch.Tensor | None,
+    extra_indices: torch.Tensor | None,
+    extra_topk_length: torch.Tensor | None,
+    attn_sink: torch.Tensor | None,
+) -> Workload:
+    """The dispatcher's view of a call (metadata only)."""
+    return Workload(
+        total_tokens=q.shape[0] * q.shape[1],
+        h_q=q.shape[2],
+        topk_main=indices.shape[2],
+        topk_extra=0 if extra_indices is None else extra_indices.shape[2],
+        has_len_main=topk_length is not None,
+        has_len_extra=extra_topk_length is not None,
+        has_sink=attn_sink is not None,
+    )
+
+
+def sparse_decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    indices: torch.Tensor,
+    *,
+    topk_length: torch.Tensor | None = None,
+    extra_k_cache: torch.Tensor | None = None,
+    extra_indices: torch.Tensor | None = None,
+    extra_topk_length: torch.Tensor | None = None,
+    attn_sink: torch.Tensor | None = None,
+    sm_scale: float,
+    plan: Plan | None = None,
+    fp8: Fp8Flavour = "e4m3fn",
+    validate: bool = False,
+    workspace: Workspace | None = None,
+    out: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparse FP8 decode attention over the main scope and an optional extra scope, one softmax.
+
+    ``q [b, s_q, h_q, 512]`` bf16; ``k_cache`` / ``extra_k_cache`` pool views ``[pages, P, 1, 584]``
+    uint8; ``indices [b, s_q, topk]`` int32 slot ids (outside the pool = invalid);
+    ``topk_length [b]`` int32; ``attn_sink [h_q]`` fp32.  Returns ``(out [b, s_q, h_q, 512] bf16,
+    lse [b, h_q, s_q] fp32)``; the sink scales ``out`` and is not part of ``lse``; a row with no
+    valid candidate gets ``out = 0``, ``lse = +inf``.  ``fp8`` is the pool's FP8 flavour (the GPU
+    arch's: ``e4m3fnuz`` on gfx942).  ``out`` optionally gives the two output tensors to write.
+    """
+    check_flavour(fp8)
+    _check_q(q)
+    b, s_q, h_q, _ = q.shape
+    check_scope("", k_cache, indices, topk_length, b, s_q)
+    check_device("k_cache", k_cache, q.device)
+    extra = None
+    if (extra_k_cache is None) != (extra_indices is None):
+        raise ValueError("extra_k_cache, extra_indices: give both or neither")
+    if extra_k_cache is not None:
+        check_scope("extra_", extra_k_cache, extra_indices, extra_topk_length, b, s_q)
+        check_device("extra_k_cache", extra_k_cache, q.device)
+        extra = (extra_k_cache, extra_indices, extra_topk_length)
+    elif extra_topk_length is not None:
+        raise ValueError("extra_topk_length: given without an extra scope")
+    if attn_sink is not None:
+        _check_sink(attn_sink, h_q, q.device)
+    if q.stride(3) != 1:
+        q = q.contiguous()
+    w = workload_of(q, indices, topk_length, extra_indices, extra_topk_length, attn_sink)
+    if plan is None:
+        plan = default_plan(w)
+    if validate:
+        check_index_values("", k_cache, indices, topk_length)
+        if extra is not None:
+            check_index_values("extra_", *extra)
+        problems = plan_problems(w, plan)
+        if problems:
+            raise ValueError(f"plan: {plan} cannot run {w}: {'; '.join(problems)}")
+    o, lse = _outputs(out, b, s_q, h_q, q.device)
+    if b * s_q == 0:
+        return o, lse
+    inputs = DecodeInputs(q, (k_cache, indices, topk_length), extra, attn_sink, float(sm_scale), fp8)
+    get_variant(plan.variant).launch()(inputs, plan.as_dict(), o, lse, workspace or DEFAULT_WORKSPACE)
+    return o, lse
+
+
+def _outputs(
+    out: tuple[torch.Tensor, torch.Tensor] | None, b: int, s_q: int, h_q: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Allocate ``(out, lse)`` or check the caller's: contiguous, right shape, dtype and device."""
+    if out is None:
+        return (
+            torch.empty(b, s_q, h_q, HEAD_DIM, dtype=torch.bfloat16, device=device),
+            torch.empty(b, h_q, s_q, dtype=torch.float32, device=device),
+        )
+    o, lse = out
+    for name, t, shape, dtype in (("out[0]", o, (b, s_q, h_q, HEAD_DIM), torch.bfloat16),
+                                  ("out[1]", lse, (b, h_q, s_q), torch.float32)):
+        if tuple(t.shape) != shape or t.dtype != dtype or not t.is_contiguous():
+            raise ValueError(f"{name}: expected a contiguous {dtype} tensor {list(shape)}, got {t.dtype} {list(t.shape)}")
+        check_device(name, t, device)
+    return o, lse

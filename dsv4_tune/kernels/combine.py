@@ -1,0 +1,82 @@
+"""Split-K combine: merge normalised partial outputs by their LSEs, apply the sink, any split_k.
+
+Inputs ``part_o [split_k, T, h, 512]`` fp32 and ``part_lse [split_k, T, h]`` fp32 (+inf or -inf
+for a split that saw no valid candidate).  With ``M = max`` of the finite LSEs and
+``w_i = exp(lse_i - M)`` (0 for an empty split), ``S = sum w_i``: ``LSE = M + ln S``,
+``O = sum (w_i / S) O_i / (1 + exp(sink - LSE))``; a row with ``S = 0`` gets O = 0, LSE = +inf.
+Grid ``(T, cdiv(h, BLOCK_H))``; two run-time loops over the splits (LSEs, then outputs), so
+split_k is an ordinary argument and any value works.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+SPLIT_K_MIN, SPLIT_K_MAX = 2, 16
+
+
+@triton.jit
+def _combine_kernel(
+    part_o_ptr, part_lse_ptr, sink_ptr, out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh,
+    t0, n_tok, s_q, h_q, split_k,
+    HAS_SINK: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    t_local = tl.program_id(0).to(tl.int64)
+    heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    hmask = heads < h_q
+    cols = tl.arange(0, 512)
+    m = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    for s in range(split_k):
+        v = tl.load(part_lse_ptr + (s * n_tok + t_local) * h_q + heads, mask=hmask, other=float("inf"))
+        m = tl.maximum(m, tl.where(tl.abs(v) < 1e30, v, float("-inf")))
+    lonely = m == float("-inf")
+    safe_m = tl.where(lonely, 0.0, m)
+    total = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, 512], tl.float32)
+    for s in range(split_k):
+        row = (s * n_tok + t_local) * h_q + heads
+        v = tl.load(part_lse_ptr + row, mask=hmask, other=float("inf"))
+        w = tl.where(tl.abs(v) < 1e30, tl.math.exp2((v - safe_m) * 1.4426950408889634), 0.0)
+        o = tl.load(part_o_ptr + row[:, None] * 512 + cols[None, :], mask=hmask[:, None] & (w > 0)[:, None], other=0.0)
+        total += w
+        acc += w[:, None] * o
+    lse = tl.where(lonely, float("inf"), safe_m + tl.log(tl.where(lonely, 1.0, total)))
+    scale = tl.where(lonely, 0.0, 1.0 / tl.where(lonely, 1.0, total))
+    if HAS_SINK:
+        sink = tl.load(sink_ptr + heads, mask=hmask, other=float("-inf"))
+        sig = 1.0 / (1.0 + tl.math.exp2((sink - tl.where(lonely, 0.0, lse)) * 1.4426950408889634))
+        scale = scale * sig
+    t = t0 + t_local
+    tb = t // s_q
+    ts = t % s_q
+    optr = out_ptr + tb * s_ob + ts * s_os + heads[:, None].to(tl.int64) * s_oh + cols[None, :]
+    tl.store(optr, (acc * scale[:, None]).to(tl.bfloat16), mask=hmask[:, None])
+    tl.store(lse_ptr + tb * s_lb + heads.to(tl.int64) * s_lh + ts, lse, mask=hmask)
+
+
+def launch_combine(
+    part_o: torch.Tensor,
+    part_lse: torch.Tensor,
+    attn_sink: torch.Tensor | None,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    *,
+    s_q: int,
+    t0: int = 0,
+    BLOCK_H: int,
+    num_warps: int,
+) -> None:
+    """Merge ``part_o``/``part_lse`` (tokens ``[t0, t0 + n_tok)``) into ``out [b, s_q, h, 512]`` and
+    ``lse [b, h, s_q]``."""
+    split_k, n_tok, h_q = part_lse.shape
+    if not SPLIT_K_MIN <= split_k <= SPLIT_K_MAX:
+        raise ValueError(f"split_k: expected {SPLIT_K_MIN}..{SPLIT_K_MAX}, got {split_k}")
+    grid = (n_tok, triton.cdiv(h_q, BLOCK_H))
+    _combine_kernel[grid](
+        part_o, part_lse, attn_sink if attn_sink is not None else part_lse,
+        out, out.stride(0), out.stride(1), out.stride(2), lse, lse.stride(0), lse.stride(1),
+        t0, n_tok, s_q, h_q, split_k,
+        HAS_SINK=attn_sink is not None, BLOCK_H=BLOCK_H, num_warps=num_warps,
+    )

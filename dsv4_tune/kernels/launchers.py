@@ -1,0 +1,119 @@
+"""Launch a variant's kernels for checked inputs and an explicit config (the registry's targets).
+
+Nothing here checks inputs, reads a policy, synchronises or allocates beyond the workspace and the
+caller's outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dsv4_tune.kernels.combine import launch_combine
+from dsv4_tune.kernels.gather_dequant import GatherConfig, gather_dequant, gather_dequant_dual
+from dsv4_tune.kernels.gathered_attention import launch_gathered_attention
+from dsv4_tune.kernels.kv_layout import HEAD_DIM, Fp8Flavour
+from dsv4_tune.kernels.runtime import dot_dtype, triton_fp8
+from dsv4_tune.kernels.sparse_decode import launch_sparse_decode
+from dsv4_tune.kernels.workspace import Workspace
+
+ScopeTensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # k_cache, indices, topk_length
+
+GATHER_BUFFER_BYTES = 2**31  # bound on the gathered BF16 buffer, as the spec's compute_token_ranges
+
+
+@dataclass
+class DecodeInputs:
+    """Checked inputs of one sparse-decode call."""
+
+    q: torch.Tensor  # [b, s_q, h, 512] bf16, last dim contiguous
+    main: ScopeTensors
+    extra: ScopeTensors | None
+    attn_sink: torch.Tensor | None
+    sm_scale: float
+    fp8: Fp8Flavour
+
+    @property
+    def n_tok(self) -> int:
+        return self.q.shape[0] * self.q.shape[1]
+
+    @property
+    def total_topk(self) -> int:
+        return self.main[1].shape[2] + (self.extra[1].shape[2] if self.extra is not None else 0)
+
+
+def _attention_kw(cfg: dict[str, int]) -> dict[str, int]:
+    return {k: cfg[k] for k in ("BLOCK_H", "BLOCK_N", "num_warps", "num_stages")}
+
+
+def _partials(ws: Workspace, split_k: int, n_tok: int, h_q: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    return (
+        ws.get("part_o", (split_k, n_tok, h_q, HEAD_DIM), torch.float32, device),
+        ws.get("part_lse", (split_k, n_tok, h_q), torch.float32, device),
+    )
+
+
+def run_fused(x: DecodeInputs, cfg: dict[str, int], out: torch.Tensor, lse: torch.Tensor, ws: Workspace) -> None:
+    launch_sparse_decode(
+        x.q, x.main, x.extra, x.attn_sink, x.sm_scale, out, lse, None, split_k=1,
+        fp8_type=triton_fp8(x.fp8), dot_type=dot_dtype(), **_attention_kw(cfg),
+    )
+
+
+def run_fused_splitk(
+    x: DecodeInputs, cfg: dict[str, int], out: torch.Tensor, lse: torch.Tensor, ws: Workspace
+) -> None:
+    sk = cfg["SPLIT_K"]
+    partial = _partials(ws, sk, x.n_tok, x.q.shape[2], x.q.device)
+    launch_sparse_decode(
+        x.q, x.main, x.extra, x.attn_sink, x.sm_scale, out, lse, partial, split_k=sk,
+        fp8_type=triton_fp8(x.fp8), dot_type=dot_dtype(), **_attention_kw(cfg),
+    )
+    launch_combine(*partial, x.attn_sink, out, lse, s_q=x.q.shape[1],
+                   BLOCK_H=cfg["COMBINE_BLOCK_H"], num_warps=cfg["combine_warps"])
+
+
+def token_ranges(n_tok: int, total_topk: int, max_bytes: int = GATHER_BUFFER_BYTES) -> list[tuple[int, int]]:
+    """Consecutive token ranges whose gathered BF16 buffer stays within ``max_bytes``."""
+    per = max(1, max_bytes // (total_topk * HEAD_DIM * 2))
+    return [(t, min(t + per, n_tok)) for t in range(0, n_tok, per)]
+
+
+def run_gather_attend(
+    x: DecodeInputs,
+    cfg: dict[str, int],
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    ws: Workspace,
+    max_buffer_bytes: int = GATHER_BUFFER_BYTES,
+) -> None:
+    total, h_q, dev = x.total_topk, x.q.shape[2], x.q.device
+    gcfg = GatherConfig(cfg["BLOCK_TK"], cfg["gather_warps"], 1)
+    sk = cfg["SPLIT_K"]
+    ranges = token_ranges(x.n_tok, total, max_buffer_bytes)
+    per = ranges[0][1] - ranges[0][0] if ranges else 0
+    gathered = ws.get("gathered", (per, total, HEAD_DIM), torch.bfloat16, dev)
+    invalid = ws.get("invalid", (per, total), torch.bool, dev)
+    partial = _partials(ws, sk, per, h_q, dev) if sk > 1 else None
+    for t0, t1 in ranges:
+        n = t1 - t0
+        g, inv = gathered[:n], invalid[:n]
+        if x.extra is not None and cfg["ONE_LAUNCH"]:
+            gather_dequant_dual(*x.main, *x.extra, fp8=x.fp8, config=gcfg, out=g, invalid=inv, tokens=(t0, t1))
+        else:
+            gather_dequant(*x.main, fp8=x.fp8, config=gcfg, out=g, invalid=inv, tokens=(t0, t1))
+            if x.extra is not None:
+                gather_dequant(*x.extra, fp8=x.fp8, config=gcfg, out=g, invalid=inv,
+                               k_offset=x.main[1].shape[2], tokens=(t0, t1))
+        part = None if partial is None else (
+            partial[0].view(-1)[: sk * n * h_q * HEAD_DIM].view(sk, n, h_q, HEAD_DIM),
+            partial[1].view(-1)[: sk * n * h_q].view(sk, n, h_q),
+        )
+        launch_gathered_attention(
+            x.q, g, inv, t0, x.attn_sink, x.sm_scale, out, lse, part, split_k=sk,
+            dot_type=dot_dtype(), **_attention_kw(cfg),
+        )
+        if part is not None:
+            launch_combine(*part, x.attn_sink, out, lse, s_q=x.q.shape[1], t0=t0,
+                           BLOCK_H=cfg["COMBINE_BLOCK_H"], num_warps=cfg["combine_warps"])

@@ -1,0 +1,119 @@
+"""Fused gather + dequant + attention over one or two FP8 scopes, optionally split-K.
+
+Grid ``(cdiv(h_q, BLOCK_H), T, split_k)``.  A program loads its ``[BLOCK_H, 512]`` query rows
+once, then walks its slice ``[k_start, k_end)`` of the concatenated candidate range
+``[main ; extra]``: the main-scope part, then the extra-scope part, into one online softmax.  The
+walk stops at ``topk_length`` (early exit).  Unsplit, it writes the final O and LSE; split, it
+writes the normalised partial O and LSE that :mod:`dsv4_tune.kernels.combine` merges.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from dsv4_tune.kernels.attention_core import load_q, paged_kv_block, softmax_step, store_result
+from dsv4_tune.kernels.runtime import scope_args
+
+
+@triton.jit
+def _scope_walk(
+    q, m_i, l_i, acc, qk_scale, t, s_q, lo, hi,
+    kv_ptr, stride_page, stride_page_h, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik, len_ptr,
+    HAS_LEN: tl.constexpr, BLOCK_N: tl.constexpr, FP8: tl.constexpr, DOT: tl.constexpr,
+):
+    """Fold candidates ``[lo, hi)`` of one scope (cut at the row's topk_length) into the softmax."""
+    if HAS_LEN:
+        hi = tl.minimum(hi, tl.load(len_ptr + t // s_q))
+    idx_row = idx_ptr + (t // s_q) * s_ib + (t % s_q) * s_is
+    for k0 in range(lo, hi, BLOCK_N):
+        kv, valid = paged_kv_block(
+            kv_ptr, stride_page, stride_page_h, page_size, n_slots, idx_row, s_ik, k0, hi, BLOCK_N, FP8, DOT
+        )
+        m_i, l_i, acc = softmax_step(q, kv, valid, m_i, l_i, acc, qk_scale, DOT)
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _sparse_decode_kernel(
+    q_ptr, s_qb, s_qs, s_qh,
+    kv_ptr, stride_page, stride_page_h, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik, len_ptr, topk,
+    xkv_ptr, x_stride_page, x_stride_page_h, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik, xlen_ptr,
+    x_topk,
+    sink_ptr, out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr,
+    n_tok, s_q, h_q, qk_scale, chunk,
+    HAS_LEN: tl.constexpr, HAS_EXTRA: tl.constexpr, X_HAS_LEN: tl.constexpr, HAS_SINK: tl.constexpr,
+    SPLIT: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, FP8: tl.constexpr, DOT: tl.constexpr,
+):
+    head0 = tl.program_id(0) * BLOCK_H
+    t = tl.program_id(1).to(tl.int64)
+    split = tl.program_id(2)
+    q = load_q(q_ptr, t, s_q, s_qb, s_qs, s_qh, head0, h_q, BLOCK_H, DOT)
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, 512], tl.float32)
+    k_start = split * chunk
+    k_end = k_start + chunk
+    m_i, l_i, acc = _scope_walk(
+        q, m_i, l_i, acc, qk_scale, t, s_q, k_start, tl.minimum(k_end, topk),
+        kv_ptr, stride_page, stride_page_h, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik, len_ptr,
+        HAS_LEN, BLOCK_N, FP8, DOT,
+    )
+    if HAS_EXTRA:
+        m_i, l_i, acc = _scope_walk(
+            q, m_i, l_i, acc, qk_scale, t, s_q, tl.maximum(k_start - topk, 0), tl.minimum(k_end - topk, x_topk),
+            xkv_ptr, x_stride_page, x_stride_page_h, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik,
+            xlen_ptr, X_HAS_LEN, BLOCK_N, FP8, DOT,
+        )
+    store_result(
+        acc, m_i, l_i, t, t, split, n_tok, head0, h_q,
+        out_ptr, s_ob, s_os, s_oh, s_q, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr, sink_ptr,
+        HAS_SINK, SPLIT, BLOCK_H,
+    )
+
+
+def split_chunk(total_topk: int, split_k: int, block_n: int) -> int:
+    """Candidates per split: ``cdiv(total, split_k)`` rounded up to whole BLOCK_N steps."""
+    return triton.cdiv(triton.cdiv(total_topk, split_k), block_n) * block_n
+
+
+def launch_sparse_decode(
+    q: torch.Tensor,
+    main: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+    extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None,
+    attn_sink: torch.Tensor | None,
+    sm_scale: float,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    partial: tuple[torch.Tensor, torch.Tensor] | None,
+    *,
+    split_k: int,
+    BLOCK_H: int,
+    BLOCK_N: int,
+    num_warps: int,
+    num_stages: int,
+    fp8_type: tl.dtype,
+    dot_type: tl.dtype,
+) -> None:
+    """Launch the fused kernel (inputs already checked).  ``partial`` = (O ``[split_k, T, h, 512]``
+    fp32, LSE ``[split_k, T, h]`` fp32) when ``split_k > 1``; then ``out``/``lse`` are untouched."""
+    b, s_q, h_q, _ = q.shape
+    n_tok = b * s_q
+    topk = main[1].shape[2]
+    x_topk = extra[1].shape[2] if extra is not None else 0
+    chunk = split_chunk(topk + x_topk, split_k, BLOCK_N)
+    x_args = scope_args(*extra) if extra is not None else scope_args(*main)
+    part_o, part_lse = partial if partial is not None else (out, lse)
+    grid = (triton.cdiv(h_q, BLOCK_H), n_tok, split_k)
+    _sparse_decode_kernel[grid](
+        q, q.stride(0), q.stride(1), q.stride(2),
+        *scope_args(*main), topk, *x_args, x_topk,
+        attn_sink if attn_sink is not None else lse,
+        out, out.stride(0), out.stride(1), out.stride(2), lse, lse.stride(0), lse.stride(1), part_o, part_lse,
+        n_tok, s_q, h_q, sm_scale * 1.4426950408889634, chunk,
+        HAS_LEN=main[2] is not None, HAS_EXTRA=extra is not None,
+        X_HAS_LEN=extra is not None and extra[2] is not None, HAS_SINK=attn_sink is not None,
+        SPLIT=split_k > 1, BLOCK_H=BLOCK_H, BLOCK_N=BLOCK_N, FP8=fp8_type, DOT=dot_type,
+        num_warps=num_warps, num_stages=num_stages,
+    )

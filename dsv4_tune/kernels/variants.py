@@ -1,0 +1,207 @@
+"""The variant registry: every sparse-decode kernel variant, its tunable space for a workload and
+the rules that make a config invalid.  The tuner (what to sweep) and the policy validator (what may
+ship) both read these rules: this is the one place for them.
+
+Pure Python: the launchers are named as ``module:function`` and imported on first launch, so
+policies and the dispatcher can use the rules without importing Triton.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from dsv4_tune.workload import Plan, Workload
+
+BLOCK_H_CHOICES = (16, 32, 64)
+BLOCK_N_CHOICES = (16, 32, 64)
+NUM_WARPS_CHOICES = (4, 8)
+NUM_STAGES_CHOICES = (1, 2)
+SPLIT_K_CHOICES = (2, 3, 4, 6, 8, 12, 16)
+COMBINE_CHOICES = ((4, 4), (8, 4), (16, 8))  # (COMBINE_BLOCK_H, combine_warps)
+GATHER_CHOICES = ((64, 4), (128, 4), (256, 8))  # (BLOCK_TK, gather_warps)
+GTA_SPLIT_K_CHOICES = (1, 2, 3, 4, 8)
+GTA_BLOCK_N_CHOICES = (32, 64)
+SMEM_BUDGET = 160 * 1024  # bytes of staged KV tiles + Q a config may ask for (gfx950 LDS, < sm90's 228 KiB)
+ACC_REGS_PER_THREAD = 128  # fp32 accumulator registers per thread a config may need
+
+DEFAULT_COMBINE = {"COMBINE_BLOCK_H": 8, "combine_warps": 4}
+
+
+def _pow2_at_least_16(n: int) -> int:
+    p = 16
+    while p < n:
+        p *= 2
+    return p
+
+
+def _attention_problems(w: Workload, c: dict[str, int], block_n_choices: tuple[int, ...]) -> list[str]:
+    """Rules shared by every attention kernel (fused or over gathered keys)."""
+    out = []
+    if c["BLOCK_H"] not in BLOCK_H_CHOICES:
+        out.append(f"BLOCK_H={c['BLOCK_H']} not in {BLOCK_H_CHOICES}")
+    elif c["BLOCK_H"] > _pow2_at_least_16(w.h_q):
+        out.append(f"BLOCK_H={c['BLOCK_H']} exceeds h_q={w.h_q} (rounded up to a power of two >= 16)")
+    if c["BLOCK_N"] not in block_n_choices:
+        out.append(f"BLOCK_N={c['BLOCK_N']} not in {block_n_choices}")
+    elif c["BLOCK_N"] > _pow2_at_least_16(w.total_topk):
+        out.append(f"BLOCK_N={c['BLOCK_N']} exceeds total topk={w.total_topk} (rounded up)")
+    if c["num_warps"] not in NUM_WARPS_CHOICES:
+        out.append(f"num_warps={c['num_warps']} not in {NUM_WARPS_CHOICES}")
+    elif c.get("BLOCK_H", 16) * 512 > ACC_REGS_PER_THREAD * c["num_warps"] * 32:
+        out.append(
+            f"BLOCK_H={c['BLOCK_H']} x 512 fp32 accumulator needs more than {ACC_REGS_PER_THREAD} registers "
+            f"per thread at num_warps={c['num_warps']}"
+        )
+    if c["num_stages"] not in NUM_STAGES_CHOICES:
+        out.append(f"num_stages={c['num_stages']} not in {NUM_STAGES_CHOICES}")
+    elif c["BLOCK_N"] * 512 * 2 * c["num_stages"] + c["BLOCK_H"] * 512 * 2 > SMEM_BUDGET:
+        out.append(f"staged KV tiles + Q exceed {SMEM_BUDGET // 1024} KiB of shared memory")
+    return out
+
+
+def _split_problems(w: Workload, c: dict[str, int], allowed: tuple[int, ...]) -> list[str]:
+    out = []
+    sk = c["SPLIT_K"]
+    if sk not in allowed:
+        out.append(f"SPLIT_K={sk} not in {allowed}")
+    elif sk > 1 and sk > -(-w.total_topk // c["BLOCK_N"]):
+        out.append(f"SPLIT_K={sk} exceeds the {-(-w.total_topk // c['BLOCK_N'])} BLOCK_N steps of topk {w.total_topk}")
+    combine = (c.get("COMBINE_BLOCK_H"), c.get("combine_warps"))
+    if sk > 1 and combine not in COMBINE_CHOICES:
+        out.append(f"(COMBINE_BLOCK_H, combine_warps)={combine} not in {COMBINE_CHOICES}")
+    if sk == 1 and combine != (None, None):
+        out.append("SPLIT_K=1 takes no combine config")
+    return out
+
+
+def _fused_problems(w: Workload, c: dict[str, int]) -> list[str]:
+    return _attention_problems(w, c, BLOCK_N_CHOICES)
+
+
+def _fused_splitk_problems(w: Workload, c: dict[str, int]) -> list[str]:
+    return _attention_problems(w, c, BLOCK_N_CHOICES) + _split_problems(w, c, SPLIT_K_CHOICES)
+
+
+def _gta_problems(w: Workload, c: dict[str, int]) -> list[str]:
+    out = _attention_problems(w, c, GTA_BLOCK_N_CHOICES) + _split_problems(w, c, GTA_SPLIT_K_CHOICES)
+    if (c["BLOCK_TK"], c["gather_warps"]) not in GATHER_CHOICES:
+        out.append(f"(BLOCK_TK, gather_warps)={(c['BLOCK_TK'], c['gather_warps'])} not in {GATHER_CHOICES}")
+    if c["ONE_LAUNCH"] not in (0, 1):
+        out.append(f"ONE_LAUNCH={c['ONE_LAUNCH']} not in (0, 1)")
+    elif c["ONE_LAUNCH"] and not w.dual:
+        out.append("ONE_LAUNCH=1 needs an extra scope")
+    return out
+
+
+def _attention_grid(block_n: tuple[int, ...]) -> Iterator[dict[str, int]]:
+    for bh, bn, nw, ns in itertools.product(BLOCK_H_CHOICES, block_n, NUM_WARPS_CHOICES, NUM_STAGES_CHOICES):
+        yield {"BLOCK_H": bh, "BLOCK_N": bn, "num_warps": nw, "num_stages": ns}
+
+
+def _fused_space(w: Workload) -> Iterator[dict[str, int]]:
+    yield from _attention_grid(BLOCK_N_CHOICES)
+
+
+def _fused_splitk_space(w: Workload) -> Iterator[dict[str, int]]:
+    for att, sk, (cb, cw) in itertools.product(_attention_grid(BLOCK_N_CHOICES), SPLIT_K_CHOICES, COMBINE_CHOICES):
+        yield {**att, "SPLIT_K": sk, "COMBINE_BLOCK_H": cb, "combine_warps": cw}
+
+
+def _gta_space(w: Workload) -> Iterator[dict[str, int]]:
+    launches = (0, 1) if w.dual else (0,)
+    for one, (tk, gw), att, sk in itertools.product(
+        launches, GATHER_CHOICES, _attention_grid(GTA_BLOCK_N_CHOICES), GTA_SPLIT_K_CHOICES
+    ):
+        base = {**att, "ONE_LAUNCH": one, "BLOCK_TK": tk, "gather_warps": gw, "SPLIT_K": sk}
+        if sk == 1:
+            yield base
+        else:
+            for cb, cw in COMBINE_CHOICES:
+                yield {**base, "COMBINE_BLOCK_H": cb, "combine_warps": cw}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A registry entry: how to launch it, its tunable space, its validity rules, its default."""
+
+    name: str
+    summary: str
+    launcher: str  # "module:function", imported on first launch
+    space_fn: Callable[[Workload], Iterator[dict[str, int]]]
+    problems_fn: Callable[[Workload, dict[str, int]], list[str]]
+    default_fn: Callable[[Workload], dict[str, int]]
+    _resolved: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def problems(self, w: Workload, config: dict[str, int]) -> list[str]:
+        """Why ``config`` is invalid for ``w`` (empty when it is valid)."""
+        required = set(self.default_fn(w)) - set(DEFAULT_COMBINE)
+        known = required | (set(DEFAULT_COMBINE) if "SPLIT_K" in required else set())
+        unknown = sorted(set(config) - known)
+        missing = sorted(required - set(config))
+        if unknown or missing:
+            return [f"{self.name}: unknown config keys {unknown}, missing {missing}"]
+        return self.problems_fn(w, config)
+
+    def space(self, w: Workload) -> list[Plan]:
+        """Every valid config of this variant for ``w``, as plans."""
+        return [Plan.make(self.name, c) for c in self.space_fn(w) if not self.problems_fn(w, c)]
+
+    def default(self, w: Workload) -> Plan:
+        return Plan.make(self.name, self.default_fn(w))
+
+    def launch(self) -> Callable:
+        if "fn" not in self._resolved:
+            module, func = self.launcher.split(":")
+            self._resolved["fn"] = getattr(importlib.import_module(module), func)
+        return self._resolved["fn"]
+
+
+def _fused_default(w: Workload) -> dict[str, int]:
+    return {"BLOCK_H": 16, "BLOCK_N": 64, "num_warps": 4, "num_stages": 1}
+
+
+def _fused_splitk_default(w: Workload) -> dict[str, int]:
+    steps = -(-w.total_topk // 64)
+    return {**_fused_default(w), "SPLIT_K": max(2, min(4, steps)), **DEFAULT_COMBINE}
+
+
+def _gta_default(w: Workload) -> dict[str, int]:
+    return {"BLOCK_H": 16, "BLOCK_N": 64, "num_warps": 4, "num_stages": 1, "ONE_LAUNCH": int(w.dual),
+            "BLOCK_TK": 128, "gather_warps": 4, "SPLIT_K": 1}
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("fused", "gather + dequant + attention in one kernel, both scopes in one softmax",
+                "dsv4_tune.kernels.launchers:run_fused", _fused_space, _fused_problems, _fused_default),
+        Variant("fused_splitk", "the fused kernel over SPLIT_K slices of the candidates, then the combine",
+                "dsv4_tune.kernels.launchers:run_fused_splitk", _fused_splitk_space, _fused_splitk_problems,
+                _fused_splitk_default),
+        Variant("gather_attend", "gather to a BF16 buffer (one launch or one per scope), then attention "
+                "(one pass or split-K + combine)", "dsv4_tune.kernels.launchers:run_gather_attend",
+                _gta_space, _gta_problems, _gta_default),
+    )
+}
+
+
+def get_variant(name: str) -> Variant:
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise ValueError(f"variant: unknown {name!r}, expected one of {sorted(VARIANTS)}") from None
+
+
+def plan_problems(w: Workload, plan: Plan) -> list[str]:
+    """Why ``plan`` cannot run ``w`` (empty when it can); the policy validator's entry point."""
+    if plan.variant not in VARIANTS:
+        return [f"unknown variant {plan.variant!r} (known: {sorted(VARIANTS)})"]
+    return VARIANTS[plan.variant].problems(w, plan.as_dict())
+
+
+def default_plan(w: Workload) -> Plan:
+    """The fixed, safe plan used when no policy applies: the fused kernel at a small config."""
+    return VARIANTS["fused"].default(w)

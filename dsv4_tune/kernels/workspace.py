@@ -1,0 +1,37 @@
+"""Reusable device buffers (split-K partials, the gathered BF16 buffer), keyed by name, shape,
+dtype and device.  A decode step that has run once allocates nothing new, which is what lets it be
+captured in a CUDA graph: warm up once, then capture.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class Workspace:
+    """A cache of scratch tensors; contents are undefined on return (callers overwrite them)."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        key = (name, shape, dtype, device)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = torch.empty(shape, dtype=dtype, device=device)
+        return buf
+
+    def poison(self) -> None:
+        """Fill every float buffer with NaN (tests: a kernel that reads what it never wrote fails)."""
+        for b in self._buffers.values():
+            if b.is_floating_point():
+                b.fill_(float("nan"))
+
+    def clear(self) -> None:
+        self._buffers.clear()
+
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self._buffers.values())
+
+
+DEFAULT_WORKSPACE = Workspace()
