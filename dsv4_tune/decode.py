@@ -125,6 +125,8 @@ def _outputs(
     for name, t, shape, dtype in (("out[0]", o, (b, s_q, h_q, HEAD_DIM), torch.bfloat16),
                                   ("out[1]", lse, (b, h_q, s_q), torch.float32)):
         if tuple(t.shape) != shape or t.dtype != dtype or not t.is_contiguous():
-            raise ValueError(f"{name}: expected a contiguous {dtype} tensor {list(shape)}, got {t.dtype} {list(t.shape)}")
+            raise ValueError(
+                f"{name}: expected a contiguous {dtype} tensor {list(shape)}, got {t.dtype} {list(t.shape)}"
+            )
         check_device(name, t, device)
     return o, lse
