@@ -98,12 +98,12 @@ def sparse_decode(
     if plan is None:
         plan = default_plan(w)
     if validate:
-        check_index_values("", k_cache, indices, topk_length)
-        if extra is not None:
-            check_index_values("extra_", *extra)
         problems = plan_problems(w, plan)
         if problems:
             raise ValueError(f"plan: {plan} cannot run {w}: {'; '.join(problems)}")
+        check_index_values("", k_cache, indices, topk_length)
+        if extra is not None:
+            check_index_values("extra_", *extra)
     o, lse = _outputs(out, b, s_q, h_q, q.device)
     if b * s_q == 0:
         return o, lse

@@ -16,6 +16,19 @@ LN2 = 0.6931471805599453
 
 
 @triton.jit
+def to_bf16_rne(x):
+    """fp32 -> bf16 rounded to nearest even, spelled out in integer ops.
+
+    The Triton interpreter truncates on ``.to(tl.bfloat16)`` (even with ``rtne`` asked for), which
+    doubles the output error; after this rounding the cast is exact everywhere.  NaN and inf keep
+    their class.  Costs a few integer ops per output element.
+    """
+    bits = x.to(tl.int32, bitcast=True)
+    bits = (bits + (((bits >> 16) & 1) + 0x7FFF)) & -65536
+    return bits.to(tl.float32, bitcast=True).to(tl.bfloat16)
+
+
+@triton.jit
 def load_q(q_ptr, t, s_q, s_qb, s_qs, s_qh, head0, h_q, BLOCK_H: tl.constexpr, DOT: tl.constexpr):
     """Q rows ``[BLOCK_H, 512]`` of query token ``t`` (batch row ``t // s_q``), as the dot dtype."""
     heads = head0 + tl.arange(0, BLOCK_H)
@@ -126,5 +139,5 @@ def store_result(
         tb = t // s_q
         ts = t % s_q
         optr = out_ptr + tb * s_ob + ts * s_os + heads[:, None].to(tl.int64) * s_oh + cols[None, :]
-        tl.store(optr, o.to(tl.bfloat16), mask=hmask[:, None])
+        tl.store(optr, to_bf16_rne(o), mask=hmask[:, None])
         tl.store(lse_ptr + tb * s_lb + heads.to(tl.int64) * s_lh + ts, lse, mask=hmask)

@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from dsv4_tune.kernels.attention_core import to_bf16_rne
+
 SPLIT_K_MIN, SPLIT_K_MAX = 2, 16
 
 
@@ -52,7 +54,7 @@ def _combine_kernel(
     tb = t // s_q
     ts = t % s_q
     optr = out_ptr + tb * s_ob + ts * s_os + heads[:, None].to(tl.int64) * s_oh + cols[None, :]
-    tl.store(optr, (acc * scale[:, None]).to(tl.bfloat16), mask=hmask[:, None])
+    tl.store(optr, to_bf16_rne(acc * scale[:, None]), mask=hmask[:, None])
     tl.store(lse_ptr + tb * s_lb + heads.to(tl.int64) * s_lh + ts, lse, mask=hmask)
 
 

@@ -47,3 +47,33 @@ def max_abs_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     if not bool(finite.any()):
         return 0.0
     return float((a - e).abs()[finite].max())
+
+
+# FlashMLA's sparse-decode tolerances, the strictest in use: O abs 1e-3 + rel 2.01/128 and
+# cos_diff <= 5e-6; LSE abs 1e-6 + rel 8.01/65536.  The reference is the fp32 one computed on the
+# dequantized values, so quantization error is not counted against a kernel.
+O_ATOL, O_RTOL, O_COS_DIFF = 1e-3, 2.01 / 128, 5e-6
+LSE_ATOL, LSE_RTOL = 1e-6, 8.01 / 65536
+
+
+def cos_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``1 - 2 <a, b> / (|a|^2 + |b|^2)``: 0 for equal tensors, sensitive to scale and direction."""
+    a = a.detach().to("cpu", torch.float64).flatten()
+    b = b.detach().to("cpu", torch.float64).flatten()
+    denom = float((a * a).sum() + (b * b).sum())
+    return 0.0 if denom == 0 else 1.0 - 2.0 * float((a * b).sum()) / denom
+
+
+def decode_mismatch(
+    out: torch.Tensor, lse: torch.Tensor, ref_out: torch.Tensor, ref_lse: torch.Tensor
+) -> str | None:
+    """None when a sparse-decode result meets the tolerances above, else what failed and where."""
+    problems = []
+    if (m := mismatch(out, ref_out, atol=O_ATOL, rtol=O_RTOL)) is not None:
+        problems.append(f"out: {m}")
+    if (m := mismatch(lse, ref_lse, atol=LSE_ATOL, rtol=LSE_RTOL)) is not None:
+        problems.append(f"lse: {m}")
+    cd = cos_diff(out.float().nan_to_num(1e9), ref_out.float())
+    if cd > O_COS_DIFF:
+        problems.append(f"out: cos_diff {cd:.3g} > {O_COS_DIFF}")
+    return "; ".join(problems) or None

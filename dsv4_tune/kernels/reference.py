@@ -100,15 +100,17 @@ def sparse_decode_ref(
     attn_sink: torch.Tensor | None = None,
     sm_scale: float,
     fp8: Fp8Flavour,
+    out_dtype: torch.dtype = torch.bfloat16,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse decode attention over one or two scopes in one softmax.
 
-    ``q [b, s_q, h, 512]`` -> (out BF16 ``[b, s_q, h, 512]``, lse fp32 ``[b, h, s_q]``).
+    ``q [b, s_q, h, 512]`` -> (out ``[b, s_q, h, 512]`` in ``out_dtype`` (BF16 as the kernels; tests
+    compare against fp32 so that the reference's own rounding is not counted), lse fp32 ``[b, h, s_q]``).
     """
     b, s_q, h, _ = q.shape
     kv, invalid = gather_dequant_ref(
         k_cache, indices, topk_length, extra_k_cache, extra_indices, extra_topk_length, fp8=fp8
     )
     out, lse = attention_ref(q.reshape(b * s_q, h, HEAD_DIM), kv, invalid, attn_sink, sm_scale)
-    out = out.to(torch.bfloat16).reshape(b, s_q, h, HEAD_DIM)
+    out = out.to(out_dtype).reshape(b, s_q, h, HEAD_DIM)
     return out, lse.reshape(b, s_q, h).transpose(1, 2).contiguous()

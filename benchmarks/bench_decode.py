@@ -1,0 +1,214 @@
+"""First speed table of the sparse-decode variants against a physical floor and the PyTorch reference.
+
+For each (h_q, layer kind, T) every registered variant runs at its default plan through the public
+``sparse_decode`` entry, replayed from a CUDA graph on a cold L2 with pools far larger than L2.
+The floor is max(bytes / measured copy bandwidth, FLOPs / measured bf16 matmul rate): 'of floor'
+is the fraction of it achieved (1.0 = at the floor).  Each variant is checked against the reference
+at T <= 8; failures are marked in the table and the JSON and make the exit status 1.
+
+    python benchmarks/bench_decode.py [--quick] [--variants fused gather_attend]
+    python benchmarks/bench_decode.py --smoke    # tiny shapes; Triton interpreter when there is no GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Must precede any dsv4_tune import: Triton picks interpreter or compiler when the kernels are defined.
+os.environ.setdefault("TRITON_INTERPRET", "1" if "--smoke" in sys.argv and not torch.cuda.is_available() else "0")
+
+from benchmarks.common import (
+    INTERPRETER_NOTE,
+    add_common_args,
+    bf16_matmul_tflops,
+    copy_bandwidth_gbps,
+    default_out_dir,
+    device_record,
+    print_table,
+    result_name,
+    save_results,
+    time_eager,
+    time_graph,
+    timing_available,
+)
+from dsv4_tune import sparse_decode
+from dsv4_tune.decode import workload_of
+from dsv4_tune.kernels.compare import max_abs_error, mismatch
+from dsv4_tune.kernels.kv_layout import HEAD_DIM, TOKEN_BYTES, padded_page_bytes
+from dsv4_tune.kernels.reference import sparse_decode_ref
+from dsv4_tune.kernels.variants import VARIANTS
+from dsv4_tune.kernels.workspace import Workspace
+from dsv4_tune.tuner.inputs import Scope, make_query, make_scope, make_sink
+
+FP8 = "e4m3fn"
+SM_SCALE = HEAD_DIM**-0.5
+POOL_BYTES = 9 * 2**26  # 576 MiB per pool: far larger than any L2
+REF_MAX_T, CHECK_MAX_T = 64, 8
+OUT_ATOL, LSE_ATOL = 2e-2, 1e-3
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A DSV4 layer kind: the main (SWA) scope and the optional compressed extra scope, as (topk, page)."""
+
+    name: str
+    main: tuple[int, int]
+    extra: tuple[int, int] | None = None
+
+
+LAYERS = (
+    Layer("SWA 128", (128, 128)),
+    Layer("SWA+C128 192", (128, 128), (64, 2)),
+    Layer("SWA+C128 1152", (128, 128), (1024, 2)),
+    Layer("SWA+C4 640", (128, 128), (512, 64)),
+    Layer("SWA+C4 1152", (128, 128), (1024, 64)),
+)
+SMOKE_LAYERS = (Layer("SWA 64", (64, 64)), Layer("SWA+C128 128", (64, 64), (64, 2)))
+FULL_TS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Scopes:
+    """One pool per scope kind, built once at the largest T; smaller T use its first rows.
+
+    Main scopes keep every candidate (SWA windows are full); extra scopes get a random length in
+    [topk / 2, topk] per row, as compressed-token counts vary between requests.
+    """
+
+    def __init__(self, t_max: int, device: str, big: bool, gen: torch.Generator) -> None:
+        self.t_max, self.device, self.big, self.gen = t_max, device, big, gen
+        self._built: dict[tuple[int, int, bool], Scope] = {}
+
+    def get(self, spec: tuple[int, int], extra: bool, t: int) -> Scope:
+        topk, page = spec
+        key = (topk, page, extra)
+        if key not in self._built:
+            pages = math.ceil(POOL_BYTES / padded_page_bytes(page)) if self.big else None
+            length = torch.randint(topk // 2, topk + 1, (self.t_max,), generator=self.gen).tolist() if extra else "full"
+            self._built[key] = make_scope(
+                self.t_max, 1, topk, page, fp8=FP8, device=self.device, num_pages=pages,
+                invalid_frac=0.05, topk_length=length, poison=False, gen=self.gen,
+            )
+        sc = self._built[key]
+        return Scope(sc.kv_cache, sc.indices[:t], None if sc.topk_length is None else sc.topk_length[:t])
+
+
+def floor_us(t: int, h: int, total_topk: int, copy_gbps: float, tflops: float) -> float:
+    """The physical floor: KV + q + out bytes at copy bandwidth, or the QK + PV FLOPs at matmul peak."""
+    nbytes = t * total_topk * TOKEN_BYTES + 2 * (t * h * HEAD_DIM * 2)
+    flops = 4 * t * h * total_topk * HEAD_DIM
+    return max(nbytes / (copy_gbps * 1e9), flops / (tflops * 1e12)) * 1e6
+
+
+def check(out: torch.Tensor, lse: torch.Tensor, ref: tuple[torch.Tensor, torch.Tensor]) -> str:
+    """'ok', or '!!! FAIL: ...' saying what differs from the reference."""
+    err = max_abs_error(out, ref[0])
+    problems = [] if err <= OUT_ATOL else [f"out max|err| {err:.3g} > {OUT_ATOL}"]
+    lse_msg = mismatch(lse, ref[1], atol=LSE_ATOL, rtol=0.0)
+    if lse_msg is not None:
+        problems.append(f"lse: {lse_msg}")
+    return "!!! FAIL: " + "; ".join(problems) if problems else "ok"
+
+
+def bench_workload(
+    h: int, layer: Layer, t: int, scopes: Scopes, variants: list[str], ceilings: dict[str, float] | None,
+    device: str, gen: torch.Generator,
+) -> list[dict[str, Any]]:
+    """Rows for one (h_q, layer, T): every requested variant at its default plan."""
+    main = scopes.get(layer.main, False, t)
+    extra = scopes.get(layer.extra, True, t) if layer.extra else None
+    q = make_query(t, 1, h, device=device, gen=gen)
+    sink = make_sink(h, kind="finite", device=device, gen=gen)
+    scope_kw = {"topk_length": main.topk_length, "attn_sink": sink, "sm_scale": SM_SCALE}
+    if extra is not None:
+        scope_kw |= {"extra_k_cache": extra.kv_cache, "extra_indices": extra.indices,
+                     "extra_topk_length": extra.topk_length}
+    w = workload_of(q, main.indices, main.topk_length, None if extra is None else extra.indices,
+                    None if extra is None else extra.topk_length, sink)
+    base = {"h_q": h, "layer": layer.name, "T": t, "total_topk": w.total_topk}
+    if ceilings is not None:
+        base["floor_us"] = floor_us(t, h, w.total_topk, ceilings["copy_gbps"], ceilings["bf16_tflops"])
+    ref_fn = partial(sparse_decode_ref, q, main.kv_cache, main.indices, fp8=FP8, **scope_kw)
+    ref = ref_fn() if t <= CHECK_MAX_T else None
+    if ceilings is not None and t <= REF_MAX_T:
+        base["ref_us"] = time_eager(ref_fn, reps=5, warmup=1)["median_us"]
+    rows = []
+    for name in variants:
+        plan = VARIANTS[name].default(w)
+        row: dict[str, Any] = {**base, "variant": name, "plan": str(plan)}
+        rows.append(row)
+        problems = VARIANTS[name].problems(w, plan.as_dict())
+        if problems:
+            row["check"] = "skipped: " + "; ".join(problems)
+            continue
+        out = torch.full((t, 1, h, HEAD_DIM), float("nan"), dtype=torch.bfloat16, device=device)
+        lse = torch.full((t, h, 1), float("nan"), dtype=torch.float32, device=device)
+        fn = partial(sparse_decode, q, main.kv_cache, main.indices, plan=plan, fp8=FP8, out=(out, lse),
+                     workspace=Workspace(), **scope_kw)
+        fn()  # compiles, allocates the workspace before capture, and is the output checked below
+        row["check"] = check(out, lse, ref) if ref is not None else ""
+        if ceilings is None:
+            row["note"] = INTERPRETER_NOTE
+            continue
+        timing = time_graph(fn)
+        us = row["us"] = timing["median_us"]
+        row |= {"p20_us": timing["p20_us"], "p80_us": timing["p80_us"], "graph": timing["graph"],
+                "of floor": base["floor_us"] / us}
+        if "ref_us" in base:
+            row["speedup"] = base["ref_us"] / us
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_args(parser)
+    parser.add_argument("--quick", action="store_true", help="T in (1, 8, 64, 256) and h_q = 128 only")
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
+    args = parser.parse_args()
+    timed = timing_available()
+    if not timed and not args.smoke:
+        raise SystemExit("no GPU (or TRITON_INTERPRET=1): only --smoke can run here")
+    device = "cuda" if timed else "cpu"
+    if args.smoke:
+        hs, layers, ts = (16,), SMOKE_LAYERS, (1, 2)
+    else:
+        hs, layers, ts = ((128,), LAYERS, (1, 8, 64, 256)) if args.quick else ((64, 128), LAYERS, FULL_TS)
+    ceilings = None
+    if timed:
+        ceilings = {"copy_gbps": copy_bandwidth_gbps(), "bf16_tflops": bf16_matmul_tflops()}
+        print(f"ceilings: copy {ceilings['copy_gbps']:.0f} GB/s (read + write), "
+              f"bf16 matmul {ceilings['bf16_tflops']:.0f} TFLOP/s")
+    gen = torch.Generator().manual_seed(args.seed)
+    scopes = Scopes(max(ts), device, big=not args.smoke, gen=gen)
+    rows = []
+    for h in hs:
+        for layer in layers:
+            for t in ts:
+                rows += bench_workload(h, layer, t, scopes, args.variants, ceilings, device, gen)
+                print(f"  done h_q={h} {layer.name} T={t}", flush=True)
+    failures = [r for r in rows if r.get("check", "").startswith("!!!")]
+    payload = {"device": device_record(), "ceilings": ceilings, "sm_scale": SM_SCALE, "fp8": FP8,
+               "pool_bytes": None if args.smoke else POOL_BYTES, "tolerance": {"out": OUT_ATOL, "lse": LSE_ATOL},
+               "failures": len(failures), "rows": rows}
+    path = save_results(result_name("bench_decode"), payload, args.out or default_out_dir(args.smoke))
+    print_table(rows, ["h_q", "layer", "T", "variant", "us", "floor_us", "of floor", "ref_us", "speedup", "check",
+                       "note"],
+                "sparse_decode default plans ('of floor' = floor / measured; speedup = reference / measured)")
+    print(f"\nsaved {path}")
+    if failures:
+        print(f"\n!!! {len(failures)} CORRECTNESS FAILURE(S): see the 'check' column")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Shared helpers of the benchmark scripts: serving-like timing, hardware ceilings, provenance, output.
+
+Timings replay a CUDA graph with a cold L2 (a 256 MiB buffer is zeroed before every replay),
+because decode runs from a captured graph on a cache that the rest of the layer has just evicted:
+that is the number serving sees, not a warm eager loop.  Ceilings (copy bandwidth, bf16 matmul
+rate) are measured in the same run, so ratios do not depend on a datasheet or on clocks.
+
+Importing this module imports ``dsv4_tune``: a script must set ``TRITON_INTERPRET`` before it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import triton
+
+from dsv4_tune.policies.gpu import detect
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+INTERPRETER_NOTE = "interpreter: no timing"
+
+
+def timing_available() -> bool:
+    """Whether real GPU timings can be taken (a GPU and no interpreter)."""
+    return torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+
+
+def _summary(times_ms: list[float], graph: bool) -> dict[str, Any]:
+    us = np.asarray(times_ms, dtype=np.float64) * 1e3
+    return {
+        "median_us": float(np.median(us)),
+        "p20_us": float(np.percentile(us, 20)),
+        "p80_us": float(np.percentile(us, 80)),
+        "reps": len(times_ms),
+        "graph": graph,
+    }
+
+
+def _timed_replays(launch: Callable[[], object], flush_bytes: int, reps: int) -> list[float]:
+    """Event-timed runs of ``launch``, each after an L2 flush; one synchronize at the end."""
+    flush = torch.empty(flush_bytes, dtype=torch.uint8, device="cuda") if flush_bytes else None
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for start, end in zip(starts, ends, strict=True):
+        if flush is not None:
+            flush.zero_()
+        start.record()
+        launch()
+        end.record()
+    torch.cuda.synchronize()
+    return [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)]
+
+
+def time_eager(
+    fn: Callable[[], object], *, flush_bytes: int = 256 * 2**20, reps: int = 50, warmup: int = 5
+) -> dict[str, Any]:
+    """Time eager calls of ``fn`` like :func:`time_graph` (fallback, and for code that allocates)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    return _summary(_timed_replays(fn, flush_bytes, reps), graph=False)
+
+
+def time_graph(
+    fn: Callable[[], object], *, flush_bytes: int = 256 * 2**20, reps: int = 50, warmup: int = 5
+) -> dict[str, Any]:
+    """Median / p20 / p80 µs of ``fn`` replayed from a CUDA graph on a cold L2, as serving runs it.
+
+    Falls back to eager timing (``"graph": False``) when capture fails, so one odd launcher does
+    not lose the whole row.
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # PyTorch's recipe: warm up off the capture stream
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            fn()
+    except Exception as exc:  # any capture failure means: time it eagerly
+        print(f"warning: CUDA graph capture failed ({type(exc).__name__}: {exc}); timing eager calls")
+        torch.cuda.synchronize()
+        return time_eager(fn, flush_bytes=flush_bytes, reps=reps, warmup=1)
+    torch.cuda.synchronize()
+    result = _summary(_timed_replays(graph.replay, flush_bytes, reps), graph=True)
+    del graph
+    return result
+
+
+def copy_bandwidth_gbps(nbytes: int = 2**30) -> float:
+    """Device-to-device copy rate in GB/s (bytes read + written), the bandwidth a gather can hope for."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda").fill_(1)
+    dst = torch.empty_like(src)
+    t = time_eager(lambda: dst.copy_(src), flush_bytes=0, reps=20, warmup=3)["median_us"]
+    return 2 * nbytes / (t * 1e-6) / 1e9
+
+
+def bf16_matmul_tflops(n: int = 8192) -> float:
+    """Dense bf16 matmul rate in TFLOP/s (2 n^3 flops per product): the compute ceiling."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    c = torch.empty_like(a)
+    t = time_eager(lambda: torch.mm(a, b, out=c), flush_bytes=0, reps=10, warmup=3)["median_us"]
+    return 2 * n**3 / (t * 1e-6) / 1e12
+
+
+def device_record() -> dict[str, Any]:
+    """Provenance of a result file: which device, toolchain, date and command produced it."""
+    gpu = detect()
+    real = timing_available()
+    return {
+        "device": torch.cuda.get_device_name() if real else "cpu (Triton interpreter)",
+        "arch": gpu.arch,
+        "sm_count": torch.cuda.get_device_properties(0).multi_processor_count if real else 0,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "python " + " ".join(sys.argv),
+    }
+
+
+def result_name(script: str) -> str:
+    """File stem of a result: the script and the GPU arch, so runs on different GPUs never collide."""
+    arch = detect().arch if timing_available() else "interpreter"
+    return f"{script}-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", arch)
+
+
+def default_out_dir(smoke: bool) -> Path:
+    """``benchmarks/results/``; smoke runs (not real measurements) go to a temporary folder."""
+    return Path(tempfile.gettempdir()) / "dsv4_tune_smoke" if smoke else RESULTS_DIR
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes; the Triton interpreter if no GPU")
+    parser.add_argument("--out", type=Path, default=None, help="result folder (default benchmarks/results/)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+
+
+def save_results(name: str, payload: dict[str, Any], out_dir: Path | None = None) -> Path:
+    """Write ``out_dir/name.json`` (sorted keys, indented; default ``benchmarks/results/``) and return its path."""
+    out_dir = RESULTS_DIR if out_dir is None else out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else ""
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "nan"
+        mag = abs(value)
+        if mag >= 100:
+            return f"{value:.0f}"
+        if mag >= 10:
+            return f"{value:.1f}"
+        return f"{value:.3f}" if mag < 1 else f"{value:.2f}"
+    return str(value)
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str], title: str) -> None:
+    """Print ``rows`` as a plain aligned table (numbers right-aligned): readable in a terminal or a file."""
+    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    numeric = [all(isinstance(r.get(c), int | float) or r.get(c) is None for r in rows) for c in columns]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True))
+
+    print(f"\n{title}")
+    print(line(columns).rstrip())
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print(line(row).rstrip())
+    sys.stdout.flush()

@@ -1,0 +1,47 @@
+"""The variant registry's spaces and validity rules (pure Python)."""
+
+from __future__ import annotations
+
+from dsv4_tune import Plan, Workload
+from dsv4_tune.kernels.variants import VARIANTS, default_plan, plan_problems
+
+DSV4 = [
+    Workload(t, h, 128, x)
+    for t in (1, 64, 1024)
+    for h in (64, 128)
+    for x in (0, 64, 512, 1024)
+]
+
+
+def test_every_space_is_valid_non_empty_and_unique() -> None:
+    for w in DSV4:
+        for name, v in VARIANTS.items():
+            space = v.space(w)
+            assert space, f"{name} has no config for {w}"
+            assert len(set(space)) == len(space)
+            for plan in space:
+                assert plan_problems(w, plan) == [], plan
+            assert plan_problems(w, v.default(w)) == [], (name, w)
+
+
+def test_rules_prune_what_cannot_run_well() -> None:
+    w = Workload(8, 16, 64, 0)
+    base = default_plan(w).as_dict()
+    assert any("exceeds h_q" in p for p in plan_problems(w, Plan.make("fused", base, BLOCK_H=32)))
+    assert any("registers" in p for p in plan_problems(Workload(8, 64, 64), Plan.make("fused", base, BLOCK_H=64)))
+    assert any("BLOCK_N steps" in p for p in plan_problems(
+        w, Plan.make("fused_splitk", base, BLOCK_N=32, SPLIT_K=3, COMBINE_BLOCK_H=8, combine_warps=4)))
+    gta = VARIANTS["gather_attend"].default(w).as_dict()
+    assert any("needs an extra scope" in p for p in plan_problems(w, Plan.make("gather_attend", gta, ONE_LAUNCH=1)))
+    assert any("takes no combine" in p for p in plan_problems(
+        w, Plan.make("gather_attend", gta, COMBINE_BLOCK_H=8, combine_warps=4)))
+    assert any("unknown config keys ['BLOCK_TK']" in p for p in plan_problems(w, Plan.make("fused", base, BLOCK_TK=64)))
+    assert any("missing ['num_stages']" in p for p in plan_problems(
+        w, Plan.make("fused", {k: v for k, v in base.items() if k != "num_stages"})))
+
+
+def test_plans_are_hashable_and_ordered() -> None:
+    a = Plan.make("fused", BLOCK_N=64, BLOCK_H=16)
+    b = Plan.make("fused", {"BLOCK_H": 16}, BLOCK_N=64)
+    assert a == b and hash(a) == hash(b) and a["BLOCK_N"] == 64
+    assert str(a) == "fused(BLOCK_H=16, BLOCK_N=64)"
