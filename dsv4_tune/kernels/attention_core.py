@@ -11,6 +11,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from dsv4_tune.kernels.fp8 import decode_fp8, ue8m0_to_f32
+
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
@@ -69,9 +71,8 @@ def paged_kv_block(
     scale_off = (page * stride_page + page_size * 576 + off * 8) // 8
     packed = tl.load(scale_ptr + scale_off, mask=valid, other=0)
     shift = (tl.minimum(cols // 64, 6) * 8).to(tl.uint64)
-    exponent = ((packed[:, None] >> shift[None, :]) & 0xFF).to(tl.int32)
-    scale = (exponent << 23).to(tl.float32, bitcast=True)  # 2^(byte - 127), exact for bytes 1..254
-    nope = raw.to(FP8, bitcast=True).to(tl.float32) * scale
+    scale = ue8m0_to_f32((packed[:, None] >> shift[None, :]) & 0xFF)
+    nope = decode_fp8(raw, FP8) * scale
     kv = tl.where(is_nope[None, :], nope, rope.to(tl.float32))
     kv = tl.where(vmask, kv, 0.0)
     return kv.to(tl.bfloat16).to(DOT), valid

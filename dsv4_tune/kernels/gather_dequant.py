@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from dsv4_tune.kernels.checks import check_device, check_index_values, check_scope
+from dsv4_tune.kernels.fp8 import decode_fp8, ue8m0_to_f32
 from dsv4_tune.kernels.kv_layout import (
     DATA_BYTES,
     HEAD_DIM,
@@ -23,7 +24,7 @@ from dsv4_tune.kernels.kv_layout import (
     Fp8Flavour,
     check_flavour,
 )
-from dsv4_tune.kernels.runtime import scope_args, triton_fp8
+from dsv4_tune.kernels.runtime import fp8_mode, scope_args
 
 BLOCK_TK_CHOICES = (32, 64, 128, 256)
 NUM_WARPS_CHOICES = (2, 4, 8)
@@ -45,12 +46,6 @@ class GatherConfig:
             raise ValueError(f"num_warps: expected one of {NUM_WARPS_CHOICES}, got {self.num_warps}")
         if self.num_stages not in NUM_STAGES_CHOICES:
             raise ValueError(f"num_stages: expected one of {NUM_STAGES_CHOICES}, got {self.num_stages}")
-
-
-@triton.jit
-def _ue8m0_to_f32(byte):
-    """UE8M0 exponent byte -> 2^(byte - 127) as fp32 bits (exact for bytes 1..254)."""
-    return (byte.to(tl.int32) << 23).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -98,9 +93,9 @@ def _gather_scope(
     out_row = (t_local * total_topk + k_offset + k) * 512
     cols = tl.arange(0, 64)
     for g in tl.static_range(7):
-        sc = _ue8m0_to_f32(tl.load(kv_ptr + scales + g, mask=valid, other=127))
+        sc = ue8m0_to_f32(tl.load(kv_ptr + scales + g, mask=valid, other=127))
         raw = tl.load(kv_ptr + data[:, None] + (g * 64 + cols)[None, :], mask=valid[:, None], other=0)
-        val = raw.to(FP8, bitcast=True).to(tl.float32) * sc[:, None]
+        val = decode_fp8(raw, FP8) * sc[:, None]
         val = tl.where(valid[:, None], val, 0.0)
         tl.store(out_ptr + out_row[:, None] + (g * 64 + cols)[None, :], val.to(tl.bfloat16), mask=in_range[:, None])
     rope_ptr = kv_ptr.to(tl.pointer_type(tl.bfloat16))
@@ -214,7 +209,7 @@ def gather_dequant(
     _gather_dequant_kernel[grid](
         *scope_args(k_cache, indices, topk_length),
         out, invalid.view(torch.uint8), t0, n_tok, s_q, topk, out.shape[1], k_offset,
-        HAS_LEN=topk_length is not None, FP8=triton_fp8(fp8), BLOCK_TK=config.BLOCK_TK,
+        HAS_LEN=topk_length is not None, FP8=fp8_mode(fp8), BLOCK_TK=config.BLOCK_TK,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out, invalid
@@ -262,7 +257,7 @@ def gather_dequant_dual(
         *scope_args(extra_k_cache, extra_indices, extra_topk_length),
         out, invalid.view(torch.uint8), t0, n_tok, s_q, topk, x_topk, n_main,
         HAS_LEN=topk_length is not None, X_HAS_LEN=extra_topk_length is not None,
-        FP8=triton_fp8(fp8), BLOCK_TK=config.BLOCK_TK,
+        FP8=fp8_mode(fp8), BLOCK_TK=config.BLOCK_TK,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out, invalid

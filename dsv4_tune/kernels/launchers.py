@@ -14,7 +14,7 @@ from dsv4_tune.kernels.combine import launch_combine
 from dsv4_tune.kernels.gather_dequant import GatherConfig, gather_dequant, gather_dequant_dual
 from dsv4_tune.kernels.gathered_attention import launch_gathered_attention
 from dsv4_tune.kernels.kv_layout import HEAD_DIM, Fp8Flavour
-from dsv4_tune.kernels.runtime import dot_dtype, triton_fp8
+from dsv4_tune.kernels.runtime import dot_dtype, fp8_mode
 from dsv4_tune.kernels.sparse_decode import launch_sparse_decode
 from dsv4_tune.kernels.workspace import Workspace
 
@@ -57,7 +57,7 @@ def _partials(ws: Workspace, split_k: int, n_tok: int, h_q: int, device: torch.d
 def run_fused(x: DecodeInputs, cfg: dict[str, int], out: torch.Tensor, lse: torch.Tensor, ws: Workspace) -> None:
     launch_sparse_decode(
         x.q, x.main, x.extra, x.attn_sink, x.sm_scale, out, lse, None, split_k=1,
-        fp8_type=triton_fp8(x.fp8), dot_type=dot_dtype(), **_attention_kw(cfg),
+        fp8_mode=fp8_mode(x.fp8), dot_type=dot_dtype(), **_attention_kw(cfg),
     )
 
 
@@ -68,7 +68,7 @@ def run_fused_splitk(
     partial = _partials(ws, sk, x.n_tok, x.q.shape[2], x.q.device)
     launch_sparse_decode(
         x.q, x.main, x.extra, x.attn_sink, x.sm_scale, out, lse, partial, split_k=sk,
-        fp8_type=triton_fp8(x.fp8), dot_type=dot_dtype(), **_attention_kw(cfg),
+        fp8_mode=fp8_mode(x.fp8), dot_type=dot_dtype(), **_attention_kw(cfg),
     )
     launch_combine(*partial, x.attn_sink, out, lse, s_q=x.q.shape[1],
                    BLOCK_H=cfg["COMBINE_BLOCK_H"], num_warps=cfg["combine_warps"])

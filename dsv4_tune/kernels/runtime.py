@@ -26,9 +26,15 @@ def dot_dtype() -> tl.dtype:
     return tl.float32 if interpreting() else tl.bfloat16
 
 
-def triton_fp8(fp8: Fp8Flavour) -> tl.dtype:
-    """The Triton type whose bitcast decodes a NoPE byte: float8e4nv (OCP) or float8e4b8 (fnuz)."""
-    return tl.float8e4b8 if check_flavour(fp8) == "e4m3fnuz" else tl.float8e4nv
+def fp8_mode(fp8: Fp8Flavour) -> str:
+    """The ``FP8`` constexpr of :func:`dsv4_tune.kernels.fp8.decode_fp8` for this process.
+
+    e4m3fnuz decodes natively where Triton has float8e4b8 (ROCm, the interpreter) and in software
+    on CUDA, whose Triton backend rejects that type.
+    """
+    if check_flavour(fp8) == "e4m3fnuz" and torch.version.hip is None and not interpreting():
+        return "e4m3fnuz_sw"
+    return fp8
 
 
 def next_pow2(n: int) -> int:

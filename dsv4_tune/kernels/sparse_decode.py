@@ -93,7 +93,7 @@ def launch_sparse_decode(
     BLOCK_N: int,
     num_warps: int,
     num_stages: int,
-    fp8_type: tl.dtype,
+    fp8_mode: str,
     dot_type: tl.dtype,
 ) -> None:
     """Launch the fused kernel (inputs already checked).  ``partial`` = (O ``[split_k, T, h, 512]``
@@ -114,6 +114,6 @@ def launch_sparse_decode(
         n_tok, s_q, h_q, sm_scale * 1.4426950408889634, chunk,
         HAS_LEN=main[2] is not None, HAS_EXTRA=extra is not None,
         X_HAS_LEN=extra is not None and extra[2] is not None, HAS_SINK=attn_sink is not None,
-        SPLIT=split_k > 1, BLOCK_H=BLOCK_H, BLOCK_N=BLOCK_N, FP8=fp8_type, DOT=dot_type,
+        SPLIT=split_k > 1, BLOCK_H=BLOCK_H, BLOCK_N=BLOCK_N, FP8=fp8_mode, DOT=dot_type,
         num_warps=num_warps, num_stages=num_stages,
     )
