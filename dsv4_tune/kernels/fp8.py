@@ -3,8 +3,7 @@
 ``FP8`` is a constexpr string chosen by the launcher (:func:`dsv4_tune.kernels.runtime.fp8_mode`):
 ``"e4m3fn"`` bitcasts to Triton's float8e4nv; ``"e4m3fnuz"`` to float8e4b8 where the target has
 it (ROCm, the interpreter); ``"e4m3fnuz_sw"`` decodes e4m3fnuz in integer/float ops on targets
-without that type (CUDA), using e4m3fnuz(b) = e4m3fn(b) / 2 except 0x7F/0xFF (+-240, NaN in fn)
-and 0x80 (NaN, -0 in fn).
+without that type (CUDA), from the bit fields.
 """
 
 from __future__ import annotations
@@ -21,10 +20,16 @@ def decode_fp8(raw, FP8: tl.constexpr):
     elif FP8 == "e4m3fnuz":
         val = raw.to(tl.float8e4b8, bitcast=True).to(tl.float32)
     else:
-        half = raw.to(tl.float8e4nv, bitcast=True).to(tl.float32) * 0.5
-        top = tl.where(raw >= 128, -240.0, 240.0)
-        val = tl.where((raw & 0x7F) == 0x7F, top, half)
-        val = tl.where(raw == 0x80, float("nan"), val)
+        # e4m3fnuz by hand: bias 8, no inf, 0x80 the only NaN.  Normal numbers are assembled as
+        # fp32 bits (exponent rebiased by 127 - 8), subnormals are mantissa * 2^-10.
+        b = raw.to(tl.int32)
+        e = (b >> 3) & 15
+        m = b & 7
+        bits = ((b & 0x80) << 24) | ((e + 119) << 23) | (m << 20)
+        sub = m.to(tl.float32) * 0.0009765625
+        sub = tl.where(b >= 128, -sub, sub)
+        val = tl.where(e == 0, sub, bits.to(tl.float32, bitcast=True))
+        val = tl.where(b == 128, float("nan"), val)
     return val
 
 

@@ -17,8 +17,15 @@ from dsv4_tune.kernels.kv_layout import Fp8Flavour, check_flavour, num_slots
 
 
 def interpreting() -> bool:
-    """True when Triton kernels run on the CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """True when Triton kernels run on the CPU interpreter (``TRITON_INTERPRET=1``).
+
+    Read once: Triton decides interpreter or compiler when our kernels are defined (at import), so
+    a later change of the variable would not change where they run anyway.
+    """
+    return _INTERPRETING
+
+
+_INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def dot_dtype() -> tl.dtype:

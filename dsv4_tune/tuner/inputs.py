@@ -16,6 +16,9 @@ from dsv4_tune.kernels import kv_layout as L
 from dsv4_tune.kernels.reference import candidate_valid
 
 
+WRITE_CHUNK = 1 << 16
+
+
 @dataclass
 class Scope:
     """One KV scope: pool view, slot ids ``[b, s_q, topk]`` int32, optional ``topk_length [b]``."""
@@ -68,8 +71,13 @@ def make_scope(
     length = None if length is None else length.to(device)
     valid = candidate_valid(kv, idx, length)
     slots = torch.unique(idx.reshape(valid.shape)[valid].to(torch.int64))
-    tokens = (torch.randn(slots.numel(), L.HEAD_DIM, generator=gen) / 10).clamp(-1, 1)
-    L.write_tokens(kv, slots, tokens.to(device), fp8)
+    for start in range(0, slots.numel(), WRITE_CHUNK):  # chunks bound the writer's index tensors
+        part = slots[start : start + WRITE_CHUNK]
+        if slots.numel() <= WRITE_CHUNK:
+            tokens = torch.randn(part.numel(), L.HEAD_DIM, generator=gen).to(device)
+        else:  # large pools (benchmarks, the tuner): draw on the device, from its own generator
+            tokens = torch.randn(part.numel(), L.HEAD_DIM, device=device)
+        L.write_tokens(kv, part, (tokens / 10).clamp(-1, 1), fp8)
     if poison:
         L.poison_pool(kv, slots)
     return Scope(kv, idx, length)
