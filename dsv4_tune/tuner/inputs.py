@@ -15,7 +15,6 @@ import torch
 from dsv4_tune.kernels import kv_layout as L
 from dsv4_tune.kernels.reference import candidate_valid
 
-
 WRITE_CHUNK = 1 << 16
 
 
