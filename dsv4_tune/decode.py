@@ -92,8 +92,8 @@ def sparse_decode(
         raise ValueError("extra_topk_length: given without an extra scope")
     if attn_sink is not None:
         _check_sink(attn_sink, h_q, q.device)
-    if q.stride(3) != 1:
-        q = q.contiguous()
+    if q.stride(3) != 1 or q.stride(0) % 8 or q.stride(1) % 8 or q.stride(2) % 8:
+        q = q.contiguous()  # the kernels read 16-byte rows of q
     w = workload_of(q, indices, topk_length, extra_indices, extra_topk_length, attn_sink)
     if plan is None:
         plan = default_plan(w)

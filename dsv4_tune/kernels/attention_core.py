@@ -1,6 +1,10 @@
 """Triton building blocks shared by the attention kernels: KV tile loaders, the online-softmax
 step, and the epilogue that writes either a final (sink-scaled) or a partial (split-K) result.
 
+The 512 head dims are handled as four column tiles, 256 + 128 + 64 NoPE and 64 RoPE, so that every
+load is a full-width row segment of one kind (FP8 bytes or BF16) with no column mask: that keeps
+the loads 16 bytes wide and wastes no MMA work on padding.
+
 Math in log2 units: scores are ``q.k * sm_scale * LOG2E`` so that ``exp`` is ``exp2``.  Guards of
 the contract: a ``-inf`` running max rescales by 0, a ``-inf`` score weighs 0, a row that saw no
 valid candidate stores O = 0 and LSE = +inf.
@@ -14,7 +18,14 @@ import triton.language as tl
 from dsv4_tune.kernels.fp8 import decode_fp8, ue8m0_to_f32
 
 LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
+
+
+@triton.jit
+def aligned(x, MULTIPLE: tl.constexpr):
+    """``x`` rounded down to a multiple of MULTIPLE: the identity for the values our input checks
+    allow, written so that the compiler can see the alignment of an unspecialized scalar (it
+    cannot see a ``tl.multiple_of`` hint on one) and emit 16-byte accesses."""
+    return (x // MULTIPLE) * MULTIPLE
 
 
 @triton.jit
@@ -31,12 +42,34 @@ def to_bf16_rne(x):
 
 
 @triton.jit
+def _row_tile(ptr, rows, mask, C0: tl.constexpr, W: tl.constexpr, DOT: tl.constexpr):
+    cols = C0 + tl.arange(0, W)
+    return tl.load(ptr + rows[:, None] + cols[None, :], mask=mask[:, None], other=0.0).to(DOT)
+
+
+@triton.jit
 def load_q(q_ptr, t, s_q, s_qb, s_qs, s_qh, head0, h_q, BLOCK_H: tl.constexpr, DOT: tl.constexpr):
-    """Q rows ``[BLOCK_H, 512]`` of query token ``t`` (batch row ``t // s_q``), as the dot dtype."""
+    """The four Q tiles ``[BLOCK_H, 256 | 128 | 64 | 64]`` of query token ``t`` (row ``t // s_q``)."""
+    # Row strides are multiples of 8 elements (16 B): the entry makes q contiguous otherwise.
     heads = head0 + tl.arange(0, BLOCK_H)
-    cols = tl.arange(0, 512)
-    ptr = q_ptr + (t // s_q) * s_qb + (t % s_q) * s_qs + heads[:, None].to(tl.int64) * s_qh + cols[None, :]
-    return tl.load(ptr, mask=(heads < h_q)[:, None], other=0.0).to(DOT)
+    rows = (t // s_q) * aligned(s_qb, 8) + (t % s_q) * aligned(s_qs, 8) + heads.to(tl.int64) * aligned(s_qh, 8)
+    hmask = heads < h_q
+    q0 = _row_tile(q_ptr, rows, hmask, 0, 256, DOT)
+    q1 = _row_tile(q_ptr, rows, hmask, 256, 128, DOT)
+    q2 = _row_tile(q_ptr, rows, hmask, 384, 64, DOT)
+    q3 = _row_tile(q_ptr, rows, hmask, 448, 64, DOT)
+    return q0, q1, q2, q3
+
+
+@triton.jit
+def _nope_tile(kv_ptr, data, packed, valid, C0: tl.constexpr, W: tl.constexpr, FP8: tl.constexpr, DOT: tl.constexpr):
+    """NoPE columns ``[C0, C0 + W)`` of BLOCK_N tokens, dequantized; invalid rows exactly 0."""
+    cols = C0 + tl.arange(0, W)
+    raw = tl.load(kv_ptr + data[:, None] + cols[None, :], mask=valid[:, None], other=0)
+    shift = ((cols // 64) * 8).to(tl.uint64)
+    scale = ue8m0_to_f32((packed[:, None] >> shift[None, :]) & 0xFF)
+    val = tl.where(valid[:, None], decode_fp8(raw, FP8) * scale, 0.0)
+    return val.to(tl.bfloat16).to(DOT)
 
 
 @triton.jit
@@ -46,9 +79,9 @@ def paged_kv_block(
 ):
     """Gather + dequantize candidates ``[k0, k0 + BLOCK_N)`` (those < ``k_hi``) of one scope.
 
-    Returns (kv ``[BLOCK_N, 512]`` in the dot dtype, invalid rows exactly 0; valid ``[BLOCK_N]``).
-    A candidate is valid when ``0 <= idx < n_slots``; the address of an invalid one is slot 0 and
-    every load of it is masked, so unused slots are never read.
+    Returns the four KV tiles (dot dtype, invalid rows exactly 0) and ``valid [BLOCK_N]``.  A
+    candidate is valid when ``0 <= idx < n_slots``; an invalid one addresses slot 0 with every load
+    masked, so unused slots are never read.
     """
     ks = k0 + tl.arange(0, BLOCK_N)
     in_range = ks < k_hi
@@ -57,25 +90,17 @@ def paged_kv_block(
     slot = tl.where(valid, idx, 0).to(tl.int64)
     page = slot // page_size
     off = slot % page_size
-    data = page * stride_page + off * 576
-    cols = tl.arange(0, 512)
-    is_nope = cols < 448
-    vmask = valid[:, None]
-    raw = tl.load(kv_ptr + data[:, None] + cols[None, :], mask=vmask & is_nope[None, :], other=0)
-    rope_ptr = kv_ptr.to(tl.pointer_type(tl.bfloat16))
-    rope_cols = tl.maximum(cols - 448, 0)
-    rope_off = page * stride_page_h + off * 288 + 224
-    rope = tl.load(rope_ptr + rope_off[:, None] + rope_cols[None, :], mask=vmask & (~is_nope)[None, :], other=0.0)
+    base = page * aligned(stride_page, 576)  # page strides are multiples of 576 B (check_kv_cache)
+    data = base + off * 576
     # The 7 UE8M0 bytes (and the pad) of a token in one 8-byte load; column j uses byte j // 64.
-    scale_ptr = kv_ptr.to(tl.pointer_type(tl.uint64))
-    scale_off = (page * stride_page + page_size * 576 + off * 8) // 8
-    packed = tl.load(scale_ptr + scale_off, mask=valid, other=0)
-    shift = (tl.minimum(cols // 64, 6) * 8).to(tl.uint64)
-    scale = ue8m0_to_f32((packed[:, None] >> shift[None, :]) & 0xFF)
-    nope = decode_fp8(raw, FP8) * scale
-    kv = tl.where(is_nope[None, :], nope, rope.to(tl.float32))
-    kv = tl.where(vmask, kv, 0.0)
-    return kv.to(tl.bfloat16).to(DOT), valid
+    packed = tl.load(kv_ptr.to(tl.pointer_type(tl.uint64)) + (base + page_size * 576 + off * 8) // 8, mask=valid, other=0)
+    k0t = _nope_tile(kv_ptr, data, packed, valid, 0, 256, FP8, DOT)
+    k1t = _nope_tile(kv_ptr, data, packed, valid, 256, 128, FP8, DOT)
+    k2t = _nope_tile(kv_ptr, data, packed, valid, 384, 64, FP8, DOT)
+    rope_rows = page * aligned(stride_page_h, 288) + off * 288 + 224
+    k3t = _row_tile(kv_ptr.to(tl.pointer_type(tl.bfloat16)), rope_rows, valid, 0, 64, tl.bfloat16)
+    k3t = tl.where(valid[:, None], k3t, 0.0).to(DOT)
+    return k0t, k1t, k2t, k3t, valid
 
 
 @triton.jit
@@ -85,15 +110,23 @@ def gathered_kv_block(kv_row_ptr, inv_row_ptr, k0, k_hi, BLOCK_N: tl.constexpr, 
     in_range = ks < k_hi
     invalid = tl.load(inv_row_ptr + ks, mask=in_range, other=1)
     valid = in_range & (invalid == 0)
-    cols = tl.arange(0, 512)
-    kv = tl.load(kv_row_ptr + ks[:, None].to(tl.int64) * 512 + cols[None, :], mask=valid[:, None], other=0.0)
-    return kv.to(DOT), valid
+    rows = ks.to(tl.int64) * 512
+    k0t = _row_tile(kv_row_ptr, rows, valid, 0, 256, DOT)
+    k1t = _row_tile(kv_row_ptr, rows, valid, 256, 128, DOT)
+    k2t = _row_tile(kv_row_ptr, rows, valid, 384, 64, DOT)
+    k3t = _row_tile(kv_row_ptr, rows, valid, 448, 64, DOT)
+    return k0t, k1t, k2t, k3t, valid
 
 
 @triton.jit
-def softmax_step(q, kv, valid, m_i, l_i, acc, qk_scale, DOT: tl.constexpr):
-    """One online-softmax update with a ``[BLOCK_N, 512]`` tile (K = V)."""
-    s = tl.dot(q, tl.trans(kv)) * qk_scale
+def softmax_step(
+    q0, q1, q2, q3, k0t, k1t, k2t, k3t, valid, m_i, l_i, a0, a1, a2, a3, qk_scale, DOT: tl.constexpr
+):
+    """One online-softmax update with a BLOCK_N-candidate tile (K = V), four column tiles."""
+    s = tl.dot(q0, tl.trans(k0t))
+    s = tl.dot(q1, tl.trans(k1t), acc=s)
+    s = tl.dot(q2, tl.trans(k2t), acc=s)
+    s = tl.dot(q3, tl.trans(k3t), acc=s) * qk_scale
     s = tl.where(valid[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     # Subtract a finite max: exp2(-inf - m) = 0 gives the -inf guards (alpha and p) for free, and
@@ -102,13 +135,31 @@ def softmax_step(q, kv, valid, m_i, l_i, acc, qk_scale, DOT: tl.constexpr):
     alpha = tl.math.exp2(m_i - m_safe)
     p = tl.math.exp2(s - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(DOT), kv)
-    return m_new, l_i, acc
+    p = p.to(DOT)
+    a0 = tl.dot(p, k0t, acc=a0 * alpha[:, None])
+    a1 = tl.dot(p, k1t, acc=a1 * alpha[:, None])
+    a2 = tl.dot(p, k2t, acc=a2 * alpha[:, None])
+    a3 = tl.dot(p, k3t, acc=a3 * alpha[:, None])
+    return m_new, l_i, a0, a1, a2, a3
+
+
+@triton.jit
+def _store_tiles(ptr, rows, mask, a0, a1, a2, a3, BF16: tl.constexpr):
+    c0 = tl.arange(0, 256)
+    c1 = 256 + tl.arange(0, 128)
+    c2 = 384 + tl.arange(0, 64)
+    c3 = 448 + tl.arange(0, 64)
+    if BF16:
+        a0, a1, a2, a3 = to_bf16_rne(a0), to_bf16_rne(a1), to_bf16_rne(a2), to_bf16_rne(a3)
+    tl.store(ptr + rows[:, None] + c0[None, :], a0, mask=mask[:, None])
+    tl.store(ptr + rows[:, None] + c1[None, :], a1, mask=mask[:, None])
+    tl.store(ptr + rows[:, None] + c2[None, :], a2, mask=mask[:, None])
+    tl.store(ptr + rows[:, None] + c3[None, :], a3, mask=mask[:, None])
 
 
 @triton.jit
 def store_result(
-    acc, m_i, l_i, t, t_out, split, n_tok_out, head0, h_q,
+    a0, a1, a2, a3, m_i, l_i, t, t_out, split, n_tok_out, head0, h_q,
     out_ptr, s_ob, s_os, s_oh, s_q, lse_ptr, s_lb, s_lh,
     part_o_ptr, part_lse_ptr, sink_ptr,
     HAS_SINK: tl.constexpr, SPLIT: tl.constexpr, BLOCK_H: tl.constexpr,
@@ -121,24 +172,23 @@ def store_result(
     """
     heads = head0 + tl.arange(0, BLOCK_H)
     hmask = heads < h_q
-    cols = tl.arange(0, 512)
     lonely = l_i == 0.0
     safe_m = tl.where(lonely, 0.0, m_i)
     lse = tl.where(lonely, float("inf"), (safe_m + tl.math.log2(tl.where(lonely, 1.0, l_i))) * 0.6931471805599453)
     if SPLIT:
-        o = acc * tl.where(lonely, 0.0, 1.0 / tl.where(lonely, 1.0, l_i))[:, None]
+        scale = tl.where(lonely, 0.0, 1.0 / tl.where(lonely, 1.0, l_i))[:, None]
         row = (split * n_tok_out + t_out).to(tl.int64) * h_q + heads
-        tl.store(part_o_ptr + row[:, None] * 512 + cols[None, :], o, mask=hmask[:, None])
+        _store_tiles(part_o_ptr, row * 512, hmask, a0 * scale, a1 * scale, a2 * scale, a3 * scale, False)
         tl.store(part_lse_ptr + row, lse, mask=hmask)
     else:
         denom = l_i
         if HAS_SINK:
             sink = tl.load(sink_ptr + heads, mask=hmask, other=float("-inf"))
             denom = l_i + tl.math.exp2(tl.where(lonely, float("-inf"), sink * 1.4426950408889634 - safe_m))
-        scale = tl.where(lonely, 0.0, 1.0 / tl.where(lonely, 1.0, denom))
-        o = acc * scale[:, None]
+        scale = tl.where(lonely, 0.0, 1.0 / tl.where(lonely, 1.0, denom))[:, None]
         tb = t // s_q
         ts = t % s_q
-        optr = out_ptr + tb * s_ob + ts * s_os + heads[:, None].to(tl.int64) * s_oh + cols[None, :]
-        tl.store(optr, to_bf16_rne(o), mask=hmask[:, None])
+        # Outputs are contiguous (checked by the entry): row strides are multiples of 512 elements.
+        rows = tb * aligned(s_ob, 512) + ts * aligned(s_os, 512) + heads.to(tl.int64) * aligned(s_oh, 512)
+        _store_tiles(out_ptr, rows, hmask, a0 * scale, a1 * scale, a2 * scale, a3 * scale, True)
         tl.store(lse_ptr + tb * s_lb + heads.to(tl.int64) * s_lh + ts, lse, mask=hmask)

@@ -42,6 +42,8 @@ def check_kv_cache(name: str, kv: torch.Tensor) -> None:
             f"got {kv.stride()}"
         )
     page_size = kv.shape[1]
+    if kv.shape[0] * page_size >= 2**31:
+        raise ValueError(f"{name}: {kv.shape[0]} pages of {page_size} tokens exceed 2^31 slots (int32 slot ids)")
     if kv.stride(0) < page_size * TOKEN_BYTES or kv.stride(0) % DATA_BYTES:
         raise ValueError(
             f"{name}: page stride {kv.stride(0)} B must be a multiple of {DATA_BYTES} B and hold "

@@ -14,17 +14,21 @@ import torch
 import triton
 import triton.language as tl
 
-from dsv4_tune.kernels.attention_core import to_bf16_rne
+from dsv4_tune.kernels.attention_core import aligned, to_bf16_rne
+from dsv4_tune.kernels.launch import Launcher, kernel
 
 SPLIT_K_MIN, SPLIT_K_MAX = 2, 16
 
 
-@triton.jit
+@kernel
 def _combine_kernel(
     part_o_ptr, part_lse_ptr, sink_ptr, out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh,
     t0, n_tok, s_q, h_q, split_k,
     HAS_SINK: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
+    s_ob = aligned(s_ob, 512)  # outputs are contiguous (checked by the entry)
+    s_os = aligned(s_os, 512)
+    s_oh = aligned(s_oh, 512)
     t_local = tl.program_id(0).to(tl.int64)
     heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     hmask = heads < h_q
@@ -58,6 +62,9 @@ def _combine_kernel(
     tl.store(lse_ptr + tb * s_lb + heads.to(tl.int64) * s_lh + ts, lse, mask=hmask)
 
 
+_launch_combine = Launcher(_combine_kernel)
+
+
 def launch_combine(
     part_o: torch.Tensor,
     part_lse: torch.Tensor,
@@ -75,10 +82,10 @@ def launch_combine(
     split_k, n_tok, h_q = part_lse.shape
     if not SPLIT_K_MIN <= split_k <= SPLIT_K_MAX:
         raise ValueError(f"split_k: expected {SPLIT_K_MIN}..{SPLIT_K_MAX}, got {split_k}")
-    grid = (n_tok, triton.cdiv(h_q, BLOCK_H))
-    _combine_kernel[grid](
+    _launch_combine(
+        (n_tok, triton.cdiv(h_q, BLOCK_H), 1),
         part_o, part_lse, attn_sink if attn_sink is not None else part_lse,
         out, out.stride(0), out.stride(1), out.stride(2), lse, lse.stride(0), lse.stride(1),
-        t0, n_tok, s_q, h_q, split_k,
-        HAS_SINK=attn_sink is not None, BLOCK_H=BLOCK_H, num_warps=num_warps,
+        t0, n_tok, s_q, h_q, split_k, attn_sink is not None, BLOCK_H,
+        num_warps=num_warps, num_stages=1,
     )

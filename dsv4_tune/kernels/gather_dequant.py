@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from dsv4_tune.kernels.attention_core import aligned
 from dsv4_tune.kernels.checks import check_device, check_index_values, check_scope
 from dsv4_tune.kernels.fp8 import decode_fp8, ue8m0_to_f32
 from dsv4_tune.kernels.kv_layout import (
@@ -24,6 +25,7 @@ from dsv4_tune.kernels.kv_layout import (
     Fp8Flavour,
     check_flavour,
 )
+from dsv4_tune.kernels.launch import Launcher, kernel
 from dsv4_tune.kernels.runtime import fp8_mode, scope_args
 
 BLOCK_TK_CHOICES = (32, 64, 128, 256)
@@ -74,6 +76,8 @@ def _gather_scope(
     BLOCK_TK: tl.constexpr,
 ):
     """Gather ``BLOCK_TK`` (token, k) pairs of one scope, tokens ``[t0, t0 + n_tok)``."""
+    stride_page = aligned(stride_page, 576)  # page strides are multiples of 576 B (check_kv_cache)
+    stride_page_h = aligned(stride_page_h, 288)
     pairs = pid.to(tl.int64) * BLOCK_TK + tl.arange(0, BLOCK_TK)
     in_range = pairs < n_tok * topk
     t_local = pairs // topk
@@ -106,7 +110,7 @@ def _gather_scope(
     tl.store(inv_ptr + t_local * total_topk + k_offset + k, (~valid).to(tl.uint8), mask=in_range)
 
 
-@triton.jit
+@kernel
 def _gather_dequant_kernel(
     kv_ptr, stride_page, stride_page_h, page_size, n_slots,
     idx_ptr, s_ib, s_is, s_ik, len_ptr,
@@ -120,7 +124,7 @@ def _gather_dequant_kernel(
     )
 
 
-@triton.jit
+@kernel
 def _gather_dequant_dual_kernel(
     kv_ptr, stride_page, stride_page_h, page_size, n_slots,
     idx_ptr, s_ib, s_is, s_ik, len_ptr,
@@ -144,6 +148,10 @@ def _gather_dequant_dual_kernel(
             xidx_ptr, x_s_ib, x_s_is, x_s_ik, xlen_ptr, out_ptr, inv_ptr, t0, n_tok, s_q, x_topk,
             total, topk, X_HAS_LEN, FP8, BLOCK_TK,
         )
+
+
+_launch_single = Launcher(_gather_dequant_kernel)
+_launch_dual = Launcher(_gather_dequant_dual_kernel)
 
 
 def _outputs(
@@ -206,10 +214,11 @@ def gather_dequant(
     grid = (triton.cdiv(n_tok * topk, config.BLOCK_TK),)
     if grid[0] == 0:
         return out, invalid
-    _gather_dequant_kernel[grid](
+    _launch_single(
+        (grid[0], 1, 1),
         *scope_args(k_cache, indices, topk_length),
         out, invalid.view(torch.uint8), t0, n_tok, s_q, topk, out.shape[1], k_offset,
-        HAS_LEN=topk_length is not None, FP8=fp8_mode(fp8), BLOCK_TK=config.BLOCK_TK,
+        topk_length is not None, fp8_mode(fp8), config.BLOCK_TK,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out, invalid
@@ -252,12 +261,12 @@ def gather_dequant_dual(
     grid = (n_main + triton.cdiv(n_tok * x_topk, config.BLOCK_TK),)
     if n_tok == 0:
         return out, invalid
-    _gather_dequant_dual_kernel[grid](
+    _launch_dual(
+        (grid[0], 1, 1),
         *scope_args(k_cache, indices, topk_length),
         *scope_args(extra_k_cache, extra_indices, extra_topk_length),
         out, invalid.view(torch.uint8), t0, n_tok, s_q, topk, x_topk, n_main,
-        HAS_LEN=topk_length is not None, X_HAS_LEN=extra_topk_length is not None,
-        FP8=fp8_mode(fp8), BLOCK_TK=config.BLOCK_TK,
+        topk_length is not None, extra_topk_length is not None, fp8_mode(fp8), config.BLOCK_TK,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out, invalid

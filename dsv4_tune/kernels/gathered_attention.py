@@ -12,10 +12,11 @@ import triton
 import triton.language as tl
 
 from dsv4_tune.kernels.attention_core import gathered_kv_block, load_q, softmax_step, store_result
+from dsv4_tune.kernels.launch import Launcher, kernel
 from dsv4_tune.kernels.sparse_decode import split_chunk
 
 
-@triton.jit
+@kernel
 def _gathered_attention_kernel(
     q_ptr, s_qb, s_qs, s_qh, kv_ptr, inv_ptr, total,
     sink_ptr, out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr,
@@ -27,22 +28,30 @@ def _gathered_attention_kernel(
     t_local = tl.program_id(1).to(tl.int64)
     split = tl.program_id(2)
     t = t0 + t_local
-    q = load_q(q_ptr, t, s_q, s_qb, s_qs, s_qh, head0, h_q, BLOCK_H, DOT)
+    q0, q1, q2, q3 = load_q(q_ptr, t, s_q, s_qb, s_qs, s_qh, head0, h_q, BLOCK_H, DOT)
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, 512], tl.float32)
+    a0 = tl.zeros([BLOCK_H, 256], tl.float32)
+    a1 = tl.zeros([BLOCK_H, 128], tl.float32)
+    a2 = tl.zeros([BLOCK_H, 64], tl.float32)
+    a3 = tl.zeros([BLOCK_H, 64], tl.float32)
     k_start = split * chunk
     k_end = tl.minimum(k_start + chunk, total)
     kv_row = kv_ptr + t_local * total * 512
     inv_row = inv_ptr + t_local * total
     for k0 in range(k_start, k_end, BLOCK_N):
-        kv, valid = gathered_kv_block(kv_row, inv_row, k0, k_end, BLOCK_N, DOT)
-        m_i, l_i, acc = softmax_step(q, kv, valid, m_i, l_i, acc, qk_scale, DOT)
+        k0t, k1t, k2t, k3t, valid = gathered_kv_block(kv_row, inv_row, k0, k_end, BLOCK_N, DOT)
+        m_i, l_i, a0, a1, a2, a3 = softmax_step(
+            q0, q1, q2, q3, k0t, k1t, k2t, k3t, valid, m_i, l_i, a0, a1, a2, a3, qk_scale, DOT
+        )
     store_result(
-        acc, m_i, l_i, t, t_local, split, n_tok, head0, h_q,
+        a0, a1, a2, a3, m_i, l_i, t, t_local, split, n_tok, head0, h_q,
         out_ptr, s_ob, s_os, s_oh, s_q, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr, sink_ptr,
         HAS_SINK, SPLIT, BLOCK_H,
     )
+
+
+_launch = Launcher(_gathered_attention_kernel)
 
 
 def launch_gathered_attention(
@@ -67,12 +76,12 @@ def launch_gathered_attention(
     n_tok, total, _ = gathered.shape
     _, s_q, h_q, _ = q.shape
     part_o, part_lse = partial if partial is not None else (out, lse)
-    grid = (triton.cdiv(h_q, BLOCK_H), n_tok, split_k)
-    _gathered_attention_kernel[grid](
+    _launch(
+        (triton.cdiv(h_q, BLOCK_H), n_tok, split_k),
         q, q.stride(0), q.stride(1), q.stride(2), gathered, invalid.view(torch.uint8), total,
         attn_sink if attn_sink is not None else lse,
         out, out.stride(0), out.stride(1), out.stride(2), lse, lse.stride(0), lse.stride(1), part_o, part_lse,
         t0, n_tok, s_q, h_q, sm_scale * 1.4426950408889634, split_chunk(total, split_k, BLOCK_N),
-        HAS_SINK=attn_sink is not None, SPLIT=split_k > 1, BLOCK_H=BLOCK_H, BLOCK_N=BLOCK_N, DOT=dot_type,
+        attn_sink is not None, split_k > 1, BLOCK_H, BLOCK_N, dot_type,
         num_warps=num_warps, num_stages=num_stages,
     )

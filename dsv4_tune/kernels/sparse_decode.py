@@ -14,12 +14,13 @@ import triton
 import triton.language as tl
 
 from dsv4_tune.kernels.attention_core import load_q, paged_kv_block, softmax_step, store_result
+from dsv4_tune.kernels.launch import Launcher, kernel
 from dsv4_tune.kernels.runtime import scope_args
 
 
 @triton.jit
 def _scope_walk(
-    q, m_i, l_i, acc, qk_scale, t, s_q, lo, hi,
+    q0, q1, q2, q3, m_i, l_i, a0, a1, a2, a3, qk_scale, t, s_q, lo, hi,
     kv_ptr, stride_page, stride_page_h, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik, len_ptr,
     HAS_LEN: tl.constexpr, BLOCK_N: tl.constexpr, FP8: tl.constexpr, DOT: tl.constexpr,
 ):
@@ -28,14 +29,16 @@ def _scope_walk(
         hi = tl.minimum(hi, tl.load(len_ptr + t // s_q))
     idx_row = idx_ptr + (t // s_q) * s_ib + (t % s_q) * s_is
     for k0 in range(lo, hi, BLOCK_N):
-        kv, valid = paged_kv_block(
+        k0t, k1t, k2t, k3t, valid = paged_kv_block(
             kv_ptr, stride_page, stride_page_h, page_size, n_slots, idx_row, s_ik, k0, hi, BLOCK_N, FP8, DOT
         )
-        m_i, l_i, acc = softmax_step(q, kv, valid, m_i, l_i, acc, qk_scale, DOT)
-    return m_i, l_i, acc
+        m_i, l_i, a0, a1, a2, a3 = softmax_step(
+            q0, q1, q2, q3, k0t, k1t, k2t, k3t, valid, m_i, l_i, a0, a1, a2, a3, qk_scale, DOT
+        )
+    return m_i, l_i, a0, a1, a2, a3
 
 
-@triton.jit
+@kernel
 def _sparse_decode_kernel(
     q_ptr, s_qb, s_qs, s_qh,
     kv_ptr, stride_page, stride_page_h, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik, len_ptr, topk,
@@ -49,28 +52,34 @@ def _sparse_decode_kernel(
     head0 = tl.program_id(0) * BLOCK_H
     t = tl.program_id(1).to(tl.int64)
     split = tl.program_id(2)
-    q = load_q(q_ptr, t, s_q, s_qb, s_qs, s_qh, head0, h_q, BLOCK_H, DOT)
+    q0, q1, q2, q3 = load_q(q_ptr, t, s_q, s_qb, s_qs, s_qh, head0, h_q, BLOCK_H, DOT)
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, 512], tl.float32)
+    a0 = tl.zeros([BLOCK_H, 256], tl.float32)
+    a1 = tl.zeros([BLOCK_H, 128], tl.float32)
+    a2 = tl.zeros([BLOCK_H, 64], tl.float32)
+    a3 = tl.zeros([BLOCK_H, 64], tl.float32)
     k_start = split * chunk
     k_end = k_start + chunk
-    m_i, l_i, acc = _scope_walk(
-        q, m_i, l_i, acc, qk_scale, t, s_q, k_start, tl.minimum(k_end, topk),
+    m_i, l_i, a0, a1, a2, a3 = _scope_walk(
+        q0, q1, q2, q3, m_i, l_i, a0, a1, a2, a3, qk_scale, t, s_q, k_start, tl.minimum(k_end, topk),
         kv_ptr, stride_page, stride_page_h, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik, len_ptr,
         HAS_LEN, BLOCK_N, FP8, DOT,
     )
     if HAS_EXTRA:
-        m_i, l_i, acc = _scope_walk(
-            q, m_i, l_i, acc, qk_scale, t, s_q, tl.maximum(k_start - topk, 0), tl.minimum(k_end - topk, x_topk),
+        m_i, l_i, a0, a1, a2, a3 = _scope_walk(
+            q0, q1, q2, q3, m_i, l_i, a0, a1, a2, a3, qk_scale, t, s_q, tl.maximum(k_start - topk, 0), tl.minimum(k_end - topk, x_topk),
             xkv_ptr, x_stride_page, x_stride_page_h, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik,
             xlen_ptr, X_HAS_LEN, BLOCK_N, FP8, DOT,
         )
     store_result(
-        acc, m_i, l_i, t, t, split, n_tok, head0, h_q,
+        a0, a1, a2, a3, m_i, l_i, t, t, split, n_tok, head0, h_q,
         out_ptr, s_ob, s_os, s_oh, s_q, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr, sink_ptr,
         HAS_SINK, SPLIT, BLOCK_H,
     )
+
+
+_launch = Launcher(_sparse_decode_kernel)
 
 
 def split_chunk(total_topk: int, split_k: int, block_n: int) -> int:
@@ -105,15 +114,14 @@ def launch_sparse_decode(
     chunk = split_chunk(topk + x_topk, split_k, BLOCK_N)
     x_args = scope_args(*extra) if extra is not None else scope_args(*main)
     part_o, part_lse = partial if partial is not None else (out, lse)
-    grid = (triton.cdiv(h_q, BLOCK_H), n_tok, split_k)
-    _sparse_decode_kernel[grid](
+    _launch(
+        (triton.cdiv(h_q, BLOCK_H), n_tok, split_k),
         q, q.stride(0), q.stride(1), q.stride(2),
         *scope_args(*main), topk, *x_args, x_topk,
         attn_sink if attn_sink is not None else lse,
         out, out.stride(0), out.stride(1), out.stride(2), lse, lse.stride(0), lse.stride(1), part_o, part_lse,
         n_tok, s_q, h_q, sm_scale * 1.4426950408889634, chunk,
-        HAS_LEN=main[2] is not None, HAS_EXTRA=extra is not None,
-        X_HAS_LEN=extra is not None and extra[2] is not None, HAS_SINK=attn_sink is not None,
-        SPLIT=split_k > 1, BLOCK_H=BLOCK_H, BLOCK_N=BLOCK_N, FP8=fp8_mode, DOT=dot_type,
+        main[2] is not None, extra is not None, extra is not None and extra[2] is not None, attn_sink is not None,
+        split_k > 1, BLOCK_H, BLOCK_N, fp8_mode, dot_type,
         num_warps=num_warps, num_stages=num_stages,
     )
