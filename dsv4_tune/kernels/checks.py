@@ -22,7 +22,7 @@ def check_device(name: str, t: torch.Tensor, device: torch.device | None = None)
     """``t`` must live where the kernels run now, and on ``device`` when one is given."""
     if not kernel_device_ok(t):
         raise ValueError(f"{name}: expected a tensor on {_where()}, got device {t.device}")
-    if device is not None and t.device != device:
+    if device is not None and t.get_device() != (-1 if device.index is None else device.index):
         raise ValueError(f"{name}: expected device {device} like the other inputs, got {t.device}")
 
 
@@ -30,23 +30,20 @@ def check_kv_cache(name: str, kv: torch.Tensor) -> None:
     """A pool view ``[pages, P, 1, 584]`` uint8 whose pages hold P data rows then P scale rows."""
     if kv.dtype != torch.uint8:
         raise ValueError(f"{name}: expected dtype torch.uint8 (the FP8 pool bytes), got {kv.dtype}")
-    if kv.dim() != 4 or kv.shape[2] != 1 or kv.shape[3] != TOKEN_BYTES:
+    shape = kv.shape
+    if len(shape) != 4 or shape[2] != 1 or shape[3] != TOKEN_BYTES:
+        raise ValueError(f"{name}: expected shape [pages, page_size, 1, {TOKEN_BYTES}], got {tuple(shape)}")
+    pages, page_size = shape[0], shape[1]
+    if pages < 1 or page_size < 1:
+        raise ValueError(f"{name}: expected at least one page of at least one token, got {tuple(shape)}")
+    stride = kv.stride()
+    if stride[3] != 1 or stride[1] != TOKEN_BYTES:
+        raise ValueError(f"{name}: expected the pool view's strides (page_stride, {TOKEN_BYTES}, *, 1), got {stride}")
+    if pages * page_size >= 2**31:
+        raise ValueError(f"{name}: {pages} pages of {page_size} tokens exceed 2^31 slots (int32 slot ids)")
+    if stride[0] < page_size * TOKEN_BYTES or stride[0] % DATA_BYTES:
         raise ValueError(
-            f"{name}: expected shape [pages, page_size, 1, {TOKEN_BYTES}], got {tuple(kv.shape)}"
-        )
-    if kv.shape[0] < 1 or kv.shape[1] < 1:
-        raise ValueError(f"{name}: expected at least one page of at least one token, got {tuple(kv.shape)}")
-    if kv.stride(3) != 1 or kv.stride(1) != TOKEN_BYTES:
-        raise ValueError(
-            f"{name}: expected the pool view's strides (page_stride, {TOKEN_BYTES}, *, 1), "
-            f"got {kv.stride()}"
-        )
-    page_size = kv.shape[1]
-    if kv.shape[0] * page_size >= 2**31:
-        raise ValueError(f"{name}: {kv.shape[0]} pages of {page_size} tokens exceed 2^31 slots (int32 slot ids)")
-    if kv.stride(0) < page_size * TOKEN_BYTES or kv.stride(0) % DATA_BYTES:
-        raise ValueError(
-            f"{name}: page stride {kv.stride(0)} B must be a multiple of {DATA_BYTES} B and hold "
+            f"{name}: page stride {stride[0]} B must be a multiple of {DATA_BYTES} B and hold "
             f"{page_size} tokens of {TOKEN_BYTES} B (use kv_layout.pool_view)"
         )
 
@@ -55,14 +52,13 @@ def check_indices(name: str, idx: torch.Tensor, batch: int | None = None, s_q: i
     """Sparse slot ids ``[b, s_q, topk]`` int32 (any strides)."""
     if idx.dtype != torch.int32:
         raise ValueError(f"{name}: expected dtype torch.int32, got {idx.dtype}")
-    if idx.dim() != 3:
-        raise ValueError(f"{name}: expected shape [b, s_q, topk], got {tuple(idx.shape)}")
-    if batch is not None and (idx.shape[0], idx.shape[1]) != (batch, s_q):
-        raise ValueError(
-            f"{name}: expected leading dims [b={batch}, s_q={s_q}], got {tuple(idx.shape)}"
-        )
-    if idx.shape[2] < 1:
-        raise ValueError(f"{name}: expected topk >= 1, got {tuple(idx.shape)}")
+    shape = idx.shape
+    if len(shape) != 3:
+        raise ValueError(f"{name}: expected shape [b, s_q, topk], got {tuple(shape)}")
+    if batch is not None and (shape[0] != batch or shape[1] != s_q):
+        raise ValueError(f"{name}: expected leading dims [b={batch}, s_q={s_q}], got {tuple(shape)}")
+    if shape[2] < 1:
+        raise ValueError(f"{name}: expected topk >= 1, got {tuple(shape)}")
 
 
 def check_topk_length(name: str, length: torch.Tensor, batch: int) -> None:

@@ -51,7 +51,7 @@ def next_pow2(n: int) -> int:
 
 def kernel_device_ok(t: torch.Tensor) -> bool:
     """Whether a tensor lives where our kernels can run now: a GPU, or the CPU under the interpreter."""
-    return t.device.type == "cpu" if interpreting() else t.device.type == "cuda"
+    return t.is_cpu if _INTERPRETING else t.is_cuda
 
 
 def scope_args(kv: torch.Tensor, idx: torch.Tensor, length: torch.Tensor | None) -> list:
