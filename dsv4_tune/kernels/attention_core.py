@@ -63,10 +63,14 @@ def load_q(q_ptr, t, s_q, s_qb, s_qs, s_qh, head0, h_q, BLOCK_H: tl.constexpr, D
 
 @triton.jit
 def _nope_tile(kv_ptr, data, packed, valid, C0: tl.constexpr, W: tl.constexpr, FP8: tl.constexpr, DOT: tl.constexpr):
-    """NoPE columns ``[C0, C0 + W)`` of BLOCK_N tokens, dequantized; invalid rows exactly 0."""
+    """NoPE columns ``[C0, C0 + W)`` of BLOCK_N tokens, dequantized; invalid rows exactly 0.
+
+    ``packed`` holds the 4 scale bytes of this tile's 64-column groups (bytes 0-3 for columns
+    0-255, bytes 4-7 beyond), so column j uses byte ``(j // 64) % 4`` of it.
+    """
     cols = C0 + tl.arange(0, W)
     raw = tl.load(kv_ptr + data[:, None] + cols[None, :], mask=valid[:, None], other=0)
-    shift = ((cols // 64) * 8).to(tl.uint64)
+    shift = ((cols // 64) % 4) * 8
     scale = ue8m0_to_f32((packed[:, None] >> shift[None, :]) & 0xFF)
     val = tl.where(valid[:, None], decode_fp8(raw, FP8) * scale, 0.0)
     return val.to(tl.bfloat16).to(DOT)
@@ -92,11 +96,13 @@ def paged_kv_block(
     off = slot % page_size
     base = page * aligned(stride_page, 576)  # page strides are multiples of 576 B (check_kv_cache)
     data = base + off * 576
-    # The 7 UE8M0 bytes (and the pad) of a token in one 8-byte load; column j uses byte j // 64.
-    packed = tl.load(kv_ptr.to(tl.pointer_type(tl.uint64)) + (base + page_size * 576 + off * 8) // 8, mask=valid, other=0)
-    k0t = _nope_tile(kv_ptr, data, packed, valid, 0, 256, FP8, DOT)
-    k1t = _nope_tile(kv_ptr, data, packed, valid, 256, 128, FP8, DOT)
-    k2t = _nope_tile(kv_ptr, data, packed, valid, 384, 64, FP8, DOT)
+    # The 7 UE8M0 bytes (and the pad) of a token as two 4-byte words; column j uses byte j // 64.
+    words = kv_ptr.to(tl.pointer_type(tl.uint32)) + (base + page_size * 576 + off * 8) // 4
+    lo = tl.load(words, mask=valid, other=0)
+    hi = tl.load(words + 1, mask=valid, other=0)
+    k0t = _nope_tile(kv_ptr, data, lo, valid, 0, 256, FP8, DOT)
+    k1t = _nope_tile(kv_ptr, data, hi, valid, 256, 128, FP8, DOT)
+    k2t = _nope_tile(kv_ptr, data, hi, valid, 384, 64, FP8, DOT)
     rope_rows = page * aligned(stride_page_h, 288) + off * 288 + 224
     k3t = _row_tile(kv_ptr.to(tl.pointer_type(tl.bfloat16)), rope_rows, valid, 0, 64, tl.bfloat16)
     k3t = tl.where(valid[:, None], k3t, 0.0).to(DOT)

@@ -64,7 +64,12 @@ class Launcher:
             return
         self.fast_launches += 1
         stream = driver.active.get_current_stream(device)
-        enter, leave = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+        enter, leave = _hook(knobs.runtime.launch_enter_hook), _hook(knobs.runtime.launch_exit_hook)
         meta = None if enter is None else compiled.launch_metadata(grid, stream, *args)  # type: ignore[attr-defined]
         compiled.run(grid[0], grid[1], grid[2], stream, compiled.function,  # type: ignore[attr-defined]
                      compiled.packed_metadata, meta, enter, leave, *args)  # type: ignore[attr-defined]
+
+
+def _hook(hook: object) -> object:
+    """A launch hook, or None when there is none (Triton >= 3.6 keeps an empty HookChain)."""
+    return None if hook is None or getattr(hook, "calls", True) == [] else hook
