@@ -66,7 +66,7 @@ def main() -> None:
             for plan in plans[i]:
                 ws = Workspace()
 
-                def call(plan=plan, ws=ws):
+                def call(plan=plan, ws=ws, q=q, main=main, out=out, kw=kw):
                     sparse_decode(q, main.kv_cache, main.indices, plan=plan, workspace=ws, out=out, **kw)
 
                 us = time_graph(call, reps=args.reps, warmup=2)["median_us"]
