@@ -28,7 +28,8 @@ def test_rules_prune_what_cannot_run_well() -> None:
     w = Workload(8, 16, 64, 0)
     base = default_plan(w).as_dict()
     assert any("exceeds h_q" in p for p in plan_problems(w, Plan.make("fused", base, BLOCK_H=32)))
-    assert any("registers" in p for p in plan_problems(Workload(8, 64, 64), Plan.make("fused", base, BLOCK_H=64)))
+    wide = Plan.make("fused", base, BLOCK_H=64, num_warps=4)
+    assert any("registers" in p for p in plan_problems(Workload(8, 64, 64), wide))
     assert any("BLOCK_N steps" in p for p in plan_problems(
         w, Plan.make("fused_splitk", base, BLOCK_N=32, SPLIT_K=3, COMBINE_BLOCK_H=8, combine_warps=4)))
     gta = VARIANTS["gather_attend"].default(w).as_dict()

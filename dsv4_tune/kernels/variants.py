@@ -159,18 +159,23 @@ class Variant:
         return self._resolved["fn"]
 
 
+# Defaults: the configs that did best across the DSV4 shapes in the first H100 sweep
+# (benchmarks/results/sweep_preview-*.json): 64-head blocks on 8 warps without a split, 16-head
+# blocks split 8 ways when T is small.  The dispatcher replaces them per bucket.
 def _fused_default(w: Workload) -> dict[str, int]:
-    return {"BLOCK_H": 16, "BLOCK_N": 64, "num_warps": 4, "num_stages": 1}
+    return {"BLOCK_H": min(64, _pow2_at_least_16(w.h_q)), "BLOCK_N": min(64, _pow2_at_least_16(w.total_topk)),
+            "num_warps": 8, "num_stages": 1}
 
 
 def _fused_splitk_default(w: Workload) -> dict[str, int]:
-    steps = -(-w.total_topk // 64)
-    return {**_fused_default(w), "SPLIT_K": max(2, min(4, steps)), **DEFAULT_COMBINE}
+    block_n = 64 if w.total_topk >= 128 else 16
+    steps = -(-w.total_topk // block_n)
+    return {"BLOCK_H": 16, "BLOCK_N": block_n, "num_warps": 8, "num_stages": 1,
+            "SPLIT_K": max(2, min(8, steps)), **DEFAULT_COMBINE}
 
 
 def _gta_default(w: Workload) -> dict[str, int]:
-    return {"BLOCK_H": 16, "BLOCK_N": 64, "num_warps": 4, "num_stages": 1, "ONE_LAUNCH": int(w.dual),
-            "BLOCK_TK": 128, "gather_warps": 4, "SPLIT_K": 1}
+    return {**_fused_default(w), "ONE_LAUNCH": int(w.dual), "BLOCK_TK": 64, "gather_warps": 4, "SPLIT_K": 1}
 
 
 VARIANTS: dict[str, Variant] = {
