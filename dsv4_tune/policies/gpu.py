@@ -34,11 +34,14 @@ class GpuInfo:
         return fp8_flavour_for_arch(self.arch)
 
 
-def arch_of(props: object) -> str:
-    """``sm<major><minor>`` on CUDA; the gfx name without feature suffixes on ROCm."""
-    gcn = getattr(props, "gcnArchName", "") or ""
-    if gcn:
-        return gcn.split(":")[0]
+def arch_of(props: object, hip: bool) -> str:
+    """``sm<major><minor>`` on CUDA; the gfx name without feature suffixes on ROCm.
+
+    CUDA builds of torch also fill ``gcnArchName`` (with the marketing name), so the backend, not
+    the attribute, decides which field is the arch.
+    """
+    if hip:
+        return str(getattr(props, "gcnArchName", "")).split(":")[0]
     return f"sm{props.major}{props.minor}"  # type: ignore[attr-defined]
 
 
@@ -47,5 +50,5 @@ def detect() -> GpuInfo:
     if interpreting() or not torch.cuda.is_available():
         return GpuInfo(INTERPRETER_ARCH, "cpu", 0, "interpreter")
     props = torch.cuda.get_device_properties(0)
-    backend = "hip" if torch.version.hip else "cuda"
-    return GpuInfo(arch_of(props), props.name, props.multi_processor_count, backend)
+    hip = torch.version.hip is not None
+    return GpuInfo(arch_of(props, hip), props.name, props.multi_processor_count, "hip" if hip else "cuda")
