@@ -1,7 +1,8 @@
 """The public entry: ``sparse_decode``, same argument meaning as FlashMLA's sparse FP8 decode.
 
-Checks read metadata only (no host sync) unless ``validate=True``.  With ``plan=None`` it runs the
-registry's fixed, safe default plan.
+Checks read metadata only (no host sync) unless ``validate=True``.  With ``plan=None`` the
+process-wide dispatcher picks the plan from the policy chosen for this GPU (``DSV4_TUNE_POLICY``, a
+shipped policy, or the built-in default; see :mod:`dsv4_tune.policies.dispatcher`).
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import torch
 from dsv4_tune.kernels.checks import check_device, check_index_values, check_scope
 from dsv4_tune.kernels.kv_layout import HEAD_DIM, Fp8Flavour, check_flavour
 from dsv4_tune.kernels.launchers import DecodeInputs
-from dsv4_tune.kernels.variants import default_plan, get_variant, plan_problems
+from dsv4_tune.kernels.variants import get_variant, plan_problems
 from dsv4_tune.kernels.workspace import DEFAULT_WORKSPACE, Workspace
+from dsv4_tune.policies.dispatcher import get_dispatcher
 from dsv4_tune.workload import Plan, Workload
 
 
@@ -96,7 +98,7 @@ def sparse_decode(
         q = q.contiguous()  # the kernels read 16-byte rows of q
     w = workload_of(q, indices, topk_length, extra_indices, extra_topk_length, attn_sink)
     if plan is None:
-        plan = default_plan(w)
+        plan = get_dispatcher().lookup(w)
     if validate:
         problems = plan_problems(w, plan)
         if problems:

@@ -10,10 +10,11 @@ import torch
 from dsv4_tune import Plan, sparse_decode
 from dsv4_tune.decode import workload_of
 from dsv4_tune.kernels.compare import decode_mismatch
-from dsv4_tune.kernels.launchers import DecodeInputs, run_gather_attend, token_ranges
+from dsv4_tune.kernels.launchers import DecodeInputs, run_gather_attend
 from dsv4_tune.kernels.reference import sparse_decode_ref
 from dsv4_tune.kernels.variants import VARIANTS
 from dsv4_tune.kernels.workspace import Workspace
+from dsv4_tune.policies.buckets import token_ranges
 from dsv4_tune.tuner.inputs import Scope, make_query, make_scope, make_sink
 
 pytestmark = pytest.mark.gpu

@@ -17,11 +17,9 @@ from dsv4_tune.kernels.kv_layout import HEAD_DIM, Fp8Flavour
 from dsv4_tune.kernels.runtime import dot_dtype, fp8_mode
 from dsv4_tune.kernels.sparse_decode import launch_sparse_decode
 from dsv4_tune.kernels.workspace import Workspace
+from dsv4_tune.policies.buckets import GATHER_BUFFER_BYTES, token_ranges
 
 ScopeTensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # k_cache, indices, topk_length
-
-GATHER_BUFFER_BYTES = 2**31  # bound on the gathered BF16 buffer, as the spec's compute_token_ranges
-
 
 @dataclass
 class DecodeInputs:
@@ -72,12 +70,6 @@ def run_fused_splitk(
     )
     launch_combine(*partial, x.attn_sink, out, lse, s_q=x.q.shape[1],
                    BLOCK_H=cfg["COMBINE_BLOCK_H"], num_warps=cfg["combine_warps"])
-
-
-def token_ranges(n_tok: int, total_topk: int, max_bytes: int = GATHER_BUFFER_BYTES) -> list[tuple[int, int]]:
-    """Consecutive token ranges whose gathered BF16 buffer stays within ``max_bytes``."""
-    per = max(1, max_bytes // (total_topk * HEAD_DIM * 2))
-    return [(t, min(t + per, n_tok)) for t in range(0, n_tok, per)]
 
 
 def run_gather_attend(

@@ -1,0 +1,214 @@
+"""Workload in, plan out: a policy compiled into plain lookup tables, and the process-wide choice
+of policy at serving time.
+
+``Dispatcher.lookup`` builds one tuple key, indexes a dict, computes the power-of-two bucket of T
+with ``int.bit_length`` and indexes a list: no allocation beyond the key and no GPU work.  A bucket
+that a segment boundary cuts (the seed's exact element-count thresholds) holds a small sorted list
+that is bisected.  A workload class the policy lacks is resolved once to the nearest class (same
+h_q and scope count, preferring the same flags, then the nearest total topk; ties to the smaller)
+and cached; its plans are re-checked against the registry for the new class and any that cannot
+run it is replaced by the default.  With no class of that h_q the built-in default plan is used.
+T beyond the last boundary uses the last (open-ended) segment.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dsv4_tune.kernels.variants import default_plan, plan_problems
+from dsv4_tune.policies.buckets import bucket_index
+from dsv4_tune.policies.gpu import GpuInfo, arch_of_id, detect
+from dsv4_tune.policies.schema import Policy, PolicyError, WorkloadClass, load_policy
+from dsv4_tune.workload import Plan, Workload
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+ENV_POLICY = "DSV4_TUNE_POLICY"
+
+ClassKey = tuple[int, int, int, bool, bool, bool]
+
+
+class DSV4TuneWarning(UserWarning):
+    """Policy selection fell back, or a policy was measured with other tools."""
+
+
+@dataclass(frozen=True)
+class _Split:
+    """A bucket cut by segment boundaries: ``plans[i]`` serves T <= ``bounds[i]``, the last the rest."""
+
+    bounds: tuple[int, ...]
+    plans: tuple[Plan, ...]
+
+    def pick(self, total_tokens: int) -> Plan:
+        return self.plans[bisect.bisect_left(self.bounds, total_tokens)]
+
+
+def _compile_segments(segments: list[tuple[int | None, Plan]]) -> list:
+    """Dense per-bucket table: entry b serves T in (2^(b-1), 2^b]; the last entry serves all larger T."""
+    finite = [m for m, _ in segments if m is not None]
+    last_bucket = bucket_index(finite[-1]) + 1 if finite else 0
+    table: list = []
+    for b in range(last_bucket + 1):
+        lo, hi = (1, 1) if b == 0 else ((1 << (b - 1)) + 1, 1 << b)
+        inside = []
+        start = 1
+        for m, plan in segments:
+            end = m if m is not None else 1 << 62
+            if end >= lo and start <= hi:
+                inside.append((end, plan))
+            start = end + 1
+        if len(inside) == 1:
+            table.append(inside[0][1])
+        else:
+            table.append(_Split(tuple(e for e, _ in inside[:-1]), tuple(p for _, p in inside)))
+    return table
+
+
+@dataclass
+class Dispatcher:
+    """Compiled lookup tables of one policy (or none: the built-in default for every workload)."""
+
+    policy: Policy | None = None
+    source: str = "built-in default"
+    _tables: dict[ClassKey, list] = field(default_factory=dict, repr=False)
+    resolved_from: dict[ClassKey, ClassKey | None] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.policy is not None:
+            for c in self.policy.classes:
+                self._tables[c.key] = _compile_segments([(s.max_tokens, s.plan.to_plan()) for s in c.segments])
+                self.resolved_from[c.key] = c.key
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Dispatcher:
+        return cls(load_policy(path), str(path))
+
+    def lookup(self, w: Workload) -> Plan:
+        """The plan for ``w`` (see the module docstring for the rules)."""
+        key = (w.h_q, w.topk_main, w.topk_extra, w.has_len_main, w.has_len_extra, w.has_sink)
+        table = self._tables.get(key)
+        if table is None:
+            table = self._resolve(key)
+        t = w.total_tokens
+        entry = table[min(0 if t <= 1 else (t - 1).bit_length(), len(table) - 1)]
+        return entry if entry.__class__ is Plan else entry.pick(t)
+
+    def _resolve(self, key: ClassKey) -> list:
+        nearest = self.nearest_class(key)
+        w = Workload(1, *key)
+        if nearest is None:
+            table: list = [default_plan(w)]
+        else:
+            segs = []
+            for s in nearest.segments:
+                plan = s.plan.to_plan()
+                segs.append((s.max_tokens, default_plan(w) if plan_problems(w, plan) else plan))
+            table = _compile_segments(segs)
+        self._tables[key] = table
+        self.resolved_from[key] = None if nearest is None else nearest.key
+        return table
+
+    def nearest_class(self, key: ClassKey) -> WorkloadClass | None:
+        """Same h_q and scope count; then same flags first, nearest total topk, smaller on a tie."""
+        if self.policy is None:
+            return None
+        h, tm, te = key[0], key[1], key[2]
+        same = [c for c in self.policy.classes if c.h_q == h and (c.topk_extra > 0) == (te > 0)]
+        if not same:
+            return None
+        return min(same, key=lambda c: (c.key[3:] != key[3:], abs(c.topk_main + c.topk_extra - tm - te),
+                                        c.topk_main + c.topk_extra))
+
+    def class_of(self, w: Workload) -> WorkloadClass | None:
+        """The policy class whose plans answer ``w`` (after nearest-class resolution)."""
+        self.lookup(w)
+        src = self.resolved_from.get((w.h_q, w.topk_main, w.topk_extra, w.has_len_main, w.has_len_extra, w.has_sink))
+        if src is None or self.policy is None:
+            return None
+        return next(c for c in self.policy.classes if c.key == src)
+
+
+# ----------------------------------------------------------------------------- selection at serving
+_DISPATCHER: Dispatcher | None = None
+
+
+def _warn(msg: str) -> None:
+    warnings.warn(msg, DSV4TuneWarning, stacklevel=3)
+
+
+def _versions_drift(policy: Policy) -> str | None:
+    import torch
+    import triton
+
+    got = {"torch": torch.__version__, "triton": triton.__version__}
+    want = {"torch": policy.provenance.torch, "triton": policy.provenance.triton}
+    diff = [f"{k} {want[k]} -> {got[k]}" for k in got if want[k] and want[k] != got[k]]
+    return ", ".join(diff) or None
+
+
+def shipped_policies() -> list[Path]:
+    return sorted(DATA_DIR.glob("*.json"))
+
+
+def select_policy(gpu: GpuInfo | None = None) -> tuple[Dispatcher, list[str]]:
+    """Choose the policy for this process; never raises.  Returns the dispatcher and the warnings.
+
+    Order: ``$DSV4_TUNE_POLICY``; else the shipped policy whose GPU id matches exactly; else one of
+    the same arch (with a warning); else the built-in default (with one warning saying how to make a
+    policy).  A policy for another arch, or one that fails to load, is refused with a warning.
+    """
+    gpu = gpu or detect()
+    notes: list[str] = []
+    env = os.environ.get(ENV_POLICY)
+    candidates: list[Path] = []
+    if env:
+        candidates = [Path(env)]
+    else:
+        shipped = shipped_policies()
+        exact = [p for p in shipped if p.stem == gpu.id]
+        same_arch = [p for p in shipped if arch_of_id(p.stem) == gpu.arch and p not in exact]
+        candidates = exact or same_arch[:1]
+        if not exact and same_arch:
+            notes.append(f"dsv4-tune: no policy for GPU id {gpu.id}; using {same_arch[0].name} "
+                         f"of the same arch {gpu.arch}")
+    for path in candidates:
+        try:
+            policy = load_policy(path)
+        except PolicyError as e:
+            notes.append(f"dsv4-tune: ignoring broken policy ({e}); using the built-in default plan")
+            return Dispatcher(), notes
+        if policy.gpu.arch != gpu.arch:
+            notes.append(f"dsv4-tune: refusing policy {path} for arch {policy.gpu.arch} on this {gpu.arch} GPU "
+                         f"({gpu.name}); using the built-in default plan")
+            return Dispatcher(), notes
+        drift = _versions_drift(policy)
+        if drift:
+            notes.append(f"dsv4-tune: policy {path} was measured with other tools ({drift}); using it anyway")
+        return Dispatcher(policy, str(path)), notes
+    searched = env or f"{DATA_DIR}/{gpu.id}.json and any {gpu.arch}-*.json there"
+    notes.append(
+        f"dsv4-tune: no policy for GPU {gpu.id} (searched {searched}); using the built-in default plan. "
+        f"Make one with `dsv4-tune sweep --gpu {gpu.arch if gpu.is_real else 'auto'}` then `dsv4-tune export`, "
+        f"and point {ENV_POLICY} at it."
+    )
+    return Dispatcher(), notes
+
+
+def get_dispatcher() -> Dispatcher:
+    """The process-wide dispatcher, chosen on first use; its warnings are emitted once, then."""
+    global _DISPATCHER
+    if _DISPATCHER is None:
+        dispatcher, notes = select_policy()
+        for note in notes:
+            _warn(note)
+        _DISPATCHER = dispatcher
+    return _DISPATCHER
+
+
+def reset_dispatcher() -> None:
+    """Forget the process-wide choice (tests, or after changing ``DSV4_TUNE_POLICY``)."""
+    global _DISPATCHER
+    _DISPATCHER = None

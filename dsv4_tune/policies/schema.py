@@ -1,0 +1,188 @@
+"""The policy file: pydantic models, validation against the variant registry, atomic JSON I/O.
+
+A policy belongs to one GPU id.  Per workload class (h_q, topk_main, topk_extra and the flags that
+change the code path) it holds a piecewise-constant plan over T: ``segments`` ordered by
+``max_tokens`` (inclusive), the last one open-ended.  Tuned policies cut at power-of-two buckets;
+the seed's hand rules also cut at the exact element-count thresholds they use.  Files are JSON with
+sorted keys (readable diffs) and are written through a temporary file and a rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from itertools import pairwise
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dsv4_tune.kernels.variants import plan_problems
+from dsv4_tune.workload import Plan, Workload
+
+SCHEMA_VERSION = 1
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be used; the message names the file and the place in it."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PlanSpec(_Model):
+    variant: str
+    config: dict[str, int]
+
+    def to_plan(self) -> Plan:
+        return Plan.make(self.variant, self.config)
+
+    @classmethod
+    def of(cls, plan: Plan) -> PlanSpec:
+        return cls(variant=plan.variant, config=plan.as_dict())
+
+
+class Segment(_Model):
+    max_tokens: int | None = Field(description="largest T this plan serves (inclusive); null: no limit")
+    plan: PlanSpec
+
+
+class WorkloadClass(_Model):
+    h_q: int = Field(gt=0)
+    topk_main: int = Field(gt=0)
+    topk_extra: int = Field(ge=0)
+    has_len_main: bool = True
+    has_len_extra: bool = True
+    has_sink: bool = True
+    segments: list[Segment] = Field(min_length=1)
+    thresholds: list[str] = Field(default_factory=list, description="for people: where the plan changes")
+
+    @property
+    def key(self) -> tuple[int, int, int, bool, bool, bool]:
+        return (self.h_q, self.topk_main, self.topk_extra, self.has_len_main, self.has_len_extra, self.has_sink)
+
+    def workload(self, total_tokens: int = 1) -> Workload:
+        return Workload(total_tokens, *self.key)
+
+    @model_validator(mode="after")
+    def _check(self) -> WorkloadClass:
+        bounds = [s.max_tokens for s in self.segments]
+        if bounds[-1] is not None:
+            raise ValueError("the last segment must be open-ended (max_tokens: null)")
+        finite = bounds[:-1]
+        if any(b is None for b in finite):
+            raise ValueError("only the last segment may have max_tokens: null")
+        if any(b < 1 for b in finite) or any(a >= b for a, b in pairwise(finite)):
+            raise ValueError(f"segment max_tokens must be >= 1 and strictly increasing, got {finite}")
+        w = self.workload()
+        for i, seg in enumerate(self.segments):
+            problems = plan_problems(w, seg.plan.to_plan())
+            if problems:
+                raise ValueError(f"segments.{i}.plan: {'; '.join(problems)}")
+        return self
+
+
+class GpuSpec(_Model):
+    id: str = Field(min_length=1, description="canonical GPU id, e.g. sm90-h100, gfx950-mi355x")
+    arch: str = Field(min_length=1)
+    device_name: str = ""
+    multiprocessors: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> GpuSpec:
+        if self.id.split("-", 1)[0] != self.arch:
+            raise ValueError(f"id {self.id!r} does not start with the arch {self.arch!r}")
+        return self
+
+
+class Provenance(_Model):
+    source: str = Field(description="'seed-hand-rules' or 'sweep:<id>'")
+    created: str
+    torch: str | None = None
+    triton: str | None = None
+    command: str | None = None
+
+
+class BucketSpec(_Model):
+    kind: Literal["pow2"] = "pow2"
+    max_tokens: int = Field(1024, gt=0, description="largest T bucket measured; larger T use the last segment")
+
+
+class Policy(_Model):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    gpu: GpuSpec
+    provenance: Provenance
+    buckets: BucketSpec = BucketSpec()
+    classes: list[WorkloadClass] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Policy:
+        seen: dict[tuple, int] = {}
+        for i, c in enumerate(self.classes):
+            if c.key in seen:
+                raise ValueError(f"classes.{i} repeats the workload class of classes.{seen[c.key]}: {c.key}")
+            seen[c.key] = i
+        return self
+
+
+def describe_segments(segments: list[Segment]) -> list[str]:
+    """One line per segment: ``T 5-256: fused_splitk(...)``; what a person reads to see thresholds."""
+    out, lo = [], 1
+    for seg in segments:
+        hi = seg.max_tokens
+        span = f"T >= {lo}" if hi is None else (f"T = {lo}" if hi == lo else f"T {lo}-{hi}")
+        out.append(f"{span}: {seg.plan.to_plan()}")
+        lo = (hi or lo) + 1
+    return out
+
+
+def _error_text(path: str | Path, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors()[:5]:
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"{loc}: {e['msg']}")
+    more = "" if err.error_count() <= 5 else f" (+{err.error_count() - 5} more)"
+    return f"{path}: " + "; ".join(lines) + more
+
+
+def parse_policy(text: str, source: str | Path = "<policy>") -> Policy:
+    """Parse and validate policy JSON; any problem is a PolicyError naming where it is."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PolicyError(f"{source}: not JSON: {e}") from None
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as e:
+        raise PolicyError(_error_text(source, e)) from None
+
+
+def load_policy(path: str | Path) -> Policy:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise PolicyError(f"{path}: cannot read: {e.strerror or e}") from None
+    return parse_policy(text, path)
+
+
+def dump_policy(policy: Policy) -> str:
+    """Canonical JSON: classes in key order, sorted keys, two-space indent, trailing newline."""
+    ordered = policy.model_copy(update={"classes": sorted(policy.classes, key=lambda c: c.key)})
+    return json.dumps(ordered.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+
+
+def save_policy(policy: Policy, path: str | Path) -> Path:
+    """Write atomically: a temporary file in the same folder, then a rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(dump_policy(policy))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
