@@ -5,7 +5,7 @@ Pure Python (no torch, no Triton), so that policies and the dispatcher can use t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -24,6 +24,12 @@ class Workload:
     has_len_main: bool = True
     has_len_extra: bool = True
     has_sink: bool = True
+    key: tuple[int, int, int, bool, bool, bool] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # The workload class (everything but T), built once: the dispatcher's dict key.
+        object.__setattr__(self, "key", (self.h_q, self.topk_main, self.topk_extra, self.has_len_main,
+                                         self.has_len_extra, self.has_sink))
 
     @property
     def total_topk(self) -> int:

@@ -88,12 +88,14 @@ class Dispatcher:
 
     def lookup(self, w: Workload) -> Plan:
         """The plan for ``w`` (see the module docstring for the rules)."""
-        key = (w.h_q, w.topk_main, w.topk_extra, w.has_len_main, w.has_len_extra, w.has_sink)
-        table = self._tables.get(key)
+        table = self._tables.get(w.key)
         if table is None:
-            table = self._resolve(key)
+            table = self._resolve(w.key)
         t = w.total_tokens
-        entry = table[min(0 if t <= 1 else (t - 1).bit_length(), len(table) - 1)]
+        try:
+            entry = table[(t - 1).bit_length() if t > 1 else 0]
+        except IndexError:  # beyond the last boundary: the open-ended segment
+            entry = table[-1]
         return entry if entry.__class__ is Plan else entry.pick(t)
 
     def _resolve(self, key: ClassKey) -> list:
@@ -125,7 +127,7 @@ class Dispatcher:
     def class_of(self, w: Workload) -> WorkloadClass | None:
         """The policy class whose plans answer ``w`` (after nearest-class resolution)."""
         self.lookup(w)
-        src = self.resolved_from.get((w.h_q, w.topk_main, w.topk_extra, w.has_len_main, w.has_len_extra, w.has_sink))
+        src = self.resolved_from.get(w.key)
         if src is None or self.policy is None:
             return None
         return next(c for c in self.policy.classes if c.key == src)
