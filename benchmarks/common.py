@@ -12,93 +12,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import triton
 
 from dsv4_tune.policies.gpu import detect
+from dsv4_tune.tuner.measure import time_eager, time_graph, timing_available  # noqa: F401 (re-exported)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 INTERPRETER_NOTE = "interpreter: no timing"
-
-
-def timing_available() -> bool:
-    """Whether real GPU timings can be taken (a GPU and no interpreter)."""
-    return torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
-
-
-def _summary(times_ms: list[float], graph: bool) -> dict[str, Any]:
-    us = np.asarray(times_ms, dtype=np.float64) * 1e3
-    return {
-        "median_us": float(np.median(us)),
-        "p20_us": float(np.percentile(us, 20)),
-        "p80_us": float(np.percentile(us, 80)),
-        "reps": len(times_ms),
-        "graph": graph,
-    }
-
-
-def _timed_replays(launch: Callable[[], object], flush_bytes: int, reps: int) -> list[float]:
-    """Event-timed runs of ``launch``, each after an L2 flush; one synchronize at the end."""
-    flush = torch.empty(flush_bytes, dtype=torch.uint8, device="cuda") if flush_bytes else None
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    for start, end in zip(starts, ends, strict=True):
-        if flush is not None:
-            flush.zero_()
-        start.record()
-        launch()
-        end.record()
-    torch.cuda.synchronize()
-    return [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)]
-
-
-def time_eager(
-    fn: Callable[[], object], *, flush_bytes: int = 256 * 2**20, reps: int = 50, warmup: int = 5
-) -> dict[str, Any]:
-    """Time eager calls of ``fn`` like :func:`time_graph` (fallback, and for code that allocates)."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    return _summary(_timed_replays(fn, flush_bytes, reps), graph=False)
-
-
-def time_graph(
-    fn: Callable[[], object], *, flush_bytes: int = 256 * 2**20, reps: int = 50, warmup: int = 5
-) -> dict[str, Any]:
-    """Median / p20 / p80 µs of ``fn`` replayed from a CUDA graph on a cold L2, as serving runs it.
-
-    Falls back to eager timing (``"graph": False``) when capture fails, so one odd launcher does
-    not lose the whole row.
-    """
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # PyTorch's recipe: warm up off the capture stream
-        for _ in range(warmup):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    try:
-        with torch.cuda.graph(graph):
-            fn()
-    except Exception as exc:  # any capture failure means: time it eagerly
-        print(f"warning: CUDA graph capture failed ({type(exc).__name__}: {exc}); timing eager calls")
-        torch.cuda.synchronize()
-        return time_eager(fn, flush_bytes=flush_bytes, reps=reps, warmup=1)
-    torch.cuda.synchronize()
-    result = _summary(_timed_replays(graph.replay, flush_bytes, reps), graph=True)
-    del graph
-    return result
 
 
 def copy_bandwidth_gbps(nbytes: int = 2**30) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -38,10 +39,6 @@ def info() -> None:
         console.print("[yellow]No GPU: kernels run on the Triton interpreter; timings are not real measurements.[/]")
 
 
-if __name__ == "__main__":
-    app()
-
-
 def _load_or_exit(path: Path):
     from dsv4_tune.policies.schema import PolicyError, load_policy
 
@@ -66,8 +63,6 @@ def lookup(
     explain: bool = typer.Option(False, "--explain", help="say which file, GPU id, class and bucket answered"),
 ) -> None:
     """Print the plan a policy gives a workload, and the thresholds of its class."""
-    import json
-
     from dsv4_tune.policies.buckets import bucket_tokens
     from dsv4_tune.policies.dispatcher import Dispatcher, select_policy
     from dsv4_tune.policies.gpu import detect
@@ -160,3 +155,126 @@ def diff(a: Path, b: Path, max_tokens: int = typer.Option(4096, help="compare T 
             console.print(f"{key} T {lo}-{hi}:\n  {a.name}: {x}\n  {b.name}: {y}", highlight=False)
     if differences == 0:
         console.print("no differences", highlight=False)
+
+
+DEFAULT_DB = Path("dsv4-tune.db")
+
+
+@app.command()
+def sweep(
+    gpu: str = typer.Option("auto", "--gpu", help="auto, an arch (sm90, gfx942, gfx950) or a device name / GPU id"),
+    grid: Path | None = typer.Option(None, "--grid", help="grid JSON {classes, tokens} (default: the DSV4 grid)"),
+    db: Path = typer.Option(DEFAULT_DB, "--db", help="SQLite store"),
+    resume: bool = typer.Option(True, "--resume/--fresh", help="continue the matching sweep, or start anew"),
+    jobs: int = typer.Option(12, "--jobs", help="compile worker processes (GPU only)"),
+    rounds: int = typer.Option(3, "--rounds", help="interleaved timing rounds (the final stage does twice as many)"),
+    reps: int = typer.Option(10, "--reps", help="graph replays per candidate per round"),
+) -> None:
+    """Measure every candidate of the grid on this GPU, store it, pick winners (resumable)."""
+    import time
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from dsv4_tune.cache.store import Store
+    from dsv4_tune.policies.gpu import detect
+    from dsv4_tune.tuner.grid import Grid, default_grid, interpreter_grid
+    from dsv4_tune.tuner.sweep import run_sweep
+
+    info = detect()
+    wanted = gpu.lower()
+    if wanted != "auto" and wanted not in (info.arch.lower(), info.id.lower()) and wanted not in info.name.lower():
+        console.print(f"[red]--gpu {gpu} does not match the detected GPU: {info.name} ({info.id}, arch {info.arch})[/]",
+                      highlight=False)
+        raise typer.Exit(2)
+    if grid is not None:
+        try:
+            the_grid = Grid.load(grid)
+        except ValueError as e:
+            console.print(f"[red]{e}[/]", highlight=False)
+            raise typer.Exit(2) from None
+    else:
+        the_grid = default_grid() if info.is_real else interpreter_grid()
+    label = "" if info.is_real else " [yellow](Triton interpreter: NOT a real measurement)[/]"
+    console.print(f"sweep on {info.name} ({info.id}){label}: {len(the_grid.points())} workloads, db {db}",
+                  highlight=False)
+    store = Store(db)
+    t0 = time.time()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("workloads", total=len(the_grid.points()))
+
+        def on_point(n: int, total: int, key: str) -> None:
+            progress.update(task, completed=n, description=key)
+
+        sweep_id = run_sweep(store, the_grid, info, fresh=not resume, jobs=jobs, rounds=rounds, reps=reps,
+                             on_point=on_point)
+        progress.update(task, completed=len(the_grid.points()), description="done")
+    winners = store.winners(sweep_id)
+    table = Table(title=f"winners of sweep {sweep_id}{' (interpreter: not real)' if not info.is_real else ''}")
+    for col in ("workload", "plan", "us", "margin", "reason"):
+        table.add_column(col)
+    for w in winners:
+        margin = "-" if w["margin"] is None else f"{w['margin']:.1%}"
+        table.add_row(w["workload"], w["plan"], f"{w['median_us']:.1f}", margin, w["reason"])
+    console.print(table)
+    console.print(f"sweep {sweep_id}: {time.time() - t0:.0f} s; export with "
+                  f"`dsv4-tune export --db {db} --out {info.id}.json`", highlight=False)
+
+
+@app.command()
+def status(db: Path = typer.Option(DEFAULT_DB, "--db")) -> None:
+    """List the sweeps in a store and their progress."""
+    from dsv4_tune.cache.store import Store
+
+    if not db.exists():
+        console.print(f"[red]no store at {db}[/]", highlight=False)
+        raise typer.Exit(1)
+    store = Store(db)
+    table = Table(title=str(db))
+    for col in ("sweep", "gpu", "torch / triton", "status", "started", "finished", "measured", "winners"):
+        table.add_column(col)
+    for s in store.sweeps():
+        n = store.db.execute("select count(*) from measurements where sweep_id = ?", [s["id"]]).fetchone()[0]
+        table.add_row(s["id"], s["gpu_id"] + (" (interpreter)" if s["interpreter"] else ""),
+                      f"{s['torch']} / {s['triton']}", s["status"], s["started"], s["finished"] or "-", str(n),
+                      str(len(store.winners(s["id"]))))
+    console.print(table)
+
+
+@app.command()
+def export(
+    out: Path = typer.Option(..., "--out", help="policy file to write"),
+    db: Path = typer.Option(DEFAULT_DB, "--db"),
+    sweep_id: str | None = typer.Option(None, "--sweep", help="sweep id (default: the latest)"),
+) -> None:
+    """Write the policy of a sweep (validated; refuses grid points without a winner)."""
+    import sys
+
+    from dsv4_tune.cache.store import Store
+    from dsv4_tune.policies.schema import save_policy
+    from dsv4_tune.tuner.grid import Grid
+    from dsv4_tune.tuner.select import build_policy
+
+    store = Store(db)
+    try:
+        s = store.sweep(sweep_id)
+        policy = build_policy(Grid.from_json(json.loads(s["grid"])), store.winners(s["id"]), s,
+                              "dsv4-tune " + " ".join(sys.argv[1:]))
+    except ValueError as e:
+        console.print(f"[red]{e}[/]", highlight=False)
+        raise typer.Exit(1) from None
+    save_policy(policy, out)
+    note = " (from an interpreter sweep: NOT a real measurement)" if s["interpreter"] else ""
+    console.print(f"wrote {out}: {policy.gpu.id}, {len(policy.classes)} classes{note}", highlight=False)
+
+
+if __name__ == "__main__":
+    app()

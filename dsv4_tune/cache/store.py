@@ -1,0 +1,125 @@
+"""The SQLite store of sweeps, measurements and winners (sqlite-utils); the only code that touches SQL.
+
+WAL mode and a busy timeout let two sweeps share a file; every measurement is its own transaction,
+committed as soon as it is taken, so a killed sweep loses nothing already measured, and a resumed
+sweep (same GPU, versions and grid) skips what is stored.  Inspect with ordinary tools, e.g.
+``sqlite-utils rows sweeps.db winners`` or ``sqlite3 sweeps.db 'select ... from measurements'``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+STATUSES = ("ok", "mismatch", "compile_error", "launch_error", "oom")
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def stable_hash(obj: Any) -> str:
+    """Short hash of a JSON-able object (sorted keys), e.g. a grid."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class Store:
+    """One SQLite file of sweeps."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout = 60000")
+        self.db = sqlite_utils.Database(conn)
+        self.db.enable_wal()
+        self._create()
+
+    def _create(self) -> None:
+        self.db["sweeps"].create(
+            {"id": str, "key": str, "gpu_id": str, "arch": str, "device_name": str, "driver": str,
+             "torch": str, "triton": str, "interpreter": int, "grid_hash": str, "grid": str,
+             "started": str, "finished": str, "status": str},
+            pk="id", if_not_exists=True, not_null={"key", "gpu_id"},
+        )
+        self.db["measurements"].create(
+            {"id": int, "sweep_id": str, "workload": str, "stage": str, "plan": str, "variant": str,
+             "config": str, "status": str, "error": str, "max_error": float, "samples": int,
+             "median_us": float, "p20_us": float, "p80_us": float, "rounds": int, "flagged": str,
+             "taken": str},
+            pk="id", foreign_keys=[("sweep_id", "sweeps", "id")], if_not_exists=True,
+        )
+        self.db["measurements"].create_index(["sweep_id", "workload", "stage", "plan"], unique=True,
+                                             if_not_exists=True)
+        self.db["winners"].create(
+            {"sweep_id": str, "workload": str, "plan": str, "variant": str, "config": str,
+             "median_us": float, "runner_up": str, "margin": float, "reason": str},
+            pk=("sweep_id", "workload"), if_not_exists=True,
+        )
+
+    # ------------------------------------------------------------------ sweeps
+    def open_sweep(self, meta: dict[str, Any], fresh: bool = False) -> tuple[str, bool]:
+        """The sweep for ``meta`` (GPU, versions, grid): the latest unfinished-or-finished one with the
+        same key unless ``fresh``; else a new one.  Returns (id, resumed)."""
+        key = stable_hash({k: meta[k] for k in ("gpu_id", "driver", "torch", "triton", "grid_hash")})
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")  # read-then-insert as one step: two sweeps may start at once
+        try:
+            existing = [r[0] for r in conn.execute("select id from sweeps where key = ? order by started desc, id desc",
+                                                    [key])]
+            if existing and not fresh:
+                conn.execute("update sweeps set status = 'running', finished = null where id = ?", [existing[0]])
+                conn.execute("COMMIT")
+                return existing[0], True
+            sweep_id = f"{key}-{len(existing) + 1}"
+            row = {"id": sweep_id, "key": key, **meta, "started": now(), "finished": None, "status": "running"}
+            cols = ", ".join(row)
+            conn.execute(f"insert into sweeps ({cols}) values ({', '.join('?' for _ in row)})", list(row.values()))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return sweep_id, False
+
+    def finish_sweep(self, sweep_id: str, status: str = "done") -> None:
+        self.db["sweeps"].update(sweep_id, {"status": status, "finished": now()})
+
+    def sweeps(self) -> list[dict[str, Any]]:
+        return list(self.db.query("select * from sweeps order by started"))
+
+    def sweep(self, sweep_id: str | None = None) -> dict[str, Any]:
+        rows = self.sweeps() if sweep_id is None else list(self.db["sweeps"].rows_where("id = ?", [sweep_id]))
+        if not rows:
+            raise ValueError(f"sweep: {'no sweeps' if sweep_id is None else f'no sweep {sweep_id!r}'} in {self.path}")
+        return rows[-1]
+
+    # ------------------------------------------------------------ measurements
+    def measured(self, sweep_id: str, stage: str) -> set[tuple[str, str]]:
+        """(workload, plan) pairs already stored for a stage: what a resumed sweep skips."""
+        return {(r["workload"], r["plan"]) for r in self.db.query(
+            "select workload, plan from measurements where sweep_id = ? and stage = ?", [sweep_id, stage])}
+
+    def add_measurement(self, row: dict[str, Any]) -> None:
+        """Store one measurement now (its own transaction); a repeat of the same key replaces it."""
+        self.db["measurements"].upsert({**row, "taken": now()},
+                                       pk=("sweep_id", "workload", "stage", "plan"), alter=False)
+
+    def measurements(self, sweep_id: str, stage: str | None = None) -> list[dict[str, Any]]:
+        sql, args = "select * from measurements where sweep_id = ?", [sweep_id]
+        if stage is not None:
+            sql, args = sql + " and stage = ?", [*args, stage]
+        return list(self.db.query(sql + " order by id", args))
+
+    # ----------------------------------------------------------------- winners
+    def set_winners(self, sweep_id: str, rows: Iterable[dict[str, Any]]) -> None:
+        self.db["winners"].upsert_all([{"sweep_id": sweep_id, **r} for r in rows], pk=("sweep_id", "workload"))
+
+    def winners(self, sweep_id: str) -> list[dict[str, Any]]:
+        return list(self.db["winners"].rows_where("sweep_id = ?", [sweep_id], order_by="workload"))

@@ -1,0 +1,109 @@
+"""The workload grid a sweep measures, and the staged candidate sets per workload.
+
+Default grid (``../shared/spec/shapes.md``): h_q 64 and 128; SWA-only (topk 128); SWA 128 + C128
+at 8K / 32K / 128K context (extra topk 64 / 256 / 1024, page 2); SWA 128 + C4 (extra 512 / 1024,
+page 64); each with and without topk_length; T = 1, 2, 4, ..., 1024.  C128 at 128K and C4-Pro share
+the workload class (extra topk 1024); the class is measured on the C4 pool.  With no GPU the
+interpreter grid is tiny and labelled as not a real measurement.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from dsv4_tune.kernels.variants import DEFAULT_COMBINE, VARIANTS
+from dsv4_tune.workload import Plan, Workload
+
+STAGE_COARSE = "coarse"
+STAGE_FINAL = "final"
+
+
+@dataclass(frozen=True)
+class GridClass:
+    """A workload class and the pool geometry its inputs are built with."""
+
+    h_q: int
+    topk_main: int = 128
+    topk_extra: int = 0
+    with_length: bool = True
+    page_main: int = 128
+    page_extra: int = 64
+
+    def workload(self, total_tokens: int) -> Workload:
+        return Workload(total_tokens, self.h_q, self.topk_main, self.topk_extra,
+                        self.with_length, self.with_length and self.topk_extra > 0, True)
+
+
+@dataclass(frozen=True)
+class Grid:
+    classes: tuple[GridClass, ...]
+    tokens: tuple[int, ...]
+
+    def points(self) -> list[tuple[GridClass, int]]:
+        return [(c, t) for c in self.classes for t in self.tokens]
+
+    def to_json(self) -> dict:
+        return {"classes": [asdict(c) for c in self.classes], "tokens": list(self.tokens)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Grid:
+        return cls(tuple(GridClass(**c) for c in data["classes"]), tuple(int(t) for t in data["tokens"]))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Grid:
+        try:
+            return cls.from_json(json.loads(Path(path).read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"grid {path}: expected {{'classes': [...], 'tokens': [...]}}: {e}") from None
+
+
+def default_grid() -> Grid:
+    classes = []
+    for h in (64, 128):
+        for extra, page in ((0, 64), (64, 2), (256, 2), (512, 64), (1024, 64)):
+            for with_length in (True, False):
+                classes.append(GridClass(h, 128, extra, with_length, 128, page))
+    return Grid(tuple(classes), tuple(1 << i for i in range(11)))
+
+
+def interpreter_grid() -> Grid:
+    """A few seconds on the Triton interpreter: proves the pipeline, measures nothing real."""
+    return Grid((GridClass(16, 64, 64, True, 64, 64),), (1, 2))
+
+
+def workload_key(w: Workload) -> str:
+    """Stable text key of a workload, e.g. ``h128-m128-x1024-len11-sink1-T64``."""
+    return (f"h{w.h_q}-m{w.topk_main}-x{w.topk_extra}-len{int(w.has_len_main)}{int(w.has_len_extra)}"
+            f"-sink{int(w.has_sink)}-T{w.total_tokens}")
+
+
+def _valid(w: Workload, plan: Plan) -> bool:
+    return not VARIANTS[plan.variant].problems(w, plan.as_dict())
+
+
+def coarse_candidates(w: Workload) -> list[Plan]:
+    """Stage one: each variant at its default, plus the configs that led in the H100 preview sweep
+    (64- and 32-head blocks on 8 warps; split-K 2-16 of small-head blocks; gather-then-attend with
+    wide head blocks), pruned by the registry's rules."""
+    plans = [v.default(w) for v in VARIANTS.values()]
+    for bh, bn, nw in ((64, 64, 8), (64, 32, 8), (32, 64, 8), (32, 32, 4), (16, 32, 4), (16, 64, 8)):
+        plans.append(Plan.make("fused", BLOCK_H=bh, BLOCK_N=bn, num_warps=nw, num_stages=1))
+    for bh, bn in ((16, 64), (32, 64), (16, 32)):
+        for sk in (2, 4, 8, 16):
+            plans.append(Plan.make("fused_splitk", BLOCK_H=bh, BLOCK_N=bn, num_warps=8, num_stages=1, SPLIT_K=sk,
+                                   **DEFAULT_COMBINE))
+    gta = VARIANTS["gather_attend"].default(w).as_dict()
+    for bh, nw in ((64, 8), (32, 8), (16, 4)):
+        plans.append(Plan.make("gather_attend", gta, BLOCK_H=bh, num_warps=nw))
+    unique = list(dict.fromkeys(plans))
+    return [p for p in unique if _valid(w, p)]
+
+
+LAUNCHES = {"fused": 1, "fused_splitk": 2, "gather_attend": 3}
+
+
+def simplicity(plan: Plan) -> tuple[int, int]:
+    """Order for 'simpler': fewer launches, then fewer splits."""
+    return LAUNCHES.get(plan.variant, 9), plan.as_dict().get("SPLIT_K", 1)

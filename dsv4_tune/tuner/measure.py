@@ -1,0 +1,164 @@
+"""Timing as serving sees it: CUDA-graph replay on a cold L2, event-timed, medians and spread.
+
+Decode runs from a captured graph on a cache that the rest of the layer has just evicted, so each
+replay here follows a 256 MiB buffer being zeroed.  Shared by the tuner and the benchmark scripts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def timing_available() -> bool:
+    """Whether real GPU timings can be taken (a GPU and no interpreter)."""
+    return torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+
+
+def _summary(times_ms: list[float], graph: bool) -> dict[str, Any]:
+    us = np.asarray(times_ms, dtype=np.float64) * 1e3
+    return {
+        "median_us": float(np.median(us)),
+        "p20_us": float(np.percentile(us, 20)),
+        "p80_us": float(np.percentile(us, 80)),
+        "reps": len(times_ms),
+        "graph": graph,
+    }
+
+
+def _timed_replays(launch: Callable[[], object], flush_bytes: int, reps: int) -> list[float]:
+    """Event-timed runs of ``launch``, each after an L2 flush; one synchronize at the end."""
+    flush = torch.empty(flush_bytes, dtype=torch.uint8, device="cuda") if flush_bytes else None
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for start, end in zip(starts, ends, strict=True):
+        if flush is not None:
+            flush.zero_()
+        start.record()
+        launch()
+        end.record()
+    torch.cuda.synchronize()
+    return [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)]
+
+
+def time_eager(
+    fn: Callable[[], object], *, flush_bytes: int = 256 * 2**20, reps: int = 50, warmup: int = 5
+) -> dict[str, Any]:
+    """Time eager calls of ``fn`` like :func:`time_graph` (fallback, and for code that allocates)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    return _summary(_timed_replays(fn, flush_bytes, reps), graph=False)
+
+
+def time_graph(
+    fn: Callable[[], object], *, flush_bytes: int = 256 * 2**20, reps: int = 50, warmup: int = 5
+) -> dict[str, Any]:
+    """Median / p20 / p80 µs of ``fn`` replayed from a CUDA graph on a cold L2, as serving runs it.
+
+    Falls back to eager timing (``"graph": False``) when capture fails, so one odd launcher does
+    not lose the whole row.
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # PyTorch's recipe: warm up off the capture stream
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            fn()
+    except Exception as exc:  # any capture failure means: time it eagerly
+        print(f"warning: CUDA graph capture failed ({type(exc).__name__}: {exc}); timing eager calls")
+        torch.cuda.synchronize()
+        return time_eager(fn, flush_bytes=flush_bytes, reps=reps, warmup=1)
+    torch.cuda.synchronize()
+    result = _summary(_timed_replays(graph.replay, flush_bytes, reps), graph=True)
+    del graph
+    return result
+
+
+def interleaved_times(
+    fns: list[Callable[[], object]], *, rounds: int = 3, reps: int = 10, flush_bytes: int = 256 * 2**20, seed: int = 0
+) -> list[list[float]]:
+    """Per-replay microseconds of each of ``fns``, measured in ``rounds`` rounds with the candidates
+    in a fresh random order each round, so that clock or thermal drift hits all of them alike.
+
+    Each function is captured once in a CUDA graph (eagerly timed if capture fails) after a warm-up
+    on a side stream; every replay follows an L2 flush.
+    """
+    import random
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for fn in fns:
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    runners: list[Callable[[], object]] = []
+    graphs = []
+    for fn in fns:
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                fn()
+            graphs.append(graph)
+            runners.append(graph.replay)
+        except Exception:  # capture failed: time it eagerly
+            torch.cuda.synchronize()
+            runners.append(fn)
+    samples: list[list[float]] = [[] for _ in fns]
+    order = list(range(len(fns)))
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for i in order:
+            samples[i].extend(t * 1e3 for t in _timed_replays(runners[i], flush_bytes, reps))
+    del graphs
+    return samples
+
+
+def summarize(samples_us: list[float]) -> dict[str, float]:
+    us = np.asarray(samples_us, dtype=np.float64)
+    return {"median_us": float(np.median(us)), "p20_us": float(np.percentile(us, 20)),
+            "p80_us": float(np.percentile(us, 80)), "samples": len(samples_us)}
+
+
+def gpu_state() -> dict[str, Any] | None:
+    """SM clock, its maximum, temperature and other processes on GPU 0 through NVML (None where
+    NVML is missing); the sweep flags timings taken while throttled or shared."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        h = pynvml.nvmlDeviceGetHandleByIndex(0)
+        procs = pynvml.nvmlDeviceGetComputeRunningProcesses(h)
+        return {
+            "sm_clock": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
+            "sm_clock_max": pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM),
+            "temp_c": pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU),
+            "other_processes": sum(1 for p in procs if p.pid != os.getpid()),
+        }
+    except Exception:  # NVML present but not usable here (containers): no hygiene data
+        return None
+
+
+def hygiene_flag(state: dict[str, Any] | None) -> str | None:
+    """Why timings taken in ``state`` are suspect (throttled clock, other processes), or None."""
+    if not state:
+        return None
+    reasons = []
+    if state["sm_clock"] < 0.85 * state["sm_clock_max"]:
+        reasons.append(f"SM clock {state['sm_clock']} of {state['sm_clock_max']} MHz")
+    if state["other_processes"]:
+        reasons.append(f"{state['other_processes']} other processes on the GPU")
+    return "; ".join(reasons) or None

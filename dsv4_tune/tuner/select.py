@@ -1,0 +1,110 @@
+"""Winners with honest statistics, and the policy they make.
+
+The fastest candidate wins unless a simpler one (fewer launches, fewer splits) is not measurably
+slower: a bootstrap interval on the ratio of medians decides "measurably" (if the interval's low
+end does not clear 1, the difference is noise and the simpler plan wins).  The margin over the
+runner-up is kept.  Thresholds are where the winners change along T, written into the policy.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from collections import defaultdict
+
+import torch
+import triton
+
+from dsv4_tune.policies.schema import (
+    BucketSpec,
+    GpuSpec,
+    PlanSpec,
+    Policy,
+    Provenance,
+    Segment,
+    WorkloadClass,
+    describe_segments,
+)
+from dsv4_tune.tuner.grid import Grid, simplicity, workload_key
+from dsv4_tune.workload import Plan
+
+BOOTSTRAP = 400
+
+
+def ratio_interval(slow: list[float], fast: list[float], seed: int = 0) -> tuple[float, float]:
+    """90% bootstrap interval of median(slow) / median(fast)."""
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(BOOTSTRAP):
+        a = statistics.median(rng.choices(slow, k=len(slow)))
+        b = statistics.median(rng.choices(fast, k=len(fast)))
+        ratios.append(a / b if b > 0 else float("inf"))
+    ratios.sort()
+    return ratios[int(0.05 * BOOTSTRAP)], ratios[int(0.95 * BOOTSTRAP) - 1]
+
+
+def select_winner(samples: dict[Plan, list[float]]) -> dict:
+    """The winner of one workload from its final interleaved samples (see the module docstring)."""
+    ranked = sorted(samples, key=lambda p: statistics.median(samples[p]))
+    best = ranked[0]
+    winner, reason = best, "fastest"
+    for simpler in sorted((p for p in ranked[1:] if simplicity(p) < simplicity(best)), key=simplicity):
+        lo, _ = ratio_interval(samples[simpler], samples[best])
+        if lo <= 1.0:
+            winner, reason = simpler, f"simpler; within noise of {best}"
+            break
+    others = [p for p in ranked if p != winner]
+    runner_up = others[0] if others else None
+    med = statistics.median(samples[winner])
+    margin = (statistics.median(samples[runner_up]) / med - 1.0) if runner_up is not None else None
+    return {"plan": winner, "median_us": med, "runner_up": runner_up, "margin": margin, "reason": reason}
+
+
+def build_policy(grid: Grid, winners: list[dict], sweep: dict, command: str) -> Policy:
+    """The policy of a sweep: per class, one segment per T bucket of the grid, equal neighbours
+    merged, the last open-ended.  Refuses a grid point that no winner covers."""
+    by_key = {w["workload"]: w for w in winners}
+    per_class: dict[tuple, list[tuple[int, Plan]]] = defaultdict(list)
+    missing = []
+    for cls, t in grid.points():
+        w = cls.workload(t)
+        row = by_key.get(workload_key(w))
+        if row is None:
+            missing.append(workload_key(w))
+            continue
+        per_class[w.key].append((t, Plan.make(row["variant"], _config(row["config"]))))
+    if missing:
+        raise ValueError(f"export: {len(missing)} grid points have no measured winner (first: {missing[0]}); "
+                         "finish or resume the sweep first")
+    classes = []
+    for key, runs in per_class.items():
+        runs.sort(key=lambda r: r[0])
+        merged: list[tuple[int, Plan]] = []
+        for t, plan in runs:
+            if merged and merged[-1][1] == plan:
+                merged[-1] = (t, plan)
+            else:
+                merged.append((t, plan))
+        segments = [Segment(max_tokens=None if i == len(merged) - 1 else t, plan=PlanSpec.of(p))
+                    for i, (t, p) in enumerate(merged)]
+        h, tm, tx, lm, lx, sink = key
+        classes.append(WorkloadClass(h_q=h, topk_main=tm, topk_extra=tx, has_len_main=lm, has_len_extra=lx,
+                                     has_sink=sink, segments=segments, thresholds=describe_segments(segments)))
+    return Policy(
+        gpu=GpuSpec(id=sweep["gpu_id"], arch=sweep["arch"], device_name=sweep["device_name"] or "",
+                    multiprocessors=0),
+        provenance=Provenance(source=f"sweep:{sweep['id']}", created=(sweep["finished"] or sweep["started"])[:10],
+                              torch=sweep["torch"], triton=sweep["triton"], command=command),
+        buckets=BucketSpec(max_tokens=max(grid.tokens)),
+        classes=classes,
+    )
+
+
+def _config(text: str) -> dict[str, int]:
+    import json
+
+    return {k: int(v) for k, v in json.loads(text).items()}
+
+
+def toolchain() -> dict[str, str]:
+    return {"torch": torch.__version__, "triton": triton.__version__}

@@ -1,0 +1,232 @@
+"""The sweep: compile, check, time, store, select; resumable at every step.
+
+Per workload of the grid: build realistic inputs and the reference once; run every candidate once
+on NaN-poisoned outputs and workspace and compare with the reference (a mismatch or a failure is
+stored as such and never timed); time the rest interleaved (CUDA graphs, cold L2); commit each row.
+Then the best few per workload are re-timed side by side (the final stage) and the winner chosen
+by :mod:`dsv4_tune.tuner.select`.  On the interpreter the same pipeline runs on a tiny grid with
+wall-clock "timings", and everything it stores is labelled as not a real measurement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing as mp
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from dsv4_tune.cache.store import Store, stable_hash
+from dsv4_tune.decode import sparse_decode
+from dsv4_tune.kernels.compare import decode_mismatch
+from dsv4_tune.kernels.reference import sparse_decode_ref
+from dsv4_tune.kernels.workspace import Workspace
+from dsv4_tune.policies.gpu import INTERPRETER_ID, GpuInfo
+from dsv4_tune.tuner.grid import STAGE_COARSE, STAGE_FINAL, Grid, GridClass, coarse_candidates, workload_key
+from dsv4_tune.tuner.inputs import make_query, make_scope, make_sink
+from dsv4_tune.tuner.measure import gpu_state, hygiene_flag, interleaved_times, summarize
+from dsv4_tune.tuner.select import select_winner, toolchain
+from dsv4_tune.workload import Plan
+
+FINALISTS = 3
+
+
+@dataclass
+class Case:
+    """Inputs of one grid point and their reference result."""
+
+    q: torch.Tensor
+    main: object
+    kw: dict
+    ref: tuple[torch.Tensor, torch.Tensor]
+
+    def run(self, plan: Plan, ws: Workspace, out: tuple[torch.Tensor, torch.Tensor]) -> None:
+        sparse_decode(self.q, self.main.kv_cache, self.main.indices, plan=plan, workspace=ws, out=out, **self.kw)
+
+
+def build_case(cls: GridClass, t: int, device: str, seed: int = 0, with_ref: bool = True) -> Case:
+    gen = torch.Generator().manual_seed(seed)
+    length = "random" if cls.with_length else None
+    main = make_scope(t, 1, cls.topk_main, cls.page_main, fp8="e4m3fn", device=device, topk_length=length, gen=gen)
+    extra = None
+    if cls.topk_extra:
+        extra = make_scope(t, 1, cls.topk_extra, cls.page_extra, fp8="e4m3fn", device=device, topk_length=length,
+                           gen=gen)
+    q = make_query(t, 1, cls.h_q, device=device, gen=gen)
+    sink = make_sink(cls.h_q, kind="finite", device=device, gen=gen)
+    kw = dict(topk_length=main.topk_length, extra_k_cache=extra.kv_cache if extra else None,
+              extra_indices=extra.indices if extra else None, extra_topk_length=extra.topk_length if extra else None,
+              attn_sink=sink, sm_scale=512**-0.5)
+    ref = sparse_decode_ref(q, main.kv_cache, main.indices, fp8="e4m3fn", out_dtype=torch.float32, **kw) \
+        if with_ref else (q, q)
+    return Case(q, main, kw, ref)
+
+
+def _status_of(err: BaseException) -> str:
+    name = type(err).__name__
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return "oom"
+    if "Compilation" in name or "OutOfResources" in name:
+        return "compile_error"
+    return "launch_error"
+
+
+def check(case: Case, plan: Plan) -> tuple[str, str | None]:
+    """Run ``plan`` once on poisoned outputs and workspace; ('ok', None) or (status, error)."""
+    ws = Workspace()
+    out = (torch.full(case.ref[0].shape, float("nan"), dtype=torch.bfloat16, device=case.q.device),
+           torch.full(case.ref[1].shape, float("nan"), device=case.q.device))
+    try:
+        case.run(plan, ws, out)  # allocates the workspace
+        ws.poison()
+        out[0].fill_(float("nan"))
+        out[1].fill_(float("nan"))
+        case.run(plan, ws, out)
+        problem = decode_mismatch(out[0], out[1], *case.ref)
+    except Exception as err:  # every failure is a stored row, never a crash of the sweep
+        return _status_of(err), f"{type(err).__name__}: {err}"[:2000]
+    return ("ok", None) if problem is None else ("mismatch", problem[:2000])
+
+
+def _callable(case: Case, plan: Plan) -> Callable[[], None]:
+    ws = Workspace()
+    out = (torch.empty(case.ref[0].shape, dtype=torch.bfloat16, device=case.q.device),
+           torch.empty(case.ref[1].shape, device=case.q.device))
+    return lambda: case.run(plan, ws, out)
+
+
+def time_plans(
+    case: Case, plans: list[Plan], real: bool, rounds: int, reps: int
+) -> tuple[list[list[float]], str | None]:
+    """Samples (us) per plan and a hygiene flag; wall-clock samples on the interpreter."""
+    fns = [_callable(case, p) for p in plans]
+    if not real:
+        samples = []
+        for fn in fns:
+            t0 = time.perf_counter()
+            fn()
+            samples.append([(time.perf_counter() - t0) * 1e6])
+        return samples, "interpreter: not a real measurement"
+    samples = interleaved_times(fns, rounds=rounds, reps=reps)
+    flag = hygiene_flag(gpu_state())
+    if flag:  # throttled or shared: measure once more before keeping it
+        samples = interleaved_times(fns, rounds=rounds, reps=reps, seed=1)
+        flag = hygiene_flag(gpu_state())
+    return samples, flag
+
+
+# ------------------------------------------------------------------------ parallel compile
+def _compile_worker(jobs: list[tuple[dict, int, tuple]]) -> None:
+    for cls_json, _t, plan_tuple in jobs:
+        cls = GridClass(**cls_json)
+        case = build_case(cls, 1, "cuda", with_ref=False)
+        plan = Plan(plan_tuple[0], tuple(tuple(x) for x in plan_tuple[1]))
+        with contextlib.suppress(Exception):  # the sweep's own check stores the failure
+            case.run(plan, Workspace(), None)  # type: ignore[arg-type]
+    torch.cuda.synchronize()
+
+
+def compile_in_parallel(grid: Grid, processes: int) -> float:
+    """Fill the Triton cache: one run of every distinct kernel of the coarse stage, in worker
+    processes (plans that differ only in SPLIT_K or T share their kernels).  Returns seconds."""
+    t0 = time.time()
+    firsts: dict[tuple, tuple] = {}
+    for cls in grid.classes:
+        for t in grid.tokens:
+            for plan in coarse_candidates(cls.workload(t)):
+                cfg = {k: v for k, v in plan.as_dict().items() if k != "SPLIT_K"}
+                split = plan.as_dict().get("SPLIT_K", 1) > 1
+                key = (cls.topk_extra > 0, cls.with_length, plan.variant, tuple(sorted(cfg.items())), split)
+                firsts.setdefault(key, (asdict(cls), 1, (plan.variant, plan.config)))
+    todo = list(firsts.values())
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_compile_worker, args=(todo[i::processes],)) for i in range(processes)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    return time.time() - t0
+
+
+# ---------------------------------------------------------------------------------- sweep
+def sweep_meta(gpu: GpuInfo, grid: Grid) -> dict:
+    driver = torch.version.cuda or torch.version.hip or "none"
+    return {"gpu_id": gpu.id, "arch": gpu.arch if gpu.is_real else INTERPRETER_ID, "device_name": gpu.name,
+            "driver": str(driver),
+            **toolchain(), "interpreter": int(not gpu.is_real), "grid_hash": stable_hash(grid.to_json()),
+            "grid": json.dumps(grid.to_json(), sort_keys=True)}
+
+
+def run_sweep(
+    store: Store,
+    grid: Grid,
+    gpu: GpuInfo,
+    *,
+    fresh: bool = False,
+    jobs: int = 1,
+    rounds: int = 3,
+    reps: int = 10,
+    on_point: Callable[[int, int, str], None] | None = None,
+) -> str:
+    """Measure ``grid`` on ``gpu`` into ``store``; returns the sweep id.  Resumes unless ``fresh``."""
+    device = "cuda" if gpu.is_real else "cpu"
+    sweep_id, _ = store.open_sweep(sweep_meta(gpu, grid), fresh=fresh)
+    if gpu.is_real and jobs > 1:
+        compile_in_parallel(grid, jobs)
+    points = grid.points()
+    for n, (cls, t) in enumerate(points):
+        w = cls.workload(t)
+        key = workload_key(w)
+        if on_point:
+            on_point(n, len(points), key)
+        done_coarse = store.measured(sweep_id, STAGE_COARSE)
+        done_final = store.measured(sweep_id, STAGE_FINAL)
+        candidates = [p for p in coarse_candidates(w) if (key, str(p)) not in done_coarse]
+        if not candidates and any(k == key for k, _ in done_final):
+            continue
+        case = build_case(cls, t, device, seed=n)
+        passing = []
+        for plan in candidates:
+            status, error = check(case, plan)
+            if status != "ok":
+                store.add_measurement(_row(sweep_id, key, STAGE_COARSE, plan, status, error))
+            else:
+                passing.append(plan)
+        if passing:
+            samples, flag = time_plans(case, passing, gpu.is_real, rounds, reps)
+            for plan, s in zip(passing, samples, strict=True):
+                store.add_measurement({**_row(sweep_id, key, STAGE_COARSE, plan, "ok", None), **summarize(s),
+                                       "rounds": rounds, "flagged": flag})
+        _final(store, sweep_id, key, case, gpu.is_real, rounds, reps)
+        del case
+    store.finish_sweep(sweep_id)
+    return sweep_id
+
+
+def _final(store: Store, sweep_id: str, key: str, case: Case, real: bool, rounds: int, reps: int) -> None:
+    """Re-time the best few side by side and store the winner."""
+    rows = [r for r in store.measurements(sweep_id, STAGE_COARSE) if r["workload"] == key and r["status"] == "ok"]
+    if not rows:
+        return
+    rows.sort(key=lambda r: r["median_us"])
+    plans = [Plan.make(r["variant"], json.loads(r["config"])) for r in rows[:FINALISTS]]
+    samples, flag = time_plans(case, plans, real, rounds * 2, reps)
+    by_plan = dict(zip(plans, samples, strict=True))
+    for plan, s in by_plan.items():
+        store.add_measurement({**_row(sweep_id, key, STAGE_FINAL, plan, "ok", None), **summarize(s),
+                               "rounds": rounds * 2, "flagged": flag})
+    win = select_winner(by_plan)
+    plan = win["plan"]
+    store.set_winners(sweep_id, [{
+        "workload": key, "plan": str(plan), "variant": plan.variant, "config": json.dumps(plan.as_dict()),
+        "median_us": win["median_us"], "runner_up": str(win["runner_up"]) if win["runner_up"] else None,
+        "margin": win["margin"], "reason": win["reason"] + (f" [{flag}]" if flag else ""),
+    }])
+
+
+def _row(sweep_id: str, key: str, stage: str, plan: Plan, status: str, error: str | None) -> dict:
+    return {"sweep_id": sweep_id, "workload": key, "stage": stage, "plan": str(plan), "variant": plan.variant,
+            "config": json.dumps(plan.as_dict(), sort_keys=True), "status": status, "error": error}

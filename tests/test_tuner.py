@@ -1,0 +1,129 @@
+"""The store and the sweep on the interpreter: resumable, safe against a kill, failures as rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from dsv4_tune import Plan
+from dsv4_tune.cache.store import Store
+from dsv4_tune.cli import app
+from dsv4_tune.policies.gpu import detect
+from dsv4_tune.policies.schema import load_policy
+from dsv4_tune.tuner import sweep as sweep_mod
+from dsv4_tune.tuner.grid import Grid, GridClass
+from dsv4_tune.tuner.select import select_winner
+
+GRID = Grid((GridClass(16, 64, 64, True, 64, 64),), (1, 2, 3))
+
+
+def _grid_file(tmp_path: Path, grid: Grid = GRID) -> Path:
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps(grid.to_json()))
+    return path
+
+
+def _sweep_cmd(db: Path, grid: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "dsv4_tune.cli", "sweep", "--db", str(db), "--grid", str(grid), *extra]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "TRITON_INTERPRET": "1", "COLUMNS": "200"}
+
+
+def _rows(db: Path) -> list[tuple]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("select workload, stage, plan, status from measurements order by id").fetchall()
+
+
+def test_killed_sweep_loses_nothing_and_resumes_without_duplicates(tmp_path: Path) -> None:
+    db, grid = tmp_path / "s.db", _grid_file(tmp_path)
+    proc = subprocess.Popen(_sweep_cmd(db, grid), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not db.exists() or len(_safe_rows(db)) < 12):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _safe_rows(db)
+    assert len(before) >= 12, "the sweep should have committed rows before the kill"
+    done = subprocess.run(_sweep_cmd(db, grid), env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    after = _rows(db)
+    assert after[: len(before)] == before, "rows committed before the kill are kept as they were"
+    keys = [(w, s, p) for w, s, p, _ in after]
+    assert len(keys) == len(set(keys)), "no duplicates after resuming"
+    store = Store(db)
+    (sweep,) = store.sweeps()
+    assert sweep["status"] == "done" and sweep["interpreter"] == 1
+    assert {w["workload"][-3:] for w in store.winners(sweep["id"])} == {"-T1", "-T2", "-T3"}
+
+
+def _safe_rows(db: Path) -> list[tuple]:
+    try:
+        return _rows(db)
+    except sqlite3.OperationalError:
+        return []
+
+
+def test_two_sweeps_share_one_store(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    small = Grid((GridClass(16, 64, 0, False, 64, 64),), (1,))
+    grid = _grid_file(tmp_path, small)
+    procs = [subprocess.Popen(_sweep_cmd(db, grid, "--fresh"), env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("select count(*) from sweeps").fetchone()[0] == 2
+
+
+def test_failing_candidates_are_rows_and_the_sweep_goes_on(tmp_path: Path, monkeypatch) -> None:
+    good = Plan.make("fused", BLOCK_H=16, BLOCK_N=64, num_warps=4, num_stages=1)
+    bad = Plan.make("fused_splitk", good.as_dict(), SPLIT_K=17, COMBINE_BLOCK_H=8, combine_warps=4)
+    monkeypatch.setattr(sweep_mod, "coarse_candidates", lambda w: [good, bad])
+    store = Store(tmp_path / "s.db")
+    sweep_id = sweep_mod.run_sweep(store, Grid((GridClass(16, 64, 0, True, 64, 64),), (1,)), detect())
+    rows = {r["plan"]: r for r in store.measurements(sweep_id, "coarse")}
+    assert rows[str(bad)]["status"] == "launch_error" and "split_k" in rows[str(bad)]["error"]
+    assert rows[str(good)]["status"] == "ok"
+    assert [w["plan"] for w in store.winners(sweep_id)] == [str(good)]
+
+
+def test_gpu_mismatch_exits_2_naming_both(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["sweep", "--gpu", "gfx950", "--db", str(tmp_path / "s.db")])
+    assert result.exit_code == 2
+    assert "gfx950" in result.output and "does not match the detected GPU" in result.output
+
+
+def test_export_writes_a_valid_policy_and_refuses_gaps(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    grid = Grid((GridClass(16, 64, 0, True, 64, 64),), (1, 2))
+    store = Store(db)
+    sweep_id = sweep_mod.run_sweep(store, grid, detect())
+    out = tmp_path / "p.json"
+    result = CliRunner().invoke(app, ["export", "--db", str(db), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    policy = load_policy(out)
+    assert policy.provenance.source == f"sweep:{sweep_id}" and policy.classes[0].h_q == 16
+    store.db.execute("delete from winners where workload like '%-T2'")
+    result = CliRunner().invoke(app, ["export", "--db", str(db), "--out", str(tmp_path / "q.json")])
+    assert result.exit_code == 1 and "no measured winner" in result.output
+
+
+def test_selection_prefers_a_simpler_plan_within_noise() -> None:
+    fused = Plan.make("fused", BLOCK_H=16, BLOCK_N=64, num_warps=4, num_stages=1)
+    split = Plan.make("fused_splitk", fused.as_dict(), SPLIT_K=4, COMBINE_BLOCK_H=8, combine_warps=4)
+    noisy = [10.0, 10.4, 9.8, 10.1, 10.3, 9.9, 10.2, 10.0]
+    assert select_winner({fused: [x + 0.05 for x in noisy], split: noisy})["plan"] == fused
+    win = select_winner({fused: [x * 1.5 for x in noisy], split: noisy})
+    assert win["plan"] == split and win["margin"] > 0.4
