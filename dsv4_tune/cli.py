@@ -276,5 +276,66 @@ def export(
     console.print(f"wrote {out}: {policy.gpu.id}, {len(policy.classes)} classes{note}", highlight=False)
 
 
+
+def _policy_for_command(path: Path | None):
+    """The named policy file, or the one chosen for this GPU; exits 1 when there is none."""
+    from dsv4_tune.policies.dispatcher import select_policy
+
+    if path is not None:
+        return _load_or_exit(path), str(path)
+    dispatcher, notes = select_policy()
+    for note in notes:
+        console.print(f"note: {note}", highlight=False)
+    if dispatcher.policy is None:
+        console.print("[red]no policy applies to this GPU[/]", highlight=False)
+        raise typer.Exit(1)
+    return dispatcher.policy, dispatcher.source
+
+
+@app.command()
+def warmup(
+    policy: Path | None = typer.Argument(None, help="policy file (default: the one chosen for this GPU)"),
+    jobs: int = typer.Option(12, "--jobs", help="compile worker processes"),
+) -> None:
+    """Compile every kernel a policy can pick, in parallel, so serving never compiles on a request."""
+    from dsv4_tune.policies.gpu import detect
+    from dsv4_tune.tuner.verify import warmup as do_warmup
+
+    pol, source = _policy_for_command(policy)
+    if not detect().is_real:
+        console.print("no GPU: nothing to compile (the interpreter does not compile)", highlight=False)
+        return
+    kernels, seconds = do_warmup(pol, jobs)
+    console.print(f"compiled {kernels} kernels of {source} in {seconds:.0f} s", highlight=False)
+
+
+@app.command("verify-policy")
+def verify_policy(
+    policy: Path | None = typer.Argument(None, help="policy file (default: the one chosen for this GPU)"),
+    max_points: int = typer.Option(24, "--max-points", help="(class, T) samples to re-time"),
+) -> None:
+    """Re-time a sample of the policy's buckets against the default plan on this GPU and toolchain;
+    exit 1 where the policy has become measurably slower (stale)."""
+    from dsv4_tune.policies.gpu import detect
+    from dsv4_tune.tuner.verify import verify
+
+    pol, source = _policy_for_command(policy)
+    gpu = detect()
+    if gpu.is_real and gpu.arch != pol.gpu.arch:
+        console.print(f"[red]{source} is for {pol.gpu.arch}; this GPU is {gpu.arch}[/]", highlight=False)
+        raise typer.Exit(2)
+    rows = verify(pol, real=gpu.is_real, max_points=max_points)
+    table = Table(title=f"{source} vs the default plan on {gpu.name}" + ("" if gpu.is_real else " (interpreter)"))
+    for col in ("class", "T", "policy us", "default us", "stale"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r["class"]), str(r["T"]), f"{r['policy_us']:.1f}", f"{r['default_us']:.1f}",
+                      "[red]yes[/]" if r["stale"] else "no")
+    console.print(table)
+    stale = sum(r["stale"] for r in rows)
+    if stale:
+        console.print(f"[red]{stale} of {len(rows)} samples are slower than the default: re-run the sweep[/]")
+        raise typer.Exit(1)
+
 if __name__ == "__main__":
     app()

@@ -127,3 +127,13 @@ def test_selection_prefers_a_simpler_plan_within_noise() -> None:
     assert select_winner({fused: [x + 0.05 for x in noisy], split: noisy})["plan"] == fused
     win = select_winner({fused: [x * 1.5 for x in noisy], split: noisy})
     assert win["plan"] == split and win["margin"] > 0.4
+
+
+def test_verify_policy_and_warmup_run_on_the_interpreter(tmp_path: Path) -> None:
+    from dsv4_tune.policies.baseline import BASELINE_FILE
+
+    result = CliRunner().invoke(app, ["verify-policy", str(BASELINE_FILE), "--max-points", "1"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "interpreter" in result.output and "no" in result.output
+    result = CliRunner().invoke(app, ["warmup", str(BASELINE_FILE)])
+    assert result.exit_code == 0 and "nothing to compile" in result.output

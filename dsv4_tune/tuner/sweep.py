@@ -60,8 +60,10 @@ def build_case(cls: GridClass, t: int, device: str, seed: int = 0, with_ref: boo
     kw = dict(topk_length=main.topk_length, extra_k_cache=extra.kv_cache if extra else None,
               extra_indices=extra.indices if extra else None, extra_topk_length=extra.topk_length if extra else None,
               attn_sink=sink, sm_scale=512**-0.5)
-    ref = sparse_decode_ref(q, main.kv_cache, main.indices, fp8="e4m3fn", out_dtype=torch.float32, **kw) \
-        if with_ref else (q, q)
+    if with_ref:
+        ref = sparse_decode_ref(q, main.kv_cache, main.indices, fp8="e4m3fn", out_dtype=torch.float32, **kw)
+    else:  # shapes only: timing and compiling need outputs of the right shape, not the values
+        ref = (torch.empty(t, 1, cls.h_q, 512, device=device), torch.empty(t, cls.h_q, 1, device=device))
     return Case(q, main, kw, ref)
 
 
@@ -129,26 +131,25 @@ def _compile_worker(jobs: list[tuple[dict, int, tuple]]) -> None:
     torch.cuda.synchronize()
 
 
-def compile_in_parallel(grid: Grid, processes: int) -> float:
-    """Fill the Triton cache: one run of every distinct kernel of the coarse stage, in worker
-    processes (plans that differ only in SPLIT_K or T share their kernels).  Returns seconds."""
+def compile_plans(pairs: list[tuple[GridClass, Plan]], processes: int) -> tuple[int, float]:
+    """Fill the Triton cache: one run of every distinct kernel among ``pairs``, in worker processes
+    (plans that differ only in SPLIT_K share their kernels).  Returns (kernels, seconds)."""
     t0 = time.time()
     firsts: dict[tuple, tuple] = {}
-    for cls in grid.classes:
-        for t in grid.tokens:
-            for plan in coarse_candidates(cls.workload(t)):
-                cfg = {k: v for k, v in plan.as_dict().items() if k != "SPLIT_K"}
-                split = plan.as_dict().get("SPLIT_K", 1) > 1
-                key = (cls.topk_extra > 0, cls.with_length, plan.variant, tuple(sorted(cfg.items())), split)
-                firsts.setdefault(key, (asdict(cls), 1, (plan.variant, plan.config)))
+    for cls, plan in pairs:
+        cfg = {k: v for k, v in plan.as_dict().items() if k != "SPLIT_K"}
+        split = plan.as_dict().get("SPLIT_K", 1) > 1
+        key = (cls.topk_extra > 0, cls.with_length, plan.variant, tuple(sorted(cfg.items())), split)
+        firsts.setdefault(key, (asdict(cls), 1, (plan.variant, plan.config)))
     todo = list(firsts.values())
+    processes = max(1, min(processes, len(todo)))
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_compile_worker, args=(todo[i::processes],)) for i in range(processes)]
     for p in procs:
         p.start()
     for p in procs:
         p.join()
-    return time.time() - t0
+    return len(todo), time.time() - t0
 
 
 # ---------------------------------------------------------------------------------- sweep
@@ -175,7 +176,7 @@ def run_sweep(
     device = "cuda" if gpu.is_real else "cpu"
     sweep_id, _ = store.open_sweep(sweep_meta(gpu, grid), fresh=fresh)
     if gpu.is_real and jobs > 1:
-        compile_in_parallel(grid, jobs)
+        compile_plans([(c, p) for c, t in grid.points() for p in coarse_candidates(c.workload(t))], jobs)
     points = grid.points()
     for n, (cls, t) in enumerate(points):
         w = cls.workload(t)
