@@ -35,8 +35,8 @@ def verify(
     """Re-time the policy's plan against the default plan at a sample of (class, T); a row is
     ``stale`` when the default is measurably faster (bootstrap interval of the ratio above 1)."""
     rows = []
-    every = [(c, t) for c in policy.classes for t in tokens]
-    points = every[:: max(1, -(-len(every) // max_points))]  # spread over classes and T
+    n = len(tokens)  # class i takes T = tokens[(i + j) % n] in pass j: the first pass covers every class
+    points = [(c, tokens[(i + j) % n]) for j in range(n) for i, c in enumerate(policy.classes)][:max_points]
     device = "cuda" if real else "cpu"
     dispatcher = Dispatcher(policy)
     for c, t in points:
