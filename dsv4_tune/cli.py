@@ -337,5 +337,66 @@ def verify_policy(
         console.print(f"[red]{stale} of {len(rows)} samples are slower than the default: re-run the sweep[/]")
         raise typer.Exit(1)
 
+
+@app.command("compile-check")
+def compile_check(
+    arch: str = typer.Option("sm90,gfx942,gfx950", "--arch", help="comma-separated targets"),
+    variants: str | None = typer.Option(None, "--variants", help="comma-separated variants (default: all)"),
+    sample: int | None = typer.Option(None, "--sample", help="a fixed random sample of N configs per variant"),
+    policy: list[Path] = typer.Option([], "--policy", help="check the plans of these policies (for their own arch)"),
+    jobs: int = typer.Option(2, "--jobs", help="compile processes"),
+    db: Path | None = typer.Option(None, "--db", help="store the rows in this SQLite file (table 'compile')"),
+    table_dir: Path | None = typer.Option(None, "--table-dir", help="write compile-check-<arch>.json tables here"),
+    write_rules: bool = typer.Option(False, "--write-rules", help="rewrite the registry's per-arch rules file"),
+) -> None:
+    """Cross-compile every kernel config for each arch (no GPU needed); exit 1 on any compile failure."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from dsv4_tune.kernels.crosscompile import ARCHS
+    from dsv4_tune.tuner import compile_check as cc
+
+    arches = [a.strip() for a in arch.split(",") if a.strip()]
+    unknown = [a for a in arches if a not in ARCHS]
+    if unknown:
+        console.print(f"[red]--arch: unknown {unknown}; known {sorted(ARCHS)}[/]", highlight=False)
+        raise typer.Exit(2)
+    if policy:
+        targets = []
+        for path in policy:
+            pol = _load_or_exit(path)
+            pairs = [(c.workload(), s.plan.to_plan()) for c in pol.classes for s in c.segments]
+            targets += cc.check_targets([pol.gpu.arch], plans=pairs)
+    else:
+        names = [v.strip() for v in variants.split(",")] if variants else None
+        targets = cc.check_targets(arches, names, sample)
+    console.print(f"compiling {len(targets)} kernels for {', '.join(arches)} with {jobs} processes", highlight=False)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        task = progress.add_task("compile", total=len(targets))
+        rows = cc.with_problems(cc.run_check(targets, jobs, on_row=lambda r: progress.advance(task)))
+    if db is not None:
+        from dsv4_tune.cache.store import Store
+
+        Store(db).add_compile_rows(rows)
+    if table_dir is not None:
+        table_dir.mkdir(parents=True, exist_ok=True)
+        for a in arches:
+            mine = sorted((r for r in rows if r["arch"] == a), key=lambda r: r["key"])
+            (table_dir / f"compile-check-{a}.json").write_text(json.dumps(
+                {"arch": a, "rows": mine, "toolchain": mine[0]["toolchain"] if mine else None}, indent=1) + "\n")
+    if write_rules:
+        console.print(f"wrote {cc.write_rules(rows)}", highlight=False)
+    table = Table(title="valid configs per arch and variant")
+    for col in ("arch", "variant", "configs", "valid", "why not"):
+        table.add_column(col)
+    for r in cc.summary(rows, targets, arches):
+        table.add_row(r["arch"], r["variant"], str(r["configs"]), str(r["valid"]), r["why not"])
+    console.print(table)
+    failed = [r for r in rows if r["status"] != "ok"]
+    for r in failed[:10]:
+        console.print(f"[red]FAILED[/] {r['key']}: {r['error'][:300]}", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
 if __name__ == "__main__":
     app()

@@ -123,3 +123,12 @@ class Store:
 
     def winners(self, sweep_id: str) -> list[dict[str, Any]]:
         return list(self.db["winners"].rows_where("sweep_id = ?", [sweep_id], order_by="workload"))
+
+    # ----------------------------------------------------------------- compile checks
+    def add_compile_rows(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Cross-compile results keyed by arch, toolchain and kernel config (the tuner reads them too)."""
+        self.db["compile"].upsert_all(
+            [{**{k: v for k, v in r.items() if k != "problems"}, "problems": json.dumps(r["problems"]),
+              "checked": now()} for r in rows],
+            pk=("key", "toolchain"), alter=True,
+        )

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 
+from dsv4_tune.kernels.kv_layout import fp8_flavour_for_arch
 from dsv4_tune.workload import Plan, Workload
 
 BLOCK_H_CHOICES = (16, 32, 64)
@@ -200,11 +204,74 @@ def get_variant(name: str) -> Variant:
         raise ValueError(f"variant: unknown {name!r}, expected one of {sorted(VARIANTS)}") from None
 
 
-def plan_problems(w: Workload, plan: Plan) -> list[str]:
-    """Why ``plan`` cannot run ``w`` (empty when it can); the policy validator's entry point."""
+def plan_problems(w: Workload, plan: Plan, arch: str | None = None) -> list[str]:
+    """Why ``plan`` cannot run ``w`` (empty when it can), on ``arch`` when one is named (then the
+    compile-check rules of that arch apply too); the policy validator's and the tuner's entry point."""
     if plan.variant not in VARIANTS:
         return [f"unknown variant {plan.variant!r} (known: {sorted(VARIANTS)})"]
-    return VARIANTS[plan.variant].problems(w, plan.as_dict())
+    problems = VARIANTS[plan.variant].problems(w, plan.as_dict())
+    if arch is not None and not problems:
+        problems = arch_problems(w, plan, arch)
+    return problems
+
+
+# ------------------------------------------------------------------ per-arch rules from compile checks
+KernelLaunch = tuple[str, tuple[tuple[str, object], ...], int, int]  # name, constexprs, num_warps, num_stages
+ARCH_RULES_FILE = Path(__file__).resolve().parent / "data" / "arch_rules.json"
+
+
+def plan_kernels(plan: Plan, w: Workload, arch: str) -> list[KernelLaunch]:
+    """The kernels ``plan`` launches for workload class ``w`` on ``arch`` (its FP8 flavour, bf16
+    dots), as (kernel name, constexprs, num_warps, num_stages)."""
+    c = plan.as_dict()
+    fp8, sink, split = fp8_flavour_for_arch(arch), w.has_sink, c.get("SPLIT_K", 1) > 1
+
+    def launch(name: str, warps: int, stages: int, **constexprs: object) -> KernelLaunch:
+        return name, tuple(sorted(constexprs.items())), warps, stages
+
+    out = []
+    if plan.variant in ("fused", "fused_splitk"):
+        out.append(launch("_sparse_decode_kernel", c["num_warps"], c["num_stages"], HAS_LEN=w.has_len_main,
+                          HAS_EXTRA=w.dual, X_HAS_LEN=w.dual and w.has_len_extra, HAS_SINK=sink, SPLIT=split,
+                          BLOCK_H=c["BLOCK_H"], BLOCK_N=c["BLOCK_N"], FP8=fp8, DOT="bf16"))
+    elif plan.variant == "gather_attend":
+        if w.dual and c["ONE_LAUNCH"]:
+            out.append(launch("_gather_dequant_dual_kernel", c["gather_warps"], 1, HAS_LEN=w.has_len_main,
+                              X_HAS_LEN=w.has_len_extra, FP8=fp8, BLOCK_TK=c["BLOCK_TK"]))
+        else:
+            lens = [w.has_len_main] + ([w.has_len_extra] if w.dual else [])
+            for has_len in dict.fromkeys(lens):
+                out.append(launch("_gather_dequant_kernel", c["gather_warps"], 1, HAS_LEN=has_len, FP8=fp8,
+                                  BLOCK_TK=c["BLOCK_TK"]))
+        out.append(launch("_gathered_attention_kernel", c["num_warps"], c["num_stages"], HAS_SINK=sink, SPLIT=split,
+                          BLOCK_H=c["BLOCK_H"], BLOCK_N=c["BLOCK_N"], DOT="bf16"))
+    if split:
+        out.append(launch("_combine_kernel", c["combine_warps"], 1, HAS_SINK=sink, BLOCK_H=c["COMBINE_BLOCK_H"]))
+    return out
+
+
+def kernel_key(arch: str, launch: KernelLaunch) -> str:
+    name, constexprs, warps, stages = launch
+    return f"{arch}:{name}[{','.join(f'{k}={v}' for k, v in constexprs)}]w{warps}s{stages}"
+
+
+@lru_cache(maxsize=1)
+def arch_rules() -> dict[str, dict[str, list[str]]]:
+    """{arch: {kernel key: problems}} for the kernels a compile check found unfit (shipped file)."""
+    try:
+        return json.loads(ARCH_RULES_FILE.read_text())["bad_kernels"]
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def arch_problems(w: Workload, plan: Plan, arch: str) -> list[str]:
+    """Problems the compile check recorded for any kernel of ``plan`` on ``arch``."""
+    bad = arch_rules().get(arch, {})
+    out = []
+    for launch in plan_kernels(plan, w, arch):
+        for problem in bad.get(kernel_key(arch, launch), []):
+            out.append(f"{launch[0]} {problem}")
+    return out
 
 
 def default_plan(w: Workload) -> Plan:

@@ -1,0 +1,121 @@
+"""The compile check: every kernel of every variant config, for each target arch, in parallel.
+
+Kernels are enumerated from the registry's spaces for the DSV4 constexpr specialisations (with and
+without extra scope, topk_length and sink) and deduplicated; each is cross-compiled
+(:mod:`dsv4_tune.kernels.crosscompile`), stored in the SQLite ``compile`` table, and the unfit ones
+(failed, spilling, over the arch's shared memory / LDS) become the registry's per-arch rules.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import random
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from dsv4_tune.kernels.variants import ARCH_RULES_FILE, VARIANTS, plan_kernels
+from dsv4_tune.workload import Plan, Workload
+
+ARCH_NAMES = ("sm90", "gfx942", "gfx950")
+# The constexpr specialisations of the DSV4 shapes: two scopes with lengths and sink; one scope;
+# two scopes without lengths or sink.  h_q 128 admits every BLOCK_H.
+SPECIALISATIONS = (
+    Workload(1, 128, 128, 1024, True, True, True),
+    Workload(1, 128, 128, 0, True, True, True),
+    Workload(1, 128, 128, 512, False, False, False),
+)
+
+
+def check_targets(
+    arches: Iterable[str], variants: Iterable[str] | None = None, sample: int | None = None, seed: int = 0,
+    plans: Iterable[tuple[Workload, Plan]] | None = None,
+) -> list[tuple[str, tuple]]:
+    """Distinct (arch, kernel launch) pairs: of every config of the variants (or a fixed random
+    sample of ``sample`` configs per variant), or of the given (workload, plan) pairs."""
+    pairs: list[tuple[Workload, Plan]] = list(plans) if plans is not None else []
+    if plans is None:
+        rng = random.Random(seed)
+        for name in variants or VARIANTS:
+            for w in SPECIALISATIONS:
+                space = VARIANTS[name].space(w)
+                if sample is not None:
+                    space = rng.sample(space, min(sample, len(space)))
+                pairs += [(w, p) for p in space]
+    seen: dict[tuple, None] = {}
+    for arch in arches:
+        for w, plan in pairs:
+            for launch in plan_kernels(plan, w, arch):
+                seen.setdefault((arch, launch), None)
+    return list(seen)
+
+
+def _compile(target: tuple[str, tuple]) -> dict:
+    from dsv4_tune.kernels.crosscompile import KernelSpec, compile_kernel
+
+    return compile_kernel(KernelSpec(*target))
+
+
+def with_problems(rows: list[dict]) -> list[dict]:
+    """Attach each row's verdict under the current per-arch limits (re-derivable from stored rows)."""
+    from dsv4_tune.kernels.crosscompile import problems_of
+
+    return [{**r, "problems": problems_of(r)} for r in rows]
+
+
+def run_check(targets: list[tuple[str, tuple]], jobs: int, on_row: Callable[[dict], None] | None = None) -> list[dict]:
+    """Compile all targets in ``jobs`` processes; rows in completion order."""
+    rows = []
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(max(1, jobs)) as pool:
+        for row in pool.imap_unordered(_compile, targets):
+            rows.append(row)
+            if on_row:
+                on_row(row)
+    return rows
+
+
+def write_rules(rows: list[dict], path: Path = ARCH_RULES_FILE) -> Path:
+    """The per-arch rules file: every kernel with problems, keyed by arch and kernel key."""
+    bad: dict[str, dict[str, list[str]]] = {}
+    for r in rows:
+        if r["problems"]:
+            bad.setdefault(r["arch"], {})[r["key"]] = r["problems"]
+    payload = {"toolchain": rows[0]["toolchain"] if rows else None,
+               "date": datetime.now(timezone.utc).date().isoformat(),
+               "checked": len(rows), "bad_kernels": {a: dict(sorted(k.items())) for a, k in sorted(bad.items())}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+WHY = {"spills": "spill", "needs": "shared memory / LDS", "does": "compile failure", "cannot": "occupancy 0"}
+
+
+def summary(rows: list[dict], targets: list[tuple[str, tuple]], arches: Iterable[str]) -> list[dict]:
+    """Per arch and variant: how many configs of the space are valid, and why the rest are not."""
+    by_key = {r["key"]: r for r in rows}
+    from dsv4_tune.kernels.variants import kernel_key
+
+    out = []
+    for arch in arches:
+        for name in VARIANTS:
+            valid = total = 0
+            reasons: dict[str, int] = {}
+            for w in SPECIALISATIONS:
+                for plan in VARIANTS[name].space(w):
+                    keys = [kernel_key(arch, launch) for launch in plan_kernels(plan, w, arch)]
+                    if not all(k in by_key for k in keys):
+                        continue
+                    total += 1
+                    problems = [p for k in keys for p in by_key[k]["problems"]]
+                    if problems:
+                        kind = WHY.get(problems[0].split(" ")[0], problems[0])
+                        reasons[kind] = reasons.get(kind, 0) + 1
+                    else:
+                        valid += 1
+            if total:
+                out.append({"arch": arch, "variant": name, "configs": total, "valid": valid,
+                            "why not": ", ".join(f"{n} {k}" for k, n in sorted(reasons.items())) or "-"})
+    return out
