@@ -149,9 +149,10 @@ class Variant:
             return [f"{self.name}: unknown config keys {unknown}, missing {missing}"]
         return self.problems_fn(w, config)
 
-    def space(self, w: Workload) -> list[Plan]:
-        """Every valid config of this variant for ``w``, as plans."""
-        return [Plan.make(self.name, c) for c in self.space_fn(w) if not self.problems_fn(w, c)]
+    def space(self, w: Workload, arch: str | None = None) -> list[Plan]:
+        """Every valid config of this variant for ``w`` (on ``arch``, if named), as plans."""
+        plans = [Plan.make(self.name, c) for c in self.space_fn(w) if not self.problems_fn(w, c)]
+        return plans if arch is None else [p for p in plans if not arch_problems(w, p, arch)]
 
     def default(self, w: Workload) -> Plan:
         return Plan.make(self.name, self.default_fn(w))

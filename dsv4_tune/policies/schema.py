@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dsv4_tune.kernels.variants import plan_problems
+from dsv4_tune.kernels.variants import arch_problems, plan_problems
 from dsv4_tune.workload import Plan, Workload
 
 SCHEMA_VERSION = 1
@@ -124,6 +124,11 @@ class Policy(_Model):
             if c.key in seen:
                 raise ValueError(f"classes.{i} repeats the workload class of classes.{seen[c.key]}: {c.key}")
             seen[c.key] = i
+            w = c.workload()
+            for j, seg in enumerate(c.segments):  # the compile-check rules of the policy's own arch
+                problems = arch_problems(w, seg.plan.to_plan(), self.gpu.arch)
+                if problems:
+                    raise ValueError(f"classes.{i}.segments.{j}.plan on {self.gpu.arch}: {'; '.join(problems)}")
         return self
 
 

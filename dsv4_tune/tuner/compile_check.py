@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import random
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
@@ -65,14 +66,26 @@ def with_problems(rows: list[dict]) -> list[dict]:
 
 
 def run_check(targets: list[tuple[str, tuple]], jobs: int, on_row: Callable[[dict], None] | None = None) -> list[dict]:
-    """Compile all targets in ``jobs`` processes; rows in completion order."""
+    """Compile all targets in ``jobs`` fresh processes; rows in completion order.
+
+    The workers always import the kernels compiled (``TRITON_INTERPRET=0``), also when this
+    process runs on the interpreter, whose kernels cannot be handed to ``triton.compile``.
+    """
     rows = []
     ctx = mp.get_context("spawn")
-    with ctx.Pool(max(1, jobs)) as pool:
-        for row in pool.imap_unordered(_compile, targets):
-            rows.append(row)
-            if on_row:
-                on_row(row)
+    saved = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "0"
+    try:
+        with ctx.Pool(max(1, jobs)) as pool:
+            for row in pool.imap_unordered(_compile, targets):
+                rows.append(row)
+                if on_row:
+                    on_row(row)
+    finally:
+        if saved is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = saved
     return rows
 
 

@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dsv4_tune.kernels.variants import DEFAULT_COMBINE, VARIANTS
+from dsv4_tune.kernels.variants import DEFAULT_COMBINE, VARIANTS, plan_problems
 from dsv4_tune.workload import Plan, Workload
 
 STAGE_COARSE = "coarse"
@@ -79,11 +79,7 @@ def workload_key(w: Workload) -> str:
             f"-sink{int(w.has_sink)}-T{w.total_tokens}")
 
 
-def _valid(w: Workload, plan: Plan) -> bool:
-    return not VARIANTS[plan.variant].problems(w, plan.as_dict())
-
-
-def coarse_candidates(w: Workload) -> list[Plan]:
+def coarse_candidates(w: Workload, arch: str | None = None) -> list[Plan]:
     """Stage one: each variant at its default, plus the configs that led in the H100 preview sweep
     (64- and 32-head blocks on 8 warps; split-K 2-16 of small-head blocks; gather-then-attend with
     wide head blocks), pruned by the registry's rules."""
@@ -98,7 +94,7 @@ def coarse_candidates(w: Workload) -> list[Plan]:
     for bh, nw in ((64, 8), (32, 8), (16, 4)):
         plans.append(Plan.make("gather_attend", gta, BLOCK_H=bh, num_warps=nw))
     unique = list(dict.fromkeys(plans))
-    return [p for p in unique if _valid(w, p)]
+    return [p for p in unique if not plan_problems(w, p, arch)]
 
 
 LAUNCHES = {"fused": 1, "fused_splitk": 2, "gather_attend": 3}

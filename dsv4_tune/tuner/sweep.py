@@ -176,7 +176,7 @@ def run_sweep(
     device = "cuda" if gpu.is_real else "cpu"
     sweep_id, _ = store.open_sweep(sweep_meta(gpu, grid), fresh=fresh)
     if gpu.is_real and jobs > 1:
-        compile_plans([(c, p) for c, t in grid.points() for p in coarse_candidates(c.workload(t))], jobs)
+        compile_plans([(c, p) for c, t in grid.points() for p in coarse_candidates(c.workload(t), gpu.arch)], jobs)
     points = grid.points()
     for n, (cls, t) in enumerate(points):
         w = cls.workload(t)
@@ -185,7 +185,8 @@ def run_sweep(
             on_point(n, len(points), key)
         done_coarse = store.measured(sweep_id, STAGE_COARSE)
         done_final = store.measured(sweep_id, STAGE_FINAL)
-        candidates = [p for p in coarse_candidates(w) if (key, str(p)) not in done_coarse]
+        arch = gpu.arch if gpu.is_real else None
+        candidates = [p for p in coarse_candidates(w, arch) if (key, str(p)) not in done_coarse]
         if not candidates and any(k == key for k, _ in done_final):
             continue
         case = build_case(cls, t, device, seed=n)

@@ -1,0 +1,70 @@
+"""Cross-compilation for sm90 / gfx942 / gfx950 without a GPU, and the per-arch rules it yields."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dsv4_tune import Plan, Workload
+from dsv4_tune.kernels import variants as variants_mod
+from dsv4_tune.kernels.crosscompile import problems_of
+from dsv4_tune.kernels.variants import VARIANTS, kernel_key, plan_kernels, plan_problems
+from dsv4_tune.tuner.compile_check import run_check, with_problems, write_rules
+
+W = Workload(1, 128, 128, 1024)
+
+
+def test_fp8_flavour_follows_the_arch() -> None:
+    plan = VARIANTS["fused"].default(W)
+    flavours = {arch: dict(plan_kernels(plan, W, arch)[0][1])["FP8"] for arch in ("sm90", "gfx942", "gfx950")}
+    assert flavours == {"sm90": "e4m3fn", "gfx942": "e4m3fnuz", "gfx950": "e4m3fn"}
+
+
+def test_a_plan_lists_every_kernel_it_launches() -> None:
+    gta = Plan.make("gather_attend", VARIANTS["gather_attend"].default(W).as_dict(), ONE_LAUNCH=0, SPLIT_K=2,
+                    COMBINE_BLOCK_H=8, combine_warps=4)
+    names = [k[0] for k in plan_kernels(gta, W, "gfx950")]
+    assert names == ["_gather_dequant_kernel", "_gathered_attention_kernel", "_combine_kernel"]
+
+
+def test_oversized_config_exceeds_lds_on_gfx942_and_is_pruned(tmp_path, monkeypatch) -> None:
+    # Far outside the tuned space: 4 stages of 128-candidate tiles, 64 heads.
+    launch = ("_gathered_attention_kernel",
+              (("BLOCK_H", 64), ("BLOCK_N", 128), ("DOT", "bf16"), ("HAS_SINK", True), ("SPLIT", False)), 8, 4)
+    (row,) = run_check([("gfx942", launch)], jobs=1)
+    assert row["status"] == "ok" and row["shared"] > 64 * 1024
+    problems = problems_of(row)
+    assert any("shared memory" in p and "gfx942" in p for p in problems)
+    # A rule recorded for a kernel of a plan in the space prunes that plan on that arch only.
+    plan = VARIANTS["gather_attend"].default(W)
+    bad_launch = plan_kernels(plan, W, "gfx942")[-1]
+    rules = tmp_path / "rules.json"
+    write_rules([{**row, "key": kernel_key("gfx942", bad_launch), "problems": problems}], rules)
+    monkeypatch.setattr(variants_mod, "ARCH_RULES_FILE", rules)
+    variants_mod.arch_rules.cache_clear()
+    try:
+        assert any("shared memory" in p for p in plan_problems(W, plan, "gfx942"))
+        assert plan_problems(W, plan, "gfx950") == [] and plan_problems(W, plan) == []
+        assert plan not in VARIANTS["gather_attend"].space(W, "gfx942")
+        assert plan in VARIANTS["gather_attend"].space(W, "gfx950")
+    finally:
+        variants_mod.arch_rules.cache_clear()
+
+
+def test_a_compile_failure_is_a_row_and_the_check_goes_on() -> None:
+    broken = ("gfx950", ("_combine_kernel", (("BLOCK_H", 3), ("HAS_SINK", True)), 4, 1))  # arange of 3
+    fine = ("gfx950", ("_combine_kernel", (("BLOCK_H", 8), ("HAS_SINK", True)), 4, 1))
+    rows = {r["key"]: r for r in with_problems(run_check([broken, fine], jobs=2))}
+    bad, good = rows[kernel_key(*broken)], rows[kernel_key(*fine)]
+    assert bad["status"] == "compile_error" and "power of 2" in bad["error"]
+    assert bad["problems"] and "does not compile for gfx950" in bad["problems"][0]
+    assert good["status"] == "ok" and good["regs"] and good["problems"] == []
+
+
+@pytest.mark.parametrize("path", sorted(variants_mod.ARCH_RULES_FILE.parent.glob("arch_rules.json")))
+def test_shipped_rules_file_is_well_formed(path) -> None:
+    data = json.loads(path.read_text())
+    assert set(data["bad_kernels"]) <= {"sm90", "gfx942", "gfx950"}
+    for arch, kernels in data["bad_kernels"].items():
+        assert all(k.startswith(f"{arch}:") and v for k, v in kernels.items())
