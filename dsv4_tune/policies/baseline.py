@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
-from dsv4_tune.kernels.variants import VARIANTS
+from dsv4_tune.kernels.variants import VARIANTS, arch_problems
 from dsv4_tune.policies.buckets import (
     FIXED_GATHER_KERNEL_BELOW,
     SPLITK_DUAL_SCOPE_TOPK_THRESHOLD,
@@ -43,6 +43,7 @@ from dsv4_tune.workload import Plan, Workload
 
 T_MAX = 1 << 14  # decisions are evaluated exactly up to here; the last segment is open-ended
 BASELINE_FILE = Path(__file__).resolve().parent / "data" / "gfx950-mi355x.json"
+ARCH = "gfx950"
 HEADS = (64, 128)
 TOPK_MAIN = 128  # the SWA window
 TOPK_EXTRA = (0, 64, 256, 512, 1024)  # none; C128 at <= 8K / 32K context (padded); C4 Flash / Pro
@@ -114,7 +115,21 @@ def seed_decision(t: int, w: Workload) -> SeedDecision:
 @lru_cache(maxsize=4096)
 def plan_for(decision: SeedDecision, w: Workload) -> Plan:
     """Our variant for a seed decision, at its default config (BLOCK_N lowered where the split
-    needs more steps than the default gives)."""
+    needs more steps than the default gives); where the compile check rules that config out on
+    the baseline's arch, the nearest valid config of the space with the same split and gather."""
+    plan = _default_for(decision, w)
+    if not arch_problems(w, plan, ARCH):
+        return plan
+    fixed = {k: v for k, v in plan.as_dict().items() if k in ("SPLIT_K", "ONE_LAUNCH")}
+    candidates = [p for p in VARIANTS[decision.variant].space(w, ARCH)
+                  if all(p.as_dict().get(k) == v for k, v in fixed.items())]
+    if not candidates:
+        raise ValueError(f"baseline: no config of {decision.variant} with {fixed} compiles cleanly for {ARCH}")
+    want = plan.as_dict()
+    return min(candidates, key=lambda p: sum(v != want.get(k) for k, v in p.as_dict().items()))
+
+
+def _default_for(decision: SeedDecision, w: Workload) -> Plan:
     variant = VARIANTS[decision.variant]
     config = variant.default(w).as_dict()
     if decision.variant == "fused_splitk":
@@ -158,7 +173,7 @@ def build_baseline_policy() -> Policy:
             classes.append(WorkloadClass(h_q=h, topk_main=TOPK_MAIN, topk_extra=extra, segments=segments,
                                          thresholds=notes))
     return Policy(
-        gpu=GpuSpec(id="gfx950-mi355x", arch="gfx950", device_name="AMD Instinct MI355X", multiprocessors=256),
+        gpu=GpuSpec(id="gfx950-mi355x", arch=ARCH, device_name="AMD Instinct MI355X", multiprocessors=256),
         provenance=Provenance(source="seed-hand-rules", created=datetime.now(timezone.utc).date().isoformat(),
                               command="python -m dsv4_tune.policies.baseline"),
         buckets=BucketSpec(max_tokens=T_MAX),
