@@ -90,7 +90,7 @@ def test_two_sweeps_share_one_store(tmp_path: Path) -> None:
 def test_failing_candidates_are_rows_and_the_sweep_goes_on(tmp_path: Path, monkeypatch) -> None:
     good = Plan.make("fused", BLOCK_H=16, BLOCK_N=64, num_warps=4, num_stages=1)
     bad = Plan.make("fused_splitk", good.as_dict(), SPLIT_K=17, COMBINE_BLOCK_H=8, combine_warps=4)
-    monkeypatch.setattr(sweep_mod, "coarse_candidates", lambda w: [good, bad])
+    monkeypatch.setattr(sweep_mod, "coarse_candidates", lambda w, arch=None: [good, bad])
     store = Store(tmp_path / "s.db")
     sweep_id = sweep_mod.run_sweep(store, Grid((GridClass(16, 64, 0, True, 64, 64),), (1,)), detect())
     rows = {r["plan"]: r for r in store.measurements(sweep_id, "coarse")}
