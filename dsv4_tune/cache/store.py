@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import time
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,8 +40,15 @@ class Store:
         conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         conn.execute("PRAGMA busy_timeout = 60000")
         self.db = sqlite_utils.Database(conn)
-        self.db.enable_wal()
-        self._create()
+        for attempt in range(50):  # another process may be creating the same tables right now
+            try:
+                self.db.enable_wal()
+                self._create()
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or attempt == 49:
+                    raise
+                time.sleep(0.1 + 0.05 * attempt)
 
     def _create(self) -> None:
         self.db["sweeps"].create(
@@ -120,6 +128,10 @@ class Store:
     # ----------------------------------------------------------------- winners
     def set_winners(self, sweep_id: str, rows: Iterable[dict[str, Any]]) -> None:
         self.db["winners"].upsert_all([{"sweep_id": sweep_id, **r} for r in rows], pk=("sweep_id", "workload"))
+
+    def has_winner(self, sweep_id: str, workload: str) -> bool:
+        return self.db.execute("select 1 from winners where sweep_id = ? and workload = ?",
+                               [sweep_id, workload]).fetchone() is not None
 
     def winners(self, sweep_id: str) -> list[dict[str, Any]]:
         return list(self.db["winners"].rows_where("sweep_id = ?", [sweep_id], order_by="workload"))

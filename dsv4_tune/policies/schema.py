@@ -47,6 +47,8 @@ class PlanSpec(_Model):
 class Segment(_Model):
     max_tokens: int | None = Field(description="largest T this plan serves (inclusive); null: no limit")
     plan: PlanSpec
+    margin: float | None = Field(None, description="measured lead over the runner-up (smallest over the "
+                                 "buckets merged here); null when not measured")
 
 
 class WorkloadClass(_Model):
@@ -138,7 +140,8 @@ def describe_segments(segments: list[Segment]) -> list[str]:
     for seg in segments:
         hi = seg.max_tokens
         span = f"T >= {lo}" if hi is None else (f"T = {lo}" if hi == lo else f"T {lo}-{hi}")
-        out.append(f"{span}: {seg.plan.to_plan()}")
+        lead = "" if seg.margin is None else f" (leads the runner-up by >= {seg.margin:.0%})"
+        out.append(f"{span}: {seg.plan.to_plan()}{lead}")
         lo = (hi or lo) + 1
     return out
 

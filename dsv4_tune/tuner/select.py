@@ -64,7 +64,7 @@ def build_policy(grid: Grid, winners: list[dict], sweep: dict, command: str) -> 
     """The policy of a sweep: per class, one segment per T bucket of the grid, equal neighbours
     merged, the last open-ended.  Refuses a grid point that no winner covers."""
     by_key = {w["workload"]: w for w in winners}
-    per_class: dict[tuple, list[tuple[int, Plan]]] = defaultdict(list)
+    per_class: dict[tuple, list[tuple[int, Plan, float | None]]] = defaultdict(list)
     missing = []
     for cls, t in grid.points():
         w = cls.workload(t)
@@ -72,21 +72,23 @@ def build_policy(grid: Grid, winners: list[dict], sweep: dict, command: str) -> 
         if row is None:
             missing.append(workload_key(w))
             continue
-        per_class[w.key].append((t, Plan.make(row["variant"], _config(row["config"]))))
+        per_class[w.key].append((t, Plan.make(row["variant"], _config(row["config"])), row["margin"]))
     if missing:
         raise ValueError(f"export: {len(missing)} grid points have no measured winner (first: {missing[0]}); "
                          "finish or resume the sweep first")
     classes = []
     for key, runs in per_class.items():
         runs.sort(key=lambda r: r[0])
-        merged: list[tuple[int, Plan]] = []
-        for t, plan in runs:
+        merged: list[tuple[int, Plan, float | None]] = []
+        for t, plan, margin in runs:
             if merged and merged[-1][1] == plan:
-                merged[-1] = (t, plan)
+                known = [m for m in (merged[-1][2], margin) if m is not None]
+                merged[-1] = (t, plan, min(known) if known else None)
             else:
-                merged.append((t, plan))
-        segments = [Segment(max_tokens=None if i == len(merged) - 1 else t, plan=PlanSpec.of(p))
-                    for i, (t, p) in enumerate(merged)]
+                merged.append((t, plan, margin))
+        segments = [Segment(max_tokens=None if i == len(merged) - 1 else t, plan=PlanSpec.of(p),
+                            margin=None if m is None else round(m, 4))
+                    for i, (t, p, m) in enumerate(merged)]
         h, tm, tx, lm, lx, sink = key
         classes.append(WorkloadClass(h_q=h, topk_main=tm, topk_extra=tx, has_len_main=lm, has_len_extra=lx,
                                      has_sink=sink, segments=segments, thresholds=describe_segments(segments)))

@@ -184,11 +184,10 @@ def run_sweep(
         if on_point:
             on_point(n, len(points), key)
         done_coarse = store.measured(sweep_id, STAGE_COARSE)
-        done_final = store.measured(sweep_id, STAGE_FINAL)
         arch = gpu.arch if gpu.is_real else None
         candidates = [p for p in coarse_candidates(w, arch) if (key, str(p)) not in done_coarse]
-        if not candidates and any(k == key for k, _ in done_final):
-            continue
+        if not candidates and store.has_winner(sweep_id, key):
+            continue  # complete; a workload killed between its final timing and its winner is redone
         case = build_case(cls, t, device, seed=n)
         passing = []
         for plan in candidates:
