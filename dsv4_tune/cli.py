@@ -361,11 +361,12 @@ def compile_check(
         console.print(f"[red]--arch: unknown {unknown}; known {sorted(ARCHS)}[/]", highlight=False)
         raise typer.Exit(2)
     if policy:
-        targets = []
+        targets, arches = [], []
         for path in policy:
             pol = _load_or_exit(path)
             pairs = [(c.workload(), s.plan.to_plan()) for c in pol.classes for s in c.segments]
             targets += cc.check_targets([pol.gpu.arch], plans=pairs)
+            arches.append(pol.gpu.arch)
     else:
         names = [v.strip() for v in variants.split(",")] if variants else None
         targets = cc.check_targets(arches, names, sample)
