@@ -366,7 +366,7 @@ def compile_check(
             pol = _load_or_exit(path)
             pairs = [(c.workload(), s.plan.to_plan()) for c in pol.classes for s in c.segments]
             targets += cc.check_targets([pol.gpu.arch], plans=pairs)
-            arches.append(pol.gpu.arch)
+            arches = list(dict.fromkeys([*arches, pol.gpu.arch]))
     else:
         names = [v.strip() for v in variants.split(",")] if variants else None
         targets = cc.check_targets(arches, names, sample)
