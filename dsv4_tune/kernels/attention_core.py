@@ -163,6 +163,15 @@ def _store_tiles(ptr, rows, mask, a0, a1, a2, a3, BF16: tl.constexpr):
     tl.store(ptr + rows[:, None] + c3[None, :], a3, mask=mask[:, None])
 
 
+def epilogue_args(attn_sink, out, lse, partial) -> list:
+    """Kernel arguments that :func:`store_result` reads, in the order both attention kernels take
+    them: sink (``lse`` stands in when there is none; HAS_SINK then never reads it), out and its
+    strides, lse and its strides, and the split-K partial O / LSE (``out``/``lse`` when unsplit)."""
+    part_o, part_lse = partial if partial is not None else (out, lse)
+    return [attn_sink if attn_sink is not None else lse, out, out.stride(0), out.stride(1), out.stride(2),
+            lse, lse.stride(0), lse.stride(1), part_o, part_lse]
+
+
 @triton.jit
 def store_result(
     a0, a1, a2, a3, m_i, l_i, t, t_out, split, n_tok_out, head0, h_q,

@@ -11,7 +11,14 @@ import torch
 import triton
 import triton.language as tl
 
-from dsv4_tune.kernels.attention_core import gathered_kv_block, load_q, softmax_step, store_result
+from dsv4_tune.kernels.attention_core import (
+    LOG2E,
+    epilogue_args,
+    gathered_kv_block,
+    load_q,
+    softmax_step,
+    store_result,
+)
 from dsv4_tune.kernels.launch import Launcher, kernel
 from dsv4_tune.kernels.sparse_decode import split_chunk
 
@@ -75,13 +82,11 @@ def launch_gathered_attention(
     """Attend query tokens ``[t0, t0 + n_tok)`` over their gathered keys (inputs already checked)."""
     n_tok, total, _ = gathered.shape
     _, s_q, h_q, _ = q.shape
-    part_o, part_lse = partial if partial is not None else (out, lse)
     _launch(
         (triton.cdiv(h_q, BLOCK_H), n_tok, split_k),
         q, q.stride(0), q.stride(1), q.stride(2), gathered, invalid.view(torch.uint8), total,
-        attn_sink if attn_sink is not None else lse,
-        out, out.stride(0), out.stride(1), out.stride(2), lse, lse.stride(0), lse.stride(1), part_o, part_lse,
-        t0, n_tok, s_q, h_q, sm_scale * 1.4426950408889634, split_chunk(total, split_k, BLOCK_N),
+        *epilogue_args(attn_sink, out, lse, partial),
+        t0, n_tok, s_q, h_q, sm_scale * LOG2E, split_chunk(total, split_k, BLOCK_N),
         attn_sink is not None, split_k > 1, BLOCK_H, BLOCK_N, dot_type,
         num_warps=num_warps, num_stages=num_stages,
     )

@@ -13,7 +13,14 @@ import torch
 import triton
 import triton.language as tl
 
-from dsv4_tune.kernels.attention_core import load_q, paged_kv_block, softmax_step, store_result
+from dsv4_tune.kernels.attention_core import (
+    LOG2E,
+    epilogue_args,
+    load_q,
+    paged_kv_block,
+    softmax_step,
+    store_result,
+)
 from dsv4_tune.kernels.launch import Launcher, kernel
 from dsv4_tune.kernels.runtime import scope_args
 
@@ -113,14 +120,12 @@ def launch_sparse_decode(
     x_topk = extra[1].shape[2] if extra is not None else 0
     chunk = split_chunk(topk + x_topk, split_k, BLOCK_N)
     x_args = scope_args(*extra) if extra is not None else scope_args(*main)
-    part_o, part_lse = partial if partial is not None else (out, lse)
     _launch(
         (triton.cdiv(h_q, BLOCK_H), n_tok, split_k),
         q, q.stride(0), q.stride(1), q.stride(2),
         *scope_args(*main), topk, *x_args, x_topk,
-        attn_sink if attn_sink is not None else lse,
-        out, out.stride(0), out.stride(1), out.stride(2), lse, lse.stride(0), lse.stride(1), part_o, part_lse,
-        n_tok, s_q, h_q, sm_scale * 1.4426950408889634, chunk,
+        *epilogue_args(attn_sink, out, lse, partial),
+        n_tok, s_q, h_q, sm_scale * LOG2E, chunk,
         main[2] is not None, extra is not None, extra is not None and extra[2] is not None, attn_sink is not None,
         split_k > 1, BLOCK_H, BLOCK_N, fp8_mode, dot_type,
         num_warps=num_warps, num_stages=num_stages,
