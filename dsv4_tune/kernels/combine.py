@@ -11,11 +11,11 @@ split_k is an ordinary argument and any value works.
 from __future__ import annotations
 
 import torch
-import triton
 import triton.language as tl
 
 from dsv4_tune.kernels.attention_core import aligned, to_bf16_rne
 from dsv4_tune.kernels.launch import Launcher, kernel
+from dsv4_tune.kernels.runtime import cdiv
 
 SPLIT_K_MIN, SPLIT_K_MAX = 2, 16
 
@@ -83,7 +83,7 @@ def launch_combine(
     if not SPLIT_K_MIN <= split_k <= SPLIT_K_MAX:
         raise ValueError(f"split_k: expected {SPLIT_K_MIN}..{SPLIT_K_MAX}, got {split_k}")
     _launch_combine(
-        (n_tok, triton.cdiv(h_q, BLOCK_H), 1),
+        (n_tok, cdiv(h_q, BLOCK_H), 1),
         part_o, part_lse, attn_sink if attn_sink is not None else part_lse,
         out, out.stride(0), out.stride(1), out.stride(2), lse, lse.stride(0), lse.stride(1),
         t0, n_tok, s_q, h_q, split_k, attn_sink is not None, BLOCK_H,

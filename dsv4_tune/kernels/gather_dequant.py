@@ -26,7 +26,7 @@ from dsv4_tune.kernels.kv_layout import (
     check_flavour,
 )
 from dsv4_tune.kernels.launch import Launcher, kernel
-from dsv4_tune.kernels.runtime import fp8_mode, scope_args
+from dsv4_tune.kernels.runtime import cdiv, fp8_mode, scope_args
 
 BLOCK_TK_CHOICES = (32, 64, 128, 256)
 NUM_WARPS_CHOICES = (2, 4, 8)
@@ -211,7 +211,7 @@ def gather_dequant(
     out, invalid = _outputs(k_cache, n_tok, k_offset + topk, out, invalid)
     if k_offset < 0 or k_offset + topk > out.shape[1]:
         raise ValueError(f"k_offset: {k_offset} + topk {topk} does not fit {out.shape[1]} columns")
-    grid = (triton.cdiv(n_tok * topk, config.BLOCK_TK),)
+    grid = (cdiv(n_tok * topk, config.BLOCK_TK),)
     if grid[0] == 0:
         return out, invalid
     _launch_single(
@@ -257,8 +257,8 @@ def gather_dequant_dual(
     out, invalid = _outputs(k_cache, n_tok, topk + x_topk, out, invalid)
     if out.shape[1] != topk + x_topk:
         raise ValueError(f"out: expected {topk + x_topk} columns, got {out.shape[1]}")
-    n_main = triton.cdiv(n_tok * topk, config.BLOCK_TK)
-    grid = (n_main + triton.cdiv(n_tok * x_topk, config.BLOCK_TK),)
+    n_main = cdiv(n_tok * topk, config.BLOCK_TK)
+    grid = (n_main + cdiv(n_tok * x_topk, config.BLOCK_TK),)
     if n_tok == 0:
         return out, invalid
     _launch_dual(

@@ -8,7 +8,6 @@ Reads ``gathered [n_tok, total, 512]`` BF16 and ``invalid [n_tok, total]`` writt
 from __future__ import annotations
 
 import torch
-import triton
 import triton.language as tl
 
 from dsv4_tune.kernels.attention_core import (
@@ -20,6 +19,7 @@ from dsv4_tune.kernels.attention_core import (
     store_result,
 )
 from dsv4_tune.kernels.launch import Launcher, kernel
+from dsv4_tune.kernels.runtime import cdiv
 from dsv4_tune.kernels.sparse_decode import split_chunk
 
 
@@ -83,7 +83,7 @@ def launch_gathered_attention(
     n_tok, total, _ = gathered.shape
     _, s_q, h_q, _ = q.shape
     _launch(
-        (triton.cdiv(h_q, BLOCK_H), n_tok, split_k),
+        (cdiv(h_q, BLOCK_H), n_tok, split_k),
         q, q.stride(0), q.stride(1), q.stride(2), gathered, invalid.view(torch.uint8), total,
         *epilogue_args(attn_sink, out, lse, partial),
         t0, n_tok, s_q, h_q, sm_scale * LOG2E, split_chunk(total, split_k, BLOCK_N),

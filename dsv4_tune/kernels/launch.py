@@ -3,16 +3,23 @@
 Triton's ``kernel[grid](...)`` re-derives a specialization of every argument on every call (tens
 of microseconds for our 30-50 arguments).  Our kernels are defined with :func:`kernel`, which
 leaves every scalar argument unspecialized (alignment facts the code relies on are stated in the
-kernels with :func:`~dsv4_tune.kernels.attention_core.aligned`, backed by the input checks), so a compiled kernel depends only on
-the constexprs, the launch options, the device and the 16-byte alignment of the tensor arguments.
-:class:`Launcher` keys a cache on exactly that, compiles through Triton on a miss, and afterwards
-calls the compiled kernel directly.  Under the interpreter it simply calls the kernel.
+kernels with :func:`~dsv4_tune.kernels.attention_core.aligned`, backed by the input checks), so a
+compiled kernel depends only on the constexprs, the launch options, the device and the 16-byte
+alignment of the tensor arguments.  :class:`Launcher` keys a cache on exactly that, compiles
+through Triton on a miss, and afterwards calls the compiled kernel directly, with tensors passed as
+their integer addresses (Triton's launcher otherwise asks the driver about every pointer).
+
+One level up, :class:`Recording` captures the launches of one call so that :class:`Replay` can
+repeat them for new tensors of the same metadata by patching addresses into the recorded argument
+lists: what :func:`dsv4_tune.sparse_decode` does on every call after the first of a kind.  Under
+the interpreter both simply call the kernel.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import triton
@@ -36,6 +43,34 @@ def kernel(fn: Callable) -> Callable:
     return triton.jit(do_not_specialize=scalars)(fn)
 
 
+@dataclass
+class RecordedLaunch:
+    """One launch as recorded: the compiled kernel, its grid and its arguments (addresses as ints)."""
+
+    compiled: object
+    grid: tuple[int, int, int]
+    args: list
+    tensors: list[object] = field(repr=False)  # the tensor objects behind the address slots
+    slots: list[int] = field(repr=False)  # positions of the address slots in ``args``
+
+
+class Recording:
+    """Collects the launches made while it is active (see :func:`recording`)."""
+
+    active: Recording | None = None
+
+    def __init__(self) -> None:
+        self.launches: list[RecordedLaunch] = []
+        self.complete = True  # False when a launch compiled (not yet replayable) or ran interpreted
+
+    def __enter__(self) -> Recording:
+        Recording.active = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        Recording.active = None
+
+
 class Launcher:
     """Launch one kernel defined with :func:`kernel`; positional arguments in signature order."""
 
@@ -48,28 +83,91 @@ class Launcher:
         self.fast_launches = 0
 
     def __call__(self, grid: tuple[int, int, int], *args: object, num_warps: int, num_stages: int) -> None:
+        rec = Recording.active
         if interpreting():
+            if rec is not None:
+                rec.complete = False
             self.fn[grid](*args, num_warps=num_warps, num_stages=num_stages)
             return
         if self._tensors is None:
             self._tensors = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
-        device = torch.cuda.current_device()
+        call = list(args)
         misaligned = 0
         for i in self._tensors:
-            misaligned = (misaligned << 1) | (args[i].data_ptr() % 16 != 0)  # type: ignore[attr-defined]
+            ptr = call[i] = args[i].data_ptr()  # type: ignore[attr-defined]
+            misaligned = (misaligned << 1) | (ptr % 16 != 0)
+        device = args[self._tensors[0]].device.index  # type: ignore[attr-defined]
         key = (*[args[i] for i in self._const], num_warps, num_stages, device, misaligned)
         compiled = self._compiled.get(key)
         if compiled is None:
             self._compiled[key] = self.fn[grid](*args, num_warps=num_warps, num_stages=num_stages)
+            if rec is not None:
+                rec.complete = False
             return
         self.fast_launches += 1
         stream = driver.active.get_current_stream(device)
         enter, leave = _hook(knobs.runtime.launch_enter_hook), _hook(knobs.runtime.launch_exit_hook)
         meta = None if enter is None else compiled.launch_metadata(grid, stream, *args)  # type: ignore[attr-defined]
         compiled.run(grid[0], grid[1], grid[2], stream, compiled.function,  # type: ignore[attr-defined]
-                     compiled.packed_metadata, meta, enter, leave, *args)  # type: ignore[attr-defined]
+                     compiled.packed_metadata, meta, enter, leave, *call)  # type: ignore[attr-defined]
+        if rec is not None:
+            rec.launches.append(RecordedLaunch(compiled, grid, call, [args[i] for i in self._tensors],
+                                               list(self._tensors)))
 
 
 def _hook(hook: object) -> object:
     """A launch hook, or None when there is none (Triton >= 3.6 keeps an empty HookChain)."""
     return None if hook is None or getattr(hook, "calls", True) == [] else hook
+
+
+def hooks_active() -> bool:
+    """Whether a profiler hook wants to see launches (then replays step aside)."""
+    return _hook(knobs.runtime.launch_enter_hook) is not None or _hook(knobs.runtime.launch_exit_hook) is not None
+
+
+class Replay:
+    """The launches of one recorded call, repeatable for new input tensors of the same metadata.
+
+    Built from a :class:`Recording`, the call's input tensors (``None`` for absent ones) and the
+    scratch tensors it may use besides them (workspace buffers, kept alive here).  A launch that
+    reads any other tensor (a copy made from an input, say) makes the call not replayable:
+    :meth:`build` returns None and the caller stays on the checked path.
+    """
+
+    def __init__(self, device: int, launches: list, keep: list[torch.Tensor]) -> None:
+        self.device = device
+        self.launches = launches  # (compiled, grid, argument template, [(slot, input index)])
+        self._keep = keep
+
+    @classmethod
+    def build(
+        cls, rec: Recording, inputs: Sequence[torch.Tensor | None], scratch: Sequence[torch.Tensor]
+    ) -> Replay | None:
+        if not rec.launches:
+            return None
+        by_id = {id(t): j for j, t in enumerate(inputs) if t is not None}
+        scratch_storage = {t.untyped_storage().data_ptr(): t for t in scratch}
+        launches, keep = [], []
+        for r in rec.launches:
+            patch = []
+            for slot, t in zip(r.slots, r.tensors, strict=True):
+                j = by_id.get(id(t))
+                if j is not None:
+                    patch.append((slot, j))
+                    continue
+                base = scratch_storage.get(t.untyped_storage().data_ptr())  # type: ignore[attr-defined]
+                if base is None:
+                    return None
+                keep.append(base)
+            launches.append((r.compiled, r.grid, r.args, patch))
+        return cls(rec.launches[0].tensors[0].device.index, launches, keep)  # type: ignore[attr-defined]
+
+    def __call__(self, ptrs: Sequence[int]) -> None:
+        """Launch everything again with the inputs' addresses ``ptrs``."""
+        stream = driver.active.get_current_stream(self.device)
+        for compiled, grid, template, patch in self.launches:
+            args = template.copy()
+            for slot, j in patch:
+                args[slot] = ptrs[j]
+            compiled.run(grid[0], grid[1], grid[2], stream, compiled.function,  # type: ignore[attr-defined]
+                         compiled.packed_metadata, None, None, None, *args)  # type: ignore[attr-defined]

@@ -22,7 +22,7 @@ from dsv4_tune.kernels.attention_core import (
     store_result,
 )
 from dsv4_tune.kernels.launch import Launcher, kernel
-from dsv4_tune.kernels.runtime import scope_args
+from dsv4_tune.kernels.runtime import cdiv, scope_args
 
 
 @triton.jit
@@ -91,7 +91,7 @@ _launch = Launcher(_sparse_decode_kernel)
 
 def split_chunk(total_topk: int, split_k: int, block_n: int) -> int:
     """Candidates per split: ``cdiv(total, split_k)`` rounded up to whole BLOCK_N steps."""
-    return triton.cdiv(triton.cdiv(total_topk, split_k), block_n) * block_n
+    return cdiv(cdiv(total_topk, split_k), block_n) * block_n
 
 
 def launch_sparse_decode(
@@ -121,7 +121,7 @@ def launch_sparse_decode(
     chunk = split_chunk(topk + x_topk, split_k, BLOCK_N)
     x_args = scope_args(*extra) if extra is not None else scope_args(*main)
     _launch(
-        (triton.cdiv(h_q, BLOCK_H), n_tok, split_k),
+        (cdiv(h_q, BLOCK_H), n_tok, split_k),
         q, q.stride(0), q.stride(1), q.stride(2),
         *scope_args(*main), topk, *x_args, x_topk,
         *epilogue_args(attn_sink, out, lse, partial),

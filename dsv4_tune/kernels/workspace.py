@@ -1,6 +1,9 @@
 """Reusable device buffers (split-K partials, the gathered BF16 buffer), keyed by name, shape,
 dtype and device.  A decode step that has run once allocates nothing new, which is what lets it be
 captured in a CUDA graph: warm up once, then capture.
+
+The workspace also holds the replays of calls made with it (see :mod:`dsv4_tune.kernels.launch`):
+they point into its buffers, so they live and die with them.
 """
 
 from __future__ import annotations
@@ -11,8 +14,11 @@ import torch
 class Workspace:
     """A cache of scratch tensors; contents are undefined on return (callers overwrite them)."""
 
+    MAX_REPLAYS = 4096  # distinct call signatures remembered before the replay cache starts over
+
     def __init__(self) -> None:
         self._buffers: dict[tuple, torch.Tensor] = {}
+        self.replays: dict[tuple, object] = {}
 
     def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         key = (name, shape, dtype, device)
@@ -20,6 +26,15 @@ class Workspace:
         if buf is None:
             buf = self._buffers[key] = torch.empty(shape, dtype=dtype, device=device)
         return buf
+
+    def buffers(self) -> list[torch.Tensor]:
+        return list(self._buffers.values())
+
+    def remember(self, key: tuple, replay: object) -> None:
+        """Store the replay (or None: not replayable) of the call signature ``key``."""
+        if len(self.replays) >= self.MAX_REPLAYS:
+            self.replays.clear()
+        self.replays[key] = replay
 
     def poison(self) -> None:
         """Fill every float buffer with NaN (tests: a kernel that reads what it never wrote fails)."""
@@ -29,6 +44,7 @@ class Workspace:
 
     def clear(self) -> None:
         self._buffers.clear()
+        self.replays.clear()
 
     def nbytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in self._buffers.values())
