@@ -112,7 +112,10 @@ def validate(path: Path) -> None:
 
 
 @app.command()
-def show(path: Path) -> None:
+def show(
+    path: Path, buckets: bool = typer.Option(False, "--buckets", help="also list each measured T bucket: time, "
+                                             "lead over the runner-up, runner-up"),
+) -> None:
     """Print a policy as a table of workload classes x T ranges."""
     from dsv4_tune.policies.schema import describe_segments
 
@@ -120,9 +123,16 @@ def show(path: Path) -> None:
     table = Table(title=f"{path.name}: {policy.gpu.id} ({policy.provenance.source})")
     for col in ("h_q", "topk main+extra", "flags len/len/sink", "T range: plan"):
         table.add_column(col)
+    if buckets:
+        table.add_column("T: us, lead, runner-up")
     for c in sorted(policy.classes, key=lambda c: c.key):
         flags = "/".join("y" if f else "n" for f in c.key[3:])
-        table.add_row(str(c.h_q), f"{c.topk_main}+{c.topk_extra}", flags, "\n".join(describe_segments(c.segments)))
+        row = [str(c.h_q), f"{c.topk_main}+{c.topk_extra}", flags, "\n".join(describe_segments(c.segments))]
+        if buckets:
+            row.append("\n".join(
+                f"{m.total_tokens}: {m.median_us} us, "
+                f"{'-' if m.margin is None else f'{m.margin:.0%}'}, {m.runner_up or '-'}" for m in c.measured))
+        table.add_row(*row)
     console.print(table)
 
 
@@ -209,14 +219,14 @@ def sweep(
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("workloads", total=len(the_grid.points()))
+        task = progress.add_task("workloads x stages", total=None)
 
         def on_point(n: int, total: int, key: str) -> None:
-            progress.update(task, completed=n, description=key)
+            progress.update(task, completed=n, total=total, description=key)
 
         sweep_id = run_sweep(store, the_grid, info, fresh=not resume, jobs=jobs, rounds=rounds, reps=reps,
                              on_point=on_point)
-        progress.update(task, completed=len(the_grid.points()), description="done")
+        progress.update(task, completed=progress.tasks[0].total, description="done")
     winners = store.winners(sweep_id)
     table = Table(title=f"winners of sweep {sweep_id}{' (interpreter: not real)' if not info.is_real else ''}")
     for col in ("workload", "plan", "us", "margin", "reason"):

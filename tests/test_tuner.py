@@ -91,6 +91,8 @@ def test_failing_candidates_are_rows_and_the_sweep_goes_on(tmp_path: Path, monke
     good = Plan.make("fused", BLOCK_H=16, BLOCK_N=64, num_warps=4, num_stages=1)
     bad = Plan.make("fused_splitk", good.as_dict(), SPLIT_K=17, COMBINE_BLOCK_H=8, combine_warps=4)
     monkeypatch.setattr(sweep_mod, "coarse_candidates", lambda w, arch=None: [good, bad])
+    monkeypatch.setattr(sweep_mod, "refine_candidates", lambda w, seeds, arch=None, limit=None: seeds)
+    monkeypatch.setattr(sweep_mod, "plan_problems", lambda *a, **k: [])  # let the bad plan reach its launch
     store = Store(tmp_path / "s.db")
     sweep_id = sweep_mod.run_sweep(store, Grid((GridClass(16, 64, 0, True, 64, 64),), (1,)), detect())
     rows = {r["plan"]: r for r in store.measurements(sweep_id, "coarse")}
@@ -115,6 +117,11 @@ def test_export_writes_a_valid_policy_and_refuses_gaps(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     policy = load_policy(out)
     assert policy.provenance.source == f"sweep:{sweep_id}" and policy.classes[0].h_q == 16
+    winners = {w["workload"][-2:]: w for w in store.winners(sweep_id)}
+    assert [(m.total_tokens, m.runner_up) for m in policy.classes[0].measured] == [
+        (1, winners["T1"]["runner_up"]), (2, winners["T2"]["runner_up"])]
+    shown = CliRunner().invoke(app, ["show", str(out), "--buckets"], terminal_width=250)
+    assert shown.exit_code == 0 and "runner-up" in shown.output
     store.db.execute("delete from winners where workload like '%-T2'")
     result = CliRunner().invoke(app, ["export", "--db", str(db), "--out", str(tmp_path / "q.json")])
     assert result.exit_code == 1 and "no measured winner" in result.output
@@ -137,3 +144,53 @@ def test_verify_policy_and_warmup_run_on_the_interpreter(tmp_path: Path) -> None
     assert "interpreter" in result.output and "no" in result.output
     result = CliRunner().invoke(app, ["warmup", str(BASELINE_FILE)])
     assert result.exit_code == 0 and "nothing to compile" in result.output
+
+
+def test_refine_neighbours_change_one_knob_and_stay_valid() -> None:
+    from dsv4_tune.kernels.variants import VARIANTS, plan_problems
+    from dsv4_tune.tuner.grid import neighbours, refine_candidates
+
+    w = GridClass(128, 128, 1024).workload(64)
+    for v in VARIANTS.values():
+        seed = v.default(w)
+        found = refine_candidates(w, [seed], "sm90")
+        assert found[0] == seed and len(found) > 1, v.name
+        for plan in found[1:]:
+            assert not plan_problems(w, plan, "sm90"), plan
+            a, b = seed.as_dict(), plan.as_dict()
+            changed = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+            assert 1 <= len(changed - {"COMBINE_BLOCK_H", "combine_warps", "gather_warps"}) <= 1 or \
+                changed <= {"COMBINE_BLOCK_H", "combine_warps"}, (seed, plan)
+    split = Plan.make("gather_attend", VARIANTS["gather_attend"].default(w).as_dict(), SPLIT_K=2,
+                      COMBINE_BLOCK_H=8, combine_warps=4)
+    unsplit = [p for p in neighbours(split) if p["SPLIT_K"] == 1]
+    assert unsplit and "COMBINE_BLOCK_H" not in unsplit[0].as_dict()
+
+
+def test_sweep_runs_coarse_refine_final_and_resumes_each(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    grid = Grid((GridClass(16, 64, 0, True, 64, 64),), (1,))
+    sweep_id = sweep_mod.run_sweep(store, grid, detect())
+    stages = {r["stage"] for r in store.measurements(sweep_id)}
+    assert stages == {"coarse", "refine", "final"}
+    refine = store.measurements(sweep_id, "refine")
+    coarse_best = min((r for r in store.measurements(sweep_id, "coarse") if r["status"] == "ok"),
+                      key=lambda r: r["median_us"])
+    assert coarse_best["plan"] in {r["plan"] for r in refine}, "the best coarse plan is re-timed beside its neighbours"
+    rows = len(store.measurements(sweep_id))
+    assert sweep_mod.run_sweep(store, grid, detect()) == sweep_id
+    assert len(store.measurements(sweep_id)) == rows, "a finished sweep resumes to nothing"
+
+
+def test_compile_table_rules_prune_candidates(tmp_path: Path) -> None:
+    from dsv4_tune.kernels.variants import VARIANTS, kernel_key, plan_kernels, plan_problems
+
+    w = GridClass(64, 128, 512).workload(8)
+    plan = VARIANTS["fused"].default(w)
+    store = Store(tmp_path / "s.db")
+    assert store.unfit_kernels("sm90") == {}
+    key = kernel_key("sm90", plan_kernels(plan, w, "sm90")[0])
+    store.add_compile_rows([{"key": key, "arch": "sm90", "toolchain": "triton x", "problems": ["spills 999 B"]}])
+    unfit = store.unfit_kernels("sm90")
+    assert unfit == {key: ["spills 999 B"]}
+    assert plan_problems(w, plan, "sm90", unfit) and not plan_problems(w, plan, "sm90")

@@ -144,3 +144,14 @@ class Store:
               "checked": now()} for r in rows],
             pk=("key", "toolchain"), alter=True,
         )
+
+    def unfit_kernels(self, arch: str) -> dict[str, list[str]]:
+        """{kernel key: problems} of the kernels the newest compile check of ``arch`` in this store
+        found unfit (spills, shared memory, compile failures); empty when none was stored."""
+        if "compile" not in self.db.table_names():
+            return {}
+        newest: dict[str, tuple[str, list[str]]] = {}
+        for r in self.db.query("select key, problems, checked from compile where arch = ?", [arch]):
+            if r["key"] not in newest or (r["checked"] or "") > newest[r["key"]][0]:
+                newest[r["key"]] = (r["checked"] or "", json.loads(r["problems"] or "[]"))
+        return {k: problems for k, (_, problems) in newest.items() if problems}

@@ -205,14 +205,17 @@ def get_variant(name: str) -> Variant:
         raise ValueError(f"variant: unknown {name!r}, expected one of {sorted(VARIANTS)}") from None
 
 
-def plan_problems(w: Workload, plan: Plan, arch: str | None = None) -> list[str]:
+def plan_problems(
+    w: Workload, plan: Plan, arch: str | None = None, unfit: dict[str, list[str]] | None = None
+) -> list[str]:
     """Why ``plan`` cannot run ``w`` (empty when it can), on ``arch`` when one is named (then the
-    compile-check rules of that arch apply too); the policy validator's and the tuner's entry point."""
+    compile-check rules of that arch apply too, plus ``unfit``: more {kernel key: problems}, e.g.
+    from a store's compile table); the policy validator's and the tuner's entry point."""
     if plan.variant not in VARIANTS:
         return [f"unknown variant {plan.variant!r} (known: {sorted(VARIANTS)})"]
     problems = VARIANTS[plan.variant].problems(w, plan.as_dict())
     if arch is not None and not problems:
-        problems = arch_problems(w, plan, arch)
+        problems = arch_problems(w, plan, arch, unfit)
     return problems
 
 
@@ -265,12 +268,14 @@ def arch_rules() -> dict[str, dict[str, list[str]]]:
         return {}
 
 
-def arch_problems(w: Workload, plan: Plan, arch: str) -> list[str]:
-    """Problems the compile check recorded for any kernel of ``plan`` on ``arch``."""
+def arch_problems(w: Workload, plan: Plan, arch: str, unfit: dict[str, list[str]] | None = None) -> list[str]:
+    """Problems the compile check recorded for any kernel of ``plan`` on ``arch`` (the shipped
+    rules, and ``unfit`` when given)."""
     bad = arch_rules().get(arch, {})
     out = []
     for launch in plan_kernels(plan, w, arch):
-        for problem in bad.get(kernel_key(arch, launch), []):
+        key = kernel_key(arch, launch)
+        for problem in dict.fromkeys([*bad.get(key, []), *(unfit or {}).get(key, [])]):
             out.append(f"{launch[0]} {problem}")
     return out
 

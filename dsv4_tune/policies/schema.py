@@ -51,6 +51,16 @@ class Segment(_Model):
                                  "buckets merged here); null when not measured")
 
 
+class Measured(_Model):
+    """What the sweep measured at one T bucket (for people and ``verify-policy``; the dispatcher
+    reads only the segments)."""
+
+    total_tokens: int = Field(gt=0)
+    median_us: float | None = None
+    margin: float | None = Field(None, description="the winner's lead over the runner-up at this T")
+    runner_up: str | None = None
+
+
 class WorkloadClass(_Model):
     h_q: int = Field(gt=0)
     topk_main: int = Field(gt=0)
@@ -60,6 +70,7 @@ class WorkloadClass(_Model):
     has_sink: bool = True
     segments: list[Segment] = Field(min_length=1)
     thresholds: list[str] = Field(default_factory=list, description="for people: where the plan changes")
+    measured: list[Measured] = Field(default_factory=list, description="per T bucket: time, margin, runner-up")
 
     @property
     def key(self) -> tuple[int, int, int, bool, bool, bool]:

@@ -13,11 +13,27 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dsv4_tune.kernels.variants import DEFAULT_COMBINE, VARIANTS, plan_problems
+from dsv4_tune.kernels.variants import (
+    BLOCK_H_CHOICES,
+    BLOCK_N_CHOICES,
+    COMBINE_CHOICES,
+    DEFAULT_COMBINE,
+    GATHER_CHOICES,
+    GTA_BLOCK_N_CHOICES,
+    GTA_SPLIT_K_CHOICES,
+    NUM_STAGES_CHOICES,
+    NUM_WARPS_CHOICES,
+    SPLIT_K_CHOICES,
+    VARIANTS,
+    plan_problems,
+)
 from dsv4_tune.workload import Plan, Workload
 
 STAGE_COARSE = "coarse"
+STAGE_REFINE = "refine"
 STAGE_FINAL = "final"
+STAGES = (STAGE_COARSE, STAGE_REFINE, STAGE_FINAL)
+REFINE_SEEDS = 2  # best coarse plans per workload whose neighbourhoods the refine stage measures
 
 
 @dataclass(frozen=True)
@@ -95,6 +111,50 @@ def coarse_candidates(w: Workload, arch: str | None = None) -> list[Plan]:
         plans.append(Plan.make("gather_attend", gta, BLOCK_H=bh, num_warps=nw))
     unique = list(dict.fromkeys(plans))
     return [p for p in unique if not plan_problems(w, p, arch)]
+
+
+# Ordered knobs step to the adjacent choice; paired knobs (one launch's block and warps) move together.
+_ORDERED = {"BLOCK_H": BLOCK_H_CHOICES, "num_warps": NUM_WARPS_CHOICES, "num_stages": NUM_STAGES_CHOICES}
+_PAIRS = {("COMBINE_BLOCK_H", "combine_warps"): COMBINE_CHOICES, ("BLOCK_TK", "gather_warps"): GATHER_CHOICES}
+
+
+def _ordered_choices(variant: str) -> dict[str, tuple[int, ...]]:
+    gta = variant == "gather_attend"
+    return {**_ORDERED, "BLOCK_N": GTA_BLOCK_N_CHOICES if gta else BLOCK_N_CHOICES,
+            "SPLIT_K": GTA_SPLIT_K_CHOICES if gta else SPLIT_K_CHOICES, "ONE_LAUNCH": (0, 1)}
+
+
+def neighbours(plan: Plan) -> list[Plan]:
+    """Plans one step from ``plan``: one knob to an adjacent choice, or one paired knob set to
+    another choice; a split-K plan also tries SPLIT_K = 1 (no combine) where its variant allows."""
+    c = plan.as_dict()
+    out = []
+    for knob, choices in _ordered_choices(plan.variant).items():
+        if knob not in c or c[knob] not in choices:
+            continue
+        i = choices.index(c[knob])
+        for j in (i - 1, i + 1):
+            if 0 <= j < len(choices):
+                out.append({**c, knob: choices[j]})
+    for pair, choices in _PAIRS.items():
+        if pair[0] in c:
+            out += [{**c, pair[0]: a, pair[1]: b} for a, b in choices if (a, b) != (c[pair[0]], c[pair[1]])]
+    plans = []
+    for cfg in out:
+        if cfg.get("SPLIT_K") == 1:
+            cfg = {k: v for k, v in cfg.items() if k not in DEFAULT_COMBINE}
+        elif cfg.get("SPLIT_K", 1) > 1 and "COMBINE_BLOCK_H" not in cfg:
+            cfg = {**cfg, **DEFAULT_COMBINE}
+        plans.append(Plan.make(plan.variant, cfg))
+    return list(dict.fromkeys(plans))
+
+
+def refine_candidates(w: Workload, seeds: list[Plan], arch: str | None = None, limit: int | None = None) -> list[Plan]:
+    """Stage two: the seeds (re-timed beside their neighbours) and every valid neighbour of each,
+    at most ``limit`` neighbours in all (the interpreter's small sweep)."""
+    found = [n for s in seeds for n in neighbours(s) if n not in seeds]
+    found = [p for p in dict.fromkeys(found) if not plan_problems(w, p, arch)]
+    return list(seeds) + (found if limit is None else found[:limit])
 
 
 LAUNCHES = {"fused": 1, "fused_splitk": 2, "gather_attend": 3}

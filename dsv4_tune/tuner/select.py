@@ -18,6 +18,7 @@ import triton
 from dsv4_tune.policies.schema import (
     BucketSpec,
     GpuSpec,
+    Measured,
     PlanSpec,
     Policy,
     Provenance,
@@ -65,6 +66,7 @@ def build_policy(grid: Grid, winners: list[dict], sweep: dict, command: str) -> 
     merged, the last open-ended.  Refuses a grid point that no winner covers."""
     by_key = {w["workload"]: w for w in winners}
     per_class: dict[tuple, list[tuple[int, Plan, float | None]]] = defaultdict(list)
+    measured: dict[tuple, list[Measured]] = defaultdict(list)
     missing = []
     for cls, t in grid.points():
         w = cls.workload(t)
@@ -73,6 +75,9 @@ def build_policy(grid: Grid, winners: list[dict], sweep: dict, command: str) -> 
             missing.append(workload_key(w))
             continue
         per_class[w.key].append((t, Plan.make(row["variant"], _config(row["config"])), row["margin"]))
+        measured[w.key].append(Measured(
+            total_tokens=t, median_us=None if row["median_us"] is None else round(row["median_us"], 2),
+            margin=None if row["margin"] is None else round(row["margin"], 4), runner_up=row["runner_up"]))
     if missing:
         raise ValueError(f"export: {len(missing)} grid points have no measured winner (first: {missing[0]}); "
                          "finish or resume the sweep first")
@@ -91,7 +96,8 @@ def build_policy(grid: Grid, winners: list[dict], sweep: dict, command: str) -> 
                     for i, (t, p, m) in enumerate(merged)]
         h, tm, tx, lm, lx, sink = key
         classes.append(WorkloadClass(h_q=h, topk_main=tm, topk_extra=tx, has_len_main=lm, has_len_extra=lx,
-                                     has_sink=sink, segments=segments, thresholds=describe_segments(segments)))
+                                     has_sink=sink, segments=segments, thresholds=describe_segments(segments),
+                                     measured=sorted(measured[key], key=lambda m: m.total_tokens)))
     return Policy(
         gpu=GpuSpec(id=sweep["gpu_id"], arch=sweep["arch"], device_name=sweep["device_name"] or "",
                     multiprocessors=0),

@@ -1,11 +1,12 @@
 """The sweep: compile, check, time, store, select; resumable at every step.
 
-Per workload of the grid: build realistic inputs and the reference once; run every candidate once
-on NaN-poisoned outputs and workspace and compare with the reference (a mismatch or a failure is
-stored as such and never timed); time the rest interleaved (CUDA graphs, cold L2); commit each row.
-Then the best few per workload are re-timed side by side (the final stage) and the winner chosen
-by :mod:`dsv4_tune.tuner.select`.  On the interpreter the same pipeline runs on a tiny grid with
-wall-clock "timings", and everything it stores is labelled as not a real measurement.
+Stages over the whole grid (coarse, refine, final; see :func:`run_sweep`).  Per workload and
+stage: build realistic inputs and the reference; run every new candidate once on NaN-poisoned
+outputs and workspace and compare with the reference (a mismatch or a failure is stored as such
+and never timed); time the rest interleaved (CUDA graphs, cold L2); commit each row.  The final
+stage re-times the best few side by side and :mod:`dsv4_tune.tuner.select` picks the winner.
+On the interpreter the same pipeline runs on a tiny grid with wall-clock "timings", and
+everything it stores is labelled as not a real measurement.
 """
 
 from __future__ import annotations
@@ -23,13 +24,25 @@ from dsv4_tune.cache.store import Store, stable_hash
 from dsv4_tune.decode import sparse_decode
 from dsv4_tune.kernels.compare import decode_mismatch
 from dsv4_tune.kernels.reference import sparse_decode_ref
+from dsv4_tune.kernels.variants import plan_problems
 from dsv4_tune.kernels.workspace import Workspace
 from dsv4_tune.policies.gpu import INTERPRETER_ID, GpuInfo
-from dsv4_tune.tuner.grid import STAGE_COARSE, STAGE_FINAL, Grid, GridClass, coarse_candidates, workload_key
+from dsv4_tune.tuner.grid import (
+    REFINE_SEEDS,
+    STAGE_COARSE,
+    STAGE_FINAL,
+    STAGE_REFINE,
+    STAGES,
+    Grid,
+    GridClass,
+    coarse_candidates,
+    refine_candidates,
+    workload_key,
+)
 from dsv4_tune.tuner.inputs import make_query, make_scope, make_sink
 from dsv4_tune.tuner.measure import gpu_state, hygiene_flag, interleaved_times, summarize
 from dsv4_tune.tuner.select import select_winner, toolchain
-from dsv4_tune.workload import Plan
+from dsv4_tune.workload import Plan, Workload
 
 FINALISTS = 3
 
@@ -172,49 +185,112 @@ def run_sweep(
     reps: int = 10,
     on_point: Callable[[int, int, str], None] | None = None,
 ) -> str:
-    """Measure ``grid`` on ``gpu`` into ``store``; returns the sweep id.  Resumes unless ``fresh``."""
+    """Measure ``grid`` on ``gpu`` into ``store``; returns the sweep id.  Resumes unless ``fresh``.
+
+    Three stages over the whole grid, each resumable from the store: coarse (every variant at good
+    configs), refine (the neighbourhoods of each workload's best coarse plans, re-timed beside
+    them) and final (the best few re-timed side by side, the winner stored).  Before a stage times
+    anything, the kernels it needs are compiled in ``jobs`` worker processes.
+    """
     device = "cuda" if gpu.is_real else "cpu"
     sweep_id, _ = store.open_sweep(sweep_meta(gpu, grid), fresh=fresh)
-    if gpu.is_real and jobs > 1:
-        compile_plans([(c, p) for c, t in grid.points() for p in coarse_candidates(c.workload(t), gpu.arch)], jobs)
+    arch = gpu.arch if gpu.is_real else None
+    unfit = store.unfit_kernels(arch) if arch else {}
     points = grid.points()
+    progress = _Progress(len(points) * len(STAGES), on_point)
+
+    def valid(w: Workload, plans: list[Plan]) -> list[Plan]:
+        return [p for p in plans if not plan_problems(w, p, arch, unfit)]
+
+    _stage(store, sweep_id, STAGE_COARSE, points, device, gpu, jobs, rounds, reps, progress,
+           lambda n, w: valid(w, coarse_candidates(w, arch)))
+    limit = None if gpu.is_real else 2  # the interpreter's sweep proves the stage, it measures nothing
+
+    def refine(n: int, w: Workload) -> list[Plan]:
+        seeds = _ranked(store.measurements(sweep_id, STAGE_COARSE), workload_key(w))[:REFINE_SEEDS]
+        return valid(w, refine_candidates(w, seeds, arch, limit)) if seeds else []
+
+    _stage(store, sweep_id, STAGE_REFINE, points, device, gpu, jobs, rounds, reps, progress, refine)
+    for n, (cls, t) in enumerate(points):
+        key = workload_key(cls.workload(t))
+        progress(f"{STAGE_FINAL} {key}")
+        if not store.has_winner(sweep_id, key):
+            _final(store, sweep_id, key, lambda cls=cls, t=t, n=n: build_case(cls, t, device, seed=n),
+                   gpu.is_real, rounds, reps)
+    store.finish_sweep(sweep_id)
+    return sweep_id
+
+
+class _Progress:
+    """Counts steps (one per workload and stage) for the caller's progress bar."""
+
+    def __init__(self, total: int, on_point: Callable[[int, int, str], None] | None) -> None:
+        self.total, self.done, self.on_point = total, 0, on_point
+
+    def __call__(self, label: str) -> None:
+        if self.on_point:
+            self.on_point(self.done, self.total, label)
+        self.done += 1
+
+
+def _stage(
+    store: Store, sweep_id: str, stage: str, points: list[tuple[GridClass, int]], device: str, gpu: GpuInfo,
+    jobs: int, rounds: int, reps: int, progress: _Progress, candidates: Callable[[int, Workload], list[Plan]],
+) -> None:
+    """One search stage over the grid: compile what it needs, then check and time, workload by
+    workload, skipping what the store already holds.  A plan that passed its check on the same
+    inputs in an earlier stage is not checked again."""
+    done = store.measured(sweep_id, stage)
+    todo = []
     for n, (cls, t) in enumerate(points):
         w = cls.workload(t)
         key = workload_key(w)
-        if on_point:
-            on_point(n, len(points), key)
-        done_coarse = store.measured(sweep_id, STAGE_COARSE)
-        arch = gpu.arch if gpu.is_real else None
-        candidates = [p for p in coarse_candidates(w, arch) if (key, str(p)) not in done_coarse]
-        if not candidates and store.has_winner(sweep_id, key):
-            continue  # complete; a workload killed between its final timing and its winner is redone
+        plans = [p for p in candidates(n, w) if (key, str(p)) not in done]
+        todo.append((n, cls, t, key, plans))
+    if gpu.is_real and jobs > 1:
+        compile_plans([(cls, p) for _, cls, _, _, plans in todo for p in plans], jobs)
+    for n, cls, t, key, plans in todo:
+        progress(f"{stage} {key}")
+        if not plans:
+            continue
         case = build_case(cls, t, device, seed=n)
+        passed_before = {r["plan"] for r in store.measurements(sweep_id) if r["workload"] == key
+                         and r["status"] == "ok" and r["stage"] != stage}
         passing = []
-        for plan in candidates:
-            status, error = check(case, plan)
+        for plan in plans:
+            status, error = ("ok", None) if str(plan) in passed_before else check(case, plan)
             if status != "ok":
-                store.add_measurement(_row(sweep_id, key, STAGE_COARSE, plan, status, error))
+                store.add_measurement(_row(sweep_id, key, stage, plan, status, error))
             else:
                 passing.append(plan)
         if passing:
             samples, flag = time_plans(case, passing, gpu.is_real, rounds, reps)
             for plan, s in zip(passing, samples, strict=True):
-                store.add_measurement({**_row(sweep_id, key, STAGE_COARSE, plan, "ok", None), **summarize(s),
+                store.add_measurement({**_row(sweep_id, key, stage, plan, "ok", None), **summarize(s),
                                        "rounds": rounds, "flagged": flag})
-        _final(store, sweep_id, key, case, gpu.is_real, rounds, reps)
         del case
-    store.finish_sweep(sweep_id)
-    return sweep_id
 
 
-def _final(store: Store, sweep_id: str, key: str, case: Case, real: bool, rounds: int, reps: int) -> None:
+def _ranked(rows: list[dict], key: str) -> list[Plan]:
+    """The workload's timed plans, fastest first; a plan timed in several stages counts with its
+    latest stage's median (it was re-timed beside stronger company)."""
+    latest: dict[str, dict] = {}
+    for r in rows:
+        if r["workload"] == key and r["status"] == "ok" and r["median_us"] is not None:
+            latest[r["plan"]] = r  # rows come in id order: later stages overwrite earlier ones
+    ordered = sorted(latest.values(), key=lambda r: r["median_us"])
+    return [Plan.make(r["variant"], json.loads(r["config"])) for r in ordered]
+
+
+def _final(
+    store: Store, sweep_id: str, key: str, make_case: Callable[[], Case], real: bool, rounds: int, reps: int
+) -> None:
     """Re-time the best few side by side and store the winner."""
-    rows = [r for r in store.measurements(sweep_id, STAGE_COARSE) if r["workload"] == key and r["status"] == "ok"]
-    if not rows:
+    rows = [r for r in store.measurements(sweep_id) if r["stage"] in (STAGE_COARSE, STAGE_REFINE)]
+    plans = _ranked(rows, key)[:FINALISTS]
+    if not plans:
         return
-    rows.sort(key=lambda r: r["median_us"])
-    plans = [Plan.make(r["variant"], json.loads(r["config"])) for r in rows[:FINALISTS]]
-    samples, flag = time_plans(case, plans, real, rounds * 2, reps)
+    samples, flag = time_plans(make_case(), plans, real, rounds * 2, reps)
     by_plan = dict(zip(plans, samples, strict=True))
     for plan, s in by_plan.items():
         store.add_measurement({**_row(sweep_id, key, STAGE_FINAL, plan, "ok", None), **summarize(s),
