@@ -39,6 +39,7 @@ def test_replay_refuses_tensors_it_cannot_track(derived: str) -> None:
     assert Replay.build(_recording([a, other]), [a], [scratch]) is None
 
 
+@pytest.mark.gpu
 @pytest.mark.gpu_only
 def test_replayed_calls_see_new_inputs(device, gen) -> None:
     """Calls after the first of a kind run from the replay, with new q / indices / outputs (other
@@ -60,6 +61,7 @@ def test_replayed_calls_see_new_inputs(device, gen) -> None:
         assert replays, f"{plan}: no call was replayed"
 
 
+@pytest.mark.gpu
 @pytest.mark.gpu_only
 def test_replay_steps_aside_for_misaligned_inputs(device, gen) -> None:
     case = make_case(device, gen, b=2, h=16, topk=64, x_topk=64, x_page=64)
