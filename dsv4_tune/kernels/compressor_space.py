@@ -1,0 +1,192 @@
+"""Config spaces of the DSV4 compressor and fused Q/K-norm kernels: pure functions, no torch/triton.
+
+A config is a plain dict of ints.  The compressor has two variants (same API, ``variant=``):
+
+* ``fused``: one program per compressed row holds the whole head_dim row, pools the window in
+  ``BLOCK_S``-position tiles with an online softmax, then RMSNorm + RoPE + store from registers.
+  Decode is one launch; prefill is a compress launch and a ring-write launch.
+* ``split``: the pooling is spread over ``head_dim / BLOCK_D`` programs per row into an fp32
+  workspace, and a second launch does RMSNorm + RoPE + store.  One more launch, but
+  ``head_dim / BLOCK_D`` times the parallelism: it wins when few rows are produced (small decode
+  batches, short prefills), above all for C128, whose window is 128 x 1024 fp32 (512 KB) per row.
+
+Knobs: ``BLOCK_S`` window positions per softmax tile (divides K = 8 or 128), ``BLOCK_D`` columns per
+pooling program (split only), ``ROWS`` compressed rows per program (prefill only), ``num_warps``,
+``num_stages``.
+"""
+
+from __future__ import annotations
+
+RATIOS = (4, 128)
+HEAD_DIMS = (512, 128)
+MODES = ("decode", "prefill")
+VARIANTS = ("fused", "split")
+BLOCK_S_CHOICES = (4, 8, 16, 32, 64, 128)
+BLOCK_D_CHOICES = (32, 64, 128)
+ROWS_CHOICES = (1, 2, 4)
+NUM_WARPS_CHOICES = (1, 2, 4, 8)
+NUM_STAGES_CHOICES = (1, 2)
+MAX_TILE_PER_THREAD = 64  # fp32 kv + score elements of one tile per thread: more spills on sm90/gfx9
+FINISH_WARPS = {512: 4, 128: 2}  # the norm + RoPE + store launch of the split variant (not tuned)
+
+
+def window(ratio: int) -> int:
+    """K, the pooling window: 8 positions for C4 (overlapping blocks), 128 for C128."""
+    return ratio * (2 if ratio == 4 else 1)
+
+
+def _check_problem(ratio: int, head_dim: int, mode: str, variant: str) -> None:
+    if ratio not in RATIOS:
+        raise ValueError(f"ratio: expected one of {RATIOS}, got {ratio}")
+    if head_dim not in HEAD_DIMS:
+        raise ValueError(f"head_dim: expected one of {HEAD_DIMS}, got {head_dim}")
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
+
+
+def config_keys(mode: str, variant: str) -> tuple[str, ...]:
+    """The keys a config of ``variant`` in ``mode`` has, no more, no fewer."""
+    keys = ("BLOCK_S", "num_warps", "num_stages")
+    if variant == "split":
+        keys = ("BLOCK_D", *keys)
+    if mode == "prefill":
+        keys = (*keys, "ROWS")
+    return keys
+
+
+def compressor_problems(
+    ratio: int, head_dim: int, mode: str, config: dict[str, int], variant: str = "fused"
+) -> list[str]:
+    """Why ``config`` is not a valid config of ``variant`` for (ratio, head_dim, mode); empty if valid."""
+    _check_problem(ratio, head_dim, mode, variant)
+    keys = config_keys(mode, variant)
+    if set(config) != set(keys):
+        return [f"config: expected the keys {sorted(keys)}, got {sorted(config)}"]
+    out = []
+    k = window(ratio)
+    bs, warps = config["BLOCK_S"], config["num_warps"]
+    bd = config["BLOCK_D"] if variant == "split" else head_dim
+    if bs not in BLOCK_S_CHOICES or bs > k:
+        out.append(f"BLOCK_S: expected one of {[b for b in BLOCK_S_CHOICES if b <= k]} (window {k}), got {bs}")
+    if variant == "split" and (bd not in BLOCK_D_CHOICES or bd > head_dim):
+        out.append(f"BLOCK_D: expected one of {[b for b in BLOCK_D_CHOICES if b <= head_dim]}, got {bd}")
+    if warps not in NUM_WARPS_CHOICES:
+        out.append(f"num_warps: expected one of {NUM_WARPS_CHOICES}, got {warps}")
+    if config["num_stages"] not in NUM_STAGES_CHOICES:
+        out.append(f"num_stages: expected one of {NUM_STAGES_CHOICES}, got {config['num_stages']}")
+    if config["num_stages"] > 1 and bs == k:
+        out.append("num_stages: > 1 only pipelines a window of several BLOCK_S tiles")
+    if mode == "prefill" and config["ROWS"] not in ROWS_CHOICES:
+        out.append(f"ROWS: expected one of {ROWS_CHOICES}, got {config['ROWS']}")
+    if out:
+        return out
+    tile, threads = bs * bd, 32 * warps
+    if 2 * tile > MAX_TILE_PER_THREAD * threads:
+        out.append(f"a {bs} x {bd} tile needs {2 * tile // threads} kv + score values per thread "
+                   f"(> {MAX_TILE_PER_THREAD}): raise num_warps or lower BLOCK_S")
+    if tile < threads:
+        out.append(f"a {bs} x {bd} tile has fewer elements than the {threads} threads of {warps} warps")
+    if variant == "fused" and head_dim < threads:
+        out.append(f"head_dim {head_dim} is smaller than the {threads} threads of {warps} warps")
+    return out
+
+
+def compressor_space(ratio: int, head_dim: int, mode: str, variant: str = "fused") -> list[dict[str, int]]:
+    """Every valid config of ``variant`` for (ratio, head_dim, mode), in a fixed order."""
+    _check_problem(ratio, head_dim, mode, variant)
+    k = window(ratio)
+    out = []
+    for bd in (BLOCK_D_CHOICES if variant == "split" else (head_dim,)):
+        for bs in BLOCK_S_CHOICES:
+            for warps in NUM_WARPS_CHOICES:
+                for stages in NUM_STAGES_CHOICES:
+                    for rows in (ROWS_CHOICES if mode == "prefill" else (1,)):
+                        cfg = {"BLOCK_S": min(bs, k), "num_warps": warps, "num_stages": stages}
+                        if variant == "split":
+                            cfg["BLOCK_D"] = bd
+                        if mode == "prefill":
+                            cfg["ROWS"] = rows
+                        if cfg not in out and not compressor_problems(ratio, head_dim, mode, cfg, variant):
+                            out.append(cfg)
+    return out
+
+
+def compressor_default(ratio: int, head_dim: int, mode: str, variant: str = "fused") -> dict[str, int]:
+    """A safe untuned config: 64 tile values per thread, no pipelining, one row per program."""
+    _check_problem(ratio, head_dim, mode, variant)
+    k = window(ratio)
+    bd = 64 if variant == "split" else head_dim
+    warps = 4 if bd >= 256 else 2
+    bs = min(k, 64 * 32 * warps // (2 * bd))
+    cfg = {"BLOCK_S": bs, "num_warps": warps, "num_stages": 1}
+    if variant == "split":
+        cfg["BLOCK_D"] = bd
+    if mode == "prefill":
+        cfg["ROWS"] = 1
+    if ratio == 128 and variant == "fused" and head_dim == 512:  # H100: 8 x 512 tiles beat 16 x 512 on 8 warps
+        cfg.update(BLOCK_S=8, num_warps=4)
+    if ratio == 128 and variant == "split":
+        # H100: the whole 128-position window in one tile of 32 columns (one memory round trip) is
+        # 3.5x the fused kernel for a single row (decode bs = 1: 14 vs 50 us, prefill 1K: 16 vs 51).
+        cfg.update(BLOCK_D=32, BLOCK_S=128, num_warps=4)
+    problems = compressor_problems(ratio, head_dim, mode, cfg, variant)
+    assert not problems, problems
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused Q/K RMSNorm
+
+QK_ROWS_CHOICES = (1, 2, 4, 8, 16)
+QK_NUM_WARPS_CHOICES = (1, 2, 4, 8)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def qk_norm_problems(head_dim_q: int, head_dim_k: int, config: dict[str, int]) -> list[str]:
+    """Why ``config`` is not a valid fused Q/K-norm config for these head dims; empty if valid."""
+    for name, d in (("head_dim_q", head_dim_q), ("head_dim_k", head_dim_k)):
+        if d < 1:
+            raise ValueError(f"{name}: expected >= 1, got {d}")
+    if set(config) != {"ROWS", "num_warps"}:
+        return [f"config: expected the keys ['ROWS', 'num_warps'], got {sorted(config)}"]
+    rows, warps = config["ROWS"], config["num_warps"]
+    out = []
+    if rows not in QK_ROWS_CHOICES:
+        out.append(f"ROWS: expected one of {QK_ROWS_CHOICES}, got {rows}")
+    if warps not in QK_NUM_WARPS_CHOICES:
+        out.append(f"num_warps: expected one of {QK_NUM_WARPS_CHOICES}, got {warps}")
+    if out:
+        return out
+    big = rows * _pow2(max(head_dim_q, head_dim_k))
+    if big > 64 * 32 * warps:
+        out.append(f"{rows} rows of {_pow2(max(head_dim_q, head_dim_k))} need {big // (32 * warps)} values "
+                   "per thread (> 64): raise num_warps or lower ROWS")
+    if rows * _pow2(min(head_dim_q, head_dim_k)) < 32 * warps:
+        out.append(f"{rows} rows of {_pow2(min(head_dim_q, head_dim_k))} leave threads of {warps} warps idle")
+    return out
+
+
+def qk_norm_space(head_dim_q: int, head_dim_k: int) -> list[dict[str, int]]:
+    """Every valid fused Q/K-norm config for these head dims."""
+    return [
+        {"ROWS": r, "num_warps": w}
+        for r in QK_ROWS_CHOICES
+        for w in QK_NUM_WARPS_CHOICES
+        if not qk_norm_problems(head_dim_q, head_dim_k, {"ROWS": r, "num_warps": w})
+    ]
+
+
+def qk_norm_default(head_dim_q: int, head_dim_k: int) -> dict[str, int]:
+    """2 head rows per program, 16 values per thread for the widest head: the fastest of the configs
+    timed on an H100 (head_dim 512, T 1..256, 64/128 Q heads), 6-9x eager PyTorch."""
+    rows = 2
+    warps = max(1, min(8, rows * _pow2(max(head_dim_q, head_dim_k)) // (16 * 32)))
+    cfg = {"ROWS": rows, "num_warps": warps}
+    while qk_norm_problems(head_dim_q, head_dim_k, cfg) and cfg["num_warps"] > 1:
+        cfg["num_warps"] //= 2
+    return cfg
