@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -47,6 +48,11 @@ def _load_or_exit(path: Path):
     except PolicyError as e:
         console.print(f"[red]invalid policy[/] {e}", highlight=False)
         raise typer.Exit(1) from None
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    console.print(f"[red]error[/] {message}", highlight=False)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -103,6 +109,43 @@ def lookup(
             console.print(f"note: {note}", highlight=False)
 
 
+@app.command("lookup-op")
+def lookup_op(
+    op: str = typer.Argument(..., help="compress or qk_norm"),
+    rows: int = typer.Option(..., "--rows", help="requests (compress decode), new tokens (compress prefill) or T"),
+    param: list[str] = typer.Option([], "--param", "-p", help="NAME=VALUE, e.g. -p ratio=4 -p head_dim=512 "
+                                    "-p mode=decode (qk_norm: h_q, h_k, head_dim_q, head_dim_k)"),
+    policy: Path | None = typer.Option(None, "--policy", help="policy file (default: the one chosen for this GPU)"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Print the plan a policy gives a compressor or Q/K-norm call."""
+    from dsv4_tune.policies.dispatcher import Dispatcher, select_policy
+    from dsv4_tune.workload import OpWorkload
+
+    params: dict[str, int | str] = {}
+    for item in param:
+        name, sep, value = item.partition("=")
+        if not sep:
+            _fail(f"--param: expected NAME=VALUE, got {item!r}")
+        params[name] = int(value) if value.lstrip("-").isdigit() else value
+    dispatcher = Dispatcher(_load_or_exit(policy), str(policy)) if policy is not None else select_policy()[0]
+    w = OpWorkload.make(op, rows, **params)
+    try:
+        plan = dispatcher.lookup_op(w)
+    except ValueError as e:
+        _fail(str(e))
+    cls = dispatcher.op_class_of(w)
+    if as_json:
+        print(json.dumps({"plan": {"variant": plan.variant, "config": plan.as_dict()}, "source": dispatcher.source,
+                          "measured_class": cls is not None, "thresholds": cls.thresholds if cls else []},
+                         indent=2, sort_keys=True))
+        return
+    console.print(f"[bold]{op} {plan}[/]" + ("" if cls else "  (default: the policy has no such op class)"),
+                  highlight=False)
+    for line in cls.thresholds if cls else []:
+        console.print(f"  {line}", highlight=False)
+
+
 @app.command()
 def validate(path: Path) -> None:
     """Check a policy file; exit 1 with the exact problem (its place inside the JSON)."""
@@ -134,6 +177,14 @@ def show(
                 f"{'-' if m.margin is None else f'{m.margin:.0%}'}, {m.runner_up or '-'}" for m in c.measured))
         table.add_row(*row)
     console.print(table)
+    if policy.ops:
+        ops = Table(title="compressor / Q/K-norm ops (sizes: requests, new tokens or T)")
+        for col in ("op", "params", "size range: plan"):
+            ops.add_column(col)
+        for o in sorted(policy.ops, key=lambda o: repr(o.key)):
+            ops.add_row(o.op, " ".join(f"{k}={v}" for k, v in sorted(o.params.items())),
+                        "\n".join(describe_segments(o.segments)))
+        console.print(ops)
 
 
 @app.command()
@@ -351,7 +402,8 @@ def verify_policy(
 @app.command("compile-check")
 def compile_check(
     arch: str = typer.Option("sm90,gfx942,gfx950", "--arch", help="comma-separated targets"),
-    variants: str | None = typer.Option(None, "--variants", help="comma-separated variants (default: all)"),
+    variants: str | None = typer.Option(None, "--variants", help="comma-separated decode variants and ops "
+                                        "(fused, fused_splitk, gather_attend, compress, qk_norm; default: all)"),
     sample: int | None = typer.Option(None, "--sample", help="a fixed random sample of N configs per variant"),
     policy: list[Path] = typer.Option([], "--policy", help="check the plans of these policies (for their own arch)"),
     jobs: int = typer.Option(2, "--jobs", help="compile processes"),
@@ -374,7 +426,7 @@ def compile_check(
         targets, arches = [], []
         for path in policy:
             pol = _load_or_exit(path)
-            pairs = [(c.workload(), s.plan.to_plan()) for c in pol.classes for s in c.segments]
+            pairs = [(c.workload(), s.plan.to_plan()) for c in [*pol.classes, *pol.ops] for s in c.segments]
             targets += cc.check_targets([pol.gpu.arch], plans=pairs)
             arches = list(dict.fromkeys([*arches, pol.gpu.arch]))
     else:

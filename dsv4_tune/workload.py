@@ -41,6 +41,35 @@ class Workload:
 
 
 @dataclass(frozen=True)
+class OpWorkload:
+    """One call of another tuned op (see :mod:`dsv4_tune.kernels.ops`) as the dispatcher sees it.
+
+    ``rows`` is the op's size axis (requests in compressor decode, new tokens in prefill, T for the
+    Q/K norm), bucketed like T; ``params`` its class parameters as sorted (name, value) pairs.
+    """
+
+    op: str
+    rows: int
+    params: tuple[tuple[str, Any], ...]
+    key: tuple = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.op, self.params))
+
+    @classmethod
+    def make(cls, op: str, rows: int, **params: Any) -> OpWorkload:
+        return cls(op, rows, tuple(sorted(params.items())))
+
+    @property
+    def params_dict(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    @property
+    def total_tokens(self) -> int:  # the bucketing axis, named like the decode workload's
+        return self.rows
+
+
+@dataclass(frozen=True)
 class Plan:
     """A kernel variant and its explicit config; frozen and hashable, so it can key caches.
 

@@ -90,7 +90,7 @@ def test_two_sweeps_share_one_store(tmp_path: Path) -> None:
 def test_failing_candidates_are_rows_and_the_sweep_goes_on(tmp_path: Path, monkeypatch) -> None:
     good = Plan.make("fused", BLOCK_H=16, BLOCK_N=64, num_warps=4, num_stages=1)
     bad = Plan.make("fused_splitk", good.as_dict(), SPLIT_K=17, COMBINE_BLOCK_H=8, combine_warps=4)
-    monkeypatch.setattr(sweep_mod, "coarse_candidates", lambda w, arch=None: [good, bad])
+    monkeypatch.setattr(sweep_mod, "coarse_candidates", lambda w, arch=None, limit=None: [good, bad])
     monkeypatch.setattr(sweep_mod, "refine_candidates", lambda w, seeds, arch=None, limit=None: seeds)
     monkeypatch.setattr(sweep_mod, "plan_problems", lambda *a, **k: [])  # let the bad plan reach its launch
     store = Store(tmp_path / "s.db")

@@ -81,3 +81,35 @@ def decode_mismatch(
     if cd > O_COS_DIFF:
         problems.append(f"out: cos_diff {cd:.3g} > {O_COS_DIFF}")
     return "; ".join(problems) or None
+
+
+def compressed_mismatch(got: torch.Tensor, ref: torch.Tensor, slots: torch.Tensor, fp8: str = "e4m3fn") -> str | None:
+    """None when a compressor destination matches the reference's: the written ``slots`` within one
+    FP8 ulp of NoPE (2^-3 relative) and one BF16 ulp of RoPE for a pool (fp32 roundings may flip a
+    quantization step), 2e-5 for fp32 rows and one BF16 ulp for bf16 rows; every other byte equal."""
+    from dsv4_tune.kernels import kv_layout as L
+
+    if got.dtype == torch.uint8:
+        gb, rb = L._flat_bytes(got), L._flat_bytes(ref)
+        written = torch.zeros_like(gb, dtype=torch.bool)
+        data, scale = L._slot_byte_offsets(got, slots.to(got.device))
+        written[(data[:, None] + torch.arange(L.DATA_BYTES, device=got.device)).flatten()] = True
+        written[(scale[:, None] + torch.arange(L.NUM_TILES, device=got.device)).flatten()] = True
+        outside = int(((gb != rb) & ~written).sum())
+        if outside:
+            return f"{outside} bytes changed outside the written slots"
+        g, r = L.read_tokens(got, slots, fp8).float(), L.read_tokens(ref, slots, fp8).float()
+        scale_abs = float(r.abs().max()) if r.numel() else 0.0
+        for name, cols, atol, rtol in (("NoPE", slice(0, L.NOPE_DIM), scale_abs * 2**-16, 2**-3),
+                                       ("RoPE", slice(L.NOPE_DIM, None), 1e-6, 2**-7)):
+            if (m := mismatch(g[:, cols], r[:, cols], atol=atol, rtol=rtol)) is not None:
+                return f"pool {name}: {m}"
+        return None
+    untouched = torch.ones(got.shape[0], dtype=torch.bool, device=got.device)
+    untouched[slots.to(got.device)] = False
+    if not torch.equal(got[untouched].view(torch.uint8), ref[untouched].view(torch.uint8)):
+        return "rows outside the written slots changed"
+    tol = (2e-5, 2e-5) if got.dtype == torch.float32 else (1e-6, 2**-7)
+    if (m := mismatch(got[slots], ref[slots].float(), atol=tol[0], rtol=tol[1])) is not None:
+        return f"rows: {m}"
+    return None

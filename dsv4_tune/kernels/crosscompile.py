@@ -23,6 +23,7 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from dsv4_tune.kernels import compressor, qk_norm
 from dsv4_tune.kernels.combine import _combine_kernel
 from dsv4_tune.kernels.gather_dequant import _gather_dequant_dual_kernel, _gather_dequant_kernel
 from dsv4_tune.kernels.gathered_attention import _gathered_attention_kernel
@@ -57,6 +58,9 @@ _POINTERS = {
 }
 _KERNELS = {fn.fn.__name__: fn for fn in (_sparse_decode_kernel, _combine_kernel, _gather_dequant_kernel,
                                           _gather_dequant_dual_kernel, _gathered_attention_kernel)}
+for _module in (compressor, qk_norm):  # the other ops' kernels (see dsv4_tune.kernels.ops)
+    _KERNELS.update(_module.KERNELS)
+    _POINTERS.update(_module.POINTER_TYPES)
 
 
 @dataclass(frozen=True)

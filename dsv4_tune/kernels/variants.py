@@ -71,7 +71,7 @@ def _split_problems(w: Workload, c: dict[str, int], allowed: tuple[int, ...]) ->
     sk = c["SPLIT_K"]
     if sk not in allowed:
         out.append(f"SPLIT_K={sk} not in {allowed}")
-    elif sk > 1 and sk > -(-w.total_topk // c["BLOCK_N"]):
+    elif sk > 1 and c["BLOCK_N"] > 0 and sk > -(-w.total_topk // c["BLOCK_N"]):  # BLOCK_N <= 0: reported above
         out.append(f"SPLIT_K={sk} exceeds the {-(-w.total_topk // c['BLOCK_N'])} BLOCK_N steps of topk {w.total_topk}")
     combine = (c.get("COMBINE_BLOCK_H"), c.get("combine_warps"))
     if sk > 1 and combine not in COMBINE_CHOICES:
@@ -271,9 +271,14 @@ def arch_rules() -> dict[str, dict[str, list[str]]]:
 def arch_problems(w: Workload, plan: Plan, arch: str, unfit: dict[str, list[str]] | None = None) -> list[str]:
     """Problems the compile check recorded for any kernel of ``plan`` on ``arch`` (the shipped
     rules, and ``unfit`` when given)."""
+    return launch_problems(arch, plan_kernels(plan, w, arch), unfit)
+
+
+def launch_problems(arch: str, launches: list[KernelLaunch], unfit: dict[str, list[str]] | None = None) -> list[str]:
+    """Problems recorded for these kernel launches on ``arch`` (shipped rules, then ``unfit``)."""
     bad = arch_rules().get(arch, {})
     out = []
-    for launch in plan_kernels(plan, w, arch):
+    for launch in launches:
         key = kernel_key(arch, launch)
         for problem in dict.fromkeys([*bad.get(key, []), *(unfit or {}).get(key, [])]):
             out.append(f"{launch[0]} {problem}")

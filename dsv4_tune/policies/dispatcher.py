@@ -19,11 +19,12 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dsv4_tune.kernels.ops import get_op, op_default_plan
 from dsv4_tune.kernels.variants import default_plan, plan_problems
 from dsv4_tune.policies.buckets import bucket_index
 from dsv4_tune.policies.gpu import GpuInfo, arch_of_id, detect
-from dsv4_tune.policies.schema import Policy, PolicyError, WorkloadClass, load_policy
-from dsv4_tune.workload import Plan, Workload
+from dsv4_tune.policies.schema import OpClass, Policy, PolicyError, WorkloadClass, load_policy
+from dsv4_tune.workload import OpWorkload, Plan, Workload
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 ENV_POLICY = "DSV4_TUNE_POLICY"
@@ -76,11 +77,15 @@ class Dispatcher:
     _tables: dict[ClassKey, list] = field(default_factory=dict, repr=False)
     resolved_from: dict[ClassKey, ClassKey | None] = field(default_factory=dict, repr=False)
 
+    _op_tables: dict[tuple, list] = field(default_factory=dict, repr=False)
+
     def __post_init__(self) -> None:
         if self.policy is not None:
             for c in self.policy.classes:
                 self._tables[c.key] = _compile_segments([(s.max_tokens, s.plan.to_plan()) for s in c.segments])
                 self.resolved_from[c.key] = c.key
+            for o in self.policy.ops:
+                self._op_tables[o.key] = _compile_segments([(s.max_tokens, s.plan.to_plan()) for s in o.segments])
 
     @classmethod
     def from_file(cls, path: str | Path) -> Dispatcher:
@@ -97,6 +102,27 @@ class Dispatcher:
         except IndexError:  # beyond the last boundary: the open-ended segment
             entry = table[-1]
         return entry if entry.__class__ is Plan else entry.pick(t)
+
+    def lookup_op(self, w: OpWorkload) -> Plan:
+        """The plan for a compressor / Q/K-norm call: the policy's plans for exactly these
+        parameters, else the op's default (checked once: bad parameters raise a ValueError)."""
+        table = self._op_tables.get(w.key)
+        if table is None:
+            problems = get_op(w.op).param_problems(w.params_dict)
+            if problems:
+                raise ValueError("; ".join(problems))
+            table = self._op_tables[w.key] = [op_default_plan(w)]
+        t = w.rows
+        try:
+            entry = table[(t - 1).bit_length() if t > 1 else 0]
+        except IndexError:
+            entry = table[-1]
+        return entry if entry.__class__ is Plan else entry.pick(t)
+
+    def op_class_of(self, w: OpWorkload) -> OpClass | None:
+        if self.policy is None:
+            return None
+        return next((o for o in self.policy.ops if o.key == w.key), None)
 
     def _resolve(self, key: ClassKey) -> list:
         nearest = self.nearest_class(key)

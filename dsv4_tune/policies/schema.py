@@ -18,8 +18,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from dsv4_tune.kernels.ops import op_arch_problems, op_plan_problems
 from dsv4_tune.kernels.variants import arch_problems, plan_problems
-from dsv4_tune.workload import Plan, Workload
+from dsv4_tune.workload import OpWorkload, Plan, Workload
 
 SCHEMA_VERSION = 1
 
@@ -81,17 +82,49 @@ class WorkloadClass(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> WorkloadClass:
-        bounds = [s.max_tokens for s in self.segments]
-        if bounds[-1] is not None:
-            raise ValueError("the last segment must be open-ended (max_tokens: null)")
-        finite = bounds[:-1]
-        if any(b is None for b in finite):
-            raise ValueError("only the last segment may have max_tokens: null")
-        if any(b < 1 for b in finite) or any(a >= b for a, b in pairwise(finite)):
-            raise ValueError(f"segment max_tokens must be >= 1 and strictly increasing, got {finite}")
+        _check_bounds(self.segments)
         w = self.workload()
         for i, seg in enumerate(self.segments):
             problems = plan_problems(w, seg.plan.to_plan())
+            if problems:
+                raise ValueError(f"segments.{i}.plan: {'; '.join(problems)}")
+        return self
+
+
+def _check_bounds(segments: list[Segment]) -> None:
+    bounds = [s.max_tokens for s in segments]
+    if bounds[-1] is not None:
+        raise ValueError("the last segment must be open-ended (max_tokens: null)")
+    finite = bounds[:-1]
+    if any(b is None for b in finite):
+        raise ValueError("only the last segment may have max_tokens: null")
+    if any(b < 1 for b in finite) or any(a >= b for a, b in pairwise(finite)):
+        raise ValueError(f"segment max_tokens must be >= 1 and strictly increasing, got {finite}")
+
+
+class OpClass(_Model):
+    """Plans of another tuned op (:mod:`dsv4_tune.kernels.ops`) for one parameter set; the segments'
+    ``max_tokens`` count the op's size axis (requests, new tokens or T)."""
+
+    op: str
+    params: dict[str, int | str]
+    segments: list[Segment] = Field(min_length=1)
+    thresholds: list[str] = Field(default_factory=list, description="for people: where the plan changes")
+    measured: list[Measured] = Field(default_factory=list, description="per size bucket: time, margin, runner-up")
+
+    @property
+    def key(self) -> tuple:
+        return self.workload().key
+
+    def workload(self, rows: int = 1) -> OpWorkload:
+        return OpWorkload.make(self.op, rows, **self.params)
+
+    @model_validator(mode="after")
+    def _check(self) -> OpClass:
+        _check_bounds(self.segments)
+        w = self.workload()
+        for i, seg in enumerate(self.segments):
+            problems = op_plan_problems(w, seg.plan.to_plan())
             if problems:
                 raise ValueError(f"segments.{i}.plan: {'; '.join(problems)}")
         return self
@@ -129,9 +162,19 @@ class Policy(_Model):
     provenance: Provenance
     buckets: BucketSpec = BucketSpec()
     classes: list[WorkloadClass] = Field(min_length=1)
+    ops: list[OpClass] = Field(default_factory=list, description="compressor / Q/K-norm plans")
 
     @model_validator(mode="after")
     def _check(self) -> Policy:
+        seen_ops: dict[tuple, int] = {}
+        for i, o in enumerate(self.ops):
+            if o.key in seen_ops:
+                raise ValueError(f"ops.{i} repeats the op class of ops.{seen_ops[o.key]}: {o.key}")
+            seen_ops[o.key] = i
+            for j, seg in enumerate(o.segments):
+                problems = op_arch_problems(o.workload(), seg.plan.to_plan(), self.gpu.arch)
+                if problems:
+                    raise ValueError(f"ops.{i}.segments.{j}.plan on {self.gpu.arch}: {'; '.join(problems)}")
         seen: dict[tuple, int] = {}
         for i, c in enumerate(self.classes):
             if c.key in seen:
@@ -188,7 +231,8 @@ def load_policy(path: str | Path) -> Policy:
 
 def dump_policy(policy: Policy) -> str:
     """Canonical JSON: classes in key order, sorted keys, two-space indent, trailing newline."""
-    ordered = policy.model_copy(update={"classes": sorted(policy.classes, key=lambda c: c.key)})
+    ordered = policy.model_copy(update={"classes": sorted(policy.classes, key=lambda c: c.key),
+                                        "ops": sorted(policy.ops, key=lambda o: repr(o.key))})
     return json.dumps(ordered.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
 
 

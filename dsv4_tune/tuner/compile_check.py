@@ -16,8 +16,10 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
+from dsv4_tune.kernels.ops import OPS, op_plan_kernels, op_space
 from dsv4_tune.kernels.variants import ARCH_RULES_FILE, VARIANTS, plan_kernels
-from dsv4_tune.workload import Plan, Workload
+from dsv4_tune.tuner.grid import default_op_classes
+from dsv4_tune.workload import OpWorkload, Plan, Workload
 
 ARCH_NAMES = ("sm90", "gfx942", "gfx950")
 # The constexpr specialisations of the DSV4 shapes: two scopes with lengths and sink; one scope;
@@ -27,27 +29,42 @@ SPECIALISATIONS = (
     Workload(1, 128, 128, 0, True, True, True),
     Workload(1, 128, 128, 512, False, False, False),
 )
+# The compressor / Q/K-norm classes of the default grid (their constexprs do not depend on size).
+OP_SPECIALISATIONS = tuple(dict.fromkeys(o.workload(1) for o in default_op_classes()))
+
+
+def kernels_of(plan: Plan, w: Workload | OpWorkload, arch: str) -> list[tuple]:
+    return op_plan_kernels(plan, w, arch) if isinstance(w, OpWorkload) else plan_kernels(plan, w, arch)
+
+
+def _spaces(name: str) -> list[tuple[Workload | OpWorkload, list[Plan]]]:
+    """(workload, plans) of a decode variant or an op (all its variants) over its specialisations."""
+    if name in OPS:
+        return [(w, op_space(w)) for w in OP_SPECIALISATIONS if w.op == name]
+    return [(w, VARIANTS[name].space(w)) for w in SPECIALISATIONS]
 
 
 def check_targets(
     arches: Iterable[str], variants: Iterable[str] | None = None, sample: int | None = None, seed: int = 0,
-    plans: Iterable[tuple[Workload, Plan]] | None = None,
+    plans: Iterable[tuple[Workload | OpWorkload, Plan]] | None = None,
 ) -> list[tuple[str, tuple]]:
-    """Distinct (arch, kernel launch) pairs: of every config of the variants (or a fixed random
-    sample of ``sample`` configs per variant), or of the given (workload, plan) pairs."""
-    pairs: list[tuple[Workload, Plan]] = list(plans) if plans is not None else []
+    """Distinct (arch, kernel launch) pairs: of every config of the variants and ops (or a fixed
+    random sample of ``sample`` configs per variant and specialisation), or of the given
+    (workload, plan) pairs."""
+    pairs: list[tuple[Workload | OpWorkload, Plan]] = list(plans) if plans is not None else []
     if plans is None:
         rng = random.Random(seed)
-        for name in variants or VARIANTS:
-            for w in SPECIALISATIONS:
-                space = VARIANTS[name].space(w)
+        for name in variants or [*VARIANTS, *OPS]:
+            if name not in VARIANTS and name not in OPS:
+                raise ValueError(f"variants: unknown {name!r}; known {[*VARIANTS, *OPS]}")
+            for w, space in _spaces(name):
                 if sample is not None:
                     space = rng.sample(space, min(sample, len(space)))
                 pairs += [(w, p) for p in space]
     seen: dict[tuple, None] = {}
     for arch in arches:
         for w, plan in pairs:
-            for launch in plan_kernels(plan, w, arch):
+            for launch in kernels_of(plan, w, arch):
                 seen.setdefault((arch, launch), None)
     return list(seen)
 
@@ -90,8 +107,15 @@ def run_check(targets: list[tuple[str, tuple]], jobs: int, on_row: Callable[[dic
 
 
 def write_rules(rows: list[dict], path: Path = ARCH_RULES_FILE) -> Path:
-    """The per-arch rules file: every kernel with problems, keyed by arch and kernel key."""
-    bad: dict[str, dict[str, list[str]]] = {}
+    """The per-arch rules file: every kernel with problems, keyed by arch and kernel key.  Kernels
+    this check did not compile keep the verdict the file had (a check of some variants or ops
+    updates their rules and leaves the others')."""
+    try:
+        bad: dict[str, dict[str, list[str]]] = json.loads(path.read_text())["bad_kernels"]
+    except (OSError, ValueError, KeyError):
+        bad = {}
+    checked = {r["key"] for r in rows}
+    bad = {a: {k: v for k, v in kernels.items() if k not in checked} for a, kernels in bad.items()}
     for r in rows:
         if r["problems"]:
             bad.setdefault(r["arch"], {})[r["key"]] = r["problems"]
@@ -113,12 +137,12 @@ def summary(rows: list[dict], targets: list[tuple[str, tuple]], arches: Iterable
 
     out = []
     for arch in arches:
-        for name in VARIANTS:
+        for name in [*VARIANTS, *OPS]:
             valid = total = 0
             reasons: dict[str, int] = {}
-            for w in SPECIALISATIONS:
-                for plan in VARIANTS[name].space(w):
-                    keys = [kernel_key(arch, launch) for launch in plan_kernels(plan, w, arch)]
+            for w, space in _spaces(name):
+                for plan in space:
+                    keys = [kernel_key(arch, launch) for launch in kernels_of(plan, w, arch)]
                     if not all(k in by_key for k in keys):
                         continue
                     total += 1

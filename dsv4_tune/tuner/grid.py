@@ -13,6 +13,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from dsv4_tune.kernels.ops import get_op, op_neighbours
 from dsv4_tune.kernels.variants import (
     BLOCK_H_CHOICES,
     BLOCK_N_CHOICES,
@@ -27,7 +28,7 @@ from dsv4_tune.kernels.variants import (
     VARIANTS,
     plan_problems,
 )
-from dsv4_tune.workload import Plan, Workload
+from dsv4_tune.workload import OpWorkload, Plan, Workload
 
 STAGE_COARSE = "coarse"
 STAGE_REFINE = "refine"
@@ -53,19 +54,47 @@ class GridClass:
 
 
 @dataclass(frozen=True)
+class OpGridClass:
+    """A compressor / Q/K-norm class (:mod:`dsv4_tune.kernels.ops`) and the sizes it is measured at."""
+
+    op: str
+    params: tuple[tuple[str, object], ...]
+    rows: tuple[int, ...]
+
+    @classmethod
+    def make(cls, op: str, rows: tuple[int, ...], **params: object) -> OpGridClass:
+        return cls(op, tuple(sorted(params.items())), tuple(rows))
+
+    def workload(self, rows: int) -> OpWorkload:
+        return OpWorkload(self.op, rows, self.params)
+
+    def to_json(self) -> dict:
+        return {"op": self.op, "params": dict(self.params), "rows": list(self.rows)}
+
+
+GridPoint = tuple[GridClass | OpGridClass, int]
+
+
+@dataclass(frozen=True)
 class Grid:
     classes: tuple[GridClass, ...]
     tokens: tuple[int, ...]
+    ops: tuple[OpGridClass, ...] = ()
 
-    def points(self) -> list[tuple[GridClass, int]]:
-        return [(c, t) for c in self.classes for t in self.tokens]
+    def points(self) -> list[GridPoint]:
+        return [(c, t) for c in self.classes for t in self.tokens] + [(o, r) for o in self.ops for r in o.rows]
 
     def to_json(self) -> dict:
-        return {"classes": [asdict(c) for c in self.classes], "tokens": list(self.tokens)}
+        data: dict = {"classes": [asdict(c) for c in self.classes], "tokens": list(self.tokens)}
+        if self.ops:  # absent when empty: grids written before ops existed keep their hash
+            data["ops"] = [o.to_json() for o in self.ops]
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> Grid:
-        return cls(tuple(GridClass(**c) for c in data["classes"]), tuple(int(t) for t in data["tokens"]))
+        ops = tuple(OpGridClass.make(o["op"], tuple(int(r) for r in o["rows"]), **o["params"])
+                    for o in data.get("ops", []))
+        return cls(tuple(GridClass(**c) for c in data["classes"]), tuple(int(t) for t in data["tokens"]), ops)
 
     @classmethod
     def load(cls, path: str | Path) -> Grid:
@@ -81,24 +110,45 @@ def default_grid() -> Grid:
         for extra, page in ((0, 64), (64, 2), (256, 2), (512, 64), (1024, 64)):
             for with_length in (True, False):
                 classes.append(GridClass(h, 128, extra, with_length, 128, page))
-    return Grid(tuple(classes), tuple(1 << i for i in range(11)))
+    return Grid(tuple(classes), tuple(1 << i for i in range(11)), default_op_classes())
+
+
+def default_op_classes() -> tuple[OpGridClass, ...]:
+    """The compressors of a DSV4 layer (C4 and C128 attention, C4 indexer) in decode (batch 1..256)
+    and prefill (1K..32K new tokens), and the Q/K norm (h_q 64 / 128, one K head, 512 dims, T 1..1024)."""
+    decode, prefill = tuple(1 << i for i in range(9)), tuple(1 << i for i in range(10, 16))
+    ops = []
+    for mode, rows in (("decode", decode), ("prefill", prefill)):
+        for ratio, dim in ((4, 512), (128, 512), (4, 128)):
+            ops.append(OpGridClass.make("compress", rows, ratio=ratio, head_dim=dim, mode=mode))
+    for h in (64, 128):
+        ops.append(OpGridClass.make("qk_norm", tuple(1 << i for i in range(11)), h_q=h, h_k=1, head_dim_q=512,
+                                    head_dim_k=512))
+    return tuple(ops)
 
 
 def interpreter_grid() -> Grid:
     """A few seconds on the Triton interpreter: proves the pipeline, measures nothing real."""
-    return Grid((GridClass(16, 64, 64, True, 64, 64),), (1, 2))
+    return Grid((GridClass(16, 64, 64, True, 64, 64),), (1, 2),
+                (OpGridClass.make("compress", (3,), ratio=4, head_dim=128, mode="decode"),
+                 OpGridClass.make("qk_norm", (2,), h_q=4, h_k=1, head_dim_q=128, head_dim_k=128)))
 
 
-def workload_key(w: Workload) -> str:
-    """Stable text key of a workload, e.g. ``h128-m128-x1024-len11-sink1-T64``."""
+def workload_key(w: Workload | OpWorkload) -> str:
+    """Stable text key of a workload, e.g. ``h128-m128-x1024-len11-sink1-T64`` or
+    ``compress-head_dim512-mode_decode-ratio4-R64``."""
+    if isinstance(w, OpWorkload):
+        return "-".join([w.op, *(f"{k}{v}" if isinstance(v, int) else f"{k}_{v}" for k, v in w.params)]) + f"-R{w.rows}"
     return (f"h{w.h_q}-m{w.topk_main}-x{w.topk_extra}-len{int(w.has_len_main)}{int(w.has_len_extra)}"
             f"-sink{int(w.has_sink)}-T{w.total_tokens}")
 
 
-def coarse_candidates(w: Workload, arch: str | None = None) -> list[Plan]:
+def coarse_candidates(w: Workload | OpWorkload, arch: str | None = None, limit: int | None = None) -> list[Plan]:
     """Stage one: each variant at its default, plus the configs that led in the H100 preview sweep
     (64- and 32-head blocks on 8 warps; split-K 2-16 of small-head blocks; gather-then-attend with
     wide head blocks), pruned by the registry's rules."""
+    if isinstance(w, OpWorkload):
+        return op_coarse_candidates(w, limit or OP_COARSE)
     plans = [v.default(w) for v in VARIANTS.values()]
     for bh, bn, nw in ((64, 64, 8), (64, 32, 8), (32, 64, 8), (32, 32, 4), (16, 32, 4), (16, 64, 8)):
         plans.append(Plan.make("fused", BLOCK_H=bh, BLOCK_N=bn, num_warps=nw, num_stages=1))
@@ -149,9 +199,29 @@ def neighbours(plan: Plan) -> list[Plan]:
     return list(dict.fromkeys(plans))
 
 
-def refine_candidates(w: Workload, seeds: list[Plan], arch: str | None = None, limit: int | None = None) -> list[Plan]:
+OP_COARSE = 8  # configs per op variant in the coarse stage: the default and a spread of the space
+
+
+def op_coarse_candidates(w: OpWorkload, per_variant: int) -> list[Plan]:
+    """Each variant's default and up to ``per_variant - 1`` configs spread evenly through its space."""
+    spec = get_op(w.op)
+    plans = []
+    for v in spec.variants.values():
+        space = [Plan.make(v.name, c) for c in v.space_fn(w.params_dict)]
+        step = max(1, len(space) // max(1, per_variant - 1))
+        plans += [Plan.make(v.name, v.default_fn(w.params_dict)), *space[::step][: per_variant - 1]]
+    return list(dict.fromkeys(plans))
+
+
+def refine_candidates(
+    w: Workload | OpWorkload, seeds: list[Plan], arch: str | None = None, limit: int | None = None
+) -> list[Plan]:
     """Stage two: the seeds (re-timed beside their neighbours) and every valid neighbour of each,
     at most ``limit`` neighbours in all (the interpreter's small sweep)."""
+    if isinstance(w, OpWorkload):
+        found = [n for s in seeds for n in op_neighbours(w, s) if n not in seeds]
+        found = list(dict.fromkeys(found))
+        return list(seeds) + (found if limit is None else found[:limit])
     found = [n for s in seeds for n in neighbours(s) if n not in seeds]
     found = [p for p in dict.fromkeys(found) if not plan_problems(w, p, arch)]
     return list(seeds) + (found if limit is None else found[:limit])

@@ -19,6 +19,7 @@ from dsv4_tune.policies.schema import (
     BucketSpec,
     GpuSpec,
     Measured,
+    OpClass,
     PlanSpec,
     Policy,
     Provenance,
@@ -62,10 +63,10 @@ def select_winner(samples: dict[Plan, list[float]]) -> dict:
 
 
 def build_policy(grid: Grid, winners: list[dict], sweep: dict, command: str) -> Policy:
-    """The policy of a sweep: per class, one segment per T bucket of the grid, equal neighbours
-    merged, the last open-ended.  Refuses a grid point that no winner covers."""
+    """The policy of a sweep: per class (and op class), one segment per size bucket of the grid,
+    equal neighbours merged, the last open-ended.  Refuses a grid point that no winner covers."""
     by_key = {w["workload"]: w for w in winners}
-    per_class: dict[tuple, list[tuple[int, Plan, float | None]]] = defaultdict(list)
+    runs: dict[tuple, list[tuple[int, Plan, float | None]]] = defaultdict(list)
     measured: dict[tuple, list[Measured]] = defaultdict(list)
     missing = []
     for cls, t in grid.points():
@@ -74,30 +75,24 @@ def build_policy(grid: Grid, winners: list[dict], sweep: dict, command: str) -> 
         if row is None:
             missing.append(workload_key(w))
             continue
-        per_class[w.key].append((t, Plan.make(row["variant"], _config(row["config"])), row["margin"]))
+        runs[w.key].append((t, Plan.make(row["variant"], _config(row["config"])), row["margin"]))
         measured[w.key].append(Measured(
             total_tokens=t, median_us=None if row["median_us"] is None else round(row["median_us"], 2),
             margin=None if row["margin"] is None else round(row["margin"], 4), runner_up=row["runner_up"]))
     if missing:
         raise ValueError(f"export: {len(missing)} grid points have no measured winner (first: {missing[0]}); "
                          "finish or resume the sweep first")
-    classes = []
-    for key, runs in per_class.items():
-        runs.sort(key=lambda r: r[0])
-        merged: list[tuple[int, Plan, float | None]] = []
-        for t, plan, margin in runs:
-            if merged and merged[-1][1] == plan:
-                known = [m for m in (merged[-1][2], margin) if m is not None]
-                merged[-1] = (t, plan, min(known) if known else None)
-            else:
-                merged.append((t, plan, margin))
-        segments = [Segment(max_tokens=None if i == len(merged) - 1 else t, plan=PlanSpec.of(p),
-                            margin=None if m is None else round(m, 4))
-                    for i, (t, p, m) in enumerate(merged)]
+    classes, ops = [], []
+    for key, points in runs.items():
+        segments = _segments(points)
+        common = {"segments": segments, "thresholds": describe_segments(segments),
+                  "measured": sorted(measured[key], key=lambda m: m.total_tokens)}
+        if isinstance(key[0], str):  # an op class: (op, params)
+            ops.append(OpClass(op=key[0], params=dict(key[1]), **common))
+            continue
         h, tm, tx, lm, lx, sink = key
         classes.append(WorkloadClass(h_q=h, topk_main=tm, topk_extra=tx, has_len_main=lm, has_len_extra=lx,
-                                     has_sink=sink, segments=segments, thresholds=describe_segments(segments),
-                                     measured=sorted(measured[key], key=lambda m: m.total_tokens)))
+                                     has_sink=sink, **common))
     return Policy(
         gpu=GpuSpec(id=sweep["gpu_id"], arch=sweep["arch"], device_name=sweep["device_name"] or "",
                     multiprocessors=0),
@@ -105,7 +100,23 @@ def build_policy(grid: Grid, winners: list[dict], sweep: dict, command: str) -> 
                               torch=sweep["torch"], triton=sweep["triton"], command=command),
         buckets=BucketSpec(max_tokens=max(grid.tokens)),
         classes=classes,
+        ops=ops,
     )
+
+
+def _segments(points: list[tuple[int, Plan, float | None]]) -> list[Segment]:
+    """Merge equal neighbours along the size axis (keeping the smallest known margin)."""
+    points = sorted(points, key=lambda r: r[0])
+    merged: list[tuple[int, Plan, float | None]] = []
+    for t, plan, margin in points:
+        if merged and merged[-1][1] == plan:
+            known = [m for m in (merged[-1][2], margin) if m is not None]
+            merged[-1] = (t, plan, min(known) if known else None)
+        else:
+            merged.append((t, plan, margin))
+    return [Segment(max_tokens=None if i == len(merged) - 1 else t, plan=PlanSpec.of(p),
+                    margin=None if m is None else round(m, 4))
+            for i, (t, p, m) in enumerate(merged)]
 
 
 def _config(text: str) -> dict[str, int]:

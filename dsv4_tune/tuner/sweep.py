@@ -16,13 +16,14 @@ import json
 import multiprocessing as mp
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 from dsv4_tune.cache.store import Store, stable_hash
 from dsv4_tune.decode import sparse_decode
 from dsv4_tune.kernels.compare import decode_mismatch
+from dsv4_tune.kernels.ops import op_arch_problems, op_plan_problems
 from dsv4_tune.kernels.reference import sparse_decode_ref
 from dsv4_tune.kernels.variants import plan_problems
 from dsv4_tune.kernels.workspace import Workspace
@@ -35,14 +36,17 @@ from dsv4_tune.tuner.grid import (
     STAGES,
     Grid,
     GridClass,
+    GridPoint,
+    OpGridClass,
     coarse_candidates,
     refine_candidates,
     workload_key,
 )
 from dsv4_tune.tuner.inputs import make_query, make_scope, make_sink
 from dsv4_tune.tuner.measure import gpu_state, hygiene_flag, interleaved_times, summarize
+from dsv4_tune.tuner.op_cases import OpCase, build_op_case
 from dsv4_tune.tuner.select import select_winner, toolchain
-from dsv4_tune.workload import Plan, Workload
+from dsv4_tune.workload import OpWorkload, Plan, Workload
 
 FINALISTS = 3
 
@@ -60,7 +64,12 @@ class Case:
         sparse_decode(self.q, self.main.kv_cache, self.main.indices, plan=plan, workspace=ws, out=out, **self.kw)
 
 
-def build_case(cls: GridClass, t: int, device: str, seed: int = 0, with_ref: bool = True) -> Case:
+def build_case(
+    cls: GridClass | OpGridClass, t: int, device: str, seed: int = 0, with_ref: bool = True
+) -> Case | OpCase:
+    """Inputs of one grid point (and its reference, unless ``with_ref`` is False: compiling only)."""
+    if isinstance(cls, OpGridClass):
+        return build_op_case(cls.workload(t), device, seed, with_ref)
     gen = torch.Generator().manual_seed(seed)
     length = "random" if cls.with_length else None
     main = make_scope(t, 1, cls.topk_main, cls.page_main, fp8="e4m3fn", device=device, topk_length=length, gen=gen)
@@ -89,8 +98,14 @@ def _status_of(err: BaseException) -> str:
     return "launch_error"
 
 
-def check(case: Case, plan: Plan) -> tuple[str, str | None]:
+def check(case: Case | OpCase, plan: Plan) -> tuple[str, str | None]:
     """Run ``plan`` once on poisoned outputs and workspace; ('ok', None) or (status, error)."""
+    if isinstance(case, OpCase):
+        try:
+            problem = case.check_fn(plan)
+        except Exception as err:  # every failure is a stored row, never a crash of the sweep
+            return _status_of(err), f"{type(err).__name__}: {err}"[:2000]
+        return ("ok", None) if problem is None else ("mismatch", problem[:2000])
     ws = Workspace()
     out = (torch.full(case.ref[0].shape, float("nan"), dtype=torch.bfloat16, device=case.q.device),
            torch.full(case.ref[1].shape, float("nan"), device=case.q.device))
@@ -106,7 +121,9 @@ def check(case: Case, plan: Plan) -> tuple[str, str | None]:
     return ("ok", None) if problem is None else ("mismatch", problem[:2000])
 
 
-def _callable(case: Case, plan: Plan) -> Callable[[], None]:
+def _callable(case: Case | OpCase, plan: Plan) -> Callable[[], None]:
+    if isinstance(case, OpCase):
+        return case.callable(plan)
     ws = Workspace()
     out = (torch.empty(case.ref[0].shape, dtype=torch.bfloat16, device=case.q.device),
            torch.empty(case.ref[1].shape, device=case.q.device))
@@ -114,7 +131,7 @@ def _callable(case: Case, plan: Plan) -> Callable[[], None]:
 
 
 def time_plans(
-    case: Case, plans: list[Plan], real: bool, rounds: int, reps: int
+    case: Case | OpCase, plans: list[Plan], real: bool, rounds: int, reps: int
 ) -> tuple[list[list[float]], str | None]:
     """Samples (us) per plan and a hygiene flag; wall-clock samples on the interpreter."""
     fns = [_callable(case, p) for p in plans]
@@ -134,26 +151,30 @@ def time_plans(
 
 
 # ------------------------------------------------------------------------ parallel compile
-def _compile_worker(jobs: list[tuple[dict, int, tuple]]) -> None:
-    for cls_json, _t, plan_tuple in jobs:
-        cls = GridClass(**cls_json)
+def _compile_worker(jobs: list[tuple[GridClass | OpGridClass, int, Plan]]) -> None:
+    for cls, _t, plan in jobs:
         case = build_case(cls, 1, "cuda", with_ref=False)
-        plan = Plan(plan_tuple[0], tuple(tuple(x) for x in plan_tuple[1]))
         with contextlib.suppress(Exception):  # the sweep's own check stores the failure
-            case.run(plan, Workspace(), None)  # type: ignore[arg-type]
+            if isinstance(case, OpCase):
+                case.run_fn(plan)
+            else:
+                case.run(plan, Workspace(), None)  # type: ignore[arg-type]
     torch.cuda.synchronize()
 
 
-def compile_plans(pairs: list[tuple[GridClass, Plan]], processes: int) -> tuple[int, float]:
+def compile_plans(pairs: list[tuple[GridClass | OpGridClass, Plan]], processes: int) -> tuple[int, float]:
     """Fill the Triton cache: one run of every distinct kernel among ``pairs``, in worker processes
     (plans that differ only in SPLIT_K share their kernels).  Returns (kernels, seconds)."""
     t0 = time.time()
     firsts: dict[tuple, tuple] = {}
     for cls, plan in pairs:
+        if isinstance(cls, OpGridClass):
+            firsts.setdefault((cls.op, cls.params, plan), (cls, 1, plan))
+            continue
         cfg = {k: v for k, v in plan.as_dict().items() if k != "SPLIT_K"}
         split = plan.as_dict().get("SPLIT_K", 1) > 1
         key = (cls.topk_extra > 0, cls.with_length, plan.variant, tuple(sorted(cfg.items())), split)
-        firsts.setdefault(key, (asdict(cls), 1, (plan.variant, plan.config)))
+        firsts.setdefault(key, (cls, 1, plan))
     todo = list(firsts.values())
     processes = max(1, min(processes, len(todo)))
     ctx = mp.get_context("spawn")
@@ -199,14 +220,17 @@ def run_sweep(
     points = grid.points()
     progress = _Progress(len(points) * len(STAGES), on_point)
 
-    def valid(w: Workload, plans: list[Plan]) -> list[Plan]:
+    def valid(w: Workload | OpWorkload, plans: list[Plan]) -> list[Plan]:
+        if isinstance(w, OpWorkload):
+            return [p for p in plans
+                    if not op_plan_problems(w, p) and not (arch and op_arch_problems(w, p, arch, unfit))]
         return [p for p in plans if not plan_problems(w, p, arch, unfit)]
 
+    limit = None if gpu.is_real else 2  # the interpreter's sweep proves the stages, it measures nothing
     _stage(store, sweep_id, STAGE_COARSE, points, device, gpu, jobs, rounds, reps, progress,
-           lambda n, w: valid(w, coarse_candidates(w, arch)))
-    limit = None if gpu.is_real else 2  # the interpreter's sweep proves the stage, it measures nothing
+           lambda n, w: valid(w, coarse_candidates(w, arch, limit)))
 
-    def refine(n: int, w: Workload) -> list[Plan]:
+    def refine(n: int, w: Workload | OpWorkload) -> list[Plan]:
         seeds = _ranked(store.measurements(sweep_id, STAGE_COARSE), workload_key(w))[:REFINE_SEEDS]
         return valid(w, refine_candidates(w, seeds, arch, limit)) if seeds else []
 
@@ -234,8 +258,9 @@ class _Progress:
 
 
 def _stage(
-    store: Store, sweep_id: str, stage: str, points: list[tuple[GridClass, int]], device: str, gpu: GpuInfo,
-    jobs: int, rounds: int, reps: int, progress: _Progress, candidates: Callable[[int, Workload], list[Plan]],
+    store: Store, sweep_id: str, stage: str, points: list[GridPoint], device: str, gpu: GpuInfo,
+    jobs: int, rounds: int, reps: int, progress: _Progress,
+    candidates: Callable[[int, Workload | OpWorkload], list[Plan]],
 ) -> None:
     """One search stage over the grid: compile what it needs, then check and time, workload by
     workload, skipping what the store already holds.  A plan that passed its check on the same
@@ -283,7 +308,7 @@ def _ranked(rows: list[dict], key: str) -> list[Plan]:
 
 
 def _final(
-    store: Store, sweep_id: str, key: str, make_case: Callable[[], Case], real: bool, rounds: int, reps: int
+    store: Store, sweep_id: str, key: str, make_case: Callable[[], Case | OpCase], real: bool, rounds: int, reps: int
 ) -> None:
     """Re-time the best few side by side and store the winner."""
     rows = [r for r in store.measurements(sweep_id) if r["stage"] in (STAGE_COARSE, STAGE_REFINE)]

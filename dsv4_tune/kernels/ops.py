@@ -1,0 +1,174 @@
+"""The registry of the other tuned ops: the DSV4 compressor and the fused Q/K RMSNorm.
+
+Like :mod:`dsv4_tune.kernels.variants` for sparse decode, this is the one place that says, per op,
+which class parameters it has, which kernel variants exist, their tunable space, the rules that
+make a config invalid and a safe default; the tuner, the policy validator and the dispatcher read
+it.  Pure Python (the launch functions are named ``module:function`` and imported on first use).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dsv4_tune.kernels import compressor_space as cs
+from dsv4_tune.workload import OpWorkload, Plan
+
+ParamValues = tuple[object, ...] | None  # allowed values; None: any positive int
+
+
+@dataclass(frozen=True)
+class OpVariant:
+    """One kernel variant of an op: its space, rules and default for the op's class parameters."""
+
+    name: str
+    summary: str
+    space_fn: Callable[[dict], list[dict[str, int]]]
+    problems_fn: Callable[[dict, dict[str, int]], list[str]]
+    default_fn: Callable[[dict], dict[str, int]]
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """An op: class parameters (with allowed values), size meaning, variants, how to run it."""
+
+    name: str
+    summary: str
+    rows: str  # what the dispatcher's size axis counts for this op
+    params: dict[str, ParamValues]
+    variants: dict[str, OpVariant]
+    default_variant: str
+    runner: str  # "module:function" running (inputs, plan) for the tuner
+    _resolved: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def param_problems(self, params: dict) -> list[str]:
+        out = []
+        if set(params) != set(self.params):
+            return [f"{self.name}: expected the parameters {sorted(self.params)}, got {sorted(params)}"]
+        for k, allowed in self.params.items():
+            v = params[k]
+            if allowed is None and not (isinstance(v, int) and v > 0):
+                out.append(f"{self.name}: {k} must be a positive int, got {v!r}")
+            elif allowed is not None and v not in allowed:
+                out.append(f"{self.name}: {k} must be one of {list(allowed)}, got {v!r}")
+        if self.name == "compress" and not out and params["head_dim"] == 128 and params["ratio"] != 4:
+            out.append("compress: head_dim 128 is the C4 indexer's; only ratio 4 has it")
+        return out
+
+    def run(self) -> Callable:
+        if "fn" not in self._resolved:
+            module, func = self.runner.split(":")
+            self._resolved["fn"] = getattr(importlib.import_module(module), func)
+        return self._resolved["fn"]
+
+
+def _compress_variant(name: str, summary: str) -> OpVariant:
+    def args(p: dict) -> tuple:
+        return p["ratio"], p["head_dim"], p["mode"]
+
+    return OpVariant(
+        name, summary,
+        space_fn=lambda p: cs.compressor_space(*args(p), variant=name),
+        problems_fn=lambda p, c: cs.compressor_problems(*args(p), c, variant=name),
+        default_fn=lambda p: cs.compressor_default(*args(p), variant=name),
+    )
+
+
+OPS: dict[str, OpSpec] = {
+    "compress": OpSpec(
+        "compress", "APE + online-softmax pooling + RMSNorm + RoPE + FP8 store of the C4/C128 compressor",
+        rows="requests (decode) or new tokens (prefill)",
+        params={"ratio": cs.RATIOS, "head_dim": cs.HEAD_DIMS, "mode": cs.MODES},
+        variants={
+            "fused": _compress_variant("fused", "one program per compressed row: pool, norm, RoPE, store"),
+            "split": _compress_variant("split", "pooling over head_dim / BLOCK_D programs, then norm + RoPE + store"),
+        },
+        default_variant="fused",
+        runner="dsv4_tune.tuner.op_cases:run_compress",
+    ),
+    "qk_norm": OpSpec(
+        "qk_norm", "per-head RMSNorm of Q and K in one launch", rows="tokens T",
+        params={"h_q": None, "h_k": None, "head_dim_q": None, "head_dim_k": None},
+        variants={"fused": OpVariant(
+            "fused", "one launch over the Q and K head rows",
+            space_fn=lambda p: cs.qk_norm_space(p["head_dim_q"], p["head_dim_k"]),
+            problems_fn=lambda p, c: cs.qk_norm_problems(p["head_dim_q"], p["head_dim_k"], c),
+            default_fn=lambda p: cs.qk_norm_default(p["head_dim_q"], p["head_dim_k"]),
+        )},
+        default_variant="fused",
+        runner="dsv4_tune.tuner.op_cases:run_qk_norm",
+    ),
+}
+
+
+def get_op(name: str) -> OpSpec:
+    try:
+        return OPS[name]
+    except KeyError:
+        raise ValueError(f"op: unknown {name!r}, expected one of {sorted(OPS)}") from None
+
+
+def op_plan_problems(w: OpWorkload, plan: Plan) -> list[str]:
+    """Why ``plan`` cannot run ``w`` (empty when it can): unknown op/variant, bad parameters, bad config."""
+    if w.op not in OPS:
+        return [f"unknown op {w.op!r} (known: {sorted(OPS)})"]
+    spec = OPS[w.op]
+    problems = spec.param_problems(w.params_dict)
+    if problems:
+        return problems
+    variant = spec.variants.get(plan.variant)
+    if variant is None:
+        return [f"{w.op}: unknown variant {plan.variant!r} (known: {sorted(spec.variants)})"]
+    return variant.problems_fn(w.params_dict, plan.as_dict())
+
+
+def op_space(w: OpWorkload) -> list[Plan]:
+    """Every valid plan of every variant of ``w``'s op."""
+    spec = get_op(w.op)
+    return [Plan.make(v.name, c) for v in spec.variants.values() for c in v.space_fn(w.params_dict)]
+
+
+def op_default_plan(w: OpWorkload) -> Plan:
+    """The fixed, safe plan used when no policy applies."""
+    spec = get_op(w.op)
+    return Plan.make(spec.default_variant, spec.variants[spec.default_variant].default_fn(w.params_dict))
+
+
+def op_neighbours(w: OpWorkload, plan: Plan) -> list[Plan]:
+    """Valid plans of the same variant that differ from ``plan`` in exactly one knob (refine stage)."""
+    base = plan.as_dict()
+    out = []
+    for p in op_space(w):
+        if p.variant == plan.variant:
+            c = p.as_dict()
+            if sum(c[k] != base.get(k) for k in c) == 1:
+                out.append(p)
+    return out
+
+
+def op_plan_kernels(plan: Plan, w: OpWorkload, arch: str) -> list[tuple]:
+    """The kernels ``plan`` launches for ``w`` on ``arch`` as (name, constexprs, num_warps,
+    num_stages), like :func:`dsv4_tune.kernels.variants.plan_kernels` (the compile check's input):
+    the compressor writes the arch's FP8 pool (head_dim 512) or bf16 rows; the Q/K norm is bf16."""
+    from dsv4_tune.kernels.kv_layout import HEAD_DIM, fp8_flavour_for_arch
+
+    p = w.params_dict
+    if w.op == "compress":
+        from dsv4_tune.kernels.compressor import compressor_launches
+
+        dest = "pool" if p["head_dim"] == HEAD_DIM else "bf16"
+        return compressor_launches(p["ratio"], p["head_dim"], p["mode"], plan.as_dict(), variant=plan.variant,
+                                   dest=dest, fp8=fp8_flavour_for_arch(arch))
+    from dsv4_tune.kernels.qk_norm import qk_norm_launch
+
+    q_shape, k_shape = (1, p["h_q"], p["head_dim_q"]), (1, p["h_k"], p["head_dim_k"])
+    return [qk_norm_launch(q_shape, k_shape, plan.as_dict(), weights=(True, True))]
+
+
+def op_arch_problems(w: OpWorkload, plan: Plan, arch: str, unfit: dict[str, list[str]] | None = None) -> list[str]:
+    """Problems the compile check recorded for any kernel of ``plan`` on ``arch`` (shipped rules and
+    ``unfit``), as :func:`dsv4_tune.kernels.variants.arch_problems` for decode plans."""
+    from dsv4_tune.kernels.variants import launch_problems
+
+    return launch_problems(arch, op_plan_kernels(plan, w, arch), unfit)
