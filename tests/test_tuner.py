@@ -194,3 +194,20 @@ def test_compile_table_rules_prune_candidates(tmp_path: Path) -> None:
     unfit = store.unfit_kernels("sm90")
     assert unfit == {key: ["spills 999 B"]}
     assert plan_problems(w, plan, "sm90", unfit) and not plan_problems(w, plan, "sm90")
+
+
+def test_export_and_verify_cover_op_classes(tmp_path: Path) -> None:
+    from dsv4_tune.tuner.grid import OpGridClass
+    from dsv4_tune.tuner.select import build_policy
+    from dsv4_tune.tuner.verify import policy_plans, verify
+
+    grid = Grid((GridClass(16, 64, 0, True, 64, 64),), (1,),
+                (OpGridClass.make("qk_norm", (2, 4), h_q=4, h_k=1, head_dim_q=128, head_dim_k=128),))
+    store = Store(tmp_path / "s.db")
+    sweep_id = sweep_mod.run_sweep(store, grid, detect())
+    policy = build_policy(grid, store.winners(sweep_id), store.sweep(sweep_id), "test")
+    (op,) = policy.ops
+    assert op.op == "qk_norm" and [m.total_tokens for m in op.measured] == [2, 4]
+    assert any(type(g).__name__ == "OpGridClass" for g, _ in policy_plans(policy))
+    rows = verify(policy, real=False, max_points=4)
+    assert any(r["class"][0] == "qk_norm" for r in rows) and not any(r["stale"] for r in rows)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import statistics
 
+from dsv4_tune.kernels.ops import op_default_plan
 from dsv4_tune.kernels.variants import default_plan
 from dsv4_tune.policies.dispatcher import Dispatcher
-from dsv4_tune.policies.schema import Policy
-from dsv4_tune.tuner.grid import GridClass
+from dsv4_tune.policies.schema import OpClass, Policy
+from dsv4_tune.tuner.grid import GridClass, OpGridClass
 from dsv4_tune.tuner.select import ratio_interval
 from dsv4_tune.tuner.sweep import build_case, compile_plans, time_plans
 from dsv4_tune.workload import Plan
@@ -20,8 +21,15 @@ def grid_class(key: tuple) -> GridClass:
     return GridClass(h, tm, tx, len_main, 128, 64)
 
 
-def policy_plans(policy: Policy) -> list[tuple[GridClass, Plan]]:
-    return [(grid_class(c.key), s.plan.to_plan()) for c in policy.classes for s in c.segments]
+def op_grid_class(o: OpClass) -> OpGridClass:
+    """An op class at the sizes its policy entry was measured at (else a small default set)."""
+    rows = tuple(m.total_tokens for m in o.measured) or (1, 16, 256)
+    return OpGridClass.make(o.op, rows, **o.params)
+
+
+def policy_plans(policy: Policy) -> list[tuple[GridClass | OpGridClass, Plan]]:
+    return ([(grid_class(c.key), s.plan.to_plan()) for c in policy.classes for s in c.segments]
+            + [(op_grid_class(o), s.plan.to_plan()) for o in policy.ops for s in o.segments])
 
 
 def warmup(policy: Policy, processes: int) -> tuple[int, float]:
@@ -36,19 +44,34 @@ def verify(
     ``stale`` when the default is measurably faster (bootstrap interval of the ratio above 1)."""
     rows = []
     n = len(tokens)  # class i takes T = tokens[(i + j) % n] in pass j: the first pass covers every class
-    points = [(c, tokens[(i + j) % n]) for j in range(n) for i, c in enumerate(policy.classes)][:max_points]
+    points: list[tuple[GridClass | OpGridClass, int]] = [
+        (grid_class(c.key), tokens[(i + j) % n]) for j in range(n) for i, c in enumerate(policy.classes)]
+    for o in policy.ops:  # each op class at the first, middle and last size it was measured at
+        g = op_grid_class(o)
+        points += [(g, r) for r in dict.fromkeys((g.rows[0], g.rows[len(g.rows) // 2], g.rows[-1]))]
+    points = points[:max_points] if not policy.ops else _interleave(points, max_points)
     device = "cuda" if real else "cpu"
     dispatcher = Dispatcher(policy)
-    for c, t in points:
-        w = c.workload(t)
-        plan = dispatcher.lookup(w)
-        default = default_plan(w)
-        case = build_case(grid_class(c.key), t, device, with_ref=False)
+    for g, t in points:
+        w = g.workload(t)
+        if isinstance(g, OpGridClass):
+            plan, default = dispatcher.lookup_op(w), op_default_plan(w)  # type: ignore[arg-type]
+        else:
+            plan, default = dispatcher.lookup(w), default_plan(w)  # type: ignore[arg-type]
+        case = build_case(g, t, device, with_ref=False)
         plans = [plan] if plan == default else [plan, default]
         samples, flag = time_plans(case, plans, real, rounds=3, reps=8)
         policy_us = statistics.median(samples[0])
         default_us = statistics.median(samples[-1])
         lo, _ = ratio_interval(samples[0], samples[-1]) if len(plans) == 2 else (1.0, 1.0)
-        rows.append({"class": list(c.key), "T": t, "plan": str(plan), "policy_us": policy_us,
+        rows.append({"class": list(w.key), "T": t, "plan": str(plan), "policy_us": policy_us,
                      "default_us": default_us, "stale": real and lo > 1.0, "flag": flag})
     return rows
+
+
+def _interleave(points: list, max_points: int) -> list:
+    """At most ``max_points``, decode classes and op classes both represented (half each at most)."""
+    ops = [p for p in points if isinstance(p[0], OpGridClass)]
+    decode = [p for p in points if not isinstance(p[0], OpGridClass)]
+    n_ops = min(len(ops), max(1, max_points // 2))
+    return decode[: max_points - n_ops] + ops[:n_ops]
