@@ -87,9 +87,11 @@ def test_the_tuner_check_fails_a_plan_that_writes_nothing(op: str, device: str, 
     w = (OpWorkload.make("compress", 3, ratio=4, head_dim=128, mode="decode") if op == "compress"
          else OpWorkload.make("qk_norm", 2, h_q=4, h_k=1, head_dim_q=128, head_dim_k=128))
     case = op_cases.build_op_case(w, device, seed=3)
-    assert case.check_fn(op_default_plan(w)) is None
+    problem, err = case.check_fn(op_default_plan(w))
+    assert problem is None and err is not None and err < 0.1
     monkeypatch.setattr(op_cases, "run_compress" if op == "compress" else "run_qk_norm", lambda *a, **k: None)
-    assert case.check_fn(op_default_plan(w)) is not None
+    problem, err = case.check_fn(op_default_plan(w))
+    assert problem is not None and err > 0.1
 
 
 def test_op_registry_names_real_runners() -> None:

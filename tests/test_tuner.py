@@ -173,6 +173,8 @@ def test_sweep_runs_coarse_refine_final_and_resumes_each(tmp_path: Path) -> None
     sweep_id = sweep_mod.run_sweep(store, grid, detect())
     stages = {r["stage"] for r in store.measurements(sweep_id)}
     assert stages == {"coarse", "refine", "final"}
+    checked = [r for r in store.measurements(sweep_id) if r["stage"] != "final"]
+    assert all(r["max_error"] is not None and r["max_error"] < 2e-2 for r in checked), "error vs reference kept"
     refine = store.measurements(sweep_id, "refine")
     coarse_best = min((r for r in store.measurements(sweep_id, "coarse") if r["status"] == "ok"),
                       key=lambda r: r["median_us"])

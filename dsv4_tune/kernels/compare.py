@@ -42,15 +42,16 @@ def mismatch(
 
 
 def max_abs_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """Largest absolute difference over elements where the reference is finite (inf if NaN)."""
-    a = actual.detach().to("cpu", torch.float64)
-    e = expected.detach().to("cpu", torch.float64)
+    """Largest absolute difference over elements where the reference is finite; inf if ``actual``
+    has a NaN there.  Computed where the tensors are; one number comes back."""
+    dtype = torch.float64 if actual.device.type == "cpu" else torch.float32
+    a = actual.detach().to(dtype)
+    e = expected.detach().to(device=a.device, dtype=dtype)
     finite = torch.isfinite(e)
-    if bool(torch.isnan(a).any()):
-        return float("inf")
     if not bool(finite.any()):
         return 0.0
-    return float((a - e).abs()[finite].max())
+    err = (a - e).abs()[finite]
+    return float("inf") if bool(torch.isnan(err).any()) else float(err.max())
 
 
 # FlashMLA's sparse-decode tolerances, the strictest in use: O abs 1e-3 + rel 2.01/128 and
@@ -71,7 +72,8 @@ def cos_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 def decode_mismatch(
     out: torch.Tensor, lse: torch.Tensor, ref_out: torch.Tensor, ref_lse: torch.Tensor
 ) -> str | None:
-    """None when a sparse-decode result meets the tolerances above, else what failed and where."""
+    """None when a sparse-decode result meets the tolerances above, else what failed and where
+    (the largest error of ``out`` is :func:`max_abs_error`)."""
     problems = []
     if (m := mismatch(out, ref_out, atol=O_ATOL, rtol=O_RTOL)) is not None:
         problems.append(f"out: {m}")
@@ -113,3 +115,14 @@ def compressed_mismatch(got: torch.Tensor, ref: torch.Tensor, slots: torch.Tenso
     if (m := mismatch(got[slots], ref[slots].float(), atol=tol[0], rtol=tol[1])) is not None:
         return f"rows: {m}"
     return None
+
+
+def compressed_max_error(got: torch.Tensor, ref: torch.Tensor, slots: torch.Tensor, fp8: str = "e4m3fn") -> float:
+    """Largest absolute difference of the written rows (dequantized for a pool)."""
+    from dsv4_tune.kernels import kv_layout as L
+
+    if slots.numel() == 0:
+        return 0.0
+    if got.dtype == torch.uint8:
+        return max_abs_error(L.read_tokens(got, slots, fp8), L.read_tokens(ref, slots, fp8))
+    return max_abs_error(got[slots], ref[slots])

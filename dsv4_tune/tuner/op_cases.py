@@ -24,7 +24,7 @@ from functools import lru_cache
 import torch
 
 from dsv4_tune.kernels import kv_layout as L
-from dsv4_tune.kernels.compare import compressed_mismatch, mismatch
+from dsv4_tune.kernels.compare import compressed_max_error, compressed_mismatch, max_abs_error, mismatch
 from dsv4_tune.kernels.compressor_space import window
 from dsv4_tune.workload import OpWorkload, Plan
 
@@ -115,7 +115,7 @@ def run_compress(x: CompressInputs, plan: Plan) -> None:
 
 
 @lru_cache(maxsize=64)
-def _compress_check(params: tuple, rows: int, device: str) -> Callable[[Plan], str | None]:
+def _compress_check(params: tuple, rows: int, device: str) -> Callable[[Plan], tuple[str | None, float]]:
     from dsv4_tune.kernels.reference import compress_decode_ref, compress_prefill_ref
 
     x = make_compress_inputs(dict(params), rows, device, seed=rows)
@@ -127,13 +127,14 @@ def _compress_check(params: tuple, rows: int, device: str) -> Callable[[Plan], s
     ref_fn(*ref_args, **{k: v for k, v in x.kw.items() if k != "max_new_tokens"}, fp8="e4m3fn")
     state0 = x.state.clone()
 
-    def check(plan: Plan) -> str | None:
+    def check(plan: Plan) -> tuple[str | None, float]:
         x.state.copy_(state0)
         _poison(x.dest, x.slots)
         run_compress(x, plan)
+        err = compressed_max_error(x.dest, ref_dest, x.slots)
         if not torch.equal(x.state.view(torch.int32), ref_state.view(torch.int32)):
-            return "ring state differs from the reference's"
-        return compressed_mismatch(x.dest, ref_dest, x.slots)
+            return "ring state differs from the reference's", err
+        return compressed_mismatch(x.dest, ref_dest, x.slots), err
 
     return check
 
@@ -185,32 +186,34 @@ def run_qk_norm(x: QkInputs, plan: Plan, out: tuple[torch.Tensor, torch.Tensor] 
 
 
 @lru_cache(maxsize=64)
-def _qk_check(params: tuple, rows: int, device: str) -> Callable[[Plan], str | None]:
+def _qk_check(params: tuple, rows: int, device: str) -> Callable[[Plan], tuple[str | None, float]]:
     from dsv4_tune.kernels.reference import qk_norm_ref
 
     x = make_qk_inputs(dict(params), rows, device, seed=rows)
     ref_q, ref_k = qk_norm_ref(x.q, x.k, x.wq, x.wk)
     out = (torch.empty_like(x.q), torch.empty_like(x.k))
 
-    def check(plan: Plan) -> str | None:
+    def check(plan: Plan) -> tuple[str | None, float]:
         out[0].fill_(float("nan"))
         out[1].fill_(float("nan"))
         run_qk_norm(x, plan, out)
+        err = max(max_abs_error(out[0], ref_q), max_abs_error(out[1], ref_k))
         for name, got, ref in (("q", out[0], ref_q), ("k", out[1], ref_k)):
             if (m := mismatch(got.float(), ref.bfloat16().float(), atol=1e-6, rtol=2**-7)) is not None:
-                return f"{name}: {m}"
-        return None
+                return f"{name}: {m}", err
+        return None, err
 
     return check
 
 
 @dataclass
 class OpCase:
-    """One op grid point: timed inputs, and a check of a plan against the reference."""
+    """One op grid point: timed inputs, and a check of a plan against the reference (the problem,
+    or None, and the largest absolute error)."""
 
     w: OpWorkload
     run_fn: Callable[[Plan], None]
-    check_fn: Callable[[Plan], str | None]
+    check_fn: Callable[[Plan], tuple[str | None, float | None]]
 
     def callable(self, plan: Plan) -> Callable[[], None]:
         return lambda: self.run_fn(plan)
@@ -230,5 +233,5 @@ def build_op_case(w: OpWorkload, device: str, seed: int = 0, with_ref: bool = Tr
     raise ValueError(f"op: unknown {w.op!r}")
 
 
-def _no_check(plan: Plan) -> str | None:
-    return None
+def _no_check(plan: Plan) -> tuple[str | None, float | None]:
+    return None, None

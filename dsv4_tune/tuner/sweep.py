@@ -22,7 +22,7 @@ import torch
 
 from dsv4_tune.cache.store import Store, stable_hash
 from dsv4_tune.decode import sparse_decode
-from dsv4_tune.kernels.compare import decode_mismatch
+from dsv4_tune.kernels.compare import decode_mismatch, max_abs_error
 from dsv4_tune.kernels.ops import op_arch_problems, op_plan_problems
 from dsv4_tune.kernels.reference import sparse_decode_ref
 from dsv4_tune.kernels.variants import plan_problems
@@ -98,14 +98,15 @@ def _status_of(err: BaseException) -> str:
     return "launch_error"
 
 
-def check(case: Case | OpCase, plan: Plan) -> tuple[str, str | None]:
-    """Run ``plan`` once on poisoned outputs and workspace; ('ok', None) or (status, error)."""
+def check(case: Case | OpCase, plan: Plan) -> tuple[str, str | None, float | None]:
+    """Run ``plan`` once on poisoned outputs and workspace; (status, error or None, largest
+    absolute error vs the reference or None when it did not run)."""
     if isinstance(case, OpCase):
         try:
-            problem = case.check_fn(plan)
+            problem, max_err = case.check_fn(plan)
         except Exception as err:  # every failure is a stored row, never a crash of the sweep
-            return _status_of(err), f"{type(err).__name__}: {err}"[:2000]
-        return ("ok", None) if problem is None else ("mismatch", problem[:2000])
+            return _status_of(err), f"{type(err).__name__}: {err}"[:2000], None
+        return ("ok", None, max_err) if problem is None else ("mismatch", problem[:2000], max_err)
     ws = Workspace()
     out = (torch.full(case.ref[0].shape, float("nan"), dtype=torch.bfloat16, device=case.q.device),
            torch.full(case.ref[1].shape, float("nan"), device=case.q.device))
@@ -116,9 +117,10 @@ def check(case: Case | OpCase, plan: Plan) -> tuple[str, str | None]:
         out[1].fill_(float("nan"))
         case.run(plan, ws, out)
         problem = decode_mismatch(out[0], out[1], *case.ref)
+        max_err = max_abs_error(out[0], case.ref[0])
     except Exception as err:  # every failure is a stored row, never a crash of the sweep
-        return _status_of(err), f"{type(err).__name__}: {err}"[:2000]
-    return ("ok", None) if problem is None else ("mismatch", problem[:2000])
+        return _status_of(err), f"{type(err).__name__}: {err}"[:2000], None
+    return ("ok", None, max_err) if problem is None else ("mismatch", problem[:2000], max_err)
 
 
 def _callable(case: Case | OpCase, plan: Plan) -> Callable[[], None]:
@@ -279,20 +281,23 @@ def _stage(
         if not plans:
             continue
         case = build_case(cls, t, device, seed=n)
-        passed_before = {r["plan"] for r in store.measurements(sweep_id) if r["workload"] == key
+        passed_before = {r["plan"]: r["max_error"] for r in store.measurements(sweep_id) if r["workload"] == key
                          and r["status"] == "ok" and r["stage"] != stage}
-        passing = []
+        passing, errors = [], {}
         for plan in plans:
-            status, error = ("ok", None) if str(plan) in passed_before else check(case, plan)
+            if str(plan) in passed_before:
+                status, error, errors[plan] = "ok", None, passed_before[str(plan)]
+            else:
+                status, error, errors[plan] = check(case, plan)
             if status != "ok":
-                store.add_measurement(_row(sweep_id, key, stage, plan, status, error))
+                store.add_measurement({**_row(sweep_id, key, stage, plan, status, error), "max_error": errors[plan]})
             else:
                 passing.append(plan)
         if passing:
             samples, flag = time_plans(case, passing, gpu.is_real, rounds, reps)
             for plan, s in zip(passing, samples, strict=True):
                 store.add_measurement({**_row(sweep_id, key, stage, plan, "ok", None), **summarize(s),
-                                       "rounds": rounds, "flagged": flag})
+                                       "rounds": rounds, "flagged": flag, "max_error": errors[plan]})
         del case
 
 
