@@ -74,3 +74,17 @@ def test_replay_steps_aside_for_misaligned_inputs(device, gen) -> None:
     ref = sparse_decode_ref(q, case.main.kv_cache, case.main.indices, fp8="e4m3fn", out_dtype=torch.float32,
                             **case.kw)
     check_against_reference("misaligned q", out, lse, *ref)
+
+
+def test_workspace_forgets_replays_with_its_buffers() -> None:
+    from dsv4_tune.kernels.workspace import Workspace
+
+    ws = Workspace()
+    ws.get("part_o", (2, 3), torch.float32, torch.device("cpu"))
+    ws.remember(("k",), "replay")
+    assert ws.replays == {("k",): "replay"}
+    ws.clear()
+    assert ws.replays == {} and ws.buffers() == []
+    for i in range(Workspace.MAX_REPLAYS + 1):
+        ws.remember((i,), None)
+    assert len(ws.replays) == 1, "the cache starts over instead of growing without bound"
