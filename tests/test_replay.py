@@ -88,3 +88,15 @@ def test_workspace_forgets_replays_with_its_buffers() -> None:
     for i in range(Workspace.MAX_REPLAYS + 1):
         ws.remember((i,), None)
     assert len(ws.replays) == 1, "the cache starts over instead of growing without bound"
+
+
+def test_a_recording_sees_only_its_own_thread() -> None:
+    import threading
+
+    seen: list[object] = []
+    with Recording() as rec:
+        t = threading.Thread(target=lambda: seen.append(Recording.current()))
+        t.start()
+        t.join()
+        assert Recording.current() is rec
+    assert seen == [None] and Recording.current() is None

@@ -18,6 +18,7 @@ the interpreter both simply call the kernel.
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -55,20 +56,26 @@ class RecordedLaunch:
 
 
 class Recording:
-    """Collects the launches made while it is active (see :func:`recording`)."""
+    """Collects the launches this thread makes while it is active (a ``with`` block).
 
-    active: Recording | None = None
+    Thread-local: launches of another thread during the block are not this call's."""
+
+    _local = threading.local()
 
     def __init__(self) -> None:
         self.launches: list[RecordedLaunch] = []
         self.complete = True  # False when a launch compiled (not yet replayable) or ran interpreted
 
+    @classmethod
+    def current(cls) -> Recording | None:
+        return getattr(cls._local, "active", None)
+
     def __enter__(self) -> Recording:
-        Recording.active = self
+        Recording._local.active = self
         return self
 
     def __exit__(self, *exc: object) -> None:
-        Recording.active = None
+        Recording._local.active = None
 
 
 class Launcher:
@@ -83,7 +90,7 @@ class Launcher:
         self.fast_launches = 0
 
     def __call__(self, grid: tuple[int, int, int], *args: object, num_warps: int, num_stages: int) -> None:
-        rec = Recording.active
+        rec = Recording.current()
         if interpreting():
             if rec is not None:
                 rec.complete = False
