@@ -91,15 +91,19 @@ def sparse_decode(
     inputs = [q, k_cache, indices, topk_length, extra_k_cache, extra_indices, extra_topk_length, attn_sink]
     ws = workspace or DEFAULT_WORKSPACE
     key = None
+    sm_scale = float(sm_scale)
     if _REPLAY and not validate:
         key = (plan or get_dispatcher(), fp8, sm_scale,
                *[None if t is None else (t.shape, t.stride(), t.dtype, t.device) for t in (*inputs, *(out or ()))])
-        replay = ws.replays.get(key)
+        try:
+            replay = ws.replays.get(key)
+        except TypeError:  # an unhashable plan (built without Plan.make): the checked path reports it
+            replay = key = None
         if replay is not None:
             o, lse = out or _outputs(None, q.shape[0], q.shape[1], q.shape[2], q.device)
             ptrs = [0 if t is None else t.data_ptr() for t in inputs]
             ptrs += (o.data_ptr(), lse.data_ptr())
-            if not _misaligned(ptrs) and not hooks_active():
+            if not _misaligned(ptrs) and not hooks_active() and replay.fits(ptrs):  # type: ignore[attr-defined]
                 replay(ptrs)  # type: ignore[operator]
                 return o, lse
             key = None  # an odd call: take the checked path, remember nothing
@@ -134,7 +138,7 @@ def sparse_decode(
     o, lse = _outputs(out, b, s_q, h_q, q.device)
     if b * s_q == 0:
         return o, lse
-    x = DecodeInputs(q, (k_cache, indices, topk_length), extra, attn_sink, float(sm_scale), fp8)
+    x = DecodeInputs(q, (k_cache, indices, topk_length), extra, attn_sink, sm_scale, fp8)
     launch = get_variant(plan.variant).launch()
     if key is None or key in ws.replays or hooks_active() or _misaligned(
             [t.data_ptr() for t in (*inputs, o, lse) if t is not None]):

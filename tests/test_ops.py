@@ -97,3 +97,12 @@ def test_the_tuner_check_fails_a_plan_that_writes_nothing(op: str, device: str, 
 def test_op_registry_names_real_runners() -> None:
     for spec in OPS.values():
         assert callable(spec.run())
+
+
+def test_qk_norm_default_is_valid_for_any_head_dims_that_have_a_config() -> None:
+    from dsv4_tune.kernels.compressor_space import qk_norm_default, qk_norm_problems, qk_norm_space
+
+    for dq in (4, 8, 64, 100, 128, 192, 512):
+        for dk in (4, 8, 128, 512):
+            if qk_norm_space(dq, dk):
+                assert not qk_norm_problems(dq, dk, qk_norm_default(dq, dk)), (dq, dk)

@@ -30,6 +30,16 @@ def test_replay_patches_inputs_and_keeps_scratch() -> None:
     assert replay.launches[0][2][1] == scratch[4:].data_ptr()  # the scratch address stays recorded
 
 
+def test_replay_of_aliased_inputs_fits_only_aliased_calls() -> None:
+    """Recorded with one object in two argument positions (say topk_length is extra_topk_length), a
+    slot cannot tell which position it came from: the replay fits only calls with that aliasing."""
+    a, b = torch.zeros(8), torch.zeros(8)
+    replay = Replay.build(_recording([a, b]), [a, b, a], [])
+    assert replay is not None and replay.aliases == ((0, 2),)
+    assert replay.fits([100, 200, 100]) and not replay.fits([100, 200, 300])
+    assert Replay.build(_recording([a, b]), [a, b], []).fits([1, 2])  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize("derived", ["view", "copy"])
 def test_replay_refuses_tensors_it_cannot_track(derived: str) -> None:
     """A view of an input (its address moves with the input) or a fresh copy (not scratch) in a

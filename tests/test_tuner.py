@@ -213,3 +213,24 @@ def test_export_and_verify_cover_op_classes(tmp_path: Path) -> None:
     assert any(type(g).__name__ == "OpGridClass" for g, _ in policy_plans(policy))
     rows = verify(policy, real=False, max_points=4)
     assert any(r["class"][0] == "qk_norm" for r in rows) and not any(r["stale"] for r in rows)
+
+
+def test_resume_reopens_the_final_stage_when_new_candidates_appear(tmp_path: Path, monkeypatch) -> None:
+    store = Store(tmp_path / "s.db")
+    grid = Grid((GridClass(16, 64, 0, True, 64, 64),), (1,))
+    sweep_id = sweep_mod.run_sweep(store, grid, detect())
+    store.db.execute("delete from measurements where stage = 'final'")
+    base = sweep_mod.coarse_candidates
+    extra = Plan.make("fused", BLOCK_H=16, BLOCK_N=16, num_warps=8, num_stages=1)
+    monkeypatch.setattr(sweep_mod, "coarse_candidates", lambda w, arch=None, limit=None: [*base(w, arch, limit), extra])
+    assert sweep_mod.run_sweep(store, grid, detect()) == sweep_id
+    assert str(extra) in {r["plan"] for r in store.measurements(sweep_id, "coarse")}
+    assert store.measurements(sweep_id, "final"), "the new candidate re-opened the final stage"
+
+
+def test_verify_keeps_the_policy_class_flags() -> None:
+    from dsv4_tune.tuner.verify import grid_class
+
+    for key in ((64, 128, 512, True, False, False), (128, 128, 0, False, False, True), (64, 128, 64, True, True, True)):
+        assert grid_class(key).workload(4).key == key
+    assert "has_sink" not in GridClass(64).to_json(), "default grids keep their hash"

@@ -189,4 +189,9 @@ def qk_norm_default(head_dim_q: int, head_dim_k: int) -> dict[str, int]:
     cfg = {"ROWS": rows, "num_warps": warps}
     while qk_norm_problems(head_dim_q, head_dim_k, cfg) and cfg["num_warps"] > 1:
         cfg["num_warps"] //= 2
+    if qk_norm_problems(head_dim_q, head_dim_k, cfg):  # tiny heads: the valid config nearest in shape
+        space = qk_norm_space(head_dim_q, head_dim_k)
+        if not space:
+            raise ValueError(f"head_dim_q={head_dim_q}, head_dim_k={head_dim_k}: no valid Q/K-norm config")
+        cfg = min(space, key=lambda c: (abs(c["ROWS"] - rows), c["num_warps"]))
     return cfg

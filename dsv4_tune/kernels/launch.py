@@ -87,6 +87,7 @@ class Launcher:
         self._const = [i for i, p in enumerate(params) if "constexpr" in str(p.annotation)]
         self._compiled: dict[tuple, object] = {}
         self._tensors: list[int] | None = None  # positions of the tensor arguments (fixed per kernel)
+        self._ints: list[int] = []  # positions of the int scalar arguments
         self.fast_launches = 0
 
     def __call__(self, grid: tuple[int, int, int], *args: object, num_warps: int, num_stages: int) -> None:
@@ -98,13 +99,17 @@ class Launcher:
             return
         if self._tensors is None:
             self._tensors = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+            self._ints = [i for i, a in enumerate(args) if type(a) is int and i not in self._const]
         call = list(args)
         misaligned = 0
         for i in self._tensors:
             ptr = call[i] = args[i].data_ptr()  # type: ignore[attr-defined]
             misaligned = (misaligned << 1) | (ptr % 16 != 0)
+        wide = 0  # Triton types an unspecialized int i32 or i64 by its value: the width is part of the binary
+        for i in self._ints:
+            wide = (wide << 1) | (not -0x80000000 <= args[i] < 0x80000000)  # type: ignore[operator]
         device = args[self._tensors[0]].device.index  # type: ignore[attr-defined]
-        key = (*[args[i] for i in self._const], num_warps, num_stages, device, misaligned)
+        key = (*[args[i] for i in self._const], num_warps, num_stages, device, misaligned, wide)
         compiled = self._compiled.get(key)
         if compiled is None:
             self._compiled[key] = self.fn[grid](*args, num_warps=num_warps, num_stages=num_stages)
@@ -141,10 +146,18 @@ class Replay:
     :meth:`build` returns None and the caller stays on the checked path.
     """
 
-    def __init__(self, device: int, launches: list, keep: list[torch.Tensor]) -> None:
+    def __init__(
+        self, device: int, launches: list, keep: list[torch.Tensor], aliases: tuple[tuple[int, int], ...] = ()
+    ) -> None:
         self.device = device
         self.launches = launches  # (compiled, grid, argument template, [(slot, input index)])
+        self.aliases = aliases  # input positions that held one object when recorded
         self._keep = keep
+
+    def fits(self, ptrs: Sequence[int]) -> bool:
+        """Whether inputs that were one object when recorded are one tensor now (same address):
+        a slot patched from either would otherwise read the wrong one."""
+        return all(ptrs[a] == ptrs[b] for a, b in self.aliases)
 
     @classmethod
     def build(
@@ -152,7 +165,13 @@ class Replay:
     ) -> Replay | None:
         if not rec.launches:
             return None
-        by_id = {id(t): j for j, t in enumerate(inputs) if t is not None}
+        by_id: dict[int, int] = {}
+        aliases = []
+        for j, t in enumerate(inputs):
+            if t is not None:
+                if id(t) in by_id:
+                    aliases.append((by_id[id(t)], j))
+                by_id[id(t)] = j
         scratch_storage = {t.untyped_storage().data_ptr(): t for t in scratch}
         launches, keep = [], []
         for r in rec.launches:
@@ -167,7 +186,7 @@ class Replay:
                     return None
                 keep.append(base)
             launches.append((r.compiled, r.grid, r.args, patch))
-        return cls(rec.launches[0].tensors[0].device.index, launches, keep)  # type: ignore[attr-defined]
+        return cls(rec.launches[0].tensors[0].device.index, launches, keep, tuple(aliases))  # type: ignore[attr-defined]
 
     def __call__(self, ptrs: Sequence[int]) -> None:
         """Launch everything again with the inputs' addresses ``ptrs``."""

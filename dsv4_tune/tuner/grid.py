@@ -39,7 +39,10 @@ REFINE_SEEDS = 2  # best coarse plans per workload whose neighbourhoods the refi
 
 @dataclass(frozen=True)
 class GridClass:
-    """A workload class and the pool geometry its inputs are built with."""
+    """A workload class and the pool geometry its inputs are built with.
+
+    ``extra_length`` (None: as ``with_length``) and ``has_sink`` exist for classes of hand-written
+    policies (verify, warmup); the default grid leaves them at their defaults."""
 
     h_q: int
     topk_main: int = 128
@@ -47,10 +50,20 @@ class GridClass:
     with_length: bool = True
     page_main: int = 128
     page_extra: int = 64
+    extra_length: bool | None = None
+    has_sink: bool = True
 
     def workload(self, total_tokens: int) -> Workload:
+        x_len = self.with_length if self.extra_length is None else self.extra_length
         return Workload(total_tokens, self.h_q, self.topk_main, self.topk_extra,
-                        self.with_length, self.with_length and self.topk_extra > 0, True)
+                        self.with_length, x_len and self.topk_extra > 0, self.has_sink)
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        for name, default in (("extra_length", None), ("has_sink", True)):  # absent at their defaults:
+            if data[name] == default:  # grids written before they existed keep their hash
+                del data[name]
+        return data
 
 
 @dataclass(frozen=True)
@@ -85,7 +98,7 @@ class Grid:
         return [(c, t) for c in self.classes for t in self.tokens] + [(o, r) for o in self.ops for r in o.rows]
 
     def to_json(self) -> dict:
-        data: dict = {"classes": [asdict(c) for c in self.classes], "tokens": list(self.tokens)}
+        data: dict = {"classes": [c.to_json() for c in self.classes], "tokens": list(self.tokens)}
         if self.ops:  # absent when empty: grids written before ops existed keep their hash
             data["ops"] = [o.to_json() for o in self.ops]
         return data

@@ -51,7 +51,12 @@ class CompressInputs:
         return self.args[1] if self.mode == "decode" else self.args[3]
 
 
-def make_compress_inputs(params: dict, rows: int, device: str, seed: int = 0) -> CompressInputs:
+def make_compress_inputs(
+    params: dict, rows: int, device: str, seed: int = 0, chunk: int = PREFILL_CHUNK, boundary_every: int = 0
+) -> CompressInputs:
+    """Inputs of one compressor call: ``rows`` requests (decode) or new tokens in requests of at most
+    ``chunk`` (prefill); ``boundary_every`` > 0 also puts every such request of a decode batch at a
+    block boundary (checks: many compressing rows whatever the ratio)."""
     ratio, dim, mode = params["ratio"], params["head_dim"], params["mode"]
     gen = torch.Generator().manual_seed(seed)
     k, coff = window(ratio), 2 if ratio == 4 else 1
@@ -69,7 +74,8 @@ def make_compress_inputs(params: dict, rows: int, device: str, seed: int = 0) ->
     if mode == "decode":
         bs = rows
         seq = torch.randint(1, 60000, (bs,), generator=gen, dtype=torch.int32)
-        seq[0] = (int(seq[0]) // ratio + 1) * ratio  # at least one request compresses
+        forced = torch.arange(0, bs, boundary_every) if boundary_every else torch.zeros(1, dtype=torch.long)
+        seq[forced] = (seq[forced] // ratio + 1) * ratio  # at least one request compresses
         boundary = (seq % ratio == 0).nonzero().flatten()
         state = kv_rows(bs * ring)
         out_loc = torch.full((bs,), -1, dtype=torch.int32)
@@ -78,7 +84,7 @@ def make_compress_inputs(params: dict, rows: int, device: str, seed: int = 0) ->
         args = (kv_rows(bs), state, torch.arange(bs, dtype=torch.int32) * ring, seq, ape, norm_w, freqs, out_loc)
         slots = out_loc[boundary]
     else:
-        n_req = max(1, -(-rows // PREFILL_CHUNK))
+        n_req = max(1, -(-rows // chunk))
         new = torch.full((n_req,), rows // n_req, dtype=torch.int32)
         new[: rows % n_req] += 1
         prefix = torch.randint(0, 3000, (n_req,), generator=gen, dtype=torch.int32)
@@ -118,7 +124,9 @@ def run_compress(x: CompressInputs, plan: Plan) -> None:
 def _compress_check(params: tuple, rows: int, device: str) -> Callable[[Plan], tuple[str | None, float]]:
     from dsv4_tune.kernels.reference import compress_decode_ref, compress_prefill_ref
 
-    x = make_compress_inputs(dict(params), rows, device, seed=rows)
+    # Requests of at most 256 new tokens and every third decode request at a boundary: the check
+    # covers several requests (program ids, cu_seqlens, ring bases) at any size.
+    x = make_compress_inputs(dict(params), rows, device, seed=rows, chunk=256, boundary_every=3)
     ref_state, ref_dest = x.state.clone(), _clone_dest(x.dest)
     ref_fn = compress_decode_ref if x.mode == "decode" else compress_prefill_ref
     i_state = 1 if x.mode == "decode" else 3

@@ -71,14 +71,15 @@ def build_case(
     if isinstance(cls, OpGridClass):
         return build_op_case(cls.workload(t), device, seed, with_ref)
     gen = torch.Generator().manual_seed(seed)
-    length = "random" if cls.with_length else None
+    w = cls.workload(t)
+    length, x_length = ("random" if w.has_len_main else None), ("random" if w.has_len_extra else None)
     main = make_scope(t, 1, cls.topk_main, cls.page_main, fp8="e4m3fn", device=device, topk_length=length, gen=gen)
     extra = None
     if cls.topk_extra:
-        extra = make_scope(t, 1, cls.topk_extra, cls.page_extra, fp8="e4m3fn", device=device, topk_length=length,
+        extra = make_scope(t, 1, cls.topk_extra, cls.page_extra, fp8="e4m3fn", device=device, topk_length=x_length,
                            gen=gen)
     q = make_query(t, 1, cls.h_q, device=device, gen=gen)
-    sink = make_sink(cls.h_q, kind="finite", device=device, gen=gen)
+    sink = make_sink(cls.h_q, kind="finite", device=device, gen=gen) if cls.has_sink else None
     kw = dict(topk_length=main.topk_length, extra_k_cache=extra.kv_cache if extra else None,
               extra_indices=extra.indices if extra else None, extra_topk_length=extra.topk_length if extra else None,
               attn_sink=sink, sm_scale=512**-0.5)
@@ -229,18 +230,18 @@ def run_sweep(
         return [p for p in plans if not plan_problems(w, p, arch, unfit)]
 
     limit = None if gpu.is_real else 2  # the interpreter's sweep proves the stages, it measures nothing
-    _stage(store, sweep_id, STAGE_COARSE, points, device, gpu, jobs, rounds, reps, progress,
-           lambda n, w: valid(w, coarse_candidates(w, arch, limit)))
+    changed = _stage(store, sweep_id, STAGE_COARSE, points, device, gpu, jobs, rounds, reps, progress,
+                     lambda n, w: valid(w, coarse_candidates(w, arch, limit)))
 
     def refine(n: int, w: Workload | OpWorkload) -> list[Plan]:
         seeds = _ranked(store.measurements(sweep_id, STAGE_COARSE), workload_key(w))[:REFINE_SEEDS]
         return valid(w, refine_candidates(w, seeds, arch, limit)) if seeds else []
 
-    _stage(store, sweep_id, STAGE_REFINE, points, device, gpu, jobs, rounds, reps, progress, refine)
+    changed |= _stage(store, sweep_id, STAGE_REFINE, points, device, gpu, jobs, rounds, reps, progress, refine)
     for n, (cls, t) in enumerate(points):
         key = workload_key(cls.workload(t))
         progress(f"{STAGE_FINAL} {key}")
-        if not store.has_winner(sweep_id, key):
+        if key in changed or not store.has_winner(sweep_id, key):  # new candidates re-open the final
             _final(store, sweep_id, key, lambda cls=cls, t=t, n=n: build_case(cls, t, device, seed=n),
                    gpu.is_real, rounds, reps)
     store.finish_sweep(sweep_id)
@@ -263,10 +264,10 @@ def _stage(
     store: Store, sweep_id: str, stage: str, points: list[GridPoint], device: str, gpu: GpuInfo,
     jobs: int, rounds: int, reps: int, progress: _Progress,
     candidates: Callable[[int, Workload | OpWorkload], list[Plan]],
-) -> None:
+) -> set[str]:
     """One search stage over the grid: compile what it needs, then check and time, workload by
     workload, skipping what the store already holds.  A plan that passed its check on the same
-    inputs in an earlier stage is not checked again."""
+    inputs in an earlier stage is not checked again.  Returns the workloads that got new rows."""
     done = store.measured(sweep_id, stage)
     todo = []
     for n, (cls, t) in enumerate(points):
@@ -276,10 +277,12 @@ def _stage(
         todo.append((n, cls, t, key, plans))
     if gpu.is_real and jobs > 1:
         compile_plans([(cls, p) for _, cls, _, _, plans in todo for p in plans], jobs)
+    changed = set()
     for n, cls, t, key, plans in todo:
         progress(f"{stage} {key}")
         if not plans:
             continue
+        changed.add(key)
         case = build_case(cls, t, device, seed=n)
         passed_before = {r["plan"]: r["max_error"] for r in store.measurements(sweep_id) if r["workload"] == key
                          and r["status"] == "ok" and r["stage"] != stage}
@@ -299,6 +302,7 @@ def _stage(
                 store.add_measurement({**_row(sweep_id, key, stage, plan, "ok", None), **summarize(s),
                                        "rounds": rounds, "flagged": flag, "max_error": errors[plan]})
         del case
+    return changed
 
 
 def _ranked(rows: list[dict], key: str) -> list[Plan]:

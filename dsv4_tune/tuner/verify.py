@@ -16,9 +16,9 @@ from dsv4_tune.workload import Plan
 
 
 def grid_class(key: tuple) -> GridClass:
-    """Pool geometry for a policy class: SWA pages of 128 tokens, C4 pages of 64."""
-    h, tm, tx, len_main, _len_extra, _sink = key
-    return GridClass(h, tm, tx, len_main, 128, 64)
+    """Pool geometry for a policy class (SWA pages of 128 tokens, C4 pages of 64), its flags kept."""
+    h, tm, tx, len_main, len_extra, sink = key
+    return GridClass(h, tm, tx, len_main, 128, 64, extra_length=len_extra, has_sink=sink)
 
 
 def op_grid_class(o: OpClass) -> OpGridClass:
@@ -70,8 +70,14 @@ def verify(
 
 
 def _interleave(points: list, max_points: int) -> list:
-    """At most ``max_points``, decode classes and op classes both represented (half each at most)."""
+    """At most ``max_points``: decode points first (up to half), then op points taken round-robin
+    over the op classes, so that every op class is sampled before any is sampled twice."""
     ops = [p for p in points if isinstance(p[0], OpGridClass)]
     decode = [p for p in points if not isinstance(p[0], OpGridClass)]
-    n_ops = min(len(ops), max(1, max_points // 2))
-    return decode[: max_points - n_ops] + ops[:n_ops]
+    by_class: dict[OpGridClass, list] = {}
+    for p in ops:
+        by_class.setdefault(p[0], []).append(p)
+    rounds = [p for i in range(max((len(v) for v in by_class.values()), default=0))
+              for v in by_class.values() if i < len(v) for p in [v[i]]]
+    n_ops = min(len(rounds), max(1, max_points // 2))
+    return decode[: max_points - n_ops] + rounds[:n_ops]
