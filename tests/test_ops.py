@@ -106,3 +106,15 @@ def test_qk_norm_default_is_valid_for_any_head_dims_that_have_a_config() -> None
         for dk in (4, 8, 128, 512):
             if qk_norm_space(dq, dk):
                 assert not qk_norm_problems(dq, dk, qk_norm_default(dq, dk)), (dq, dk)
+
+
+def test_compressor_entry_points_pick_the_same_variant_as_the_dispatcher_default() -> None:
+    from dsv4_tune.kernels.compressor import _config
+
+    for ratio in (4, 128):
+        for mode in ("decode", "prefill"):
+            w = OpWorkload.make("compress", 1, ratio=ratio, head_dim=512, mode=mode)
+            variant, cfg = _config(ratio, 512, mode, None, None)
+            assert Plan.make(variant, cfg) == op_default_plan(w)
+    split_cfg = op_space(OpWorkload.make("compress", 1, ratio=4, head_dim=512, mode="decode"))[-1]
+    assert split_cfg.variant == "split" and _config(4, 512, "decode", split_cfg.as_dict(), None)[0] == "split"

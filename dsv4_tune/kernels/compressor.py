@@ -38,6 +38,7 @@ from dsv4_tune.kernels.compressor_space import (
     VARIANTS,
     compressor_default,
     compressor_problems,
+    default_variant,
     window,
 )
 from dsv4_tune.kernels.fp8 import encode_fp8
@@ -448,15 +449,21 @@ def _check_common(
     return coff, head_dim
 
 
-def _config(ratio: int, head_dim: int, mode: str, config: dict[str, int] | None, variant: str) -> dict[str, int]:
+def _config(
+    ratio: int, head_dim: int, mode: str, config: dict[str, int] | None, variant: str | None
+) -> tuple[str, dict[str, int]]:
+    """(variant, config): ``variant=None`` follows the config's keys (BLOCK_D: split), else the
+    ratio's default variant; ``config=None`` is that variant's default."""
+    if variant is None:
+        variant = ("split" if "BLOCK_D" in config else "fused") if config is not None else default_variant(ratio)
     if variant not in VARIANTS:
         raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
     if config is None:
-        return compressor_default(ratio, head_dim, mode, variant)
+        return variant, compressor_default(ratio, head_dim, mode, variant)
     problems = compressor_problems(ratio, head_dim, mode, dict(config), variant)
     if problems:
         raise ValueError("config: " + "; ".join(problems))
-    return dict(config)
+    return variant, dict(config)
 
 
 def compress_decode(
@@ -475,7 +482,7 @@ def compress_decode(
     eps: float = 1e-6,
     fp8: Fp8Flavour = "e4m3fn",
     config: dict[str, int] | None = None,
-    variant: str = "fused",
+    variant: str | None = None,
 ) -> None:
     """One decode token per request at position ``seq_lens[b] - 1`` (``seq_lens <= 0``: padding).
 
@@ -484,6 +491,7 @@ def compress_decode(
     (the current position from ``kv_score``, earlier ones from the ring), normalises, applies RoPE
     at ``seq_lens[b] - ratio`` and stores the row at ``out_loc[b]`` of ``dest`` (an FP8 pool view
     ``[pages, P, 1, 584]`` for head_dim 512, or dense float32/bfloat16 rows ``[slots, head_dim]``).
+    ``variant``: "fused" or "split"; None follows the config's keys, else split for C128, fused for C4.
     """
     bs = kv_score.shape[0] if isinstance(kv_score, torch.Tensor) and kv_score.dim() == 2 else -1
     coff, head_dim = _check_common(kv_score, state, ring_base, ape, norm_weight, freqs, ratio, ring_size, bs)
@@ -491,7 +499,7 @@ def compress_decode(
     _check_tensor("seq_lens", seq_lens, torch.int32, (bs,), device)
     _check_tensor("out_loc", out_loc, torch.int32, (bs,), device)
     kind, dst = _dest_args(dest, head_dim, fp8, device)
-    cfg = _config(ratio, head_dim, "decode", config, variant)
+    variant, cfg = _config(ratio, head_dim, "decode", config, variant)
     if bs == 0:
         return
     head = [kv_score, kv_score.stride(0), state, state.stride(0), ring_base, seq_lens, ape]
@@ -526,7 +534,7 @@ def compress_prefill(
     eps: float = 1e-6,
     fp8: Fp8Flavour = "e4m3fn",
     config: dict[str, int] | None = None,
-    variant: str = "fused",
+    variant: str | None = None,
     max_new_tokens: int | None = None,
 ) -> None:
     """Ragged prefill: request b's new tokens are rows ``cu_seqlens[b] : cu_seqlens[b + 1]`` of
@@ -549,7 +557,7 @@ def compress_prefill(
     if not cu_seqlens.is_contiguous():
         raise ValueError("cu_seqlens: expected a contiguous tensor")
     kind, dst = _dest_args(dest, head_dim, fp8, device)
-    cfg = _config(ratio, head_dim, "prefill", config, variant)
+    variant, cfg = _config(ratio, head_dim, "prefill", config, variant)
     if max_new_tokens is not None and max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: expected >= 0, got {max_new_tokens}")
     longest = n_tok if max_new_tokens is None else min(max_new_tokens, n_tok)

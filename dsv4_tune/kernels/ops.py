@@ -84,9 +84,7 @@ OPS: dict[str, OpSpec] = {
             "fused": _compress_variant("fused", "one program per compressed row: pool, norm, RoPE, store"),
             "split": _compress_variant("split", "pooling over head_dim / BLOCK_D programs, then norm + RoPE + store"),
         },
-        # C128 pools a 128 x 1024 fp32 window per row: one program per row (fused) leaves the GPU idle
-        # below a row per SM; the split variant was 3.7x faster at every size of the H100 sweep.
-        default_variant=lambda p: "split" if p["ratio"] == 128 else "fused",
+        default_variant=lambda p: cs.default_variant(p["ratio"]),
         runner="dsv4_tune.tuner.op_cases:run_compress",
     ),
     "qk_norm": OpSpec(
