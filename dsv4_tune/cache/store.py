@@ -119,8 +119,14 @@ class Store:
         self.db["measurements"].upsert({**row, "taken": now()},
                                        pk=("sweep_id", "workload", "stage", "plan"), alter=False)
 
-    def measurements(self, sweep_id: str, stage: str | None = None) -> list[dict[str, Any]]:
+    def measurements(
+        self, sweep_id: str, stage: str | None = None, workload: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Rows of a sweep in the order they were taken, of one stage and / or one workload (the
+        unique index on (sweep_id, workload, stage, plan) serves the workload filter)."""
         sql, args = "select * from measurements where sweep_id = ?", [sweep_id]
+        if workload is not None:
+            sql, args = sql + " and workload = ?", [*args, workload]
         if stage is not None:
             sql, args = sql + " and stage = ?", [*args, stage]
         return list(self.db.query(sql + " order by id", args))

@@ -234,7 +234,8 @@ def run_sweep(
                      lambda n, w: valid(w, coarse_candidates(w, arch, limit)))
 
     def refine(n: int, w: Workload | OpWorkload) -> list[Plan]:
-        seeds = _ranked(store.measurements(sweep_id, STAGE_COARSE), workload_key(w))[:REFINE_SEEDS]
+        key = workload_key(w)
+        seeds = _ranked(store.measurements(sweep_id, STAGE_COARSE, workload=key), key)[:REFINE_SEEDS]
         return valid(w, refine_candidates(w, seeds, arch, limit)) if seeds else []
 
     changed |= _stage(store, sweep_id, STAGE_REFINE, points, device, gpu, jobs, rounds, reps, progress, refine)
@@ -284,8 +285,8 @@ def _stage(
             continue
         changed.add(key)
         case = build_case(cls, t, device, seed=n)
-        passed_before = {r["plan"]: r["max_error"] for r in store.measurements(sweep_id) if r["workload"] == key
-                         and r["status"] == "ok" and r["stage"] != stage}
+        passed_before = {r["plan"]: r["max_error"] for r in store.measurements(sweep_id, workload=key)
+                         if r["status"] == "ok" and r["stage"] != stage}
         passing, errors = [], {}
         for plan in plans:
             if str(plan) in passed_before:
@@ -320,7 +321,7 @@ def _final(
     store: Store, sweep_id: str, key: str, make_case: Callable[[], Case | OpCase], real: bool, rounds: int, reps: int
 ) -> None:
     """Re-time the best few side by side and store the winner."""
-    rows = [r for r in store.measurements(sweep_id) if r["stage"] in (STAGE_COARSE, STAGE_REFINE)]
+    rows = [r for r in store.measurements(sweep_id, workload=key) if r["stage"] in (STAGE_COARSE, STAGE_REFINE)]
     plans = _ranked(rows, key)[:FINALISTS]
     if not plans:
         return
