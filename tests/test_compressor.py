@@ -128,9 +128,7 @@ def check_dest(pb: Problem, got: torch.Tensor, ref: torch.Tensor, rows: torch.Te
     if pb.kind == "pool":
         gb, rb = L._flat_bytes(got), L._flat_bytes(ref)
         written = torch.zeros_like(gb, dtype=torch.bool)
-        data, scale = L._slot_byte_offsets(got, slots.to(got.device))
-        written[(data[:, None] + torch.arange(L.DATA_BYTES, device=got.device)).flatten()] = True
-        written[(scale[:, None] + torch.arange(L.NUM_TILES, device=got.device)).flatten()] = True
+        written[L.written_bytes(got, slots)] = True
         diff = gb != rb
         assert not bool((diff & ~written).any()), f"{int((diff & ~written).sum())} bytes outside the written slots"
         g, r = L.read_tokens(got, slots, "e4m3fn").float(), L.read_tokens(ref, slots, "e4m3fn").float()

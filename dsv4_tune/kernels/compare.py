@@ -94,9 +94,7 @@ def compressed_mismatch(got: torch.Tensor, ref: torch.Tensor, slots: torch.Tenso
     if got.dtype == torch.uint8:
         gb, rb = L._flat_bytes(got), L._flat_bytes(ref)
         written = torch.zeros_like(gb, dtype=torch.bool)
-        data, scale = L._slot_byte_offsets(got, slots.to(got.device))
-        written[(data[:, None] + torch.arange(L.DATA_BYTES, device=got.device)).flatten()] = True
-        written[(scale[:, None] + torch.arange(L.NUM_TILES, device=got.device)).flatten()] = True
+        written[L.written_bytes(got, slots)] = True
         outside = int(((gb != rb) & ~written).sum())
         if outside:
             return f"{outside} bytes changed outside the written slots"

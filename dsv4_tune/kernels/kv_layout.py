@@ -99,6 +99,14 @@ def _slot_byte_offsets(kv_cache: torch.Tensor, slots: torch.Tensor) -> tuple[tor
     return base + off * DATA_BYTES, base + page_size * DATA_BYTES + off * SCALE_BYTES
 
 
+def written_bytes(kv_cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """Flat byte positions (int64, into :func:`_flat_bytes`) that a write of ``slots`` sets: each
+    slot's 576 data bytes and 7 scale bytes (its padding byte is not written)."""
+    data, scale = _slot_byte_offsets(kv_cache, slots.to(kv_cache.device))
+    cols = torch.arange(DATA_BYTES, device=kv_cache.device)
+    return torch.cat([(data[:, None] + cols).flatten(), (scale[:, None] + cols[:NUM_TILES]).flatten()])
+
+
 def _flat_bytes(kv_cache: torch.Tensor) -> torch.Tensor:
     """A flat uint8 view over every byte the pool view spans (padding included)."""
     span = (kv_cache.shape[0] - 1) * kv_cache.stride(0) + kv_cache.shape[1] * TOKEN_BYTES

@@ -161,9 +161,7 @@ def _poison(dest: torch.Tensor, slots: torch.Tensor) -> None:
     if dest.dtype == torch.uint8:
         flat = L._flat_bytes(dest)
         flat.zero_()
-        data, scale = L._slot_byte_offsets(dest, slots)
-        flat[(data[:, None] + torch.arange(L.DATA_BYTES, device=flat.device)).flatten()] = 0xFF
-        flat[(scale[:, None] + torch.arange(L.NUM_TILES, device=flat.device)).flatten()] = 0xFF
+        flat[L.written_bytes(dest, slots)] = 0xFF
     else:
         dest.zero_()
         dest[slots] = float("nan")
