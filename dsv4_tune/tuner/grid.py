@@ -231,12 +231,9 @@ def refine_candidates(
 ) -> list[Plan]:
     """Stage two: the seeds (re-timed beside their neighbours) and every valid neighbour of each,
     at most ``limit`` neighbours in all (the interpreter's small sweep)."""
-    if isinstance(w, OpWorkload):
-        found = [n for s in seeds for n in op_neighbours(w, s) if n not in seeds]
-        found = list(dict.fromkeys(found))
-        return list(seeds) + (found if limit is None else found[:limit])
-    found = [n for s in seeds for n in neighbours(s) if n not in seeds]
-    found = [p for p in dict.fromkeys(found) if not plan_problems(w, p, arch)]
+    op = isinstance(w, OpWorkload)  # op neighbours come from the op's valid space already
+    found = [n for s in seeds for n in (op_neighbours(w, s) if op else neighbours(s)) if n not in seeds]
+    found = [p for p in dict.fromkeys(found) if op or not plan_problems(w, p, arch)]  # type: ignore[arg-type]
     return list(seeds) + (found if limit is None else found[:limit])
 
 
