@@ -5,7 +5,9 @@ minus the steady-state time of that call.  Host time: wall time of many back-to-
 at T = 1 without synchronising (the GPU work is shorter than the launch path, so the loop measures
 the host), three ways: ``host_us`` a normal call (metadata lookup + replay of the recorded
 launches), ``checked_us`` with replays off (every check, the launchers, Triton's compiled-kernel
-call), ``replay_us`` the replay alone (the launch floor of this design).  Targets: <= 15 s compile,
+call), ``replay_us`` the replay alone (the launch floor of this design), ``find_us`` the lookup of
+the call's replay (the metadata guard); ``direct``: whether the replay launches through the CUDA
+driver directly (``kernels/cuda_launch.py``).  Targets: <= 15 s compile,
 <= 15 us host.
 
     python benchmarks/bench_overhead.py [--out DIR]
@@ -90,16 +92,20 @@ def host_times(plans: list[Plan], h: int, x_topk: int, device: str, calls: int =
             sparse_decode(q, main.kv_cache, main.indices, plan=plan, out=out, **kw)
 
         host, host_min = _per_call_us(call, calls)
-        replays = [r for r in DEFAULT_WORKSPACE.replays.values() if r is not None]
+        replays = list(DEFAULT_WORKSPACE.replays.replays())
         replay = replays[-1] if replays else None
-        ptrs = [t.data_ptr() for t in (q, main.kv_cache, main.indices, kw["topk_length"], kw["extra_k_cache"],
-                                       kw["extra_indices"], kw["extra_topk_length"], kw["attn_sink"], *out)]
+        tensors = [q, main.kv_cache, main.indices, kw["topk_length"], kw["extra_k_cache"], kw["extra_indices"],
+                   kw["extra_topk_length"], kw["attn_sink"], *out]
+        ptrs = [t.data_ptr() for t in tensors]
         replay_us = _per_call_us(lambda r=replay, p=ptrs: r(p), calls)[0] if replay is not None else None
+        kind = (plan, "e4m3fn", 512**-0.5, q.shape, False, False, False, False, False, False)
+        find_us = _per_call_us(lambda k=kind, ts=tensors: DEFAULT_WORKSPACE.replays.find(k, ts), calls)[0]
         decode_mod._REPLAY = False
         checked, _ = _per_call_us(call, calls)
         decode_mod._REPLAY = True
         rows.append({"plan": str(plan), "variant": plan.variant, "host_us": host, "host_us_min": host_min,
-                     "checked_us": checked, "replay_us": replay_us,
+                     "checked_us": checked, "replay_us": replay_us, "find_us": find_us,
+                     "direct": replay is not None and all(type(x).__name__ == "DirectLaunch" for x in replay.launches),
                      "launches": len(replay.launches) if replay is not None else None})
         DEFAULT_WORKSPACE.replays.clear()
     return rows
@@ -127,7 +133,8 @@ def main() -> None:
     for r in host:
         r["torch_op_us"] = unit
     print_table(comp, ["variant", "compile_s", "plan"], "compile time per config (fresh Triton cache)")
-    print_table(host, ["variant", "host_us", "host_us_min", "checked_us", "replay_us", "launches", "torch_op_us",
+    print_table(host, ["variant", "host_us", "host_us_min", "checked_us", "replay_us", "find_us", "direct", "launches",
+                       "torch_op_us",
                        "plan"],
                 "host time per eager call, T=1 (target <= 15 us)")
     save_results("overhead", {"device": device_record(), "workload": str(w), "compile": comp, "host": host}, args.out)

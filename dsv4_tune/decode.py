@@ -90,23 +90,30 @@ def sparse_decode(
     """
     inputs = [q, k_cache, indices, topk_length, extra_k_cache, extra_indices, extra_topk_length, attn_sink]
     ws = workspace or DEFAULT_WORKSPACE
-    key = None
     sm_scale = float(sm_scale)
+    kind = None  # the cheap key of a call that may be recorded (see kernels/replay_cache.py)
     if _REPLAY and not validate:
-        key = (plan or get_dispatcher(), fp8, sm_scale,
-               *[None if t is None else (t.shape, t.stride(), t.dtype, t.device) for t in (*inputs, *(out or ()))])
+        # The replay's address slots index `tensors` (the given tensors, then out and lse): the
+        # cheap key pins which optional tensors are given, so the positions are the recorded ones.
+        tensors = [t for t in (*inputs, *(out or ())) if t is not None]
         try:
-            replay = ws.replays.get(key)
-        except TypeError:  # an unhashable plan (built without Plan.make): the checked path reports it
-            replay = key = None
+            kind = (plan or get_dispatcher(), fp8, sm_scale, q.shape, out is None, *[t is None for t in inputs[3:]])
+            known, replay = ws.replays.find(kind, tensors)
+        except (TypeError, AttributeError):  # an unhashable plan, a non-tensor: the checked path says which
+            known, replay, kind = True, None, None
         if replay is not None:
             o, lse = out or _outputs(None, q.shape[0], q.shape[1], q.shape[2], q.device)
-            ptrs = [0 if t is None else t.data_ptr() for t in inputs]
-            ptrs += (o.data_ptr(), lse.data_ptr())
-            if not _misaligned(ptrs) and not hooks_active() and replay.fits(ptrs):  # type: ignore[attr-defined]
+            ptrs = [t.data_ptr() for t in tensors]
+            if out is None:
+                ptrs += (o.data_ptr(), lse.data_ptr())
+            acc = 0
+            for p in ptrs:
+                acc |= p
+            if not acc & 15 and not hooks_active() and (not replay.aliases or replay.fits(ptrs)):  # type: ignore[attr-defined]
                 replay(ptrs)  # type: ignore[operator]
                 return o, lse
-            key = None  # an odd call: take the checked path, remember nothing
+        if known:
+            kind = None  # replayed above, known not replayable, or an odd call: remember nothing
     check_flavour(fp8)
     _check_q(q)
     b, s_q, h_q, _ = q.shape
@@ -140,14 +147,14 @@ def sparse_decode(
         return o, lse
     x = DecodeInputs(q, (k_cache, indices, topk_length), extra, attn_sink, sm_scale, fp8)
     launch = get_variant(plan.variant).launch()
-    if key is None or key in ws.replays or hooks_active() or _misaligned(
-            [t.data_ptr() for t in (*inputs, o, lse) if t is not None]):
+    if kind is None or hooks_active() or _misaligned([t.data_ptr() for t in (*inputs, o, lse) if t is not None]):
         launch(x, plan.as_dict(), o, lse, ws)
         return o, lse
     with Recording() as rec:
         launch(x, plan.as_dict(), o, lse, ws)
     if rec.complete:  # every kernel was compiled before this call: the launches are final
-        ws.remember(key, Replay.build(rec, [*inputs, o, lse], ws.buffers()))
+        slots = tensors if out is not None else [*tensors, o, lse]
+        ws.replays.remember(kind, tensors, Replay.build(rec, slots, ws.buffers()))
     return o, lse
 
 

@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 import torch
 import triton
 from triton import knobs
-from triton.runtime.driver import driver
 
+from dsv4_tune.kernels.cuda_launch import current_stream_getter, direct_launch
 from dsv4_tune.kernels.runtime import interpreting
+
+_current_stream = current_stream_getter()
 
 
 def kernel(fn: Callable) -> Callable:
@@ -117,7 +119,7 @@ class Launcher:
                 rec.complete = False
             return
         self.fast_launches += 1
-        stream = driver.active.get_current_stream(device)
+        stream = _current_stream(device)
         enter, leave = _hook(knobs.runtime.launch_enter_hook), _hook(knobs.runtime.launch_exit_hook)
         meta = None if enter is None else compiled.launch_metadata(grid, stream, *args)  # type: ignore[attr-defined]
         compiled.run(grid[0], grid[1], grid[2], stream, compiled.function,  # type: ignore[attr-defined]
@@ -137,20 +139,39 @@ def hooks_active() -> bool:
     return _hook(knobs.runtime.launch_enter_hook) is not None or _hook(knobs.runtime.launch_exit_hook) is not None
 
 
+class TritonLaunch:
+    """One recorded launch repeated through Triton's own launcher (where :class:`DirectLaunch`
+    cannot be used): the recorded argument list with the address slots of ``patch`` replaced."""
+
+    def __init__(self, compiled: object, grid: tuple[int, int, int], template: list,
+                 patch: list[tuple[int, int]]) -> None:
+        self.compiled, self.grid, self.template, self.patch = compiled, grid, template, patch
+
+    def __call__(self, stream: int, ptrs: Sequence[int]) -> None:
+        args = self.template.copy()
+        for slot, j in self.patch:
+            args[slot] = ptrs[j]
+        c = self.compiled
+        c.run(self.grid[0], self.grid[1], self.grid[2], stream, c.function,  # type: ignore[attr-defined]
+              c.packed_metadata, None, None, None, *args)  # type: ignore[attr-defined]
+
+
 class Replay:
     """The launches of one recorded call, repeatable for new input tensors of the same metadata.
 
     Built from a :class:`Recording`, the call's input tensors (``None`` for absent ones) and the
     scratch tensors it may use besides them (workspace buffers, kept alive here).  A launch that
     reads any other tensor (a copy made from an input, say) makes the call not replayable:
-    :meth:`build` returns None and the caller stays on the checked path.
+    :meth:`build` returns None and the caller stays on the checked path.  Each launch goes straight
+    to the CUDA driver with pre-packed parameters where it can (:mod:`~dsv4_tune.kernels.cuda_launch`),
+    else through Triton's launcher.
     """
 
     def __init__(
         self, device: int, launches: list, keep: list[torch.Tensor], aliases: tuple[tuple[int, int], ...] = ()
     ) -> None:
         self.device = device
-        self.launches = launches  # (compiled, grid, argument template, [(slot, input index)])
+        self.launches = launches  # DirectLaunch or TritonLaunch, each with its `patch` [(slot, input index)]
         self.aliases = aliases  # input positions that held one object when recorded
         self._keep = keep
 
@@ -185,15 +206,12 @@ class Replay:
                 if base is None:
                     return None
                 keep.append(base)
-            launches.append((r.compiled, r.grid, r.args, patch))
+            launches.append(direct_launch(r.compiled, r.grid, r.args, patch)
+                            or TritonLaunch(r.compiled, r.grid, r.args, patch))
         return cls(rec.launches[0].tensors[0].device.index, launches, keep, tuple(aliases))  # type: ignore[attr-defined]
 
     def __call__(self, ptrs: Sequence[int]) -> None:
         """Launch everything again with the inputs' addresses ``ptrs``."""
-        stream = driver.active.get_current_stream(self.device)
-        for compiled, grid, template, patch in self.launches:
-            args = template.copy()
-            for slot, j in patch:
-                args[slot] = ptrs[j]
-            compiled.run(grid[0], grid[1], grid[2], stream, compiled.function,  # type: ignore[attr-defined]
-                         compiled.packed_metadata, None, None, None, *args)  # type: ignore[attr-defined]
+        stream = _current_stream(self.device)
+        for launch in self.launches:
+            launch(stream, ptrs)

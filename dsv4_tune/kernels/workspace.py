@@ -2,23 +2,24 @@
 dtype and device.  A decode step that has run once allocates nothing new, which is what lets it be
 captured in a CUDA graph: warm up once, then capture.
 
-The workspace also holds the replays of calls made with it (see :mod:`dsv4_tune.kernels.launch`):
-they point into its buffers, so they live and die with them.
+The workspace also holds the replays of calls made with it (see :mod:`dsv4_tune.kernels.launch`
+and :mod:`dsv4_tune.kernels.replay_cache`): they point into its buffers, so they live and die with
+them.
 """
 
 from __future__ import annotations
 
 import torch
 
+from dsv4_tune.kernels.replay_cache import ReplayCache
+
 
 class Workspace:
     """A cache of scratch tensors; contents are undefined on return (callers overwrite them)."""
 
-    MAX_REPLAYS = 4096  # distinct call signatures remembered before the replay cache starts over
-
     def __init__(self) -> None:
         self._buffers: dict[tuple, torch.Tensor] = {}
-        self.replays: dict[tuple, object] = {}
+        self.replays = ReplayCache()
 
     def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         key = (name, shape, dtype, device)
@@ -29,12 +30,6 @@ class Workspace:
 
     def buffers(self) -> list[torch.Tensor]:
         return list(self._buffers.values())
-
-    def remember(self, key: tuple, replay: object) -> None:
-        """Store the replay (or None: not replayable) of the call signature ``key``."""
-        if len(self.replays) >= self.MAX_REPLAYS:
-            self.replays.clear()
-        self.replays[key] = replay
 
     def poison(self) -> None:
         """Fill every float buffer with NaN (tests: a kernel that reads what it never wrote fails)."""

@@ -1,0 +1,133 @@
+"""Launch a compiled Triton kernel straight through the CUDA driver, its parameters packed once.
+
+Triton's compiled-kernel launcher converts every argument from a Python object on every call
+(about 8 us for our kernels on the H100 host we measure on, where one eager torch op costs 10).  A
+replayed call (:class:`~dsv4_tune.kernels.launch.Replay`) knows all its arguments in advance except
+the tensor addresses, so :class:`DirectLaunch` packs them once into a ctypes buffer, one 8-byte
+slot per kernel parameter (what ``cuLaunchKernel`` reads through its ``kernelParams`` array), and a
+call only writes the new addresses and calls the driver.
+
+CUDA only.  :func:`direct_launch` returns None, and the caller keeps Triton's launcher, on ROCm,
+when libcuda cannot be loaded, with ``DSV4_TUNE_DIRECT_LAUNCH=0``, and for a kernel that needs
+something this path does not do: global or profile scratch memory, clusters, cooperative or PDL
+launches, oversized shared memory, or a parameter type other than a pointer, an integer or a float.
+The driver function is called with the GIL held (``ctypes.PyDLL``), so no other Python thread can
+rewrite a buffer while the driver reads it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+from collections.abc import Sequence
+
+import torch
+
+_INT_BITS = {"i8": 8, "i16": 16, "i32": 32, "i64": 64, "u8": 8, "u16": 16, "u32": 32, "u64": 64}
+_FLOAT_FORMATS = {"fp32": "<f", "f32": "<f", "fp64": "<d", "f64": "<d"}
+_SCRATCH_PARAMS = 2  # Triton appends a global and a profile scratch pointer to every kernel (null here)
+_MAX_SHARED = 227 * 1024  # above this Triton's launcher sets an extra attribute: leave such kernels to it
+
+
+def _load_driver() -> tuple[object, object] | None:
+    """(cuLaunchKernel, cuGetErrorName) from libcuda, or None where there is none (ROCm, CPU)."""
+    if os.environ.get("DSV4_TUNE_DIRECT_LAUNCH", "1") == "0" or torch.version.hip is not None:
+        return None
+    try:
+        lib = ctypes.PyDLL("libcuda.so.1")
+        launch, name = lib.cuLaunchKernel, lib.cuGetErrorName
+    except (OSError, AttributeError):
+        return None
+    launch.restype = name.restype = ctypes.c_int
+    return launch, name
+
+
+_DRIVER: tuple[object, object] | bool | None = False  # False: not looked up yet
+
+
+def _driver() -> tuple[object, object] | None:
+    global _DRIVER
+    if _DRIVER is False:
+        _DRIVER = _load_driver()
+    return _DRIVER  # type: ignore[return-value]
+
+
+def _slot(kind: str, value: object) -> int | None:
+    """The 8-byte parameter slot holding ``value`` as the kernel reads a ``kind`` parameter
+    (little-endian: an N-byte parameter is the slot's low N bytes), or None for a kind not handled."""
+    if kind.startswith("*"):
+        return int(value) & 0xFFFF_FFFF_FFFF_FFFF  # type: ignore[call-overload]
+    if kind in _INT_BITS:
+        return int(value) & ((1 << _INT_BITS[kind]) - 1)  # type: ignore[call-overload]
+    fmt = _FLOAT_FORMATS.get(kind)
+    if fmt is None:
+        return None
+    raw = struct.pack(fmt, float(value))  # type: ignore[arg-type]
+    return int.from_bytes(raw, "little")
+
+
+class DirectLaunch:
+    """One kernel launch with its grid and arguments fixed, except the address slots in ``patch``
+    ((parameter slot, input position) pairs) that each call fills from its input addresses."""
+
+    def __init__(self, function: int, dims: tuple[int, ...], slots: list[int], patch: list[tuple[int, int]]) -> None:
+        n = len(slots) + _SCRATCH_PARAMS
+        self._values = (ctypes.c_uint64 * n)(*slots)  # scratch pointers stay 0 (null)
+        base = ctypes.addressof(self._values)
+        self._params = (ctypes.c_void_p * n)(*[base + 8 * i for i in range(n)])
+        self._head = (ctypes.c_void_p(function), *[ctypes.c_uint(d) for d in dims])
+        self.patch = patch
+
+    def __call__(self, stream: int, ptrs: Sequence[int]) -> None:
+        values = self._values
+        for k, j in self.patch:
+            values[k] = ptrs[j]
+        launch, error_name = _driver()  # type: ignore[misc]
+        err = launch(*self._head, ctypes.c_void_p(stream), self._params, None)  # type: ignore[operator]
+        if err:
+            text = ctypes.c_char_p()
+            error_name(err, ctypes.byref(text))  # type: ignore[operator]
+            raise RuntimeError(f"cuLaunchKernel failed: {(text.value or b'?').decode()} ({err})")
+
+
+def direct_launch(
+    compiled: object, grid: tuple[int, int, int], args: Sequence[object], patch: list[tuple[int, int]]
+) -> DirectLaunch | None:
+    """A :class:`DirectLaunch` of ``compiled`` (a Triton ``CompiledKernel``) over ``grid`` with the
+    positional ``args`` of the Python signature (tensors as int addresses; ``patch`` names argument
+    positions), or None when this path cannot launch it (see the module docstring)."""
+    if _driver() is None or min(grid) <= 0:
+        return None
+    meta = getattr(compiled, "metadata", None)
+    signature = getattr(getattr(compiled, "src", None), "signature", None)
+    if meta is None or not isinstance(signature, dict) or len(signature) != len(args):
+        return None
+    if (getattr(meta, "num_ctas", 1) != 1 or getattr(meta, "global_scratch_size", 0)
+            or getattr(meta, "profile_scratch_size", 0) or getattr(meta, "launch_cooperative_grid", False)
+            or getattr(meta, "launch_pdl", False) or getattr(meta, "shared", 0) > _MAX_SHARED
+            or tuple(getattr(meta, "cluster_dims", (1, 1, 1)) or (1, 1, 1)) not in ((1, 1, 1), (1,))):
+        return None
+    run = compiled.run  # type: ignore[attr-defined]  (loads the module: the function handle below)
+    if getattr(run, "gsan_enabled", False) or not getattr(compiled, "function", None):
+        return None
+    slots: list[int] = []
+    where: dict[int, int] = {}  # argument position -> parameter slot
+    for i, (kind, value) in enumerate(zip(signature.values(), args, strict=True)):
+        if kind == "constexpr":
+            continue
+        v = _slot(str(kind), value)
+        if v is None:
+            return None
+        where[i] = len(slots)
+        slots.append(v)
+    if any(i not in where for i, _ in patch):
+        return None
+    dims = (grid[0], grid[1], grid[2], 32 * meta.num_warps, 1, 1, meta.shared)
+    return DirectLaunch(compiled.function, dims, slots, [(where[i], j) for i, j in patch])  # type: ignore[attr-defined]
+
+
+def current_stream_getter() -> object:
+    """The fastest way to ask torch for the current raw stream of a device index."""
+    get = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    return get if get is not None else (lambda idx: torch.cuda.current_stream(idx).cuda_stream)
