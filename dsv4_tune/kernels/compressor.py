@@ -116,10 +116,11 @@ def _ue8m0_exponent(amax, FP8: tl.constexpr):
 
 @triton.jit
 def _finish(
-    c, normw_ptr, freqs_ptr, s_freqs, max_pos, rpos, dst_ptr, dst_stride, page_size, loc,
+    c, normw_ptr, freqs_ptr, s_freqs, max_pos, rpos, dst_ptr, dst_stride, page_size, loc, store,
     D: tl.constexpr, DEST: tl.constexpr, FP8: tl.constexpr, EPS: tl.constexpr,
 ):
-    """RMSNorm + interleaved RoPE at ``rpos`` of the fp32 row ``c [D]``, stored at slot ``loc``.
+    """RMSNorm + interleaved RoPE at ``rpos`` of the fp32 row ``c [D]``, stored at slot ``loc`` if
+    ``store`` (else nothing is written: the caller need not wait for the slot id to start pooling).
 
     ``DEST``: "pool" (FP8 pool bytes; D = 512), "f32" or "bf16" (dense rows of ``dst_stride``
     elements).  RoPE positions at or beyond ``max_pos`` (the rows of ``freqs``) are not rotated.
@@ -151,14 +152,18 @@ def _finish(
         fmax: tl.constexpr = 448.0 if FP8 == "e4m3fn" else 240.0
         qv = tl.minimum(tl.maximum(t * inv[:, None], -fmax), fmax)
         nope = (g < 7)[:, None]
-        tl.store(dst_ptr + data + (g * 64)[:, None] + col[None, :], encode_fp8(qv, FP8), mask=nope)
+        keep = (g * 0 + store.to(tl.int32)) > 0  # (a tensor: the interpreter's `bool tensor & bool` is int32)
+        tl.store(dst_ptr + data + (g * 64)[:, None] + col[None, :], encode_fp8(qv, FP8),
+                 mask=nope & keep[:, None])
         rope_ptr = dst_ptr.to(tl.pointer_type(tl.bfloat16)) + data // 2 + 224
-        tl.store(rope_ptr + col[None, :] + 0 * g[:, None], to_bf16_rne(t), mask=(g == 7)[:, None])
-        tl.store(dst_ptr + scales + g, (e + 127).to(tl.uint8), mask=g < 7)
+        tl.store(rope_ptr + col[None, :] + 0 * g[:, None], to_bf16_rne(t), mask=((g == 7) & keep)[:, None])
+        tl.store(dst_ptr + scales + g, (e + 127).to(tl.uint8), mask=(g < 7) & keep)
     elif DEST == "f32":
-        tl.store(dst_ptr.to(tl.pointer_type(tl.float32)) + loc * dst_stride + d, y)
+        keep = (d * 0 + store.to(tl.int32)) > 0
+        tl.store(dst_ptr.to(tl.pointer_type(tl.float32)) + loc * dst_stride + d, y, mask=keep)
     else:
-        tl.store(dst_ptr.to(tl.pointer_type(tl.bfloat16)) + loc * dst_stride + d, to_bf16_rne(y))
+        keep = (d * 0 + store.to(tl.int32)) > 0
+        tl.store(dst_ptr.to(tl.pointer_type(tl.bfloat16)) + loc * dst_stride + d, to_bf16_rne(y), mask=keep)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,7 +192,7 @@ def _compress_decode_kernel(
             c = _pool(kvs_ptr, s_kvs, state_ptr, s_state, ape_ptr, base, ring_size, p, p, b, 0,
                       R, COFF, D, D, BLOCK_S)
             _finish(c, normw_ptr, freqs_ptr, s_freqs, max_pos, p + 1 - R, dst_ptr, dst_stride, page_size, loc,
-                    D, DEST, FP8, EPS)
+                    loc >= 0, D, DEST, FP8, EPS)
 
 
 @kernel
@@ -227,7 +232,7 @@ def _compress_decode_finish_kernel(
     if (seq > 0) & (seq % R == 0) & (loc >= 0) & (loc < n_slots):
         c = tl.load(ws_ptr + b.to(tl.int64) * D + tl.arange(0, D))
         _finish(c, normw_ptr, freqs_ptr, s_freqs, max_pos, seq - R, dst_ptr, dst_stride, page_size, loc,
-                D, DEST, FP8, EPS)
+                loc >= 0, D, DEST, FP8, EPS)
 
 
 @triton.jit
@@ -247,7 +252,10 @@ def _compress_prefill_kernel(
     R: tl.constexpr, COFF: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr, ROWS: tl.constexpr,
     DEST: tl.constexpr, FP8: tl.constexpr, EPS: tl.constexpr,
 ):
-    """Fused prefill, program (window block, request): ROWS boundaries, pool + finish each."""
+    """Fused prefill, program (window block, request): ROWS boundaries, pool + finish each.
+
+    A window is pooled whether or not its slot id is valid (the stores check it), so the pool's
+    loads are issued without waiting for the slot id (H100, indexer prefill of 32K: 4% faster)."""
     b = tl.program_id(1)
     base = tl.load(ring_ptr + b)
     for r in range(ROWS):
@@ -255,11 +263,10 @@ def _compress_prefill_kernel(
         if ok:
             tok = t0 + (p - q)
             loc = tl.load(loc_ptr + tok)
-            if (loc >= 0) & (loc < n_slots):
-                c = _pool(kvs_ptr, s_kvs, state_ptr, s_state, ape_ptr, base, ring_size, p, q, t0, 0,
-                          R, COFF, D, D, BLOCK_S)
-                _finish(c, normw_ptr, freqs_ptr, s_freqs, max_pos, p + 1 - R, dst_ptr, dst_stride, page_size,
-                        loc, D, DEST, FP8, EPS)
+            c = _pool(kvs_ptr, s_kvs, state_ptr, s_state, ape_ptr, base, ring_size, p, q, t0, 0,
+                      R, COFF, D, D, BLOCK_S)
+            _finish(c, normw_ptr, freqs_ptr, s_freqs, max_pos, p + 1 - R, dst_ptr, dst_stride, page_size,
+                    loc, (loc >= 0) & (loc < n_slots), D, DEST, FP8, EPS)
 
 
 @kernel
@@ -300,7 +307,7 @@ def _compress_prefill_finish_kernel(
             if (loc >= 0) & (loc < n_slots):
                 c = tl.load(ws_ptr + tok.to(tl.int64) * D + tl.arange(0, D))
                 _finish(c, normw_ptr, freqs_ptr, s_freqs, max_pos, p + 1 - R, dst_ptr, dst_stride, page_size,
-                        loc, D, DEST, FP8, EPS)
+                        loc, loc >= 0, D, DEST, FP8, EPS)
 
 
 @kernel
