@@ -3,11 +3,14 @@
 Compressor (C4 / C128, head_dim 512; C4 head_dim 128 = the indexer's) in decode (batch 1, 8, 64, 256;
 every request at a block boundary = worst case, and 1/ratio of them = the usual step) and prefill
 (1K, 8K, 32K new tokens of one request from position 0).  The fused and split variants run at their
-default configs and at a few other configs of their space ('best' = fastest of all).  The PyTorch
+default configs, at the config the shipped policy of this GPU picks ('tuned'; the dispatcher's
+``lookup_op``) and at a few other configs of their space ('best' = fastest of all).  The PyTorch
 baseline is a vectorised eager implementation (gather the windows, softmax, RMSNorm, RoPE,
 ``kv_layout.quantize_tokens``, scatter), as upstream's torch path computes it.  The floor is the
 bytes that must move (kv_score rows read, ring rows written, window rows read, rows stored) at the
-copy bandwidth measured in the same run.  Fused Q/K norm: T in {1, 16, 64, 256} x h_q in {64, 128},
+copy bandwidth measured in the same run ('of floor'), and a copy of those bytes timed exactly like
+the kernels ('of copy': same graph replay after the same L2 flush, whose dirty lines both pay to
+write back).  Fused Q/K norm: T in {1, 16, 64, 256} x h_q in {64, 128},
 head_dim 512, one K head, bf16, against eager PyTorch.
 
 Before any timing every kernel output is compared with the PyTorch baseline (and, on small cases,
@@ -39,6 +42,7 @@ from benchmarks.common import (
     INTERPRETER_NOTE,
     add_common_args,
     copy_bandwidth_gbps,
+    copy_us,
     default_out_dir,
     device_record,
     print_table,
@@ -53,6 +57,8 @@ from dsv4_tune.kernels.compressor import compress_decode, compress_prefill
 from dsv4_tune.kernels.compressor_space import compressor_default, compressor_space, window
 from dsv4_tune.kernels.qk_norm import qk_norm
 from dsv4_tune.kernels.reference import compress_decode_ref, compress_prefill_ref, qk_norm_ref
+from dsv4_tune.policies.dispatcher import get_dispatcher
+from dsv4_tune.workload import OpWorkload
 
 FP8 = "e4m3fn"
 EPS = 1e-6
@@ -302,12 +308,21 @@ def bench_compressor(layer: Layer, case: dict, mode: str, label: str, copy_gbps:
     if copy_gbps is not None:
         torch_us = time_graph(torch_fn)["median_us"]
         base_row["floor_us"] = floor / (copy_gbps * 1e3)
+        base_row["copy_us"] = copy_us(floor)
     rows.append({**base_row, "impl": "torch", "us": torch_us})
+    size = case["kvs"].shape[0]
+    try:
+        tuned = get_dispatcher().lookup_op(OpWorkload.make("compress", size, ratio=layer.ratio, head_dim=layer.dim,
+                                                           mode=mode))
+    except ValueError:  # not a tuned op class (the smoke run's C128 with head_dim 128)
+        tuned = None
     for variant in ("fused", "split"):
         space = compressor_space(layer.ratio, layer.dim, mode, variant)
         default = compressor_default(layer.ratio, layer.dim, mode, variant)
         step = max(1, len(space) // (SWEEP + 1))
         configs = [default, *[c for c in space[step // 2::step] if c != default][:SWEEP]]
+        if tuned is not None and tuned.variant == variant and tuned.as_dict() not in configs:
+            configs.insert(1, tuned.as_dict())
         for i, cfg in enumerate(configs):
             k_state, k_dest = state0.clone(), _clone_dest(dest0)
             fn = run_kernel(layer, case, mode, variant, cfg, k_state, k_dest)
@@ -317,10 +332,12 @@ def bench_compressor(layer: Layer, case: dict, mode: str, label: str, copy_gbps:
                 _fail(what, "state ring differs from the torch baseline's")
             check_rows(what, layer, _stored(layer, k_dest, slots), ref_rows)
             row = {**base_row, "impl": variant, "config": ",".join(f"{k}={v}" for k, v in cfg.items()),
-                   "default": i == 0}
+                   "default": i == 0,
+                   "tuned": tuned is not None and tuned.variant == variant and cfg == tuned.as_dict()}
             if copy_gbps is not None:
                 us = row["us"] = time_graph(fn)["median_us"]
-                row["of copy"] = base_row["floor_us"] / us
+                row["of floor"] = base_row["floor_us"] / us
+                row["of copy"] = base_row["copy_us"] / us
                 row["vs torch"] = torch_us / us
             else:
                 row["note"] = INTERPRETER_NOTE
@@ -347,7 +364,8 @@ def bench_qk_norm(t: int, h: int, device: str, copy_gbps: float | None, gen: tor
     ref_q, ref_k = qk_norm_ref(q, k, wq, None, eps=EPS)
     rows = []
     nbytes = 2 * (q.numel() + k.numel()) * 2
-    base = {"T": t, "h_q": h, "floor_us": nbytes / (copy_gbps * 1e3) if copy_gbps else None}
+    base = {"T": t, "h_q": h, "floor_us": nbytes / (copy_gbps * 1e3) if copy_gbps else None,
+            "copy_us": copy_us(nbytes) if copy_gbps else None}
     eager_us = time_graph(eager)["median_us"] if copy_gbps else None
     rows.append({**base, "impl": "torch", "us": eager_us})
     for cfg in ({"ROWS": 4, "num_warps": 8}, {"ROWS": 1, "num_warps": 4}, {"ROWS": 2, "num_warps": 2}):
@@ -360,7 +378,7 @@ def bench_qk_norm(t: int, h: int, device: str, copy_gbps: float | None, gen: tor
         row = {**base, "impl": "fused", "config": f"ROWS={cfg['ROWS']},w={cfg['num_warps']}"}
         if copy_gbps:
             us = row["us"] = time_graph(fn)["median_us"]
-            row |= {"of copy": base["floor_us"] / us, "vs torch": eager_us / us}
+            row |= {"of floor": base["floor_us"] / us, "of copy": base["copy_us"] / us, "vs torch": eager_us / us}
         else:
             row["note"] = INTERPRETER_NOTE
         rows.append(row)
@@ -370,9 +388,15 @@ def bench_qk_norm(t: int, h: int, device: str, copy_gbps: float | None, gen: tor
     return rows
 
 
+def _selected(only: str, name: str) -> bool:
+    return not only or any(part in name for part in only.split(","))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(parser)
+    parser.add_argument("--only", default="", help="run only the compressor cases whose name contains one of "
+                        "these comma-separated strings (e.g. 'N=32768,bs=256 all'); skips the Q/K norm")
     args = parser.parse_args()
     timed = timing_available()
     if not timed and not args.smoke:
@@ -388,12 +412,17 @@ def main() -> int:
         layer = make_layer(ratio, dim, 4096 + max(grid["prefill"]), device, gen)
         for bs in grid["bs"]:
             for all_b in (True, False):
-                case = decode_case(layer, bs, all_b, device, gen)
-                comp += bench_compressor(layer, case, "decode", f"bs={bs} {'all' if all_b else '1/R'}", copy_gbps)
+                label = f"bs={bs} {'all' if all_b else '1/R'}"
+                if _selected(args.only, f"C{ratio} D{dim} decode {label}"):
+                    comp += bench_compressor(layer, decode_case(layer, bs, all_b, device, gen), "decode", label,
+                                             copy_gbps)
         for n in grid["prefill"]:
-            comp += bench_compressor(layer, prefill_case(layer, n, device, gen), "prefill", f"N={n}", copy_gbps)
-    qk = [r for t in grid["qk_t"] for h in grid["qk_h"] for r in bench_qk_norm(t, h, device, copy_gbps, gen)]
-    payload = {"device": device_record(), "copy_gbps": copy_gbps, "fp8": FP8, "eps": EPS, "compressor": comp,
+            if _selected(args.only, f"C{ratio} D{dim} prefill N={n}"):
+                comp += bench_compressor(layer, prefill_case(layer, n, device, gen), "prefill", f"N={n}", copy_gbps)
+    qk = [] if args.only else [r for t in grid["qk_t"] for h in grid["qk_h"]
+                               for r in bench_qk_norm(t, h, device, copy_gbps, gen)]
+    payload = {"device": device_record(), "copy_gbps": copy_gbps, "fp8": FP8, "eps": EPS,
+               "policy": get_dispatcher().source, "compressor": comp,
                "qk_norm": qk}
     out = args.out or default_out_dir(args.smoke)
     if out.suffix == ".json":
@@ -402,13 +431,15 @@ def main() -> int:
         path = save_results(result_name("bench_compressor"), payload, out)
     for r in [*comp, *qk]:
         r["best"] = "*" if r.get("best") else ""
-        r["default"] = "d" if r.get("default") else ""
-    print_table(comp, ["case", "impl", "config", "default", "rows", "us", "floor_us", "of copy", "vs torch", "best",
-                       "note"],
-                "compressor ('of copy' = floor at measured copy bandwidth / measured; vs torch = eager torch / "
-                "measured; d = default config; * = fastest kernel of the case; targets: vs torch >= 3 in "
+        r["default"] = ("d" if r.get("default") else "") + ("t" if r.get("tuned") else "")
+    print_table(comp, ["case", "impl", "config", "default", "rows", "us", "floor_us", "copy_us", "of floor", "of copy",
+                       "vs torch", "best", "note"],
+                "compressor ('of floor' = the bytes at the 1-GiB copy rate / measured; 'of copy' = a copy of the "
+                "same bytes timed like the kernel / measured; vs torch = eager torch / measured; d = default "
+                "config, t = the shipped policy's; * = fastest kernel of the case; targets: vs torch >= 3 in "
                 "decode, of copy >= 0.7 at large batch)")
-    print_table(qk, ["T", "h_q", "impl", "config", "us", "floor_us", "of copy", "vs torch", "best", "note"],
+    print_table(qk, ["T", "h_q", "impl", "config", "us", "floor_us", "copy_us", "of floor", "of copy", "vs torch",
+                     "best", "note"],
                 "fused Q/K RMSNorm, head_dim 512, 1 K head, bf16")
     print(f"\nsaved {path}")
     return 0

@@ -23,7 +23,7 @@ import torch
 import triton
 
 from dsv4_tune.policies.gpu import detect
-from dsv4_tune.tuner.measure import time_eager, time_graph, timing_available  # noqa: F401 (re-exported)
+from dsv4_tune.tuner.measure import time_eager, time_graph, timing_available
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 INTERPRETER_NOTE = "interpreter: no timing"
@@ -35,6 +35,18 @@ def copy_bandwidth_gbps(nbytes: int = 2**30) -> float:
     dst = torch.empty_like(src)
     t = time_eager(lambda: dst.copy_(src), flush_bytes=0, reps=20, warmup=3)["median_us"]
     return 2 * nbytes / (t * 1e-6) / 1e9
+
+
+def copy_us(moved_bytes: int) -> float:
+    """Median time of a device-to-device copy that moves ``moved_bytes`` (read + written), timed as
+    the kernels are (CUDA-graph replay right after the same L2 flush).  The flush leaves L2 full of
+    dirty lines whose write-back every kernel after it pays for; a copy timed the same way pays it
+    too, so ``copy_us / kernel_us`` compares like with like, where the 1-GiB copy rate (no flush)
+    does not."""
+    n = max(16, moved_bytes // 2)
+    src = torch.ones(n, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    return time_graph(lambda: dst.copy_(src))["median_us"]
 
 
 def bf16_matmul_tflops(n: int = 8192) -> float:
