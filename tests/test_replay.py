@@ -110,3 +110,47 @@ def test_a_recording_sees_only_its_own_thread() -> None:
         t.join()
         assert Recording.current() is rec
     assert seen == [None] and Recording.current() is None
+
+
+@pytest.mark.gpu
+@pytest.mark.gpu_only
+def test_replays_from_other_threads(device, gen) -> None:
+    """A replay launched from a fresh thread (no CUDA context current there yet) and from several
+    threads at once writes each call's own outputs."""
+    import threading
+
+    from dsv4_tune.kernels.variants import get_variant
+
+    cases = [make_case(device, gen, b=2, h=16, topk=64, x_topk=64, x_page=64, sink="finite") for _ in range(5)]
+    plan = get_variant("fused").default(cases[0].workload)
+    ws = Workspace()
+    for _ in range(2):
+        cases[0].run(plan, ws)  # the first call records, the second replays
+    outs = [(torch.full((2, 1, 16, 512), float("nan"), dtype=torch.bfloat16, device=device),
+             torch.full((2, 16, 1), float("nan"), device=device)) for _ in cases]
+    errors: list[BaseException] = []
+
+    def call(i: int, times: int = 1, start: threading.Barrier | None = None) -> None:
+        try:
+            if start is not None:
+                start.wait()
+            c = cases[i]
+            for _ in range(times):
+                sparse_decode(c.q, c.main.kv_cache, c.main.indices, plan=plan, workspace=ws, out=outs[i], **c.kw)
+        except BaseException as e:
+            errors.append(e)
+
+    fresh = threading.Thread(target=call, args=(1,))
+    fresh.start()
+    fresh.join()
+    start = threading.Barrier(3)
+    threads = [threading.Thread(target=call, args=(i, 50, start)) for i in (2, 3, 4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    torch.cuda.synchronize()
+    assert not errors, errors
+    assert len(ws.replays) == 1, "the threads' calls were not replays of the recorded kind"
+    for i in range(1, 5):
+        check_against_reference(f"thread call {i}", *outs[i], *cases[i].ref)

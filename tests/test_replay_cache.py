@@ -83,4 +83,4 @@ def test_parameter_slots_hold_what_the_kernel_reads() -> None:
 def test_direct_launch_declines_what_it_cannot_launch() -> None:
     """Anything but a loaded CUDA kernel (here: no driver, or not a compiled kernel) keeps
     Triton's launcher."""
-    assert direct_launch("compiled", (1, 1, 1), [0, 7], [(0, 0)]) is None
+    assert direct_launch("compiled", 0, (1, 1, 1), [0, 7], [(0, 0)]) is None

@@ -11,8 +11,10 @@ CUDA only.  :func:`direct_launch` returns None, and the caller keeps Triton's la
 when libcuda cannot be loaded, with ``DSV4_TUNE_DIRECT_LAUNCH=0``, and for a kernel that needs
 something this path does not do: global or profile scratch memory, clusters, cooperative or PDL
 launches, oversized shared memory, or a parameter type other than a pointer, an integer or a float.
-The driver function is called with the GIL held (``ctypes.PyDLL``), so no other Python thread can
-rewrite a buffer while the driver reads it.
+A launch writes its addresses and calls the driver under the launch's own lock, so two threads
+replaying the same call cannot launch with each other's tensors.  A thread with no current CUDA
+context (one whose first CUDA work is a replayed call) gets the device's primary context, as
+Triton's launcher does.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -28,25 +31,27 @@ _INT_BITS = {"i8": 8, "i16": 16, "i32": 32, "i64": 64, "u8": 8, "u16": 16, "u32"
 _FLOAT_FORMATS = {"fp32": "<f", "f32": "<f", "fp64": "<d", "f64": "<d"}
 _SCRATCH_PARAMS = 2  # Triton appends a global and a profile scratch pointer to every kernel (null here)
 _MAX_SHARED = 227 * 1024  # above this Triton's launcher sets an extra attribute: leave such kernels to it
+_INVALID_CONTEXT = 201  # CUDA_ERROR_INVALID_CONTEXT: this thread has no current context
 
 
-def _load_driver() -> tuple[object, object] | None:
-    """(cuLaunchKernel, cuGetErrorName) from libcuda, or None where there is none (ROCm, CPU)."""
+def _load_driver() -> ctypes.PyDLL | None:
+    """libcuda with the functions used here typed, or None where there is none (ROCm, CPU)."""
     if os.environ.get("DSV4_TUNE_DIRECT_LAUNCH", "1") == "0" or torch.version.hip is not None:
         return None
     try:
         lib = ctypes.PyDLL("libcuda.so.1")
-        launch, name = lib.cuLaunchKernel, lib.cuGetErrorName
+        for name in ("cuLaunchKernel", "cuGetErrorName", "cuCtxGetCurrent", "cuCtxSetCurrent", "cuDeviceGet",
+                     "cuDevicePrimaryCtxRetain"):
+            getattr(lib, name).restype = ctypes.c_int
     except (OSError, AttributeError):
         return None
-    launch.restype = name.restype = ctypes.c_int
-    return launch, name
+    return lib
 
 
-_DRIVER: tuple[object, object] | bool | None = False  # False: not looked up yet
+_DRIVER: ctypes.PyDLL | bool | None = False  # False: not looked up yet
 
 
-def _driver() -> tuple[object, object] | None:
+def _driver() -> ctypes.PyDLL | None:
     global _DRIVER
     if _DRIVER is False:
         _DRIVER = _load_driver()
@@ -67,36 +72,59 @@ def _slot(kind: str, value: object) -> int | None:
     return int.from_bytes(raw, "little")
 
 
+def _check(lib: ctypes.PyDLL, err: int, what: str) -> None:
+    if err:
+        text = ctypes.c_char_p()
+        lib.cuGetErrorName(err, ctypes.byref(text))
+        raise RuntimeError(f"{what} failed: {(text.value or b'?').decode()} ({err})")
+
+
+def _make_context_current(lib: ctypes.PyDLL, device: int) -> None:
+    """Make the device's primary context (PyTorch's and Triton's) current on this thread."""
+    ctx, dev = ctypes.c_void_p(), ctypes.c_int()
+    _check(lib, lib.cuCtxGetCurrent(ctypes.byref(ctx)), "cuCtxGetCurrent")
+    if not ctx.value:
+        _check(lib, lib.cuDeviceGet(ctypes.byref(dev), device), "cuDeviceGet")
+        _check(lib, lib.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev), "cuDevicePrimaryCtxRetain")
+        _check(lib, lib.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
+
+
 class DirectLaunch:
     """One kernel launch with its grid and arguments fixed, except the address slots in ``patch``
     ((parameter slot, input position) pairs) that each call fills from its input addresses."""
 
-    def __init__(self, function: int, dims: tuple[int, ...], slots: list[int], patch: list[tuple[int, int]]) -> None:
+    def __init__(self, compiled: object, device: int, dims: tuple[int, ...], slots: list[int],
+                 patch: list[tuple[int, int]]) -> None:
         n = len(slots) + _SCRATCH_PARAMS
+        self.compiled = compiled  # keeps the module (and so the function handle) loaded
+        self.device = device
         self._values = (ctypes.c_uint64 * n)(*slots)  # scratch pointers stay 0 (null)
         base = ctypes.addressof(self._values)
         self._params = (ctypes.c_void_p * n)(*[base + 8 * i for i in range(n)])
-        self._head = (ctypes.c_void_p(function), *[ctypes.c_uint(d) for d in dims])
+        self._head = (ctypes.c_void_p(compiled.function), *[ctypes.c_uint(d) for d in dims])  # type: ignore[attr-defined]
+        self._lock = threading.Lock()
         self.patch = patch
 
     def __call__(self, stream: int, ptrs: Sequence[int]) -> None:
-        values = self._values
-        for k, j in self.patch:
-            values[k] = ptrs[j]
-        launch, error_name = _driver()  # type: ignore[misc]
-        err = launch(*self._head, ctypes.c_void_p(stream), self._params, None)  # type: ignore[operator]
-        if err:
-            text = ctypes.c_char_p()
-            error_name(err, ctypes.byref(text))  # type: ignore[operator]
-            raise RuntimeError(f"cuLaunchKernel failed: {(text.value or b'?').decode()} ({err})")
+        lib = _driver()
+        with self._lock:
+            values = self._values
+            for k, j in self.patch:
+                values[k] = ptrs[j]
+            err = lib.cuLaunchKernel(*self._head, ctypes.c_void_p(stream), self._params, None)  # type: ignore[union-attr]
+            if err == _INVALID_CONTEXT:  # a thread whose first CUDA work this is
+                _make_context_current(lib, self.device)  # type: ignore[arg-type]
+                err = lib.cuLaunchKernel(*self._head, ctypes.c_void_p(stream), self._params, None)  # type: ignore[union-attr]
+        _check(lib, err, "cuLaunchKernel")  # type: ignore[arg-type]
 
 
 def direct_launch(
-    compiled: object, grid: tuple[int, int, int], args: Sequence[object], patch: list[tuple[int, int]]
+    compiled: object, device: int, grid: tuple[int, int, int], args: Sequence[object], patch: list[tuple[int, int]]
 ) -> DirectLaunch | None:
-    """A :class:`DirectLaunch` of ``compiled`` (a Triton ``CompiledKernel``) over ``grid`` with the
-    positional ``args`` of the Python signature (tensors as int addresses; ``patch`` names argument
-    positions), or None when this path cannot launch it (see the module docstring)."""
+    """A :class:`DirectLaunch` of ``compiled`` (a Triton ``CompiledKernel`` loaded on ``device``)
+    over ``grid`` with the positional ``args`` of the Python signature (tensors as int addresses;
+    ``patch`` names argument positions), or None when this path cannot launch it (see the module
+    docstring)."""
     if _driver() is None or min(grid) <= 0:
         return None
     meta = getattr(compiled, "metadata", None)
@@ -124,7 +152,7 @@ def direct_launch(
     if any(i not in where for i, _ in patch):
         return None
     dims = (grid[0], grid[1], grid[2], 32 * meta.num_warps, 1, 1, meta.shared)
-    return DirectLaunch(compiled.function, dims, slots, [(where[i], j) for i, j in patch])  # type: ignore[attr-defined]
+    return DirectLaunch(compiled, device, dims, slots, [(where[i], j) for i, j in patch])
 
 
 def current_stream_getter() -> object:

@@ -194,6 +194,7 @@ class Replay:
                     aliases.append((by_id[id(t)], j))
                 by_id[id(t)] = j
         scratch_storage = {t.untyped_storage().data_ptr(): t for t in scratch}
+        device = rec.launches[0].tensors[0].device.index  # type: ignore[attr-defined]
         launches, keep = [], []
         for r in rec.launches:
             patch = []
@@ -206,9 +207,9 @@ class Replay:
                 if base is None:
                     return None
                 keep.append(base)
-            launches.append(direct_launch(r.compiled, r.grid, r.args, patch)
+            launches.append(direct_launch(r.compiled, device, r.grid, r.args, patch)
                             or TritonLaunch(r.compiled, r.grid, r.args, patch))
-        return cls(rec.launches[0].tensors[0].device.index, launches, keep, tuple(aliases))  # type: ignore[attr-defined]
+        return cls(device, launches, keep, tuple(aliases))
 
     def __call__(self, ptrs: Sequence[int]) -> None:
         """Launch everything again with the inputs' addresses ``ptrs``."""
