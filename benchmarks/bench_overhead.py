@@ -31,7 +31,7 @@ from common import device_record, print_table, save_results
 
 import dsv4_tune.decode as decode_mod
 from dsv4_tune import Plan, sparse_decode
-from dsv4_tune.decode import workload_of
+from dsv4_tune.decode import replay_kind, workload_of
 from dsv4_tune.kernels.variants import VARIANTS
 from dsv4_tune.kernels.workspace import DEFAULT_WORKSPACE
 from dsv4_tune.tuner.inputs import make_query, make_scope, make_sink
@@ -98,7 +98,7 @@ def host_times(plans: list[Plan], h: int, x_topk: int, device: str, calls: int =
                    kw["extra_topk_length"], kw["attn_sink"], *out]
         ptrs = [t.data_ptr() for t in tensors]
         replay_us = _per_call_us(lambda r=replay, p=ptrs: r(p), calls)[0] if replay is not None else None
-        kind = (plan, "e4m3fn", 512**-0.5, q.shape, False, False, False, False, False, False)
+        kind = replay_kind(plan, "e4m3fn", float(kw["sm_scale"]), tensors[:8], out)
         find_us = _per_call_us(lambda k=kind, ts=tensors: DEFAULT_WORKSPACE.replays.find(k, ts), calls)[0]
         decode_mod._REPLAY = False
         checked, _ = _per_call_us(call, calls)

@@ -97,7 +97,7 @@ def sparse_decode(
         # cheap key pins which optional tensors are given, so the positions are the recorded ones.
         tensors = [t for t in (*inputs, *(out or ())) if t is not None]
         try:
-            kind = (plan or get_dispatcher(), fp8, sm_scale, q.shape, out is None, *[t is None for t in inputs[3:]])
+            kind = replay_kind(plan, fp8, sm_scale, inputs, out)
             known, replay = ws.replays.find(kind, tensors)
         except (TypeError, AttributeError):  # an unhashable plan, a non-tensor: the checked path says which
             known, replay, kind = True, None, None
@@ -106,10 +106,7 @@ def sparse_decode(
             ptrs = [t.data_ptr() for t in tensors]
             if out is None:
                 ptrs += (o.data_ptr(), lse.data_ptr())
-            acc = 0
-            for p in ptrs:
-                acc |= p
-            if not acc & 15 and not hooks_active() and (not replay.aliases or replay.fits(ptrs)):  # type: ignore[attr-defined]
+            if not _misaligned(ptrs) and not hooks_active() and replay.fits(ptrs):  # type: ignore[attr-defined]
                 replay(ptrs)  # type: ignore[operator]
                 return o, lse
         if known:
@@ -156,6 +153,17 @@ def sparse_decode(
         slots = tensors if out is not None else [*tensors, o, lse]
         ws.replays.remember(kind, tensors, Replay.build(rec, slots, ws.buffers()))
     return o, lse
+
+
+def replay_kind(
+    plan: Plan | None, fp8: str, sm_scale: float, inputs: list[torch.Tensor | None],
+    out: tuple[torch.Tensor, torch.Tensor] | None,
+) -> tuple:
+    """The cheap key of a call in the replay cache: the plan (or the dispatcher that picks it),
+    the scalars, q's shape, and which optional tensors are given (``inputs`` in the argument
+    order of :func:`sparse_decode`); the metadata guard checks the rest."""
+    return (plan or get_dispatcher(), fp8, sm_scale, inputs[0].shape, out is None,  # type: ignore[union-attr]
+            *[t is None for t in inputs[3:]])
 
 
 # Replays need compiled kernels; DSV4_TUNE_REPLAY=0 turns them off (every call takes the checked path).

@@ -178,7 +178,7 @@ class Replay:
     def fits(self, ptrs: Sequence[int]) -> bool:
         """Whether inputs that were one object when recorded are one tensor now (same address):
         a slot patched from either would otherwise read the wrong one."""
-        return all(ptrs[a] == ptrs[b] for a, b in self.aliases)
+        return not self.aliases or all(ptrs[a] == ptrs[b] for a, b in self.aliases)
 
     @classmethod
     def build(
