@@ -158,12 +158,12 @@ def _finish(
         rope_ptr = dst_ptr.to(tl.pointer_type(tl.bfloat16)) + data // 2 + 224
         tl.store(rope_ptr + col[None, :] + 0 * g[:, None], to_bf16_rne(t), mask=((g == 7) & keep)[:, None])
         tl.store(dst_ptr + scales + g, (e + 127).to(tl.uint8), mask=(g < 7) & keep)
-    elif DEST == "f32":
-        keep = (d * 0 + store.to(tl.int32)) > 0
-        tl.store(dst_ptr.to(tl.pointer_type(tl.float32)) + loc * dst_stride + d, y, mask=keep)
     else:
         keep = (d * 0 + store.to(tl.int32)) > 0
-        tl.store(dst_ptr.to(tl.pointer_type(tl.bfloat16)) + loc * dst_stride + d, to_bf16_rne(y), mask=keep)
+        if DEST == "f32":
+            tl.store(dst_ptr.to(tl.pointer_type(tl.float32)) + loc * dst_stride + d, y, mask=keep)
+        else:
+            tl.store(dst_ptr.to(tl.pointer_type(tl.bfloat16)) + loc * dst_stride + d, to_bf16_rne(y), mask=keep)
 
 
 # ---------------------------------------------------------------------------------------------
