@@ -30,13 +30,16 @@ def _summary(times_ms: list[float], graph: bool) -> dict[str, Any]:
     }
 
 
-def _timed_replays(launch: Callable[[], object], flush_bytes: int, reps: int) -> list[float]:
-    """Event-timed runs of ``launch``, each after an L2 flush; one synchronize at the end."""
+def _timed_replays(launch: Callable[[], object], flush_bytes: int, reps: int, clean: bool = False) -> list[float]:
+    """Event-timed runs of ``launch``, each after an L2 flush (zeroing the buffer: L2 left dirty,
+    as after the rest of a layer; ``clean``: reading it); one synchronize at the end."""
     flush = torch.empty(flush_bytes, dtype=torch.uint8, device="cuda") if flush_bytes else None
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
     for start, end in zip(starts, ends, strict=True):
-        if flush is not None:
+        if flush is not None and clean:
+            flush.max()
+        elif flush is not None:
             flush.zero_()
         start.record()
         launch()
@@ -46,22 +49,25 @@ def _timed_replays(launch: Callable[[], object], flush_bytes: int, reps: int) ->
 
 
 def time_eager(
-    fn: Callable[[], object], *, flush_bytes: int = 256 * 2**20, reps: int = 50, warmup: int = 5
+    fn: Callable[[], object], *, flush_bytes: int = 256 * 2**20, reps: int = 50, warmup: int = 5,
+    clean_flush: bool = False,
 ) -> dict[str, Any]:
     """Time eager calls of ``fn`` like :func:`time_graph` (fallback, and for code that allocates)."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    return _summary(_timed_replays(fn, flush_bytes, reps), graph=False)
+    return _summary(_timed_replays(fn, flush_bytes, reps, clean_flush), graph=False)
 
 
 def time_graph(
-    fn: Callable[[], object], *, flush_bytes: int = 256 * 2**20, reps: int = 50, warmup: int = 5
+    fn: Callable[[], object], *, flush_bytes: int = 256 * 2**20, reps: int = 50, warmup: int = 5,
+    clean_flush: bool = False,
 ) -> dict[str, Any]:
     """Median / p20 / p80 µs of ``fn`` replayed from a CUDA graph on a cold L2, as serving runs it.
 
-    Falls back to eager timing (``"graph": False``) when capture fails, so one odd launcher does
-    not lose the whole row.
+    ``clean_flush`` evicts L2 by reading the flush buffer instead of zeroing it (no dirty lines
+    for ``fn`` to write back: ``benchmarks/bench_l2_flush.py``).  Falls back to eager timing
+    (``"graph": False``) when capture fails, so one odd launcher does not lose the whole row.
     """
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -77,9 +83,9 @@ def time_graph(
     except Exception as exc:  # any capture failure means: time it eagerly
         print(f"warning: CUDA graph capture failed ({type(exc).__name__}: {exc}); timing eager calls")
         torch.cuda.synchronize()
-        return time_eager(fn, flush_bytes=flush_bytes, reps=reps, warmup=1)
+        return time_eager(fn, flush_bytes=flush_bytes, reps=reps, warmup=1, clean_flush=clean_flush)
     torch.cuda.synchronize()
-    result = _summary(_timed_replays(graph.replay, flush_bytes, reps), graph=True)
+    result = _summary(_timed_replays(graph.replay, flush_bytes, reps, clean_flush), graph=True)
     del graph
     return result
 
