@@ -62,12 +62,12 @@ def build(shape: tuple, b: int, s_q: int, seed: int, device: str = "cuda"):
     return q, main, kw, w
 
 
-def all_plans() -> list[tuple[int, Plan]]:
+def all_plans(variants: list[str]) -> list[tuple[int, Plan]]:
     out = []
     for i, shape in enumerate(SHAPES):
         _, _, _, w = build(shape, 1, 1, 0, "cpu")
-        for v in VARIANTS.values():
-            out += [(i, p) for p in v.space(w)]
+        for name in variants:
+            out += [(i, p) for p in VARIANTS[name].space(w)]
     return out
 
 
@@ -119,8 +119,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--b", type=int, default=2)
     ap.add_argument("--s-q", type=int, default=2)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variants (default: all)")
     args = ap.parse_args()
-    plans = all_plans()
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"--variants: unknown {unknown}; known {list(VARIANTS)}")
+    plans = all_plans(variants)
     print(f"{len(plans)} (shape, plan) pairs", flush=True)
     t0 = time.time()
     compiled = compile_all(plans, args.jobs)
@@ -167,7 +172,8 @@ def main() -> None:
     print(f"compile errors: {len(compile_errors)}; mismatches: {len(failures)}")
     for c in compile_errors[:10]:
         print("COMPILE ERROR", c[1], c[4][:300])
-    save_results("check_all_configs", {
+    name = "check_all_configs" if set(variants) == set(VARIANTS) else f"check_all_configs-{'+'.join(variants)}"
+    save_results(name, {
         "device": device_record(), "shapes": SHAPES, "tokens": args.b * args.s_q, "rows": rows,
         "failures": failures, "compile": comp_rows, "compile_wall_s": round(compile_wall, 1),
         "compile_errors": [{"plan": c[1], "error": c[4][:1000]} for c in compile_errors],

@@ -403,7 +403,8 @@ def verify_policy(
 def compile_check(
     arch: str = typer.Option("sm90,gfx942,gfx950", "--arch", help="comma-separated targets"),
     variants: str | None = typer.Option(None, "--variants", help="comma-separated decode variants and ops "
-                                        "(fused, fused_splitk, gather_attend, compress, qk_norm; default: all)"),
+                                        "(fused, fused_splitk, fused_splitk_inline, gather_attend, compress, "
+                                        "qk_norm; default: all)"),
     sample: int | None = typer.Option(None, "--sample", help="a fixed random sample of N configs per variant"),
     policy: list[Path] = typer.Option([], "--policy", help="check the plans of these policies (for their own arch)"),
     jobs: int = typer.Option(2, "--jobs", help="compile processes"),

@@ -147,6 +147,23 @@ def test_split_k_equals_no_split(device, gen) -> None:
             check_against_reference(f"split {sk}", out, lse, *case.ref)
         else:
             case.check(Plan.make("fused_splitk", cfg))
+        inline = {k: v for k, v in cfg.items() if k not in ("COMBINE_BLOCK_H", "combine_warps")}
+        case.check(Plan.make("fused_splitk_inline", inline), f"split {sk}")
+
+
+@pytest.mark.parametrize("block_h", [16, 32])
+def test_inline_combine_leaves_its_counters_zero(block_h, device, gen) -> None:
+    """The in-kernel combine counts the splits of each (token, head block) on a workspace counter
+    and the last split puts it back to 0: calls after the first stay right only if it does."""
+    case = make_case(device, gen, b=2, s_q=2, h=48, topk=96, x_topk=40, sink="finite")
+    plan = Plan.make("fused_splitk_inline", BLOCK_H=block_h, BLOCK_N=16, num_warps=4, num_stages=1, SPLIT_K=3)
+    ws = Workspace()
+    for _ in range(3):
+        out, lse = case.run(plan, ws)
+        check_against_reference(str(plan), out, lse, *case.ref)
+    counters = [b for b in ws.buffers() if b.dtype == torch.int32]
+    assert len(counters) == 1 and counters[0].numel() == 4 * -(-48 // block_h)
+    assert bool((counters[0] == 0).all())
 
 
 def test_batch_permutation_permutes_results(device, gen) -> None:
@@ -236,3 +253,17 @@ def test_bad_inputs_name_the_argument(device, gen) -> None:
             sparse_decode(q_, k_, i_, validate=True, **args)
     with pytest.raises(ValueError, match="variant: unknown 'warp_speed'"):
         sparse_decode(case.q, kv, idx, plan=Plan.make("warp_speed"), **base)
+
+
+@pytest.mark.gpu_only
+def test_inline_combine_under_load(device, gen) -> None:
+    """Many concurrent (token, head block) counters and up to 16 splits racing to arrive last, on
+    one workspace call after call: every result matches the unsplit kernel's reference."""
+    for b, h in ((64, 128), (8, 64)):
+        case = make_case(device, gen, b=b, h=h, topk=128, x_topk=1024, x_page=64, sink="mixed")
+        ws = Workspace()
+        for sk, bh in ((16, 16), (12, 32), (3, 64)):
+            plan = Plan.make("fused_splitk_inline", BLOCK_H=bh, BLOCK_N=64, num_warps=8, num_stages=1, SPLIT_K=sk)
+            for _ in range(3):
+                out, lse = case.run(plan, ws)
+                check_against_reference(str(plan), out, lse, *case.ref)

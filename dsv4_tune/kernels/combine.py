@@ -11,6 +11,7 @@ split_k is an ordinary argument and any value works.
 from __future__ import annotations
 
 import torch
+import triton
 import triton.language as tl
 
 from dsv4_tune.kernels.attention_core import aligned, to_bf16_rne
@@ -20,17 +21,18 @@ from dsv4_tune.kernels.runtime import cdiv
 SPLIT_K_MIN, SPLIT_K_MAX = 2, 16
 
 
-@kernel
-def _combine_kernel(
+@triton.jit
+def merge_partials(
     part_o_ptr, part_lse_ptr, sink_ptr, out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh,
-    t0, n_tok, s_q, h_q, split_k,
+    t, t_local, n_tok, s_q, h_q, split_k, heads,
     HAS_SINK: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
+    """Merge the ``split_k`` partials of heads ``heads`` of token ``t`` (row ``t_local`` of the
+    partial buffers) into the final O and LSE; shared by the combine kernel and the fused kernel's
+    in-kernel combine."""
     s_ob = aligned(s_ob, 512)  # outputs are contiguous (checked by the entry)
     s_os = aligned(s_os, 512)
     s_oh = aligned(s_oh, 512)
-    t_local = tl.program_id(0).to(tl.int64)
-    heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     hmask = heads < h_q
     cols = tl.arange(0, 512)
     m = tl.full([BLOCK_H], float("-inf"), tl.float32)
@@ -54,12 +56,25 @@ def _combine_kernel(
         sink = tl.load(sink_ptr + heads, mask=hmask, other=float("-inf"))
         sig = 1.0 / (1.0 + tl.math.exp2((sink - tl.where(lonely, 0.0, lse)) * 1.4426950408889634))
         scale = scale * sig
-    t = t0 + t_local
     tb = t // s_q
     ts = t % s_q
     optr = out_ptr + tb * s_ob + ts * s_os + heads[:, None].to(tl.int64) * s_oh + cols[None, :]
     tl.store(optr, to_bf16_rne(acc * scale[:, None]), mask=hmask[:, None])
     tl.store(lse_ptr + tb * s_lb + heads.to(tl.int64) * s_lh + ts, lse, mask=hmask)
+
+
+@kernel
+def _combine_kernel(
+    part_o_ptr, part_lse_ptr, sink_ptr, out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh,
+    t0, n_tok, s_q, h_q, split_k,
+    HAS_SINK: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    t_local = tl.program_id(0).to(tl.int64)
+    heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    merge_partials(
+        part_o_ptr, part_lse_ptr, sink_ptr, out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh,
+        t0 + t_local, t_local, n_tok, s_q, h_q, split_k, heads, HAS_SINK, BLOCK_H,
+    )
 
 
 _launch_combine = Launcher(_combine_kernel)

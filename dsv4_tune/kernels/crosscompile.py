@@ -54,7 +54,7 @@ ARCHS: dict[str, ArchLimits] = {
 _POINTERS = {
     "q_ptr": "*bf16", "kv_ptr": "*u8", "xkv_ptr": "*u8", "idx_ptr": "*i32", "xidx_ptr": "*i32",
     "len_ptr": "*i32", "xlen_ptr": "*i32", "sink_ptr": "*fp32", "out_ptr": "*bf16", "lse_ptr": "*fp32",
-    "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "inv_ptr": "*u8",
+    "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "inv_ptr": "*u8", "count_ptr": "*i32",
 }
 _KERNELS = {fn.fn.__name__: fn for fn in (_sparse_decode_kernel, _combine_kernel, _gather_dequant_kernel,
                                           _gather_dequant_dual_kernel, _gathered_attention_kernel)}

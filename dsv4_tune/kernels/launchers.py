@@ -14,7 +14,7 @@ from dsv4_tune.kernels.combine import launch_combine
 from dsv4_tune.kernels.gather_dequant import GatherConfig, gather_dequant, gather_dequant_dual
 from dsv4_tune.kernels.gathered_attention import launch_gathered_attention
 from dsv4_tune.kernels.kv_layout import HEAD_DIM, Fp8Flavour
-from dsv4_tune.kernels.runtime import dot_dtype, fp8_mode
+from dsv4_tune.kernels.runtime import cdiv, dot_dtype, fp8_mode
 from dsv4_tune.kernels.sparse_decode import launch_sparse_decode
 from dsv4_tune.kernels.workspace import Workspace
 from dsv4_tune.policies.buckets import GATHER_BUFFER_BYTES, token_ranges
@@ -70,6 +70,18 @@ def run_fused_splitk(
     )
     launch_combine(*partial, x.attn_sink, out, lse, s_q=x.q.shape[1],
                    BLOCK_H=cfg["COMBINE_BLOCK_H"], num_warps=cfg["combine_warps"])
+
+
+def run_fused_splitk_inline(
+    x: DecodeInputs, cfg: dict[str, int], out: torch.Tensor, lse: torch.Tensor, ws: Workspace
+) -> None:
+    sk, h_q = cfg["SPLIT_K"], x.q.shape[2]
+    partial = _partials(ws, sk, x.n_tok, h_q, x.q.device)
+    counters = ws.get("split_counters", (x.n_tok * cdiv(h_q, cfg["BLOCK_H"]),), torch.int32, x.q.device, zeroed=True)
+    launch_sparse_decode(
+        x.q, x.main, x.extra, x.attn_sink, x.sm_scale, out, lse, partial, split_k=sk, counters=counters,
+        fp8_mode=fp8_mode(x.fp8), dot_type=dot_dtype(), **_attention_kw(cfg),
+    )
 
 
 def run_gather_attend(

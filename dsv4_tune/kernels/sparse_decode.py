@@ -3,8 +3,12 @@
 Grid ``(cdiv(h_q, BLOCK_H), T, split_k)``.  A program loads its ``[BLOCK_H, 512]`` query rows
 once, then walks its slice ``[k_start, k_end)`` of the concatenated candidate range
 ``[main ; extra]``: the main-scope part, then the extra-scope part, into one online softmax.  The
-walk stops at ``topk_length`` (early exit).  Unsplit, it writes the final O and LSE; split, it
-writes the normalised partial O and LSE that :mod:`dsv4_tune.kernels.combine` merges.
+walk stops at ``topk_length`` (early exit).  Unsplit (``SPLIT`` false), it writes the final O and LSE;
+split, it writes the normalised partial O and LSE that :mod:`dsv4_tune.kernels.combine` merges:
+in a second launch (``SPLIT`` true), or in this one (``SPLIT=2``): each program counts itself in on an
+atomic counter of its (token, head block) after storing its partial, and the last of the split_k
+to arrive merges them all and puts the counter back to 0 for the next launch.  One launch instead
+of two is what an eager decode step at small T pays for in host time (a driver launch each).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dsv4_tune.kernels.attention_core import (
     softmax_step,
     store_result,
 )
+from dsv4_tune.kernels.combine import merge_partials
 from dsv4_tune.kernels.launch import Launcher, kernel
 from dsv4_tune.kernels.runtime import cdiv, scope_args
 
@@ -51,7 +56,7 @@ def _sparse_decode_kernel(
     kv_ptr, stride_page, stride_page_h, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik, len_ptr, topk,
     xkv_ptr, x_stride_page, x_stride_page_h, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik, xlen_ptr,
     x_topk,
-    sink_ptr, out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr,
+    sink_ptr, out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr, count_ptr,
     n_tok, s_q, h_q, qk_scale, chunk,
     HAS_LEN: tl.constexpr, HAS_EXTRA: tl.constexpr, X_HAS_LEN: tl.constexpr, HAS_SINK: tl.constexpr,
     SPLIT: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, FP8: tl.constexpr, DOT: tl.constexpr,
@@ -84,6 +89,18 @@ def _sparse_decode_kernel(
         out_ptr, s_ob, s_os, s_oh, s_q, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr, sink_ptr,
         HAS_SINK, SPLIT, BLOCK_H,
     )
+    if SPLIT == 2:
+        # Release this program's partial (every thread's stores, then one acq_rel atomic), and
+        # let the last of the split_k programs of this (token, head block) merge them.
+        tl.debug_barrier()
+        counter = count_ptr + t * tl.num_programs(0) + tl.program_id(0)
+        arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+        if arrived == tl.num_programs(2) - 1:
+            tl.store(counter, 0)
+            merge_partials(
+                part_o_ptr, part_lse_ptr, sink_ptr, out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh,
+                t, t, n_tok, s_q, h_q, tl.num_programs(2), head0 + tl.arange(0, BLOCK_H), HAS_SINK, BLOCK_H,
+            )
 
 
 _launch = Launcher(_sparse_decode_kernel)
@@ -105,6 +122,7 @@ def launch_sparse_decode(
     partial: tuple[torch.Tensor, torch.Tensor] | None,
     *,
     split_k: int,
+    counters: torch.Tensor | None = None,
     BLOCK_H: int,
     BLOCK_N: int,
     num_warps: int,
@@ -113,7 +131,9 @@ def launch_sparse_decode(
     dot_type: tl.dtype,
 ) -> None:
     """Launch the fused kernel (inputs already checked).  ``partial`` = (O ``[split_k, T, h, 512]``
-    fp32, LSE ``[split_k, T, h]`` fp32) when ``split_k > 1``; then ``out``/``lse`` are untouched."""
+    fp32, LSE ``[split_k, T, h]`` fp32) when ``split_k > 1``; then ``out``/``lse`` are left to the
+    combine kernel, unless ``counters`` (int32, ``T * cdiv(h, BLOCK_H)`` zeros, left zero) is given:
+    then the kernel merges the splits itself."""
     b, s_q, h_q, _ = q.shape
     n_tok = b * s_q
     topk = main[1].shape[2]
@@ -124,9 +144,9 @@ def launch_sparse_decode(
         (cdiv(h_q, BLOCK_H), n_tok, split_k),
         q, q.stride(0), q.stride(1), q.stride(2),
         *scope_args(*main), topk, *x_args, x_topk,
-        *epilogue_args(attn_sink, out, lse, partial),
+        *epilogue_args(attn_sink, out, lse, partial), counters if counters is not None else main[1],
         n_tok, s_q, h_q, sm_scale * LOG2E, chunk,
         main[2] is not None, extra is not None, extra is not None and extra[2] is not None, attn_sink is not None,
-        split_k > 1, BLOCK_H, BLOCK_N, fp8_mode, dot_type,
+        split_k > 1 if counters is None else 2, BLOCK_H, BLOCK_N, fp8_mode, dot_type,
         num_warps=num_warps, num_stages=num_stages,
     )

@@ -66,7 +66,7 @@ def _attention_problems(w: Workload, c: dict[str, int], block_n_choices: tuple[i
     return out
 
 
-def _split_problems(w: Workload, c: dict[str, int], allowed: tuple[int, ...]) -> list[str]:
+def _split_problems(w: Workload, c: dict[str, int], allowed: tuple[int, ...], combine_kernel: bool = True) -> list[str]:
     out = []
     sk = c["SPLIT_K"]
     if sk not in allowed:
@@ -74,7 +74,10 @@ def _split_problems(w: Workload, c: dict[str, int], allowed: tuple[int, ...]) ->
     elif sk > 1 and c["BLOCK_N"] > 0 and sk > -(-w.total_topk // c["BLOCK_N"]):  # BLOCK_N <= 0: reported above
         out.append(f"SPLIT_K={sk} exceeds the {-(-w.total_topk // c['BLOCK_N'])} BLOCK_N steps of topk {w.total_topk}")
     combine = (c.get("COMBINE_BLOCK_H"), c.get("combine_warps"))
-    if sk > 1 and combine not in COMBINE_CHOICES:
+    if not combine_kernel:
+        if combine != (None, None):
+            out.append("the in-kernel combine takes no combine config")
+    elif sk > 1 and combine not in COMBINE_CHOICES:
         out.append(f"(COMBINE_BLOCK_H, combine_warps)={combine} not in {COMBINE_CHOICES}")
     if sk == 1 and combine != (None, None):
         out.append("SPLIT_K=1 takes no combine config")
@@ -87,6 +90,10 @@ def _fused_problems(w: Workload, c: dict[str, int]) -> list[str]:
 
 def _fused_splitk_problems(w: Workload, c: dict[str, int]) -> list[str]:
     return _attention_problems(w, c, BLOCK_N_CHOICES) + _split_problems(w, c, SPLIT_K_CHOICES)
+
+
+def _fused_splitk_inline_problems(w: Workload, c: dict[str, int]) -> list[str]:
+    return _attention_problems(w, c, BLOCK_N_CHOICES) + _split_problems(w, c, SPLIT_K_CHOICES, combine_kernel=False)
 
 
 def _gta_problems(w: Workload, c: dict[str, int]) -> list[str]:
@@ -112,6 +119,11 @@ def _fused_space(w: Workload) -> Iterator[dict[str, int]]:
 def _fused_splitk_space(w: Workload) -> Iterator[dict[str, int]]:
     for att, sk, (cb, cw) in itertools.product(_attention_grid(BLOCK_N_CHOICES), SPLIT_K_CHOICES, COMBINE_CHOICES):
         yield {**att, "SPLIT_K": sk, "COMBINE_BLOCK_H": cb, "combine_warps": cw}
+
+
+def _fused_splitk_inline_space(w: Workload) -> Iterator[dict[str, int]]:
+    for att, sk in itertools.product(_attention_grid(BLOCK_N_CHOICES), SPLIT_K_CHOICES):
+        yield {**att, "SPLIT_K": sk}
 
 
 def _gta_space(w: Workload) -> Iterator[dict[str, int]]:
@@ -179,6 +191,10 @@ def _fused_splitk_default(w: Workload) -> dict[str, int]:
             "SPLIT_K": max(2, min(8, steps)), **DEFAULT_COMBINE}
 
 
+def _fused_splitk_inline_default(w: Workload) -> dict[str, int]:
+    return {k: v for k, v in _fused_splitk_default(w).items() if k not in DEFAULT_COMBINE}
+
+
 def _gta_default(w: Workload) -> dict[str, int]:
     return {**_fused_default(w), "ONE_LAUNCH": int(w.dual), "BLOCK_TK": 64, "gather_warps": 4, "SPLIT_K": 1}
 
@@ -191,6 +207,9 @@ VARIANTS: dict[str, Variant] = {
         Variant("fused_splitk", "the fused kernel over SPLIT_K slices of the candidates, then the combine",
                 "dsv4_tune.kernels.launchers:run_fused_splitk", _fused_splitk_space, _fused_splitk_problems,
                 _fused_splitk_default),
+        Variant("fused_splitk_inline", "the fused kernel over SPLIT_K slices; the last slice of each head block "
+                "to finish merges them (one launch)", "dsv4_tune.kernels.launchers:run_fused_splitk_inline",
+                _fused_splitk_inline_space, _fused_splitk_inline_problems, _fused_splitk_inline_default),
         Variant("gather_attend", "gather to a BF16 buffer (one launch or one per scope), then attention "
                 "(one pass or split-K + combine)", "dsv4_tune.kernels.launchers:run_gather_attend",
                 _gta_space, _gta_problems, _gta_default),
@@ -234,9 +253,11 @@ def plan_kernels(plan: Plan, w: Workload, arch: str) -> list[KernelLaunch]:
         return name, tuple(sorted(constexprs.items())), warps, stages
 
     out = []
-    if plan.variant in ("fused", "fused_splitk"):
+    inline = plan.variant == "fused_splitk_inline"
+    if plan.variant in ("fused", "fused_splitk", "fused_splitk_inline"):
         out.append(launch("_sparse_decode_kernel", c["num_warps"], c["num_stages"], HAS_LEN=w.has_len_main,
-                          HAS_EXTRA=w.dual, X_HAS_LEN=w.dual and w.has_len_extra, HAS_SINK=sink, SPLIT=split,
+                          HAS_EXTRA=w.dual, X_HAS_LEN=w.dual and w.has_len_extra, HAS_SINK=sink,
+                          SPLIT=2 if inline else split,
                           BLOCK_H=c["BLOCK_H"], BLOCK_N=c["BLOCK_N"], FP8=fp8, DOT="bf16"))
     elif plan.variant == "gather_attend":
         if w.dual and c["ONE_LAUNCH"]:
@@ -249,7 +270,7 @@ def plan_kernels(plan: Plan, w: Workload, arch: str) -> list[KernelLaunch]:
                                   BLOCK_TK=c["BLOCK_TK"]))
         out.append(launch("_gathered_attention_kernel", c["num_warps"], c["num_stages"], HAS_SINK=sink, SPLIT=split,
                           BLOCK_H=c["BLOCK_H"], BLOCK_N=c["BLOCK_N"], DOT="bf16"))
-    if split:
+    if split and not inline:
         out.append(launch("_combine_kernel", c["combine_warps"], 1, HAS_SINK=sink, BLOCK_H=c["COMBINE_BLOCK_H"]))
     return out
 

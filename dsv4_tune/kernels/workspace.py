@@ -21,11 +21,16 @@ class Workspace:
         self._buffers: dict[tuple, torch.Tensor] = {}
         self.replays = ReplayCache()
 
-    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    def get(
+        self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, *, zeroed: bool = False
+    ) -> torch.Tensor:
+        """The buffer of this name, shape, dtype and device.  ``zeroed``: zeros when allocated, for
+        kernels that leave it zero again (the split counters of the in-kernel combine)."""
         key = (name, shape, dtype, device)
         buf = self._buffers.get(key)
         if buf is None:
-            buf = self._buffers[key] = torch.empty(shape, dtype=dtype, device=device)
+            alloc = torch.zeros if zeroed else torch.empty
+            buf = self._buffers[key] = alloc(shape, dtype=dtype, device=device)
         return buf
 
     def buffers(self) -> list[torch.Tensor]:

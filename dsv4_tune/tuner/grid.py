@@ -169,6 +169,8 @@ def coarse_candidates(w: Workload | OpWorkload, arch: str | None = None, limit: 
         for sk in (2, 4, 8, 16):
             plans.append(Plan.make("fused_splitk", BLOCK_H=bh, BLOCK_N=bn, num_warps=8, num_stages=1, SPLIT_K=sk,
                                    **DEFAULT_COMBINE))
+            plans.append(Plan.make("fused_splitk_inline", BLOCK_H=bh, BLOCK_N=bn, num_warps=8, num_stages=1,
+                                   SPLIT_K=sk))
     gta = VARIANTS["gather_attend"].default(w).as_dict()
     for bh, nw in ((64, 8), (32, 8), (16, 4)):
         plans.append(Plan.make("gather_attend", gta, BLOCK_H=bh, num_warps=nw))
@@ -206,7 +208,7 @@ def neighbours(plan: Plan) -> list[Plan]:
     for cfg in out:
         if cfg.get("SPLIT_K") == 1:
             cfg = {k: v for k, v in cfg.items() if k not in DEFAULT_COMBINE}
-        elif cfg.get("SPLIT_K", 1) > 1 and "COMBINE_BLOCK_H" not in cfg:
+        elif cfg.get("SPLIT_K", 1) > 1 and "COMBINE_BLOCK_H" not in cfg and plan.variant == "gather_attend":
             cfg = {**cfg, **DEFAULT_COMBINE}
         plans.append(Plan.make(plan.variant, cfg))
     return list(dict.fromkeys(plans))
@@ -237,7 +239,7 @@ def refine_candidates(
     return list(seeds) + (found if limit is None else found[:limit])
 
 
-LAUNCHES = {"fused": 1, "fused_splitk": 2, "gather_attend": 3}
+LAUNCHES = {"fused": 1, "fused_splitk_inline": 1, "fused_splitk": 2, "gather_attend": 3}
 
 
 def simplicity(plan: Plan) -> tuple[int, int]:

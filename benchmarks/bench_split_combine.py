@@ -1,0 +1,74 @@
+"""Split-K with the combine as a second launch vs merged in the split kernel (one launch).
+
+For each class of the DSV4 grid (with topk_length; h_q 64 / 128; SWA only, C128, C4) and small T,
+the shipped policy's split-K config (or the variant's default where the policy picks no split)
+runs as ``fused_splitk`` (two launches) and as ``fused_splitk_inline`` with the same attention
+config and SPLIT_K (one launch).  GPU time by CUDA-graph replay on a cold L2, the two interleaved;
+"two/inline" > 1 means the in-kernel combine is faster, with its 90% bootstrap interval.
+
+    python benchmarks/bench_split_combine.py [--tokens 1 4 16 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import device_record, print_table, result_name, save_results
+from dsv4_tune.kernels.variants import DEFAULT_COMBINE, VARIANTS
+from dsv4_tune.policies.dispatcher import get_dispatcher
+from dsv4_tune.tuner.grid import default_grid
+from dsv4_tune.tuner.measure import timing_available
+from dsv4_tune.tuner.select import ratio_interval
+from dsv4_tune.tuner.sweep import build_case, time_plans
+from dsv4_tune.workload import Plan
+
+
+def split_pair(plan: Plan, w) -> tuple[Plan, Plan]:
+    """(two-launch, one-launch) plans of one attention config and SPLIT_K."""
+    if plan.variant != "fused_splitk":
+        plan = VARIANTS["fused_splitk"].default(w)
+    inline = {k: v for k, v in plan.as_dict().items() if k not in DEFAULT_COMBINE}
+    return plan, Plan.make("fused_splitk_inline", inline)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--tokens", type=int, nargs="+", default=[1, 4, 16, 64])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    if not timing_available():
+        sys.exit("bench_split_combine: needs a GPU (GPU time is what it compares)")
+    dispatcher = get_dispatcher()
+    rows = []
+    for cls in default_grid().classes:
+        if not cls.with_length or cls.topk_extra not in (0, 64, 512):
+            continue
+        for t in args.tokens:
+            w = cls.workload(t)
+            two, one = split_pair(dispatcher.lookup(w), w)
+            if VARIANTS[one.variant].problems(w, one.as_dict()):
+                continue
+            case = build_case(cls, t, "cuda", with_ref=False)
+            samples, flag = time_plans(case, [two, one], True, rounds=args.rounds, reps=args.reps)
+            lo, hi = ratio_interval(samples[0], samples[1])
+            a, b = statistics.median(samples[0]), statistics.median(samples[1])
+            rows.append({"h_q": cls.h_q, "topk": f"{cls.topk_main}+{cls.topk_extra}", "T": t,
+                         "config": str(one).removeprefix("fused_splitk_inline"), "two_us": round(a, 2),
+                         "inline_us": round(b, 2), "two/inline": round(a / b, 3),
+                         "interval": f"{lo:.2f}-{hi:.2f}", "flag": flag or ""})
+            print(rows[-1], flush=True)
+    print_table(rows, ["h_q", "topk", "T", "config", "two_us", "inline_us", "two/inline", "interval", "flag"],
+                "split-K: combine kernel (two launches) vs in-kernel combine (one launch), GPU time")
+    path = save_results(result_name("bench_split_combine"), {"device": device_record(), "rows": rows}, args.out)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
