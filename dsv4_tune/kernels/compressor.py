@@ -15,9 +15,10 @@ Then ``y = c * rsqrt(mean(c^2) + eps) * norm_weight`` and RoPE on the last 64 di
 Upstream bugs this code avoids by construction (see spec compressor.md §5): the softmax subtracts a
 finite running max (0 while a channel has seen only -inf), so a -inf score weighs exp(-inf) = 0 and
 ``-inf - -inf`` is never formed (no NaN to mask afterwards); no write goes through a negative
-or out-of-range ring base or out_loc (slot 0 is never a fallback); the ring is written before the
-window is read in decode (position p comes from the input row) and only after every window has been
-read in prefill (a separate launch).
+or out-of-range ring base or out_loc (slot 0 is never a fallback); the spec's "write the ring, then
+read the window" holds in effect: decode takes position p from the input row and never reads the
+ring row it writes (ring_size >= K), so it stores that row last, after every load; prefill writes
+the ring only after every window has been read (a separate launch).
 
 Config spaces live in :mod:`dsv4_tune.kernels.compressor_space` (pure, no torch/triton).
 Nothing in the launch path synchronises with the GPU.
@@ -115,25 +116,36 @@ def _ue8m0_exponent(amax, FP8: tl.constexpr):
 
 
 @triton.jit
+def _finish_inputs(normw_ptr, freqs_ptr, s_freqs, max_pos, rpos, D: tl.constexpr):
+    """The norm weight and the RoPE cos / sin at ``rpos`` that :func:`_finish` applies.
+
+    Loaded by the callers before the pooling, so that these loads (a freqs row from DRAM for a
+    new position) overlap the window's instead of adding a memory round trip after it.  RoPE
+    positions at or beyond ``max_pos`` (the rows of ``freqs``) are not rotated (cos 1, sin 0).
+    """
+    j = tl.arange(0, D // 2) - (D - 64) // 2
+    fmask = j >= tl.where(rpos < max_pos, 0, D)  # (not `j >= 0 & scalar`: the interpreter makes that int32)
+    frow = freqs_ptr + rpos.to(tl.int64) * s_freqs + 2 * j
+    return tl.load(normw_ptr + tl.arange(0, D)), tl.load(frow, mask=fmask, other=1.0), tl.load(
+        frow + 1, mask=fmask, other=0.0)
+
+
+@triton.jit
 def _finish(
-    c, normw_ptr, freqs_ptr, s_freqs, max_pos, rpos, dst_ptr, dst_stride, page_size, loc, store,
+    c, normw, cos, sin, dst_ptr, dst_stride, page_size, loc, store,
     D: tl.constexpr, DEST: tl.constexpr, FP8: tl.constexpr, EPS: tl.constexpr,
 ):
-    """RMSNorm + interleaved RoPE at ``rpos`` of the fp32 row ``c [D]``, stored at slot ``loc`` if
-    ``store`` (else nothing is written: the caller need not wait for the slot id to start pooling).
+    """RMSNorm + interleaved RoPE (``normw``, ``cos``, ``sin`` from :func:`_finish_inputs`) of the
+    fp32 row ``c [D]``, stored at slot ``loc`` if ``store`` (else nothing is written: the caller
+    need not wait for the slot id to start pooling).
 
     ``DEST``: "pool" (FP8 pool bytes; D = 512), "f32" or "bf16" (dense rows of ``dst_stride``
-    elements).  RoPE positions at or beyond ``max_pos`` (the rows of ``freqs``) are not rotated.
+    elements).
     """
     d = tl.arange(0, D)
-    y = c * tl.rsqrt(tl.sum(c * c, axis=0) / D + EPS) * tl.load(normw_ptr + d)
+    y = c * tl.rsqrt(tl.sum(c * c, axis=0) / D + EPS) * normw
     x0, x1 = tl.split(tl.reshape(y, (D // 2, 2)))
-    j = tl.arange(0, D // 2) - (D - 64) // 2
-    rope = j >= 0
-    fmask = j >= tl.where(rpos < max_pos, 0, D)  # (not `rope & scalar`: the interpreter makes that int32)
-    frow = freqs_ptr + rpos.to(tl.int64) * s_freqs + 2 * j
-    cos = tl.load(frow, mask=fmask, other=1.0)
-    sin = tl.load(frow + 1, mask=fmask, other=0.0)
+    rope = (tl.arange(0, D // 2) - (D - 64) // 2) >= 0
     y0 = tl.where(rope, x0 * cos - x1 * sin, x0)
     y1 = tl.where(rope, x0 * sin + x1 * cos, x1)
     y = tl.reshape(tl.join(y0, y1), (D,))
@@ -184,15 +196,19 @@ def _compress_decode_kernel(
     loc = tl.load(loc_ptr + b)
     p = seq - 1
     if seq > 0:
-        if base >= 0:
-            cols = tl.arange(0, 2 * COFF * D)
-            row = tl.load(kvs_ptr + b.to(tl.int64) * s_kvs + cols)
-            tl.store(state_ptr + (base + p % ring_size).to(tl.int64) * s_state + cols, row)
+        # Every load is issued before the first store (the ring row's), so that the call costs
+        # two memory round trips (the scalars, then the row, the window and the RoPE row together)
+        # rather than four.  The window never reads ring row p % ring_size (ring_size >= K), and
+        # takes position p from the input row, so writing the ring last changes nothing it reads.
+        cols = tl.arange(0, 2 * COFF * D)
+        row = tl.load(kvs_ptr + b.to(tl.int64) * s_kvs + cols, mask=cols < tl.where(base >= 0, 2 * COFF * D, 0))
         if (seq % R == 0) & (loc >= 0) & (loc < n_slots):
+            normw, cos, sin = _finish_inputs(normw_ptr, freqs_ptr, s_freqs, max_pos, p + 1 - R, D)
             c = _pool(kvs_ptr, s_kvs, state_ptr, s_state, ape_ptr, base, ring_size, p, p, b, 0,
                       R, COFF, D, D, BLOCK_S)
-            _finish(c, normw_ptr, freqs_ptr, s_freqs, max_pos, p + 1 - R, dst_ptr, dst_stride, page_size, loc,
-                    loc >= 0, D, DEST, FP8, EPS)
+            _finish(c, normw, cos, sin, dst_ptr, dst_stride, page_size, loc, loc >= 0, D, DEST, FP8, EPS)
+        if base >= 0:
+            tl.store(state_ptr + (base + p % ring_size).to(tl.int64) * s_state + cols, row)
 
 
 @kernel
@@ -230,9 +246,9 @@ def _compress_decode_finish_kernel(
     seq = tl.load(seqlens_ptr + b)
     loc = tl.load(loc_ptr + b)
     if (seq > 0) & (seq % R == 0) & (loc >= 0) & (loc < n_slots):
+        normw, cos, sin = _finish_inputs(normw_ptr, freqs_ptr, s_freqs, max_pos, seq - R, D)
         c = tl.load(ws_ptr + b.to(tl.int64) * D + tl.arange(0, D))
-        _finish(c, normw_ptr, freqs_ptr, s_freqs, max_pos, seq - R, dst_ptr, dst_stride, page_size, loc,
-                loc >= 0, D, DEST, FP8, EPS)
+        _finish(c, normw, cos, sin, dst_ptr, dst_stride, page_size, loc, loc >= 0, D, DEST, FP8, EPS)
 
 
 @triton.jit
@@ -263,10 +279,11 @@ def _compress_prefill_kernel(
         if ok:
             tok = t0 + (p - q)
             loc = tl.load(loc_ptr + tok)
+            normw, cos, sin = _finish_inputs(normw_ptr, freqs_ptr, s_freqs, max_pos, p + 1 - R, D)
             c = _pool(kvs_ptr, s_kvs, state_ptr, s_state, ape_ptr, base, ring_size, p, q, t0, 0,
                       R, COFF, D, D, BLOCK_S)
-            _finish(c, normw_ptr, freqs_ptr, s_freqs, max_pos, p + 1 - R, dst_ptr, dst_stride, page_size,
-                    loc, (loc >= 0) & (loc < n_slots), D, DEST, FP8, EPS)
+            _finish(c, normw, cos, sin, dst_ptr, dst_stride, page_size, loc, (loc >= 0) & (loc < n_slots),
+                    D, DEST, FP8, EPS)
 
 
 @kernel
@@ -305,9 +322,9 @@ def _compress_prefill_finish_kernel(
             tok = t0 + (p - q)
             loc = tl.load(loc_ptr + tok)
             if (loc >= 0) & (loc < n_slots):
+                normw, cos, sin = _finish_inputs(normw_ptr, freqs_ptr, s_freqs, max_pos, p + 1 - R, D)
                 c = tl.load(ws_ptr + tok.to(tl.int64) * D + tl.arange(0, D))
-                _finish(c, normw_ptr, freqs_ptr, s_freqs, max_pos, p + 1 - R, dst_ptr, dst_stride, page_size,
-                        loc, loc >= 0, D, DEST, FP8, EPS)
+                _finish(c, normw, cos, sin, dst_ptr, dst_stride, page_size, loc, loc >= 0, D, DEST, FP8, EPS)
 
 
 @kernel
