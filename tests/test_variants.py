@@ -46,3 +46,13 @@ def test_plans_are_hashable_and_ordered() -> None:
     b = Plan.make("fused", {"BLOCK_H": 16}, BLOCK_N=64)
     assert a == b and hash(a) == hash(b) and a["BLOCK_N"] == 64
     assert str(a) == "fused(BLOCK_H=16, BLOCK_N=64)"
+
+
+def test_inline_merge_is_cuda_only() -> None:
+    """The in-kernel merge's ordering is established for CUDA only: AMD archs refuse it."""
+    w = Workload(1, 128, 128, 1024, True, True, True)
+    plan = Plan.make("fused_splitk_inline", BLOCK_H=16, BLOCK_N=32, num_warps=8, num_stages=1, SPLIT_K=4)
+    assert not plan_problems(w, plan, "sm90")
+    for arch in ("gfx942", "gfx950"):
+        assert any("CUDA only" in p for p in plan_problems(w, plan, arch))
+        assert plan not in VARIANTS["fused_splitk_inline"].space(w, arch)

@@ -75,6 +75,10 @@ def run_fused_splitk(
 def run_fused_splitk_inline(
     x: DecodeInputs, cfg: dict[str, int], out: torch.Tensor, lse: torch.Tensor, ws: Workspace
 ) -> None:
+    if torch.version.hip is not None:
+        from dsv4_tune.kernels.variants import INLINE_MERGE_AMD
+
+        raise ValueError(f"plan: {INLINE_MERGE_AMD}")
     sk, h_q = cfg["SPLIT_K"], x.q.shape[2]
     partial = _partials(ws, sk, x.n_tok, h_q, x.q.device)
     counters = ws.get("split_counters", (x.n_tok * cdiv(h_q, cfg["BLOCK_H"]),), torch.int32, x.q.device, zeroed=True)

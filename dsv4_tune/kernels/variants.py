@@ -289,10 +289,21 @@ def arch_rules() -> dict[str, dict[str, list[str]]]:
         return {}
 
 
+# The in-kernel merge publishes each split's partial with a CTA barrier and one acq_rel atomic.
+# That orders every warp's stores on CUDA (PTX release is cumulative through bar.sync); on AMD the
+# workgroup barrier does not wait for other waves' outstanding global stores, so a merging program
+# on another CU / XCD may read stale partials.  Until each wave releases its own stores, the variant
+# is CUDA-only: never swept, shipped or launched on ROCm.
+INLINE_MERGE_AMD = ("fused_splitk_inline: the in-kernel merge's store ordering is established on CUDA only "
+                    "(on AMD a workgroup barrier does not wait for other waves' global stores)")
+
+
 def arch_problems(w: Workload, plan: Plan, arch: str, unfit: dict[str, list[str]] | None = None) -> list[str]:
     """Problems the compile check recorded for any kernel of ``plan`` on ``arch`` (the shipped
-    rules, and ``unfit`` when given)."""
-    return launch_problems(arch, plan_kernels(plan, w, arch), unfit)
+    rules, and ``unfit`` when given), and the variant's own arch limits."""
+    own = [INLINE_MERGE_AMD] if plan.variant == "fused_splitk_inline" and arch.startswith("gfx") else []
+    return own + launch_problems(arch, plan_kernels(plan, w, arch), unfit)
+
 
 
 def launch_problems(arch: str, launches: list[KernelLaunch], unfit: dict[str, list[str]] | None = None) -> list[str]:

@@ -15,7 +15,10 @@ from dsv4_tune.kernels.replay_cache import ReplayCache
 
 
 class Workspace:
-    """A cache of scratch tensors; contents are undefined on return (callers overwrite them)."""
+    """A cache of scratch tensors; contents are undefined on return (callers overwrite them),
+    except the ``zeroed`` ones (the in-kernel merge's split counters), which every launch leaves
+    zero.  One workspace serves one stream at a time: two launches in flight on different streams
+    would share partial buffers and counters (a counter left non-zero would spoil later calls)."""
 
     def __init__(self) -> None:
         self._buffers: dict[tuple, torch.Tensor] = {}
