@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import device_record, print_table, result_name, save_results
-from dsv4_tune.kernels.variants import DEFAULT_COMBINE, VARIANTS
+from dsv4_tune.kernels.variants import VARIANTS, without_combine
 from dsv4_tune.policies.dispatcher import get_dispatcher
 from dsv4_tune.tuner.grid import default_grid
 from dsv4_tune.tuner.measure import timing_available
@@ -32,8 +32,7 @@ def split_pair(plan: Plan, w) -> tuple[Plan, Plan]:
     """(two-launch, one-launch) plans of one attention config and SPLIT_K."""
     if plan.variant != "fused_splitk":
         plan = VARIANTS["fused_splitk"].default(w)
-    inline = {k: v for k, v in plan.as_dict().items() if k not in DEFAULT_COMBINE}
-    return plan, Plan.make("fused_splitk_inline", inline)
+    return plan, Plan.make("fused_splitk_inline", without_combine(plan.as_dict()))
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from dsv4_tune.decode import workload_of
 from dsv4_tune.kernels.compare import decode_mismatch
 from dsv4_tune.kernels.launchers import DecodeInputs, run_gather_attend
 from dsv4_tune.kernels.reference import sparse_decode_ref
-from dsv4_tune.kernels.variants import VARIANTS
+from dsv4_tune.kernels.variants import VARIANTS, without_combine
 from dsv4_tune.kernels.workspace import Workspace
 from dsv4_tune.policies.buckets import token_ranges
 from dsv4_tune.tuner.inputs import Scope, make_query, make_scope, make_sink
@@ -147,8 +147,7 @@ def test_split_k_equals_no_split(device, gen) -> None:
             check_against_reference(f"split {sk}", out, lse, *case.ref)
         else:
             case.check(Plan.make("fused_splitk", cfg))
-        inline = {k: v for k, v in cfg.items() if k not in ("COMBINE_BLOCK_H", "combine_warps")}
-        case.check(Plan.make("fused_splitk_inline", inline), f"split {sk}")
+        case.check(Plan.make("fused_splitk_inline", without_combine(cfg)), f"split {sk}")
 
 
 @pytest.mark.parametrize("block_h", [16, 32])

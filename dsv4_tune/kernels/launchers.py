@@ -16,6 +16,7 @@ from dsv4_tune.kernels.gathered_attention import launch_gathered_attention
 from dsv4_tune.kernels.kv_layout import HEAD_DIM, Fp8Flavour
 from dsv4_tune.kernels.runtime import cdiv, dot_dtype, fp8_mode
 from dsv4_tune.kernels.sparse_decode import launch_sparse_decode
+from dsv4_tune.kernels.variants import INLINE_MERGE_AMD
 from dsv4_tune.kernels.workspace import Workspace
 from dsv4_tune.policies.buckets import GATHER_BUFFER_BYTES, token_ranges
 
@@ -76,8 +77,6 @@ def run_fused_splitk_inline(
     x: DecodeInputs, cfg: dict[str, int], out: torch.Tensor, lse: torch.Tensor, ws: Workspace
 ) -> None:
     if torch.version.hip is not None:
-        from dsv4_tune.kernels.variants import INLINE_MERGE_AMD
-
         raise ValueError(f"plan: {INLINE_MERGE_AMD}")
     sk, h_q = cfg["SPLIT_K"], x.q.shape[2]
     partial = _partials(ws, sk, x.n_tok, h_q, x.q.device)

@@ -34,6 +34,11 @@ ACC_REGS_PER_THREAD = 128  # fp32 accumulator registers per thread a config may 
 DEFAULT_COMBINE = {"COMBINE_BLOCK_H": 8, "combine_warps": 4}
 
 
+def without_combine(config: dict[str, int]) -> dict[str, int]:
+    """``config`` less the combine kernel's keys (a split merged in-kernel, or no split)."""
+    return {k: v for k, v in config.items() if k not in DEFAULT_COMBINE}
+
+
 def _pow2_at_least_16(n: int) -> int:
     p = 16
     while p < n:
@@ -192,7 +197,7 @@ def _fused_splitk_default(w: Workload) -> dict[str, int]:
 
 
 def _fused_splitk_inline_default(w: Workload) -> dict[str, int]:
-    return {k: v for k, v in _fused_splitk_default(w).items() if k not in DEFAULT_COMBINE}
+    return without_combine(_fused_splitk_default(w))
 
 
 def _gta_default(w: Workload) -> dict[str, int]:
@@ -303,7 +308,6 @@ def arch_problems(w: Workload, plan: Plan, arch: str, unfit: dict[str, list[str]
     rules, and ``unfit`` when given), and the variant's own arch limits."""
     own = [INLINE_MERGE_AMD] if plan.variant == "fused_splitk_inline" and arch.startswith("gfx") else []
     return own + launch_problems(arch, plan_kernels(plan, w, arch), unfit)
-
 
 
 def launch_problems(arch: str, launches: list[KernelLaunch], unfit: dict[str, list[str]] | None = None) -> list[str]:

@@ -27,6 +27,7 @@ from dsv4_tune.kernels.variants import (
     SPLIT_K_CHOICES,
     VARIANTS,
     plan_problems,
+    without_combine,
 )
 from dsv4_tune.workload import OpWorkload, Plan, Workload
 
@@ -207,7 +208,7 @@ def neighbours(plan: Plan) -> list[Plan]:
     plans = []
     for cfg in out:
         if cfg.get("SPLIT_K") == 1:
-            cfg = {k: v for k, v in cfg.items() if k not in DEFAULT_COMBINE}
+            cfg = without_combine(cfg)
         elif cfg.get("SPLIT_K", 1) > 1 and "COMBINE_BLOCK_H" not in cfg and plan.variant == "gather_attend":
             cfg = {**cfg, **DEFAULT_COMBINE}
         plans.append(Plan.make(plan.variant, cfg))
