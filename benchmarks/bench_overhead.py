@@ -8,9 +8,10 @@ launches), ``checked_us`` with replays off (every check, the launchers, Triton's
 call), ``replay_us`` the replay alone (the launch floor of this design), ``find_us`` the lookup of
 the call's replay (the metadata guard); ``direct``: whether the replay launches through the CUDA
 driver directly (``kernels/cuda_launch.py``).  Targets: <= 15 s compile,
-<= 15 us host.
+<= 15 us host.  ``--dispatched``: the host time of eager calls that the policy answers
+(``plan=None``), per workload class at T = 1, beside the same call with the policy's graph plan.
 
-    python benchmarks/bench_overhead.py [--out DIR]
+    python benchmarks/bench_overhead.py [--out DIR] [--host-only] [--dispatched]
 """
 
 from __future__ import annotations
@@ -34,7 +35,11 @@ from dsv4_tune import Plan, sparse_decode
 from dsv4_tune.decode import replay_kind, workload_of
 from dsv4_tune.kernels.variants import VARIANTS
 from dsv4_tune.kernels.workspace import DEFAULT_WORKSPACE
+from dsv4_tune.policies.dispatcher import get_dispatcher
+from dsv4_tune.tuner.grid import LAUNCHES, default_grid
 from dsv4_tune.tuner.inputs import make_query, make_scope, make_sink
+from dsv4_tune.tuner.measure import host_us_per_call
+from dsv4_tune.tuner.sweep import build_case
 
 
 def _inputs(h: int, x_topk: int, device: str):
@@ -65,24 +70,6 @@ def compile_times(plans: list[Plan], h: int, x_topk: int, device: str) -> list[d
     return rows
 
 
-def _per_call_us(fn, calls: int, burst: int = 100) -> tuple[float, float]:
-    """(median, min) host time per call over bursts of ``burst`` calls, each burst started on an
-    idle GPU: a burst enqueues at most a few hundred kernels, far below the launch queue's depth, so
-    the host never waits for the GPU and the time is the host's alone."""
-    for _ in range(20):
-        fn()
-    samples = []
-    for _ in range(max(1, calls // burst)):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(burst):
-            fn()
-        samples.append((time.perf_counter() - t0) / burst * 1e6)
-    torch.cuda.synchronize()
-    samples.sort()
-    return round(samples[len(samples) // 2], 2), round(samples[0], 2)
-
-
 def host_times(plans: list[Plan], h: int, x_topk: int, device: str, calls: int = 2000) -> list[dict]:
     q, main, kw, _ = _inputs(h, x_topk, device)
     out = (torch.empty(1, 1, h, 512, dtype=torch.bfloat16, device=device), torch.empty(1, h, 1, device=device))
@@ -91,23 +78,45 @@ def host_times(plans: list[Plan], h: int, x_topk: int, device: str, calls: int =
         def call(plan=plan):
             sparse_decode(q, main.kv_cache, main.indices, plan=plan, out=out, **kw)
 
-        host, host_min = _per_call_us(call, calls)
+        host, host_min = host_us_per_call(call, calls)
         replays = list(DEFAULT_WORKSPACE.replays.replays())
         replay = replays[-1] if replays else None
         tensors = [q, main.kv_cache, main.indices, kw["topk_length"], kw["extra_k_cache"], kw["extra_indices"],
                    kw["extra_topk_length"], kw["attn_sink"], *out]
         ptrs = [t.data_ptr() for t in tensors]
-        replay_us = _per_call_us(lambda r=replay, p=ptrs: r(p), calls)[0] if replay is not None else None
+        replay_us = host_us_per_call(lambda r=replay, p=ptrs: r(p), calls)[0] if replay is not None else None
         kind = replay_kind(plan, "e4m3fn", float(kw["sm_scale"]), tensors[:8], out)
-        find_us = _per_call_us(lambda k=kind, ts=tensors: DEFAULT_WORKSPACE.replays.find(k, ts), calls)[0]
+        find_us = host_us_per_call(lambda k=kind, ts=tensors: DEFAULT_WORKSPACE.replays.find(k, ts), calls)[0]
         decode_mod._REPLAY = False
-        checked, _ = _per_call_us(call, calls)
+        checked, _ = host_us_per_call(call, calls)
         decode_mod._REPLAY = True
         rows.append({"plan": str(plan), "variant": plan.variant, "host_us": host, "host_us_min": host_min,
                      "checked_us": checked, "replay_us": replay_us, "find_us": find_us,
                      "direct": replay is not None and all(type(x).__name__ == "DirectLaunch" for x in replay.launches),
                      "launches": len(replay.launches) if replay is not None else None})
         DEFAULT_WORKSPACE.replays.clear()
+    return rows
+
+
+def dispatched_host_times(calls: int = 2000) -> list[dict]:
+    """Host time of an eager dispatched call (``plan=None``: the process's policy answers) at T = 1
+    for every decode class of the default grid, beside the same call with the policy's graph plan
+    (what an eager call cost before the policy had eager plans)."""
+    d = get_dispatcher()
+    rows = []
+    for cls in default_grid().classes:
+        case = build_case(cls, 1, "cuda", with_ref=False)
+        out = (torch.empty(case.ref[0].shape, dtype=torch.bfloat16, device="cuda"),
+               torch.empty(case.ref[1].shape, device="cuda"))
+        w = cls.workload(1)
+        graph_plan, eager_plan = d.lookup(w), d.lookup(w, eager=True)
+        host, _ = host_us_per_call(lambda c=case, o=out: c.run(None, DEFAULT_WORKSPACE, o), calls)
+        graph_host, _ = host_us_per_call(lambda c=case, o=out, p=graph_plan: c.run(p, DEFAULT_WORKSPACE, o), calls)
+        rows.append({"class": str(w), "host_us": host, "graph_plan_host_us": graph_host,
+                     "eager_plan": str(eager_plan), "graph_plan": str(graph_plan),
+                     "eager_launches": LAUNCHES[eager_plan.variant], "graph_launches": LAUNCHES[graph_plan.variant]})
+        print(f"dispatched {host:6.2f} us (graph plan {graph_host:6.2f} us)  {w}", flush=True)
+    DEFAULT_WORKSPACE.replays.clear()
     return rows
 
 
@@ -118,6 +127,8 @@ def main() -> None:
     ap.add_argument("--extra-topk", type=int, default=1024)
     ap.add_argument("--per-variant", type=int, default=6, help="configs per variant to compile")
     ap.add_argument("--host-only", action="store_true", help="skip the compile-time part")
+    ap.add_argument("--dispatched", action="store_true",
+                    help="also time dispatched calls (plan=None) of every grid class at T=1 under this GPU's policy")
     args = ap.parse_args()
     device = "cuda"
     _, _, _, w = _inputs(args.heads, args.extra_topk, device)
@@ -129,7 +140,7 @@ def main() -> None:
     comp = [] if args.host_only else compile_times(plans, args.heads, args.extra_topk, device)
     host = host_times([v.default(w) for v in VARIANTS.values()], args.heads, args.extra_topk, device)
     x = torch.zeros(16, device=device)
-    unit, _ = _per_call_us(lambda: x.add_(1), 2000)  # one eager PyTorch op on this host, for scale
+    unit, _ = host_us_per_call(lambda: x.add_(1), 2000)  # one eager PyTorch op on this host, for scale
     for r in host:
         r["torch_op_us"] = unit
     print_table(comp, ["variant", "compile_s", "plan"], "compile time per config (fresh Triton cache)")
@@ -137,7 +148,13 @@ def main() -> None:
                        "torch_op_us",
                        "plan"],
                 "host time per eager call, T=1 (target <= 15 us)")
-    save_results("overhead", {"device": device_record(), "workload": str(w), "compile": comp, "host": host}, args.out)
+    dispatched = dispatched_host_times() if args.dispatched else []
+    if dispatched:
+        print_table(dispatched,
+                    ["host_us", "graph_plan_host_us", "eager_launches", "graph_launches", "class", "eager_plan"],
+                    f"host time per eager dispatched call, T=1, policy {get_dispatcher().source} (target <= 15 us)")
+    save_results("overhead", {"device": device_record(), "workload": str(w), "compile": comp, "host": host,
+                              "dispatched": dispatched}, args.out)
 
 
 if __name__ == "__main__":

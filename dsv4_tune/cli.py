@@ -80,10 +80,11 @@ def lookup(
     else:
         dispatcher, notes = select_policy()
     w = Workload(tokens, heads, topk_main, topk_extra, not no_len_main, not no_len_extra, not no_sink)
-    plan = dispatcher.lookup(w)
+    plan, eager = dispatcher.lookup(w), dispatcher.lookup(w, eager=True)
     cls = dispatcher.class_of(w)
     info = {
         "plan": {"variant": plan.variant, "config": plan.as_dict()},
+        "eager_plan": {"variant": eager.variant, "config": eager.as_dict()},
         "thresholds": cls.thresholds if cls else [],
         "source": dispatcher.source,
         "gpu": None if dispatcher.policy is None else dispatcher.policy.gpu.id,
@@ -98,6 +99,8 @@ def lookup(
         print(json.dumps(info, indent=2, sort_keys=True))
         return
     console.print(f"[bold]{plan}[/]", highlight=False)
+    if eager != plan:
+        console.print(f"eager calls (outside a CUDA graph): [bold]{eager}[/]", highlight=False)
     for line in info["thresholds"]:
         console.print(f"  {line}", highlight=False)
     if explain:

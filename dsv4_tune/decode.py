@@ -4,6 +4,9 @@ Checks read metadata only (no host sync) unless ``validate=True``.  With ``plan=
 process-wide dispatcher picks the plan from the policy chosen for this GPU (``DSV4_TUNE_POLICY``, a
 shipped policy, or the built-in default; see :mod:`dsv4_tune.policies.dispatcher`).
 
+A dispatched call outside a CUDA graph capture takes the policy's eager plan where it has one
+(:meth:`~dsv4_tune.policies.dispatcher.Dispatcher.lookup`): eagerly, every launch costs host time.
+
 Host cost: the first call of a kind (same plan, scale, FP8 flavour, workspace and tensor metadata)
 runs every check and records its launches; later calls of that kind look the recording up by the
 tensors' metadata and replay it with the new addresses (:class:`~dsv4_tune.kernels.launch.Replay`),
@@ -91,13 +94,14 @@ def sparse_decode(
     inputs = [q, k_cache, indices, topk_length, extra_k_cache, extra_indices, extra_topk_length, attn_sink]
     ws = workspace or DEFAULT_WORKSPACE
     sm_scale = float(sm_scale)
+    eager = plan is None and _outside_graph(q)
     kind = None  # the cheap key of a call that may be recorded (see kernels/replay_cache.py)
     if _REPLAY and not validate:
         # The replay's address slots index `tensors` (the given tensors, then out and lse): the
         # cheap key pins which optional tensors are given, so the positions are the recorded ones.
         tensors = [t for t in (*inputs, *(out or ())) if t is not None]
         try:
-            kind = replay_kind(plan, fp8, sm_scale, inputs, out)
+            kind = replay_kind(plan, fp8, sm_scale, inputs, out, eager)
             known, replay = ws.replays.find(kind, tensors)
         except (TypeError, AttributeError):  # an unhashable plan, a non-tensor: the checked path says which
             known, replay, kind = True, None, None
@@ -131,7 +135,7 @@ def sparse_decode(
         q = q.contiguous()  # the kernels read 16-byte rows of q
     w = workload_of(q, indices, topk_length, extra_indices, extra_topk_length, attn_sink)
     if plan is None:
-        plan = get_dispatcher().lookup(w)
+        plan = get_dispatcher().lookup(w, eager)
     if validate:
         problems = plan_problems(w, plan)
         if problems:
@@ -157,13 +161,23 @@ def sparse_decode(
 
 def replay_kind(
     plan: Plan | None, fp8: str, sm_scale: float, inputs: list[torch.Tensor | None],
-    out: tuple[torch.Tensor, torch.Tensor] | None,
+    out: tuple[torch.Tensor, torch.Tensor] | None, eager: bool = False,
 ) -> tuple:
-    """The cheap key of a call in the replay cache: the plan (or the dispatcher that picks it),
-    the scalars, q's shape, and which optional tensors are given (``inputs`` in the argument
-    order of :func:`sparse_decode`); the metadata guard checks the rest."""
-    return (plan or get_dispatcher(), fp8, sm_scale, inputs[0].shape, out is None,  # type: ignore[union-attr]
+    """The cheap key of a call in the replay cache: the plan (or the dispatcher that picks it, and
+    whether it picks for an eager call), the scalars, q's shape, and which optional tensors are
+    given (``inputs`` in the argument order of :func:`sparse_decode`); the metadata guard checks
+    the rest."""
+    return (plan or get_dispatcher(), eager, fp8, sm_scale, inputs[0].shape, out is None,  # type: ignore[union-attr]
             *[t is None for t in inputs[3:]])
+
+
+def _outside_graph(q: torch.Tensor) -> bool:
+    """Whether a dispatched call should take the policy's eager plans: the policy has some and no
+    CUDA graph is being captured on this stream (a graph pays no host time per launch at replay).
+    A capture check costs well under a microsecond; it is skipped when the policy has no eager plans."""
+    if not get_dispatcher().has_eager:
+        return False
+    return not (isinstance(q, torch.Tensor) and q.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
 # Replays need compiled kernels; DSV4_TUNE_REPLAY=0 turns them off (every call takes the checked path).

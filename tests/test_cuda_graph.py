@@ -67,3 +67,36 @@ def test_capture_and_replay_with_new_inputs(device, gen) -> None:
             dst.copy_(src)
         case.main.kv_cache.copy_(main_pool)
         case.extra.kv_cache.copy_(extra_pool)
+
+
+def test_a_captured_dispatched_call_takes_the_graph_plan(monkeypatch, device, gen) -> None:
+    import dsv4_tune.decode as decode_mod
+    from dsv4_tune.policies import dispatcher as dispatch_mod
+    from tests.test_policies import eager_policy
+
+    ran: list[str] = []
+    real = decode_mod.get_variant
+    monkeypatch.setattr(decode_mod, "get_variant", lambda name: ran.append(name) or real(name))
+    monkeypatch.setattr(dispatch_mod, "_DISPATCHER", dispatch_mod.Dispatcher(eager_policy()))
+    case = make_case(device, gen, b=2, s_q=1, h=16, topk=64, sink="finite")
+    ws = Workspace()
+    out = (torch.empty_like(case.ref[0], dtype=torch.bfloat16), torch.empty_like(case.ref[1]))
+
+    def step(plan=None):
+        sparse_decode(case.q, case.main.kv_cache, case.main.indices, workspace=ws, out=out, plan=plan, **case.kw)
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()  # eager: the eager plan
+        step(eager_policy().classes[0].segments[0].plan.to_plan())  # compile and allocate the graph plan's
+        ran.clear()
+        step()  # eager again: replayed, or the eager plan once more
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert ran in (["fused_splitk"], ["fused", "fused_splitk"]), ran
+    check_against_reference("captured dispatched call", *out, *case.ref)

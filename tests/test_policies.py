@@ -17,13 +17,26 @@ from dsv4_tune import Plan, Workload, sparse_decode
 from dsv4_tune.cli import app
 from dsv4_tune.kernels.compare import decode_mismatch
 from dsv4_tune.kernels.reference import sparse_decode_ref
-from dsv4_tune.kernels.variants import default_plan, plan_problems
+from dsv4_tune.kernels.variants import VARIANTS, default_plan, plan_problems
 from dsv4_tune.policies import dispatcher as dispatch_mod
 from dsv4_tune.policies.baseline import BASELINE_FILE, build_baseline_policy, seed_decision
 from dsv4_tune.policies.buckets import bucket_index, bucket_tokens, size_category, token_ranges
 from dsv4_tune.policies.dispatcher import Dispatcher, DSV4TuneWarning, get_dispatcher, reset_dispatcher, select_policy
 from dsv4_tune.policies.gpu import GpuInfo, gpu_id
-from dsv4_tune.policies.schema import PolicyError, dump_policy, load_policy, parse_policy, save_policy
+from dsv4_tune.policies.schema import (
+    GpuSpec,
+    PlanSpec,
+    Policy,
+    PolicyError,
+    Provenance,
+    Segment,
+    WorkloadClass,
+    describe_segments,
+    dump_policy,
+    load_policy,
+    parse_policy,
+    save_policy,
+)
 from dsv4_tune.tuner.inputs import make_query, make_scope, make_sink
 
 SHIPPED = sorted((Path(dispatch_mod.DATA_DIR)).glob("*.json"))
@@ -276,3 +289,53 @@ def test_cli_show_lists_every_class() -> None:
     result = CliRunner().invoke(app, ["show", str(BASELINE_FILE)], terminal_width=240)
     assert result.exit_code == 0
     assert result.output.count("128+1024") == 2 and "T 257-781" in result.output
+
+
+def eager_policy(h: int = 16, topk: int = 64) -> Policy:
+    """An sm90 policy of one class whose plan (two launches) and eager plan (one) differ."""
+    w = Workload(1, h, topk, 0)
+    graph, eager = VARIANTS["fused_splitk"].default(w), VARIANTS["fused"].default(w)
+    seg = Segment(max_tokens=None, plan=PlanSpec.of(graph), eager_plan=PlanSpec.of(eager))
+    return Policy(gpu=GpuSpec(id="sm90-h100", arch="sm90"), provenance=Provenance(source="test", created="2026-11-25"),
+                  classes=[WorkloadClass(h_q=h, topk_main=topk, topk_extra=0, segments=[seg])])
+
+
+def test_eager_calls_get_the_eager_plan() -> None:
+    policy = eager_policy()
+    d = Dispatcher(policy)
+    seg = policy.classes[0].segments[0]
+    w = Workload(4, 16, 64, 0)
+    assert d.has_eager and d.lookup(w) == seg.plan.to_plan() and d.lookup(w, eager=True) == seg.eager_plan.to_plan()
+    near = Workload(4, 16, 96, 0)  # a borrowed class brings its eager plan along
+    assert d.lookup(near, eager=True).variant == "fused" and d.lookup(near).variant == "fused_splitk"
+    base = Dispatcher(load_policy(BASELINE_FILE))  # no eager plans: eager calls get the plan
+    w = Workload(2, 128, 128, 1024)
+    assert not base.has_eager and base.lookup(w, eager=True) == base.lookup(w)
+    assert "eager calls: fused(" in describe_segments(policy.classes[0].segments)[0]
+
+
+def test_a_bad_eager_plan_is_named(tmp_path: Path) -> None:
+    data = json.loads(dump_policy(eager_policy()))
+    data["classes"][0]["segments"][0]["eager_plan"]["config"]["BLOCK_H"] = 48
+    with pytest.raises(PolicyError, match=r"classes\.0.*segments\.0\.eager_plan: .*BLOCK_H=48 not in"):
+        parse_policy(json.dumps(data), "p.json")
+    data = json.loads((dispatch_mod.DATA_DIR / "sm90-h100.json").read_text())
+    seg = data["ops"][0]["segments"][0]
+    seg["eager_plan"] = seg["plan"]
+    with pytest.raises(PolicyError, match=r"ops\.0.*segments\.0\.eager_plan: op classes have one plan"):
+        parse_policy(json.dumps(data))
+
+
+def test_a_dispatched_eager_call_runs_the_eager_plan(monkeypatch, device, gen) -> None:
+    import dsv4_tune.decode as decode_mod
+
+    ran: list[str] = []
+    real = decode_mod.get_variant
+    monkeypatch.setattr(decode_mod, "get_variant", lambda name: ran.append(name) or real(name))
+    monkeypatch.setattr(dispatch_mod, "_DISPATCHER", Dispatcher(eager_policy()))
+    main = make_scope(2, 1, 64, 64, fp8="e4m3fn", device=device, gen=gen)
+    q, sink = make_query(2, 1, 16, device=device, gen=gen), make_sink(16, device=device, gen=gen)
+    kw = dict(topk_length=main.topk_length, attn_sink=sink, sm_scale=0.05)
+    out, lse = sparse_decode(q, main.kv_cache, main.indices, **kw)
+    ref = sparse_decode_ref(q, main.kv_cache, main.indices, fp8="e4m3fn", out_dtype=torch.float32, **kw)
+    assert ran == ["fused"] and decode_mismatch(out, lse, *ref) is None

@@ -20,7 +20,7 @@ from dsv4_tune.policies.gpu import detect
 from dsv4_tune.policies.schema import load_policy
 from dsv4_tune.tuner import sweep as sweep_mod
 from dsv4_tune.tuner.grid import Grid, GridClass
-from dsv4_tune.tuner.select import select_winner
+from dsv4_tune.tuner.select import select_eager, select_winner
 
 GRID = Grid((GridClass(16, 64, 64, True, 64, 64),), (1, 2, 3))
 
@@ -122,6 +122,14 @@ def test_export_writes_a_valid_policy_and_refuses_gaps(tmp_path: Path) -> None:
         (1, winners["T1"]["runner_up"]), (2, winners["T2"]["runner_up"])]
     shown = CliRunner().invoke(app, ["show", str(out), "--buckets"], terminal_width=250)
     assert shown.exit_code == 0 and "runner-up" in shown.output
+    # An eager winner at T=1 only: its own segment, and the dispatcher answers eager calls with it.
+    fused = Plan.make("fused", BLOCK_H=16, BLOCK_N=32, num_warps=4, num_stages=1)
+    store.db.execute("update winners set eager_variant = 'fused', eager_config = ?, eager_us = 1.0 "
+                     "where workload like '%-T1'", [json.dumps(fused.as_dict())])
+    assert CliRunner().invoke(app, ["export", "--db", str(db), "--out", str(out)]).exit_code == 0
+    segments = load_policy(out).classes[0].segments
+    assert segments[0].max_tokens == 1 and segments[0].eager_plan.to_plan() == fused
+    assert segments[-1].eager_plan is None
     store.db.execute("delete from winners where workload like '%-T2'")
     result = CliRunner().invoke(app, ["export", "--db", str(db), "--out", str(tmp_path / "q.json")])
     assert result.exit_code == 1 and "no measured winner" in result.output
@@ -134,6 +142,18 @@ def test_selection_prefers_a_simpler_plan_within_noise() -> None:
     assert select_winner({fused: [x + 0.05 for x in noisy], split: noisy})["plan"] == fused
     win = select_winner({fused: [x * 1.5 for x in noisy], split: noisy})
     assert win["plan"] == split and win["margin"] > 0.4
+
+
+def test_eager_winner_counts_the_host_time_of_each_launch() -> None:
+    fused = Plan.make("fused", BLOCK_H=16, BLOCK_N=64, num_warps=4, num_stages=1)
+    split = Plan.make("fused_splitk", fused.as_dict(), SPLIT_K=4, COMBINE_BLOCK_H=8, combine_warps=4)
+    gpu = {fused: [10.0, 10.4, 9.8, 10.1, 10.3, 9.9], split: [6.0, 6.2, 5.9, 6.1, 6.0, 6.3]}
+    graph = select_winner(gpu)["plan"]
+    assert graph == split
+    eager = select_eager(gpu, {fused: 14.0, split: 19.0}, graph)  # host-bound: one launch wins
+    assert eager is not None and eager["plan"] == fused and eager["median_us"] == 14.0
+    assert select_eager(gpu, {fused: 3.0, split: 4.0}, graph) is None  # GPU-bound: the graph winner
+    assert select_eager(gpu, {}, graph) is None  # not measured
 
 
 def test_verify_policy_and_warmup_run_on_the_interpreter(tmp_path: Path) -> None:

@@ -68,7 +68,8 @@ class Store:
                                              if_not_exists=True)
         self.db["winners"].create(
             {"sweep_id": str, "workload": str, "plan": str, "variant": str, "config": str,
-             "median_us": float, "runner_up": str, "margin": float, "reason": str},
+             "median_us": float, "runner_up": str, "margin": float, "reason": str,
+             "eager_variant": str, "eager_config": str, "eager_us": float, "eager_reason": str},
             pk=("sweep_id", "workload"), if_not_exists=True,
         )
 
@@ -133,7 +134,8 @@ class Store:
 
     # ----------------------------------------------------------------- winners
     def set_winners(self, sweep_id: str, rows: Iterable[dict[str, Any]]) -> None:
-        self.db["winners"].upsert_all([{"sweep_id": sweep_id, **r} for r in rows], pk=("sweep_id", "workload"))
+        self.db["winners"].upsert_all([{"sweep_id": sweep_id, **r} for r in rows], pk=("sweep_id", "workload"),
+                                      alter=True)  # stores made before the eager columns gain them
 
     def has_winner(self, sweep_id: str, workload: str) -> bool:
         return self.db.execute("select 1 from winners where sweep_id = ? and workload = ?",

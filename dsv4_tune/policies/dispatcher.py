@@ -9,6 +9,9 @@ h_q and scope count, preferring the same flags, then the nearest total topk; tie
 and cached; its plans are re-checked against the registry for the new class and any that cannot
 run it is replaced by the default.  With no class of that h_q the built-in default plan is used.
 T beyond the last boundary uses the last (open-ended) segment.
+
+``lookup(w, eager=True)`` answers a call made outside a CUDA graph: a segment's ``eager_plan``
+where the policy has one (the plan that pays less host time for launches), else its plan.
 """
 
 from __future__ import annotations
@@ -68,6 +71,18 @@ def _compile_segments(segments: list[tuple[int | None, Plan]]) -> list:
     return table
 
 
+def _class_tables(c: WorkloadClass, w: Workload | None) -> tuple[list, list]:
+    """The (graph, eager) lookup tables of a class; for another class's workload ``w``, a plan that
+    cannot run ``w`` is replaced by its default."""
+    def usable(plan: Plan) -> Plan:
+        return default_plan(w) if w is not None and plan_problems(w, plan) else plan
+
+    graph = [(s.max_tokens, usable(s.plan.to_plan())) for s in c.segments]
+    eager = [(m, usable(s.eager_plan.to_plan()) if s.eager_plan else p) for (m, p), s in zip(graph, c.segments,
+                                                                                          strict=True)]
+    return _compile_segments(graph), _compile_segments(eager)
+
+
 @dataclass(eq=False)  # hashed by identity: it keys the replay cache
 class Dispatcher:
     """Compiled lookup tables of one policy (or none: the built-in default for every workload)."""
@@ -75,6 +90,8 @@ class Dispatcher:
     policy: Policy | None = None
     source: str = "built-in default"
     _tables: dict[ClassKey, list] = field(default_factory=dict, repr=False)
+    _eager_tables: dict[ClassKey, list] = field(default_factory=dict, repr=False)
+    has_eager: bool = field(default=False, init=False)  # any eager_plan: callers may skip asking
     resolved_from: dict[ClassKey, ClassKey | None] = field(default_factory=dict, repr=False)
 
     _op_tables: dict[tuple, list] = field(default_factory=dict, repr=False)
@@ -82,8 +99,9 @@ class Dispatcher:
     def __post_init__(self) -> None:
         if self.policy is not None:
             for c in self.policy.classes:
-                self._tables[c.key] = _compile_segments([(s.max_tokens, s.plan.to_plan()) for s in c.segments])
+                self._tables[c.key], self._eager_tables[c.key] = _class_tables(c, None)
                 self.resolved_from[c.key] = c.key
+                self.has_eager |= any(s.eager_plan is not None for s in c.segments)
             for o in self.policy.ops:
                 self._op_tables[o.key] = _compile_segments([(s.max_tokens, s.plan.to_plan()) for s in o.segments])
 
@@ -91,11 +109,12 @@ class Dispatcher:
     def from_file(cls, path: str | Path) -> Dispatcher:
         return cls(load_policy(path), str(path))
 
-    def lookup(self, w: Workload) -> Plan:
-        """The plan for ``w`` (see the module docstring for the rules)."""
-        table = self._tables.get(w.key)
+    def lookup(self, w: Workload, eager: bool = False) -> Plan:
+        """The plan for ``w``, for a call outside a CUDA graph if ``eager`` (see the module docstring)."""
+        table = (self._eager_tables if eager else self._tables).get(w.key)
         if table is None:
-            table = self._resolve(w.key)
+            self._resolve(w.key)
+            table = (self._eager_tables if eager else self._tables)[w.key]
         t = w.total_tokens
         try:
             entry = table[(t - 1).bit_length() if t > 1 else 0]
@@ -124,20 +143,14 @@ class Dispatcher:
             return None
         return next((o for o in self.policy.ops if o.key == w.key), None)
 
-    def _resolve(self, key: ClassKey) -> list:
+    def _resolve(self, key: ClassKey) -> None:
         nearest = self.nearest_class(key)
         w = Workload(1, *key)
         if nearest is None:
-            table: list = [default_plan(w)]
+            self._tables[key] = self._eager_tables[key] = [default_plan(w)]
         else:
-            segs = []
-            for s in nearest.segments:
-                plan = s.plan.to_plan()
-                segs.append((s.max_tokens, default_plan(w) if plan_problems(w, plan) else plan))
-            table = _compile_segments(segs)
-        self._tables[key] = table
+            self._tables[key], self._eager_tables[key] = _class_tables(nearest, w)
         self.resolved_from[key] = None if nearest is None else nearest.key
-        return table
 
     def nearest_class(self, key: ClassKey) -> WorkloadClass | None:
         """Same h_q and scope count; then same flags first, nearest total topk, smaller on a tie."""

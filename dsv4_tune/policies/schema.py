@@ -50,6 +50,13 @@ class Segment(_Model):
     plan: PlanSpec
     margin: float | None = Field(None, description="measured lead over the runner-up (smallest over the "
                                  "buckets merged here); null when not measured")
+    eager_plan: PlanSpec | None = Field(
+        None, description="for calls outside a CUDA graph, where each launch costs host time: the plan "
+        "with the least max(host time, GPU time); null: the same as plan")
+
+    def plans(self) -> list[tuple[str, PlanSpec]]:
+        """(field name, plan) of the plans this segment holds, for the checks."""
+        return [("plan", self.plan)] + ([("eager_plan", self.eager_plan)] if self.eager_plan else [])
 
 
 class Measured(_Model):
@@ -85,9 +92,10 @@ class WorkloadClass(_Model):
         _check_bounds(self.segments)
         w = self.workload()
         for i, seg in enumerate(self.segments):
-            problems = plan_problems(w, seg.plan.to_plan())
-            if problems:
-                raise ValueError(f"segments.{i}.plan: {'; '.join(problems)}")
+            for name, spec in seg.plans():
+                problems = plan_problems(w, spec.to_plan())
+                if problems:
+                    raise ValueError(f"segments.{i}.{name}: {'; '.join(problems)}")
         return self
 
 
@@ -124,6 +132,8 @@ class OpClass(_Model):
         _check_bounds(self.segments)
         w = self.workload()
         for i, seg in enumerate(self.segments):
+            if seg.eager_plan is not None:
+                raise ValueError(f"segments.{i}.eager_plan: op classes have one plan per segment (no eager_plan)")
             problems = op_plan_problems(w, seg.plan.to_plan())
             if problems:
                 raise ValueError(f"segments.{i}.plan: {'; '.join(problems)}")
@@ -182,9 +192,10 @@ class Policy(_Model):
             seen[c.key] = i
             w = c.workload()
             for j, seg in enumerate(c.segments):  # the compile-check rules of the policy's own arch
-                problems = arch_problems(w, seg.plan.to_plan(), self.gpu.arch)
-                if problems:
-                    raise ValueError(f"classes.{i}.segments.{j}.plan on {self.gpu.arch}: {'; '.join(problems)}")
+                for name, spec in seg.plans():
+                    problems = arch_problems(w, spec.to_plan(), self.gpu.arch)
+                    if problems:
+                        raise ValueError(f"classes.{i}.segments.{j}.{name} on {self.gpu.arch}: {'; '.join(problems)}")
         return self
 
 
@@ -195,7 +206,8 @@ def describe_segments(segments: list[Segment]) -> list[str]:
         hi = seg.max_tokens
         span = f"T >= {lo}" if hi is None else (f"T = {lo}" if hi == lo else f"T {lo}-{hi}")
         lead = "" if seg.margin is None else f" (leads the runner-up by >= {seg.margin:.0%})"
-        out.append(f"{span}: {seg.plan.to_plan()}{lead}")
+        eager = "" if seg.eager_plan is None else f"; eager calls: {seg.eager_plan.to_plan()}"
+        out.append(f"{span}: {seg.plan.to_plan()}{lead}{eager}")
         lo = (hi or lo) + 1
     return out
 
@@ -230,10 +242,16 @@ def load_policy(path: str | Path) -> Policy:
 
 
 def dump_policy(policy: Policy) -> str:
-    """Canonical JSON: classes in key order, sorted keys, two-space indent, trailing newline."""
+    """Canonical JSON: classes in key order, sorted keys, two-space indent, trailing newline; a
+    segment without an eager plan has no ``eager_plan`` key (files from before it stay the same)."""
     ordered = policy.model_copy(update={"classes": sorted(policy.classes, key=lambda c: c.key),
                                         "ops": sorted(policy.ops, key=lambda o: repr(o.key))})
-    return json.dumps(ordered.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+    data = ordered.model_dump(mode="json")
+    for group in (*data["classes"], *data["ops"]):  # an absent eager plan is left out, not written as null
+        for seg in group["segments"]:
+            if seg["eager_plan"] is None:
+                del seg["eager_plan"]
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 def save_policy(policy: Policy, path: str | Path) -> Path:

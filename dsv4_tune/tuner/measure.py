@@ -7,6 +7,7 @@ replay here follows a 256 MiB buffer being zeroed.  Shared by the tuner and the 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -129,6 +130,24 @@ def interleaved_times(
             samples[i].extend(t * 1e3 for t in _timed_replays(runners[i], flush_bytes, reps))
     del graphs
     return samples
+
+
+def host_us_per_call(fn: Callable[[], object], calls: int = 2000, burst: int = 100) -> tuple[float, float]:
+    """(median, min) host time per call of ``fn`` over bursts of ``burst`` calls, each burst started
+    on an idle GPU and timed without waiting for it: a burst enqueues far fewer kernels than the
+    launch queue holds, so the host never waits and the time is the host's alone."""
+    for _ in range(min(20, calls)):
+        fn()
+    samples = []
+    for _ in range(max(1, calls // burst)):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(burst):
+            fn()
+        samples.append((time.perf_counter() - t0) / burst * 1e6)
+    torch.cuda.synchronize()
+    samples.sort()
+    return round(samples[len(samples) // 2], 2), round(samples[0], 2)
 
 
 def summarize(samples_us: list[float]) -> dict[str, float]:

@@ -4,6 +4,10 @@ The fastest candidate wins unless a simpler one (fewer launches, fewer splits) i
 slower: a bootstrap interval on the ratio of medians decides "measurably" (if the interval's low
 end does not clear 1, the difference is noise and the simpler plan wins).  The margin over the
 runner-up is kept.  Thresholds are where the winners change along T, written into the policy.
+
+Eager calls (outside a CUDA graph) pay host time for every launch, and the host and the GPU work
+side by side, so the slower of the two sets the pace: the eager winner is chosen by the same rule
+on samples ``max(host time, GPU time)``, and kept where it differs from the graph winner.
 """
 
 from __future__ import annotations
@@ -62,11 +66,20 @@ def select_winner(samples: dict[Plan, list[float]]) -> dict:
     return {"plan": winner, "median_us": med, "runner_up": runner_up, "margin": margin, "reason": reason}
 
 
+def select_eager(samples: dict[Plan, list[float]], host_us: dict[Plan, float], graph_winner: Plan) -> dict | None:
+    """The winner for eager calls (see the module docstring), or None where it is the graph winner
+    or host times were not measured."""
+    if not host_us or set(host_us) != set(samples):
+        return None
+    eager = select_winner({p: [max(host_us[p], g) for g in s] for p, s in samples.items()})
+    return None if eager["plan"] == graph_winner else eager
+
+
 def build_policy(grid: Grid, winners: list[dict], sweep: dict, command: str) -> Policy:
     """The policy of a sweep: per class (and op class), one segment per size bucket of the grid,
     equal neighbours merged, the last open-ended.  Refuses a grid point that no winner covers."""
     by_key = {w["workload"]: w for w in winners}
-    runs: dict[tuple, list[tuple[int, Plan, float | None]]] = defaultdict(list)
+    runs: dict[tuple, list[tuple[int, Plan, float | None, Plan | None]]] = defaultdict(list)
     measured: dict[tuple, list[Measured]] = defaultdict(list)
     missing = []
     for cls, t in grid.points():
@@ -75,7 +88,8 @@ def build_policy(grid: Grid, winners: list[dict], sweep: dict, command: str) -> 
         if row is None:
             missing.append(workload_key(w))
             continue
-        runs[w.key].append((t, Plan.make(row["variant"], _config(row["config"])), row["margin"]))
+        eager = Plan.make(row["eager_variant"], _config(row["eager_config"])) if row.get("eager_variant") else None
+        runs[w.key].append((t, Plan.make(row["variant"], _config(row["config"])), row["margin"], eager))
         measured[w.key].append(Measured(
             total_tokens=t, median_us=None if row["median_us"] is None else round(row["median_us"], 2),
             margin=None if row["margin"] is None else round(row["margin"], 4), runner_up=row["runner_up"]))
@@ -104,19 +118,20 @@ def build_policy(grid: Grid, winners: list[dict], sweep: dict, command: str) -> 
     )
 
 
-def _segments(points: list[tuple[int, Plan, float | None]]) -> list[Segment]:
-    """Merge equal neighbours along the size axis (keeping the smallest known margin)."""
+def _segments(points: list[tuple[int, Plan, float | None, Plan | None]]) -> list[Segment]:
+    """Merge equal neighbours (same plan and eager plan) along the size axis, keeping the smallest
+    known margin."""
     points = sorted(points, key=lambda r: r[0])
-    merged: list[tuple[int, Plan, float | None]] = []
-    for t, plan, margin in points:
-        if merged and merged[-1][1] == plan:
+    merged: list[tuple[int, Plan, float | None, Plan | None]] = []
+    for t, plan, margin, eager in points:
+        if merged and merged[-1][1] == plan and merged[-1][3] == eager:
             known = [m for m in (merged[-1][2], margin) if m is not None]
-            merged[-1] = (t, plan, min(known) if known else None)
+            merged[-1] = (t, plan, min(known) if known else None, eager)
         else:
-            merged.append((t, plan, margin))
+            merged.append((t, plan, margin, eager))
     return [Segment(max_tokens=None if i == len(merged) - 1 else t, plan=PlanSpec.of(p),
-                    margin=None if m is None else round(m, 4))
-            for i, (t, p, m) in enumerate(merged)]
+                    margin=None if m is None else round(m, 4), eager_plan=None if e is None else PlanSpec.of(e))
+            for i, (t, p, m, e) in enumerate(merged)]
 
 
 def _config(text: str) -> dict[str, int]:

@@ -29,6 +29,7 @@ from dsv4_tune.kernels.variants import plan_problems
 from dsv4_tune.kernels.workspace import Workspace
 from dsv4_tune.policies.gpu import INTERPRETER_ID, GpuInfo
 from dsv4_tune.tuner.grid import (
+    LAUNCHES,
     REFINE_SEEDS,
     STAGE_COARSE,
     STAGE_FINAL,
@@ -43,12 +44,17 @@ from dsv4_tune.tuner.grid import (
     workload_key,
 )
 from dsv4_tune.tuner.inputs import make_query, make_scope, make_sink
-from dsv4_tune.tuner.measure import gpu_state, hygiene_flag, interleaved_times, summarize
+from dsv4_tune.tuner.measure import gpu_state, host_us_per_call, hygiene_flag, interleaved_times, summarize
 from dsv4_tune.tuner.op_cases import OpCase, build_op_case
-from dsv4_tune.tuner.select import select_winner, toolchain
+from dsv4_tune.tuner.select import select_eager, select_winner, toolchain
 from dsv4_tune.workload import OpWorkload, Plan, Workload
 
 FINALISTS = 3
+STAGE_HOST = "host"  # measurement rows of host time per eager call (final-stage plans)
+HOST_CALLS = 400
+# Host time is measured only where the graph winner takes less GPU time than this: above it, any
+# plan's GPU time exceeds its host time (tens of microseconds) and the eager winner is the graph one.
+EAGER_MAX_US = 150.0
 
 
 @dataclass
@@ -286,7 +292,7 @@ def _stage(
         changed.add(key)
         case = build_case(cls, t, device, seed=n)
         passed_before = {r["plan"]: r["max_error"] for r in store.measurements(sweep_id, workload=key)
-                         if r["status"] == "ok" and r["stage"] != stage}
+                         if r["status"] == "ok" and r["stage"] != stage and r["max_error"] is not None}
         passing, errors = [], {}
         for plan in plans:
             if str(plan) in passed_before:
@@ -320,23 +326,42 @@ def _ranked(rows: list[dict], key: str) -> list[Plan]:
 def _final(
     store: Store, sweep_id: str, key: str, make_case: Callable[[], Case | OpCase], real: bool, rounds: int, reps: int
 ) -> None:
-    """Re-time the best few side by side and store the winner."""
+    """Re-time the best few side by side (with the best one-launch plan of a decode workload among
+    them), time their host cost per eager call, and store the winner and the eager winner."""
     rows = [r for r in store.measurements(sweep_id, workload=key) if r["stage"] in (STAGE_COARSE, STAGE_REFINE)]
-    plans = _ranked(rows, key)[:FINALISTS]
+    ranked = _ranked(rows, key)
+    plans = ranked[:FINALISTS]
     if not plans:
         return
-    samples, flag = time_plans(make_case(), plans, real, rounds * 2, reps)
+    case = make_case()
+    one_launch = next((p for p in ranked if LAUNCHES.get(p.variant) == 1), None)
+    if isinstance(case, Case) and one_launch is not None and one_launch not in plans:
+        plans.append(one_launch)
+    samples, flag = time_plans(case, plans, real, rounds * 2, reps)
     by_plan = dict(zip(plans, samples, strict=True))
     for plan, s in by_plan.items():
         store.add_measurement({**_row(sweep_id, key, STAGE_FINAL, plan, "ok", None), **summarize(s),
                                "rounds": rounds * 2, "flagged": flag})
     win = select_winner(by_plan)
     plan = win["plan"]
+    host = host_times(case, plans) if real and isinstance(case, Case) and win["median_us"] < EAGER_MAX_US else {}
+    for p, us in host.items():
+        store.add_measurement({**_row(sweep_id, key, STAGE_HOST, p, "ok", None), "median_us": us,
+                               "samples": HOST_CALLS})
+    eager = select_eager(by_plan, host, plan)
     store.set_winners(sweep_id, [{
         "workload": key, "plan": str(plan), "variant": plan.variant, "config": json.dumps(plan.as_dict()),
         "median_us": win["median_us"], "runner_up": str(win["runner_up"]) if win["runner_up"] else None,
         "margin": win["margin"], "reason": win["reason"] + (f" [{flag}]" if flag else ""),
+        "eager_variant": eager["plan"].variant if eager else None,
+        "eager_config": json.dumps(eager["plan"].as_dict()) if eager else None,
+        "eager_us": eager["median_us"] if eager else None, "eager_reason": eager["reason"] if eager else None,
     }])
+
+
+def host_times(case: Case, plans: list[Plan]) -> dict[Plan, float]:
+    """Median host microseconds of one eager call of each plan (replayed launches, as serving)."""
+    return {p: host_us_per_call(_callable(case, p), calls=HOST_CALLS, burst=50)[0] for p in plans}
 
 
 def _row(sweep_id: str, key: str, stage: str, plan: Plan, status: str, error: str | None) -> dict:
