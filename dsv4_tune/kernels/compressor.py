@@ -69,32 +69,92 @@ def _pool(
     m = tl.full([BLOCK_D], float("-inf"), tl.float32)
     den = tl.zeros([BLOCK_D], tl.float32)
     acc = tl.zeros([BLOCK_D], tl.float32)
+    # (Not unrolled like _pool_decode: on an H200, unrolling made C4 prefill of 32K tokens 12%
+    # slower at head_dim 512, the many programs per SM hide the latency an unroll would save.)
     for s0 in range(0, K, BLOCK_S):
-        k = s0 + tl.arange(0, BLOCK_S)
-        s = p - K + 1 + k
-        from_in = s >= in_first
-        from_st = (s >= 0) & (s < tl.where(ring_base >= 0, in_first, 0))  # no ring: empty
-        half = k // R  # C4: 0 (A) for the previous block, 1 (B) for the current one; C128: 0
-        kv_col = (half * D)[:, None] + d[None, :]
-        sc_col = kv_col + COFF * D
-        in_row = (in_row0 + (s - in_first)).to(tl.int64) * s_kvs
-        st_row = (ring_base + tl.maximum(s, 0) % ring_size).to(tl.int64) * s_state
-        mi, ms = from_in[:, None], from_st[:, None]
-        kv = tl.where(mi, tl.load(kvs_ptr + in_row[:, None] + kv_col, mask=mi, other=0.0),
-                      tl.load(state_ptr + st_row[:, None] + kv_col, mask=ms, other=0.0))
-        sc = tl.where(mi, tl.load(kvs_ptr + in_row[:, None] + sc_col, mask=mi, other=0.0),
-                      tl.load(state_ptr + st_row[:, None] + sc_col, mask=ms, other=0.0))
-        sc = sc + tl.load(ape_ptr + (k * D)[:, None] + d[None, :])
-        sc = tl.where(mi | ms, sc, float("-inf"))
-        m_new = tl.maximum(m, tl.max(sc, axis=0))
-        # The -inf guard: subtract a finite max (0 while every score so far is -inf), so a -inf
-        # score or running max gives exp(-inf) = 0 and no -inf - -inf (NaN) is ever formed.
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m - m_safe)
-        w = tl.exp(sc - m_safe[None, :])
-        den = den * alpha + tl.sum(w, axis=0)
-        acc = acc * alpha + tl.sum(w * kv, axis=0)
-        m = m_new
+        m, den, acc = _window_tile(m, den, acc, kvs_ptr, s_kvs, state_ptr, s_state, ape_ptr, ring_base, ring_size,
+                                   p, in_first, in_row0, d, s0, R, COFF, D, BLOCK_S)
+    return tl.where(den > 0.0, acc / tl.where(den > 0.0, den, 1.0), 0.0)
+
+
+@triton.jit
+def _window_tile(
+    m, den, acc, kvs_ptr, s_kvs, state_ptr, s_state, ape_ptr, ring_base, ring_size, p, in_first, in_row0, d, s0,
+    R: tl.constexpr, COFF: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """Fold window positions ``s0 + [0, BLOCK_S)`` (input rows or ring, see :func:`_pool`)."""
+    K: tl.constexpr = R * COFF
+    k = s0 + tl.arange(0, BLOCK_S)
+    s = p - K + 1 + k
+    from_in = s >= in_first
+    from_st = (s >= 0) & (s < tl.where(ring_base >= 0, in_first, 0))  # no ring: empty
+    half = k // R  # C4: 0 (A) for the previous block, 1 (B) for the current one; C128: 0
+    kv_col = (half * D)[:, None] + d[None, :]
+    sc_col = kv_col + COFF * D
+    in_row = (in_row0 + (s - in_first)).to(tl.int64) * s_kvs
+    st_row = (ring_base + tl.maximum(s, 0) % ring_size).to(tl.int64) * s_state
+    mi, ms = from_in[:, None], from_st[:, None]
+    kv = tl.where(mi, tl.load(kvs_ptr + in_row[:, None] + kv_col, mask=mi, other=0.0),
+                  tl.load(state_ptr + st_row[:, None] + kv_col, mask=ms, other=0.0))
+    sc = tl.where(mi, tl.load(kvs_ptr + in_row[:, None] + sc_col, mask=mi, other=0.0),
+                  tl.load(state_ptr + st_row[:, None] + sc_col, mask=ms, other=0.0))
+    sc = sc + tl.load(ape_ptr + (k * D)[:, None] + d[None, :])
+    return _fold(m, den, acc, tl.where(mi | ms, sc, float("-inf")), kv)
+
+
+@triton.jit
+def _fold(m, den, acc, sc, kv):
+    """One online-softmax step over the positions (axis 0) of a ``[n, cols]`` tile.
+
+    The -inf guard: subtract a finite max (0 while every score so far is -inf), so a -inf score
+    or running max gives exp(-inf) = 0 and no -inf - -inf (NaN) is ever formed."""
+    m_new = tl.maximum(m, tl.max(sc, axis=0))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp(m - m_safe)
+    w = tl.exp(sc - m_safe[None, :])
+    return m_new, den * alpha + tl.sum(w, axis=0), acc * alpha + tl.sum(w * kv, axis=0)
+
+
+@triton.jit
+def _ring_tile(m, den, acc, state_ptr, s_state, ape_ptr, ring_base, ring_size, p, d, s0,
+               R: tl.constexpr, COFF: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Fold ring positions ``p - K + 1 + s0 + [0, BLOCK_S)`` (those before p) into the softmax."""
+    K: tl.constexpr = R * COFF
+    k = s0 + tl.arange(0, BLOCK_S)
+    s = p - K + 1 + k
+    ok = (k < K - 1) & (s >= tl.where(ring_base >= 0, 0, p + 1))  # no ring: every s < p + 1 is empty
+    kv_col = ((k // R) * D)[:, None] + d[None, :]
+    row = state_ptr + (ring_base + tl.maximum(s, 0) % ring_size).to(tl.int64)[:, None] * s_state
+    kv = tl.load(row + kv_col, mask=ok[:, None], other=0.0)
+    sc = tl.load(row + kv_col + COFF * D, mask=ok[:, None], other=0.0)
+    sc = sc + tl.load(ape_ptr + (k * D)[:, None] + d[None, :], mask=(k < K)[:, None], other=0.0)
+    return _fold(m, den, acc, tl.where(ok[:, None], sc, float("-inf")), kv)
+
+
+@triton.jit
+def _pool_decode(
+    kv_last, sc_last, state_ptr, s_state, ape_ptr, ring_base, ring_size, p, d0,
+    R: tl.constexpr, COFF: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """:func:`_pool` for decode: position p's kv and score (``[BLOCK_D]`` columns from d0 of the
+    last half) come in registers, loaded by the caller before the request's scalars arrive; the
+    other K - 1 positions from the ring.  A window of at most four tiles is unrolled, so that all
+    its loads are in flight at once instead of one tile's per memory round trip."""
+    K: tl.constexpr = R * COFF
+    s_state = aligned(s_state, 4)
+    d = d0 + tl.arange(0, BLOCK_D)
+    m = tl.full([BLOCK_D], float("-inf"), tl.float32)
+    den = tl.zeros([BLOCK_D], tl.float32)
+    acc = tl.zeros([BLOCK_D], tl.float32)
+    m, den, acc = _fold(m, den, acc, (sc_last + tl.load(ape_ptr + (K - 1) * D + d))[None, :], kv_last[None, :])
+    if K - 1 <= 4 * BLOCK_S:
+        for s0 in tl.static_range(0, K - 1, BLOCK_S):
+            m, den, acc = _ring_tile(m, den, acc, state_ptr, s_state, ape_ptr, ring_base, ring_size, p, d, s0,
+                                     R, COFF, D, BLOCK_S)
+    else:
+        for s0 in range(0, K - 1, BLOCK_S):
+            m, den, acc = _ring_tile(m, den, acc, state_ptr, s_state, ape_ptr, ring_base, ring_size, p, d, s0,
+                                     R, COFF, D, BLOCK_S)
     return tl.where(den > 0.0, acc / tl.where(den > 0.0, den, 1.0), 0.0)
 
 
@@ -191,21 +251,26 @@ def _compress_decode_kernel(
 ):
     """Fused decode, one request per program: ring write, then (at a boundary) pool + finish."""
     b = tl.program_id(0)
+    # Every load is issued before the first store (the ring row's), and what does not depend on
+    # the request's scalars (its input row, position p's kv and score) before they arrive: the call
+    # costs two memory round trips (the scalars, then the window and the RoPE row together).  The
+    # window never reads ring row p % ring_size (ring_size >= K), and takes position p from the
+    # input row, so writing the ring last changes nothing it reads.
+    src = kvs_ptr + b.to(tl.int64) * aligned(s_kvs, 4)
+    cols = tl.arange(0, 2 * COFF * D)
+    row = tl.load(src + cols)
+    d = tl.arange(0, D)
+    kv_last = tl.load(src + (COFF - 1) * D + d)
+    sc_last = tl.load(src + (2 * COFF - 1) * D + d)
     seq = tl.load(seqlens_ptr + b)
     base = tl.load(ring_ptr + b)
     loc = tl.load(loc_ptr + b)
     p = seq - 1
     if seq > 0:
-        # Every load is issued before the first store (the ring row's), so that the call costs
-        # two memory round trips (the scalars, then the row, the window and the RoPE row together)
-        # rather than four.  The window never reads ring row p % ring_size (ring_size >= K), and
-        # takes position p from the input row, so writing the ring last changes nothing it reads.
-        cols = tl.arange(0, 2 * COFF * D)
-        row = tl.load(kvs_ptr + b.to(tl.int64) * s_kvs + cols, mask=cols < tl.where(base >= 0, 2 * COFF * D, 0))
         if (seq % R == 0) & (loc >= 0) & (loc < n_slots):
             normw, cos, sin = _finish_inputs(normw_ptr, freqs_ptr, s_freqs, max_pos, p + 1 - R, D)
-            c = _pool(kvs_ptr, s_kvs, state_ptr, s_state, ape_ptr, base, ring_size, p, p, b, 0,
-                      R, COFF, D, D, BLOCK_S)
+            c = _pool_decode(kv_last, sc_last, state_ptr, s_state, ape_ptr, base, ring_size, p, 0,
+                             R, COFF, D, D, BLOCK_S)
             _finish(c, normw, cos, sin, dst_ptr, dst_stride, page_size, loc, loc >= 0, D, DEST, FP8, EPS)
         if base >= 0:
             tl.store(state_ptr + (base + p % ring_size).to(tl.int64) * s_state + cols, row)
@@ -219,21 +284,23 @@ def _compress_decode_split_kernel(
     """Split decode, program (b, chunk): ring write of the chunk's columns, pooled chunk -> ws[b]."""
     b = tl.program_id(0)
     d0 = tl.program_id(1) * BLOCK_D
+    cols = d0 + tl.arange(0, BLOCK_D)
+    src = kvs_ptr + b.to(tl.int64) * aligned(s_kvs, 4)
+    kv_last = tl.load(src + (COFF - 1) * D + cols)  # before the scalars: see _compress_decode_kernel
+    sc_last = tl.load(src + (2 * COFF - 1) * D + cols)
     seq = tl.load(seqlens_ptr + b)
     base = tl.load(ring_ptr + b)
     loc = tl.load(loc_ptr + b)
     p = seq - 1
     if seq > 0:
-        if base >= 0:
-            cols = d0 + tl.arange(0, BLOCK_D)
-            src = kvs_ptr + b.to(tl.int64) * s_kvs
+        if (seq % R == 0) & (loc >= 0) & (loc < n_slots):
+            c = _pool_decode(kv_last, sc_last, state_ptr, s_state, ape_ptr, base, ring_size, p, d0,
+                             R, COFF, D, BLOCK_D, BLOCK_S)
+            tl.store(ws_ptr + b.to(tl.int64) * D + cols, c)
+        if base >= 0:  # after the window's loads (it never reads this row)
             dst = state_ptr + (base + p % ring_size).to(tl.int64) * s_state
             for part in tl.static_range(2 * COFF):
                 tl.store(dst + part * D + cols, tl.load(src + part * D + cols))
-        if (seq % R == 0) & (loc >= 0) & (loc < n_slots):
-            c = _pool(kvs_ptr, s_kvs, state_ptr, s_state, ape_ptr, base, ring_size, p, p, b, d0,
-                      R, COFF, D, BLOCK_D, BLOCK_S)
-            tl.store(ws_ptr + b.to(tl.int64) * D + d0 + tl.arange(0, BLOCK_D), c)
 
 
 @kernel
