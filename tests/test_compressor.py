@@ -242,16 +242,43 @@ def _prefill_batch(pb: Problem) -> tuple[torch.Tensor, ...]:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("ring_mult", [1, 2])
-@pytest.mark.parametrize(("ratio", "dim", "kind"), CASES)
-def test_prefill_matches_reference(ratio, dim, kind, ring_mult, variant, device, gen) -> None:
+@pytest.mark.parametrize(("ratio", "dim", "kind", "per_block"), [(*c, 2) for c in CASES] + [(4, 128, "bf16", 1)])
+def test_prefill_matches_reference(ratio, dim, kind, per_block, ring_mult, variant, device, gen) -> None:
+    """Ring rows before the prefix are read by windows 0 and 1 (block 0 of C4's fused kernel, also
+    when ROWS is 1) and overwritten by the same prefill."""
     pb = make_problem(ratio, dim, kind, ring_mult, 5, device, gen)
     kvs, cu, prefix, base, locs = _prefill_batch(pb)
     (rows, slots, _), ref_state, ref_dest = pb.run_ref(
         compress_prefill_ref, kvs, cu, prefix, pb.state, base, pb.ape, pb.norm_weight, pb.freqs, locs, pb.dest)
     assert slots.numel() >= 4
-    cfg = compressor_default(ratio, dim, "prefill", variant) | {"ROWS": 2}
+    cfg = compressor_default(ratio, dim, "prefill", variant) | {"ROWS": per_block}
     compress_prefill(kvs, cu, prefix, pb.state, base, pb.ape, pb.norm_weight, pb.freqs, locs, pb.dest,
                      ratio=ratio, ring_size=pb.ring_size, variant=variant, config=cfg)
+    check_state(pb.state, ref_state)
+    check_dest(pb, pb.dest, ref_dest, rows, slots)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("prefix", [5, 6, 8])
+def test_prefill_overwrites_ring_rows_its_first_windows_read(prefix, variant, device, gen) -> None:
+    """One request whose 8 new tokens overwrite ring rows that its windows 0 and 1 read, all in
+    one window block: a ring update that overtook the windows' reads would fail it (checked by
+    mutation with an in-kernel update that misjudged which rows the windows read)."""
+    pb = make_problem(4, 128, "f32", 1, 1, device, gen)
+    n = 8
+    i32 = dict(dtype=torch.int32, device=device)
+    kvs, cu, pre = pb.rows(n), torch.tensor([0, n], **i32), torch.tensor([prefix], **i32)
+    base = torch.zeros(1, **i32)
+    pb.fill_ring(0, prefix)
+    locs = torch.full((n,), -1, dtype=torch.int32)
+    bound = [i for i in range(n) if (prefix + i + 1) % 4 == 0]
+    locs[bound] = torch.tensor(_locs(pb, len(bound)), dtype=torch.int32)
+    locs = locs.to(device)
+    (rows, slots, _), ref_state, ref_dest = pb.run_ref(
+        compress_prefill_ref, kvs, cu, pre, pb.state, base, pb.ape, pb.norm_weight, pb.freqs, locs, pb.dest)
+    cfg = compressor_default(4, 128, "prefill", variant) | {"ROWS": 2}
+    compress_prefill(kvs, cu, pre, pb.state, base, pb.ape, pb.norm_weight, pb.freqs, locs, pb.dest,
+                     ratio=4, ring_size=pb.ring_size, variant=variant, config=cfg, max_new_tokens=n)
     check_state(pb.state, ref_state)
     check_dest(pb, pb.dest, ref_dest, rows, slots)
 
@@ -416,7 +443,8 @@ def test_config_space_functions() -> None:
                     assert default in space and len(space) == len({tuple(sorted(c.items())) for c in space})
                     assert all(not compressor_problems(ratio, dim, mode, c, variant) for c in space)
                     launches = compressor_launches(ratio, dim, mode, default, variant=variant)
-                    assert len(launches) == (1 if mode == "decode" else 2) + (variant == "split")
+                    # split: pool + finish (with prefill's ring update); fused prefill: + the ring update
+                    assert len(launches) == 1 + (variant == "split" or mode == "prefill")
     assert any("BLOCK_S" in p for p in compressor_problems(4, 512, "decode", {"BLOCK_S": 16, "num_warps": 4,
                                                                                "num_stages": 1}))
     assert any("per thread" in p for p in compressor_problems(128, 512, "decode", {"BLOCK_S": 64, "num_warps": 4,

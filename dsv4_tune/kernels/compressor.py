@@ -18,7 +18,8 @@ finite running max (0 while a channel has seen only -inf), so a -inf score weigh
 or out-of-range ring base or out_loc (slot 0 is never a fallback); the spec's "write the ring, then
 read the window" holds in effect: decode takes position p from the input row and never reads the
 ring row it writes (ring_size >= K), so it stores that row last, after every load; prefill writes
-the ring only after every window has been read (a separate launch).
+the ring only after every window has been read (a later launch: the ring kernel after the fused
+one, the split variant's finish kernel).
 
 Config spaces live in :mod:`dsv4_tune.kernels.compressor_space` (pure, no torch/triton).
 Nothing in the launch path synchronises with the GPU.
@@ -338,7 +339,13 @@ def _compress_prefill_kernel(
     """Fused prefill, program (window block, request): ROWS boundaries, pool + finish each.
 
     A window is pooled whether or not its slot id is valid (the stores check it), so the pool's
-    loads are issued without waiting for the slot id (H100, indexer prefill of 32K: 4% faster)."""
+    loads are issued without waiting for the slot id (H100, indexer prefill of 32K: 4% faster).
+
+    The ring update is a second launch (:func:`_ring_write_kernel`).  Folding it in for C4 (only
+    windows 0 and 1 read the ring, so block 0 can write the rows they read after reading them, and
+    any block the others) was measured on the H100 and dropped: the copy's registers and the
+    runtime window count made C4 prefill of 32K tokens 15-20% slower, and in a chunked prefill
+    block 0 would copy up to 7 rows after its windows, longer than the launch it saves."""
     b = tl.program_id(1)
     base = tl.load(ring_ptr + b)
     for r in range(ROWS):
@@ -351,6 +358,23 @@ def _compress_prefill_kernel(
                       R, COFF, D, D, BLOCK_S)
             _finish(c, normw, cos, sin, dst_ptr, dst_stride, page_size, loc, (loc >= 0) & (loc < n_slots),
                     D, DEST, FP8, EPS)
+
+
+@triton.jit
+def _prefill_ring(
+    kvs_ptr, s_kvs, cu_ptr, prefix_ptr, state_ptr, s_state, base, b, first, step, ring_size, W: tl.constexpr,
+):
+    """Copy request b's rows ``first, first + step, ...`` of its last ``min(ring_size, n)``
+    positions into its ring (after every window of the prefill was read: a later launch)."""
+    t0 = tl.load(cu_ptr + b)
+    n = tl.load(cu_ptr + b + 1) - t0
+    keep = tl.minimum(n, ring_size)
+    end = tl.load(prefix_ptr + b) + n
+    if base >= 0:
+        cols = tl.arange(0, W)
+        for i in range(first, keep, step):
+            row = tl.load(kvs_ptr + (t0 + n - keep + i).to(tl.int64) * s_kvs + cols)
+            tl.store(state_ptr + (base + (end - keep + i) % ring_size).to(tl.int64) * s_state + cols, row)
 
 
 @kernel
@@ -377,14 +401,19 @@ def _compress_prefill_split_kernel(
 @kernel
 def _compress_prefill_finish_kernel(
     ws_ptr, cu_ptr, prefix_ptr, loc_ptr, normw_ptr, freqs_ptr, s_freqs, max_pos, dst_ptr, dst_stride, page_size,
-    n_slots,
+    n_slots, kvs_ptr, s_kvs, state_ptr, s_state, ring_ptr, ring_size,
     R: tl.constexpr, D: tl.constexpr, ROWS: tl.constexpr, DEST: tl.constexpr, FP8: tl.constexpr,
-    EPS: tl.constexpr,
+    EPS: tl.constexpr, W: tl.constexpr,
 ):
-    """Split prefill, second launch: norm + RoPE + store of the pooled rows in ws."""
+    """Split prefill, second launch: norm + RoPE + store of the pooled rows in ws, and the ring
+    update (every window was read by the first launch), its rows spread over the window blocks."""
     b = tl.program_id(1)
+    blk = tl.program_id(0)
+    base = tl.load(ring_ptr + b)
+    _prefill_ring(kvs_ptr, s_kvs, cu_ptr, prefix_ptr, state_ptr, s_state, base, b, blk, tl.num_programs(0),
+                  ring_size, W)
     for r in range(ROWS):
-        p, t0, q, ok = _prefill_window(cu_ptr, prefix_ptr, b, tl.program_id(0) * ROWS + r, R)
+        p, t0, q, ok = _prefill_window(cu_ptr, prefix_ptr, b, blk * ROWS + r, R)
         if ok:
             tok = t0 + (p - q)
             loc = tl.load(loc_ptr + tok)
@@ -399,19 +428,11 @@ def _ring_write_kernel(
     kvs_ptr, s_kvs, cu_ptr, prefix_ptr, state_ptr, s_state, ring_ptr, ring_size,
     W: tl.constexpr,
 ):
-    """Prefill ring update, program (slot i, request): the request's last min(ring_size, n) positions."""
-    i = tl.program_id(0)
+    """Fused prefill's ring update, program (slot i, request): rows i, i + slots, ... of the
+    request's last min(ring_size, n) positions (a second launch: after every window was read)."""
     b = tl.program_id(1)
-    base = tl.load(ring_ptr + b)
-    t0 = tl.load(cu_ptr + b)
-    n = tl.load(cu_ptr + b + 1) - t0
-    end = tl.load(prefix_ptr + b) + n
-    keep = tl.minimum(n, ring_size)
-    if (base >= 0) & (i < keep):
-        pos = end - keep + i
-        cols = tl.arange(0, W)
-        row = tl.load(kvs_ptr + (t0 + n - keep + i).to(tl.int64) * s_kvs + cols)
-        tl.store(state_ptr + (base + pos % ring_size).to(tl.int64) * s_state + cols, row)
+    _prefill_ring(kvs_ptr, s_kvs, cu_ptr, prefix_ptr, state_ptr, s_state, tl.load(ring_ptr + b), b,
+                  tl.program_id(0), tl.num_programs(0), ring_size, W)
 
 
 _decode = Launcher(_compress_decode_kernel)
@@ -468,13 +489,13 @@ def compressor_launches(
         return [launch("_compress_decode_split_kernel", w, st, R=ratio, COFF=coff, D=head_dim,
                        BLOCK_D=c["BLOCK_D"], BLOCK_S=c["BLOCK_S"]),
                 launch("_compress_decode_finish_kernel", fin_w, 1, R=ratio, D=head_dim, **tail)]
-    ring = launch("_ring_write_kernel", 4, 1, W=2 * coff * head_dim)
+    width = 2 * coff * head_dim
     if variant == "fused":
         return [launch("_compress_prefill_kernel", w, st, R=ratio, COFF=coff, D=head_dim, BLOCK_S=c["BLOCK_S"],
-                       ROWS=c["ROWS"], **tail), ring]
+                       ROWS=c["ROWS"], **tail), launch("_ring_write_kernel", 4, 1, W=width)]
     return [launch("_compress_prefill_split_kernel", w, st, R=ratio, COFF=coff, D=head_dim, BLOCK_D=c["BLOCK_D"],
                    BLOCK_S=c["BLOCK_S"], ROWS=c["ROWS"]),
-            launch("_compress_prefill_finish_kernel", fin_w, 1, R=ratio, D=head_dim, ROWS=c["ROWS"], **tail), ring]
+            launch("_compress_prefill_finish_kernel", fin_w, 1, R=ratio, D=head_dim, ROWS=c["ROWS"], W=width, **tail)]
 
 
 def _check_tensor(name: str, t: torch.Tensor, dtype: torch.dtype, shape: tuple, device: torch.device) -> None:
@@ -633,8 +654,9 @@ def compress_prefill(
     are in the ring.
 
     Every new boundary token whose ``out_loc`` (per ragged token) is a valid slot gets its row
-    (window positions >= prefix from ``kv_score``, earlier ones from the ring); then a second launch
-    writes the request's last ``min(ring_size, new tokens)`` positions into the ring.
+    (window positions >= prefix from ``kv_score``, earlier ones from the ring); then a later launch
+    (fused: a ring kernel; split: its finish kernel) writes the request's last
+    ``min(ring_size, new tokens)`` positions into the ring.
     ``max_new_tokens`` (optional, a host int >= every request's new-token count) bounds the grid;
     without it the grid assumes any request may hold all ``kv_score`` rows (correct, more idle programs).
     """
@@ -667,8 +689,10 @@ def compress_prefill(
                        ratio, coff, head_dim, cfg["BLOCK_D"], cfg["BLOCK_S"], cfg["ROWS"],
                        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
         _prefill_finish((n_win, bs, 1), ws, cu_seqlens, prefix_lens, out_loc, norm_weight, freqs, freqs.stride(0),
-                        freqs.shape[0], *dst, ratio, head_dim, cfg["ROWS"], *tail,
+                        freqs.shape[0], *dst, kv_score, kv_score.stride(0), state, state.stride(0), ring_base,
+                        ring_size, ratio, head_dim, cfg["ROWS"], *tail, 2 * coff * head_dim,
                         num_warps=FINISH_WARPS[head_dim], num_stages=1)
+        return
     _ring_write((min(ring_size, longest), bs, 1), kv_score, kv_score.stride(0), cu_seqlens, prefix_lens, state,
                 state.stride(0), ring_base, ring_size, 2 * coff * head_dim, num_warps=4, num_stages=1)
 
