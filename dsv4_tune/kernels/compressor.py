@@ -688,7 +688,9 @@ def compress_prefill(
         _prefill_split((n_win, bs, head_dim // cfg["BLOCK_D"]), *head, out_loc, ws, dst[3], ring_size,
                        ratio, coff, head_dim, cfg["BLOCK_D"], cfg["BLOCK_S"], cfg["ROWS"],
                        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-        _prefill_finish((n_win, bs, 1), ws, cu_seqlens, prefix_lens, out_loc, norm_weight, freqs, freqs.stride(0),
+        # At least one program per ring row: a short prefill has few window blocks, and one row
+        # per program copies them all in one memory round trip (H100, C128 prefill of 1K tokens).
+        _prefill_finish((max(n_win, min(ring_size, longest)), bs, 1), ws, cu_seqlens, prefix_lens, out_loc, norm_weight, freqs, freqs.stride(0),
                         freqs.shape[0], *dst, kv_score, kv_score.stride(0), state, state.stride(0), ring_base,
                         ring_size, ratio, head_dim, cfg["ROWS"], *tail, 2 * coff * head_dim,
                         num_warps=FINISH_WARPS[head_dim], num_stages=1)
