@@ -342,10 +342,11 @@ def _compress_prefill_kernel(
     loads are issued without waiting for the slot id (H100, indexer prefill of 32K: 4% faster).
 
     The ring update is a second launch (:func:`_ring_write_kernel`).  Folding it in for C4 (only
-    windows 0 and 1 read the ring, so block 0 can write the rows they read after reading them, and
-    any block the others) was measured on the H100 and dropped: the copy's registers and the
-    runtime window count made C4 prefill of 32K tokens 15-20% slower, and in a chunked prefill
-    block 0 would copy up to 7 rows after its windows, longer than the launch it saves."""
+    windows 0 and 1 read the ring) was measured twice on the H100 and dropped: (1) block 0 writes
+    the rows those windows read after reading them, every block the others first: C4 prefill of
+    32K tokens 15-20% slower; (2) only the indexer (head_dim 128), block 0 pools windows 0 and 1
+    and then copies all <= 16 ring rows in [16, 128] tiles: 42.5 -> 50.9 us at 32K tokens, slower
+    at 1K, 8K and in a chunked prefill too (``scratch``-style side-by-side runs, 2026-11-25)."""
     b = tl.program_id(1)
     base = tl.load(ring_ptr + b)
     for r in range(ROWS):
