@@ -122,14 +122,21 @@ def test_export_writes_a_valid_policy_and_refuses_gaps(tmp_path: Path) -> None:
         (1, winners["T1"]["runner_up"]), (2, winners["T2"]["runner_up"])]
     shown = CliRunner().invoke(app, ["show", str(out), "--buckets"], terminal_width=250)
     assert shown.exit_code == 0 and "runner-up" in shown.output
-    # An eager winner at T=1 only: its own segment, and the dispatcher answers eager calls with it.
+    # A two-launch winner with a one-launch eager winner at T=1, and an eager winner that saves no
+    # launch at T=2 (dropped): T=1 is its own segment, T=2 has no eager plan.
     fused = Plan.make("fused", BLOCK_H=16, BLOCK_N=32, num_warps=4, num_stages=1)
-    store.db.execute("update winners set eager_variant = 'fused', eager_config = ?, eager_us = 1.0 "
-                     "where workload like '%-T1'", [json.dumps(fused.as_dict())])
+    split = Plan.make("fused_splitk", fused.as_dict(), SPLIT_K=2, COMBINE_BLOCK_H=8, combine_warps=4)
+    store.db.execute("update winners set variant = 'fused_splitk', config = ?, eager_variant = 'fused', "
+                     "eager_config = ?, eager_us = 1.0 where workload like '%-T1'",
+                     [json.dumps(split.as_dict()), json.dumps(fused.as_dict())])
+    other = Plan.make("fused", fused.as_dict(), BLOCK_N=64)
+    store.db.execute("update winners set variant = 'fused', config = ?, eager_variant = 'fused', eager_config = ?, "
+                     "eager_us = 1.0 where workload like '%-T2'",
+                     [json.dumps(fused.as_dict()), json.dumps(other.as_dict())])
     assert CliRunner().invoke(app, ["export", "--db", str(db), "--out", str(out)]).exit_code == 0
     segments = load_policy(out).classes[0].segments
-    assert segments[0].max_tokens == 1 and segments[0].eager_plan.to_plan() == fused
-    assert segments[-1].eager_plan is None
+    assert segments[0].max_tokens == 1 and segments[0].plan.to_plan() == split
+    assert segments[0].eager_plan.to_plan() == fused and segments[-1].eager_plan is None
     store.db.execute("delete from winners where workload like '%-T2'")
     result = CliRunner().invoke(app, ["export", "--db", str(db), "--out", str(tmp_path / "q.json")])
     assert result.exit_code == 1 and "no measured winner" in result.output
@@ -154,6 +161,11 @@ def test_eager_winner_counts_the_host_time_of_each_launch() -> None:
     assert eager is not None and eager["plan"] == fused and eager["median_us"] == 14.0
     assert select_eager(gpu, {fused: 3.0, split: 4.0}, graph) is None  # GPU-bound: the graph winner
     assert select_eager(gpu, {}, graph) is None  # not measured
+    # Host time is charged by launch count: a noisy host reading never makes a GPU-slower plan
+    # with as many launches the eager winner.
+    other = Plan.make("fused_splitk", split.as_dict(), SPLIT_K=2)
+    gpu[other] = [x + 1.0 for x in gpu[split]]
+    assert select_eager(gpu, {fused: 30.0, split: 19.0, other: 9.0}, graph) is None
 
 
 def test_verify_policy_and_warmup_run_on_the_interpreter(tmp_path: Path) -> None:

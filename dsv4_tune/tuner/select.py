@@ -7,7 +7,10 @@ runner-up is kept.  Thresholds are where the winners change along T, written int
 
 Eager calls (outside a CUDA graph) pay host time for every launch, and the host and the GPU work
 side by side, so the slower of the two sets the pace: the eager winner is chosen by the same rule
-on samples ``max(host time, GPU time)``, and kept where it differs from the graph winner.
+on samples ``max(host time, GPU time)``, and kept only where it launches fewer kernels than the
+graph winner (saving launches is what it is for).  Host time depends on the number of launches,
+and one plan's host time is noisy (other tenants of the host), so each plan is charged the median
+host time of the finalists with its number of launches.
 """
 
 from __future__ import annotations
@@ -67,12 +70,21 @@ def select_winner(samples: dict[Plan, list[float]]) -> dict:
 
 
 def select_eager(samples: dict[Plan, list[float]], host_us: dict[Plan, float], graph_winner: Plan) -> dict | None:
-    """The winner for eager calls (see the module docstring), or None where it is the graph winner
-    or host times were not measured."""
+    """The winner for eager calls (see the module docstring), or None where it does not launch
+    fewer kernels than the graph winner, or host times were not measured."""
     if not host_us or set(host_us) != set(samples):
         return None
-    eager = select_winner({p: [max(host_us[p], g) for g in s] for p, s in samples.items()})
-    return None if eager["plan"] == graph_winner else eager
+    by_launches: dict[int, list[float]] = defaultdict(list)
+    for p, us in host_us.items():
+        by_launches[simplicity(p)[0]].append(us)
+    host = {p: statistics.median(by_launches[simplicity(p)[0]]) for p in samples}
+    eager = select_winner({p: [max(host[p], g) for g in s] for p, s in samples.items()})
+    return eager if saves_launches(eager["plan"], graph_winner) else None
+
+
+def saves_launches(eager: Plan | None, plan: Plan) -> bool:
+    """Whether ``eager`` launches fewer kernels than ``plan`` (else it has no place in a policy)."""
+    return eager is not None and simplicity(eager)[0] < simplicity(plan)[0]
 
 
 def build_policy(grid: Grid, winners: list[dict], sweep: dict, command: str) -> Policy:
@@ -88,8 +100,9 @@ def build_policy(grid: Grid, winners: list[dict], sweep: dict, command: str) -> 
         if row is None:
             missing.append(workload_key(w))
             continue
+        plan = Plan.make(row["variant"], _config(row["config"]))
         eager = Plan.make(row["eager_variant"], _config(row["eager_config"])) if row.get("eager_variant") else None
-        runs[w.key].append((t, Plan.make(row["variant"], _config(row["config"])), row["margin"], eager))
+        runs[w.key].append((t, plan, row["margin"], eager if saves_launches(eager, plan) else None))
         measured[w.key].append(Measured(
             total_tokens=t, median_us=None if row["median_us"] is None else round(row["median_us"], 2),
             margin=None if row["margin"] is None else round(row["margin"], 4), runner_up=row["runner_up"]))
