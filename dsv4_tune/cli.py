@@ -192,9 +192,13 @@ def show(
 
 @app.command()
 def diff(a: Path, b: Path, max_tokens: int = typer.Option(4096, help="compare T = 1..this")) -> None:
-    """Show where two policies choose differently (per class, runs of T)."""
+    """Show where two policies choose differently (per class, runs of T; eager plans included)."""
     from dsv4_tune.policies.dispatcher import Dispatcher
     from dsv4_tune.workload import Workload
+
+    def choice(d: Dispatcher, w: Workload) -> str:
+        plan, eager = d.lookup(w), d.lookup(w, eager=True)
+        return str(plan) if eager == plan else f"{plan}; eager calls: {eager}"
 
     pa, pb = _load_or_exit(a), _load_or_exit(b)
     da, db = Dispatcher(pa, str(a)), Dispatcher(pb, str(b))
@@ -205,7 +209,7 @@ def diff(a: Path, b: Path, max_tokens: int = typer.Option(4096, help="compare T 
         rows = []
         for t in range(1, max_tokens + 1):
             w = Workload(t, *key)
-            x, y = str(da.lookup(w)), str(db.lookup(w))
+            x, y = choice(da, w), choice(db, w)
             if x != y and run and (run[2], run[3]) == (x, y):
                 run = (run[0], t, x, y)
             else:

@@ -233,6 +233,13 @@ def test_cli_lookup_json_and_diff(tmp_path: Path) -> None:
     other.write_text(json.dumps(data))
     result = CliRunner().invoke(app, ["diff", str(BASELINE_FILE), str(other), "--max-tokens", "300"])
     assert "T 5-256" in result.output and "SPLIT_K=2" in result.output
+    plain = eager_policy().model_copy(update={"classes": [c.model_copy(update={"segments": [
+        s.model_copy(update={"eager_plan": None}) for s in c.segments]}) for c in eager_policy().classes]})
+    save_policy(eager_policy(), tmp_path / "eager.json")
+    save_policy(plain, tmp_path / "plain.json")
+    result = CliRunner().invoke(app, ["diff", str(tmp_path / "eager.json"), str(tmp_path / "plain.json"),
+                                      "--max-tokens", "8"], terminal_width=250)
+    assert "T 1-8" in result.output and "eager calls: fused(" in result.output
 
 
 _JSON = st.recursive(
