@@ -434,7 +434,8 @@ def compile_check(
         targets, arches = [], []
         for path in policy:
             pol = _load_or_exit(path)
-            pairs = [(c.workload(), s.plan.to_plan()) for c in [*pol.classes, *pol.ops] for s in c.segments]
+            pairs = [(c.workload(), spec.to_plan()) for c in [*pol.classes, *pol.ops] for s in c.segments
+                     for _, spec in s.plans()]
             targets += cc.check_targets([pol.gpu.arch], plans=pairs)
             arches = list(dict.fromkeys([*arches, pol.gpu.arch]))
     else:

@@ -6,6 +6,8 @@ shipped policy, or the built-in default; see :mod:`dsv4_tune.policies.dispatcher
 
 A dispatched call outside a CUDA graph capture takes the policy's eager plan where it has one
 (:meth:`~dsv4_tune.policies.dispatcher.Dispatcher.lookup`): eagerly, every launch costs host time.
+The first such call of a kind also runs the graph plan once, so that warming up eagerly and then
+capturing compiles and allocates nothing during the capture.
 
 Host cost: the first call of a kind (same plan, scale, FP8 flavour, workspace and tensor metadata)
 runs every check and records its launches; later calls of that kind look the recording up by the
@@ -134,8 +136,10 @@ def sparse_decode(
     if q.stride(3) != 1 or q.stride(0) % 8 or q.stride(1) % 8 or q.stride(2) % 8:
         q = q.contiguous()  # the kernels read 16-byte rows of q
     w = workload_of(q, indices, topk_length, extra_indices, extra_topk_length, attn_sink)
+    graph_plan = None  # a dispatched eager call: the plan a CUDA graph capture of this call would take
     if plan is None:
         plan = get_dispatcher().lookup(w, eager)
+        graph_plan = get_dispatcher().lookup(w) if eager else None
     if validate:
         problems = plan_problems(w, plan)
         if problems:
@@ -147,6 +151,11 @@ def sparse_decode(
     if b * s_q == 0:
         return o, lse
     x = DecodeInputs(q, (k_cache, indices, topk_length), extra, attn_sink, sm_scale, fp8)
+    if graph_plan is not None and graph_plan != plan and (graph_plan, w, q.device) not in ws.warmed:
+        # Run the graph plan once too: the usual "run once, then capture" must not compile kernels
+        # or allocate workspace while capturing, and eagerly it ran the eager plan.
+        ws.warmed.add((graph_plan, w, q.device))
+        get_variant(graph_plan.variant).launch()(x, graph_plan.as_dict(), o, lse, ws)
     launch = get_variant(plan.variant).launch()
     if kind is None or hooks_active() or _misaligned([t.data_ptr() for t in (*inputs, o, lse) if t is not None]):
         launch(x, plan.as_dict(), o, lse, ws)

@@ -88,14 +88,15 @@ def test_a_captured_dispatched_call_takes_the_graph_plan(monkeypatch, device, ge
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        step()  # eager: the eager plan
-        step(eager_policy().classes[0].segments[0].plan.to_plan())  # compile and allocate the graph plan's
+        step()  # eager: the eager plan, and the graph plan once (compiled and allocated here)
         ran.clear()
         step()  # eager again: replayed, or the eager plan once more
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
+    allocated = ws.nbytes()
     with torch.cuda.graph(graph):
         step()
+    assert ws.nbytes() == allocated, "capture must not allocate workspace"
     graph.replay()
     torch.cuda.synchronize()
     assert ran in (["fused_splitk"], ["fused", "fused_splitk"]), ran

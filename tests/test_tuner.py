@@ -166,6 +166,10 @@ def test_eager_winner_counts_the_host_time_of_each_launch() -> None:
     other = Plan.make("fused_splitk", split.as_dict(), SPLIT_K=2)
     gpu[other] = [x + 1.0 for x in gpu[split]]
     assert select_eager(gpu, {fused: 30.0, split: 19.0, other: 9.0}, graph) is None
+    # Charged per plan, `other` (9 us) would beat fused (12 us); pooled, both two-launch plans cost
+    # median(19, 9) = 14 us and fused wins.
+    eager = select_eager(gpu, {fused: 12.0, split: 19.0, other: 9.0}, graph)
+    assert eager is not None and eager["plan"] == fused
 
 
 def test_verify_policy_and_warmup_run_on_the_interpreter(tmp_path: Path) -> None:

@@ -72,6 +72,10 @@ class Store:
              "eager_variant": str, "eager_config": str, "eager_us": float, "eager_reason": str},
             pk=("sweep_id", "workload"), if_not_exists=True,
         )
+        winners = self.db["winners"]
+        for col, kind in (("eager_variant", str), ("eager_config", str), ("eager_us", float), ("eager_reason", str)):
+            if col not in winners.columns_dict:  # a store made before eager plans: typed columns, not TEXT
+                winners.add_column(col, kind)
 
     # ------------------------------------------------------------------ sweeps
     def open_sweep(self, meta: dict[str, Any], fresh: bool = False) -> tuple[str, bool]:

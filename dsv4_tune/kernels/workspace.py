@@ -23,6 +23,7 @@ class Workspace:
     def __init__(self) -> None:
         self._buffers: dict[tuple, torch.Tensor] = {}
         self.replays = ReplayCache()
+        self.warmed: set[tuple] = set()  # (graph plan, workload, device) that eager calls warmed up
 
     def get(
         self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, *, zeroed: bool = False
@@ -48,6 +49,7 @@ class Workspace:
     def clear(self) -> None:
         self._buffers.clear()
         self.replays.clear()
+        self.warmed.clear()
 
     def nbytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in self._buffers.values())

@@ -28,7 +28,8 @@ def op_grid_class(o: OpClass) -> OpGridClass:
 
 
 def policy_plans(policy: Policy) -> list[tuple[GridClass | OpGridClass, Plan]]:
-    return ([(grid_class(c.key), s.plan.to_plan()) for c in policy.classes for s in c.segments]
+    """Every plan the policy can pick (eager plans included), with the class to build inputs for."""
+    return ([(grid_class(c.key), spec.to_plan()) for c in policy.classes for s in c.segments for _, spec in s.plans()]
             + [(op_grid_class(o), s.plan.to_plan()) for o in policy.ops for s in o.segments])
 
 
