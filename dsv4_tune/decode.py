@@ -138,8 +138,9 @@ def sparse_decode(
     w = workload_of(q, indices, topk_length, extra_indices, extra_topk_length, attn_sink)
     graph_plan = None  # a dispatched eager call: the plan a CUDA graph capture of this call would take
     if plan is None:
-        plan = get_dispatcher().lookup(w, eager)
-        graph_plan = get_dispatcher().lookup(w) if eager else None
+        dispatcher = get_dispatcher()
+        plan = dispatcher.lookup(w, eager)
+        graph_plan = dispatcher.lookup(w) if eager else None
     if validate:
         problems = plan_problems(w, plan)
         if problems:

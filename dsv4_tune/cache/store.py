@@ -20,6 +20,7 @@ from typing import Any
 import sqlite_utils
 
 STATUSES = ("ok", "mismatch", "compile_error", "launch_error", "oom")
+EAGER_COLUMNS = {"eager_variant": str, "eager_config": str, "eager_us": float, "eager_reason": str}
 
 
 def now() -> str:
@@ -68,12 +69,11 @@ class Store:
                                              if_not_exists=True)
         self.db["winners"].create(
             {"sweep_id": str, "workload": str, "plan": str, "variant": str, "config": str,
-             "median_us": float, "runner_up": str, "margin": float, "reason": str,
-             "eager_variant": str, "eager_config": str, "eager_us": float, "eager_reason": str},
+             "median_us": float, "runner_up": str, "margin": float, "reason": str, **EAGER_COLUMNS},
             pk=("sweep_id", "workload"), if_not_exists=True,
         )
         winners = self.db["winners"]
-        for col, kind in (("eager_variant", str), ("eager_config", str), ("eager_us", float), ("eager_reason", str)):
+        for col, kind in EAGER_COLUMNS.items():
             if col not in winners.columns_dict:  # a store made before eager plans: typed columns, not TEXT
                 winners.add_column(col, kind)
 
@@ -138,8 +138,7 @@ class Store:
 
     # ----------------------------------------------------------------- winners
     def set_winners(self, sweep_id: str, rows: Iterable[dict[str, Any]]) -> None:
-        self.db["winners"].upsert_all([{"sweep_id": sweep_id, **r} for r in rows], pk=("sweep_id", "workload"),
-                                      alter=True)  # stores made before the eager columns gain them
+        self.db["winners"].upsert_all([{"sweep_id": sweep_id, **r} for r in rows], pk=("sweep_id", "workload"))
 
     def has_winner(self, sweep_id: str, workload: str) -> bool:
         return self.db.execute("select 1 from winners where sweep_id = ? and workload = ?",

@@ -680,6 +680,7 @@ def compress_prefill(
     n_win = triton.cdiv(triton.cdiv(longest, ratio), cfg["ROWS"])  # n new tokens hold <= ceil(n / R) boundaries
     head = [kv_score, kv_score.stride(0), cu_seqlens, prefix_lens, state, state.stride(0), ring_base, ape]
     tail = [kind, fp8, float(eps)]
+    width = 2 * coff * head_dim
     if variant == "fused":
         _prefill((n_win, bs, 1), *head, norm_weight, freqs, freqs.stride(0), freqs.shape[0], out_loc, *dst,
                  ring_size, ratio, coff, head_dim, cfg["BLOCK_S"], cfg["ROWS"], *tail,
@@ -691,11 +692,11 @@ def compress_prefill(
                        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
         # At least one program per ring row: a short prefill has few window blocks, and one row
         # per program copies them all in one memory round trip (H100, C128 prefill of 1K tokens).
-        _prefill_finish((max(n_win, min(ring_size, longest)), bs, 1), ws, cu_seqlens, prefix_lens, out_loc, norm_weight, freqs, freqs.stride(0),
-                        freqs.shape[0], *dst, kv_score, kv_score.stride(0), state, state.stride(0), ring_base,
-                        ring_size, ratio, head_dim, cfg["ROWS"], *tail, 2 * coff * head_dim,
+        _prefill_finish((max(n_win, min(ring_size, longest)), bs, 1), ws, cu_seqlens, prefix_lens, out_loc,
+                        norm_weight, freqs, freqs.stride(0), freqs.shape[0], *dst, kv_score, kv_score.stride(0),
+                        state, state.stride(0), ring_base, ring_size, ratio, head_dim, cfg["ROWS"], *tail, width,
                         num_warps=FINISH_WARPS[head_dim], num_stages=1)
         return
     _ring_write((min(ring_size, longest), bs, 1), kv_score, kv_score.stride(0), cu_seqlens, prefix_lens, state,
-                state.stride(0), ring_base, ring_size, 2 * coff * head_dim, num_warps=4, num_stages=1)
+                state.stride(0), ring_base, ring_size, width, num_warps=4, num_stages=1)
 
