@@ -72,10 +72,30 @@ def _pool(
     acc = tl.zeros([BLOCK_D], tl.float32)
     # (Not unrolled like _pool_decode: on an H200, unrolling made C4 prefill of 32K tokens 12%
     # slower at head_dim 512, the many programs per SM hide the latency an unroll would save.)
-    for s0 in range(0, K, BLOCK_S):
-        m, den, acc = _window_tile(m, den, acc, kvs_ptr, s_kvs, state_ptr, s_state, ape_ptr, ring_base, ring_size,
-                                   p, in_first, in_row0, d, s0, R, COFF, D, BLOCK_S)
+    if p - K + 1 >= in_first:  # the whole window is in the input rows (all but a request's first windows)
+        for s0 in range(0, K, BLOCK_S):
+            m, den, acc = _input_tile(m, den, acc, kvs_ptr, s_kvs, ape_ptr, p, in_first, in_row0, d, s0,
+                                      R, COFF, D, BLOCK_S)
+    else:
+        for s0 in range(0, K, BLOCK_S):
+            m, den, acc = _window_tile(m, den, acc, kvs_ptr, s_kvs, state_ptr, s_state, ape_ptr, ring_base,
+                                       ring_size, p, in_first, in_row0, d, s0, R, COFF, D, BLOCK_S)
     return tl.where(den > 0.0, acc / tl.where(den > 0.0, den, 1.0), 0.0)
+
+
+@triton.jit
+def _input_tile(
+    m, den, acc, kvs_ptr, s_kvs, ape_ptr, p, in_first, in_row0, d, s0,
+    R: tl.constexpr, COFF: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """:func:`_window_tile` for a window entirely in the input rows: no ring, no masks."""
+    K: tl.constexpr = R * COFF
+    k = s0 + tl.arange(0, BLOCK_S)
+    kv_col = ((k // R) * D)[:, None] + d[None, :]
+    row = kvs_ptr + (in_row0 + (p - K + 1 - in_first) + k).to(tl.int64)[:, None] * s_kvs
+    kv = tl.load(row + kv_col)
+    sc = tl.load(row + kv_col + COFF * D) + tl.load(ape_ptr + (k * D)[:, None] + d[None, :])
+    return _fold(m, den, acc, sc, kv)
 
 
 @triton.jit
@@ -92,15 +112,17 @@ def _window_tile(
     half = k // R  # C4: 0 (A) for the previous block, 1 (B) for the current one; C128: 0
     kv_col = (half * D)[:, None] + d[None, :]
     sc_col = kv_col + COFF * D
-    in_row = (in_row0 + (s - in_first)).to(tl.int64) * s_kvs
-    st_row = (ring_base + tl.maximum(s, 0) % ring_size).to(tl.int64) * s_state
-    mi, ms = from_in[:, None], from_st[:, None]
-    kv = tl.where(mi, tl.load(kvs_ptr + in_row[:, None] + kv_col, mask=mi, other=0.0),
-                  tl.load(state_ptr + st_row[:, None] + kv_col, mask=ms, other=0.0))
-    sc = tl.where(mi, tl.load(kvs_ptr + in_row[:, None] + sc_col, mask=mi, other=0.0),
-                  tl.load(state_ptr + st_row[:, None] + sc_col, mask=ms, other=0.0))
-    sc = sc + tl.load(ape_ptr + (k * D)[:, None] + d[None, :])
-    return _fold(m, den, acc, tl.where(mi | ms, sc, float("-inf")), kv)
+    # One load per element from whichever source holds the position (the row pointer is picked per
+    # position): half the loads and live addresses of loading both sources.  The compiler cannot
+    # prove such rows aligned, so these loads are 4-byte ones; only a request's first windows
+    # (those that reach before its new tokens) take this path, the rest take _input_tile's.
+    in_row = kvs_ptr + (in_row0 + (s - in_first)).to(tl.int64) * s_kvs
+    st_row = state_ptr + (ring_base + tl.maximum(s, 0) % ring_size).to(tl.int64) * s_state
+    row = tl.where(from_in, in_row, st_row)[:, None]
+    ok = (from_in | from_st)[:, None]
+    kv = tl.load(row + kv_col, mask=ok, other=0.0)
+    sc = tl.load(row + sc_col, mask=ok, other=0.0) + tl.load(ape_ptr + (k * D)[:, None] + d[None, :])
+    return _fold(m, den, acc, tl.where(ok, sc, float("-inf")), kv)
 
 
 @triton.jit
