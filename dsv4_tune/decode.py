@@ -19,6 +19,8 @@ argument handling.
 from __future__ import annotations
 
 import os
+from functools import reduce
+from operator import or_
 
 import torch
 
@@ -101,7 +103,9 @@ def sparse_decode(
     if _REPLAY and not validate:
         # The replay's address slots index `tensors` (the given tensors, then out and lse): the
         # cheap key pins which optional tensors are given, so the positions are the recorded ones.
-        tensors = [t for t in (*inputs, *(out or ())) if t is not None]
+        tensors = [t for t in inputs if t is not None]
+        if out is not None:
+            tensors += out
         try:
             kind = replay_kind(plan, fp8, sm_scale, inputs, out, eager)
             known, replay = ws.replays.find(kind, tensors)
@@ -109,7 +113,7 @@ def sparse_decode(
             known, replay, kind = True, None, None
         if replay is not None:
             o, lse = out or _outputs(None, q.shape[0], q.shape[1], q.shape[2], q.device)
-            ptrs = [t.data_ptr() for t in tensors]
+            ptrs = list(map(_data_ptr, tensors))
             if out is None:
                 ptrs += (o.data_ptr(), lse.data_ptr())
             if not _misaligned(ptrs) and not hooks_active() and replay.fits(ptrs):  # type: ignore[attr-defined]
@@ -174,11 +178,11 @@ def replay_kind(
     out: tuple[torch.Tensor, torch.Tensor] | None, eager: bool = False,
 ) -> tuple:
     """The cheap key of a call in the replay cache: the plan (or the dispatcher that picks it, and
-    whether it picks for an eager call), the scalars, q's shape, and which optional tensors are
-    given (``inputs`` in the argument order of :func:`sparse_decode`); the metadata guard checks
-    the rest."""
+    whether it picks for an eager call), the scalars, q's shape, and the type of each input
+    (``inputs`` in the argument order of :func:`sparse_decode`; NoneType for an absent optional
+    one, so the key pins which are given); the metadata guard checks the rest."""
     return (plan or get_dispatcher(), eager, fp8, sm_scale, inputs[0].shape, out is None,  # type: ignore[union-attr]
-            *[t is None for t in inputs[3:]])
+            tuple(map(type, inputs)))
 
 
 def _outside_graph(q: torch.Tensor) -> bool:
@@ -187,7 +191,7 @@ def _outside_graph(q: torch.Tensor) -> bool:
     A capture check costs well under a microsecond; it is skipped when the policy has no eager plans."""
     if not get_dispatcher().has_eager:
         return False
-    return not (isinstance(q, torch.Tensor) and q.is_cuda and torch.cuda.is_current_stream_capturing())
+    return not (isinstance(q, torch.Tensor) and q.is_cuda and _capturing())
 
 
 # Replays need compiled kernels; DSV4_TUNE_REPLAY=0 turns them off (every call takes the checked path).
@@ -196,10 +200,12 @@ _REPLAY = not interpreting() and os.environ.get("DSV4_TUNE_REPLAY", "1") != "0"
 
 def _misaligned(ptrs: list[int]) -> bool:
     """Whether any address is not 16-byte aligned (replays are recorded for aligned tensors only)."""
-    acc = 0
-    for p in ptrs:
-        acc |= p
-    return bool(acc & 15)
+    return bool(reduce(or_, ptrs, 0) & 15)
+
+
+_data_ptr = torch.Tensor.data_ptr
+# torch.cuda.is_current_stream_capturing without its Python wrapper (host time: see the module doc).
+_capturing = getattr(torch._C, "_cuda_isCurrentStreamCapturing", torch.cuda.is_current_stream_capturing)
 
 
 def _outputs(
