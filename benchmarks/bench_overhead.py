@@ -7,9 +7,11 @@ the host), three ways: ``host_us`` a normal call (metadata lookup + replay of th
 launches), ``checked_us`` with replays off (every check, the launchers, Triton's compiled-kernel
 call), ``replay_us`` the replay alone (the launch floor of this design), ``find_us`` the lookup of
 the call's replay (the metadata guard); ``direct``: whether the replay launches through the CUDA
-driver directly (``kernels/cuda_launch.py``).  Targets: <= 15 s compile,
-<= 15 us host.  ``--dispatched``: the host time of eager calls that the policy answers
-(``plan=None``), per workload class at T = 1, beside the same call with the policy's graph plan.
+driver directly (``kernels/cuda_launch.py``); ``replay_c_us`` / ``replay_ctypes_us``: the replay
+with those launches made from C (``kernels/fastlaunch.c``; None where it is not built) and the
+same replay through ctypes.  Targets: <= 15 s compile, <= 15 us host.  ``--dispatched``: the host
+time of eager calls that the policy answers (``plan=None``), per workload class at T = 1, beside the
+same call with the policy's graph plan.
 
     python benchmarks/bench_overhead.py [--out DIR] [--host-only] [--dispatched]
 """
@@ -17,6 +19,7 @@ driver directly (``kernels/cuda_launch.py``).  Targets: <= 15 s compile,
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import tempfile
@@ -33,6 +36,9 @@ from common import device_record, print_table, save_results
 import dsv4_tune.decode as decode_mod
 from dsv4_tune import Plan, sparse_decode
 from dsv4_tune.decode import replay_kind, workload_of
+from dsv4_tune.kernels import fastlaunch
+from dsv4_tune.kernels.cuda_launch import DirectLaunch
+from dsv4_tune.kernels.launch import Replay
 from dsv4_tune.kernels.variants import VARIANTS
 from dsv4_tune.kernels.workspace import DEFAULT_WORKSPACE
 from dsv4_tune.policies.dispatcher import get_dispatcher
@@ -50,6 +56,15 @@ def _inputs(h: int, x_topk: int, device: str):
     kw = dict(topk_length=main.topk_length, extra_k_cache=extra.kv_cache, extra_indices=extra.indices,
               extra_topk_length=extra.topk_length, attn_sink=sink, sm_scale=512**-0.5)
     return q, main, kw, workload_of(q, main.indices, main.topk_length, extra.indices, extra.topk_length, sink)
+
+
+def _through_ctypes(replay: Replay) -> Replay:
+    """``replay`` with its direct launches made through ctypes (the C launcher off)."""
+    launches = [copy.copy(x) for x in replay.launches]
+    for x in launches:
+        if isinstance(x, DirectLaunch):
+            x.fast = None
+    return Replay(replay.device, launches, [], replay.aliases)
 
 
 def compile_times(plans: list[Plan], h: int, x_topk: int, device: str) -> list[dict]:
@@ -85,6 +100,9 @@ def host_times(plans: list[Plan], h: int, x_topk: int, device: str, calls: int =
                    kw["extra_topk_length"], kw["attn_sink"], *out]
         ptrs = [t.data_ptr() for t in tensors]
         replay_us = host_us_per_call(lambda r=replay, p=ptrs: r(p), calls)[0] if replay is not None else None
+        twin = None if replay is None else _through_ctypes(replay)
+        ctypes_us = host_us_per_call(lambda r=twin, p=ptrs: r(p), calls)[0] if twin is not None else None
+        c_path = replay is not None and any(getattr(x, "fast", None) is not None for x in replay.launches)
         kind = replay_kind(plan, "e4m3fn", float(kw["sm_scale"]), tensors[:8], out)
         find_us = host_us_per_call(lambda k=kind, ts=tensors: DEFAULT_WORKSPACE.replays.find(k, ts), calls)[0]
         decode_mod._REPLAY = False
@@ -92,6 +110,7 @@ def host_times(plans: list[Plan], h: int, x_topk: int, device: str, calls: int =
         decode_mod._REPLAY = True
         rows.append({"plan": str(plan), "variant": plan.variant, "host_us": host, "host_us_min": host_min,
                      "checked_us": checked, "replay_us": replay_us, "find_us": find_us,
+                     "replay_c_us": replay_us if c_path else None, "replay_ctypes_us": ctypes_us,
                      "direct": replay is not None and all(type(x).__name__ == "DirectLaunch" for x in replay.launches),
                      "launches": len(replay.launches) if replay is not None else None})
         DEFAULT_WORKSPACE.replays.clear()
@@ -145,16 +164,17 @@ def main() -> None:
         r["torch_op_us"] = unit
     print_table(comp, ["variant", "compile_s", "plan"], "compile time per config (fresh Triton cache)")
     print_table(host, ["variant", "host_us", "host_us_min", "checked_us", "replay_us", "find_us", "direct", "launches",
-                       "torch_op_us",
-                       "plan"],
+                       "replay_c_us", "replay_ctypes_us", "torch_op_us", "plan"],
                 "host time per eager call, T=1 (target <= 15 us)")
+    if fastlaunch.failure:
+        print(f"C launcher not in use: {fastlaunch.failure}")
     dispatched = dispatched_host_times() if args.dispatched else []
     if dispatched:
         print_table(dispatched,
                     ["host_us", "graph_plan_host_us", "eager_launches", "graph_launches", "class", "eager_plan"],
                     f"host time per eager dispatched call, T=1, policy {get_dispatcher().source} (target <= 15 us)")
     save_results("overhead", {"device": device_record(), "workload": str(w), "compile": comp, "host": host,
-                              "dispatched": dispatched}, args.out)
+                              "dispatched": dispatched, "c_launcher_failure": fastlaunch.failure}, args.out)
 
 
 if __name__ == "__main__":

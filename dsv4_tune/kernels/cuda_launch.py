@@ -5,16 +5,19 @@ Triton's compiled-kernel launcher converts every argument from a Python object o
 replayed call (:class:`~dsv4_tune.kernels.launch.Replay`) knows all its arguments in advance except
 the tensor addresses, so :class:`DirectLaunch` packs them once into a ctypes buffer, one 8-byte
 slot per kernel parameter (what ``cuLaunchKernel`` reads through its ``kernelParams`` array), and a
-call only writes the new addresses and calls the driver.
+call only writes the new addresses and calls the driver.  Where a C compiler is at hand, that step
+runs in C (:mod:`~dsv4_tune.kernels.fastlaunch`, built at first use: ctypes' argument conversion,
+the lock and the Python patch loop are a sizeable part of a launch's host time), and a replay whose
+launches are all direct makes them in one C call (:class:`DirectSequence`).
 
 CUDA only.  :func:`direct_launch` returns None, and the caller keeps Triton's launcher, on ROCm,
 when libcuda cannot be loaded, with ``DSV4_TUNE_DIRECT_LAUNCH=0``, and for a kernel that needs
 something this path does not do: global or profile scratch memory, clusters, cooperative or PDL
 launches, oversized shared memory, or a parameter type other than a pointer, an integer or a float.
-A launch writes its addresses and calls the driver under the launch's own lock, so two threads
-replaying the same call cannot launch with each other's tensors.  A thread with no current CUDA
-context (one whose first CUDA work is a replayed call) gets the device's primary context, as
-Triton's launcher does.
+A launch writes its addresses and calls the driver as one step (in C holding the GIL, through
+ctypes under the launch's own lock), so two threads replaying the same call cannot launch with each
+other's tensors.  A thread with no current CUDA context (one whose first CUDA work is a replayed
+call) gets the device's primary context, as Triton's launcher does.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ import ctypes
 import os
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
+
+from dsv4_tune.kernels import fastlaunch
 
 _INT_BITS = {"i8": 8, "i16": 16, "i32": 32, "i64": 64, "u8": 8, "u16": 16, "u32": 32, "u64": 64}
 _FLOAT_FORMATS = {"fp32": "<f", "f32": "<f", "fp64": "<d", "f64": "<d"}
@@ -91,7 +96,8 @@ def _make_context_current(lib: ctypes.PyDLL, device: int) -> None:
 
 class DirectLaunch:
     """One kernel launch with its grid and arguments fixed, except the address slots in ``patch``
-    ((parameter slot, input position) pairs) that each call fills from its input addresses."""
+    ((parameter slot, input position) pairs) that each call fills from its input addresses.
+    ``fast``: the same launch in C (:mod:`.fastlaunch`), or None where ctypes launches it."""
 
     def __init__(self, compiled: object, device: int, dims: tuple[int, ...], slots: list[int],
                  patch: list[tuple[int, int]]) -> None:
@@ -104,18 +110,55 @@ class DirectLaunch:
         self._head = (ctypes.c_void_p(compiled.function), *[ctypes.c_uint(d) for d in dims])  # type: ignore[attr-defined]
         self._lock = threading.Lock()
         self.patch = patch
+        fast = fastlaunch.load()
+        self.fast = None if fast is None else fast.Launch(
+            ctypes.cast(_driver().cuLaunchKernel, ctypes.c_void_p).value,  # type: ignore[union-attr]
+            compiled.function, dims, list(self._values), patch)  # type: ignore[attr-defined]
 
     def __call__(self, stream: int, ptrs: Sequence[int]) -> None:
-        lib = _driver()
+        launch = self.fast or self._ctypes_launch
+        err = launch(stream, ptrs)
+        if err:
+            self.retry_or_raise(launch, err, stream, ptrs)
+
+    def _ctypes_launch(self, stream: int, ptrs: Sequence[int]) -> int:
         with self._lock:
             values = self._values
             for k, j in self.patch:
                 values[k] = ptrs[j]
-            err = lib.cuLaunchKernel(*self._head, ctypes.c_void_p(stream), self._params, None)  # type: ignore[union-attr]
-            if err == _INVALID_CONTEXT:  # a thread whose first CUDA work this is
-                _make_context_current(lib, self.device)  # type: ignore[arg-type]
-                err = lib.cuLaunchKernel(*self._head, ctypes.c_void_p(stream), self._params, None)  # type: ignore[union-attr]
+            return _driver().cuLaunchKernel(*self._head, ctypes.c_void_p(stream), self._params, None)  # type: ignore[union-attr]
+
+    def retry_or_raise(self, launch: Callable[[int, Sequence[int]], int], err: int, stream: int, ptrs: Sequence[int]) -> None:
+        """After ``launch`` returned ``err``: a thread whose first CUDA work this is (no current
+        context) gets the primary context and launches again; any other error raises."""
+        lib = _driver()
+        if err == _INVALID_CONTEXT:
+            _make_context_current(lib, self.device)  # type: ignore[arg-type]
+            err = launch(stream, ptrs)
         _check(lib, err, "cuLaunchKernel")  # type: ignore[arg-type]
+
+
+class DirectSequence:
+    """Direct launches with C versions, made by one C call (``launch_all``): a replay's launches."""
+
+    def __init__(self, launches: list[DirectLaunch], launch_all: Callable) -> None:
+        self.launches = launches
+        self._fast = tuple(x.fast for x in launches)
+        self._launch_all = launch_all
+
+    def __call__(self, stream: int, ptrs: Sequence[int]) -> None:
+        failed = self._launch_all(self._fast, stream, ptrs)
+        while failed is not None:  # launches[i] failed, the ones after it were not made
+            i, err = failed
+            self.launches[i].retry_or_raise(self._fast[i], err, stream, ptrs)
+            failed = self._launch_all(self._fast, stream, ptrs, i + 1)
+
+
+def direct_sequence(launches: Sequence[object]) -> DirectSequence | None:
+    """``launches`` as one :class:`DirectSequence`, or None unless each is a DirectLaunch with a C version."""
+    if not launches or not all(isinstance(x, DirectLaunch) and x.fast is not None for x in launches):
+        return None
+    return DirectSequence(list(launches), fastlaunch.load().launch_all)  # type: ignore[arg-type,union-attr]
 
 
 def direct_launch(

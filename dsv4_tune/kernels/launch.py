@@ -26,7 +26,7 @@ import torch
 import triton
 from triton import knobs
 
-from dsv4_tune.kernels.cuda_launch import current_stream_getter, direct_launch
+from dsv4_tune.kernels.cuda_launch import current_stream_getter, direct_launch, direct_sequence
 from dsv4_tune.kernels.runtime import interpreting
 
 _current_stream = current_stream_getter()
@@ -164,7 +164,7 @@ class Replay:
     reads any other tensor (a copy made from an input, say) makes the call not replayable:
     :meth:`build` returns None and the caller stays on the checked path.  Each launch goes straight
     to the CUDA driver with pre-packed parameters where it can (:mod:`~dsv4_tune.kernels.cuda_launch`),
-    else through Triton's launcher.
+    else through Triton's launcher; when all go to the driver from C, one C call makes them all.
     """
 
     def __init__(
@@ -174,6 +174,7 @@ class Replay:
         self.launches = launches  # DirectLaunch or TritonLaunch, each with its `patch` [(slot, input index)]
         self.aliases = aliases  # input positions that held one object when recorded
         self._keep = keep
+        self._direct = direct_sequence(launches)  # all of them in one C call, where they can be
 
     def fits(self, ptrs: Sequence[int]) -> bool:
         """Whether inputs that were one object when recorded are one tensor now (same address):
@@ -214,5 +215,8 @@ class Replay:
     def __call__(self, ptrs: Sequence[int]) -> None:
         """Launch everything again with the inputs' addresses ``ptrs``."""
         stream = _current_stream(self.device)
+        if self._direct is not None:
+            self._direct(stream, ptrs)
+            return
         for launch in self.launches:
             launch(stream, ptrs)
