@@ -18,8 +18,9 @@ finite running max (0 while a channel has seen only -inf), so a -inf score weigh
 or out-of-range ring base or out_loc (slot 0 is never a fallback); the spec's "write the ring, then
 read the window" holds in effect: decode takes position p from the input row and never reads the
 ring row it writes (ring_size >= K), so it stores that row last, after every load; prefill writes
-the ring only after every window has been read (a later launch: the ring kernel after the fused
-one, the split variant's finish kernel).
+the ring only after every window that reads it has been read (block 0 of a request after its
+windows, which are the ring's only readers, in the fused C4 kernel with ROWS >= 2; else a later
+launch: the ring kernel after the fused one, the split variant's finish kernel).
 
 Config spaces live in :mod:`dsv4_tune.kernels.compressor_space` (pure, no torch/triton).
 Nothing in the launch path synchronises with the GPU.
@@ -356,19 +357,20 @@ def _compress_prefill_kernel(
     kvs_ptr, s_kvs, cu_ptr, prefix_ptr, state_ptr, s_state, ring_ptr, ape_ptr, normw_ptr, freqs_ptr, s_freqs,
     max_pos, loc_ptr, dst_ptr, dst_stride, page_size, n_slots, ring_size,
     R: tl.constexpr, COFF: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr, ROWS: tl.constexpr,
-    DEST: tl.constexpr, FP8: tl.constexpr, EPS: tl.constexpr,
+    DEST: tl.constexpr, FP8: tl.constexpr, EPS: tl.constexpr, RING: tl.constexpr,
 ):
     """Fused prefill, program (window block, request): ROWS boundaries, pool + finish each.
 
     A window is pooled whether or not its slot id is valid (the stores check it), so the pool's
     loads are issued without waiting for the slot id (H100, indexer prefill of 32K: 4% faster).
 
-    The ring update is a second launch (:func:`_ring_write_kernel`).  Folding it in for C4 (only
-    windows 0 and 1 read the ring) was measured twice on the H100 and dropped: (1) block 0 writes
-    the rows those windows read after reading them, every block the others first: C4 prefill of
-    32K tokens 15-20% slower; (2) only the indexer (head_dim 128), block 0 pools windows 0 and 1
-    and then copies all <= 16 ring rows in [16, 128] tiles: 42.5 -> 50.9 us at 32K tokens, slower
-    at 1K, 8K and in a chunked prefill too (``scratch``-style side-by-side runs, 2026-11-25)."""
+    The ring update: with ``RING`` (C4 and ROWS >= 2, :func:`ring_in_kernel`) block 0 of a request,
+    which holds both windows that read the ring (0 and 1), copies the request's last rows into it
+    after pooling them; otherwise a second launch does (:func:`_ring_write_kernel`).  H100, side by
+    side: the indexer (head_dim 128) at 32K tokens 40.8 -> 38.9 us, C4 head_dim 512 at 8K 45.6 ->
+    41.9 us; at 1K tokens block 0's serial copy is the longest program (13.3 -> 14.2 us), where
+    the tuner picks ROWS = 1.  (Two earlier folds, before the input-only tiles cut the registers,
+    were 15-20% slower: their copy raised the kernel's register count and so cut occupancy.)"""
     b = tl.program_id(1)
     base = tl.load(ring_ptr + b)
     for r in range(ROWS):
@@ -381,6 +383,10 @@ def _compress_prefill_kernel(
                       R, COFF, D, D, BLOCK_S)
             _finish(c, normw, cos, sin, dst_ptr, dst_stride, page_size, loc, (loc >= 0) & (loc < n_slots),
                     D, DEST, FP8, EPS)
+    if RING:  # noqa: SIM102 (a constexpr if: no code at all without RING)
+        if tl.program_id(0) == 0:
+            W: tl.constexpr = 2 * COFF * D
+            _prefill_ring(kvs_ptr, s_kvs, cu_ptr, prefix_ptr, state_ptr, s_state, base, b, 0, 1, ring_size, W)
 
 
 @triton.jit
@@ -388,7 +394,7 @@ def _prefill_ring(
     kvs_ptr, s_kvs, cu_ptr, prefix_ptr, state_ptr, s_state, base, b, first, step, ring_size, W: tl.constexpr,
 ):
     """Copy request b's rows ``first, first + step, ...`` of its last ``min(ring_size, n)``
-    positions into its ring (after every window of the prefill was read: a later launch)."""
+    positions into its ring (after every window of the prefill that reads the ring was read)."""
     t0 = tl.load(cu_ptr + b)
     n = tl.load(cu_ptr + b + 1) - t0
     keep = tl.minimum(n, ring_size)
@@ -484,6 +490,12 @@ POINTER_TYPES = {
 Launch = tuple[str, tuple[tuple[str, object], ...], int, int]  # = variants.KernelLaunch
 
 
+def ring_in_kernel(ratio: int, rows: int) -> bool:
+    """Whether the fused prefill kernel writes the ring itself: C4 with ROWS >= 2, where block 0 of
+    a request holds both windows that read the ring (0 and 1) and can write it after them."""
+    return ratio == 4 and rows >= 2
+
+
 def compressor_launches(
     ratio: int, head_dim: int, mode: str, config: dict[str, int], *, variant: str = "fused",
     dest: str = "pool", fp8: str = "e4m3fn", eps: float = 1e-6,
@@ -514,8 +526,10 @@ def compressor_launches(
                 launch("_compress_decode_finish_kernel", fin_w, 1, R=ratio, D=head_dim, **tail)]
     width = 2 * coff * head_dim
     if variant == "fused":
-        return [launch("_compress_prefill_kernel", w, st, R=ratio, COFF=coff, D=head_dim, BLOCK_S=c["BLOCK_S"],
-                       ROWS=c["ROWS"], **tail), launch("_ring_write_kernel", 4, 1, W=width)]
+        ring = ring_in_kernel(ratio, c["ROWS"])
+        fused = launch("_compress_prefill_kernel", w, st, R=ratio, COFF=coff, D=head_dim, BLOCK_S=c["BLOCK_S"],
+                       ROWS=c["ROWS"], **tail, RING=ring)
+        return [fused] if ring else [fused, launch("_ring_write_kernel", 4, 1, W=width)]
     return [launch("_compress_prefill_split_kernel", w, st, R=ratio, COFF=coff, D=head_dim, BLOCK_D=c["BLOCK_D"],
                    BLOCK_S=c["BLOCK_S"], ROWS=c["ROWS"]),
             launch("_compress_prefill_finish_kernel", fin_w, 1, R=ratio, D=head_dim, ROWS=c["ROWS"], W=width, **tail)]
@@ -677,9 +691,9 @@ def compress_prefill(
     are in the ring.
 
     Every new boundary token whose ``out_loc`` (per ragged token) is a valid slot gets its row
-    (window positions >= prefix from ``kv_score``, earlier ones from the ring); then a later launch
-    (fused: a ring kernel; split: its finish kernel) writes the request's last
-    ``min(ring_size, new tokens)`` positions into the ring.
+    (window positions >= prefix from ``kv_score``, earlier ones from the ring); after the windows
+    that read the ring, the request's last ``min(ring_size, new tokens)`` positions are written into
+    it (fused C4 with ROWS >= 2: by the same kernel; else a later launch).
     ``max_new_tokens`` (optional, a host int >= every request's new-token count) bounds the grid;
     without it the grid assumes any request may hold all ``kv_score`` rows (correct, more idle programs).
     """
@@ -704,9 +718,12 @@ def compress_prefill(
     tail = [kind, fp8, float(eps)]
     width = 2 * coff * head_dim
     if variant == "fused":
+        ring = ring_in_kernel(ratio, cfg["ROWS"])
         _prefill((n_win, bs, 1), *head, norm_weight, freqs, freqs.stride(0), freqs.shape[0], out_loc, *dst,
-                 ring_size, ratio, coff, head_dim, cfg["BLOCK_S"], cfg["ROWS"], *tail,
+                 ring_size, ratio, coff, head_dim, cfg["BLOCK_S"], cfg["ROWS"], *tail, ring,
                  num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        if ring:
+            return
     else:
         ws = torch.empty(n_tok, head_dim, dtype=torch.float32, device=device)
         _prefill_split((n_win, bs, head_dim // cfg["BLOCK_D"]), *head, out_loc, ws, dst[3], ring_size,
