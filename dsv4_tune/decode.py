@@ -98,7 +98,7 @@ def sparse_decode(
     inputs = [q, k_cache, indices, topk_length, extra_k_cache, extra_indices, extra_topk_length, attn_sink]
     ws = workspace or DEFAULT_WORKSPACE
     sm_scale = float(sm_scale)
-    eager = plan is None and _outside_graph(q)
+    eager = None  # a dispatched call outside a CUDA graph capture: asked only where the answer matters
     kind = None  # the cheap key of a call that may be recorded (see kernels/replay_cache.py)
     if _REPLAY and not validate:
         # The replay's address slots index `tensors` (the given tensors, then out and lse): the
@@ -107,8 +107,12 @@ def sparse_decode(
         if out is not None:
             tensors += out
         try:
-            kind = replay_kind(plan, fp8, sm_scale, inputs, out, eager)
+            kind = replay_kind(plan, fp8, sm_scale, inputs, out)
             known, replay = ws.replays.find(kind, tensors)
+            if replay is BY_CAPTURE:  # a dispatched kind whose eager and graph plans differ
+                eager = _outside_graph(q)
+                kind = (*kind, eager)
+                known, replay = ws.replays.find(kind, tensors)
         except (TypeError, AttributeError):  # an unhashable plan, a non-tensor: the checked path says which
             known, replay, kind = True, None, None
         if replay is not None:
@@ -143,8 +147,16 @@ def sparse_decode(
     graph_plan = None  # a dispatched eager call: the plan a CUDA graph capture of this call would take
     if plan is None:
         dispatcher = get_dispatcher()
-        plan = dispatcher.lookup(w, eager)
-        graph_plan = dispatcher.lookup(w) if eager else None
+        plan = dispatcher.lookup(w)
+        eager_plan = dispatcher.lookup(w, True) if dispatcher.has_eager else plan
+        if eager_plan != plan:  # which one depends on whether a graph is being captured
+            if eager is None:
+                eager = _outside_graph(q)
+                if kind is not None:  # first call of this kind: replays are kept per capture state
+                    ws.replays.remember(kind, tensors, BY_CAPTURE)
+                    kind = (*kind, eager)
+            if eager:
+                plan, graph_plan = eager_plan, plan
     if validate:
         problems = plan_problems(w, plan)
         if problems:
@@ -175,20 +187,27 @@ def sparse_decode(
 
 def replay_kind(
     plan: Plan | None, fp8: str, sm_scale: float, inputs: list[torch.Tensor | None],
-    out: tuple[torch.Tensor, torch.Tensor] | None, eager: bool = False,
+    out: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> tuple:
-    """The cheap key of a call in the replay cache: the plan (or the dispatcher that picks it, and
-    whether it picks for an eager call), the scalars, q's shape, and the type of each input
+    """The cheap key of a call in the replay cache: the plan (or the dispatcher that picks it), the
+    scalars, q's shape, and the type of each input
     (``inputs`` in the argument order of :func:`sparse_decode`; NoneType for an absent optional
     one, so the key pins which are given); the metadata guard checks the rest."""
-    return (plan or get_dispatcher(), eager, fp8, sm_scale, inputs[0].shape, out is None,  # type: ignore[union-attr]
+    return (plan or get_dispatcher(), fp8, sm_scale, inputs[0].shape, out is None,  # type: ignore[union-attr]
             tuple(map(type, inputs)))
+
+
+BY_CAPTURE = object()
+"""Replay-cache entry of a dispatched kind whose policy gives eager calls another plan than CUDA
+graph captures: its replays are kept under the key extended by :func:`_outside_graph`'s answer.
+Every other kind skips that question (a CUDA runtime call of its own)."""
 
 
 def _outside_graph(q: torch.Tensor) -> bool:
     """Whether a dispatched call should take the policy's eager plans: the policy has some and no
     CUDA graph is being captured on this stream (a graph pays no host time per launch at replay).
-    A capture check costs well under a microsecond; it is skipped when the policy has no eager plans."""
+    The capture check is a CUDA runtime call: it is skipped when the policy has no eager plans, and
+    a replayed call asks it only for the kinds whose two plans differ (:data:`BY_CAPTURE`)."""
     if not get_dispatcher().has_eager:
         return False
     return not (isinstance(q, torch.Tensor) and q.is_cuda and _capturing())

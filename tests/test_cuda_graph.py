@@ -101,3 +101,37 @@ def test_a_captured_dispatched_call_takes_the_graph_plan(monkeypatch, device, ge
     torch.cuda.synchronize()
     assert ran in (["fused_splitk"], ["fused", "fused_splitk"]), ran
     check_against_reference("captured dispatched call", *out, *case.ref)
+    out[0].fill_(float("nan"))
+    ran.clear()
+    step()  # eager after the capture: the eager plan's replay, not the captured kind's
+    assert ran == [], ran
+    check_against_reference("eager call after a capture", *out, *case.ref)
+
+
+def test_replays_ask_about_capture_only_where_the_plans_differ(monkeypatch, device, gen) -> None:
+    import dsv4_tune.decode as decode_mod
+    from dsv4_tune.policies import dispatcher as dispatch_mod
+    from tests.test_policies import eager_policy
+
+    # T = 1 has an eager plan besides its graph plan; T = 2 has one plan for both.
+    policy = eager_policy()
+    cls = policy.classes[0]
+    split = cls.segments[0].model_copy(update={"max_tokens": 1})
+    plain = cls.segments[0].model_copy(update={"eager_plan": None})
+    policy = policy.model_copy(update={"classes": [cls.model_copy(update={"segments": [split, plain]})]})
+    monkeypatch.setattr(dispatch_mod, "_DISPATCHER", dispatch_mod.Dispatcher(policy))
+    asked: list[bool] = []
+    real = decode_mod._outside_graph
+    monkeypatch.setattr(decode_mod, "_outside_graph", lambda q: asked.append(real(q)) or asked[-1])
+    ran: list[str] = []
+    real_variant = decode_mod.get_variant
+    monkeypatch.setattr(decode_mod, "get_variant", lambda name: ran.append(name) or real_variant(name))
+    for b, want_asked, want_ran in ((1, [True] * 3, ["fused_splitk", "fused"]), (2, [], ["fused_splitk"])):
+        case = make_case(device, gen, b=b, s_q=1, h=16, topk=64, sink="finite")
+        ws = Workspace()
+        asked.clear()
+        ran.clear()
+        for _ in range(3):  # the first call records, the others replay
+            o, lse = sparse_decode(case.q, case.main.kv_cache, case.main.indices, workspace=ws, **case.kw)
+            check_against_reference(f"T={b}", o, lse, *case.ref)
+        assert asked == want_asked and ran == want_ran, (b, asked, ran)
