@@ -28,6 +28,7 @@ from dsv4_tune.kernels.checks import check_device, check_index_values, check_sco
 from dsv4_tune.kernels.kv_layout import HEAD_DIM, Fp8Flavour, check_flavour
 from dsv4_tune.kernels.launch import Recording, Replay, hooks_active
 from dsv4_tune.kernels.launchers import DecodeInputs
+from dsv4_tune.kernels.replay_cache import BY_CAPTURE
 from dsv4_tune.kernels.runtime import interpreting
 from dsv4_tune.kernels.variants import get_variant, plan_problems
 from dsv4_tune.kernels.workspace import DEFAULT_WORKSPACE, Workspace
@@ -197,17 +198,12 @@ def replay_kind(
             tuple(map(type, inputs)))
 
 
-BY_CAPTURE = object()
-"""Replay-cache entry of a dispatched kind whose policy gives eager calls another plan than CUDA
-graph captures: its replays are kept under the key extended by :func:`_outside_graph`'s answer.
-Every other kind skips that question (a CUDA runtime call of its own)."""
-
-
 def _outside_graph(q: torch.Tensor) -> bool:
     """Whether a dispatched call should take the policy's eager plans: the policy has some and no
     CUDA graph is being captured on this stream (a graph pays no host time per launch at replay).
     The capture check is a CUDA runtime call: it is skipped when the policy has no eager plans, and
-    a replayed call asks it only for the kinds whose two plans differ (:data:`BY_CAPTURE`)."""
+    a replayed call asks it only for the kinds whose two plans differ
+    (:data:`~dsv4_tune.kernels.replay_cache.BY_CAPTURE`)."""
     if not get_dispatcher().has_eager:
         return False
     return not (isinstance(q, torch.Tensor) and q.is_cuda and _capturing())

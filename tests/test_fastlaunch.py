@@ -4,6 +4,7 @@ fake ``cuLaunchKernel`` (a ctypes callback) that records what the driver would h
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import sysconfig
 from pathlib import Path
@@ -218,3 +219,14 @@ def test_load_reuses_the_cached_build(built, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(fastlaunch, "_MODULE", False)
     monkeypatch.setattr(fastlaunch, "_compiler", lambda: ["false"])  # would fail: the cached build is used
     assert fastlaunch.load() is not None, fastlaunch.failure
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_during_a_build_can_build(monkeypatch) -> None:
+    """A fork while another thread holds the build lock must not leave the child's lock held."""
+    with fastlaunch._LOCK:
+        pid = os.fork()
+        if pid == 0:  # the child: the lock must be free here
+            os._exit(0 if fastlaunch._LOCK.acquire(timeout=5) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

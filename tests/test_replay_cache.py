@@ -54,6 +54,9 @@ def test_cache_finds_the_kind_of_the_call() -> None:
     assert cache.find(KEY, [torch.empty(4, 8)]) == (False, None)
     assert cache.find(("other", *KEY[1:]), [a]) == (False, None)
     assert list(cache.replays()) == ["replay-a"]
+    cache.remember(("split", *KEY[1:]), [a], replay_cache.BY_CAPTURE)  # a marker, not a replay
+    assert cache.find(("split", *KEY[1:]), [a]) == (True, replay_cache.BY_CAPTURE)
+    assert list(cache.replays()) == ["replay-a"]
 
 
 def test_cache_stays_bounded() -> None:

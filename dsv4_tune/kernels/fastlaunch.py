@@ -35,6 +35,15 @@ failure: str | None = None  # why the last build or import failed, for diagnosti
 _LOCK = threading.Lock()
 
 
+def _new_lock() -> None:
+    """A child forked while another thread built the module must not inherit a held lock."""
+    global _LOCK
+    _LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock)
+
+
 def load() -> ModuleType | None:
     """The compiled module (``Launch``, ``launch_all``), or None where it cannot be had."""
     global _MODULE, failure

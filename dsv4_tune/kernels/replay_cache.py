@@ -61,6 +61,12 @@ def _torch_guard_agrees() -> bool:
 _TORCH_GUARD_OK = _torch_guard_agrees()
 
 
+BY_CAPTURE = object()
+"""Entry of a kind whose replay depends on whether a CUDA graph is being captured (a dispatched
+call whose policy gives eager calls another plan): its replays live under the key extended by that
+answer (:func:`dsv4_tune.decode.sparse_decode`)."""
+
+
 class ReplayCache:
     """Replays (or None: a kind known not to be replayable) by call kind."""
 
@@ -89,8 +95,8 @@ class ReplayCache:
         self._count += 1
 
     def replays(self) -> Iterator[object]:
-        """Every remembered replay (not the None entries)."""
-        return (r for kinds in self._kinds.values() for _, r in kinds if r is not None)
+        """Every remembered replay (not the None entries, nor the :data:`BY_CAPTURE` markers)."""
+        return (r for kinds in self._kinds.values() for _, r in kinds if r is not None and r is not BY_CAPTURE)
 
     def clear(self) -> None:
         self._kinds.clear()
