@@ -1,7 +1,8 @@
 """DSV4 compressor and fused Q/K norm: Triton kernels vs eager PyTorch vs the copy-bandwidth floor.
 
-Compressor (C4 / C128, head_dim 512; C4 head_dim 128 = the indexer's) in decode (batch 1, 8, 64, 256;
-every request at a block boundary = worst case, and 1/ratio of them = the usual step) and prefill
+Compressor (C4 / C128, head_dim 512; C4 head_dim 128 = the indexer's) in decode (batch 1, 8, 64, 256,
+and 1024: beyond the 256 requests of DSV4 serving, to show the kernels once the bytes outweigh the
+latency; every request at a block boundary = worst case, and 1/ratio of them = the usual step) and prefill
 (1K, 8K, 32K new tokens of one request from position 0).  The fused and split variants run at their
 default configs, at the config the shipped policy of this GPU picks ('tuned'; the dispatcher's
 ``lookup_op``) and at a few other configs of their space ('best' = fastest of all).  The PyTorch
@@ -63,7 +64,7 @@ from dsv4_tune.workload import OpWorkload
 FP8 = "e4m3fn"
 EPS = 1e-6
 SWEEP = 2  # extra configs per variant besides the default (evenly spaced through the space)
-FULL = {"kinds": ((4, 512), (128, 512), (4, 128)), "bs": (1, 8, 64, 256), "prefill": (1024, 8192, 32768),
+FULL = {"kinds": ((4, 512), (128, 512), (4, 128)), "bs": (1, 8, 64, 256, 1024), "prefill": (1024, 8192, 32768),
         "qk_t": (1, 16, 64, 256), "qk_h": (64, 128)}
 SMOKE = {"kinds": ((4, 128), (128, 128)), "bs": (1, 4), "prefill": (300,), "qk_t": (1, 4), "qk_h": (8,)}
 REF_CHECK_ROWS = 16  # compare with the literal (slow, loop-based) reference up to this many rows
@@ -190,7 +191,8 @@ def decode_case(layer: Layer, bs: int, all_boundary: bool, device: str, gen: tor
     n_b = bs if all_boundary else round(bs / layer.ratio)
     blocks = torch.randint(1, 4096 // layer.ratio, (bs,), generator=gen)
     off = torch.randint(1, layer.ratio, (bs,), generator=gen)
-    seq = blocks * layer.ratio + torch.where(torch.arange(bs) < n_b, 0, off)
+    at_boundary = torch.randperm(bs, generator=gen) < n_b  # scattered through the batch, as in serving
+    seq = blocks * layer.ratio + torch.where(at_boundary, 0, off)
     i32 = dict(dtype=torch.int32, device=device)
     return {"kvs": _rows(bs, layer.width, device, gen), "state": _rows(bs * ring + 1, layer.width, device, gen),
             "base": (torch.arange(bs) * ring).to(**i32), "seq": seq.to(**i32),

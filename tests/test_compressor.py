@@ -184,13 +184,26 @@ def _decode_batch(pb: Problem) -> tuple[torch.Tensor, ...]:
 @pytest.mark.parametrize("ring_mult", [1, 2])
 @pytest.mark.parametrize(("ratio", "dim", "kind"), CASES)
 def test_decode_matches_reference(ratio, dim, kind, ring_mult, variant, device, gen) -> None:
-    pb = make_problem(ratio, dim, kind, ring_mult, 8, device, gen)
+    _check_decode(make_problem(ratio, dim, kind, ring_mult, 8, device, gen), variant=variant)
+
+
+@pytest.mark.parametrize("rows", [4, 16])
+@pytest.mark.parametrize(("ratio", "dim", "kind"), CASES)
+def test_split_decode_with_several_requests_per_program(ratio, dim, kind, rows, device, gen) -> None:
+    """ROWS requests per pooling program: 8 requests in blocks of 4, and in one block of 16 (its
+    last 8 programs' requests do not exist)."""
+    cfg = compressor_default(ratio, dim, "decode", "split") | {"ROWS": rows}
+    _check_decode(make_problem(ratio, dim, kind, 1, 8, device, gen), variant="split", config=cfg)
+
+
+def _check_decode(pb: Problem, **kw: object) -> None:
+    ratio = pb.ratio
     kvs, base, seqs, locs = _decode_batch(pb)
     (rows, slots, reqs), ref_state, ref_dest = pb.run_ref(
         compress_decode_ref, kvs, pb.state, base, seqs, pb.ape, pb.norm_weight, pb.freqs, locs, pb.dest)
     assert reqs.tolist() == [0, 1, 4], "boundary requests with a valid slot (the others must be skipped)"
     compress_decode(kvs, pb.state, base, seqs, pb.ape, pb.norm_weight, pb.freqs, locs, pb.dest,
-                    ratio=ratio, ring_size=pb.ring_size, variant=variant)
+                    ratio=ratio, ring_size=pb.ring_size, **kw)
     check_state(pb.state, ref_state)
     check_dest(pb, pb.dest, ref_dest, rows, slots)
     for b in (0, 1, 2, 7):  # the token's ring row holds its kv_score row
@@ -443,8 +456,16 @@ def test_config_space_functions() -> None:
                     assert default in space and len(space) == len({tuple(sorted(c.items())) for c in space})
                     assert all(not compressor_problems(ratio, dim, mode, c, variant) for c in space)
                     launches = compressor_launches(ratio, dim, mode, default, variant=variant)
-                    # split: pool + finish (with prefill's ring update); fused prefill: + the ring update
+                    # split: pool + finish (with the ring update); fused prefill: + the ring update
                     assert len(launches) == 1 + (variant == "split" or mode == "prefill")
+    # Fused C4 prefill with ROWS >= 2 writes the ring in its one launch; C128 never does.
+    for ratio, rows, want in ((4, 2, [("RING", True)]), (4, 1, [("RING", False)]), (128, 2, [("RING", False)])):
+        cfg = compressor_default(ratio, 512, "prefill") | {"ROWS": rows}
+        launches = compressor_launches(ratio, 512, "prefill", cfg)
+        assert [kv for kv in launches[0][1] if kv[0] == "RING"] == want and len(launches) == 2 - want[0][1]
+    assert "ROWS" in compressor_default(128, 512, "decode", "split")
+    assert any("ROWS" in p for p in compressor_problems(128, 512, "decode", compressor_default(
+        128, 512, "decode", "split") | {"ROWS": 3}, "split"))
     assert any("BLOCK_S" in p for p in compressor_problems(4, 512, "decode", {"BLOCK_S": 16, "num_warps": 4,
                                                                                "num_stages": 1}))
     assert any("per thread" in p for p in compressor_problems(128, 512, "decode", {"BLOCK_S": 64, "num_warps": 4,

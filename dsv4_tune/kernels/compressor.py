@@ -302,44 +302,54 @@ def _compress_decode_kernel(
 
 @kernel
 def _compress_decode_split_kernel(
-    kvs_ptr, s_kvs, state_ptr, s_state, ring_ptr, seqlens_ptr, ape_ptr, loc_ptr, ws_ptr, n_slots, ring_size,
+    kvs_ptr, s_kvs, state_ptr, s_state, ring_ptr, seqlens_ptr, ape_ptr, loc_ptr, ws_ptr, n_slots, ring_size, bs,
     R: tl.constexpr, COFF: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+    ROWS: tl.constexpr,
 ):
-    """Split decode, program (b, chunk): ring write of the chunk's columns, pooled chunk -> ws[b]."""
-    b = tl.program_id(0)
+    """Split decode, program (block of ROWS requests, chunk): the pooled chunk of each of its
+    requests at a block boundary -> ws[b].  The ring write is the finish kernel's.
+
+    ROWS > 1 is for the usual decode step, where about one request in R compresses: a program per
+    request and chunk would be thousands of programs that only read their request's scalars, in
+    several waves (the pooling's registers cap how many are resident); ROWS requests per program
+    check theirs one after another from one cached line and pool only the ones at a boundary."""
     d0 = tl.program_id(1) * BLOCK_D
     cols = d0 + tl.arange(0, BLOCK_D)
-    src = kvs_ptr + b.to(tl.int64) * aligned(s_kvs, 4)
-    kv_last = tl.load(src + (COFF - 1) * D + cols)  # before the scalars: see _compress_decode_kernel
-    sc_last = tl.load(src + (2 * COFF - 1) * D + cols)
-    seq = tl.load(seqlens_ptr + b)
-    base = tl.load(ring_ptr + b)
-    loc = tl.load(loc_ptr + b)
-    p = seq - 1
-    if seq > 0:
-        if (seq % R == 0) & (loc >= 0) & (loc < n_slots):
-            c = _pool_decode(kv_last, sc_last, state_ptr, s_state, ape_ptr, base, ring_size, p, d0,
-                             R, COFF, D, BLOCK_D, BLOCK_S)
-            tl.store(ws_ptr + b.to(tl.int64) * D + cols, c)
-        if base >= 0:  # after the window's loads (it never reads this row)
-            dst = state_ptr + (base + p % ring_size).to(tl.int64) * s_state
-            for part in tl.static_range(2 * COFF):
-                tl.store(dst + part * D + cols, tl.load(src + part * D + cols))
+    for r in range(ROWS):
+        b = tl.program_id(0) * ROWS + r
+        if b < bs:
+            src = kvs_ptr + b.to(tl.int64) * aligned(s_kvs, 4)
+            kv_last = tl.load(src + (COFF - 1) * D + cols)  # before the scalars: see _compress_decode_kernel
+            sc_last = tl.load(src + (2 * COFF - 1) * D + cols)
+            seq = tl.load(seqlens_ptr + b)
+            base = tl.load(ring_ptr + b)
+            loc = tl.load(loc_ptr + b)
+            if (seq > 0) & (seq % R == 0) & (loc >= 0) & (loc < n_slots):
+                c = _pool_decode(kv_last, sc_last, state_ptr, s_state, ape_ptr, base, ring_size, seq - 1, d0,
+                                 R, COFF, D, BLOCK_D, BLOCK_S)
+                tl.store(ws_ptr + b.to(tl.int64) * D + cols, c)
 
 
 @kernel
 def _compress_decode_finish_kernel(
     ws_ptr, seqlens_ptr, loc_ptr, normw_ptr, freqs_ptr, s_freqs, max_pos, dst_ptr, dst_stride, page_size, n_slots,
-    R: tl.constexpr, D: tl.constexpr, DEST: tl.constexpr, FP8: tl.constexpr, EPS: tl.constexpr,
+    kvs_ptr, s_kvs, state_ptr, s_state, ring_ptr, ring_size,
+    R: tl.constexpr, D: tl.constexpr, DEST: tl.constexpr, FP8: tl.constexpr, EPS: tl.constexpr, W: tl.constexpr,
 ):
-    """Split decode, second launch: norm + RoPE + store of the pooled rows in ws."""
+    """Split decode, second launch, program b: norm + RoPE + store of the pooled row in ws, and the
+    ring write of the request's input row (after the first launch read the window)."""
     b = tl.program_id(0)
+    cols = tl.arange(0, W)
+    row = tl.load(kvs_ptr + b.to(tl.int64) * aligned(s_kvs, 4) + cols)  # before the scalars
     seq = tl.load(seqlens_ptr + b)
     loc = tl.load(loc_ptr + b)
+    base = tl.load(ring_ptr + b)
     if (seq > 0) & (seq % R == 0) & (loc >= 0) & (loc < n_slots):
         normw, cos, sin = _finish_inputs(normw_ptr, freqs_ptr, s_freqs, max_pos, seq - R, D)
         c = tl.load(ws_ptr + b.to(tl.int64) * D + tl.arange(0, D))
         _finish(c, normw, cos, sin, dst_ptr, dst_stride, page_size, loc, loc >= 0, D, DEST, FP8, EPS)
+    if (seq > 0) & (base >= 0):
+        tl.store(state_ptr + (base + (seq - 1) % ring_size).to(tl.int64) * aligned(s_state, 4) + cols, row)
 
 
 @triton.jit
@@ -386,6 +396,7 @@ def _compress_prefill_kernel(
     if RING:  # noqa: SIM102 (a constexpr if: no code at all without RING)
         if tl.program_id(0) == 0:
             W: tl.constexpr = 2 * COFF * D
+            tl.debug_barrier()  # every thread's ring reads of windows 0 and 1 before any ring write
             _prefill_ring(kvs_ptr, s_kvs, cu_ptr, prefix_ptr, state_ptr, s_state, base, b, 0, 1, ring_size, W)
 
 
@@ -394,7 +405,10 @@ def _prefill_ring(
     kvs_ptr, s_kvs, cu_ptr, prefix_ptr, state_ptr, s_state, base, b, first, step, ring_size, W: tl.constexpr,
 ):
     """Copy request b's rows ``first, first + step, ...`` of its last ``min(ring_size, n)``
-    positions into its ring (after every window of the prefill that reads the ring was read)."""
+    positions into its ring (after every window of the prefill that reads the ring was read).
+    Requests' ring regions are disjoint (as the spec's state layout has them)."""
+    s_kvs = aligned(s_kvs, 4)
+    s_state = aligned(s_state, 4)
     t0 = tl.load(cu_ptr + b)
     n = tl.load(cu_ptr + b + 1) - t0
     keep = tl.minimum(n, ring_size)
@@ -511,6 +525,7 @@ def compressor_launches(
         raise ValueError("config: " + "; ".join(problems))
     coff, c = 2 if ratio == 4 else 1, config
     w, st = c["num_warps"], c["num_stages"]
+    width = 2 * coff * head_dim
     fin_w = FINISH_WARPS[head_dim]
     tail = {"DEST": dest, "FP8": fp8, "EPS": eps}
 
@@ -522,9 +537,8 @@ def compressor_launches(
             return [launch("_compress_decode_kernel", w, st, R=ratio, COFF=coff, D=head_dim, BLOCK_S=c["BLOCK_S"],
                            **tail)]
         return [launch("_compress_decode_split_kernel", w, st, R=ratio, COFF=coff, D=head_dim,
-                       BLOCK_D=c["BLOCK_D"], BLOCK_S=c["BLOCK_S"]),
-                launch("_compress_decode_finish_kernel", fin_w, 1, R=ratio, D=head_dim, **tail)]
-    width = 2 * coff * head_dim
+                       BLOCK_D=c["BLOCK_D"], BLOCK_S=c["BLOCK_S"], ROWS=c["ROWS"]),
+                launch("_compress_decode_finish_kernel", fin_w, 1, R=ratio, D=head_dim, **tail, W=width)]
     if variant == "fused":
         ring = ring_in_kernel(ratio, c["ROWS"])
         fused = launch("_compress_prefill_kernel", w, st, R=ratio, COFF=coff, D=head_dim, BLOCK_S=c["BLOCK_S"],
@@ -659,11 +673,12 @@ def compress_decode(
                 num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
         return
     ws = torch.empty(bs, head_dim, dtype=torch.float32, device=device)
-    _decode_split((bs, head_dim // cfg["BLOCK_D"], 1), *head, out_loc, ws, dst[3], ring_size,
-                  ratio, coff, head_dim, cfg["BLOCK_D"], cfg["BLOCK_S"],
+    _decode_split((triton.cdiv(bs, cfg["ROWS"]), head_dim // cfg["BLOCK_D"], 1), *head, out_loc, ws, dst[3],
+                  ring_size, bs, ratio, coff, head_dim, cfg["BLOCK_D"], cfg["BLOCK_S"], cfg["ROWS"],
                   num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     _decode_finish((bs, 1, 1), ws, seq_lens, out_loc, norm_weight, freqs, freqs.stride(0), freqs.shape[0], *dst,
-                   ratio, head_dim, *tail, num_warps=FINISH_WARPS[head_dim], num_stages=1)
+                   kv_score, kv_score.stride(0), state, state.stride(0), ring_base, ring_size,
+                   ratio, head_dim, *tail, 2 * coff * head_dim, num_warps=FINISH_WARPS[head_dim], num_stages=1)
 
 
 def compress_prefill(

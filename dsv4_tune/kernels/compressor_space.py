@@ -6,13 +6,14 @@ A config is a plain dict of ints.  The compressor has two variants (same API, ``
   ``BLOCK_S``-position tiles with an online softmax, then RMSNorm + RoPE + store from registers.
   Decode is one launch; prefill is a compress launch and a ring-write launch.
 * ``split``: the pooling is spread over ``head_dim / BLOCK_D`` programs per row into an fp32
-  workspace, and a second launch does RMSNorm + RoPE + store.  One more launch, but
-  ``head_dim / BLOCK_D`` times the parallelism: it wins when few rows are produced (small decode
-  batches, short prefills), above all for C128, whose window is 128 x 1024 fp32 (512 KB) per row.
+  workspace, and a second launch does RMSNorm + RoPE + store (and in decode the ring write).  One
+  more launch, but ``head_dim / BLOCK_D`` times the parallelism: it wins when few rows are produced
+  (small decode batches, short prefills), above all for C128, whose window is 128 x 1024 fp32
+  (512 KB) per row.
 
 Knobs: ``BLOCK_S`` window positions per softmax tile (divides K = 8 or 128), ``BLOCK_D`` columns per
-pooling program (split only), ``ROWS`` compressed rows per program (prefill only), ``num_warps``,
-``num_stages``.
+pooling program (split only), ``ROWS`` compressed rows per program (prefill) or requests per
+program (split decode), ``num_warps``, ``num_stages``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ VARIANTS = ("fused", "split")
 BLOCK_S_CHOICES = (4, 8, 16, 32, 64, 128)
 BLOCK_D_CHOICES = (32, 64, 128)
 ROWS_CHOICES = (1, 2, 4)
+DECODE_ROWS_CHOICES = (1, 2, 4, 8, 16)  # split decode: requests per program
 NUM_WARPS_CHOICES = (1, 2, 4, 8)
 NUM_STAGES_CHOICES = (1, 2)
 MAX_TILE_PER_THREAD = 64  # fp32 kv + score elements of one tile per thread: more spills on sm90/gfx9
@@ -58,9 +60,24 @@ def config_keys(mode: str, variant: str) -> tuple[str, ...]:
     keys = ("BLOCK_S", "num_warps", "num_stages")
     if variant == "split":
         keys = ("BLOCK_D", *keys)
-    if mode == "prefill":
+    if mode == "prefill" or variant == "split":
         keys = (*keys, "ROWS")
     return keys
+
+
+def rows_choices(mode: str, variant: str) -> tuple[int, ...]:
+    """The ROWS a config of ``variant`` in ``mode`` may take ((1,) where it has no ROWS key)."""
+    if mode == "prefill":
+        return ROWS_CHOICES
+    return DECODE_ROWS_CHOICES if variant == "split" else (1,)
+
+
+def upgrade_config(mode: str, variant: str, config: dict[str, int]) -> dict[str, int]:
+    """``config`` as this version reads it: split decode configs written before they had ROWS ran
+    one request per program (ROWS = 1)."""
+    if mode == "decode" and variant == "split" and "ROWS" not in config:
+        return {**config, "ROWS": 1}
+    return config
 
 
 def compressor_problems(
@@ -85,8 +102,8 @@ def compressor_problems(
         out.append(f"num_stages: expected one of {NUM_STAGES_CHOICES}, got {config['num_stages']}")
     if config["num_stages"] > 1 and bs == k:
         out.append("num_stages: > 1 only pipelines a window of several BLOCK_S tiles")
-    if mode == "prefill" and config["ROWS"] not in ROWS_CHOICES:
-        out.append(f"ROWS: expected one of {ROWS_CHOICES}, got {config['ROWS']}")
+    if "ROWS" in config and config["ROWS"] not in rows_choices(mode, variant):
+        out.append(f"ROWS: expected one of {rows_choices(mode, variant)}, got {config['ROWS']}")
     if out:
         return out
     tile, threads = bs * bd, 32 * warps
@@ -109,11 +126,11 @@ def compressor_space(ratio: int, head_dim: int, mode: str, variant: str = "fused
         for bs in BLOCK_S_CHOICES:
             for warps in NUM_WARPS_CHOICES:
                 for stages in NUM_STAGES_CHOICES:
-                    for rows in (ROWS_CHOICES if mode == "prefill" else (1,)):
+                    for rows in rows_choices(mode, variant):
                         cfg = {"BLOCK_S": min(bs, k), "num_warps": warps, "num_stages": stages}
                         if variant == "split":
                             cfg["BLOCK_D"] = bd
-                        if mode == "prefill":
+                        if "ROWS" in config_keys(mode, variant):
                             cfg["ROWS"] = rows
                         if cfg not in out and not compressor_problems(ratio, head_dim, mode, cfg, variant):
                             out.append(cfg)
@@ -130,7 +147,7 @@ def compressor_default(ratio: int, head_dim: int, mode: str, variant: str = "fus
     cfg = {"BLOCK_S": bs, "num_warps": warps, "num_stages": 1}
     if variant == "split":
         cfg["BLOCK_D"] = bd
-    if mode == "prefill":
+    if "ROWS" in config_keys(mode, variant):
         cfg["ROWS"] = 1
     if ratio == 128 and variant == "fused" and head_dim == 512:  # H100: 8 x 512 tiles beat 16 x 512 on 8 warps
         cfg.update(BLOCK_S=8, num_warps=4)

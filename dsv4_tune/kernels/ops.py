@@ -136,6 +136,13 @@ def op_default_plan(w: OpWorkload) -> Plan:
     return Plan.make(name, spec.variants[name].default_fn(w.params_dict))
 
 
+def upgrade_op_config(op: str, params: dict, variant: str, config: dict[str, int]) -> dict[str, int]:
+    """An op config from an older policy file in this version's form (see the op's config space)."""
+    if op == "compress" and isinstance(params.get("mode"), str):
+        return cs.upgrade_config(params["mode"], variant, config)
+    return config
+
+
 def op_neighbours(w: OpWorkload, plan: Plan) -> list[Plan]:
     """Valid plans of the same variant that differ from ``plan`` in exactly one knob (refine stage)."""
     base = plan.as_dict()

@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dsv4_tune.kernels.ops import op_arch_problems, op_plan_problems
+from dsv4_tune.kernels.ops import op_arch_problems, op_plan_problems, upgrade_op_config
 from dsv4_tune.kernels.variants import arch_problems, plan_problems
 from dsv4_tune.workload import OpWorkload, Plan, Workload
 
@@ -126,6 +126,22 @@ class OpClass(_Model):
 
     def workload(self, rows: int = 1) -> OpWorkload:
         return OpWorkload.make(self.op, rows, **self.params)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade(cls, data: object) -> object:
+        """Plans written by an older version, in this version's config form."""
+        if not isinstance(data, dict) or not isinstance(data.get("segments"), list):
+            return data
+        op, params = str(data.get("op")), data.get("params")
+        segments = []
+        for seg in data["segments"]:
+            plan = seg.get("plan") if isinstance(seg, dict) else None
+            if isinstance(plan, dict) and isinstance(plan.get("config"), dict) and isinstance(params, dict):
+                config = upgrade_op_config(op, params, str(plan.get("variant")), plan["config"])
+                seg = {**seg, "plan": {**plan, "config": config}}
+            segments.append(seg)
+        return {**data, "segments": segments}
 
     @model_validator(mode="after")
     def _check(self) -> OpClass:
