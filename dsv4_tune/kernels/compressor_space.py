@@ -4,7 +4,8 @@ A config is a plain dict of ints.  The compressor has two variants (same API, ``
 
 * ``fused``: one program per compressed row holds the whole head_dim row, pools the window in
   ``BLOCK_S``-position tiles with an online softmax, then RMSNorm + RoPE + store from registers.
-  Decode is one launch; prefill is a compress launch and a ring-write launch.
+  Decode is one launch; prefill is a compress launch and a ring-write launch (one launch for C4
+  with ROWS >= 2, whose block 0 writes the ring after the only windows that read it).
 * ``split``: the pooling is spread over ``head_dim / BLOCK_D`` programs per row into an fp32
   workspace, and a second launch does RMSNorm + RoPE + store (and in decode the ring write).  One
   more launch, but ``head_dim / BLOCK_D`` times the parallelism: it wins when few rows are produced
