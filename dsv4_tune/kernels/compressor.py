@@ -183,6 +183,24 @@ def _pool_decode(
 
 
 @triton.jit
+def _block_scalars(seqlens_ptr, loc_ptr, ring_ptr, blk, bs, n_slots, R: tl.constexpr, ROWS: tl.constexpr):
+    """Requests ``blk * ROWS + [0, ROWS)``'s seq_lens and ring_base in one memory round trip, and
+    which of them compress (at a block boundary with a valid out_loc)."""
+    rb = blk * ROWS + tl.arange(0, ROWS)
+    inb = rb < bs
+    seqs = tl.load(seqlens_ptr + rb, mask=inb, other=0)
+    locs = tl.load(loc_ptr + rb, mask=inb, other=-1)
+    bases = tl.load(ring_ptr + rb, mask=inb, other=-1)
+    return seqs, bases, (seqs > 0) & (seqs % R == 0) & (locs >= 0) & (locs < n_slots)
+
+
+@triton.jit
+def _pick(x, sel):
+    """The element of the 1-D tensor ``x`` where ``sel`` holds (from registers, no memory access)."""
+    return tl.sum(tl.where(sel, x, 0), axis=0)
+
+
+@triton.jit
 def _ue8m0_exponent(amax, FP8: tl.constexpr):
     """``ceil(log2(max(amax, 1e-8) / FP8_MAX))`` exactly, from the fp32 bit fields (int32).
 
@@ -312,25 +330,38 @@ def _compress_decode_split_kernel(
     ROWS > 1 is for the usual decode step, where about one request in R compresses: a program per
     request and chunk would be thousands of programs that only read their request's scalars, in
     several waves (the pooling's registers cap how many are resident); ROWS requests per program
-    check theirs one after another from one cached line and pool only the ones at a boundary.
+    read theirs in one vector load and pool only the ones at a boundary, one after another (so
+    ROWS > 1 is slow where many requests of a block compress: the tuner's usual step decides).
+    The scalars used to be read one request at a time, each load a memory round trip, with the
+    request's last input row loaded before them: H100, ROWS 8, C128 in the usual step at batch
+    1024 19.9 -> 16.9 us, at 64 8.5 -> 7.3 us, at 256 13.3 -> 13.2 us (side by side).
     Measured and dropped (H100, 2026-11-26): one launch instead of two, the last chunk program of a
     row (after a counter per request) doing the norm and each program writing its requests' ring
     rows as one tile: C128 in the usual step at batch 256 13.0 -> 16.8 us, at 1024 19.8 -> 24.1 us
-    (faster only at batch 64: 7.7 -> 6.0 us)."""
+    (faster only at batch 64: 7.7 -> 6.0 us); with the ring written by programs of their own,
+    14.8 us at 256.  Also measured and dropped: the window split into NS chunks pooled by programs
+    of their own and merged by the finish kernel (at most 2% faster anywhere: C128 at batch 1 with
+    one compressing request 11.3 -> 11.1 us); and the ring write moved into this kernel with a
+    finish kernel over blocks of requests (13.1-22 us against 12.5 at batch 256: the finish loop
+    runs its requests one after another).  What the usual step at batch 256 costs (H100, CUDA graph
+    after the L2 flush): an empty kernel 4.2 us, a second one +1.5; this kernel's scalars +1.2,
+    the window's round trip and fold +2.9-3.5; the finish kernel +3.3 (scalars, workspace, store)."""
+    blk = tl.program_id(0)
     d0 = tl.program_id(1) * BLOCK_D
     cols = d0 + tl.arange(0, BLOCK_D)
-    for r in range(ROWS):
-        b = tl.program_id(0) * ROWS + r
-        if b < bs:
-            src = kvs_ptr + b.to(tl.int64) * aligned(s_kvs, 4)
-            kv_last = tl.load(src + (COFF - 1) * D + cols)  # before the scalars: see _compress_decode_kernel
-            sc_last = tl.load(src + (2 * COFF - 1) * D + cols)
-            seq = tl.load(seqlens_ptr + b)
-            base = tl.load(ring_ptr + b)
-            loc = tl.load(loc_ptr + b)
-            if (seq > 0) & (seq % R == 0) & (loc >= 0) & (loc < n_slots):
-                c = _pool_decode(kv_last, sc_last, state_ptr, s_state, ape_ptr, base, ring_size, seq - 1, d0,
-                                 R, COFF, D, BLOCK_D, BLOCK_S)
+    seqs, bases, hit = _block_scalars(seqlens_ptr, loc_ptr, ring_ptr, blk, bs, n_slots, R, ROWS)
+    if tl.max(hit.to(tl.int32), axis=0) > 0:  # most blocks of the usual step: none compresses
+        rr = tl.arange(0, ROWS)
+        for r in range(ROWS):
+            sel = rr == r
+            if tl.max((sel & hit).to(tl.int32), axis=0) > 0:
+                b = blk * ROWS + r
+                src = kvs_ptr + b.to(tl.int64) * aligned(s_kvs, 4)
+                # Issued with the window's loads (all independent): one memory round trip.
+                kv_last = tl.load(src + (COFF - 1) * D + cols)
+                sc_last = tl.load(src + (2 * COFF - 1) * D + cols)
+                c = _pool_decode(kv_last, sc_last, state_ptr, s_state, ape_ptr, _pick(bases, sel), ring_size,
+                                 _pick(seqs, sel) - 1, d0, R, COFF, D, BLOCK_D, BLOCK_S)
                 tl.store(ws_ptr + b.to(tl.int64) * D + cols, c)
 
 
