@@ -196,6 +196,53 @@ def test_split_decode_with_several_requests_per_program(ratio, dim, kind, rows, 
     _check_decode(make_problem(ratio, dim, kind, 1, 8, device, gen), variant="split", config=cfg)
 
 
+@pytest.mark.gpu_only
+def test_split_decode_with_pdl_matches_plain_launches_and_replays(device, gen, monkeypatch) -> None:
+    """On Hopper the split decode's finish kernel is a programmatic dependent launch (it starts
+    while the pooling runs and waits for it only to read ws): the same bytes as two plain
+    launches, called eagerly and replayed from a CUDA graph."""
+    from dsv4_tune.kernels import runtime
+
+    idx = torch.cuda.current_device()
+    if torch.cuda.get_device_capability(idx)[0] < 9:
+        pytest.skip("programmatic dependent launch needs sm90 or newer")
+    pb = make_problem(128, 512, "pool", 1, 8, device, gen)
+    kvs, base, seqs, locs = _decode_batch(pb)
+    state0, dest0 = pb.state.clone(), pb.clone_dest()
+    cfg = compressor_default(128, 512, "decode", "split") | {"ROWS": 2, "PDL": 1}
+
+    def run() -> None:
+        compress_decode(kvs, pb.state, base, seqs, pb.ape, pb.norm_weight, pb.freqs, locs, pb.dest, ratio=128,
+                        ring_size=pb.ring_size, config=cfg, variant="split")
+
+    def reset() -> None:
+        pb.state.copy_(state0)
+        pb.dest.copy_(dest0)
+
+    got = {}
+    for pdl in (False, True):
+        monkeypatch.setitem(runtime._PDL, idx, pdl)
+        reset()
+        run()
+        torch.cuda.synchronize()
+        got[pdl] = (pb.state.clone(), pb.dest.clone())
+    check_state(got[True][0], got[False][0])
+    assert torch.equal(got[True][1], got[False][1])
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        run()  # warm up off the capture stream
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    reset()
+    graph.replay()
+    torch.cuda.synchronize()
+    check_state(pb.state, got[False][0])
+    assert torch.equal(pb.dest, got[False][1])
+
+
 def _check_decode(pb: Problem, **kw: object) -> None:
     ratio = pb.ratio
     kvs, base, seqs, locs = _decode_batch(pb)
@@ -464,6 +511,12 @@ def test_config_space_functions() -> None:
         launches = compressor_launches(ratio, 512, "prefill", cfg)
         assert [kv for kv in launches[0][1] if kv[0] == "RING"] == want and len(launches) == 2 - want[0][1]
     assert "ROWS" in compressor_default(128, 512, "decode", "split")
+    # PDL is a split decode knob; it reaches the kernels only where the target can launch dependents.
+    cfg = compressor_default(128, 512, "decode", "split") | {"PDL": 1}
+    for pdl in (False, True):
+        for name, consts, _, _ in compressor_launches(128, 512, "decode", cfg, variant="split", pdl=pdl):
+            assert dict(consts)["PDL"] is pdl, name
+    assert any("PDL" in p for p in compressor_problems(128, 512, "decode", cfg | {"PDL": 2}, "split"))
     assert any("ROWS" in p for p in compressor_problems(128, 512, "decode", compressor_default(
         128, 512, "decode", "split") | {"ROWS": 3}, "split"))
     assert any("BLOCK_S" in p for p in compressor_problems(4, 512, "decode", {"BLOCK_S": 16, "num_warps": 4,

@@ -55,8 +55,10 @@ def test_dispatcher_answers_op_classes_by_size_and_falls_back_to_the_default(tmp
     path = _policy_with_ops(tmp_path, [{"max_tokens": 8, "plan": small}, {"max_tokens": None, "plan": big}])
     policy = load_policy(path)
     assert parse_policy(dump_policy(policy)) == policy
-    # A split decode config written before ROWS existed reads as one request per program.
-    assert policy.ops[0].segments[0].plan.to_plan().as_dict()["ROWS"] == 1
+    # A split decode config written before ROWS and PDL existed reads as one request per program
+    # and two plain launches.
+    old = policy.ops[0].segments[0].plan.to_plan().as_dict()
+    assert (old["ROWS"], old["PDL"]) == (1, 0)
     d = Dispatcher(policy, str(path))
     for rows, want in ((1, "split"), (8, "split"), (9, "fused"), (5000, "fused")):
         assert d.lookup_op(OpWorkload.make("compress", rows, **DECODE)).variant == want

@@ -14,7 +14,9 @@ A config is a plain dict of ints.  The compressor has two variants (same API, ``
 
 Knobs: ``BLOCK_S`` window positions per softmax tile (divides K = 8 or 128), ``BLOCK_D`` columns per
 pooling program (split only), ``ROWS`` compressed rows per program (prefill) or requests per
-program (split decode), ``num_warps``, ``num_stages``.
+program (split decode), ``PDL`` (split decode, 0 or 1: the finish kernel as a programmatic dependent
+launch of the pooling kernel on CUDA sm90 and up, a plain launch elsewhere), ``num_warps``,
+``num_stages``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ BLOCK_S_CHOICES = (4, 8, 16, 32, 64, 128)
 BLOCK_D_CHOICES = (32, 64, 128)
 ROWS_CHOICES = (1, 2, 4)
 DECODE_ROWS_CHOICES = (1, 2, 4, 8, 16)  # split decode: requests per program
+PDL_CHOICES = (0, 1)  # split decode: the finish kernel launched as a programmatic dependent
 NUM_WARPS_CHOICES = (1, 2, 4, 8)
 NUM_STAGES_CHOICES = (1, 2)
 MAX_TILE_PER_THREAD = 64  # fp32 kv + score elements of one tile per thread: more spills on sm90/gfx9
@@ -63,6 +66,8 @@ def config_keys(mode: str, variant: str) -> tuple[str, ...]:
         keys = ("BLOCK_D", *keys)
     if mode == "prefill" or variant == "split":
         keys = (*keys, "ROWS")
+    if mode == "decode" and variant == "split":
+        keys = (*keys, "PDL")
     return keys
 
 
@@ -75,9 +80,9 @@ def rows_choices(mode: str, variant: str) -> tuple[int, ...]:
 
 def upgrade_config(mode: str, variant: str, config: dict[str, int]) -> dict[str, int]:
     """``config`` as this version reads it: split decode configs written before they had ROWS ran
-    one request per program (ROWS = 1)."""
-    if mode == "decode" and variant == "split" and "ROWS" not in config:
-        return {**config, "ROWS": 1}
+    one request per program (ROWS = 1), and before PDL, two plain launches (PDL = 0)."""
+    if mode == "decode" and variant == "split":
+        return {"ROWS": 1, "PDL": 0, **config}
     return config
 
 
@@ -105,6 +110,8 @@ def compressor_problems(
         out.append("num_stages: > 1 only pipelines a window of several BLOCK_S tiles")
     if "ROWS" in config and config["ROWS"] not in rows_choices(mode, variant):
         out.append(f"ROWS: expected one of {rows_choices(mode, variant)}, got {config['ROWS']}")
+    if "PDL" in config and config["PDL"] not in PDL_CHOICES:
+        out.append(f"PDL: expected one of {PDL_CHOICES}, got {config['PDL']}")
     if out:
         return out
     tile, threads = bs * bd, 32 * warps
@@ -123,18 +130,23 @@ def compressor_space(ratio: int, head_dim: int, mode: str, variant: str = "fused
     _check_problem(ratio, head_dim, mode, variant)
     k = window(ratio)
     out = []
-    for bd in (BLOCK_D_CHOICES if variant == "split" else (head_dim,)):
-        for bs in BLOCK_S_CHOICES:
-            for warps in NUM_WARPS_CHOICES:
-                for stages in NUM_STAGES_CHOICES:
-                    for rows in rows_choices(mode, variant):
-                        cfg = {"BLOCK_S": min(bs, k), "num_warps": warps, "num_stages": stages}
-                        if variant == "split":
-                            cfg["BLOCK_D"] = bd
-                        if "ROWS" in config_keys(mode, variant):
-                            cfg["ROWS"] = rows
-                        if cfg not in out and not compressor_problems(ratio, head_dim, mode, cfg, variant):
-                            out.append(cfg)
+    # PDL outermost: the tuner's coarse stage takes configs spread evenly through this list, so
+    # both launch modes get seeds (innermost, an even stride would only ever pick one of them).
+    for pdl in (PDL_CHOICES if "PDL" in config_keys(mode, variant) else (None,)):
+        for bd in (BLOCK_D_CHOICES if variant == "split" else (head_dim,)):
+            for bs in BLOCK_S_CHOICES:
+                for warps in NUM_WARPS_CHOICES:
+                    for stages in NUM_STAGES_CHOICES:
+                        for rows in rows_choices(mode, variant):
+                            cfg = {"BLOCK_S": min(bs, k), "num_warps": warps, "num_stages": stages}
+                            if variant == "split":
+                                cfg["BLOCK_D"] = bd
+                            if "ROWS" in config_keys(mode, variant):
+                                cfg["ROWS"] = rows
+                            if pdl is not None:
+                                cfg["PDL"] = pdl
+                            if cfg not in out and not compressor_problems(ratio, head_dim, mode, cfg, variant):
+                                out.append(cfg)
     return out
 
 
@@ -150,6 +162,8 @@ def compressor_default(ratio: int, head_dim: int, mode: str, variant: str = "fus
         cfg["BLOCK_D"] = bd
     if "ROWS" in config_keys(mode, variant):
         cfg["ROWS"] = 1
+    if "PDL" in config_keys(mode, variant):
+        cfg["PDL"] = 0  # portable; a policy turns it on where the sweep found it faster
     if ratio == 128 and variant == "fused" and head_dim == 512:  # H100: 8 x 512 tiles beat 16 x 512 on 8 warps
         cfg.update(BLOCK_S=8, num_warps=4)
     if ratio == 128 and variant == "split":

@@ -92,7 +92,11 @@ class Launcher:
         self._ints: list[int] = []  # positions of the int scalar arguments
         self.fast_launches = 0
 
-    def __call__(self, grid: tuple[int, int, int], *args: object, num_warps: int, num_stages: int) -> None:
+    def __call__(
+        self, grid: tuple[int, int, int], *args: object, num_warps: int, num_stages: int, launch_pdl: bool = False
+    ) -> None:
+        """``launch_pdl``: launch as a programmatic dependent of the kernel before it (see
+        :func:`~dsv4_tune.kernels.runtime.pdl_enabled`; ignored by the interpreter)."""
         rec = Recording.current()
         if interpreting():
             if rec is not None:
@@ -111,10 +115,11 @@ class Launcher:
         for i in self._ints:
             wide = (wide << 1) | (not -0x80000000 <= args[i] < 0x80000000)  # type: ignore[operator]
         device = args[self._tensors[0]].device.index  # type: ignore[attr-defined]
-        key = (*[args[i] for i in self._const], num_warps, num_stages, device, misaligned, wide)
+        key = (*[args[i] for i in self._const], num_warps, num_stages, launch_pdl, device, misaligned, wide)
         compiled = self._compiled.get(key)
         if compiled is None:
-            self._compiled[key] = self.fn[grid](*args, num_warps=num_warps, num_stages=num_stages)
+            pdl = {"launch_pdl": True} if launch_pdl else {}  # (a Triton option only CUDA knows)
+            self._compiled[key] = self.fn[grid](*args, num_warps=num_warps, num_stages=num_stages, **pdl)
             if rec is not None:
                 rec.complete = False
             return

@@ -28,6 +28,27 @@ def interpreting() -> bool:
 _INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+_PDL: dict[int, bool] = {}
+
+
+def pdl_enabled(device: torch.device) -> bool:
+    """Whether a launch on ``device`` may use programmatic dependent launch: a kernel that follows
+    another starts while that one runs and waits for it (``gdc_wait``) only where it reads its
+    results, so its launch and its independent loads overlap the first kernel.
+
+    Hopper or newer under CUDA (the ``griddepcontrol`` instructions), compiled (not the
+    interpreter), and not turned off with ``DSV4_TUNE_PDL=0``.  Asked once per device.
+    """
+    index = device.index if device.index is not None else 0
+    known = _PDL.get(index)
+    if known is None:
+        known = _PDL[index] = (
+            device.type == "cuda" and not interpreting() and torch.version.hip is None
+            and os.environ.get("DSV4_TUNE_PDL", "1") != "0" and torch.cuda.get_device_capability(index)[0] >= 9
+        )
+    return known
+
+
 def dot_dtype() -> tl.dtype:
     """Operand dtype of every ``tl.dot`` in our kernels (see the module docstring)."""
     return tl.float32 if interpreting() else tl.bfloat16
