@@ -237,6 +237,9 @@ def sweep(
     jobs: int = typer.Option(12, "--jobs", help="compile worker processes (GPU only)"),
     rounds: int = typer.Option(3, "--rounds", help="interleaved timing rounds (the final stage does twice as many)"),
     reps: int = typer.Option(10, "--reps", help="graph replays per candidate per round"),
+    refine_rounds: int = typer.Option(1, "--refine-rounds", min=1,
+                                      help="local-search rounds (each from the best plans so far; more on a "
+                                           "finished sweep deepens it)"),
 ) -> None:
     """Measure every candidate of the grid on this GPU, store it, pick winners (resumable)."""
     import time
@@ -283,7 +286,7 @@ def sweep(
             progress.update(task, completed=n, total=total, description=key)
 
         sweep_id = run_sweep(store, the_grid, info, fresh=not resume, jobs=jobs, rounds=rounds, reps=reps,
-                             on_point=on_point)
+                             refine_rounds=refine_rounds, on_point=on_point)
         progress.update(task, completed=progress.tasks[0].total, description="done")
     winners = store.winners(sweep_id)
     table = Table(title=f"winners of sweep {sweep_id}{' (interpreter: not real)' if not info.is_real else ''}")

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from dsv4_tune import Plan
@@ -99,6 +100,33 @@ def test_failing_candidates_are_rows_and_the_sweep_goes_on(tmp_path: Path, monke
     assert rows[str(bad)]["status"] == "launch_error" and "split_k" in rows[str(bad)]["error"]
     assert rows[str(good)]["status"] == "ok"
     assert [w["plan"] for w in store.winners(sweep_id)] == [str(good)]
+
+
+def test_more_refine_rounds_follow_the_best_plan_further(tmp_path: Path, monkeypatch) -> None:
+    """Round 2 searches the neighbours of round 1's best plan: a plan two steps from the coarse
+    seed is found with two rounds (or by deepening a finished one-round sweep), not with one."""
+    a = Plan.make("fused", BLOCK_H=16, BLOCK_N=64, num_warps=4, num_stages=1)
+    b = Plan.make("fused", BLOCK_H=16, BLOCK_N=32, num_warps=4, num_stages=1)
+    c = Plan.make("fused", BLOCK_H=16, BLOCK_N=32, num_warps=8, num_stages=1)
+    chain, times = {a: [b], b: [c], c: []}, {a: 3.0, b: 2.0, c: 1.0}
+    monkeypatch.setattr(sweep_mod, "coarse_candidates", lambda w, arch=None, limit=None: [a])
+    monkeypatch.setattr(sweep_mod, "refine_candidates",
+                        lambda w, seeds, arch=None, limit=None: [*seeds, *[n for p in seeds for n in chain[p]]])
+    monkeypatch.setattr(sweep_mod, "time_plans", lambda case, plans, real, rounds, reps: ([[times[p]] for p in plans],
+                                                                                          None))
+    grid = Grid((GridClass(16, 64, 0, True, 64, 64),), (1,))
+
+    def winner(store: Store, **kw: object) -> str:
+        return store.winners(sweep_mod.run_sweep(store, grid, detect(), **kw))[0]["plan"]
+
+    assert winner(Store(tmp_path / "one.db")) == str(b)
+    assert winner(Store(tmp_path / "two.db"), refine_rounds=3) == str(c)
+    deepened = Store(tmp_path / "one.db")
+    assert winner(deepened, refine_rounds=2) == str(c)
+    refined = [r["plan"] for r in deepened.measurements(deepened.sweeps()[-1]["id"], "refine")]
+    assert sorted(refined) == sorted([str(a), str(b), str(c)]), "each plan timed once"
+    with pytest.raises(ValueError, match="refine_rounds"):
+        sweep_mod.run_sweep(Store(tmp_path / "x.db"), grid, detect(), refine_rounds=0)
 
 
 def test_gpu_mismatch_exits_2_naming_both(tmp_path: Path) -> None:

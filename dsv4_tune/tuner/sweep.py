@@ -213,21 +213,27 @@ def run_sweep(
     jobs: int = 1,
     rounds: int = 3,
     reps: int = 10,
+    refine_rounds: int = 1,
     on_point: Callable[[int, int, str], None] | None = None,
 ) -> str:
     """Measure ``grid`` on ``gpu`` into ``store``; returns the sweep id.  Resumes unless ``fresh``.
 
     Three stages over the whole grid, each resumable from the store: coarse (every variant at good
-    configs), refine (the neighbourhoods of each workload's best coarse plans, re-timed beside
-    them) and final (the best few re-timed side by side, the winner stored).  Before a stage times
-    anything, the kernels it needs are compiled in ``jobs`` worker processes.
+    configs), refine (the neighbourhoods of each workload's best plans so far, re-timed beside
+    them; ``refine_rounds`` rounds, each from the best plans the rounds before found: a round whose
+    seeds did not move times nothing) and final (the best few re-timed side by side, the winner stored).
+    Before a stage times anything, the kernels it needs are compiled in ``jobs`` worker processes.
+    A later call with more rounds deepens a finished sweep and re-opens its final stage where the
+    search found new plans.
     """
+    if refine_rounds < 1:
+        raise ValueError(f"refine_rounds: expected >= 1, got {refine_rounds}")
     device = "cuda" if gpu.is_real else "cpu"
     sweep_id, _ = store.open_sweep(sweep_meta(gpu, grid), fresh=fresh)
     arch = gpu.arch if gpu.is_real else None
     unfit = store.unfit_kernels(arch) if arch else {}
     points = grid.points()
-    progress = _Progress(len(points) * len(STAGES), on_point)
+    progress = _Progress(len(points) * (len(STAGES) + refine_rounds - 1), on_point)
 
     def valid(w: Workload | OpWorkload, plans: list[Plan]) -> list[Plan]:
         if isinstance(w, OpWorkload):
@@ -239,12 +245,18 @@ def run_sweep(
     changed = _stage(store, sweep_id, STAGE_COARSE, points, device, gpu, jobs, rounds, reps, progress,
                      lambda n, w: valid(w, coarse_candidates(w, arch, limit)))
 
-    def refine(n: int, w: Workload | OpWorkload) -> list[Plan]:
+    def refine(round_: int, w: Workload | OpWorkload) -> list[Plan]:
+        """Round 1: neighbours of the best coarse plans; later rounds: of the best plans so far (a
+        resumed sweep recomputes each round's list from the store and times only what is new)."""
         key = workload_key(w)
-        seeds = _ranked(store.measurements(sweep_id, STAGE_COARSE, workload=key), key)[:REFINE_SEEDS]
+        stages = (STAGE_COARSE,) if round_ == 0 else (STAGE_COARSE, STAGE_REFINE)
+        rows = [r for r in store.measurements(sweep_id, workload=key) if r["stage"] in stages]
+        seeds = _ranked(rows, key)[:REFINE_SEEDS]
         return valid(w, refine_candidates(w, seeds, arch, limit)) if seeds else []
 
-    changed |= _stage(store, sweep_id, STAGE_REFINE, points, device, gpu, jobs, rounds, reps, progress, refine)
+    for round_ in range(refine_rounds):  # the stage skips what it measured: a round times only new plans
+        changed |= _stage(store, sweep_id, STAGE_REFINE, points, device, gpu, jobs, rounds, reps, progress,
+                          lambda n, w, round_=round_: refine(round_, w))
     for n, (cls, t) in enumerate(points):
         key = workload_key(cls.workload(t))
         progress(f"{STAGE_FINAL} {key}")
