@@ -21,6 +21,8 @@ launch of the pooling kernel on CUDA sm90 and up, a plain launch elsewhere), ``n
 
 from __future__ import annotations
 
+from itertools import product
+
 RATIOS = (4, 128)
 HEAD_DIMS = (512, 128)
 MODES = ("decode", "prefill")
@@ -129,24 +131,25 @@ def compressor_space(ratio: int, head_dim: int, mode: str, variant: str = "fused
     """Every valid config of ``variant`` for (ratio, head_dim, mode), in a fixed order."""
     _check_problem(ratio, head_dim, mode, variant)
     k = window(ratio)
-    out = []
+    keys = config_keys(mode, variant)
     # PDL outermost: the tuner's coarse stage takes configs spread evenly through this list, so
     # both launch modes get seeds (innermost, an even stride would only ever pick one of them).
-    for pdl in (PDL_CHOICES if "PDL" in config_keys(mode, variant) else (None,)):
-        for bd in (BLOCK_D_CHOICES if variant == "split" else (head_dim,)):
-            for bs in BLOCK_S_CHOICES:
-                for warps in NUM_WARPS_CHOICES:
-                    for stages in NUM_STAGES_CHOICES:
-                        for rows in rows_choices(mode, variant):
-                            cfg = {"BLOCK_S": min(bs, k), "num_warps": warps, "num_stages": stages}
-                            if variant == "split":
-                                cfg["BLOCK_D"] = bd
-                            if "ROWS" in config_keys(mode, variant):
-                                cfg["ROWS"] = rows
-                            if pdl is not None:
-                                cfg["PDL"] = pdl
-                            if cfg not in out and not compressor_problems(ratio, head_dim, mode, cfg, variant):
-                                out.append(cfg)
+    grid = product(PDL_CHOICES if "PDL" in keys else (None,),
+                   BLOCK_D_CHOICES if variant == "split" else (None,),
+                   BLOCK_S_CHOICES, NUM_WARPS_CHOICES, NUM_STAGES_CHOICES, rows_choices(mode, variant))
+    out, seen = [], set()
+    for pdl, bd, bs, warps, stages, rows in grid:
+        cfg = {"BLOCK_S": min(bs, k), "num_warps": warps, "num_stages": stages}
+        if bd is not None:
+            cfg["BLOCK_D"] = bd
+        if "ROWS" in keys:
+            cfg["ROWS"] = rows
+        if pdl is not None:
+            cfg["PDL"] = pdl
+        ident = tuple(cfg.items())  # BLOCK_S is clamped to the window: some configs repeat
+        if ident not in seen and not compressor_problems(ratio, head_dim, mode, cfg, variant):
+            seen.add(ident)
+            out.append(cfg)
     return out
 
 
