@@ -1,10 +1,12 @@
-"""Split-K with the combine as a second launch vs merged in the split kernel (one launch).
+"""Split-K with the combine as a second launch, as a programmatic dependent launch, or merged in
+the split kernel (one launch).
 
 For each class of the DSV4 grid (with topk_length; h_q 64 / 128; SWA only, C128, C4) and small T,
 the shipped policy's split-K config (or the variant's default where the policy picks no split)
-runs as ``fused_splitk`` (two launches) and as ``fused_splitk_inline`` with the same attention
-config and SPLIT_K (one launch).  GPU time by CUDA-graph replay on a cold L2, the two interleaved;
-"two/inline" > 1 means the in-kernel combine is faster, with its 90% bootstrap interval.
+runs as ``fused_splitk`` (two plain launches), as ``fused_splitk`` with PDL = 1 (the combine
+launched as a programmatic dependent: CUDA sm90+) and as ``fused_splitk_inline`` with the same
+attention config and SPLIT_K (one launch).  GPU time by CUDA-graph replay on a cold L2, the three
+interleaved; "two/X" > 1 means X is faster than two plain launches, with its 90% bootstrap interval.
 
     python benchmarks/bench_split_combine.py [--tokens 1 4 16 64]
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import device_record, print_table, result_name, save_results
-from dsv4_tune.kernels.variants import VARIANTS, without_combine
+from dsv4_tune.kernels.variants import PDL_KEY, VARIANTS, without_combine
 from dsv4_tune.policies.dispatcher import get_dispatcher
 from dsv4_tune.tuner.grid import default_grid
 from dsv4_tune.tuner.measure import timing_available
@@ -28,11 +30,14 @@ from dsv4_tune.tuner.sweep import build_case, time_plans
 from dsv4_tune.workload import Plan
 
 
-def split_pair(plan: Plan, w) -> tuple[Plan, Plan]:
-    """(two-launch, one-launch) plans of one attention config and SPLIT_K."""
+def split_plans(plan: Plan, w) -> tuple[Plan, Plan, Plan]:
+    """(two plain launches, the combine as a programmatic dependent, one launch) plans of one
+    attention config and SPLIT_K."""
     if plan.variant != "fused_splitk":
         plan = VARIANTS["fused_splitk"].default(w)
-    return plan, Plan.make("fused_splitk_inline", without_combine(plan.as_dict()))
+    two = Plan.make("fused_splitk", {k: v for k, v in plan.as_dict().items() if k != PDL_KEY})
+    return (two, Plan.make("fused_splitk", two.as_dict(), **{PDL_KEY: 1}),
+            Plan.make("fused_splitk_inline", without_combine(two.as_dict())))
 
 
 def main() -> None:
@@ -51,20 +56,25 @@ def main() -> None:
             continue
         for t in args.tokens:
             w = cls.workload(t)
-            two, one = split_pair(dispatcher.lookup(w), w)
+            two, pdl, one = split_plans(dispatcher.lookup(w), w)
             if VARIANTS[one.variant].problems(w, one.as_dict()):
                 continue
             case = build_case(cls, t, "cuda", with_ref=False)
-            samples, flag = time_plans(case, [two, one], True, rounds=args.rounds, reps=args.reps)
-            lo, hi = ratio_interval(samples[0], samples[1])
-            a, b = statistics.median(samples[0]), statistics.median(samples[1])
-            rows.append({"h_q": cls.h_q, "topk": f"{cls.topk_main}+{cls.topk_extra}", "T": t,
-                         "config": str(one).removeprefix("fused_splitk_inline"), "two_us": round(a, 2),
-                         "inline_us": round(b, 2), "two/inline": round(a / b, 3),
-                         "interval": f"{lo:.2f}-{hi:.2f}", "flag": flag or ""})
+            samples, flag = time_plans(case, [two, pdl, one], True, rounds=args.rounds, reps=args.reps)
+            a, b, c = (statistics.median(x) for x in samples)
+            row = {"h_q": cls.h_q, "topk": f"{cls.topk_main}+{cls.topk_extra}", "T": t,
+                   "config": str(one).removeprefix("fused_splitk_inline"), "two_us": round(a, 2),
+                   "pdl_us": round(b, 2), "inline_us": round(c, 2)}
+            for name, other in (("pdl", samples[1]), ("inline", samples[2])):
+                lo, hi = ratio_interval(samples[0], other)
+                row[f"two/{name}"] = round(a / statistics.median(other), 3)
+                row[f"{name} interval"] = f"{lo:.2f}-{hi:.2f}"
+            rows.append({**row, "flag": flag or ""})
             print(rows[-1], flush=True)
-    print_table(rows, ["h_q", "topk", "T", "config", "two_us", "inline_us", "two/inline", "interval", "flag"],
-                "split-K: combine kernel (two launches) vs in-kernel combine (one launch), GPU time")
+    print_table(rows, ["h_q", "topk", "T", "config", "two_us", "pdl_us", "inline_us", "two/pdl", "pdl interval",
+                       "two/inline", "inline interval", "flag"],
+                "split-K: combine kernel (two plain launches) vs a programmatic dependent combine vs the in-kernel "
+                "combine (one launch), GPU time")
     path = save_results(result_name("bench_split_combine"), {"device": device_record(), "rows": rows}, args.out)
     print(f"wrote {path}")
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -68,3 +71,31 @@ def test_shipped_rules_file_is_well_formed(path) -> None:
     assert set(data["bad_kernels"]) <= {"sm90", "gfx942", "gfx950"}
     for arch, kernels in data["bad_kernels"].items():
         assert all(k.startswith(f"{arch}:") and v for k, v in kernels.items())
+
+
+def test_pdl_split_k_compiles_griddepcontrol_for_sm90_only_where_on() -> None:
+    """fused_splitk with PDL = 1: the split kernel lets its dependents go and the combine waits
+    (the PTX instructions); the same plan without it has neither.  Compiled in a fresh process
+    (kernels imported compiled, not interpreted)."""
+    script = """
+import json
+from dsv4_tune import Plan, Workload
+from dsv4_tune.kernels.crosscompile import KernelSpec, build
+from dsv4_tune.kernels.variants import plan_kernels
+w = Workload(1, 64, 128, 64, True, True, True)
+plain = Plan.make("fused_splitk", BLOCK_H=16, BLOCK_N=32, num_warps=4, num_stages=1, SPLIT_K=2,
+                  COMBINE_BLOCK_H=8, combine_warps=4)
+out = {}
+for plan, on in ((plain, 0), (Plan.make("fused_splitk", plain.as_dict(), PDL=1), 1)):
+    for launch in plan_kernels(plan, w, "sm90"):
+        ptx = build(KernelSpec("sm90", launch)).asm["ptx"]
+        out[f"{launch[0]}:{on}"] = [i for i in ("launch_dependents", "wait") if "griddepcontrol." + i in ptx]
+print(json.dumps(out))
+"""
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {
+        "_sparse_decode_kernel:0": [], "_combine_kernel:0": [],
+        "_sparse_decode_kernel:1": ["launch_dependents"], "_combine_kernel:1": ["wait"],
+    }

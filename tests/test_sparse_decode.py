@@ -147,6 +147,7 @@ def test_split_k_equals_no_split(device, gen) -> None:
             check_against_reference(f"split {sk}", out, lse, *case.ref)
         else:
             case.check(Plan.make("fused_splitk", cfg))
+            case.check(Plan.make("fused_splitk", cfg, PDL=1))  # a programmatic dependent combine on sm90
         case.check(Plan.make("fused_splitk_inline", without_combine(cfg)), f"split {sk}")
 
 
@@ -266,3 +267,43 @@ def test_inline_combine_under_load(device, gen) -> None:
             for _ in range(3):
                 out, lse = case.run(plan, ws)
                 check_against_reference(str(plan), out, lse, *case.ref)
+
+
+@pytest.mark.gpu_only
+def test_split_k_with_pdl_matches_plain_launches_and_replays(device, gen, monkeypatch) -> None:
+    """On Hopper fused_splitk with PDL = 1 launches the combine as a programmatic dependent of the
+    split kernel (it becomes resident while the splits run and waits for their partials): the
+    same bytes as two plain launches, called eagerly (recorded, then replayed) and from a CUDA graph."""
+    from dsv4_tune.kernels import runtime
+
+    idx = torch.cuda.current_device()
+    if torch.cuda.get_device_capability(idx)[0] < 9:
+        pytest.skip("programmatic dependent launch needs sm90 or newer")
+    case = make_case(device, gen, b=8, h=64, topk=128, x_topk=512, x_page=64, sink="mixed")
+    plan = Plan.make("fused_splitk", BLOCK_H=16, BLOCK_N=64, num_warps=8, num_stages=1, SPLIT_K=8,
+                     COMBINE_BLOCK_H=8, combine_warps=4, PDL=1)
+    got = {}
+    for pdl in (False, True):
+        monkeypatch.setitem(runtime._PDL, idx, pdl)
+        ws = Workspace()
+        for _ in range(3):  # the first call of its kind records its launches, the later ones replay them
+            out, lse = case.run(plan, ws)
+            check_against_reference(f"{plan} pdl={pdl}", out, lse, *case.ref)
+        got[pdl] = (out.clone(), lse.clone())
+    assert torch.equal(got[True][0], got[False][0]) and torch.equal(got[True][1], got[False][1])
+    out, lse = torch.empty_like(got[True][0]), torch.empty_like(got[True][1])
+    ws = Workspace()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        case.run(plan, ws)  # warm up off the capture stream
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        sparse_decode(case.q, case.main.kv_cache, case.main.indices, plan=plan, workspace=ws, out=(out, lse),
+                      **case.kw)
+    out.fill_(float("nan"))
+    lse.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, got[True][0]) and torch.equal(lse, got[True][1])

@@ -229,6 +229,12 @@ def test_refine_neighbours_change_one_knob_and_stay_valid() -> None:
                       COMBINE_BLOCK_H=8, combine_warps=4)
     unsplit = [p for p in neighbours(split) if p["SPLIT_K"] == 1]
     assert unsplit and "COMBINE_BLOCK_H" not in unsplit[0].as_dict()
+    # fused_splitk's PDL is switched on and off (absent <-> 1); an arch without it drops the plan.
+    sk = VARIANTS["fused_splitk"].default(w)
+    with_pdl = Plan.make("fused_splitk", sk.as_dict(), PDL=1)
+    assert with_pdl in neighbours(sk) and sk in neighbours(with_pdl)
+    assert with_pdl in refine_candidates(w, [sk], "sm90")
+    assert with_pdl not in refine_candidates(w, [sk], "gfx950")
 
 
 def test_sweep_runs_coarse_refine_final_and_resumes_each(tmp_path: Path) -> None:

@@ -56,3 +56,34 @@ def test_inline_merge_is_cuda_only() -> None:
     for arch in ("gfx942", "gfx950"):
         assert any("CUDA only" in p for p in plan_problems(w, plan, arch))
         assert plan not in VARIANTS["fused_splitk_inline"].space(w, arch)
+
+
+def test_pdl_is_an_optional_split_k_knob_for_cuda_only() -> None:
+    """fused_splitk's PDL: absent reads as 0 (plans and policies from before it stay valid and
+    unchanged), 1 launches the combine as a programmatic dependent, only on CUDA sm90+."""
+    from dsv4_tune.kernels.variants import kernel_key, launch_problems, plan_kernels
+
+    w = Workload(1, 128, 128, 1024, True, True, True)
+    plain = VARIANTS["fused_splitk"].default(w)
+    pdl = Plan.make("fused_splitk", plain.as_dict(), PDL=1)
+    assert "PDL" not in plain.as_dict() and not plan_problems(w, plain, "sm90")
+    assert not plan_problems(w, pdl, "sm90")
+    assert any("PDL=2" in p for p in plan_problems(w, Plan.make("fused_splitk", plain.as_dict(), PDL=2)))
+    assert any("unknown config keys ['PDL']" in p for p in plan_problems(
+        w, Plan.make("fused", default_plan(w).as_dict(), PDL=1)))
+    for arch in ("gfx942", "gfx950"):
+        assert any("programmatic dependent launch" in p for p in plan_problems(w, pdl, arch))
+        assert pdl not in VARIANTS["fused_splitk"].space(w, arch)
+    space = VARIANTS["fused_splitk"].space(w, "sm90")
+    assert pdl in space and plain in space
+    # The constexpr reaches both kernels only on sm90 and only when on; the kernels without it keep
+    # their keys (the compile check's rules are keyed by them).
+    on = plan_kernels(pdl, w, "sm90")
+    assert [dict(c).get("PDL") for _, c, _, _ in on] == [True, True]
+    assert all("PDL" not in dict(c) for _, c, _, _ in plan_kernels(plain, w, "sm90"))
+    assert all("PDL" not in dict(c) for _, c, _, _ in plan_kernels(pdl, w, "gfx950"))
+    # A rule recorded for a plain kernel holds for its PDL twin (griddepcontrol changes no resource).
+    plain_split = plan_kernels(plain, w, "sm90")[0]
+    unfit = {kernel_key("sm90", plain_split): ["spills 999 B"]}
+    assert launch_problems("sm90", on, unfit) == ["_sparse_decode_kernel spills 999 B"]
+    assert launch_problems("sm90", on) == []

@@ -5,7 +5,10 @@ for a split that saw no valid candidate).  With ``M = max`` of the finite LSEs a
 ``w_i = exp(lse_i - M)`` (0 for an empty split), ``S = sum w_i``: ``LSE = M + ln S``,
 ``O = sum (w_i / S) O_i / (1 + exp(sink - LSE))``; a row with ``S = 0`` gets O = 0, LSE = +inf.
 Grid ``(T, cdiv(h, BLOCK_H))``; two run-time loops over the splits (LSEs, then outputs), so
-split_k is an ordinary argument and any value works.
+split_k is an ordinary argument and any value works.  With ``PDL`` (CUDA sm90+) it is launched as
+a programmatic dependent of the split kernel, which lets it go as it starts: its programs become
+resident while the splits run and wait (``gdc_wait``) for their partials before reading them, so
+the second launch's latency overlaps the first kernel.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_wait
 
 from dsv4_tune.kernels.attention_core import aligned, to_bf16_rne
 from dsv4_tune.kernels.launch import Launcher, kernel
@@ -67,8 +71,10 @@ def merge_partials(
 def _combine_kernel(
     part_o_ptr, part_lse_ptr, sink_ptr, out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh,
     t0, n_tok, s_q, h_q, split_k,
-    HAS_SINK: tl.constexpr, BLOCK_H: tl.constexpr,
+    HAS_SINK: tl.constexpr, BLOCK_H: tl.constexpr, PDL: tl.constexpr = False,
 ):
+    if PDL:
+        gdc_wait()  # every program: the combine never completes before the split kernel
     t_local = tl.program_id(0).to(tl.int64)
     heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     merge_partials(
@@ -91,9 +97,11 @@ def launch_combine(
     t0: int = 0,
     BLOCK_H: int,
     num_warps: int,
+    pdl: bool = False,
 ) -> None:
     """Merge ``part_o``/``part_lse`` (tokens ``[t0, t0 + n_tok)``) into ``out [b, s_q, h, 512]`` and
-    ``lse [b, h, s_q]``."""
+    ``lse [b, h, s_q]``; ``pdl``: as a programmatic dependent of the split kernel before it, which
+    must have been launched with ``pdl`` too."""
     split_k, n_tok, h_q = part_lse.shape
     if not SPLIT_K_MIN <= split_k <= SPLIT_K_MAX:
         raise ValueError(f"split_k: expected {SPLIT_K_MIN}..{SPLIT_K_MAX}, got {split_k}")
@@ -101,6 +109,6 @@ def launch_combine(
         (n_tok, cdiv(h_q, BLOCK_H), 1),
         part_o, part_lse, attn_sink if attn_sink is not None else part_lse,
         out, out.stride(0), out.stride(1), out.stride(2), lse, lse.stride(0), lse.stride(1),
-        t0, n_tok, s_q, h_q, split_k, attn_sink is not None, BLOCK_H,
-        num_warps=num_warps, num_stages=1,
+        t0, n_tok, s_q, h_q, split_k, attn_sink is not None, BLOCK_H, pdl,
+        num_warps=num_warps, num_stages=1, launch_pdl=pdl,
     )

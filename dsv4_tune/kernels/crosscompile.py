@@ -80,7 +80,13 @@ def plan_specs(plan: Plan, w: Workload, arch: str) -> list[KernelSpec]:
 
 
 def _signature(fn, consts: dict) -> tuple[dict[str, str], dict]:
-    names = list(inspect.signature(fn.fn).parameters)
+    """Triton's signature of ``fn`` for these constexprs; a defaulted constexpr that a launch does
+    not name (``PDL`` off) joins ``consts`` at its default."""
+    params = inspect.signature(fn.fn).parameters
+    names = list(params)
+    for n, p in params.items():
+        if n not in consts and "constexpr" in str(p.annotation) and p.default is not inspect.Parameter.empty:
+            consts[n] = p.default
     sig = {}
     for n in names:
         if n in consts:
@@ -130,20 +136,25 @@ def occupancy(arch: str, num_warps: int, shared: int, regs: int | None) -> int |
     return min(blocks_regs, blocks_shared, lim.max_warps // num_warps) * num_warps
 
 
-def compile_kernel(spec: KernelSpec) -> dict:
-    """Compile ``spec`` for its arch; a row: status, error, registers, spills, shared, occupancy."""
-    arch = spec.arch
+def build(spec: KernelSpec):  # -> triton.compiler.CompiledKernel (its asm: ptx, cubin / amdgcn, hsaco)
+    """Compile ``spec`` for its arch (raises what Triton raises)."""
     name, constexprs, num_warps, num_stages = spec.launch
-    lim = ARCHS[arch]
-    row = {"arch": arch, "kernel": name, "key": spec.key, "num_warps": num_warps, "num_stages": num_stages,
-           "toolchain": f"triton {triton.__version__}", "regs": None, "sgprs": None, "spills": None,
-           "shared": None, "occupancy": None}
     consts = {k: (tl.bfloat16 if v == "bf16" else v) for k, v in constexprs}
     fn = _KERNELS[name]
     sig, attrs = _signature(fn, consts)
+    return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
+                          target=ARCHS[spec.arch].target, options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+def compile_kernel(spec: KernelSpec) -> dict:
+    """Compile ``spec`` for its arch; a row: status, error, registers, spills, shared, occupancy."""
+    arch = spec.arch
+    name, _, num_warps, num_stages = spec.launch
+    row = {"arch": arch, "kernel": name, "key": spec.key, "num_warps": num_warps, "num_stages": num_stages,
+           "toolchain": f"triton {triton.__version__}", "regs": None, "sgprs": None, "spills": None,
+           "shared": None, "occupancy": None}
     try:
-        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
-                           target=lim.target, options={"num_warps": num_warps, "num_stages": num_stages})
+        k = build(spec)
     except Exception as e:  # a compile failure is a row with the compiler's message
         msg = [line for line in str(e).strip().splitlines() if line.strip()]
         return {**row, "status": "compile_error", "error": " | ".join(msg[-6:])[:2000]}

@@ -14,7 +14,7 @@ from dsv4_tune.kernels.combine import launch_combine
 from dsv4_tune.kernels.gather_dequant import GatherConfig, gather_dequant, gather_dequant_dual
 from dsv4_tune.kernels.gathered_attention import launch_gathered_attention
 from dsv4_tune.kernels.kv_layout import HEAD_DIM, Fp8Flavour
-from dsv4_tune.kernels.runtime import cdiv, dot_dtype, fp8_mode
+from dsv4_tune.kernels.runtime import cdiv, dot_dtype, fp8_mode, pdl_enabled
 from dsv4_tune.kernels.sparse_decode import launch_sparse_decode
 from dsv4_tune.kernels.variants import INLINE_MERGE_AMD
 from dsv4_tune.kernels.workspace import Workspace
@@ -65,12 +65,13 @@ def run_fused_splitk(
 ) -> None:
     sk = cfg["SPLIT_K"]
     partial = _partials(ws, sk, x.n_tok, x.q.shape[2], x.q.device)
+    pdl = bool(cfg.get("PDL", 0)) and pdl_enabled(x.q.device)  # elsewhere PDL 1 is two plain launches
     launch_sparse_decode(
         x.q, x.main, x.extra, x.attn_sink, x.sm_scale, out, lse, partial, split_k=sk,
-        fp8_mode=fp8_mode(x.fp8), dot_type=dot_dtype(), **_attention_kw(cfg),
+        fp8_mode=fp8_mode(x.fp8), dot_type=dot_dtype(), pdl=pdl, **_attention_kw(cfg),
     )
     launch_combine(*partial, x.attn_sink, out, lse, s_q=x.q.shape[1],
-                   BLOCK_H=cfg["COMBINE_BLOCK_H"], num_warps=cfg["combine_warps"])
+                   BLOCK_H=cfg["COMBINE_BLOCK_H"], num_warps=cfg["combine_warps"], pdl=pdl)
 
 
 def run_fused_splitk_inline(

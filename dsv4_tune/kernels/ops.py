@@ -161,6 +161,7 @@ def op_plan_kernels(plan: Plan, w: OpWorkload, arch: str) -> list[tuple]:
     the compressor writes the arch's FP8 pool (head_dim 512) or bf16 rows, and its split decode
     uses programmatic dependent launch on CUDA archs (sm90 and up); the Q/K norm is bf16."""
     from dsv4_tune.kernels.kv_layout import HEAD_DIM, fp8_flavour_for_arch
+    from dsv4_tune.kernels.variants import pdl_arch
 
     p = w.params_dict
     if w.op == "compress":
@@ -168,7 +169,7 @@ def op_plan_kernels(plan: Plan, w: OpWorkload, arch: str) -> list[tuple]:
 
         dest = "pool" if p["head_dim"] == HEAD_DIM else "bf16"
         return compressor_launches(p["ratio"], p["head_dim"], p["mode"], plan.as_dict(), variant=plan.variant,
-                                   dest=dest, fp8=fp8_flavour_for_arch(arch), pdl=arch.startswith("sm"))
+                                   dest=dest, fp8=fp8_flavour_for_arch(arch), pdl=pdl_arch(arch))
     from dsv4_tune.kernels.qk_norm import qk_norm_launch
 
     q_shape, k_shape = (1, p["h_q"], p["head_dim_q"]), (1, p["h_k"], p["head_dim_k"])

@@ -9,6 +9,9 @@ in a second launch (``SPLIT`` true), or in this one (``SPLIT=2``): each program 
 atomic counter of its (token, head block) after storing its partial, and the last of the split_k
 to arrive merges them all and puts the counter back to 0 for the next launch.  One launch instead
 of two is what an eager decode step at small T pays for in host time (a driver launch each).
+With ``PDL`` (``SPLIT`` true, CUDA sm90+) the program lets the combine kernel launch as it starts:
+the combine is then a programmatic dependent launch that waits for this kernel's partials
+(:func:`~dsv4_tune.kernels.combine.launch_combine`), so its launch overlaps this kernel.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents
 
 from dsv4_tune.kernels.attention_core import (
     LOG2E,
@@ -60,7 +64,10 @@ def _sparse_decode_kernel(
     n_tok, s_q, h_q, qk_scale, chunk,
     HAS_LEN: tl.constexpr, HAS_EXTRA: tl.constexpr, X_HAS_LEN: tl.constexpr, HAS_SINK: tl.constexpr,
     SPLIT: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, FP8: tl.constexpr, DOT: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
+    if PDL:
+        gdc_launch_dependents()
     head0 = tl.program_id(0) * BLOCK_H
     t = tl.program_id(1).to(tl.int64)
     split = tl.program_id(2)
@@ -129,11 +136,13 @@ def launch_sparse_decode(
     num_stages: int,
     fp8_mode: str,
     dot_type: tl.dtype,
+    pdl: bool = False,
 ) -> None:
     """Launch the fused kernel (inputs already checked).  ``partial`` = (O ``[split_k, T, h, 512]``
     fp32, LSE ``[split_k, T, h]`` fp32) when ``split_k > 1``; then ``out``/``lse`` are left to the
     combine kernel, unless ``counters`` (int32, ``T * cdiv(h, BLOCK_H)`` zeros, left zero) is given:
-    then the kernel merges the splits itself."""
+    then the kernel merges the splits itself.  ``pdl``: the combine that follows is launched as a
+    programmatic dependent (only where :func:`~dsv4_tune.kernels.runtime.pdl_enabled`)."""
     b, s_q, h_q, _ = q.shape
     n_tok = b * s_q
     topk = main[1].shape[2]
@@ -147,6 +156,6 @@ def launch_sparse_decode(
         *epilogue_args(attn_sink, out, lse, partial), counters if counters is not None else main[1],
         n_tok, s_q, h_q, sm_scale * LOG2E, chunk,
         main[2] is not None, extra is not None, extra is not None and extra[2] is not None, attn_sink is not None,
-        split_k > 1 if counters is None else 2, BLOCK_H, BLOCK_N, fp8_mode, dot_type,
+        split_k > 1 if counters is None else 2, BLOCK_H, BLOCK_N, fp8_mode, dot_type, pdl,
         num_warps=num_warps, num_stages=num_stages,
     )

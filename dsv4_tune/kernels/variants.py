@@ -32,6 +32,10 @@ SMEM_BUDGET = 160 * 1024  # bytes of staged KV tiles + Q a config may ask for (g
 ACC_REGS_PER_THREAD = 128  # fp32 accumulator registers per thread a config may need
 
 DEFAULT_COMBINE = {"COMBINE_BLOCK_H": 8, "combine_warps": 4}
+# fused_splitk's optional knob: 1 launches the combine as a programmatic dependent of the split
+# kernel (CUDA sm90+: its launch overlaps the splits).  Absent means 0, so every plan and policy
+# written before it reads as before; its space adds PDL = 1 to each config rather than PDL = 0.
+PDL_KEY = "PDL"
 
 
 def without_combine(config: dict[str, int]) -> dict[str, int]:
@@ -94,7 +98,10 @@ def _fused_problems(w: Workload, c: dict[str, int]) -> list[str]:
 
 
 def _fused_splitk_problems(w: Workload, c: dict[str, int]) -> list[str]:
-    return _attention_problems(w, c, BLOCK_N_CHOICES) + _split_problems(w, c, SPLIT_K_CHOICES)
+    out = _attention_problems(w, c, BLOCK_N_CHOICES) + _split_problems(w, c, SPLIT_K_CHOICES)
+    if c.get(PDL_KEY, 0) not in (0, 1):
+        out.append(f"PDL={c[PDL_KEY]} not in (0, 1)")
+    return out
 
 
 def _fused_splitk_inline_problems(w: Workload, c: dict[str, int]) -> list[str]:
@@ -122,8 +129,10 @@ def _fused_space(w: Workload) -> Iterator[dict[str, int]]:
 
 
 def _fused_splitk_space(w: Workload) -> Iterator[dict[str, int]]:
-    for att, sk, (cb, cw) in itertools.product(_attention_grid(BLOCK_N_CHOICES), SPLIT_K_CHOICES, COMBINE_CHOICES):
-        yield {**att, "SPLIT_K": sk, "COMBINE_BLOCK_H": cb, "combine_warps": cw}
+    for pdl, att, sk, (cb, cw) in itertools.product(
+        (0, 1), _attention_grid(BLOCK_N_CHOICES), SPLIT_K_CHOICES, COMBINE_CHOICES
+    ):
+        yield {**att, "SPLIT_K": sk, "COMBINE_BLOCK_H": cb, "combine_warps": cw, **({PDL_KEY: 1} if pdl else {})}
 
 
 def _fused_splitk_inline_space(w: Workload) -> Iterator[dict[str, int]]:
@@ -154,12 +163,13 @@ class Variant:
     space_fn: Callable[[Workload], Iterator[dict[str, int]]]
     problems_fn: Callable[[Workload, dict[str, int]], list[str]]
     default_fn: Callable[[Workload], dict[str, int]]
+    optional: frozenset[str] = frozenset()  # config keys a plan may leave out (absent = 0)
     _resolved: dict = field(default_factory=dict, compare=False, repr=False)
 
     def problems(self, w: Workload, config: dict[str, int]) -> list[str]:
         """Why ``config`` is invalid for ``w`` (empty when it is valid)."""
         required = set(self.default_fn(w)) - set(DEFAULT_COMBINE)
-        known = required | (set(DEFAULT_COMBINE) if "SPLIT_K" in required else set())
+        known = required | (set(DEFAULT_COMBINE) if "SPLIT_K" in required else set()) | self.optional
         unknown = sorted(set(config) - known)
         missing = sorted(required - set(config))
         if unknown or missing:
@@ -211,7 +221,7 @@ VARIANTS: dict[str, Variant] = {
                 "dsv4_tune.kernels.launchers:run_fused", _fused_space, _fused_problems, _fused_default),
         Variant("fused_splitk", "the fused kernel over SPLIT_K slices of the candidates, then the combine",
                 "dsv4_tune.kernels.launchers:run_fused_splitk", _fused_splitk_space, _fused_splitk_problems,
-                _fused_splitk_default),
+                _fused_splitk_default, frozenset({PDL_KEY})),
         Variant("fused_splitk_inline", "the fused kernel over SPLIT_K slices; the last slice of each head block "
                 "to finish merges them (one launch)", "dsv4_tune.kernels.launchers:run_fused_splitk_inline",
                 _fused_splitk_inline_space, _fused_splitk_inline_problems, _fused_splitk_inline_default),
@@ -253,6 +263,8 @@ def plan_kernels(plan: Plan, w: Workload, arch: str) -> list[KernelLaunch]:
     dots), as (kernel name, constexprs, num_warps, num_stages)."""
     c = plan.as_dict()
     fp8, sink, split = fp8_flavour_for_arch(arch), w.has_sink, c.get("SPLIT_K", 1) > 1
+    # The PDL constexpr is named only where it is on (keys of the kernels without it stay as they were).
+    pdl = {PDL_KEY: True} if c.get(PDL_KEY) and pdl_arch(arch) else {}
 
     def launch(name: str, warps: int, stages: int, **constexprs: object) -> KernelLaunch:
         return name, tuple(sorted(constexprs.items())), warps, stages
@@ -263,7 +275,7 @@ def plan_kernels(plan: Plan, w: Workload, arch: str) -> list[KernelLaunch]:
         out.append(launch("_sparse_decode_kernel", c["num_warps"], c["num_stages"], HAS_LEN=w.has_len_main,
                           HAS_EXTRA=w.dual, X_HAS_LEN=w.dual and w.has_len_extra, HAS_SINK=sink,
                           SPLIT=2 if inline else split,
-                          BLOCK_H=c["BLOCK_H"], BLOCK_N=c["BLOCK_N"], FP8=fp8, DOT="bf16"))
+                          BLOCK_H=c["BLOCK_H"], BLOCK_N=c["BLOCK_N"], FP8=fp8, DOT="bf16", **pdl))
     elif plan.variant == "gather_attend":
         if w.dual and c["ONE_LAUNCH"]:
             out.append(launch("_gather_dequant_dual_kernel", c["gather_warps"], 1, HAS_LEN=w.has_len_main,
@@ -276,8 +288,14 @@ def plan_kernels(plan: Plan, w: Workload, arch: str) -> list[KernelLaunch]:
         out.append(launch("_gathered_attention_kernel", c["num_warps"], c["num_stages"], HAS_SINK=sink, SPLIT=split,
                           BLOCK_H=c["BLOCK_H"], BLOCK_N=c["BLOCK_N"], DOT="bf16"))
     if split and not inline:
-        out.append(launch("_combine_kernel", c["combine_warps"], 1, HAS_SINK=sink, BLOCK_H=c["COMBINE_BLOCK_H"]))
+        out.append(launch("_combine_kernel", c["combine_warps"], 1, HAS_SINK=sink, BLOCK_H=c["COMBINE_BLOCK_H"],
+                          **pdl))
     return out
+
+
+def pdl_arch(arch: str) -> bool:
+    """Whether kernels for ``arch`` can launch programmatic dependents (CUDA sm90 and up)."""
+    return arch.startswith("sm") and arch[2:].isdigit() and int(arch[2:]) >= 90
 
 
 def kernel_key(arch: str, launch: KernelLaunch) -> str:
@@ -307,6 +325,8 @@ def arch_problems(w: Workload, plan: Plan, arch: str, unfit: dict[str, list[str]
     """Problems the compile check recorded for any kernel of ``plan`` on ``arch`` (the shipped
     rules, and ``unfit`` when given), and the variant's own arch limits."""
     own = [INLINE_MERGE_AMD] if plan.variant == "fused_splitk_inline" and arch.startswith("gfx") else []
+    if plan.as_dict().get(PDL_KEY) and not pdl_arch(arch):
+        own.append(f"PDL=1: programmatic dependent launch needs CUDA sm90 or newer, not {arch}")
     return own + launch_problems(arch, plan_kernels(plan, w, arch), unfit)
 
 
@@ -315,9 +335,12 @@ def launch_problems(arch: str, launches: list[KernelLaunch], unfit: dict[str, li
     bad = arch_rules().get(arch, {})
     out = []
     for launch in launches:
-        key = kernel_key(arch, launch)
-        for problem in dict.fromkeys([*bad.get(key, []), *(unfit or {}).get(key, [])]):
-            out.append(f"{launch[0]} {problem}")
+        keys = [kernel_key(arch, launch)]
+        name, constexprs, warps, stages = launch
+        if (PDL_KEY, True) in constexprs:  # griddepcontrol changes no resource: the plain kernel's rules hold
+            keys.append(kernel_key(arch, (name, tuple(kv for kv in constexprs if kv[0] != PDL_KEY), warps, stages)))
+        found = [p for key in keys for p in (*bad.get(key, []), *(unfit or {}).get(key, []))]
+        out += [f"{name} {problem}" for problem in dict.fromkeys(found)]
     return out
 
 

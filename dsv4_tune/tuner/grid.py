@@ -24,6 +24,7 @@ from dsv4_tune.kernels.variants import (
     GTA_SPLIT_K_CHOICES,
     NUM_STAGES_CHOICES,
     NUM_WARPS_CHOICES,
+    PDL_KEY,
     SPLIT_K_CHOICES,
     VARIANTS,
     plan_problems,
@@ -192,7 +193,8 @@ def _ordered_choices(variant: str) -> dict[str, tuple[int, ...]]:
 
 def neighbours(plan: Plan) -> list[Plan]:
     """Plans one step from ``plan``: one knob to an adjacent choice, or one paired knob set to
-    another choice; a split-K plan also tries SPLIT_K = 1 (no combine) where its variant allows."""
+    another choice, or PDL switched; a split-K plan also tries SPLIT_K = 1 (no combine) where its
+    variant allows (``refine_candidates`` drops the neighbours an arch cannot run)."""
     c = plan.as_dict()
     out = []
     for knob, choices in _ordered_choices(plan.variant).items():
@@ -205,6 +207,8 @@ def neighbours(plan: Plan) -> list[Plan]:
     for pair, choices in _PAIRS.items():
         if pair[0] in c:
             out += [{**c, pair[0]: a, pair[1]: b} for a, b in choices if (a, b) != (c[pair[0]], c[pair[1]])]
+    if PDL_KEY in VARIANTS[plan.variant].optional:  # toggled: absent (0) <-> 1
+        out.append({k: v for k, v in c.items() if k != PDL_KEY} if c.get(PDL_KEY) else {**c, PDL_KEY: 1})
     plans = []
     for cfg in out:
         if cfg.get("SPLIT_K") == 1:
