@@ -388,7 +388,10 @@ def _compress_decode_finish_kernel(
     pooling kernel.  A tuned knob: H100, side by side, C128 in the usual step at batch 256 13.0 ->
     11.4 us (ROWS 4), one compressing request 11.4 -> 9.9 us, C4 split at batch 1-256 1.15-1.3x;
     but slower where the pooling grid runs in several waves (its later waves share the SMs with
-    this kernel's waiting programs: C128 at batch 1024 with ROWS 1 23.8 -> 29.8 us)."""
+    this kernel's waiting programs: C128 at batch 1024 with ROWS 1 23.8 -> 29.8 us).  Measured and
+    dropped (2026-11-26 05:10 UTC, the shipped policy's configs, two runs each): the ring write after
+    ``gdc_wait`` instead of before, so that its stores do not compete with the window's reads: C128
+    in the usual step at batch 256 11.5-11.8 -> 11.6-11.7 us, at 1024 16.8-17.0 -> 17.4-17.6 us."""
     b = tl.program_id(0)
     cols = tl.arange(0, W)
     row = tl.load(kvs_ptr + b.to(tl.int64) * aligned(s_kvs, 4) + cols)  # before the scalars
