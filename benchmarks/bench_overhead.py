@@ -11,7 +11,8 @@ driver directly (``kernels/cuda_launch.py``); ``replay_c_us`` / ``replay_ctypes_
 with those launches made from C (``kernels/fastlaunch.c``; None where it is not built) and the
 same replay through ctypes.  Targets: <= 15 s compile, <= 15 us host.  ``--dispatched``: the host
 time of eager calls that the policy answers (``plan=None``), per workload class at T = 1, beside the
-same call with the policy's graph plan.
+same call with the policy's graph plan.  Host times are of each variant's default, and of the
+split-K default with its combine as a programmatic dependent launch (``PDL`` = 1).
 
     python benchmarks/bench_overhead.py [--out DIR] [--host-only] [--dispatched]
 """
@@ -39,7 +40,7 @@ from dsv4_tune.decode import replay_kind, workload_of
 from dsv4_tune.kernels import fastlaunch
 from dsv4_tune.kernels.cuda_launch import DirectLaunch
 from dsv4_tune.kernels.launch import Replay
-from dsv4_tune.kernels.variants import VARIANTS
+from dsv4_tune.kernels.variants import PDL_KEY, VARIANTS
 from dsv4_tune.kernels.workspace import DEFAULT_WORKSPACE
 from dsv4_tune.policies.dispatcher import get_dispatcher
 from dsv4_tune.tuner.grid import LAUNCHES, default_grid
@@ -157,7 +158,10 @@ def main() -> None:
         step = max(1, len(space) // args.per_variant)
         plans += [v.default(w)] + [p for p in space[::step][: args.per_variant] if p != v.default(w)]
     comp = [] if args.host_only else compile_times(plans, args.heads, args.extra_topk, device)
-    host = host_times([v.default(w) for v in VARIANTS.values()], args.heads, args.extra_topk, device)
+    host_plans = [v.default(w) for v in VARIANTS.values()]
+    split = VARIANTS["fused_splitk"].default(w)
+    host_plans.insert(2, Plan.make(split.variant, split.as_dict(), **{PDL_KEY: 1}))  # combine as a PDL launch
+    host = host_times(host_plans, args.heads, args.extra_topk, device)
     x = torch.zeros(16, device=device)
     unit, _ = host_us_per_call(lambda: x.add_(1), 2000)  # one eager PyTorch op on this host, for scale
     for r in host:

@@ -19,19 +19,23 @@ from dsv4_tune.kernels.launch import Replay
 
 LAUNCH = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, *[ctypes.c_uint] * 7, ctypes.c_void_p,
                           ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)
+LAUNCH_EX = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p),
+                             ctypes.c_void_p)
 ERROR_NAME = b"CUDA_ERROR_FAKE"
 FUNCTION = 0xF00D
 DIMS = (2, 3, 4, 128, 1, 1, 1024)  # grid x y z, block x y z, shared bytes
 
 
 class FakeDriver:
-    """Records each launch as (function, grid, block, shared, stream, slot values, extra) and
-    returns the next of ``codes`` (then 0)."""
+    """Records each launch as (function, grid, block, shared, stream, slot values, extra), a
+    ``cuLaunchKernelEx`` one with its launch attributes ((id, first int of the value), ...) after
+    them, and returns the next of ``codes`` (then 0)."""
 
     def __init__(self, nparams: int, codes: tuple[int, ...] = ()) -> None:
         self.nparams, self.codes, self.calls, self.context_asked = nparams, list(codes), [], 0
         self.cuLaunchKernel = LAUNCH(self._launch)
         self.address = ctypes.cast(self.cuLaunchKernel, ctypes.c_void_p).value
+        self.cuLaunchKernelEx = LAUNCH_EX(self._launch_ex)
         self.cuGetErrorName = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_char_p))(
             self._error_name)
         self.cuCtxGetCurrent = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_void_p))(self._context)
@@ -39,7 +43,17 @@ class FakeDriver:
     def _launch(self, f, gx, gy, gz, bx, by, bz, shared, stream, params, extra) -> int:
         values = [ctypes.c_uint64.from_address(params[i]).value for i in range(self.nparams)]
         self.calls.append((f, (gx, gy, gz), (bx, by, bz), shared, stream, values, extra))
-        return self.codes.pop(0) if self.codes else 0
+        self._last = self.codes.pop(0) if self.codes else 0
+        return self._last
+
+    def _launch_ex(self, config, f, params, extra) -> int:
+        c = cuda_launch._LaunchConfig.from_address(config)
+        attrs = [(c.attrs[i].id, int.from_bytes(ctypes.string_at(ctypes.addressof(c.attrs[i]) + 8, 4), "little"))
+                 for i in range(c.num_attrs)]
+        self._launch(f, c.grid_x, c.grid_y, c.grid_z, c.block_x, c.block_y, c.block_z, c.shared, c.stream, params,
+                     extra)
+        self.calls[-1] += (attrs,)
+        return self._last
 
     def _error_name(self, err, out) -> int:
         out[0] = ERROR_NAME
@@ -161,6 +175,36 @@ def test_direct_launch_makes_the_same_calls_through_c_and_ctypes(fast, monkeypat
     assert (len(calls), context_asked) == ((3, 1) if codes else (2, 0)), "no context: made current, launched again"
 
 
+@pytest.mark.parametrize("codes", [(), (201,), (5,)], ids=["ok", "no-context", "error"])
+def test_a_pdl_launch_goes_through_cuLaunchKernelEx_in_c_and_ctypes(fast, monkeypatch, codes) -> None:
+    """A programmatic dependent launch: cuLaunchKernelEx with the grid, block, shared bytes and
+    stream in its config and one attribute, programmatic stream serialization (6) allowed (1)."""
+
+    def run() -> tuple[list, str | None, bool]:
+        drv = FakeDriver(5, codes)
+        monkeypatch.setattr(cuda_launch, "_DRIVER", drv)
+        launch = DirectLaunch(SimpleNamespace(function=FUNCTION), 0, DIMS, [1, 2, 3], [(2, 0), (0, 2)], pdl=True)
+        error = None
+        try:
+            for ptrs in ([0x100, 0x200, 0x300], [0x400, 0x500, 0x600]):
+                launch(0xABC, ptrs)
+        except RuntimeError as e:
+            error = str(e)
+        return drv.calls, error, launch.fast is not None
+
+    *through_c, used_c = run()
+    assert used_c
+    monkeypatch.setattr(fastlaunch, "_MODULE", None)
+    *through_ctypes, used_c = run()
+    assert not used_c and through_c == through_ctypes
+    calls, error = through_c
+    if codes == (5,):
+        assert error == "cuLaunchKernelEx failed: CUDA_ERROR_FAKE (5)" and len(calls) == 1
+        return
+    assert error is None and len(calls) == (3 if codes else 2)
+    assert calls[-1] == (FUNCTION, (2, 3, 4), (128, 1, 1), 1024, 0xABC, [0x600, 2, 0x400, 0, 0], None, [(6, 1)])
+
+
 def _run_replay(monkeypatch: pytest.MonkeyPatch, codes: tuple[int, ...]) -> tuple[list, str | None, bool]:
     drv = FakeDriver(3, codes)
     launches = [_direct(monkeypatch, drv, [i], [(0, i)], FUNCTION + i) for i in range(3)]
@@ -230,3 +274,27 @@ def test_a_child_forked_during_a_build_can_build(monkeypatch) -> None:
             os._exit(0 if fastlaunch._LOCK.acquire(timeout=5) else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_direct_launch_takes_pdl_kernels_only_where_the_driver_has_cuLaunchKernelEx(monkeypatch) -> None:
+    """A kernel compiled with launch_pdl becomes a PDL DirectLaunch; with a driver older than
+    CUDA 12 (no cuLaunchKernelEx) it keeps Triton's launcher.  (ctypes here: the C launcher's
+    choice of driver function is tested above.)"""
+    monkeypatch.setattr(fastlaunch, "_MODULE", None)
+
+    def compiled(pdl: bool) -> SimpleNamespace:
+        meta = SimpleNamespace(num_ctas=1, global_scratch_size=0, profile_scratch_size=0, launch_cooperative_grid=False,
+                               launch_pdl=pdl, shared=0, cluster_dims=(1, 1, 1), num_warps=4)
+        return SimpleNamespace(metadata=meta, src=SimpleNamespace(signature={"x_ptr": "*fp32", "n": "i32"}),
+                               run=SimpleNamespace(), function=FUNCTION)
+
+    drv = FakeDriver(2)
+    monkeypatch.setattr(cuda_launch, "_DRIVER", drv)
+    plain = cuda_launch.direct_launch(compiled(False), 0, (1, 1, 1), [0, 7], [(0, 0)])
+    pdl = cuda_launch.direct_launch(compiled(True), 0, (1, 1, 1), [0, 7], [(0, 0)])
+    assert plain is not None and not plain.pdl and pdl is not None and pdl.pdl
+    pdl(0, [0x40])
+    assert drv.calls[-1][-1] == [(6, 1)]
+    del drv.cuLaunchKernelEx
+    assert cuda_launch.direct_launch(compiled(True), 0, (1, 1, 1), [0, 7], [(0, 0)]) is None
+    assert cuda_launch.direct_launch(compiled(False), 0, (1, 1, 1), [0, 7], [(0, 0)]) is not None

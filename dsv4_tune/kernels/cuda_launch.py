@@ -10,10 +10,15 @@ runs in C (:mod:`~dsv4_tune.kernels.fastlaunch`, built at first use: ctypes' arg
 the lock and the Python patch loop are a sizeable part of a launch's host time), and a replay whose
 launches are all direct makes them in one C call (:class:`DirectSequence`).
 
+A kernel compiled with ``launch_pdl`` (a programmatic dependent launch: it may start while the
+kernel before it runs) goes through ``cuLaunchKernelEx`` with the programmatic stream
+serialization attribute, as in Triton's launcher.
+
 CUDA only.  :func:`direct_launch` returns None, and the caller keeps Triton's launcher, on ROCm,
 when libcuda cannot be loaded, with ``DSV4_TUNE_DIRECT_LAUNCH=0``, and for a kernel that needs
-something this path does not do: global or profile scratch memory, clusters, cooperative or PDL
-launches, oversized shared memory, or a parameter type other than a pointer, an integer or a float.
+something this path does not do: global or profile scratch memory, clusters, cooperative
+launches, oversized shared memory, a PDL launch where the driver lacks ``cuLaunchKernelEx``, or a
+parameter type other than a pointer, an integer or a float.
 A launch writes its addresses and calls the driver as one step (in C holding the GIL, through
 ctypes under the launch's own lock), so two threads replaying the same call cannot launch with each
 other's tensors.  A thread with no current CUDA context (one whose first CUDA work is a replayed
@@ -37,6 +42,21 @@ _FLOAT_FORMATS = {"fp32": "<f", "f32": "<f", "fp64": "<d", "f64": "<d"}
 _SCRATCH_PARAMS = 2  # Triton appends a global and a profile scratch pointer to every kernel (null here)
 _MAX_SHARED = 227 * 1024  # above this Triton's launcher sets an extra attribute: leave such kernels to it
 _INVALID_CONTEXT = 201  # CUDA_ERROR_INVALID_CONTEXT: this thread has no current context
+_PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CUlaunchAttributeID of a programmatic dependent launch
+
+
+class _LaunchAttribute(ctypes.Structure):
+    """The driver's ``CUlaunchAttribute``: an id, padding, a 64-byte value union."""
+
+    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_char * 64)]
+
+
+class _LaunchConfig(ctypes.Structure):
+    """The driver's ``CUlaunchConfig``."""
+
+    _fields_ = [*[(n, ctypes.c_uint) for n in ("grid_x", "grid_y", "grid_z", "block_x", "block_y", "block_z",
+                                               "shared")],
+                ("stream", ctypes.c_void_p), ("attrs", ctypes.POINTER(_LaunchAttribute)), ("num_attrs", ctypes.c_uint)]
 
 
 def _load_driver() -> ctypes.PyDLL | None:
@@ -50,6 +70,8 @@ def _load_driver() -> ctypes.PyDLL | None:
             getattr(lib, name).restype = ctypes.c_int
     except (OSError, AttributeError):
         return None
+    if hasattr(lib, "cuLaunchKernelEx"):  # CUDA 12 and up; without it PDL kernels keep Triton's launcher
+        lib.cuLaunchKernelEx.restype = ctypes.c_int
     return lib
 
 
@@ -100,20 +122,26 @@ class DirectLaunch:
     ``fast``: the same launch in C (:mod:`.fastlaunch`), or None where ctypes launches it."""
 
     def __init__(self, compiled: object, device: int, dims: tuple[int, ...], slots: list[int],
-                 patch: list[tuple[int, int]]) -> None:
+                 patch: list[tuple[int, int]], pdl: bool = False) -> None:
         n = len(slots) + _SCRATCH_PARAMS
         self.compiled = compiled  # keeps the module (and so the function handle) loaded
         self.device = device
+        self.pdl = pdl  # a programmatic dependent launch (cuLaunchKernelEx)
         self._values = (ctypes.c_uint64 * n)(*slots)  # scratch pointers stay 0 (null)
         base = ctypes.addressof(self._values)
         self._params = (ctypes.c_void_p * n)(*[base + 8 * i for i in range(n)])
         self._head = (ctypes.c_void_p(compiled.function), *[ctypes.c_uint(d) for d in dims])  # type: ignore[attr-defined]
+        if pdl:
+            self._attr = _LaunchAttribute(id=_PROGRAMMATIC_STREAM_SERIALIZATION)
+            self._attr.value = (1).to_bytes(4, "little")  # programmaticStreamSerializationAllowed
+            self._config = _LaunchConfig(*dims, None, ctypes.pointer(self._attr), 1)
         self._lock = threading.Lock()
         self.patch = patch
         fast = fastlaunch.load()
+        driver_fn = _driver().cuLaunchKernelEx if pdl else _driver().cuLaunchKernel  # type: ignore[union-attr]
         self.fast = None if fast is None else fast.Launch(
-            ctypes.cast(_driver().cuLaunchKernel, ctypes.c_void_p).value,  # type: ignore[union-attr]
-            compiled.function, dims, list(self._values), patch)  # type: ignore[attr-defined]
+            ctypes.cast(driver_fn, ctypes.c_void_p).value,
+            compiled.function, dims, list(self._values), patch, pdl)  # type: ignore[attr-defined]
 
     def __call__(self, stream: int, ptrs: Sequence[int]) -> None:
         launch = self.fast or self._ctypes_launch
@@ -126,6 +154,10 @@ class DirectLaunch:
             values = self._values
             for k, j in self.patch:
                 values[k] = ptrs[j]
+            if self.pdl:
+                self._config.stream = stream
+                return _driver().cuLaunchKernelEx(ctypes.byref(self._config), self._head[0],  # type: ignore[union-attr]
+                                                  self._params, None)
             return _driver().cuLaunchKernel(*self._head, ctypes.c_void_p(stream), self._params, None)  # type: ignore[union-attr]
 
     def retry_or_raise(self, launch: Callable[[int, Sequence[int]], int], err: int, stream: int, ptrs: Sequence[int]) -> None:
@@ -135,7 +167,7 @@ class DirectLaunch:
         if err == _INVALID_CONTEXT:
             _make_context_current(lib, self.device)  # type: ignore[arg-type]
             err = launch(stream, ptrs)
-        _check(lib, err, "cuLaunchKernel")  # type: ignore[arg-type]
+        _check(lib, err, "cuLaunchKernelEx" if self.pdl else "cuLaunchKernel")  # type: ignore[arg-type]
 
 
 class DirectSequence:
@@ -176,8 +208,11 @@ def direct_launch(
         return None
     if (getattr(meta, "num_ctas", 1) != 1 or getattr(meta, "global_scratch_size", 0)
             or getattr(meta, "profile_scratch_size", 0) or getattr(meta, "launch_cooperative_grid", False)
-            or getattr(meta, "launch_pdl", False) or getattr(meta, "shared", 0) > _MAX_SHARED
+            or getattr(meta, "shared", 0) > _MAX_SHARED
             or tuple(getattr(meta, "cluster_dims", (1, 1, 1)) or (1, 1, 1)) not in ((1, 1, 1), (1,))):
+        return None
+    pdl = bool(getattr(meta, "launch_pdl", False))
+    if pdl and not hasattr(_driver(), "cuLaunchKernelEx"):
         return None
     run = compiled.run  # type: ignore[attr-defined]  (loads the module: the function handle below)
     if getattr(run, "gsan_enabled", False) or not getattr(compiled, "function", None):
@@ -195,7 +230,7 @@ def direct_launch(
     if any(i not in where for i, _ in patch):
         return None
     dims = (grid[0], grid[1], grid[2], 32 * meta.num_warps, 1, 1, meta.shared)
-    return DirectLaunch(compiled, device, dims, slots, [(where[i], j) for i, j in patch])
+    return DirectLaunch(compiled, device, dims, slots, [(where[i], j) for i, j in patch], pdl)
 
 
 def current_stream_getter() -> object:

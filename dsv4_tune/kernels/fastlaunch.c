@@ -1,7 +1,9 @@
 /* The patch-and-launch step of dsv4_tune.kernels.cuda_launch.DirectLaunch, in C.
  *
  * Built at first use by fastlaunch.py (plain C: no CUDA or torch headers; the driver's
- * cuLaunchKernel comes in as an address).  A Launch owns its kernel parameters, one 8-byte slot each
+ * cuLaunchKernel comes in as an address, or cuLaunchKernelEx for a programmatic dependent launch:
+ * pdl=1, the launch attribute CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION set, as
+ * Triton's own launcher does for a kernel compiled with launch_pdl).  A Launch owns its kernel parameters, one 8-byte slot each
  * (the last two are Triton's null scratch pointers), and the void* array cuLaunchKernel reads them
  * through.  launch(stream, ptrs) writes ptrs[j] into slot k for each (k, j) of its patch list and
  * calls the driver, returning the CUresult; launch_all does that for a tuple of Launches in one
@@ -23,6 +25,27 @@
 typedef int (*launch_fn)(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                          unsigned shared, void *stream, void **params, void **extra);
 
+/* The driver's CUlaunchAttribute and CUlaunchConfig (cuda.h, CUDA 12), laid out the same. */
+typedef struct {
+    int id; /* CUlaunchAttributeID */
+    char pad[4];
+    union {
+        char bytes[64]; /* CUlaunchAttributeValue */
+        int allowed;    /* .programmaticStreamSerializationAllowed */
+    } value;
+} LaunchAttribute;
+
+typedef struct {
+    unsigned grid_x, grid_y, grid_z, block_x, block_y, block_z, shared;
+    void *stream;
+    LaunchAttribute *attrs;
+    unsigned num_attrs;
+} LaunchConfig;
+
+typedef int (*launch_ex_fn)(const LaunchConfig *config, void *f, void **params, void **extra);
+
+#define PROGRAMMATIC_STREAM_SERIALIZATION 6 /* CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION */
+
 typedef struct {
     Py_ssize_t slot, index;
 } Patch;
@@ -30,7 +53,8 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
-    launch_fn fn;
+    launch_fn fn; /* cuLaunchKernel, or cuLaunchKernelEx (a launch_ex_fn) when pdl */
+    int pdl;
     void *function;
     unsigned dims[7]; /* grid x, y, z, block x, y, z, shared bytes */
     Py_ssize_t nslots, npatch;
@@ -65,6 +89,13 @@ static int run(Launch *self, void *stream, PyObject *const *ptrs, Py_ssize_t n, 
             return -1;
     }
     const unsigned *d = self->dims;
+    if (self->pdl) {
+        LaunchAttribute attr = {.id = PROGRAMMATIC_STREAM_SERIALIZATION};
+        attr.value.allowed = 1;
+        LaunchConfig config = {d[0], d[1], d[2], d[3], d[4], d[5], d[6], stream, &attr, 1};
+        *err = ((launch_ex_fn)(void *)self->fn)(&config, self->function, self->params, NULL);
+        return 0;
+    }
     *err = self->fn(self->function, d[0], d[1], d[2], d[3], d[4], d[5], d[6], stream, self->params, NULL);
     return 0;
 }
@@ -101,15 +132,17 @@ static void Launch_dealloc(PyObject *op) {
 }
 
 static PyObject *Launch_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
-    static char *names[] = {"fn", "function", "dims", "values", "patch", NULL};
+    static char *names[] = {"fn", "function", "dims", "values", "patch", "pdl", NULL};
     unsigned long long fn, function;
     unsigned d[7];
     PyObject *values_in, *patch_in;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "KK(IIIIIII)OO:Launch", names, &fn, &function, &d[0], &d[1],
-                                     &d[2], &d[3], &d[4], &d[5], &d[6], &values_in, &patch_in))
+    int pdl = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "KK(IIIIIII)OO|p:Launch", names, &fn, &function, &d[0], &d[1],
+                                     &d[2], &d[3], &d[4], &d[5], &d[6], &values_in, &patch_in, &pdl))
         return NULL;
     if (fn == 0) {
-        PyErr_SetString(PyExc_ValueError, "Launch needs the address of cuLaunchKernel");
+        PyErr_SetString(PyExc_ValueError, pdl ? "Launch needs the address of cuLaunchKernelEx"
+                                              : "Launch needs the address of cuLaunchKernel");
         return NULL;
     }
     PyObject *values = PySequence_Fast(values_in, "values must be a sequence of ints");
@@ -125,6 +158,7 @@ static PyObject *Launch_new(PyTypeObject *type, PyObject *args, PyObject *kwargs
         goto fail;
     self->vectorcall = Launch_vectorcall;
     self->fn = (launch_fn)(uintptr_t)fn;
+    self->pdl = pdl;
     self->function = (void *)(uintptr_t)function;
     for (int i = 0; i < 7; i++)
         self->dims[i] = d[i];
@@ -168,8 +202,8 @@ fail:
 static PyTypeObject LaunchType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "dsv4_tune.kernels._fastlaunch.Launch",
-    .tp_doc = "Launch(fn, function, dims, values, patch): one kernel launch with packed parameters;\n"
-              "call it as launch(stream, ptrs) -> CUresult.",
+    .tp_doc = "Launch(fn, function, dims, values, patch, pdl=False): one kernel launch with packed parameters\n"
+              "(fn: cuLaunchKernel, or cuLaunchKernelEx with pdl); call it as launch(stream, ptrs) -> CUresult.",
     .tp_basicsize = sizeof(Launch),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
     .tp_new = Launch_new,
