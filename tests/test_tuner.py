@@ -304,3 +304,32 @@ def test_verify_keeps_the_policy_class_flags() -> None:
     for key in ((64, 128, 512, True, False, False), (128, 128, 0, False, False, True), (64, 128, 64, True, True, True)):
         assert grid_class(key).workload(4).key == key
     assert "has_sink" not in GridClass(64).to_json(), "default grids keep their hash"
+
+
+def test_a_noisy_timing_batch_is_measured_again_and_each_plan_keeps_its_cleaner_samples(monkeypatch) -> None:
+    """Bursts of interference put some rounds of some plans in a slow mode; a batch where a plan's
+    p80 / p20 exceeds the limit is timed again, each plan keeping the measurement with the smaller
+    spread, and the batch is flagged."""
+    a, b = Plan.make("fused", BLOCK_H=16), Plan.make("fused", BLOCK_H=32)
+    runs = [
+        [[10.0] * 24, [10.0] * 12 + [20.0] * 12],  # b: half its samples slowed down
+        [[11.0] * 24, [10.5] * 24],
+    ]
+    calls = []
+
+    def fake_times(fns, *, rounds, reps, seed=0):
+        calls.append(seed)
+        return runs[len(calls) - 1]
+
+    monkeypatch.setattr(sweep_mod, "interleaved_times", fake_times)
+    monkeypatch.setattr(sweep_mod, "gpu_state", lambda: None)
+    monkeypatch.setattr(sweep_mod, "_callable", lambda case, plan: (lambda: None))
+    samples, flag = sweep_mod.time_plans(None, [a, b], True, rounds=3, reps=8)
+    assert len(calls) == 2 and samples == [[10.0] * 24, [10.5] * 24] and flag == "noisy: re-timed"
+    calls.clear()
+    runs[0] = [[10.0] * 24, [10.0] * 20 + [10.4] * 4]  # quiet: one measurement, no flag
+    assert sweep_mod.time_plans(None, [a, b], True, rounds=3, reps=8) == (runs[0], None) and calls == [0]
+    calls.clear()
+    runs[0], runs[1] = [[10.0] * 24, [10.0] * 12 + [20.0] * 12], [[10.0] * 24, [10.0] * 12 + [30.0] * 12]
+    samples, flag = sweep_mod.time_plans(None, [a, b], True, rounds=3, reps=8)
+    assert samples == runs[0] and flag == "noisy: re-timed, still noisy"

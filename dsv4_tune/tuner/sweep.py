@@ -50,6 +50,7 @@ from dsv4_tune.tuner.select import select_eager, select_winner, toolchain
 from dsv4_tune.workload import OpWorkload, Plan, Workload
 
 FINALISTS = 3
+NOISY_SPREAD = 1.3  # a timing batch with a plan's p80 / p20 above this is measured again
 STAGE_HOST = "host"  # measurement rows of host time per eager call (final-stage plans)
 HOST_CALLS = 400
 # Host time is measured only where the graph winner takes less GPU time than this: above it, any
@@ -156,7 +157,22 @@ def time_plans(
     if flag:  # throttled or shared: measure once more before keeping it
         samples = interleaved_times(fns, rounds=rounds, reps=reps, seed=1)
         flag = hygiene_flag(gpu_state())
+    if max(map(spread, samples)) > NOISY_SPREAD:
+        # Bursts of interference (another tenant of the host or GPU) slow some rounds of some plans:
+        # a median in the slow mode would misrank the plan (2026-11-26, H100: 167.6 us for a plan
+        # whose p20 was 97.5 and which measured 97 in every other run).  Interference only adds
+        # time, so each plan keeps the cleaner of two measurements.
+        again = interleaved_times(fns, rounds=rounds, reps=reps, seed=2)
+        samples = [b if spread(b) < spread(a) else a for a, b in zip(samples, again, strict=True)]
+        noisy = max(map(spread, samples)) > NOISY_SPREAD
+        flag = "; ".join(x for x in (flag, "noisy: re-timed" + (", still noisy" if noisy else "")) if x)
     return samples, flag
+
+
+def spread(samples_us: list[float]) -> float:
+    """p80 / p20 of one plan's samples: about 1.0-1.1 on a quiet GPU."""
+    s = summarize(samples_us)
+    return s["p80_us"] / s["p20_us"] if s["p20_us"] > 0 else float("inf")
 
 
 # ------------------------------------------------------------------------ parallel compile
