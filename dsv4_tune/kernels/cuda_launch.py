@@ -48,7 +48,7 @@ _PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CUlaunchAttributeID of a programmatic 
 class _LaunchAttribute(ctypes.Structure):
     """The driver's ``CUlaunchAttribute``: an id, padding, a 64-byte value union."""
 
-    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_char * 64)]
+    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_uint64 * 8)]
 
 
 class _LaunchConfig(ctypes.Structure):
@@ -70,7 +70,7 @@ def _load_driver() -> ctypes.PyDLL | None:
             getattr(lib, name).restype = ctypes.c_int
     except (OSError, AttributeError):
         return None
-    if hasattr(lib, "cuLaunchKernelEx"):  # CUDA 12 and up; without it PDL kernels keep Triton's launcher
+    if hasattr(lib, "cuLaunchKernelEx"):  # CUDA 11.8 and up; without it PDL kernels keep Triton's launcher
         lib.cuLaunchKernelEx.restype = ctypes.c_int
     return lib
 
@@ -133,7 +133,7 @@ class DirectLaunch:
         self._head = (ctypes.c_void_p(compiled.function), *[ctypes.c_uint(d) for d in dims])  # type: ignore[attr-defined]
         if pdl:
             self._attr = _LaunchAttribute(id=_PROGRAMMATIC_STREAM_SERIALIZATION)
-            self._attr.value = (1).to_bytes(4, "little")  # programmaticStreamSerializationAllowed
+            self._attr.value[0] = 1  # programmaticStreamSerializationAllowed: the value's first int
             self._config = _LaunchConfig(*dims, None, ctypes.pointer(self._attr), 1)
         self._lock = threading.Lock()
         self.patch = patch

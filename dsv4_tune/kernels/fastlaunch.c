@@ -30,8 +30,9 @@ typedef struct {
     int id; /* CUlaunchAttributeID */
     char pad[4];
     union {
-        char bytes[64]; /* CUlaunchAttributeValue */
-        int allowed;    /* .programmaticStreamSerializationAllowed */
+        char bytes[64];           /* CUlaunchAttributeValue */
+        unsigned long long align; /* its 8-byte alignment */
+        int allowed;              /* .programmaticStreamSerializationAllowed */
     } value;
 } LaunchAttribute;
 

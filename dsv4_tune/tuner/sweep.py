@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing as mp
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -161,9 +162,11 @@ def time_plans(
         # Bursts of interference (another tenant of the host or GPU) slow some rounds of some plans:
         # a median in the slow mode would misrank the plan (2026-11-26, H100: 167.6 us for a plan
         # whose p20 was 97.5 and which measured 97 in every other run).  Interference only adds
-        # time, so each plan keeps the cleaner of two measurements.
+        # time, so each plan keeps the faster of its two measurements (by median; the two runs
+        # follow each other, so plans taken from different runs were still timed minutes apart
+        # at most, under the same clocks).
         again = interleaved_times(fns, rounds=rounds, reps=reps, seed=2)
-        samples = [b if spread(b) < spread(a) else a for a, b in zip(samples, again, strict=True)]
+        samples = [b if statistics.median(b) < statistics.median(a) else a for a, b in zip(samples, again, strict=True)]
         noisy = max(map(spread, samples)) > NOISY_SPREAD
         flag = "; ".join(x for x in (flag, "noisy: re-timed" + (", still noisy" if noisy else "")) if x)
     return samples, flag
