@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import device_record, print_table, result_name, save_results
-from dsv4_tune.kernels.variants import PDL_KEY, VARIANTS, without_combine
+from dsv4_tune.kernels.variants import PDL_KEY, VARIANTS, without_combine, without_pdl
 from dsv4_tune.policies.dispatcher import get_dispatcher
 from dsv4_tune.tuner.grid import default_grid
 from dsv4_tune.tuner.measure import timing_available
@@ -35,7 +35,7 @@ def split_plans(plan: Plan, w) -> tuple[Plan, Plan, Plan]:
     attention config and SPLIT_K."""
     if plan.variant != "fused_splitk":
         plan = VARIANTS["fused_splitk"].default(w)
-    two = Plan.make("fused_splitk", {k: v for k, v in plan.as_dict().items() if k != PDL_KEY})
+    two = Plan.make("fused_splitk", without_pdl(plan.as_dict()))
     return (two, Plan.make("fused_splitk", two.as_dict(), **{PDL_KEY: 1}),
             Plan.make("fused_splitk_inline", without_combine(two.as_dict())))
 

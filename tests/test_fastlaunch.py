@@ -141,14 +141,15 @@ def test_launch_all_stops_at_the_first_failure(fast) -> None:
 
 
 def _direct(monkeypatch: pytest.MonkeyPatch, drv: FakeDriver, slots: list[int], patch: list[tuple[int, int]],
-            function: int = FUNCTION) -> DirectLaunch:
+            function: int = FUNCTION, pdl: bool = False) -> DirectLaunch:
     monkeypatch.setattr(cuda_launch, "_DRIVER", drv)
-    return DirectLaunch(SimpleNamespace(function=function), 0, DIMS, slots, patch)
+    return DirectLaunch(SimpleNamespace(function=function), 0, DIMS, slots, patch, pdl)
 
 
-def _run_direct(monkeypatch: pytest.MonkeyPatch, codes: tuple[int, ...]) -> tuple[list, str | None, int]:
+def _run_direct(monkeypatch: pytest.MonkeyPatch, codes: tuple[int, ...], pdl: bool = False
+                ) -> tuple[list, str | None, int]:
     drv = FakeDriver(5, codes)
-    launch = _direct(monkeypatch, drv, [1, 2, 3], [(2, 0), (0, 2)])
+    launch = _direct(monkeypatch, drv, [1, 2, 3], [(2, 0), (0, 2)], pdl=pdl)
     error = None
     try:
         for ptrs in ([0x100, 0x200, 0x300], [0x400, 0x500, 0x600]):
@@ -179,25 +180,13 @@ def test_direct_launch_makes_the_same_calls_through_c_and_ctypes(fast, monkeypat
 def test_a_pdl_launch_goes_through_cuLaunchKernelEx_in_c_and_ctypes(fast, monkeypatch, codes) -> None:
     """A programmatic dependent launch: cuLaunchKernelEx with the grid, block, shared bytes and
     stream in its config and one attribute, programmatic stream serialization (6) allowed (1)."""
-
-    def run() -> tuple[list, str | None, bool]:
-        drv = FakeDriver(5, codes)
-        monkeypatch.setattr(cuda_launch, "_DRIVER", drv)
-        launch = DirectLaunch(SimpleNamespace(function=FUNCTION), 0, DIMS, [1, 2, 3], [(2, 0), (0, 2)], pdl=True)
-        error = None
-        try:
-            for ptrs in ([0x100, 0x200, 0x300], [0x400, 0x500, 0x600]):
-                launch(0xABC, ptrs)
-        except RuntimeError as e:
-            error = str(e)
-        return drv.calls, error, launch.fast is not None
-
-    *through_c, used_c = run()
-    assert used_c
+    assert _direct(monkeypatch, FakeDriver(5), [1, 2, 3], [], pdl=True).fast is not None
+    through_c = _run_direct(monkeypatch, codes, pdl=True)
     monkeypatch.setattr(fastlaunch, "_MODULE", None)
-    *through_ctypes, used_c = run()
-    assert not used_c and through_c == through_ctypes
-    calls, error = through_c
+    assert _direct(monkeypatch, FakeDriver(5), [1, 2, 3], [], pdl=True).fast is None
+    through_ctypes = _run_direct(monkeypatch, codes, pdl=True)
+    assert through_c == through_ctypes
+    calls, error, _ = through_c
     if codes == (5,):
         assert error == "cuLaunchKernelEx failed: CUDA_ERROR_FAKE (5)" and len(calls) == 1
         return

@@ -38,6 +38,11 @@ DEFAULT_COMBINE = {"COMBINE_BLOCK_H": 8, "combine_warps": 4}
 PDL_KEY = "PDL"
 
 
+def without_pdl(config: dict[str, int]) -> dict[str, int]:
+    """``config`` with PDL off (the optional key dropped: absent means 0)."""
+    return {k: v for k, v in config.items() if k != PDL_KEY}
+
+
 def without_combine(config: dict[str, int]) -> dict[str, int]:
     """``config`` less the combine kernel's keys (a split merged in-kernel, or no split)."""
     return {k: v for k, v in config.items() if k not in DEFAULT_COMBINE}

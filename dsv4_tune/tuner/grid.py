@@ -29,6 +29,7 @@ from dsv4_tune.kernels.variants import (
     VARIANTS,
     plan_problems,
     without_combine,
+    without_pdl,
 )
 from dsv4_tune.workload import OpWorkload, Plan, Workload
 
@@ -208,7 +209,7 @@ def neighbours(plan: Plan) -> list[Plan]:
         if pair[0] in c:
             out += [{**c, pair[0]: a, pair[1]: b} for a, b in choices if (a, b) != (c[pair[0]], c[pair[1]])]
     if PDL_KEY in VARIANTS[plan.variant].optional:  # toggled: absent (0) <-> 1
-        out.append({k: v for k, v in c.items() if k != PDL_KEY} if c.get(PDL_KEY) else {**c, PDL_KEY: 1})
+        out.append(without_pdl(c) if c.get(PDL_KEY) else {**c, PDL_KEY: 1})
     plans = []
     for cfg in out:
         if cfg.get("SPLIT_K") == 1:
