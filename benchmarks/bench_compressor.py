@@ -53,13 +53,13 @@ from benchmarks.common import (
     timing_available,
 )
 from dsv4_tune.kernels import kv_layout as L
-from dsv4_tune.kernels.compare import mismatch
-from dsv4_tune.kernels.compressor import compress_decode, compress_prefill
-from dsv4_tune.kernels.compressor_space import compressor_default, compressor_space, window
-from dsv4_tune.kernels.qk_norm import qk_norm
 from dsv4_tune.kernels.reference import compress_decode_ref, compress_prefill_ref, qk_norm_ref
 from dsv4_tune.policies.dispatcher import get_dispatcher
-from dsv4_tune.workload import OpWorkload
+from dsv4_tune.registry.compressor_space import compressor_default, compressor_space, window
+from dsv4_tune.registry.workload import OpWorkload
+from dsv4_tune.serving.compressor import compress_decode, compress_prefill
+from dsv4_tune.serving.qk_norm import qk_norm
+from dsv4_tune.tuner.tolerance import mismatch
 
 FP8 = "e4m3fn"
 EPS = 1e-6

@@ -42,13 +42,13 @@ from benchmarks.common import (
     timing_available,
 )
 from dsv4_tune import sparse_decode
-from dsv4_tune.decode import workload_of
-from dsv4_tune.kernels.compare import max_abs_error, mismatch
 from dsv4_tune.kernels.kv_layout import HEAD_DIM, TOKEN_BYTES, padded_page_bytes
 from dsv4_tune.kernels.reference import sparse_decode_ref
-from dsv4_tune.kernels.variants import VARIANTS
-from dsv4_tune.kernels.workspace import Workspace
+from dsv4_tune.registry.variants import VARIANTS
+from dsv4_tune.runtime.workspace import Workspace
+from dsv4_tune.serving.decode import workload_of
 from dsv4_tune.tuner.inputs import Scope, make_query, make_scope, make_sink
+from dsv4_tune.tuner.tolerance import max_abs_error, mismatch
 
 FP8 = "e4m3fn"
 SM_SCALE = HEAD_DIM**-0.5

@@ -38,17 +38,12 @@ from benchmarks.common import (
     time_graph,
     timing_available,
 )
-from dsv4_tune.kernels.compare import mismatch
-from dsv4_tune.kernels.gather_dequant import (
-    BYTES_READ_PER_CANDIDATE,
-    BYTES_WRITTEN_PER_CANDIDATE,
-    GatherConfig,
-    gather_dequant,
-    gather_dequant_dual,
-)
+from dsv4_tune.kernels.gather_dequant import BYTES_READ_PER_CANDIDATE, BYTES_WRITTEN_PER_CANDIDATE, GatherConfig
 from dsv4_tune.kernels.kv_layout import HEAD_DIM, padded_page_bytes
 from dsv4_tune.kernels.reference import gather_dequant_ref
+from dsv4_tune.serving.gather import gather_dequant, gather_dequant_dual
 from dsv4_tune.tuner.inputs import Scope, make_scope
+from dsv4_tune.tuner.tolerance import mismatch
 
 FP8 = "e4m3fn"
 BYTES_PER_CANDIDATE = BYTES_READ_PER_CANDIDATE + BYTES_WRITTEN_PER_CANDIDATE + 4  # + the int32 id

@@ -22,7 +22,7 @@ from common import print_table, save_results
 
 from dsv4_tune.policies.baseline import BASELINE_FILE
 from dsv4_tune.policies.dispatcher import Dispatcher
-from dsv4_tune.workload import Workload
+from dsv4_tune.registry.workload import Workload
 
 
 def workload_mix(n: int, seed: int = 0) -> list[Workload]:

@@ -7,8 +7,8 @@ the host), three ways: ``host_us`` a normal call (metadata lookup + replay of th
 launches), ``checked_us`` with replays off (every check, the launchers, Triton's compiled-kernel
 call), ``replay_us`` the replay alone (the launch floor of this design), ``find_us`` the lookup of
 the call's replay (the metadata guard); ``direct``: whether the replay launches through the CUDA
-driver directly (``kernels/cuda_launch.py``); ``replay_c_us`` / ``replay_ctypes_us``: the replay
-with those launches made from C (``kernels/fastlaunch.c``; None where it is not built) and the
+driver directly (``runtime/cuda_driver.py``); ``replay_c_us`` / ``replay_ctypes_us``: the replay
+with those launches made from C (``runtime/fastlaunch.c``; None where it is not built) and the
 same replay through ctypes.  Targets: <= 15 s compile, <= 15 us host.  ``--dispatched``: the host
 time of eager calls that the policy answers (``plan=None``), per workload class at T = 1, beside the
 same call with the policy's graph plan.  Host times are of each variant's default, and of the
@@ -34,19 +34,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_record, print_table, save_results
 
-import dsv4_tune.decode as decode_mod
+import dsv4_tune.serving.decode as decode_mod
 from dsv4_tune import Plan, sparse_decode
-from dsv4_tune.decode import replay_kind, workload_of
-from dsv4_tune.kernels import fastlaunch
-from dsv4_tune.kernels.cuda_launch import DirectLaunch
-from dsv4_tune.kernels.launch import Replay
-from dsv4_tune.kernels.variants import PDL_KEY, VARIANTS
-from dsv4_tune.kernels.workspace import DEFAULT_WORKSPACE
 from dsv4_tune.policies.dispatcher import get_dispatcher
-from dsv4_tune.tuner.grid import LAUNCHES, default_grid
+from dsv4_tune.registry.variants import PDL_KEY, VARIANTS
+from dsv4_tune.runtime import fastlaunch
+from dsv4_tune.runtime.cuda_driver import DirectLaunch
+from dsv4_tune.runtime.recording import Replay
+from dsv4_tune.runtime.workspace import DEFAULT_WORKSPACE
+from dsv4_tune.serving.decode import replay_kind, workload_of
+from dsv4_tune.tuner.candidates import LAUNCHES
+from dsv4_tune.tuner.grid import build_case, default_grid
 from dsv4_tune.tuner.inputs import make_query, make_scope, make_sink
 from dsv4_tune.tuner.measure import host_us_per_call
-from dsv4_tune.tuner.sweep import build_case
 
 
 def _inputs(h: int, x_topk: int, device: str):

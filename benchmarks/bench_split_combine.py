@@ -21,13 +21,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import device_record, print_table, result_name, save_results
-from dsv4_tune.kernels.variants import PDL_KEY, VARIANTS, without_combine, without_pdl
 from dsv4_tune.policies.dispatcher import get_dispatcher
-from dsv4_tune.tuner.grid import default_grid
+from dsv4_tune.registry.variants import PDL_KEY, VARIANTS, without_combine, without_pdl
+from dsv4_tune.registry.workload import Plan
+from dsv4_tune.tuner.grid import build_case, default_grid
 from dsv4_tune.tuner.measure import timing_available
 from dsv4_tune.tuner.select import ratio_interval
-from dsv4_tune.tuner.sweep import build_case, time_plans
-from dsv4_tune.workload import Plan
+from dsv4_tune.tuner.sweep import time_plans
 
 
 def split_plans(plan: Plan, w) -> tuple[Plan, Plan, Plan]:

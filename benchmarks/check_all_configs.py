@@ -27,12 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_record, print_table, save_results
 
 from dsv4_tune import Plan, sparse_decode
-from dsv4_tune.decode import workload_of
-from dsv4_tune.kernels.compare import decode_mismatch
 from dsv4_tune.kernels.reference import sparse_decode_ref
-from dsv4_tune.kernels.variants import VARIANTS
-from dsv4_tune.kernels.workspace import Workspace
+from dsv4_tune.registry.variants import VARIANTS
+from dsv4_tune.runtime.workspace import Workspace
+from dsv4_tune.serving.decode import workload_of
 from dsv4_tune.tuner.inputs import make_query, make_scope, make_sink
+from dsv4_tune.tuner.tolerance import decode_mismatch
 
 # (label, h_q, extra topk, extra page size); main scope: SWA topk 128, page 128.
 SHAPES = [

@@ -20,11 +20,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_record, print_table, save_results
 
-from dsv4_tune.cache.store import Store
-from dsv4_tune.tuner.grid import STAGE_FINAL, Grid, workload_key
+from dsv4_tune.cache.store import Store, workload_key
+from dsv4_tune.registry.workload import Plan
+from dsv4_tune.tuner.grid import Grid, build_case
 from dsv4_tune.tuner.select import select_winner
-from dsv4_tune.tuner.sweep import build_case, time_plans
-from dsv4_tune.workload import Plan
+from dsv4_tune.tuner.sweep import STAGE_FINAL, time_plans
 
 
 def main() -> None:

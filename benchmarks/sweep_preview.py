@@ -23,8 +23,8 @@ from check_all_configs import SHAPES, build, compile_all
 from common import device_record, print_table, save_results, time_graph
 
 from dsv4_tune import Plan, sparse_decode
-from dsv4_tune.kernels.variants import DEFAULT_COMBINE, VARIANTS
-from dsv4_tune.kernels.workspace import Workspace
+from dsv4_tune.registry.variants import DEFAULT_COMBINE, VARIANTS
+from dsv4_tune.runtime.workspace import Workspace
 
 TOKENS = (1, 8, 64, 256)
 SPLITS = (2, 4, 8)

@@ -69,10 +69,10 @@ def lookup(
     explain: bool = typer.Option(False, "--explain", help="say which file, GPU id, class and bucket answered"),
 ) -> None:
     """Print the plan a policy gives a workload, and the thresholds of its class."""
-    from dsv4_tune.policies.buckets import bucket_tokens
     from dsv4_tune.policies.dispatcher import Dispatcher, select_policy
     from dsv4_tune.policies.gpu import detect
-    from dsv4_tune.workload import Workload
+    from dsv4_tune.registry.buckets import bucket_tokens
+    from dsv4_tune.registry.workload import Workload
 
     notes: list[str] = []
     if policy is not None:
@@ -123,7 +123,7 @@ def lookup_op(
 ) -> None:
     """Print the plan a policy gives a compressor or Q/K-norm call."""
     from dsv4_tune.policies.dispatcher import Dispatcher, select_policy
-    from dsv4_tune.workload import OpWorkload
+    from dsv4_tune.registry.workload import OpWorkload
 
     params: dict[str, int | str] = {}
     for item in param:
@@ -193,35 +193,13 @@ def show(
 @app.command()
 def diff(a: Path, b: Path, max_tokens: int = typer.Option(4096, help="compare T = 1..this")) -> None:
     """Show where two policies choose differently (per class, runs of T; eager plans included)."""
+    from dsv4_tune.policies.compare import differences
     from dsv4_tune.policies.dispatcher import Dispatcher
-    from dsv4_tune.workload import Workload
 
-    def choice(d: Dispatcher, w: Workload) -> str:
-        plan, eager = d.lookup(w), d.lookup(w, eager=True)
-        return str(plan) if eager == plan else f"{plan}; eager calls: {eager}"
-
-    pa, pb = _load_or_exit(a), _load_or_exit(b)
-    da, db = Dispatcher(pa, str(a)), Dispatcher(pb, str(b))
-    keys = sorted({c.key for c in pa.classes} | {c.key for c in pb.classes})
-    differences = 0
-    for key in keys:
-        run: tuple[int, int, str, str] | None = None
-        rows = []
-        for t in range(1, max_tokens + 1):
-            w = Workload(t, *key)
-            x, y = choice(da, w), choice(db, w)
-            if x != y and run and (run[2], run[3]) == (x, y):
-                run = (run[0], t, x, y)
-            else:
-                if run:
-                    rows.append(run)
-                run = (t, t, x, y) if x != y else None
-        if run:
-            rows.append(run)
-        for lo, hi, x, y in rows:
-            differences += 1
-            console.print(f"{key} T {lo}-{hi}:\n  {a.name}: {x}\n  {b.name}: {y}", highlight=False)
-    if differences == 0:
+    found = differences(Dispatcher(_load_or_exit(a), str(a)), Dispatcher(_load_or_exit(b), str(b)), max_tokens)
+    for key, lo, hi, x, y in found:
+        console.print(f"{key} T {lo}-{hi}:\n  {a.name}: {x}\n  {b.name}: {y}", highlight=False)
+    if not found:
         console.print("no differences", highlight=False)
 
 
@@ -259,8 +237,7 @@ def sweep(
     from dsv4_tune.tuner.sweep import run_sweep
 
     info = detect()
-    wanted = gpu.lower()
-    if wanted != "auto" and wanted not in (info.arch.lower(), info.id.lower()) and wanted not in info.name.lower():
+    if not info.matches(gpu):
         console.print(f"[red]--gpu {gpu} does not match the detected GPU: {info.name} ({info.id}, arch {info.arch})[/]",
                       highlight=False)
         raise typer.Exit(2)
@@ -313,7 +290,7 @@ def status(db: Path = typer.Option(DEFAULT_DB, "--db")) -> None:
     for col in ("sweep", "gpu", "torch / triton", "status", "started", "finished", "measured", "winners"):
         table.add_column(col)
     for s in store.sweeps():
-        n = store.db.execute("select count(*) from measurements where sweep_id = ?", [s["id"]]).fetchone()[0]
+        n = store.measurement_count(s["id"])
         table.add_row(s["id"], s["gpu_id"] + (" (interpreter)" if s["interpreter"] else ""),
                       f"{s['torch']} / {s['triton']}", s["status"], s["started"], s["finished"] or "-", str(n),
                       str(len(store.winners(s["id"]))))
@@ -331,21 +308,16 @@ def export(
 
     from dsv4_tune.cache.store import Store
     from dsv4_tune.policies.schema import save_policy
-    from dsv4_tune.tuner.grid import Grid
-    from dsv4_tune.tuner.select import build_policy
+    from dsv4_tune.tuner.export import export_policy
 
-    store = Store(db)
     try:
-        s = store.sweep(sweep_id)
-        policy = build_policy(Grid.from_json(json.loads(s["grid"])), store.winners(s["id"]), s,
-                              "dsv4-tune " + " ".join(sys.argv[1:]))
+        policy, s = export_policy(Store(db), sweep_id, "dsv4-tune " + " ".join(sys.argv[1:]))
     except ValueError as e:
         console.print(f"[red]{e}[/]", highlight=False)
         raise typer.Exit(1) from None
     save_policy(policy, out)
     note = " (from an interpreter sweep: NOT a real measurement)" if s["interpreter"] else ""
     console.print(f"wrote {out}: {policy.gpu.id}, {len(policy.classes)} classes{note}", highlight=False)
-
 
 
 def _policy_for_command(path: Path | None):
@@ -425,8 +397,8 @@ def compile_check(
     """Cross-compile every kernel config for each arch (no GPU needed); exit 1 on any compile failure."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from dsv4_tune.kernels.crosscompile import ARCHS
     from dsv4_tune.tuner import compile_check as cc
+    from dsv4_tune.tuner.crosscompile import ARCHS
 
     arches = [a.strip() for a in arch.split(",") if a.strip()]
     unknown = [a for a in arches if a not in ARCHS]
@@ -434,13 +406,7 @@ def compile_check(
         console.print(f"[red]--arch: unknown {unknown}; known {sorted(ARCHS)}[/]", highlight=False)
         raise typer.Exit(2)
     if policy:
-        targets, arches = [], []
-        for path in policy:
-            pol = _load_or_exit(path)
-            pairs = [(c.workload(), spec.to_plan()) for c in [*pol.classes, *pol.ops] for s in c.segments
-                     for _, spec in s.plans()]
-            targets += cc.check_targets([pol.gpu.arch], plans=pairs)
-            arches = list(dict.fromkeys([*arches, pol.gpu.arch]))
+        targets, arches = cc.policy_targets([_load_or_exit(path) for path in policy])
     else:
         names = [v.strip() for v in variants.split(",")] if variants else None
         targets = cc.check_targets(arches, names, sample)
@@ -454,11 +420,7 @@ def compile_check(
 
         Store(db).add_compile_rows(rows)
     if table_dir is not None:
-        table_dir.mkdir(parents=True, exist_ok=True)
-        for a in arches:
-            mine = sorted((r for r in rows if r["arch"] == a), key=lambda r: r["key"])
-            (table_dir / f"compile-check-{a}.json").write_text(json.dumps(
-                {"arch": a, "rows": mine, "toolchain": mine[0]["toolchain"] if mine else None}, indent=1) + "\n")
+        cc.write_tables(rows, arches, table_dir)
     if write_rules:
         console.print(f"wrote {cc.write_rules(rows)}", highlight=False)
     table = Table(title="valid configs per arch and variant")

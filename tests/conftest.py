@@ -11,7 +11,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from dsv4_tune.kernels.runtime import interpreting
+from dsv4_tune.runtime.target import interpreting
 
 
 @pytest.fixture

@@ -10,10 +10,11 @@ import sys
 import pytest
 
 from dsv4_tune import Plan, Workload
-from dsv4_tune.kernels import variants as variants_mod
-from dsv4_tune.kernels.crosscompile import problems_of
-from dsv4_tune.kernels.variants import VARIANTS, kernel_key, plan_kernels, plan_problems
+from dsv4_tune.registry import arch as arch_mod
+from dsv4_tune.registry.launches import kernel_key, plan_kernels
+from dsv4_tune.registry.variants import VARIANTS, plan_problems
 from dsv4_tune.tuner.compile_check import run_check, with_problems, write_rules
+from dsv4_tune.tuner.crosscompile import problems_of
 
 W = Workload(1, 128, 128, 1024)
 
@@ -44,15 +45,15 @@ def test_oversized_config_exceeds_lds_on_gfx942_and_is_pruned(tmp_path, monkeypa
     bad_launch = plan_kernels(plan, W, "gfx942")[-1]
     rules = tmp_path / "rules.json"
     write_rules([{**row, "key": kernel_key("gfx942", bad_launch), "problems": problems}], rules)
-    monkeypatch.setattr(variants_mod, "ARCH_RULES_FILE", rules)
-    variants_mod.arch_rules.cache_clear()
+    monkeypatch.setattr(arch_mod, "ARCH_RULES_FILE", rules)
+    arch_mod.arch_rules.cache_clear()
     try:
         assert any("shared memory" in p for p in plan_problems(W, plan, "gfx942"))
         assert plan_problems(W, plan, "gfx950") == [] and plan_problems(W, plan) == []
         assert plan not in VARIANTS["gather_attend"].space(W, "gfx942")
         assert plan in VARIANTS["gather_attend"].space(W, "gfx950")
     finally:
-        variants_mod.arch_rules.cache_clear()
+        arch_mod.arch_rules.cache_clear()
 
 
 def test_a_compile_failure_is_a_row_and_the_check_goes_on() -> None:
@@ -65,7 +66,7 @@ def test_a_compile_failure_is_a_row_and_the_check_goes_on() -> None:
     assert good["status"] == "ok" and good["regs"] and good["problems"] == []
 
 
-@pytest.mark.parametrize("path", sorted(variants_mod.ARCH_RULES_FILE.parent.glob("arch_rules.json")))
+@pytest.mark.parametrize("path", sorted(arch_mod.ARCH_RULES_FILE.parent.glob("arch_rules.json")))
 def test_shipped_rules_file_is_well_formed(path) -> None:
     data = json.loads(path.read_text())
     assert set(data["bad_kernels"]) <= {"sm90", "gfx942", "gfx950"}
@@ -80,8 +81,8 @@ def test_pdl_split_k_compiles_griddepcontrol_for_sm90_only_where_on() -> None:
     script = """
 import json
 from dsv4_tune import Plan, Workload
-from dsv4_tune.kernels.crosscompile import KernelSpec, build
-from dsv4_tune.kernels.variants import plan_kernels
+from dsv4_tune.tuner.crosscompile import KernelSpec, build
+from dsv4_tune.registry.launches import plan_kernels
 w = Workload(1, 64, 128, 64, True, True, True)
 plain = Plan.make("fused_splitk", BLOCK_H=16, BLOCK_N=32, num_warps=4, num_stages=1, SPLIT_K=2,
                   COMBINE_BLOCK_H=8, combine_warps=4)

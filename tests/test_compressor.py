@@ -16,8 +16,9 @@ import triton
 import triton.language as tl
 
 from dsv4_tune.kernels import kv_layout as L
-from dsv4_tune.kernels.compressor import compress_decode, compress_prefill, compressor_launches
-from dsv4_tune.kernels.compressor_space import (
+from dsv4_tune.kernels.fp8 import encode_fp8
+from dsv4_tune.kernels.reference import compress_decode_ref, compress_prefill_ref
+from dsv4_tune.registry.compressor_space import (
     MODES,
     VARIANTS,
     compressor_default,
@@ -25,8 +26,8 @@ from dsv4_tune.kernels.compressor_space import (
     compressor_space,
     window,
 )
-from dsv4_tune.kernels.fp8 import encode_fp8
-from dsv4_tune.kernels.reference import compress_decode_ref, compress_prefill_ref
+from dsv4_tune.registry.launches import compressor_launches
+from dsv4_tune.serving.compressor import compress_decode, compress_prefill
 from tests.helpers import assert_match
 
 pytestmark = pytest.mark.gpu
@@ -201,7 +202,7 @@ def test_split_decode_with_pdl_matches_plain_launches_and_replays(device, gen, m
     """On Hopper the split decode's finish kernel is a programmatic dependent launch (it starts
     while the pooling runs and waits for it only to read ws): the same bytes as two plain
     launches, called eagerly and replayed from a CUDA graph."""
-    from dsv4_tune.kernels import runtime
+    from dsv4_tune.runtime import target as runtime
 
     idx = torch.cuda.current_device()
     if torch.cuda.get_device_capability(idx)[0] < 9:

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from dsv4_tune import Plan, sparse_decode
-from dsv4_tune.kernels.variants import VARIANTS
-from dsv4_tune.kernels.workspace import Workspace
+from dsv4_tune.registry.variants import VARIANTS
+from dsv4_tune.runtime.workspace import Workspace
+from tests.helpers import record_launched_variants
 from tests.test_sparse_decode import check_against_reference, make_case
 
 pytestmark = [pytest.mark.gpu, pytest.mark.gpu_only]
@@ -70,13 +71,11 @@ def test_capture_and_replay_with_new_inputs(device, gen) -> None:
 
 
 def test_a_captured_dispatched_call_takes_the_graph_plan(monkeypatch, device, gen) -> None:
-    import dsv4_tune.decode as decode_mod
+    import dsv4_tune.serving.decode as decode_mod
     from dsv4_tune.policies import dispatcher as dispatch_mod
     from tests.test_policies import eager_policy
 
-    ran: list[str] = []
-    real = decode_mod.get_variant
-    monkeypatch.setattr(decode_mod, "get_variant", lambda name: ran.append(name) or real(name))
+    ran = record_launched_variants(monkeypatch, decode_mod)
     monkeypatch.setattr(dispatch_mod, "_DISPATCHER", dispatch_mod.Dispatcher(eager_policy()))
     case = make_case(device, gen, b=2, s_q=1, h=16, topk=64, sink="finite")
     ws = Workspace()
@@ -109,7 +108,7 @@ def test_a_captured_dispatched_call_takes_the_graph_plan(monkeypatch, device, ge
 
 
 def test_replays_ask_about_capture_only_where_the_plans_differ(monkeypatch, device, gen) -> None:
-    import dsv4_tune.decode as decode_mod
+    import dsv4_tune.serving.decode as decode_mod
     from dsv4_tune.policies import dispatcher as dispatch_mod
     from tests.test_policies import eager_policy
 
@@ -123,9 +122,7 @@ def test_replays_ask_about_capture_only_where_the_plans_differ(monkeypatch, devi
     asked: list[bool] = []
     real = decode_mod._outside_graph
     monkeypatch.setattr(decode_mod, "_outside_graph", lambda q: asked.append(real(q)) or asked[-1])
-    ran: list[str] = []
-    real_variant = decode_mod.get_variant
-    monkeypatch.setattr(decode_mod, "get_variant", lambda name: ran.append(name) or real_variant(name))
+    ran = record_launched_variants(monkeypatch, decode_mod)
     for b, want_asked, want_ran in ((1, [True] * 3, ["fused_splitk", "fused"]), (2, [], ["fused_splitk"])):
         case = make_case(device, gen, b=b, s_q=1, h=16, topk=64, sink="finite")
         ws = Workspace()

@@ -12,10 +12,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from dsv4_tune.kernels import cuda_launch, fastlaunch
-from dsv4_tune.kernels import launch as launch_mod
-from dsv4_tune.kernels.cuda_launch import DirectLaunch
-from dsv4_tune.kernels.launch import Replay
+from dsv4_tune.runtime import cuda_driver as cuda_launch
+from dsv4_tune.runtime import fastlaunch
+from dsv4_tune.runtime import recording as launch_mod
+from dsv4_tune.runtime.cuda_driver import DirectLaunch
+from dsv4_tune.runtime.recording import Replay
 
 LAUNCH = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, *[ctypes.c_uint] * 7, ctypes.c_void_p,
                           ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)

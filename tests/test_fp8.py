@@ -8,7 +8,7 @@ import triton
 import triton.language as tl
 
 from dsv4_tune.kernels.fp8 import decode_fp8, ue8m0_to_f32
-from dsv4_tune.kernels.runtime import interpreting
+from dsv4_tune.runtime.target import interpreting
 
 pytestmark = pytest.mark.gpu
 

@@ -8,14 +8,9 @@ import pytest
 import torch
 
 from dsv4_tune.kernels import kv_layout as L
-from dsv4_tune.kernels.gather_dequant import (
-    BLOCK_TK_CHOICES,
-    NUM_WARPS_CHOICES,
-    GatherConfig,
-    gather_dequant,
-    gather_dequant_dual,
-)
+from dsv4_tune.kernels.gather_dequant import BLOCK_TK_CHOICES, NUM_WARPS_CHOICES, GatherConfig
 from dsv4_tune.kernels.reference import gather_dequant_ref
+from dsv4_tune.serving.gather import gather_dequant, gather_dequant_dual
 from dsv4_tune.tuner.inputs import make_scope
 from tests.helpers import assert_match, nan_like
 

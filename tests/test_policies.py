@@ -13,16 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from dsv4_tune import Plan, Workload, sparse_decode
+from dsv4_tune import Plan, Workload, env, sparse_decode
 from dsv4_tune.cli import app
-from dsv4_tune.kernels.compare import decode_mismatch
 from dsv4_tune.kernels.reference import sparse_decode_ref
-from dsv4_tune.kernels.variants import VARIANTS, default_plan, plan_problems
 from dsv4_tune.policies import dispatcher as dispatch_mod
 from dsv4_tune.policies.baseline import BASELINE_FILE, build_baseline_policy, seed_decision
-from dsv4_tune.policies.buckets import bucket_index, bucket_tokens, size_category, token_ranges
 from dsv4_tune.policies.dispatcher import Dispatcher, DSV4TuneWarning, get_dispatcher, reset_dispatcher, select_policy
-from dsv4_tune.policies.gpu import GpuInfo, gpu_id
+from dsv4_tune.policies.gpu import GpuInfo
 from dsv4_tune.policies.schema import (
     GpuSpec,
     PlanSpec,
@@ -37,7 +34,12 @@ from dsv4_tune.policies.schema import (
     parse_policy,
     save_policy,
 )
+from dsv4_tune.registry.buckets import bucket_index, bucket_tokens, size_category, token_ranges
+from dsv4_tune.registry.gpus import gpu_id
+from dsv4_tune.registry.variants import VARIANTS, default_plan, plan_problems
 from dsv4_tune.tuner.inputs import make_query, make_scope, make_sink
+from dsv4_tune.tuner.tolerance import decode_mismatch
+from tests.helpers import record_launched_variants
 
 SHIPPED = sorted((Path(dispatch_mod.DATA_DIR)).glob("*.json"))
 MI355X = GpuInfo("gfx950", "AMD Instinct MI355X", 256, "hip")
@@ -46,7 +48,7 @@ H100 = GpuInfo("sm90", "NVIDIA H100 80GB HBM3", 132, "cuda")
 
 @pytest.fixture(autouse=True)
 def _fresh_dispatcher(monkeypatch):
-    monkeypatch.delenv(dispatch_mod.ENV_POLICY, raising=False)
+    monkeypatch.delenv(env.POLICY, raising=False)
     reset_dispatcher()
     yield
     reset_dispatcher()
@@ -170,12 +172,12 @@ def test_selection_order(monkeypatch, tmp_path: Path) -> None:
     assert all("other tools" in n for n in notes)
     d, notes = _notes_for(GpuInfo("sm89", "NVIDIA L40S", 142, "cuda"))  # nothing for sm89: default + how-to
     assert d.policy is None and len(notes) == 1 and "dsv4-tune sweep --gpu sm89" in notes[0]
-    monkeypatch.setenv(dispatch_mod.ENV_POLICY, str(BASELINE_FILE))  # another arch: refused, both named
+    monkeypatch.setenv(env.POLICY, str(BASELINE_FILE))  # another arch: refused, both named
     d, notes = _notes_for(H100)
     assert d.policy is None and "gfx950" in notes[0] and "sm90" in notes[0]
     broken = tmp_path / "broken.json"
     broken.write_text(BASELINE_FILE.read_text()[:500])
-    monkeypatch.setenv(dispatch_mod.ENV_POLICY, str(broken))
+    monkeypatch.setenv(env.POLICY, str(broken))
     d, notes = _notes_for(MI355X)
     assert d.policy is None and "broken" in notes[0] and "not JSON" in notes[0]
 
@@ -193,7 +195,7 @@ def test_a_broken_policy_never_takes_sparse_decode_down(monkeypatch, tmp_path: P
     data["classes"][0]["segments"][0]["plan"]["variant"] = "warp_speed"
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps(data))
-    monkeypatch.setenv(dispatch_mod.ENV_POLICY, str(broken))
+    monkeypatch.setenv(env.POLICY, str(broken))
     gen = torch.Generator().manual_seed(3)
     main = make_scope(2, 1, 64, 64, fp8="e4m3fn", device=device, gen=gen)
     q, sink = make_query(2, 1, 16, device=device, gen=gen), make_sink(16, device=device, gen=gen)
@@ -334,11 +336,9 @@ def test_a_bad_eager_plan_is_named(tmp_path: Path) -> None:
 
 
 def test_a_dispatched_eager_call_runs_the_eager_plan(monkeypatch, device, gen) -> None:
-    import dsv4_tune.decode as decode_mod
+    import dsv4_tune.serving.decode as decode_mod
 
-    ran: list[str] = []
-    real = decode_mod.get_variant
-    monkeypatch.setattr(decode_mod, "get_variant", lambda name: ran.append(name) or real(name))
+    ran = record_launched_variants(monkeypatch, decode_mod)
     monkeypatch.setattr(dispatch_mod, "_DISPATCHER", Dispatcher(eager_policy()))
     main = make_scope(2, 1, 64, 64, fp8="e4m3fn", device=device, gen=gen)
     q, sink = make_query(2, 1, 16, device=device, gen=gen), make_sink(16, device=device, gen=gen)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dsv4_tune.kernels.compressor_space import qk_norm_default, qk_norm_problems, qk_norm_space
-from dsv4_tune.kernels.qk_norm import qk_norm, qk_norm_launch
 from dsv4_tune.kernels.reference import qk_norm_ref
+from dsv4_tune.registry.compressor_space import qk_norm_default, qk_norm_problems, qk_norm_space
+from dsv4_tune.registry.launches import qk_norm_launch
+from dsv4_tune.serving.qk_norm import qk_norm
 from tests.helpers import assert_match, nan_like
 
 pytestmark = pytest.mark.gpu

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from dsv4_tune import sparse_decode
-from dsv4_tune.kernels.cuda_launch import DirectLaunch
-from dsv4_tune.kernels.launch import RecordedLaunch, Recording, Replay
 from dsv4_tune.kernels.reference import sparse_decode_ref
-from dsv4_tune.kernels.workspace import Workspace
+from dsv4_tune.runtime.cuda_driver import DirectLaunch
+from dsv4_tune.runtime.recording import RecordedLaunch, Recording, Replay
+from dsv4_tune.runtime.workspace import Workspace
 from dsv4_tune.tuner.inputs import make_query
 from tests.test_sparse_decode import Case, check_against_reference, make_case, plans_for
 
@@ -119,7 +119,7 @@ def test_replays_from_other_threads(device, gen) -> None:
     threads at once writes each call's own outputs."""
     import threading
 
-    from dsv4_tune.kernels.variants import get_variant
+    from dsv4_tune.registry.variants import get_variant
 
     cases = [make_case(device, gen, b=2, h=16, topk=64, x_topk=64, x_page=64, sink="finite") for _ in range(5)]
     plan = get_variant("fused").default(cases[0].workload)

@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from dsv4_tune import Plan, sparse_decode
-from dsv4_tune.decode import workload_of
-from dsv4_tune.kernels.compare import decode_mismatch
-from dsv4_tune.kernels.launchers import DecodeInputs, run_gather_attend
 from dsv4_tune.kernels.reference import sparse_decode_ref
-from dsv4_tune.kernels.variants import VARIANTS, without_combine
-from dsv4_tune.kernels.workspace import Workspace
-from dsv4_tune.policies.buckets import token_ranges
+from dsv4_tune.registry.buckets import token_ranges
+from dsv4_tune.registry.variants import VARIANTS, without_combine
+from dsv4_tune.runtime.workspace import Workspace
+from dsv4_tune.serving.arguments import DecodeInputs
+from dsv4_tune.serving.decode import workload_of
+from dsv4_tune.serving.variants import LAUNCHERS, run_gather_attend
 from dsv4_tune.tuner.inputs import Scope, make_query, make_scope, make_sink
+from dsv4_tune.tuner.tolerance import decode_mismatch
 
 pytestmark = pytest.mark.gpu
 
@@ -143,7 +144,7 @@ def test_split_k_equals_no_split(device, gen) -> None:
                              case.sink, SM_SCALE, "e4m3fn")
             out = torch.full_like(case.ref[0], float("nan"), dtype=torch.bfloat16)
             lse = torch.full_like(case.ref[1], float("nan"))
-            VARIANTS["fused_splitk"].launch()(x, cfg, out, lse, ws)
+            LAUNCHERS["fused_splitk"](x, cfg, out, lse, ws)
             check_against_reference(f"split {sk}", out, lse, *case.ref)
         else:
             case.check(Plan.make("fused_splitk", cfg))
@@ -274,7 +275,7 @@ def test_split_k_with_pdl_matches_plain_launches_and_replays(device, gen, monkey
     """On Hopper fused_splitk with PDL = 1 launches the combine as a programmatic dependent of the
     split kernel (it becomes resident while the splits run and waits for their partials): the
     same bytes as two plain launches, called eagerly (recorded, then replayed) and from a CUDA graph."""
-    from dsv4_tune.kernels import runtime
+    from dsv4_tune.runtime import target as runtime
 
     idx = torch.cuda.current_device()
     if torch.cuda.get_device_capability(idx)[0] < 9:

@@ -93,7 +93,7 @@ def test_failing_candidates_are_rows_and_the_sweep_goes_on(tmp_path: Path, monke
     bad = Plan.make("fused_splitk", good.as_dict(), SPLIT_K=17, COMBINE_BLOCK_H=8, combine_warps=4)
     monkeypatch.setattr(sweep_mod, "coarse_candidates", lambda w, arch=None, limit=None: [good, bad])
     monkeypatch.setattr(sweep_mod, "refine_candidates", lambda w, seeds, arch=None, limit=None: seeds)
-    monkeypatch.setattr(sweep_mod, "plan_problems", lambda *a, **k: [])  # let the bad plan reach its launch
+    monkeypatch.setattr(sweep_mod.registry_plans, "problems", lambda *a, **k: [])  # let the bad plan reach its launch
     store = Store(tmp_path / "s.db")
     sweep_id = sweep_mod.run_sweep(store, Grid((GridClass(16, 64, 0, True, 64, 64),), (1,)), detect())
     rows = {r["plan"]: r for r in store.measurements(sweep_id, "coarse")}
@@ -211,8 +211,8 @@ def test_verify_policy_and_warmup_run_on_the_interpreter(tmp_path: Path) -> None
 
 
 def test_refine_neighbours_change_one_knob_and_stay_valid() -> None:
-    from dsv4_tune.kernels.variants import VARIANTS, plan_problems
-    from dsv4_tune.tuner.grid import neighbours, refine_candidates
+    from dsv4_tune.registry.variants import VARIANTS, plan_problems
+    from dsv4_tune.tuner.candidates import neighbours, refine_candidates
 
     w = GridClass(128, 128, 1024).workload(64)
     for v in VARIANTS.values():
@@ -255,7 +255,8 @@ def test_sweep_runs_coarse_refine_final_and_resumes_each(tmp_path: Path) -> None
 
 
 def test_compile_table_rules_prune_candidates(tmp_path: Path) -> None:
-    from dsv4_tune.kernels.variants import VARIANTS, kernel_key, plan_kernels, plan_problems
+    from dsv4_tune.registry.launches import kernel_key, plan_kernels
+    from dsv4_tune.registry.variants import VARIANTS, plan_problems
 
     w = GridClass(64, 128, 512).workload(8)
     plan = VARIANTS["fused"].default(w)
@@ -323,16 +324,25 @@ def test_a_noisy_timing_batch_is_measured_again_and_each_plan_keeps_its_cleaner_
 
     monkeypatch.setattr(sweep_mod, "interleaved_times", fake_times)
     monkeypatch.setattr(sweep_mod, "gpu_state", lambda: None)
-    monkeypatch.setattr(sweep_mod, "_callable", lambda case, plan: (lambda: None))
-    samples, flag = sweep_mod.time_plans(None, [a, b], True, rounds=3, reps=8)
+    samples, flag = sweep_mod.time_plans(_NO_CASE, [a, b], True, rounds=3, reps=8)
     assert len(calls) == 2 and samples == [[10.0] * 24, [10.5] * 24] and flag == "noisy: re-timed"
     calls.clear()
     runs[0] = [[10.0] * 24, [10.0] * 20 + [10.4] * 4]  # quiet: one measurement, no flag
-    assert sweep_mod.time_plans(None, [a, b], True, rounds=3, reps=8) == (runs[0], None) and calls == [0]
+    assert sweep_mod.time_plans(_NO_CASE, [a, b], True, rounds=3, reps=8) == (runs[0], None) and calls == [0]
     calls.clear()
     runs[0], runs[1] = [[10.0] * 24, [10.0] * 12 + [20.0] * 12], [[10.0] * 24, [10.0] * 10 + [30.0] * 14]
-    samples, flag = sweep_mod.time_plans(None, [a, b], True, rounds=3, reps=8)
+    samples, flag = sweep_mod.time_plans(_NO_CASE, [a, b], True, rounds=3, reps=8)
     assert samples == runs[0] and flag == "noisy: re-timed, still noisy"
     calls.clear()  # slow all through its second slot: the faster (if noisier) first run stays
     runs[0], runs[1] = [[10.0] * 24, [10.0] * 12 + [20.0] * 12], [[10.0] * 24, [21.0] * 24]
-    assert sweep_mod.time_plans(None, [a, b], True, rounds=3, reps=8)[0] == runs[0]
+    assert sweep_mod.time_plans(_NO_CASE, [a, b], True, rounds=3, reps=8)[0] == runs[0]
+
+
+class _TimerOnly:
+    """A case whose plans do nothing (the timing tests fake the timings)."""
+
+    def timer(self, plan: Plan):
+        return lambda: None
+
+
+_NO_CASE = _TimerOnly()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dsv4_tune import Plan, Workload
-from dsv4_tune.kernels.variants import VARIANTS, default_plan, plan_problems
+from dsv4_tune.registry.variants import VARIANTS, default_plan, plan_problems
 
 DSV4 = [
     Workload(t, h, 128, x)
@@ -61,7 +61,8 @@ def test_inline_merge_is_cuda_only() -> None:
 def test_pdl_is_an_optional_split_k_knob_for_cuda_only() -> None:
     """fused_splitk's PDL: absent reads as 0 (plans and policies from before it stay valid and
     unchanged), 1 launches the combine as a programmatic dependent, only on CUDA sm90+."""
-    from dsv4_tune.kernels.variants import kernel_key, launch_problems, plan_kernels
+    from dsv4_tune.registry.arch import launch_problems
+    from dsv4_tune.registry.launches import kernel_key, plan_kernels
 
     w = Workload(1, 128, 128, 1024, True, True, True)
     plain = VARIANTS["fused_splitk"].default(w)

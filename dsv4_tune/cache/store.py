@@ -19,8 +19,29 @@ from typing import Any
 
 import sqlite_utils
 
+from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
+
 STATUSES = ("ok", "mismatch", "compile_error", "launch_error", "oom")
 EAGER_COLUMNS = {"eager_variant": str, "eager_config": str, "eager_us": float, "eager_reason": str}
+
+
+def workload_key(w: Workload | OpWorkload) -> str:
+    """Stable text key of a workload, e.g. ``h128-m128-x1024-len11-sink1-T64`` or
+    ``compress-head_dim512-mode_decode-ratio4-R64``."""
+    if isinstance(w, OpWorkload):
+        return "-".join([w.op, *(f"{k}{v}" if isinstance(v, int) else f"{k}_{v}" for k, v in w.params)]) + f"-R{w.rows}"
+    return (f"h{w.h_q}-m{w.topk_main}-x{w.topk_extra}-len{int(w.has_len_main)}{int(w.has_len_extra)}"
+            f"-sink{int(w.has_sink)}-T{w.total_tokens}")
+
+
+def encode_plan(plan: Plan) -> dict[str, str]:
+    """A plan's columns in a measurement row: its text, variant and config JSON (sorted keys)."""
+    return {"plan": str(plan), "variant": plan.variant, "config": json.dumps(plan.as_dict(), sort_keys=True)}
+
+
+def decode_plan(variant: str, config: str) -> Plan:
+    """The plan of a row's variant and config columns."""
+    return Plan.make(variant, {k: int(v) for k, v in json.loads(config).items()})
 
 
 def now() -> str:
@@ -119,10 +140,35 @@ class Store:
         return {(r["workload"], r["plan"]) for r in self.db.query(
             "select workload, plan from measurements where sweep_id = ? and stage = ?", [sweep_id, stage])}
 
-    def add_measurement(self, row: dict[str, Any]) -> None:
-        """Store one measurement now (its own transaction); a repeat of the same key replaces it."""
+    def add_measurement(
+        self, sweep_id: str, workload: str, stage: str, plan: Plan, status: str, error: str | None = None,
+        **fields: Any,
+    ) -> None:
+        """Store one measurement now (its own transaction); a repeat of the same key replaces it.
+        ``fields``: the statistics columns (median_us, p20_us, p80_us, samples, rounds, flagged, max_error)."""
+        row = {"sweep_id": sweep_id, "workload": workload, "stage": stage, **encode_plan(plan), "status": status,
+               "error": error, **fields}
         self.db["measurements"].upsert({**row, "taken": now()},
                                        pk=("sweep_id", "workload", "stage", "plan"), alter=False)
+
+    def measurement_count(self, sweep_id: str) -> int:
+        return self.db.execute("select count(*) from measurements where sweep_id = ?", [sweep_id]).fetchone()[0]
+
+    def ranked(self, sweep_id: str, workload: str, stages: tuple[str, ...]) -> list[Plan]:
+        """The workload's plans timed in these stages, fastest first; a plan timed in several stages
+        counts with its latest stage's median (it was re-timed beside stronger company)."""
+        latest: dict[str, dict] = {}
+        for r in self.measurements(sweep_id, workload=workload):
+            if r["stage"] in stages and r["status"] == "ok" and r["median_us"] is not None:
+                latest[r["plan"]] = r  # rows come in id order: later stages overwrite earlier ones
+        ordered = sorted(latest.values(), key=lambda r: r["median_us"])
+        return [decode_plan(r["variant"], r["config"]) for r in ordered]
+
+    def passed(self, sweep_id: str, workload: str, other_than: str) -> dict[str, float]:
+        """{plan text: largest error} of the plans that passed their check on this workload in a stage
+        other than ``other_than`` (a later stage need not check them again)."""
+        return {r["plan"]: r["max_error"] for r in self.measurements(sweep_id, workload=workload)
+                if r["status"] == "ok" and r["stage"] != other_than and r["max_error"] is not None}
 
     def measurements(
         self, sweep_id: str, stage: str | None = None, workload: str | None = None
@@ -137,15 +183,33 @@ class Store:
         return list(self.db.query(sql + " order by id", args))
 
     # ----------------------------------------------------------------- winners
-    def set_winners(self, sweep_id: str, rows: Iterable[dict[str, Any]]) -> None:
-        self.db["winners"].upsert_all([{"sweep_id": sweep_id, **r} for r in rows], pk=("sweep_id", "workload"))
+    def set_winner(
+        self, sweep_id: str, workload: str, plan: Plan, *, median_us: float, runner_up: Plan | None,
+        margin: float | None, reason: str, eager: Plan | None = None, eager_us: float | None = None,
+        eager_reason: str | None = None,
+    ) -> None:
+        """Store (or replace) the winner of a workload, and its eager winner where it has one."""
+        self.db["winners"].upsert({
+            "sweep_id": sweep_id, "workload": workload, "plan": str(plan), "variant": plan.variant,
+            "config": json.dumps(plan.as_dict()), "median_us": median_us,
+            "runner_up": str(runner_up) if runner_up else None, "margin": margin, "reason": reason,
+            "eager_variant": eager.variant if eager else None,
+            "eager_config": json.dumps(eager.as_dict()) if eager else None, "eager_us": eager_us,
+            "eager_reason": eager_reason,
+        }, pk=("sweep_id", "workload"))
 
     def has_winner(self, sweep_id: str, workload: str) -> bool:
         return self.db.execute("select 1 from winners where sweep_id = ? and workload = ?",
                                [sweep_id, workload]).fetchone() is not None
 
     def winners(self, sweep_id: str) -> list[dict[str, Any]]:
-        return list(self.db["winners"].rows_where("sweep_id = ?", [sweep_id], order_by="workload"))
+        """Winner rows by workload, each with its decoded plans: ``winner_plan`` and ``eager_plan``
+        (None where the workload has no eager winner)."""
+        rows = list(self.db["winners"].rows_where("sweep_id = ?", [sweep_id], order_by="workload"))
+        for r in rows:
+            r["winner_plan"] = decode_plan(r["variant"], r["config"])
+            r["eager_plan"] = decode_plan(r["eager_variant"], r["eager_config"]) if r.get("eager_variant") else None
+        return rows
 
     # ----------------------------------------------------------------- compile checks
     def add_compile_rows(self, rows: Iterable[dict[str, Any]]) -> None:

@@ -1,5 +1,5 @@
 """Triton building blocks shared by the attention kernels: KV tile loaders, the online-softmax
-step, and the epilogue that writes either a final (sink-scaled) or a partial (split-K) result.
+state and step, the kernels' scope and epilogue arguments, and the epilogue that writes either a final (sink-scaled) or a partial (split-K) result.
 
 The 512 head dims are handled as four column tiles, 256 + 128 + 64 NoPE and 64 RoPE, so that every
 load is a full-width row segment of one kind (FP8 bytes or BF16) with no column mask: that keeps
@@ -12,10 +12,12 @@ valid candidate stores O = 0 and LSE = +inf.
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
 from dsv4_tune.kernels.fp8 import decode_fp8, ue8m0_to_f32
+from dsv4_tune.kernels.kv_layout import num_slots
 
 LOG2E = 1.4426950408889634
 
@@ -125,6 +127,19 @@ def gathered_kv_block(kv_row_ptr, inv_row_ptr, k0, k_hi, BLOCK_N: tl.constexpr, 
 
 
 @triton.jit
+def softmax_init(BLOCK_H: tl.constexpr):
+    """The empty online softmax of ``BLOCK_H`` heads: running max, denominator and the four
+    accumulator column blocks (256 + 128 + 64 NoPE, 64 RoPE) of :func:`softmax_step`."""
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    a0 = tl.zeros([BLOCK_H, 256], tl.float32)
+    a1 = tl.zeros([BLOCK_H, 128], tl.float32)
+    a2 = tl.zeros([BLOCK_H, 64], tl.float32)
+    a3 = tl.zeros([BLOCK_H, 64], tl.float32)
+    return m_i, l_i, a0, a1, a2, a3
+
+
+@triton.jit
 def softmax_step(
     q0, q1, q2, q3, k0t, k1t, k2t, k3t, valid, m_i, l_i, a0, a1, a2, a3, qk_scale, DOT: tl.constexpr
 ):
@@ -161,6 +176,17 @@ def _store_tiles(ptr, rows, mask, a0, a1, a2, a3, BF16: tl.constexpr):
     tl.store(ptr + rows[:, None] + c1[None, :], a1, mask=mask[:, None])
     tl.store(ptr + rows[:, None] + c2[None, :], a2, mask=mask[:, None])
     tl.store(ptr + rows[:, None] + c3[None, :], a3, mask=mask[:, None])
+
+
+def scope_args(kv: torch.Tensor, idx: torch.Tensor, length: torch.Tensor | None) -> list:
+    """Kernel arguments of one KV scope, in the order every kernel takes them: pool base, page
+    stride in bytes and in BF16 units, page size, slot count, ids and their three strides, and the
+    topk_length pointer (the ids stand in when there is none; the kernel's flag then never reads it)."""
+    return [
+        kv, kv.stride(0), kv.stride(0) // 2, kv.shape[1], num_slots(kv),
+        idx, idx.stride(0), idx.stride(1), idx.stride(2),
+        length if length is not None else idx,
+    ]
 
 
 def epilogue_args(attn_sink, out, lse, partial) -> list:

@@ -19,8 +19,8 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_wait
 
 from dsv4_tune.kernels.attention_core import aligned, to_bf16_rne
-from dsv4_tune.kernels.launch import Launcher, kernel
-from dsv4_tune.kernels.runtime import cdiv
+from dsv4_tune.registry.intmath import cdiv
+from dsv4_tune.runtime.jit import Launcher, kernel
 
 SPLIT_K_MIN, SPLIT_K_MAX = 2, 16
 

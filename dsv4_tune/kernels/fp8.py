@@ -1,6 +1,6 @@
 """FP8 decoding (and encoding) inside kernels: the NoPE bytes' flavour and the UE8M0 scales.
 
-``FP8`` is a constexpr string chosen by the launcher (:func:`dsv4_tune.kernels.runtime.fp8_mode`):
+``FP8`` is a constexpr string chosen by the launcher (:func:`dsv4_tune.runtime.target.fp8_mode`):
 ``"e4m3fn"`` bitcasts to Triton's float8e4nv; ``"e4m3fnuz"`` to float8e4b8 where the target has
 it (ROCm, the interpreter); ``"e4m3fnuz_sw"`` decodes e4m3fnuz in integer/float ops on targets
 without that type (CUDA), from the bit fields.

@@ -5,6 +5,7 @@ handles ``BLOCK_TK`` consecutive (token, candidate) pairs of one scope.  A candi
 ``0 <= idx < pages * P`` (and ``k < topk_length[t // s_q]`` when given); invalid rows are written as
 exact zeros by selection, so NaN bytes in unused slots never leak and no address is ever formed
 from a bad id.  Byte offsets are 64-bit.  Every launch takes an explicit :class:`GatherConfig`.
+The checked host API is :mod:`dsv4_tune.serving.gather`.
 """
 
 from __future__ import annotations
@@ -15,18 +16,12 @@ import torch
 import triton
 import triton.language as tl
 
-from dsv4_tune.kernels.attention_core import aligned
-from dsv4_tune.kernels.checks import check_device, check_index_values, check_scope
+from dsv4_tune.kernels.attention_core import aligned, scope_args
 from dsv4_tune.kernels.fp8 import decode_fp8, ue8m0_to_f32
-from dsv4_tune.kernels.kv_layout import (
-    DATA_BYTES,
-    HEAD_DIM,
-    SCALE_BYTES,
-    Fp8Flavour,
-    check_flavour,
-)
-from dsv4_tune.kernels.launch import Launcher, kernel
-from dsv4_tune.kernels.runtime import cdiv, fp8_mode, scope_args
+from dsv4_tune.registry.intmath import cdiv
+from dsv4_tune.registry.layout import DATA_BYTES, HEAD_DIM, SCALE_BYTES, Fp8Flavour
+from dsv4_tune.runtime.jit import Launcher, kernel
+from dsv4_tune.runtime.target import fp8_mode
 
 BLOCK_TK_CHOICES = (32, 64, 128, 256)
 NUM_WARPS_CHOICES = (2, 4, 8)
@@ -154,122 +149,44 @@ _launch_single = Launcher(_gather_dequant_kernel)
 _launch_dual = Launcher(_gather_dequant_dual_kernel)
 
 
-def _outputs(
-    ref: torch.Tensor, n_tok: int, total: int, out: torch.Tensor | None, invalid: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Allocate or check the output buffers ``[n_tok, total, 512]`` bf16 and ``[n_tok, total]`` bool."""
-    if out is None:
-        out = torch.empty(n_tok, total, HEAD_DIM, dtype=torch.bfloat16, device=ref.device)
-    elif out.dtype != torch.bfloat16 or out.shape[0] != n_tok or out.shape[1] < total or not out.is_contiguous():
-        raise ValueError(
-            f"out: expected a contiguous bf16 tensor [{n_tok}, >= {total}, {HEAD_DIM}], "
-            f"got {out.dtype} {tuple(out.shape)}"
-        )
-    if invalid is None:
-        invalid = torch.empty(n_tok, out.shape[1], dtype=torch.bool, device=ref.device)
-    elif invalid.dtype != torch.bool or tuple(invalid.shape) != tuple(out.shape[:2]) or not invalid.is_contiguous():
-        raise ValueError(
-            f"invalid: expected a contiguous bool tensor {tuple(out.shape[:2])}, "
-            f"got {invalid.dtype} {tuple(invalid.shape)}"
-        )
-    check_device("out", out, ref.device)
-    check_device("invalid", invalid, ref.device)
-    return out, invalid
-
-
-def _token_range(tokens: tuple[int, int] | None, n_total: int) -> tuple[int, int]:
-    t0, t1 = (0, n_total) if tokens is None else tokens
-    if not 0 <= t0 <= t1 <= n_total:
-        raise ValueError(f"tokens: expected a range within [0, {n_total}], got {tokens}")
-    return t0, t1 - t0
-
-
-def gather_dequant(
-    k_cache: torch.Tensor,
-    indices: torch.Tensor,
-    topk_length: torch.Tensor | None = None,
-    *,
-    fp8: Fp8Flavour,
-    config: GatherConfig,
-    out: torch.Tensor | None = None,
-    invalid: torch.Tensor | None = None,
-    k_offset: int = 0,
-    tokens: tuple[int, int] | None = None,
-    validate: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gather one scope into columns ``[k_offset, k_offset + topk)`` of ``out`` (allocated if None).
-
-    ``tokens = (t0, t1)`` gathers only query tokens ``[t0, t1)`` (of ``T = b * s_q``) into output
-    rows ``[0, t1 - t0)``; that is how callers bound the BF16 buffer.
-    """
-    check_flavour(fp8)
-    check_scope("", k_cache, indices, topk_length)
-    b, s_q, topk = indices.shape
-    if validate:
-        check_index_values("", k_cache, indices, topk_length)
-    t0, n_tok = _token_range(tokens, b * s_q)
-    out, invalid = _outputs(k_cache, n_tok, k_offset + topk, out, invalid)
-    if k_offset < 0 or k_offset + topk > out.shape[1]:
-        raise ValueError(f"k_offset: {k_offset} + topk {topk} does not fit {out.shape[1]} columns")
-    grid = (cdiv(n_tok * topk, config.BLOCK_TK),)
-    if grid[0] == 0:
-        return out, invalid
+def launch_gather(
+    k_cache: torch.Tensor, indices: torch.Tensor, topk_length: torch.Tensor | None, fp8: Fp8Flavour,
+    config: GatherConfig, out: torch.Tensor, invalid: torch.Tensor, k_offset: int, t0: int, n_tok: int,
+) -> None:
+    """Gather query tokens ``[t0, t0 + n_tok)`` of one scope into columns ``[k_offset, k_offset + topk)``
+    of ``out`` rows ``[0, n_tok)`` (inputs checked by the caller)."""
+    _, s_q, topk = indices.shape
+    grid = cdiv(n_tok * topk, config.BLOCK_TK)
+    if grid == 0:
+        return
     _launch_single(
-        (grid[0], 1, 1),
+        (grid, 1, 1),
         *scope_args(k_cache, indices, topk_length),
         out, invalid.view(torch.uint8), t0, n_tok, s_q, topk, out.shape[1], k_offset,
         topk_length is not None, fp8_mode(fp8), config.BLOCK_TK,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
-    return out, invalid
 
 
-def gather_dequant_dual(
-    k_cache: torch.Tensor,
-    indices: torch.Tensor,
-    topk_length: torch.Tensor | None,
-    extra_k_cache: torch.Tensor,
-    extra_indices: torch.Tensor,
-    extra_topk_length: torch.Tensor | None,
-    *,
-    fp8: Fp8Flavour,
-    config: GatherConfig,
-    out: torch.Tensor | None = None,
-    invalid: torch.Tensor | None = None,
-    tokens: tuple[int, int] | None = None,
-    validate: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gather both scopes in one launch: main at column 0, extra at column ``topk_main``.
-
-    Each scope has its own page size, page stride and optional ``topk_length`` (either may be
-    absent independently of the other).
-    """
-    check_flavour(fp8)
-    check_scope("", k_cache, indices, topk_length)
-    b, s_q, topk = indices.shape
-    check_scope("extra_", extra_k_cache, extra_indices, extra_topk_length, b, s_q)
-    check_device("extra_k_cache", extra_k_cache, k_cache.device)
-    if validate:
-        check_index_values("", k_cache, indices, topk_length)
-        check_index_values("extra_", extra_k_cache, extra_indices, extra_topk_length)
-    x_topk = extra_indices.shape[2]
-    t0, n_tok = _token_range(tokens, b * s_q)
-    out, invalid = _outputs(k_cache, n_tok, topk + x_topk, out, invalid)
-    if out.shape[1] != topk + x_topk:
-        raise ValueError(f"out: expected {topk + x_topk} columns, got {out.shape[1]}")
-    n_main = cdiv(n_tok * topk, config.BLOCK_TK)
-    grid = (n_main + cdiv(n_tok * x_topk, config.BLOCK_TK),)
+def launch_gather_dual(
+    main: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+    extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+    fp8: Fp8Flavour, config: GatherConfig, out: torch.Tensor, invalid: torch.Tensor, t0: int, n_tok: int,
+) -> None:
+    """Gather both scopes of query tokens ``[t0, t0 + n_tok)`` in one launch: main at column 0,
+    extra at column ``topk_main`` (inputs checked by the caller)."""
     if n_tok == 0:
-        return out, invalid
+        return
+    _, s_q, topk = main[1].shape
+    x_topk = extra[1].shape[2]
+    n_main = cdiv(n_tok * topk, config.BLOCK_TK)
     _launch_dual(
-        (grid[0], 1, 1),
-        *scope_args(k_cache, indices, topk_length),
-        *scope_args(extra_k_cache, extra_indices, extra_topk_length),
+        (n_main + cdiv(n_tok * x_topk, config.BLOCK_TK), 1, 1),
+        *scope_args(*main), *scope_args(*extra),
         out, invalid.view(torch.uint8), t0, n_tok, s_q, topk, x_topk, n_main,
-        topk_length is not None, extra_topk_length is not None, fp8_mode(fp8), config.BLOCK_TK,
+        main[2] is not None, extra[2] is not None, fp8_mode(fp8), config.BLOCK_TK,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
-    return out, invalid
 
 
 # Byte counts moved per gathered candidate (for bandwidth reports): read 584 B, write 1024 B + 1.

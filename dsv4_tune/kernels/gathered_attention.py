@@ -15,12 +15,13 @@ from dsv4_tune.kernels.attention_core import (
     epilogue_args,
     gathered_kv_block,
     load_q,
+    softmax_init,
     softmax_step,
     store_result,
 )
-from dsv4_tune.kernels.launch import Launcher, kernel
-from dsv4_tune.kernels.runtime import cdiv
-from dsv4_tune.kernels.sparse_decode import split_chunk
+from dsv4_tune.kernels.fused_attention import split_chunk
+from dsv4_tune.registry.intmath import cdiv
+from dsv4_tune.runtime.jit import Launcher, kernel
 
 
 @kernel
@@ -36,12 +37,7 @@ def _gathered_attention_kernel(
     split = tl.program_id(2)
     t = t0 + t_local
     q0, q1, q2, q3 = load_q(q_ptr, t, s_q, s_qb, s_qs, s_qh, head0, h_q, BLOCK_H, DOT)
-    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_H], tl.float32)
-    a0 = tl.zeros([BLOCK_H, 256], tl.float32)
-    a1 = tl.zeros([BLOCK_H, 128], tl.float32)
-    a2 = tl.zeros([BLOCK_H, 64], tl.float32)
-    a3 = tl.zeros([BLOCK_H, 64], tl.float32)
+    m_i, l_i, a0, a1, a2, a3 = softmax_init(BLOCK_H)
     k_start = split * chunk
     k_end = tl.minimum(k_start + chunk, total)
     kv_row = kv_ptr + t_local * total * 512

@@ -7,8 +7,8 @@ PyTorch needs about ten.  Head and token strides are free (the last dim must be 
 slices of a fused QKV projection work without a copy, and ``out`` may be the input (in place: each
 element is read and written by the same program).
 
-Config knobs (:mod:`dsv4_tune.kernels.compressor_space`): ``ROWS`` head rows per program,
-``num_warps``.
+Config knobs (:mod:`dsv4_tune.registry.compressor_space`): ``ROWS`` head rows per program,
+``num_warps``.  The checked host API is :func:`dsv4_tune.serving.qk_norm.qk_norm`.
 """
 
 from __future__ import annotations
@@ -18,12 +18,10 @@ import triton
 import triton.language as tl
 
 from dsv4_tune.kernels.attention_core import to_bf16_rne
-from dsv4_tune.kernels.checks import check_device
-from dsv4_tune.kernels.compressor_space import qk_norm_default, qk_norm_problems
-from dsv4_tune.kernels.launch import Launcher, kernel
-from dsv4_tune.kernels.runtime import next_pow2
+from dsv4_tune.registry.intmath import cdiv, next_pow2
+from dsv4_tune.runtime.jit import Launcher, kernel
 
-_DTYPES = {torch.bfloat16: "bf16", torch.float32: "f32"}
+DTYPES = {torch.bfloat16: "bf16", torch.float32: "f32"}
 
 
 @triton.jit
@@ -74,95 +72,24 @@ def _qk_norm_kernel(
 
 _launch = Launcher(_qk_norm_kernel)
 
-# For dsv4_tune.kernels.crosscompile (see compressor.KERNELS): Q/K/out pass as bytes, re-typed by QT/KT/...
+# For the kernel catalog (dsv4_tune.kernels.catalog; see compressor.KERNELS): Q/K/out pass as bytes, re-typed by QT/KT/...
 KERNELS = {"_qk_norm_kernel": _qk_norm_kernel}
 POINTER_TYPES = {"xq_ptr": "*u8", "oq_ptr": "*u8", "wq_ptr": "*fp32", "xk_ptr": "*u8", "ok_ptr": "*u8",
                  "wk_ptr": "*fp32"}
 
 
-def qk_norm_launch(
-    q_shape: tuple[int, int, int], k_shape: tuple[int, int, int], config: dict[str, int], *,
-    dtypes: tuple[str, str, str, str] = ("bf16", "bf16", "bf16", "bf16"), weights: tuple[bool, bool] = (True, False),
-    eps: float = 1e-6,
-) -> tuple[str, tuple[tuple[str, object], ...], int, int]:
-    """The one launch of :func:`qk_norm` as (name, sorted constexprs, num_warps, num_stages).
-
-    ``dtypes`` = (q, out_q, k, out_k) as "bf16" / "f32"; ``weights`` = (has q weight, has k weight).
-    """
-    dq, dk = q_shape[2], k_shape[2]
-    problems = qk_norm_problems(dq, dk, config)
-    if problems:
-        raise ValueError("config: " + "; ".join(problems))
-    consts = {"DQ": dq, "DK": dk, "BLOCK_Q": next_pow2(dq), "BLOCK_K": next_pow2(dk), "ROWS": config["ROWS"],
-              "QT": dtypes[0], "OQT": dtypes[1], "KT": dtypes[2], "OKT": dtypes[3],
-              "HAS_WQ": weights[0], "HAS_WK": weights[1], "EPS": float(eps)}
-    return "_qk_norm_kernel", tuple(sorted(consts.items())), config["num_warps"], 1
-
-
-def _check_heads(name: str, x: torch.Tensor, tokens: int | None = None) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() != 3:
-        raise ValueError(f"{name}: expected a tensor [T, heads, head_dim], got {getattr(x, 'shape', x)}")
-    if x.dtype not in _DTYPES:
-        raise ValueError(f"{name}: expected dtype torch.bfloat16 or torch.float32, got {x.dtype}")
-    if tokens is not None and x.shape[0] != tokens:
-        raise ValueError(f"{name}: expected {tokens} tokens like q, got {tuple(x.shape)}")
-    if x.shape[2] > 1 and x.stride(2) != 1:
-        raise ValueError(f"{name}: expected a contiguous last dim, got strides {x.stride()}")
-
-
-def _check_out(name: str, out: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    if out is None:
-        return torch.empty(like.shape, dtype=like.dtype, device=like.device)
-    _check_heads(name, out)
-    if out.shape != like.shape:
-        raise ValueError(f"{name}: expected shape {tuple(like.shape)}, got {tuple(out.shape)}")
-    check_device(name, out, like.device)
-    return out
-
-
-def _check_weight(name: str, w: torch.Tensor | None, dim: int, device: torch.device) -> None:
-    if w is None:
-        return
-    if w.dtype != torch.float32 or w.dim() != 1 or w.shape[0] != dim or (dim > 1 and w.stride(0) != 1):
-        raise ValueError(f"{name}: expected a contiguous float32 tensor [{dim}], got {w.dtype} {tuple(w.shape)}")
-    check_device(name, w, device)
-
-
-def qk_norm(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    q_weight: torch.Tensor | None = None,
-    k_weight: torch.Tensor | None = None,
-    *,
-    eps: float = 1e-6,
-    out_q: torch.Tensor | None = None,
-    out_k: torch.Tensor | None = None,
-    config: dict[str, int] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """RMSNorm every head row of ``q [T, h_q, Dq]`` and ``k [T, h_k, Dk]`` in one launch.
-
-    Optional fp32 weights ``[Dq]`` / ``[Dk]``; outputs allocated like the inputs when not given
-    (pass ``out_q=q`` to normalise in place).  Returns ``(out_q, out_k)``.
-    """
-    _check_heads("q", q)
-    _check_heads("k", k, q.shape[0])
-    check_device("q", q)
-    check_device("k", k, q.device)
-    _check_weight("q_weight", q_weight, q.shape[2], q.device)
-    _check_weight("k_weight", k_weight, k.shape[2], q.device)
-    out_q, out_k = _check_out("out_q", out_q, q), _check_out("out_k", out_k, k)
+def launch_qk_norm(
+    q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | None, k_weight: torch.Tensor | None,
+    out_q: torch.Tensor, out_k: torch.Tensor, config: dict[str, int], eps: float,
+) -> None:
+    """Launch the kernel (inputs and config checked by :func:`dsv4_tune.serving.qk_norm.qk_norm`)."""
     dq, dk = q.shape[2], k.shape[2]
-    if config is None:
-        config = qk_norm_default(dq, dk)
-    problems = qk_norm_problems(dq, dk, config)
-    if problems:
-        raise ValueError("config: " + "; ".join(problems))
     rows = config["ROWS"]
     n_q, n_k = q.shape[0] * q.shape[1], k.shape[0] * k.shape[1]
-    n_q_progs = triton.cdiv(n_q, rows)
-    grid = n_q_progs + triton.cdiv(n_k, rows)
+    n_q_progs = cdiv(n_q, rows)
+    grid = n_q_progs + cdiv(n_k, rows)
     if grid == 0:
-        return out_q, out_k
+        return
     dummy = q_weight if q_weight is not None else k_weight
     if dummy is None:
         dummy = torch.empty(1, dtype=torch.float32, device=q.device)
@@ -174,8 +101,7 @@ def qk_norm(
     _launch(
         (grid, 1, 1), *args(q, out_q, q_weight, n_q), *args(k, out_k, k_weight, n_k), n_q_progs,
         dq, dk, next_pow2(dq), next_pow2(dk), rows,
-        _DTYPES[q.dtype], _DTYPES[out_q.dtype], _DTYPES[k.dtype], _DTYPES[out_k.dtype],
+        DTYPES[q.dtype], DTYPES[out_q.dtype], DTYPES[k.dtype], DTYPES[out_k.dtype],
         q_weight is not None, k_weight is not None, float(eps),
         num_warps=config["num_warps"], num_stages=1,
     )
-    return out_q, out_k

@@ -20,14 +20,6 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
-from dsv4_tune.kernels.variants import VARIANTS, arch_problems
-from dsv4_tune.policies.buckets import (
-    FIXED_GATHER_KERNEL_BELOW,
-    SPLITK_DUAL_SCOPE_TOPK_THRESHOLD,
-    SPLITK_TOPK_THRESHOLD,
-    dual_gather_one_launch,
-    token_ranges,
-)
 from dsv4_tune.policies.schema import (
     BucketSpec,
     GpuSpec,
@@ -39,7 +31,16 @@ from dsv4_tune.policies.schema import (
     describe_segments,
     save_policy,
 )
-from dsv4_tune.workload import Plan, Workload
+from dsv4_tune.registry.arch import arch_problems
+from dsv4_tune.registry.buckets import (
+    FIXED_GATHER_KERNEL_BELOW,
+    SPLITK_DUAL_SCOPE_TOPK_THRESHOLD,
+    SPLITK_TOPK_THRESHOLD,
+    dual_gather_one_launch,
+    token_ranges,
+)
+from dsv4_tune.registry.variants import VARIANTS
+from dsv4_tune.registry.workload import Plan, Workload
 
 T_MAX = 1 << 14  # decisions are evaluated exactly up to here; the last segment is open-ended
 BASELINE_FILE = Path(__file__).resolve().parent / "data" / "gfx950-mi355x.json"

@@ -17,20 +17,20 @@ where the policy has one (the plan that pays less host time for launches), else 
 from __future__ import annotations
 
 import bisect
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dsv4_tune.kernels.ops import get_op, op_default_plan
-from dsv4_tune.kernels.variants import default_plan, plan_problems
-from dsv4_tune.policies.buckets import bucket_index
-from dsv4_tune.policies.gpu import GpuInfo, arch_of_id, detect
+from dsv4_tune.env import POLICY, policy_path
+from dsv4_tune.policies.gpu import GpuInfo, detect, toolchain
 from dsv4_tune.policies.schema import OpClass, Policy, PolicyError, WorkloadClass, load_policy
-from dsv4_tune.workload import OpWorkload, Plan, Workload
+from dsv4_tune.registry.buckets import bucket_index
+from dsv4_tune.registry.gpus import arch_of_id
+from dsv4_tune.registry.ops import get_op, op_default_plan
+from dsv4_tune.registry.variants import default_plan, plan_problems
+from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-ENV_POLICY = "DSV4_TUNE_POLICY"
 
 ClassKey = tuple[int, int, int, bool, bool, bool]
 
@@ -181,10 +181,7 @@ def _warn(msg: str) -> None:
 
 
 def _versions_drift(policy: Policy) -> str | None:
-    import torch
-    import triton
-
-    got = {"torch": torch.__version__, "triton": triton.__version__}
+    got = toolchain()
     want = {"torch": policy.provenance.torch, "triton": policy.provenance.triton}
     diff = [f"{k} {want[k]} -> {got[k]}" for k in got if want[k] and want[k] != got[k]]
     return ", ".join(diff) or None
@@ -203,7 +200,7 @@ def select_policy(gpu: GpuInfo | None = None) -> tuple[Dispatcher, list[str]]:
     """
     gpu = gpu or detect()
     notes: list[str] = []
-    env = os.environ.get(ENV_POLICY)
+    env = policy_path()
     candidates: list[Path] = []
     if env:
         candidates = [Path(env)]
@@ -233,7 +230,7 @@ def select_policy(gpu: GpuInfo | None = None) -> tuple[Dispatcher, list[str]]:
     notes.append(
         f"dsv4-tune: no policy for GPU {gpu.id} (searched {searched}); using the built-in default plan. "
         f"Make one with `dsv4-tune sweep --gpu {gpu.arch if gpu.is_real else 'auto'}` then `dsv4-tune export`, "
-        f"and point {ENV_POLICY} at it."
+        f"and point {POLICY} at it."
     )
     return Dispatcher(), notes
 

@@ -18,9 +18,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dsv4_tune.kernels.ops import op_arch_problems, op_plan_problems, upgrade_op_config
-from dsv4_tune.kernels.variants import arch_problems, plan_problems
-from dsv4_tune.workload import OpWorkload, Plan, Workload
+from dsv4_tune.registry.arch import arch_problems, op_arch_problems
+from dsv4_tune.registry.gpus import arch_of_id
+from dsv4_tune.registry.ops import op_plan_problems, upgrade_op_config
+from dsv4_tune.registry.variants import plan_problems
+from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
 
 SCHEMA_VERSION = 1
 
@@ -111,7 +113,7 @@ def _check_bounds(segments: list[Segment]) -> None:
 
 
 class OpClass(_Model):
-    """Plans of another tuned op (:mod:`dsv4_tune.kernels.ops`) for one parameter set; the segments'
+    """Plans of another tuned op (:mod:`dsv4_tune.registry.ops`) for one parameter set; the segments'
     ``max_tokens`` count the op's size axis (requests, new tokens or T)."""
 
     op: str
@@ -164,7 +166,7 @@ class GpuSpec(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> GpuSpec:
-        if self.id.split("-", 1)[0] != self.arch:
+        if arch_of_id(self.id) != self.arch:
             raise ValueError(f"id {self.id!r} does not start with the arch {self.arch!r}")
         return self
 

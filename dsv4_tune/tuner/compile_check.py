@@ -2,7 +2,7 @@
 
 Kernels are enumerated from the registry's spaces for the DSV4 constexpr specialisations (with and
 without extra scope, topk_length and sink) and deduplicated; each is cross-compiled
-(:mod:`dsv4_tune.kernels.crosscompile`), stored in the SQLite ``compile`` table, and the unfit ones
+(:mod:`dsv4_tune.tuner.crosscompile`), stored in the SQLite ``compile`` table, and the unfit ones
 (failed, spilling, over the arch's shared memory / LDS) become the registry's per-arch rules.
 """
 
@@ -16,10 +16,14 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dsv4_tune.kernels.ops import OPS, op_plan_kernels, op_space
-from dsv4_tune.kernels.variants import ARCH_RULES_FILE, VARIANTS, plan_kernels
+from dsv4_tune.policies.schema import Policy
+from dsv4_tune.registry import plans as registry_plans
+from dsv4_tune.registry.arch import ARCH_RULES_FILE
+from dsv4_tune.registry.launches import kernel_key
+from dsv4_tune.registry.ops import OPS, op_space
+from dsv4_tune.registry.variants import VARIANTS
+from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
 from dsv4_tune.tuner.grid import default_op_classes
-from dsv4_tune.workload import OpWorkload, Plan, Workload
 
 ARCH_NAMES = ("sm90", "gfx942", "gfx950")
 # The constexpr specialisations of the DSV4 shapes: two scopes with lengths and sink; one scope;
@@ -31,10 +35,6 @@ SPECIALISATIONS = (
 )
 # The compressor / Q/K-norm classes of the default grid (their constexprs do not depend on size).
 OP_SPECIALISATIONS = tuple(dict.fromkeys(o.workload(1) for o in default_op_classes()))
-
-
-def kernels_of(plan: Plan, w: Workload | OpWorkload, arch: str) -> list[tuple]:
-    return op_plan_kernels(plan, w, arch) if isinstance(w, OpWorkload) else plan_kernels(plan, w, arch)
 
 
 def _spaces(name: str) -> list[tuple[Workload | OpWorkload, list[Plan]]]:
@@ -64,20 +64,20 @@ def check_targets(
     seen: dict[tuple, None] = {}
     for arch in arches:
         for w, plan in pairs:
-            for launch in kernels_of(plan, w, arch):
+            for launch in registry_plans.kernels(plan, w, arch):
                 seen.setdefault((arch, launch), None)
     return list(seen)
 
 
 def _compile(target: tuple[str, tuple]) -> dict:
-    from dsv4_tune.kernels.crosscompile import KernelSpec, compile_kernel
+    from dsv4_tune.tuner.crosscompile import KernelSpec, compile_kernel
 
     return compile_kernel(KernelSpec(*target))
 
 
 def with_problems(rows: list[dict]) -> list[dict]:
     """Attach each row's verdict under the current per-arch limits (re-derivable from stored rows)."""
-    from dsv4_tune.kernels.crosscompile import problems_of
+    from dsv4_tune.tuner.crosscompile import problems_of
 
     return [{**r, "problems": problems_of(r)} for r in rows]
 
@@ -133,8 +133,6 @@ WHY = {"spills": "spill", "needs": "shared memory / LDS", "does": "compile failu
 def summary(rows: list[dict], targets: list[tuple[str, tuple]], arches: Iterable[str]) -> list[dict]:
     """Per arch and variant: how many configs of the space are valid, and why the rest are not."""
     by_key = {r["key"]: r for r in rows}
-    from dsv4_tune.kernels.variants import kernel_key
-
     out = []
     for arch in arches:
         for name in [*VARIANTS, *OPS]:
@@ -142,7 +140,7 @@ def summary(rows: list[dict], targets: list[tuple[str, tuple]], arches: Iterable
             reasons: dict[str, int] = {}
             for w, space in _spaces(name):
                 for plan in space:
-                    keys = [kernel_key(arch, launch) for launch in kernels_of(plan, w, arch)]
+                    keys = [kernel_key(arch, launch) for launch in registry_plans.kernels(plan, w, arch)]
                     if not all(k in by_key for k in keys):
                         continue
                     total += 1
@@ -156,3 +154,24 @@ def summary(rows: list[dict], targets: list[tuple[str, tuple]], arches: Iterable
                 out.append({"arch": arch, "variant": name, "configs": total, "valid": valid,
                             "why not": ", ".join(f"{n} {k}" for k, n in sorted(reasons.items())) or "-"})
     return out
+
+
+def policy_targets(policies: Iterable[Policy]) -> tuple[list[tuple[str, tuple]], list[str]]:
+    """(targets, arches): the kernel launches of every plan of these policies, each for its own arch."""
+    targets: list[tuple[str, tuple]] = []
+    arches: list[str] = []
+    for pol in policies:
+        pairs = [(c.workload(), spec.to_plan()) for c in [*pol.classes, *pol.ops] for s in c.segments
+                 for _, spec in s.plans()]
+        targets += check_targets([pol.gpu.arch], plans=pairs)
+        arches = list(dict.fromkeys([*arches, pol.gpu.arch]))
+    return targets, arches
+
+
+def write_tables(rows: list[dict], arches: Iterable[str], folder: Path) -> None:
+    """``compile-check-<arch>.json`` per arch: its rows in key order and the toolchain."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for a in arches:
+        mine = sorted((r for r in rows if r["arch"] == a), key=lambda r: r["key"])
+        (folder / f"compile-check-{a}.json").write_text(json.dumps(
+            {"arch": a, "rows": mine, "toolchain": mine[0]["toolchain"] if mine else None}, indent=1) + "\n")

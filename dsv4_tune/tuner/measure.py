@@ -14,10 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from dsv4_tune.env import interpreting
+
 
 def timing_available() -> bool:
     """Whether real GPU timings can be taken (a GPU and no interpreter)."""
-    return torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+    return torch.cuda.is_available() and not interpreting()
 
 
 def _summary(times_ms: list[float], graph: bool) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""Realistic inputs of the compressor and Q/K-norm ops for the tuner, their reference checks, and
-the runners the op registry names (:mod:`dsv4_tune.kernels.ops`).
+"""Realistic inputs of the compressor and Q/K-norm ops for the tuner, their reference checks, and a
+runner per op of the registry (:data:`RUNNERS`, :mod:`dsv4_tune.registry.ops`).
 
 Compressor decode: ``rows`` requests, ring of K per request, random sequence lengths (so about
 1/ratio of the requests sit at a block boundary and compress, as in serving; at least one does),
@@ -16,6 +16,7 @@ size) and reused by every candidate and stage.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,9 +25,13 @@ from functools import lru_cache
 import torch
 
 from dsv4_tune.kernels import kv_layout as L
-from dsv4_tune.kernels.compare import compressed_max_error, compressed_mismatch, max_abs_error, mismatch
-from dsv4_tune.kernels.compressor_space import window
-from dsv4_tune.workload import OpWorkload, Plan
+from dsv4_tune.kernels.reference import compress_decode_ref, compress_prefill_ref, qk_norm_ref
+from dsv4_tune.registry.compressor_space import window
+from dsv4_tune.registry.workload import OpWorkload, Plan
+from dsv4_tune.serving.compressor import compress_decode, compress_prefill
+from dsv4_tune.serving.qk_norm import qk_norm
+from dsv4_tune.tuner.cases import Check, failed, verdict
+from dsv4_tune.tuner.tolerance import compressed_max_error, compressed_mismatch, max_abs_error, mismatch
 
 CHECK_ROWS = {"decode": 48, "prefill": 700, "qk_norm": 64}
 MAX_POS = 1 << 17
@@ -114,16 +119,12 @@ def _dest(ratio: int, dim: int, slots: int, device: str) -> torch.Tensor:
 
 
 def run_compress(x: CompressInputs, plan: Plan) -> None:
-    from dsv4_tune.kernels.compressor import compress_decode, compress_prefill
-
     fn = compress_decode if x.mode == "decode" else compress_prefill
     fn(*x.args, **x.kw, config=plan.as_dict(), variant=plan.variant)
 
 
 @lru_cache(maxsize=64)
 def _compress_check(params: tuple, rows: int, device: str) -> Callable[[Plan], tuple[str | None, float]]:
-    from dsv4_tune.kernels.reference import compress_decode_ref, compress_prefill_ref
-
     # Requests of at most 256 new tokens and every third decode request at a boundary: the check
     # covers several requests (program ids, cu_seqlens, ring bases) at any size.
     x = make_compress_inputs(dict(params), rows, device, seed=rows, chunk=256, boundary_every=3)
@@ -185,16 +186,15 @@ def make_qk_inputs(params: dict, rows: int, device: str, seed: int = 0) -> QkInp
 
 
 def run_qk_norm(x: QkInputs, plan: Plan, out: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-    from dsv4_tune.kernels.qk_norm import qk_norm
-
     qk_norm(x.q, x.k, x.wq, x.wk, out_q=None if out is None else out[0], out_k=None if out is None else out[1],
             config=plan.as_dict())
 
 
+RUNNERS: dict[str, Callable] = {"compress": run_compress, "qk_norm": run_qk_norm}
+
+
 @lru_cache(maxsize=64)
 def _qk_check(params: tuple, rows: int, device: str) -> Callable[[Plan], tuple[str | None, float]]:
-    from dsv4_tune.kernels.reference import qk_norm_ref
-
     x = make_qk_inputs(dict(params), rows, device, seed=rows)
     ref_q, ref_k = qk_norm_ref(x.q, x.k, x.wq, x.wk)
     out = (torch.empty_like(x.q), torch.empty_like(x.k))
@@ -220,9 +220,21 @@ class OpCase:
     w: OpWorkload
     run_fn: Callable[[Plan], None]
     check_fn: Callable[[Plan], tuple[str | None, float | None]]
+    decode: bool = False
 
-    def callable(self, plan: Plan) -> Callable[[], None]:
+    def check(self, plan: Plan) -> Check:
+        try:
+            problem, max_err = self.check_fn(plan)
+        except Exception as err:
+            return failed(err)
+        return verdict(problem, max_err)
+
+    def timer(self, plan: Plan) -> Callable[[], None]:
         return lambda: self.run_fn(plan)
+
+    def compile(self, plan: Plan) -> None:
+        with contextlib.suppress(Exception):
+            self.run_fn(plan)
 
 
 def build_op_case(w: OpWorkload, device: str, seed: int = 0, with_ref: bool = True) -> OpCase:

@@ -19,9 +19,7 @@ import random
 import statistics
 from collections import defaultdict
 
-import torch
-import triton
-
+from dsv4_tune.cache.store import workload_key
 from dsv4_tune.policies.schema import (
     BucketSpec,
     GpuSpec,
@@ -34,8 +32,10 @@ from dsv4_tune.policies.schema import (
     WorkloadClass,
     describe_segments,
 )
-from dsv4_tune.tuner.grid import Grid, simplicity, workload_key
-from dsv4_tune.workload import Plan
+from dsv4_tune.registry.plans import is_decode
+from dsv4_tune.registry.workload import Plan
+from dsv4_tune.tuner.candidates import simplicity
+from dsv4_tune.tuner.grid import Grid
 
 BOOTSTRAP = 400
 
@@ -93,6 +93,7 @@ def build_policy(grid: Grid, winners: list[dict], sweep: dict, command: str) -> 
     by_key = {w["workload"]: w for w in winners}
     runs: dict[tuple, list[tuple[int, Plan, float | None, Plan | None]]] = defaultdict(list)
     measured: dict[tuple, list[Measured]] = defaultdict(list)
+    decode: dict[tuple, bool] = {}
     missing = []
     for cls, t in grid.points():
         w = cls.workload(t)
@@ -100,8 +101,8 @@ def build_policy(grid: Grid, winners: list[dict], sweep: dict, command: str) -> 
         if row is None:
             missing.append(workload_key(w))
             continue
-        plan = Plan.make(row["variant"], _config(row["config"]))
-        eager = Plan.make(row["eager_variant"], _config(row["eager_config"])) if row.get("eager_variant") else None
+        plan, eager = row["winner_plan"], row["eager_plan"]
+        decode[w.key] = is_decode(w)
         runs[w.key].append((t, plan, row["margin"], eager if saves_launches(eager, plan) else None))
         measured[w.key].append(Measured(
             total_tokens=t, median_us=None if row["median_us"] is None else round(row["median_us"], 2),
@@ -114,7 +115,7 @@ def build_policy(grid: Grid, winners: list[dict], sweep: dict, command: str) -> 
         segments = _segments(points)
         common = {"segments": segments, "thresholds": describe_segments(segments),
                   "measured": sorted(measured[key], key=lambda m: m.total_tokens)}
-        if isinstance(key[0], str):  # an op class: (op, params)
+        if not decode[key]:  # an op class: (op, params)
             ops.append(OpClass(op=key[0], params=dict(key[1]), **common))
             continue
         h, tm, tx, lm, lx, sink = key
@@ -145,13 +146,3 @@ def _segments(points: list[tuple[int, Plan, float | None, Plan | None]]) -> list
     return [Segment(max_tokens=None if i == len(merged) - 1 else t, plan=PlanSpec.of(p),
                     margin=None if m is None else round(m, 4), eager_plan=None if e is None else PlanSpec.of(e))
             for i, (t, p, m, e) in enumerate(merged)]
-
-
-def _config(text: str) -> dict[str, int]:
-    import json
-
-    return {k: int(v) for k, v in json.loads(text).items()}
-
-
-def toolchain() -> dict[str, str]:
-    return {"torch": torch.__version__, "triton": triton.__version__}

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import statistics
 
-from dsv4_tune.kernels.ops import op_default_plan
-from dsv4_tune.kernels.variants import default_plan
 from dsv4_tune.policies.dispatcher import Dispatcher
 from dsv4_tune.policies.schema import OpClass, Policy
-from dsv4_tune.tuner.grid import GridClass, OpGridClass
+from dsv4_tune.registry import plans as registry_plans
+from dsv4_tune.registry.workload import Plan
+from dsv4_tune.tuner.grid import GridClass, OpGridClass, build_case
 from dsv4_tune.tuner.select import ratio_interval
-from dsv4_tune.tuner.sweep import build_case, compile_plans, time_plans
-from dsv4_tune.workload import Plan
+from dsv4_tune.tuner.sweep import compile_plans, time_plans
 
 
 def grid_class(key: tuple) -> GridClass:
@@ -55,10 +54,8 @@ def verify(
     dispatcher = Dispatcher(policy)
     for g, t in points:
         w = g.workload(t)
-        if isinstance(g, OpGridClass):
-            plan, default = dispatcher.lookup_op(w), op_default_plan(w)  # type: ignore[arg-type]
-        else:
-            plan, default = dispatcher.lookup(w), default_plan(w)  # type: ignore[arg-type]
+        plan = dispatcher.lookup(w) if g.decode else dispatcher.lookup_op(w)  # type: ignore[arg-type]
+        default = registry_plans.default(w)
         case = build_case(g, t, device, with_ref=False)
         plans = [plan] if plan == default else [plan, default]
         samples, flag = time_plans(case, plans, real, rounds=3, reps=8)
@@ -73,8 +70,8 @@ def verify(
 def _interleave(points: list, max_points: int) -> list:
     """At most ``max_points``: decode points first (up to half), then op points taken round-robin
     over the op classes, so that every op class is sampled before any is sampled twice."""
-    ops = [p for p in points if isinstance(p[0], OpGridClass)]
-    decode = [p for p in points if not isinstance(p[0], OpGridClass)]
+    ops = [p for p in points if not p[0].decode]
+    decode = [p for p in points if p[0].decode]
     by_class: dict[OpGridClass, list] = {}
     for p in ops:
         by_class.setdefault(p[0], []).append(p)

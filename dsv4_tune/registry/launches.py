@@ -1,0 +1,145 @@
+"""Which kernels a plan launches, with which constexprs, warps and stages, per arch: pure Python.
+
+The compile check cross-compiles exactly these launches and keys its per-arch rules by them
+(:mod:`dsv4_tune.registry.arch`); the kernels themselves are found by name in
+:mod:`dsv4_tune.kernels.catalog`.  A launch is ``(kernel name, sorted constexprs, num_warps,
+num_stages)``.
+"""
+
+from __future__ import annotations
+
+from dsv4_tune.registry.compressor_space import FINISH_WARPS, compressor_problems, qk_norm_problems
+from dsv4_tune.registry.intmath import next_pow2
+from dsv4_tune.registry.layout import HEAD_DIM, fp8_flavour_for_arch
+from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
+
+KernelLaunch = tuple[str, tuple[tuple[str, object], ...], int, int]  # name, constexprs, num_warps, num_stages
+# fused_splitk's optional knob: 1 launches the combine as a programmatic dependent of the split
+# kernel (CUDA sm90+: its launch overlaps the splits).  Absent means 0, so every plan and policy
+# written before it reads as before.
+PDL_KEY = "PDL"
+
+
+def pdl_arch(arch: str) -> bool:
+    """Whether kernels for ``arch`` can launch programmatic dependents (CUDA sm90 and up)."""
+    return arch.startswith("sm") and arch[2:].isdigit() and int(arch[2:]) >= 90
+
+
+def plan_kernels(plan: Plan, w: Workload, arch: str) -> list[KernelLaunch]:
+    """The kernels ``plan`` launches for workload class ``w`` on ``arch`` (its FP8 flavour, bf16
+    dots), as (kernel name, constexprs, num_warps, num_stages)."""
+    c = plan.as_dict()
+    fp8, sink, split = fp8_flavour_for_arch(arch), w.has_sink, c.get("SPLIT_K", 1) > 1
+    # The PDL constexpr is named only where it is on (keys of the kernels without it stay as they were).
+    pdl = {PDL_KEY: True} if c.get(PDL_KEY) and pdl_arch(arch) else {}
+
+    def launch(name: str, warps: int, stages: int, **constexprs: object) -> KernelLaunch:
+        return name, tuple(sorted(constexprs.items())), warps, stages
+
+    out = []
+    inline = plan.variant == "fused_splitk_inline"
+    if plan.variant in ("fused", "fused_splitk", "fused_splitk_inline"):
+        out.append(launch("_sparse_decode_kernel", c["num_warps"], c["num_stages"], HAS_LEN=w.has_len_main,
+                          HAS_EXTRA=w.dual, X_HAS_LEN=w.dual and w.has_len_extra, HAS_SINK=sink,
+                          SPLIT=2 if inline else split,
+                          BLOCK_H=c["BLOCK_H"], BLOCK_N=c["BLOCK_N"], FP8=fp8, DOT="bf16", **pdl))
+    elif plan.variant == "gather_attend":
+        if w.dual and c["ONE_LAUNCH"]:
+            out.append(launch("_gather_dequant_dual_kernel", c["gather_warps"], 1, HAS_LEN=w.has_len_main,
+                              X_HAS_LEN=w.has_len_extra, FP8=fp8, BLOCK_TK=c["BLOCK_TK"]))
+        else:
+            lens = [w.has_len_main] + ([w.has_len_extra] if w.dual else [])
+            for has_len in dict.fromkeys(lens):
+                out.append(launch("_gather_dequant_kernel", c["gather_warps"], 1, HAS_LEN=has_len, FP8=fp8,
+                                  BLOCK_TK=c["BLOCK_TK"]))
+        out.append(launch("_gathered_attention_kernel", c["num_warps"], c["num_stages"], HAS_SINK=sink, SPLIT=split,
+                          BLOCK_H=c["BLOCK_H"], BLOCK_N=c["BLOCK_N"], DOT="bf16"))
+    if split and not inline:
+        out.append(launch("_combine_kernel", c["combine_warps"], 1, HAS_SINK=sink, BLOCK_H=c["COMBINE_BLOCK_H"],
+                          **pdl))
+    return out
+
+
+def kernel_key(arch: str, launch: KernelLaunch) -> str:
+    name, constexprs, warps, stages = launch
+    return f"{arch}:{name}[{','.join(f'{k}={v}' for k, v in constexprs)}]w{warps}s{stages}"
+
+
+def ring_in_kernel(ratio: int, rows: int) -> bool:
+    """Whether the fused prefill kernel writes the ring itself: C4 with ROWS >= 2, where block 0 of
+    a request holds both windows that read the ring (0 and 1) and can write it after them."""
+    return ratio == 4 and rows >= 2
+
+
+def compressor_launches(
+    ratio: int, head_dim: int, mode: str, config: dict[str, int], *, variant: str = "fused",
+    dest: str = "pool", fp8: str = "e4m3fn", eps: float = 1e-6, pdl: bool = False,
+) -> list[KernelLaunch]:
+    """The kernels one call launches, as (name, sorted constexprs, num_warps, num_stages).
+
+    ``dest`` is "pool", "f32" or "bf16"; ``pdl``: whether the target can launch programmatic
+    dependents (:func:`~dsv4_tune.runtime.target.pdl_enabled`: CUDA sm90 and up), which a split
+    decode config with ``PDL`` 1 then does; the format of :func:`plan_kernels`, so that the cross
+    compiler (:mod:`dsv4_tune.tuner.crosscompile`) can build them for any arch.
+    """
+    problems = compressor_problems(ratio, head_dim, mode, config, variant)
+    if problems:
+        raise ValueError("config: " + "; ".join(problems))
+    coff, c = 2 if ratio == 4 else 1, config
+    pdl = pdl and bool(c.get("PDL", 0))
+    w, st = c["num_warps"], c["num_stages"]
+    width = 2 * coff * head_dim
+    fin_w = FINISH_WARPS[head_dim]
+    tail = {"DEST": dest, "FP8": fp8, "EPS": eps}
+
+    def launch(name: str, warps: int, stages: int, **kw: object) -> KernelLaunch:
+        return name, tuple(sorted(kw.items())), warps, stages
+
+    if mode == "decode":
+        if variant == "fused":
+            return [launch("_compress_decode_kernel", w, st, R=ratio, COFF=coff, D=head_dim, BLOCK_S=c["BLOCK_S"],
+                           **tail)]
+        return [launch("_compress_decode_split_kernel", w, st, R=ratio, COFF=coff, D=head_dim,
+                       BLOCK_D=c["BLOCK_D"], BLOCK_S=c["BLOCK_S"], ROWS=c["ROWS"], PDL=pdl),
+                launch("_compress_decode_finish_kernel", fin_w, 1, R=ratio, D=head_dim, **tail, W=width, PDL=pdl)]
+    if variant == "fused":
+        ring = ring_in_kernel(ratio, c["ROWS"])
+        fused = launch("_compress_prefill_kernel", w, st, R=ratio, COFF=coff, D=head_dim, BLOCK_S=c["BLOCK_S"],
+                       ROWS=c["ROWS"], **tail, RING=ring)
+        return [fused] if ring else [fused, launch("_ring_write_kernel", 4, 1, W=width)]
+    return [launch("_compress_prefill_split_kernel", w, st, R=ratio, COFF=coff, D=head_dim, BLOCK_D=c["BLOCK_D"],
+                   BLOCK_S=c["BLOCK_S"], ROWS=c["ROWS"]),
+            launch("_compress_prefill_finish_kernel", fin_w, 1, R=ratio, D=head_dim, ROWS=c["ROWS"], W=width, **tail)]
+
+
+def qk_norm_launch(
+    q_shape: tuple[int, int, int], k_shape: tuple[int, int, int], config: dict[str, int], *,
+    dtypes: tuple[str, str, str, str] = ("bf16", "bf16", "bf16", "bf16"), weights: tuple[bool, bool] = (True, False),
+    eps: float = 1e-6,
+) -> KernelLaunch:
+    """The one launch of :func:`dsv4_tune.serving.qk_norm.qk_norm` as (name, sorted constexprs, num_warps, num_stages).
+
+    ``dtypes`` = (q, out_q, k, out_k) as "bf16" / "f32"; ``weights`` = (has q weight, has k weight).
+    """
+    dq, dk = q_shape[2], k_shape[2]
+    problems = qk_norm_problems(dq, dk, config)
+    if problems:
+        raise ValueError("config: " + "; ".join(problems))
+    consts = {"DQ": dq, "DK": dk, "BLOCK_Q": next_pow2(dq), "BLOCK_K": next_pow2(dk), "ROWS": config["ROWS"],
+              "QT": dtypes[0], "OQT": dtypes[1], "KT": dtypes[2], "OKT": dtypes[3],
+              "HAS_WQ": weights[0], "HAS_WK": weights[1], "EPS": float(eps)}
+    return "_qk_norm_kernel", tuple(sorted(consts.items())), config["num_warps"], 1
+
+
+def op_plan_kernels(plan: Plan, w: OpWorkload, arch: str) -> list[KernelLaunch]:
+    """The kernels ``plan`` launches for ``w`` on ``arch`` as (name, constexprs, num_warps,
+    num_stages), like :func:`plan_kernels` (the compile check's input):
+    the compressor writes the arch's FP8 pool (head_dim 512) or bf16 rows, and its split decode
+    uses programmatic dependent launch on CUDA archs (sm90 and up); the Q/K norm is bf16."""
+    p = w.params_dict
+    if w.op == "compress":
+        dest = "pool" if p["head_dim"] == HEAD_DIM else "bf16"
+        return compressor_launches(p["ratio"], p["head_dim"], p["mode"], plan.as_dict(), variant=plan.variant,
+                                   dest=dest, fp8=fp8_flavour_for_arch(arch), pdl=pdl_arch(arch))
+    q_shape, k_shape = (1, p["h_q"], p["head_dim_q"]), (1, p["h_k"], p["head_dim_k"])
+    return [qk_norm_launch(q_shape, k_shape, plan.as_dict(), weights=(True, True))]

@@ -1,0 +1,250 @@
+"""The variant registry: every sparse-decode kernel variant, its tunable space for a workload and
+the rules that make a config invalid.  The tuner (what to sweep) and the policy validator (what may
+ship) both read these rules: this is the one place for them.
+
+Pure Python (no torch, no Triton): policies and the dispatcher use the rules without the kernels.
+How each variant launches its kernels is :data:`dsv4_tune.serving.variants.LAUNCHERS`; which kernels
+and constexprs those are, per arch, is :func:`dsv4_tune.registry.launches.plan_kernels`; what the
+compile check found unfit per arch, :mod:`dsv4_tune.registry.arch`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from dsv4_tune.registry.arch import arch_problems
+from dsv4_tune.registry.intmath import cdiv, next_pow2
+from dsv4_tune.registry.launches import PDL_KEY
+from dsv4_tune.registry.workload import Plan, Workload
+
+BLOCK_H_CHOICES = (16, 32, 64)
+BLOCK_N_CHOICES = (16, 32, 64)
+NUM_WARPS_CHOICES = (4, 8)
+NUM_STAGES_CHOICES = (1, 2)
+SPLIT_K_CHOICES = (2, 3, 4, 6, 8, 12, 16)
+COMBINE_CHOICES = ((4, 4), (8, 4), (16, 8))  # (COMBINE_BLOCK_H, combine_warps)
+GATHER_CHOICES = ((64, 4), (128, 4), (256, 8))  # (BLOCK_TK, gather_warps)
+GTA_SPLIT_K_CHOICES = (1, 2, 3, 4, 8)
+GTA_BLOCK_N_CHOICES = (32, 64)
+SMEM_BUDGET = 160 * 1024  # bytes of staged KV tiles + Q a config may ask for (gfx950 LDS, < sm90's 228 KiB)
+ACC_REGS_PER_THREAD = 128  # fp32 accumulator registers per thread a config may need
+
+DEFAULT_COMBINE = {"COMBINE_BLOCK_H": 8, "combine_warps": 4}
+# fused_splitk's optional PDL knob (registry.launches.PDL_KEY): its space adds PDL = 1 to each
+# config rather than PDL = 0, since absent means 0.
+
+
+def without_pdl(config: dict[str, int]) -> dict[str, int]:
+    """``config`` with PDL off (the optional key dropped: absent means 0)."""
+    return {k: v for k, v in config.items() if k != PDL_KEY}
+
+
+def without_combine(config: dict[str, int]) -> dict[str, int]:
+    """``config`` less the combine kernel's keys (a split merged in-kernel, or no split)."""
+    return {k: v for k, v in config.items() if k not in DEFAULT_COMBINE}
+
+
+def _pow2_at_least_16(n: int) -> int:
+    return max(16, next_pow2(n))
+
+
+def _attention_problems(w: Workload, c: dict[str, int], block_n_choices: tuple[int, ...]) -> list[str]:
+    """Rules shared by every attention kernel (fused or over gathered keys)."""
+    out = []
+    if c["BLOCK_H"] not in BLOCK_H_CHOICES:
+        out.append(f"BLOCK_H={c['BLOCK_H']} not in {BLOCK_H_CHOICES}")
+    elif c["BLOCK_H"] > _pow2_at_least_16(w.h_q):
+        out.append(f"BLOCK_H={c['BLOCK_H']} exceeds h_q={w.h_q} (rounded up to a power of two >= 16)")
+    if c["BLOCK_N"] not in block_n_choices:
+        out.append(f"BLOCK_N={c['BLOCK_N']} not in {block_n_choices}")
+    elif c["BLOCK_N"] > _pow2_at_least_16(w.total_topk):
+        out.append(f"BLOCK_N={c['BLOCK_N']} exceeds total topk={w.total_topk} (rounded up)")
+    if c["num_warps"] not in NUM_WARPS_CHOICES:
+        out.append(f"num_warps={c['num_warps']} not in {NUM_WARPS_CHOICES}")
+    elif c.get("BLOCK_H", 16) * 512 > ACC_REGS_PER_THREAD * c["num_warps"] * 32:
+        out.append(
+            f"BLOCK_H={c['BLOCK_H']} x 512 fp32 accumulator needs more than {ACC_REGS_PER_THREAD} registers "
+            f"per thread at num_warps={c['num_warps']}"
+        )
+    if c["num_stages"] not in NUM_STAGES_CHOICES:
+        out.append(f"num_stages={c['num_stages']} not in {NUM_STAGES_CHOICES}")
+    elif c["BLOCK_N"] * 512 * 2 * c["num_stages"] + c["BLOCK_H"] * 512 * 2 > SMEM_BUDGET:
+        out.append(f"staged KV tiles + Q exceed {SMEM_BUDGET // 1024} KiB of shared memory")
+    return out
+
+
+def _split_problems(w: Workload, c: dict[str, int], allowed: tuple[int, ...], combine_kernel: bool = True) -> list[str]:
+    out = []
+    sk = c["SPLIT_K"]
+    if sk not in allowed:
+        out.append(f"SPLIT_K={sk} not in {allowed}")
+    elif sk > 1 and c["BLOCK_N"] > 0 and sk > cdiv(w.total_topk, c["BLOCK_N"]):  # BLOCK_N <= 0: reported above
+        out.append(f"SPLIT_K={sk} exceeds the {cdiv(w.total_topk, c['BLOCK_N'])} BLOCK_N steps of topk {w.total_topk}")
+    combine = (c.get("COMBINE_BLOCK_H"), c.get("combine_warps"))
+    if not combine_kernel:
+        if combine != (None, None):
+            out.append("the in-kernel combine takes no combine config")
+    elif sk > 1 and combine not in COMBINE_CHOICES:
+        out.append(f"(COMBINE_BLOCK_H, combine_warps)={combine} not in {COMBINE_CHOICES}")
+    if sk == 1 and combine != (None, None):
+        out.append("SPLIT_K=1 takes no combine config")
+    return out
+
+
+def _fused_problems(w: Workload, c: dict[str, int]) -> list[str]:
+    return _attention_problems(w, c, BLOCK_N_CHOICES)
+
+
+def _fused_splitk_problems(w: Workload, c: dict[str, int]) -> list[str]:
+    out = _attention_problems(w, c, BLOCK_N_CHOICES) + _split_problems(w, c, SPLIT_K_CHOICES)
+    if c.get(PDL_KEY, 0) not in (0, 1):
+        out.append(f"PDL={c[PDL_KEY]} not in (0, 1)")
+    return out
+
+
+def _fused_splitk_inline_problems(w: Workload, c: dict[str, int]) -> list[str]:
+    return _attention_problems(w, c, BLOCK_N_CHOICES) + _split_problems(w, c, SPLIT_K_CHOICES, combine_kernel=False)
+
+
+def _gta_problems(w: Workload, c: dict[str, int]) -> list[str]:
+    out = _attention_problems(w, c, GTA_BLOCK_N_CHOICES) + _split_problems(w, c, GTA_SPLIT_K_CHOICES)
+    if (c["BLOCK_TK"], c["gather_warps"]) not in GATHER_CHOICES:
+        out.append(f"(BLOCK_TK, gather_warps)={(c['BLOCK_TK'], c['gather_warps'])} not in {GATHER_CHOICES}")
+    if c["ONE_LAUNCH"] not in (0, 1):
+        out.append(f"ONE_LAUNCH={c['ONE_LAUNCH']} not in (0, 1)")
+    elif c["ONE_LAUNCH"] and not w.dual:
+        out.append("ONE_LAUNCH=1 needs an extra scope")
+    return out
+
+
+def _attention_grid(block_n: tuple[int, ...]) -> Iterator[dict[str, int]]:
+    for bh, bn, nw, ns in itertools.product(BLOCK_H_CHOICES, block_n, NUM_WARPS_CHOICES, NUM_STAGES_CHOICES):
+        yield {"BLOCK_H": bh, "BLOCK_N": bn, "num_warps": nw, "num_stages": ns}
+
+
+def _fused_space(w: Workload) -> Iterator[dict[str, int]]:
+    yield from _attention_grid(BLOCK_N_CHOICES)
+
+
+def _fused_splitk_space(w: Workload) -> Iterator[dict[str, int]]:
+    for pdl, att, sk, (cb, cw) in itertools.product(
+        (0, 1), _attention_grid(BLOCK_N_CHOICES), SPLIT_K_CHOICES, COMBINE_CHOICES
+    ):
+        yield {**att, "SPLIT_K": sk, "COMBINE_BLOCK_H": cb, "combine_warps": cw, **({PDL_KEY: 1} if pdl else {})}
+
+
+def _fused_splitk_inline_space(w: Workload) -> Iterator[dict[str, int]]:
+    for att, sk in itertools.product(_attention_grid(BLOCK_N_CHOICES), SPLIT_K_CHOICES):
+        yield {**att, "SPLIT_K": sk}
+
+
+def _gta_space(w: Workload) -> Iterator[dict[str, int]]:
+    launches = (0, 1) if w.dual else (0,)
+    for one, (tk, gw), att, sk in itertools.product(
+        launches, GATHER_CHOICES, _attention_grid(GTA_BLOCK_N_CHOICES), GTA_SPLIT_K_CHOICES
+    ):
+        base = {**att, "ONE_LAUNCH": one, "BLOCK_TK": tk, "gather_warps": gw, "SPLIT_K": sk}
+        if sk == 1:
+            yield base
+        else:
+            for cb, cw in COMBINE_CHOICES:
+                yield {**base, "COMBINE_BLOCK_H": cb, "combine_warps": cw}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A registry entry: its tunable space, its validity rules, its default."""
+
+    name: str
+    summary: str
+    space_fn: Callable[[Workload], Iterator[dict[str, int]]]
+    problems_fn: Callable[[Workload, dict[str, int]], list[str]]
+    default_fn: Callable[[Workload], dict[str, int]]
+    optional: frozenset[str] = frozenset()  # config keys a plan may leave out (absent = 0)
+
+    def problems(self, w: Workload, config: dict[str, int]) -> list[str]:
+        """Why ``config`` is invalid for ``w`` (empty when it is valid)."""
+        required = set(self.default_fn(w)) - set(DEFAULT_COMBINE)
+        known = required | (set(DEFAULT_COMBINE) if "SPLIT_K" in required else set()) | self.optional
+        unknown = sorted(set(config) - known)
+        missing = sorted(required - set(config))
+        if unknown or missing:
+            return [f"{self.name}: unknown config keys {unknown}, missing {missing}"]
+        return self.problems_fn(w, config)
+
+    def space(self, w: Workload, arch: str | None = None) -> list[Plan]:
+        """Every valid config of this variant for ``w`` (on ``arch``, if named), as plans."""
+        plans = [Plan.make(self.name, c) for c in self.space_fn(w) if not self.problems_fn(w, c)]
+        return plans if arch is None else [p for p in plans if not arch_problems(w, p, arch)]
+
+    def default(self, w: Workload) -> Plan:
+        return Plan.make(self.name, self.default_fn(w))
+
+
+# Defaults: the configs that did best across the DSV4 shapes in the first H100 sweep
+# (benchmarks/results/sweep_preview-*.json): 64-head blocks on 8 warps without a split, 16-head
+# blocks split 8 ways when T is small.  The dispatcher replaces them per bucket.
+def _fused_default(w: Workload) -> dict[str, int]:
+    return {"BLOCK_H": min(64, _pow2_at_least_16(w.h_q)), "BLOCK_N": min(64, _pow2_at_least_16(w.total_topk)),
+            "num_warps": 8, "num_stages": 1}
+
+
+def _fused_splitk_default(w: Workload) -> dict[str, int]:
+    block_n = 64 if w.total_topk >= 128 else 16
+    steps = cdiv(w.total_topk, block_n)
+    return {"BLOCK_H": 16, "BLOCK_N": block_n, "num_warps": 8, "num_stages": 1,
+            "SPLIT_K": max(2, min(8, steps)), **DEFAULT_COMBINE}
+
+
+def _fused_splitk_inline_default(w: Workload) -> dict[str, int]:
+    return without_combine(_fused_splitk_default(w))
+
+
+def _gta_default(w: Workload) -> dict[str, int]:
+    return {**_fused_default(w), "ONE_LAUNCH": int(w.dual), "BLOCK_TK": 64, "gather_warps": 4, "SPLIT_K": 1}
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("fused", "gather + dequant + attention in one kernel, both scopes in one softmax",
+                _fused_space, _fused_problems, _fused_default),
+        Variant("fused_splitk", "the fused kernel over SPLIT_K slices of the candidates, then the combine",
+                _fused_splitk_space, _fused_splitk_problems,
+                _fused_splitk_default, frozenset({PDL_KEY})),
+        Variant("fused_splitk_inline", "the fused kernel over SPLIT_K slices; the last slice of each head block "
+                "to finish merges them (one launch)",
+                _fused_splitk_inline_space, _fused_splitk_inline_problems, _fused_splitk_inline_default),
+        Variant("gather_attend", "gather to a BF16 buffer (one launch or one per scope), then attention "
+                "(one pass or split-K + combine)",
+                _gta_space, _gta_problems, _gta_default),
+    )
+}
+
+
+def get_variant(name: str) -> Variant:
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise ValueError(f"variant: unknown {name!r}, expected one of {sorted(VARIANTS)}") from None
+
+
+def plan_problems(
+    w: Workload, plan: Plan, arch: str | None = None, unfit: dict[str, list[str]] | None = None
+) -> list[str]:
+    """Why ``plan`` cannot run ``w`` (empty when it can), on ``arch`` when one is named (then the
+    compile-check rules of that arch apply too, plus ``unfit``: more {kernel key: problems}, e.g.
+    from a store's compile table); the policy validator's and the tuner's entry point."""
+    if plan.variant not in VARIANTS:
+        return [f"unknown variant {plan.variant!r} (known: {sorted(VARIANTS)})"]
+    problems = VARIANTS[plan.variant].problems(w, plan.as_dict())
+    if arch is not None and not problems:
+        problems = arch_problems(w, plan, arch, unfit)
+    return problems
+
+
+def default_plan(w: Workload) -> Plan:
+    """The fixed, safe plan used when no policy applies: the fused kernel at a small config."""
+    return VARIANTS["fused"].default(w)

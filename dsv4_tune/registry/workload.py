@@ -1,0 +1,98 @@
+"""The two value types every layer shares: what a decode call looks like, and what to launch.
+
+Pure Python (no torch, no Triton), so that policies and the dispatcher can use them freely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One sparse-decode call as the dispatcher sees it.
+
+    ``total_tokens`` is ``T = b * s_q``; ``topk_extra = 0`` means no extra scope.  The flags change
+    the compiled code path (each is a constexpr of the kernels).
+    """
+
+    total_tokens: int
+    h_q: int
+    topk_main: int
+    topk_extra: int = 0
+    has_len_main: bool = True
+    has_len_extra: bool = True
+    has_sink: bool = True
+    key: tuple[int, int, int, bool, bool, bool] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # The workload class (everything but T), built once: the dispatcher's dict key.
+        object.__setattr__(self, "key", (self.h_q, self.topk_main, self.topk_extra, self.has_len_main,
+                                         self.has_len_extra, self.has_sink))
+
+    @property
+    def total_topk(self) -> int:
+        return self.topk_main + self.topk_extra
+
+    @property
+    def dual(self) -> bool:
+        return self.topk_extra > 0
+
+
+@dataclass(frozen=True)
+class OpWorkload:
+    """One call of another tuned op (see :mod:`dsv4_tune.registry.ops`) as the dispatcher sees it.
+
+    ``rows`` is the op's size axis (requests in compressor decode, new tokens in prefill, T for the
+    Q/K norm), bucketed like T; ``params`` its class parameters as sorted (name, value) pairs.
+    """
+
+    op: str
+    rows: int
+    params: tuple[tuple[str, Any], ...]
+    key: tuple = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.op, self.params))
+
+    @classmethod
+    def make(cls, op: str, rows: int, **params: Any) -> OpWorkload:
+        return cls(op, rows, tuple(sorted(params.items())))
+
+    @property
+    def params_dict(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    @property
+    def total_tokens(self) -> int:  # the bucketing axis, named like the decode workload's
+        return self.rows
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A kernel variant and its explicit config; frozen and hashable, so it can key caches.
+
+    ``config`` holds (name, int) pairs in sorted order; names are the kernels' own constexpr and
+    launch names (``BLOCK_H``, ``BLOCK_N``, ``SPLIT_K``, ``num_warps``, ...).
+    """
+
+    variant: str
+    config: tuple[tuple[str, int], ...]
+
+    @classmethod
+    def make(cls, variant: str, config: dict[str, Any] | None = None, **kw: int) -> Plan:
+        merged = {**(config or {}), **kw}
+        return cls(variant, tuple(sorted((k, int(v)) for k, v in merged.items())))
+
+    def __getitem__(self, key: str) -> int:
+        for k, v in self.config:
+            if k == key:
+                return v
+        raise KeyError(f"plan {self.variant} has no config key {key!r}")
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.config)
+
+    def __str__(self) -> str:
+        return f"{self.variant}(" + ", ".join(f"{k}={v}" for k, v in self.config) + ")"

@@ -1,0 +1,117 @@
+"""How each decode variant of the registry launches its kernels, for checked inputs and an explicit
+config: :data:`LAUNCHERS`, by variant name (a test holds its keys to the registry's).
+
+Nothing here checks inputs, reads a policy, synchronises or allocates beyond the workspace and the
+caller's outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from dsv4_tune.kernels.combine import launch_combine
+from dsv4_tune.kernels.fused_attention import launch_sparse_decode
+from dsv4_tune.kernels.gather_dequant import GatherConfig, launch_gather, launch_gather_dual
+from dsv4_tune.kernels.gathered_attention import launch_gathered_attention
+from dsv4_tune.registry.arch import INLINE_MERGE_AMD
+from dsv4_tune.registry.buckets import GATHER_BUFFER_BYTES, token_ranges
+from dsv4_tune.registry.intmath import cdiv
+from dsv4_tune.registry.layout import HEAD_DIM
+from dsv4_tune.runtime.target import dot_dtype, fp8_mode, on_amd, pdl_enabled
+from dsv4_tune.runtime.workspace import Workspace
+from dsv4_tune.serving.arguments import DecodeInputs
+
+
+def _attention_kw(cfg: dict[str, int]) -> dict[str, int]:
+    return {k: cfg[k] for k in ("BLOCK_H", "BLOCK_N", "num_warps", "num_stages")}
+
+
+def _partials(ws: Workspace, split_k: int, n_tok: int, h_q: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    return (
+        ws.get("part_o", (split_k, n_tok, h_q, HEAD_DIM), torch.float32, device),
+        ws.get("part_lse", (split_k, n_tok, h_q), torch.float32, device),
+    )
+
+
+def run_fused(x: DecodeInputs, cfg: dict[str, int], out: torch.Tensor, lse: torch.Tensor, ws: Workspace) -> None:
+    launch_sparse_decode(
+        x.q, x.main, x.extra, x.attn_sink, x.sm_scale, out, lse, None, split_k=1,
+        fp8_mode=fp8_mode(x.fp8), dot_type=dot_dtype(), **_attention_kw(cfg),
+    )
+
+
+def run_fused_splitk(
+    x: DecodeInputs, cfg: dict[str, int], out: torch.Tensor, lse: torch.Tensor, ws: Workspace
+) -> None:
+    sk = cfg["SPLIT_K"]
+    partial = _partials(ws, sk, x.n_tok, x.q.shape[2], x.q.device)
+    pdl = bool(cfg.get("PDL", 0)) and pdl_enabled(x.q.device)  # elsewhere PDL 1 is two plain launches
+    launch_sparse_decode(
+        x.q, x.main, x.extra, x.attn_sink, x.sm_scale, out, lse, partial, split_k=sk,
+        fp8_mode=fp8_mode(x.fp8), dot_type=dot_dtype(), pdl=pdl, **_attention_kw(cfg),
+    )
+    launch_combine(*partial, x.attn_sink, out, lse, s_q=x.q.shape[1],
+                   BLOCK_H=cfg["COMBINE_BLOCK_H"], num_warps=cfg["combine_warps"], pdl=pdl)
+
+
+def run_fused_splitk_inline(
+    x: DecodeInputs, cfg: dict[str, int], out: torch.Tensor, lse: torch.Tensor, ws: Workspace
+) -> None:
+    if on_amd():
+        raise ValueError(f"plan: {INLINE_MERGE_AMD}")
+    sk, h_q = cfg["SPLIT_K"], x.q.shape[2]
+    partial = _partials(ws, sk, x.n_tok, h_q, x.q.device)
+    counters = ws.get("split_counters", (x.n_tok * cdiv(h_q, cfg["BLOCK_H"]),), torch.int32, x.q.device, zeroed=True)
+    launch_sparse_decode(
+        x.q, x.main, x.extra, x.attn_sink, x.sm_scale, out, lse, partial, split_k=sk, counters=counters,
+        fp8_mode=fp8_mode(x.fp8), dot_type=dot_dtype(), **_attention_kw(cfg),
+    )
+
+
+def run_gather_attend(
+    x: DecodeInputs,
+    cfg: dict[str, int],
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    ws: Workspace,
+    max_buffer_bytes: int = GATHER_BUFFER_BYTES,
+) -> None:
+    total, h_q, dev = x.total_topk, x.q.shape[2], x.q.device
+    gcfg = GatherConfig(cfg["BLOCK_TK"], cfg["gather_warps"], 1)
+    sk = cfg["SPLIT_K"]
+    ranges = token_ranges(x.n_tok, total, max_buffer_bytes)
+    per = ranges[0][1] - ranges[0][0] if ranges else 0
+    gathered = ws.get("gathered", (per, total, HEAD_DIM), torch.bfloat16, dev)
+    invalid = ws.get("invalid", (per, total), torch.bool, dev)
+    partial = _partials(ws, sk, per, h_q, dev) if sk > 1 else None
+    for t0, t1 in ranges:
+        n = t1 - t0
+        g, inv = gathered[:n], invalid[:n]
+        if x.extra is not None and cfg["ONE_LAUNCH"]:
+            launch_gather_dual(x.main, x.extra, x.fp8, gcfg, g, inv, t0, n)
+        else:
+            launch_gather(*x.main, x.fp8, gcfg, g, inv, 0, t0, n)
+            if x.extra is not None:
+                launch_gather(*x.extra, x.fp8, gcfg, g, inv, x.main[1].shape[2], t0, n)
+        part = None if partial is None else (
+            partial[0].view(-1)[: sk * n * h_q * HEAD_DIM].view(sk, n, h_q, HEAD_DIM),
+            partial[1].view(-1)[: sk * n * h_q].view(sk, n, h_q),
+        )
+        launch_gathered_attention(
+            x.q, g, inv, t0, x.attn_sink, x.sm_scale, out, lse, part, split_k=sk,
+            dot_type=dot_dtype(), **_attention_kw(cfg),
+        )
+        if part is not None:
+            launch_combine(*part, x.attn_sink, out, lse, s_q=x.q.shape[1], t0=t0,
+                           BLOCK_H=cfg["COMBINE_BLOCK_H"], num_warps=cfg["combine_warps"])
+
+
+Launch = Callable[[DecodeInputs, dict[str, int], torch.Tensor, torch.Tensor, Workspace], None]
+LAUNCHERS: dict[str, Launch] = {
+    "fused": run_fused,
+    "fused_splitk": run_fused_splitk,
+    "fused_splitk_inline": run_fused_splitk_inline,
+    "gather_attend": run_gather_attend,
+}

@@ -1,0 +1,128 @@
+"""The candidates a sweep measures per workload: the coarse stage's plans, and the refine stage's
+neighbours of the best plans so far.  Candidates of decode workloads come from the variant
+registry, those of the other ops from the op registry.
+"""
+
+from __future__ import annotations
+
+from dsv4_tune.registry.launches import PDL_KEY
+from dsv4_tune.registry.ops import get_op, op_neighbours
+from dsv4_tune.registry.variants import (
+    BLOCK_H_CHOICES,
+    BLOCK_N_CHOICES,
+    COMBINE_CHOICES,
+    DEFAULT_COMBINE,
+    GATHER_CHOICES,
+    GTA_BLOCK_N_CHOICES,
+    GTA_SPLIT_K_CHOICES,
+    NUM_STAGES_CHOICES,
+    NUM_WARPS_CHOICES,
+    SPLIT_K_CHOICES,
+    VARIANTS,
+    plan_problems,
+    without_combine,
+    without_pdl,
+)
+from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
+
+REFINE_SEEDS = 2  # best plans per workload whose neighbourhoods a refine round measures
+
+
+def coarse_candidates(w: Workload | OpWorkload, arch: str | None = None, limit: int | None = None) -> list[Plan]:
+    """Stage one: a decode workload's coarse plans (:func:`decode_coarse_candidates`) or an op's
+    (:func:`op_coarse_candidates`, ``limit`` per variant)."""
+    if isinstance(w, OpWorkload):
+        return op_coarse_candidates(w, limit or OP_COARSE)
+    return decode_coarse_candidates(w, arch)
+
+
+def decode_coarse_candidates(w: Workload, arch: str | None = None) -> list[Plan]:
+    """Each variant at its default, plus the configs that led in the H100 preview sweep (64- and
+    32-head blocks on 8 warps; split-K 2-16 of small-head blocks; gather-then-attend with wide head
+    blocks), pruned by the registry's rules."""
+    plans = [v.default(w) for v in VARIANTS.values()]
+    for bh, bn, nw in ((64, 64, 8), (64, 32, 8), (32, 64, 8), (32, 32, 4), (16, 32, 4), (16, 64, 8)):
+        plans.append(Plan.make("fused", BLOCK_H=bh, BLOCK_N=bn, num_warps=nw, num_stages=1))
+    for bh, bn in ((16, 64), (32, 64), (16, 32)):
+        for sk in (2, 4, 8, 16):
+            plans.append(Plan.make("fused_splitk", BLOCK_H=bh, BLOCK_N=bn, num_warps=8, num_stages=1, SPLIT_K=sk,
+                                   **DEFAULT_COMBINE))
+            plans.append(Plan.make("fused_splitk_inline", BLOCK_H=bh, BLOCK_N=bn, num_warps=8, num_stages=1,
+                                   SPLIT_K=sk))
+    gta = VARIANTS["gather_attend"].default(w).as_dict()
+    for bh, nw in ((64, 8), (32, 8), (16, 4)):
+        plans.append(Plan.make("gather_attend", gta, BLOCK_H=bh, num_warps=nw))
+    unique = list(dict.fromkeys(plans))
+    return [p for p in unique if not plan_problems(w, p, arch)]
+
+
+# Ordered knobs step to the adjacent choice; paired knobs (one launch's block and warps) move together.
+_ORDERED = {"BLOCK_H": BLOCK_H_CHOICES, "num_warps": NUM_WARPS_CHOICES, "num_stages": NUM_STAGES_CHOICES}
+_PAIRS = {("COMBINE_BLOCK_H", "combine_warps"): COMBINE_CHOICES, ("BLOCK_TK", "gather_warps"): GATHER_CHOICES}
+
+
+def _ordered_choices(variant: str) -> dict[str, tuple[int, ...]]:
+    gta = variant == "gather_attend"
+    return {**_ORDERED, "BLOCK_N": GTA_BLOCK_N_CHOICES if gta else BLOCK_N_CHOICES,
+            "SPLIT_K": GTA_SPLIT_K_CHOICES if gta else SPLIT_K_CHOICES, "ONE_LAUNCH": (0, 1)}
+
+
+def neighbours(plan: Plan) -> list[Plan]:
+    """Plans one step from ``plan``: one knob to an adjacent choice, or one paired knob set to
+    another choice, or PDL switched; a split-K plan also tries SPLIT_K = 1 (no combine) where its
+    variant allows (``refine_candidates`` drops the neighbours an arch cannot run)."""
+    c = plan.as_dict()
+    out = []
+    for knob, choices in _ordered_choices(plan.variant).items():
+        if knob not in c or c[knob] not in choices:
+            continue
+        i = choices.index(c[knob])
+        for j in (i - 1, i + 1):
+            if 0 <= j < len(choices):
+                out.append({**c, knob: choices[j]})
+    for pair, choices in _PAIRS.items():
+        if pair[0] in c:
+            out += [{**c, pair[0]: a, pair[1]: b} for a, b in choices if (a, b) != (c[pair[0]], c[pair[1]])]
+    if PDL_KEY in VARIANTS[plan.variant].optional:  # toggled: absent (0) <-> 1
+        out.append(without_pdl(c) if c.get(PDL_KEY) else {**c, PDL_KEY: 1})
+    plans = []
+    for cfg in out:
+        if cfg.get("SPLIT_K") == 1:
+            cfg = without_combine(cfg)
+        elif cfg.get("SPLIT_K", 1) > 1 and "COMBINE_BLOCK_H" not in cfg and plan.variant == "gather_attend":
+            cfg = {**cfg, **DEFAULT_COMBINE}
+        plans.append(Plan.make(plan.variant, cfg))
+    return list(dict.fromkeys(plans))
+
+
+OP_COARSE = 8  # configs per op variant in the coarse stage: the default and a spread of the space
+
+
+def op_coarse_candidates(w: OpWorkload, per_variant: int) -> list[Plan]:
+    """Each variant's default and up to ``per_variant - 1`` configs spread evenly through its space."""
+    spec = get_op(w.op)
+    plans = []
+    for v in spec.variants.values():
+        space = [Plan.make(v.name, c) for c in v.space_fn(w.params_dict)]
+        step = max(1, len(space) // max(1, per_variant - 1))
+        plans += [Plan.make(v.name, v.default_fn(w.params_dict)), *space[::step][: per_variant - 1]]
+    return list(dict.fromkeys(plans))
+
+
+def refine_candidates(
+    w: Workload | OpWorkload, seeds: list[Plan], arch: str | None = None, limit: int | None = None
+) -> list[Plan]:
+    """Stage two: the seeds (re-timed beside their neighbours) and every valid neighbour of each,
+    at most ``limit`` neighbours in all (the interpreter's small sweep)."""
+    op = isinstance(w, OpWorkload)  # op neighbours come from the op's valid space already
+    found = [n for s in seeds for n in (op_neighbours(w, s) if op else neighbours(s)) if n not in seeds]
+    found = [p for p in dict.fromkeys(found) if op or not plan_problems(w, p, arch)]  # type: ignore[arg-type]
+    return list(seeds) + (found if limit is None else found[:limit])
+
+
+LAUNCHES = {"fused": 1, "fused_splitk_inline": 1, "fused_splitk": 2, "gather_attend": 3}
+
+
+def simplicity(plan: Plan) -> tuple[int, int]:
+    """Order for 'simpler': fewer launches, then fewer splits."""
+    return LAUNCHES.get(plan.variant, 9), plan.as_dict().get("SPLIT_K", 1)

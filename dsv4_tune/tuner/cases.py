@@ -1,0 +1,121 @@
+"""One case protocol for every grid point, decode or op: build its inputs (and reference), check a
+plan against the reference on NaN-poisoned outputs, give a timer of a plan, compile a plan.
+
+The sweep, the compile workers, ``verify-policy`` and the benchmarks use cases only through
+:class:`Case`; a grid class builds its own (:meth:`~dsv4_tune.tuner.grid.GridClass.build_case`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from dsv4_tune.kernels.reference import sparse_decode_ref
+from dsv4_tune.registry.workload import Plan
+from dsv4_tune.runtime.workspace import Workspace
+from dsv4_tune.serving.decode import sparse_decode
+from dsv4_tune.tuner.inputs import make_query, make_scope, make_sink
+from dsv4_tune.tuner.tolerance import decode_mismatch, max_abs_error
+
+Check = tuple[str, str | None, float | None]  # status, error text or None, largest error vs the reference
+
+
+class Case(Protocol):
+    """The inputs of one grid point, as the tuner uses them."""
+
+    decode: bool  # a sparse-decode case: served from CUDA graphs, with eager plans chosen by host time
+
+    def check(self, plan: Plan) -> Check:
+        """Run ``plan`` on poisoned outputs and compare with the reference; every failure is a status."""
+
+    def timer(self, plan: Plan) -> Callable[[], None]:
+        """A call of ``plan`` on these inputs, for timing (allocates nothing per call)."""
+
+    def compile(self, plan: Plan) -> None:
+        """Run ``plan`` once so that its kernels are compiled (failures are left to :meth:`check`)."""
+
+
+def status_of(err: BaseException) -> str:
+    name = type(err).__name__
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return "oom"
+    if "Compilation" in name or "OutOfResources" in name:
+        return "compile_error"
+    return "launch_error"
+
+
+def failed(err: BaseException) -> Check:
+    """The stored row of a plan that raised: never a crash of the sweep."""
+    return status_of(err), f"{type(err).__name__}: {err}"[:2000], None
+
+
+def verdict(problem: str | None, max_err: float | None) -> Check:
+    return ("ok", None, max_err) if problem is None else ("mismatch", problem[:2000], max_err)
+
+
+@dataclass
+class DecodeCase:
+    """Inputs of one sparse-decode grid point and their reference result."""
+
+    q: torch.Tensor
+    main: object
+    kw: dict
+    ref: tuple[torch.Tensor, torch.Tensor]
+    decode: bool = True
+
+    def run(self, plan: Plan, ws: Workspace, out: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        sparse_decode(self.q, self.main.kv_cache, self.main.indices, plan=plan, workspace=ws, out=out, **self.kw)
+
+    def check(self, plan: Plan) -> Check:
+        ws = Workspace()
+        out = (torch.full(self.ref[0].shape, float("nan"), dtype=torch.bfloat16, device=self.q.device),
+               torch.full(self.ref[1].shape, float("nan"), device=self.q.device))
+        try:
+            self.run(plan, ws, out)  # allocates the workspace
+            ws.poison()
+            out[0].fill_(float("nan"))
+            out[1].fill_(float("nan"))
+            self.run(plan, ws, out)
+            problem = decode_mismatch(out[0], out[1], *self.ref)
+            max_err = max_abs_error(out[0], self.ref[0])
+        except Exception as err:
+            return failed(err)
+        return verdict(problem, max_err)
+
+    def timer(self, plan: Plan) -> Callable[[], None]:
+        ws = Workspace()
+        out = (torch.empty(self.ref[0].shape, dtype=torch.bfloat16, device=self.q.device),
+               torch.empty(self.ref[1].shape, device=self.q.device))
+        return lambda: self.run(plan, ws, out)
+
+    def compile(self, plan: Plan) -> None:
+        with contextlib.suppress(Exception):
+            self.run(plan, Workspace(), None)
+
+
+def decode_case(
+    h_q: int, topk_main: int, topk_extra: int, page_main: int, page_extra: int, has_len_main: bool,
+    has_len_extra: bool, has_sink: bool, t: int, device: str, seed: int = 0, with_ref: bool = True,
+) -> DecodeCase:
+    """Inputs of ``t`` decode tokens of one class (and the reference, unless ``with_ref`` is False:
+    compiling and timing need outputs of the right shape, not the values)."""
+    gen = torch.Generator().manual_seed(seed)
+    length, x_length = ("random" if has_len_main else None), ("random" if has_len_extra else None)
+    main = make_scope(t, 1, topk_main, page_main, fp8="e4m3fn", device=device, topk_length=length, gen=gen)
+    extra = None
+    if topk_extra:
+        extra = make_scope(t, 1, topk_extra, page_extra, fp8="e4m3fn", device=device, topk_length=x_length, gen=gen)
+    q = make_query(t, 1, h_q, device=device, gen=gen)
+    sink = make_sink(h_q, kind="finite", device=device, gen=gen) if has_sink else None
+    kw = dict(topk_length=main.topk_length, extra_k_cache=extra.kv_cache if extra else None,
+              extra_indices=extra.indices if extra else None, extra_topk_length=extra.topk_length if extra else None,
+              attn_sink=sink, sm_scale=512**-0.5)
+    if with_ref:
+        ref = sparse_decode_ref(q, main.kv_cache, main.indices, fp8="e4m3fn", out_dtype=torch.float32, **kw)
+    else:
+        ref = (torch.empty(t, 1, h_q, 512, device=device), torch.empty(t, h_q, 1, device=device))
+    return DecodeCase(q, main, kw, ref)
