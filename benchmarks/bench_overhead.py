@@ -44,7 +44,7 @@ from dsv4_tune.runtime.recording import Replay
 from dsv4_tune.runtime.workspace import DEFAULT_WORKSPACE
 from dsv4_tune.serving.decode import replay_kind, workload_of
 from dsv4_tune.tuner.candidates import LAUNCHES
-from dsv4_tune.tuner.grid import build_case, default_grid
+from dsv4_tune.tuner.grid import default_grid
 from dsv4_tune.tuner.inputs import make_query, make_scope, make_sink
 from dsv4_tune.tuner.measure import host_us_per_call
 
@@ -125,7 +125,7 @@ def dispatched_host_times(calls: int = 2000) -> list[dict]:
     d = get_dispatcher()
     rows = []
     for cls in default_grid().classes:
-        case = build_case(cls, 1, "cuda", with_ref=False)
+        case = cls.build_case(1, "cuda", with_ref=False)
         out = (torch.empty(case.ref[0].shape, dtype=torch.bfloat16, device="cuda"),
                torch.empty(case.ref[1].shape, device="cuda"))
         w = cls.workload(1)

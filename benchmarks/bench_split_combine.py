@@ -24,7 +24,7 @@ from benchmarks.common import device_record, print_table, result_name, save_resu
 from dsv4_tune.policies.dispatcher import get_dispatcher
 from dsv4_tune.registry.variants import PDL_KEY, VARIANTS, without_combine, without_pdl
 from dsv4_tune.registry.workload import Plan
-from dsv4_tune.tuner.grid import build_case, default_grid
+from dsv4_tune.tuner.grid import default_grid
 from dsv4_tune.tuner.measure import timing_available
 from dsv4_tune.tuner.select import ratio_interval
 from dsv4_tune.tuner.sweep import time_plans
@@ -59,7 +59,7 @@ def main() -> None:
             two, pdl, one = split_plans(dispatcher.lookup(w), w)
             if VARIANTS[one.variant].problems(w, one.as_dict()):
                 continue
-            case = build_case(cls, t, "cuda", with_ref=False)
+            case = cls.build_case(t, "cuda", with_ref=False)
             samples, flag = time_plans(case, [two, pdl, one], True, rounds=args.rounds, reps=args.reps)
             a, b, c = (statistics.median(x) for x in samples)
             row = {"h_q": cls.h_q, "topk": f"{cls.topk_main}+{cls.topk_extra}", "T": t,

@@ -22,7 +22,7 @@ from common import device_record, print_table, save_results
 
 from dsv4_tune.cache.store import Store, workload_key
 from dsv4_tune.registry.workload import Plan
-from dsv4_tune.tuner.grid import Grid, build_case
+from dsv4_tune.tuner.grid import Grid
 from dsv4_tune.tuner.select import select_winner
 from dsv4_tune.tuner.sweep import STAGE_FINAL, time_plans
 
@@ -52,7 +52,7 @@ def main() -> None:
         plans = finals.get(key, [])
         if len(plans) < 2:
             continue
-        samples, flag = time_plans(build_case(cls, t, device, seed=n), plans, real, args.rounds, args.reps)
+        samples, flag = time_plans(cls.build_case(t, device, seed=n), plans, real, args.rounds, args.reps)
         by_plan = dict(zip(plans, samples, strict=True))
         new = select_winner(by_plan)
         med = {str(p): statistics.median(s) for p, s in by_plan.items()}

@@ -35,13 +35,13 @@ def workload_key(w: Workload | OpWorkload) -> str:
 
 
 def encode_plan(plan: Plan) -> dict[str, str]:
-    """A plan's columns in a measurement row: its text, variant and config JSON (sorted keys)."""
+    """A plan's columns in a measurement or winner row: its text, variant and config JSON (sorted keys)."""
     return {"plan": str(plan), "variant": plan.variant, "config": json.dumps(plan.as_dict(), sort_keys=True)}
 
 
 def decode_plan(variant: str, config: str) -> Plan:
     """The plan of a row's variant and config columns."""
-    return Plan.make(variant, {k: int(v) for k, v in json.loads(config).items()})
+    return Plan.make(variant, json.loads(config))
 
 
 def now() -> str:
@@ -190,11 +190,10 @@ class Store:
     ) -> None:
         """Store (or replace) the winner of a workload, and its eager winner where it has one."""
         self.db["winners"].upsert({
-            "sweep_id": sweep_id, "workload": workload, "plan": str(plan), "variant": plan.variant,
-            "config": json.dumps(plan.as_dict()), "median_us": median_us,
+            "sweep_id": sweep_id, "workload": workload, **encode_plan(plan), "median_us": median_us,
             "runner_up": str(runner_up) if runner_up else None, "margin": margin, "reason": reason,
             "eager_variant": eager.variant if eager else None,
-            "eager_config": json.dumps(eager.as_dict()) if eager else None, "eager_us": eager_us,
+            "eager_config": encode_plan(eager)["config"] if eager else None, "eager_us": eager_us,
             "eager_reason": eager_reason,
         }, pk=("sweep_id", "workload"))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dsv4_tune.registry import variants
 from dsv4_tune.registry.arch import op_arch_problems
 from dsv4_tune.registry.launches import KernelLaunch, op_plan_kernels, plan_kernels
-from dsv4_tune.registry.ops import op_default_plan, op_plan_problems, op_space
+from dsv4_tune.registry.ops import op_default_plan, op_plan_problems
 from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
 
 AnyWorkload = Workload | OpWorkload
@@ -33,13 +33,3 @@ def kernels(plan: Plan, w: AnyWorkload, arch: str) -> list[KernelLaunch]:
     return op_plan_kernels(plan, w, arch) if isinstance(w, OpWorkload) else plan_kernels(plan, w, arch)
 
 
-def space(w: AnyWorkload) -> list[Plan]:
-    """Every valid plan of every variant (decode: of every registered variant; an op: of its variants)."""
-    if isinstance(w, OpWorkload):
-        return op_space(w)
-    return [p for v in variants.VARIANTS.values() for p in v.space(w)]
-
-
-def is_decode(w: AnyWorkload) -> bool:
-    """Whether ``w`` is a sparse-decode call (served from CUDA graphs, with eager plans)."""
-    return isinstance(w, Workload)

@@ -91,6 +91,7 @@ def sparse_decode(
     sm_scale = float(sm_scale)
     dispatcher = get_dispatcher() if plan is None else None  # asked once per call
     kind = eager = None  # the key to record this call's launches under; whether outside a graph capture
+    tensors: list[torch.Tensor] = []  # the given tensors, then out and lse (set where kind may be)
     if _REPLAY and not validate:
         # The replay lookup, in one place (inline: it is the whole host cost of a replayed call).
         # The replay's address slots index the given tensors, then out and lse: the cheap key pins
@@ -129,7 +130,7 @@ def sparse_decode(
             if eager is None:
                 eager = _outside_graph(q)
                 if kind is not None:  # first call of this kind: replays are kept per capture state
-                    ws.replays.remember(kind, _tensors(inputs, out), BY_CAPTURE)
+                    ws.replays.remember(kind, tensors, BY_CAPTURE)
                     kind = (*kind, eager)
             if eager:
                 plan, graph_plan = eager_plan, plan
@@ -146,20 +147,21 @@ def sparse_decode(
         # or allocate workspace while capturing, and eagerly it ran the eager plan.
         ws.warmed.add((graph_plan, w, q.device))
         _launcher(graph_plan.variant)(x, graph_plan.as_dict(), o, lse, ws)
-    _run(launch, x, plan.as_dict(), o, lse, ws, kind, inputs, out)  # type: ignore[union-attr]
+    _run(launch, x, plan.as_dict(), o, lse, ws, kind, inputs, tensors, out)  # type: ignore[union-attr]
     return o, lse
 
 
 def _run(launch: Launch, x: DecodeInputs, cfg: dict[str, int], o: torch.Tensor, lse: torch.Tensor, ws: Workspace,
-         kind: tuple | None, inputs: list, out: tuple[torch.Tensor, torch.Tensor] | None) -> None:
-    """Launch, recording the launches as the replay of ``kind`` where this call may be replayed."""
+         kind: tuple | None, inputs: list, tensors: list[torch.Tensor],
+         out: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    """Launch, recording the launches as the replay of ``kind`` where this call may be replayed
+    (``tensors``: the call's tensors in the replay's slot order, as the lookup built them)."""
     if kind is None or hooks_active() or _misaligned([t.data_ptr() for t in (*inputs, o, lse) if t is not None]):
         launch(x, cfg, o, lse, ws)
         return
     with Recording() as rec:
         launch(x, cfg, o, lse, ws)
     if rec.complete:  # every kernel was compiled before this call: the launches are final
-        tensors = _tensors(inputs, out)
         slots = tensors if out is not None else [*tensors, o, lse]
         ws.replays.remember(kind, tensors, Replay.build(rec, slots, ws.buffers()))
 
@@ -174,11 +176,6 @@ def replay_kind(
     the metadata guard checks the rest."""
     return (chooser, fp8, sm_scale, inputs[0].shape, out is None,  # type: ignore[union-attr]
             tuple(map(type, inputs)))
-
-
-def _tensors(inputs: list, out: tuple[torch.Tensor, torch.Tensor] | None) -> list[torch.Tensor]:
-    tensors = [t for t in inputs if t is not None]
-    return tensors + list(out) if out is not None else tensors
 
 
 def _launcher(variant: str) -> Launch:

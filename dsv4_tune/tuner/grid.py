@@ -42,6 +42,7 @@ class GridClass:
                         self.with_length, x_len and self.topk_extra > 0, self.has_sink)
 
     def build_case(self, t: int, device: str, seed: int = 0, with_ref: bool = True) -> Case:
+        """Inputs of ``t`` tokens of this class (and the reference, unless ``with_ref`` is False)."""
         w = self.workload(t)
         return decode_case(self.h_q, self.topk_main, self.topk_extra, self.page_main, self.page_extra,
                            w.has_len_main, w.has_len_extra, w.has_sink, t, device, seed, with_ref)
@@ -88,10 +89,6 @@ class OpGridClass:
 
 GridPoint = tuple[GridClass | OpGridClass, int]
 
-
-def build_case(cls: GridClass | OpGridClass, t: int, device: str, seed: int = 0, with_ref: bool = True) -> Case:
-    """Inputs of one grid point (and its reference, unless ``with_ref`` is False: compiling only)."""
-    return cls.build_case(t, device, seed, with_ref)
 
 
 @dataclass(frozen=True)

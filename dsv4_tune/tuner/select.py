@@ -32,7 +32,6 @@ from dsv4_tune.policies.schema import (
     WorkloadClass,
     describe_segments,
 )
-from dsv4_tune.registry.plans import is_decode
 from dsv4_tune.registry.workload import Plan
 from dsv4_tune.tuner.candidates import simplicity
 from dsv4_tune.tuner.grid import Grid
@@ -102,7 +101,7 @@ def build_policy(grid: Grid, winners: list[dict], sweep: dict, command: str) -> 
             missing.append(workload_key(w))
             continue
         plan, eager = row["winner_plan"], row["eager_plan"]
-        decode[w.key] = is_decode(w)
+        decode[w.key] = cls.decode
         runs[w.key].append((t, plan, row["margin"], eager if saves_launches(eager, plan) else None))
         measured[w.key].append(Measured(
             total_tokens=t, median_us=None if row["median_us"] is None else round(row["median_us"], 2),

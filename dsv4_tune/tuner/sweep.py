@@ -25,8 +25,8 @@ from dsv4_tune.registry import plans as registry_plans
 from dsv4_tune.registry.gpus import INTERPRETER_ID
 from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
 from dsv4_tune.tuner.candidates import LAUNCHES, REFINE_SEEDS, coarse_candidates, refine_candidates
-from dsv4_tune.tuner.cases import Case, Check
-from dsv4_tune.tuner.grid import Grid, GridClass, GridPoint, OpGridClass, build_case
+from dsv4_tune.tuner.cases import Case
+from dsv4_tune.tuner.grid import Grid, GridClass, GridPoint, OpGridClass
 from dsv4_tune.tuner.measure import gpu_state, host_us_per_call, hygiene_flag, interleaved_times, summarize
 from dsv4_tune.tuner.select import select_eager, select_winner
 
@@ -41,12 +41,6 @@ HOST_CALLS = 400
 # Host time is measured only where the graph winner takes less GPU time than this: above it, any
 # plan's GPU time exceeds its host time (tens of microseconds) and the eager winner is the graph one.
 EAGER_MAX_US = 150.0
-
-
-def check(case: Case, plan: Plan) -> Check:
-    """Run ``plan`` once on poisoned outputs and workspace; (status, error or None, largest
-    absolute error vs the reference or None when it did not run)."""
-    return case.check(plan)
 
 
 def time_plans(
@@ -89,7 +83,7 @@ def spread(samples_us: list[float]) -> float:
 # ------------------------------------------------------------------------ parallel compile
 def _compile_worker(jobs: list[tuple[GridClass | OpGridClass, int, Plan]]) -> None:
     for cls, _t, plan in jobs:
-        build_case(cls, 1, "cuda", with_ref=False).compile(plan)  # the sweep's own check stores a failure
+        cls.build_case(1, "cuda", with_ref=False).compile(plan)  # the sweep's own check stores a failure
     torch.cuda.synchronize()
 
 
@@ -172,7 +166,7 @@ def run_sweep(
         key = workload_key(cls.workload(t))
         progress(f"{STAGE_FINAL} {key}")
         if key in changed or not store.has_winner(sweep_id, key):  # new candidates re-open the final
-            _final(store, sweep_id, key, lambda cls=cls, t=t, n=n: build_case(cls, t, device, seed=n),
+            _final(store, sweep_id, key, lambda cls=cls, t=t, n=n: cls.build_case(t, device, seed=n),
                    gpu.is_real, rounds, reps)
     store.finish_sweep(sweep_id)
     return sweep_id
@@ -213,7 +207,7 @@ def _stage(
         if not plans:
             continue
         changed.add(key)
-        case = build_case(cls, t, device, seed=n)
+        case = cls.build_case(t, device, seed=n)
         passed_before = store.passed(sweep_id, key, other_than=stage)
         passing, errors = [], {}
         for plan in plans:

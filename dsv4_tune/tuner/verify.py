@@ -9,7 +9,7 @@ from dsv4_tune.policies.dispatcher import Dispatcher
 from dsv4_tune.policies.schema import OpClass, Policy
 from dsv4_tune.registry import plans as registry_plans
 from dsv4_tune.registry.workload import Plan
-from dsv4_tune.tuner.grid import GridClass, OpGridClass, build_case
+from dsv4_tune.tuner.grid import GridClass, OpGridClass
 from dsv4_tune.tuner.select import ratio_interval
 from dsv4_tune.tuner.sweep import compile_plans, time_plans
 
@@ -56,7 +56,7 @@ def verify(
         w = g.workload(t)
         plan = dispatcher.lookup(w) if g.decode else dispatcher.lookup_op(w)  # type: ignore[arg-type]
         default = registry_plans.default(w)
-        case = build_case(g, t, device, with_ref=False)
+        case = g.build_case(t, device, with_ref=False)
         plans = [plan] if plan == default else [plan, default]
         samples, flag = time_plans(case, plans, real, rounds=3, reps=8)
         policy_us = statistics.median(samples[0])
