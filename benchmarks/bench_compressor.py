@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,9 +34,7 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-# Must precede any dsv4_tune import: Triton picks interpreter or compiler when the kernels are defined.
-os.environ.setdefault("TRITON_INTERPRET", "1" if "--smoke" in sys.argv and not torch.cuda.is_available() else "0")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.common must precede dsv4_tune
 
 from benchmarks.common import (
     INTERPRETER_NOTE,
@@ -46,11 +43,11 @@ from benchmarks.common import (
     copy_us,
     default_out_dir,
     device_record,
+    parse_gpu_args,
     print_table,
     result_name,
     save_results,
     time_graph,
-    timing_available,
 )
 from dsv4_tune.kernels import kv_layout as L
 from dsv4_tune.kernels.reference import compress_decode_ref, compress_prefill_ref, qk_norm_ref
@@ -399,10 +396,7 @@ def main() -> int:
     add_common_args(parser)
     parser.add_argument("--only", default="", help="run only the compressor cases whose name contains one of "
                         "these comma-separated strings (e.g. 'N=32768,bs=256 all'); skips the Q/K norm")
-    args = parser.parse_args()
-    timed = timing_available()
-    if not timed and not args.smoke:
-        raise SystemExit("no GPU (or TRITON_INTERPRET=1): only --smoke can run here")
+    args, timed = parse_gpu_args(parser)
     device = "cuda" if timed else "cpu"
     grid = SMOKE if args.smoke else FULL
     gen = torch.Generator().manual_seed(args.seed)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from dataclasses import dataclass
 from functools import partial
@@ -23,9 +22,7 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-# Must precede any dsv4_tune import: Triton picks interpreter or compiler when the kernels are defined.
-os.environ.setdefault("TRITON_INTERPRET", "1" if "--smoke" in sys.argv and not torch.cuda.is_available() else "0")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.common must precede dsv4_tune
 
 from benchmarks.common import (
     INTERPRETER_NOTE,
@@ -34,12 +31,12 @@ from benchmarks.common import (
     copy_bandwidth_gbps,
     default_out_dir,
     device_record,
+    parse_gpu_args,
     print_table,
     result_name,
     save_results,
     time_eager,
     time_graph,
-    timing_available,
 )
 from dsv4_tune import sparse_decode
 from dsv4_tune.kernels.kv_layout import HEAD_DIM, TOKEN_BYTES, padded_page_bytes
@@ -173,10 +170,7 @@ def main() -> int:
     add_common_args(parser)
     parser.add_argument("--quick", action="store_true", help="T in (1, 8, 64, 256) and h_q = 128 only")
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
-    args = parser.parse_args()
-    timed = timing_available()
-    if not timed and not args.smoke:
-        raise SystemExit("no GPU (or TRITON_INTERPRET=1): only --smoke can run here")
+    args, timed = parse_gpu_args(parser)
     device = "cuda" if timed else "cpu"
     if args.smoke:
         hs, layers, ts = (16,), SMOKE_LAYERS, (1, 2)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -22,9 +21,7 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-# Must precede any dsv4_tune import: Triton picks interpreter or compiler when the kernels are defined.
-os.environ.setdefault("TRITON_INTERPRET", "1" if "--smoke" in sys.argv and not torch.cuda.is_available() else "0")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.common must precede dsv4_tune
 
 from benchmarks.common import (
     INTERPRETER_NOTE,
@@ -32,11 +29,11 @@ from benchmarks.common import (
     copy_bandwidth_gbps,
     default_out_dir,
     device_record,
+    parse_gpu_args,
     print_table,
     result_name,
     save_results,
     time_graph,
-    timing_available,
 )
 from dsv4_tune.kernels.gather_dequant import BYTES_READ_PER_CANDIDATE, BYTES_WRITTEN_PER_CANDIDATE, GatherConfig
 from dsv4_tune.kernels.kv_layout import HEAD_DIM, padded_page_bytes
@@ -174,10 +171,7 @@ def bench_dual(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(parser)
-    args = parser.parse_args()
-    timed = timing_available()
-    if not timed and not args.smoke:
-        raise SystemExit("no GPU (or TRITON_INTERPRET=1): only --smoke can run here")
+    args, timed = parse_gpu_args(parser)
     device = "cuda" if torch.cuda.is_available() and timed else "cpu"
     grid = SMOKE if args.smoke else FULL
     copy_gbps = copy_bandwidth_gbps() if timed else None

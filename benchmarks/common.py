@@ -5,13 +5,17 @@ because decode runs from a captured graph on a cache that the rest of the layer 
 that is the number serving sees, not a warm eager loop.  Ceilings (copy bandwidth, bf16 matmul
 rate) are measured in the same run, so ratios do not depend on a datasheet or on clocks.
 
-Importing this module imports ``dsv4_tune``: a script must set ``TRITON_INTERPRET`` before it.
+Importing this module imports ``dsv4_tune``, so a script imports it before any ``dsv4_tune``
+module: it first picks where the kernels run (Triton decides interpreter or compiler when they are
+defined): the interpreter for ``--smoke`` on a machine without a GPU, unless ``TRITON_INTERPRET``
+is set already.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import tempfile
@@ -20,6 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+# Before Triton and dsv4_tune are imported: Triton reads it when they are (see the module docstring).
+os.environ.setdefault("TRITON_INTERPRET", "1" if "--smoke" in sys.argv and not torch.cuda.is_available() else "0")
+
 import triton
 
 from dsv4_tune.policies.gpu import detect
@@ -84,6 +92,16 @@ def result_name(script: str) -> str:
 def default_out_dir(smoke: bool) -> Path:
     """``benchmarks/results/``; smoke runs (not real measurements) go to a temporary folder."""
     return Path(tempfile.gettempdir()) / "dsv4_tune_smoke" if smoke else RESULTS_DIR
+
+
+def parse_gpu_args(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, bool]:
+    """(arguments, whether timings are real) of a GPU benchmark; exits unless there is a GPU or
+    ``--smoke`` was asked for."""
+    args = parser.parse_args()
+    timed = timing_available()
+    if not timed and not args.smoke:
+        raise SystemExit("no GPU (or TRITON_INTERPRET=1): only --smoke can run here")
+    return args, timed
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
