@@ -2,7 +2,8 @@
 # Host time per eager call before and after a change of structure, side by side on one GPU machine:
 # bench_overhead --host-only --dispatched of the code before the change (a copy in .before/, made with
 # `git archive BASE dsv4_tune benchmarks | tar -x -C .before`) and after, alternated ROUNDS times
-# (host noise moves both alike), then (GPU_TESTS=1) the GPU test suite.  Results: $OUT/<side><round>.json.
+# (host noise moves both alike), then (GPU_TESTS=1) the GPU tests (GPU_TEST_PATHS, default tests/).
+# Results: $OUT/<side><round>.json, $OUT/pytest_gpu.log.
 # Usage on the device machine, wheels from ../shared/tools/device-wheels in .whl/:
 #   ROUNDS=4 GPU_TESTS=0 bash benchmarks/side_by_side_host.sh
 set -uo pipefail
@@ -19,6 +20,6 @@ for round in $(seq 1 "${ROUNDS:-2}"); do
   done
 done
 if [ "${GPU_TESTS:-1}" = 1 ]; then
-  PYTHONPATH=/tmp/site:$PWD timeout 330 python3 -m pytest -q -m gpu tests/ > "$OUT/pytest_gpu.log" 2>&1
+  PYTHONPATH=/tmp/site:$PWD timeout 330 python3 -m pytest -q -m gpu ${GPU_TEST_PATHS:-tests/} > "$OUT/pytest_gpu.log" 2>&1
   echo "pytest rc $?"; tail -3 "$OUT/pytest_gpu.log"
 fi
