@@ -1,17 +1,47 @@
-"""The ``dsv4-tune`` command line: thin, parses and prints; the work lives in the package."""
+"""The ``dsv4-tune`` command line: thin, parses and prints; the work lives in the package.
+
+Exit codes: 0 done, 1 a failed check or an input that cannot be used (a bad policy, store or grid
+file: one line on stderr naming it), 2 bad usage (an option out of range, an unknown name).
+"""
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from dsv4_tune.errors import InputError
+
 app = typer.Typer(help="Autotuning and dispatch policies for DSV4 sparse-decode Triton kernels.", no_args_is_help=True)
 console = Console()
+err_console = Console(stderr=True)
+
+
+def command(*names: str, **kw: Any) -> Callable:
+    """``app.command`` whose command ends in one line on stderr and exit 1, not a traceback, when a
+    user's input cannot be used (:class:`~dsv4_tune.errors.InputError`) or a file cannot be read or
+    written."""
+    def register(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except InputError as e:
+                _fail(str(e), e.exit_code)
+            except OSError as e:
+                _fail(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}", 1)
+
+        app.command(*names, **kw)(guarded)
+        return fn
+    return register
 
 
 @app.callback()
@@ -19,7 +49,7 @@ def main() -> None:
     """dsv4-tune: sweep kernel configs on this GPU, export policies, look plans up."""
 
 
-@app.command()
+@command()
 def info() -> None:
     """Print the detected GPU and arch, torch/triton versions and the FP8 flavour in use."""
     import torch
@@ -46,21 +76,52 @@ def _load_or_exit(path: Path):
     try:
         return load_policy(path)
     except PolicyError as e:
-        console.print(f"[red]invalid policy[/] {e}", highlight=False)
-        raise typer.Exit(1) from None
+        _fail(f"invalid policy: {e}", 1)
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    console.print(f"[red]error[/] {message}", highlight=False)
+    """One line on stderr; exit ``code`` (2: bad usage, 1: a failed check or unusable input)."""
+    err_console.print(f"[red]error[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
-@app.command()
+def _class_option(heads: int, topk_main: int, topk_extra: int) -> None:
+    """Exit 2 naming the option when (h_q, topk_main, topk_extra) is not a workload class."""
+    from dsv4_tune.registry.workload import class_problems
+
+    for problem in class_problems(heads, topk_main, topk_extra):
+        option = {"h_q": "--heads", "topk_main": "--topk-main", "topk_extra": "--topk-extra"}[problem.split()[0]]
+        _fail(f"{option}: {problem}")
+
+
+def _kernels_can_run() -> None:
+    """With no GPU the kernels run on the Triton interpreter, which must be on before Triton and the
+    kernels are imported: switch it on here and say so (never a sweep of launch errors)."""
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if "dsv4_tune.env" in sys.modules:  # too late to switch in this process
+        _fail("no GPU, and the Triton interpreter is off: run with TRITON_INTERPRET=1", 2)
+    os.environ["TRITON_INTERPRET"] = "1"
+    console.print("no GPU: the kernels run on the Triton interpreter (TRITON_INTERPRET=1)", highlight=False)
+
+
+def _open_store(db: Path, readonly: bool = True):
+    """The store at ``db`` (read-only: it must exist, and nothing is written); a StoreError otherwise."""
+    from dsv4_tune.cache.store import Store
+
+    return Store(db, readonly=readonly)
+
+
+@command()
 def lookup(
-    tokens: int = typer.Option(..., "--tokens", help="total tokens T = b * s_q"),
-    heads: int = typer.Option(..., "--heads", help="h_q"),
-    topk_main: int = typer.Option(128, "--topk-main"),
-    topk_extra: int = typer.Option(0, "--topk-extra", help="0: no extra scope"),
+    tokens: int = typer.Option(..., "--tokens", min=1, help="total tokens T = b * s_q"),
+    heads: int = typer.Option(..., "--heads", help="h_q (a multiple of 8)"),
+    topk_main: int = typer.Option(128, "--topk-main", min=1),
+    topk_extra: int = typer.Option(0, "--topk-extra", min=0, help="0: no extra scope"),
     no_len_main: bool = typer.Option(False, "--no-len-main", help="main scope has no topk_length"),
     no_len_extra: bool = typer.Option(False, "--no-len-extra", help="extra scope has no topk_length"),
     no_sink: bool = typer.Option(False, "--no-sink", help="no attention sink"),
@@ -74,6 +135,7 @@ def lookup(
     from dsv4_tune.registry.buckets import bucket_tokens
     from dsv4_tune.registry.workload import Workload
 
+    _class_option(heads, topk_main, topk_extra)
     notes: list[str] = []
     if policy is not None:
         dispatcher = Dispatcher(_load_or_exit(policy), str(policy))
@@ -106,16 +168,20 @@ def lookup(
     if explain:
         console.print(f"source: {info['source']} (policy GPU {info['gpu']}, detected {info['detected_gpu']})",
                       highlight=False)
-        how = "nearest class" if info["nearest_class"] else "exact class"
-        console.print(f"class: {info['class']} ({how}); T = {tokens} is in bucket {info['bucket']}", highlight=False)
+        if info["class"] is None:
+            answered = "no class of the policy: the built-in default plan"
+        else:
+            answered = f"class {info['class']} ({'nearest class' if info['nearest_class'] else 'exact class'})"
+        console.print(f"{answered}; T = {tokens} is in bucket {info['bucket']}", highlight=False)
         for note in notes:
             console.print(f"note: {note}", highlight=False)
 
 
-@app.command("lookup-op")
+@command("lookup-op")
 def lookup_op(
     op: str = typer.Argument(..., help="compress or qk_norm"),
-    rows: int = typer.Option(..., "--rows", help="requests (compress decode), new tokens (compress prefill) or T"),
+    rows: int = typer.Option(..., "--rows", min=1,
+                             help="requests (compress decode), new tokens (compress prefill) or T"),
     param: list[str] = typer.Option([], "--param", "-p", help="NAME=VALUE, e.g. -p ratio=4 -p head_dim=512 "
                                     "-p mode=decode (qk_norm: h_q, h_k, head_dim_q, head_dim_k)"),
     policy: Path | None = typer.Option(None, "--policy", help="policy file (default: the one chosen for this GPU)"),
@@ -128,15 +194,23 @@ def lookup_op(
     params: dict[str, int | str] = {}
     for item in param:
         name, sep, value = item.partition("=")
-        if not sep:
+        if not sep or not name:
             _fail(f"--param: expected NAME=VALUE, got {item!r}")
-        params[name] = int(value) if value.lstrip("-").isdigit() else value
+        try:
+            params[name] = int(value)
+        except ValueError:
+            params[name] = value
+    from dsv4_tune.registry.ops import get_op
+
+    try:
+        problems = get_op(op).param_problems(params)
+    except ValueError as e:
+        problems = [str(e)]
+    if problems:
+        _fail("; ".join(problems))
     dispatcher = Dispatcher(_load_or_exit(policy), str(policy)) if policy is not None else select_policy()[0]
     w = OpWorkload.make(op, rows, **params)
-    try:
-        plan = dispatcher.lookup_op(w)
-    except ValueError as e:
-        _fail(str(e))
+    plan = dispatcher.lookup_op(w)
     cls = dispatcher.op_class_of(w)
     if as_json:
         print(json.dumps({"plan": {"variant": plan.variant, "config": plan.as_dict()}, "source": dispatcher.source,
@@ -149,7 +223,7 @@ def lookup_op(
         console.print(f"  {line}", highlight=False)
 
 
-@app.command()
+@command()
 def validate(path: Path) -> None:
     """Check a policy file; exit 1 with the exact problem (its place inside the JSON)."""
     policy = _load_or_exit(path)
@@ -157,7 +231,7 @@ def validate(path: Path) -> None:
                   highlight=False)
 
 
-@app.command()
+@command()
 def show(
     path: Path, buckets: bool = typer.Option(False, "--buckets", help="also list each measured T bucket: time, "
                                              "lead over the runner-up, runner-up"),
@@ -190,8 +264,8 @@ def show(
         console.print(ops)
 
 
-@app.command()
-def diff(a: Path, b: Path, max_tokens: int = typer.Option(4096, help="compare T = 1..this")) -> None:
+@command()
+def diff(a: Path, b: Path, max_tokens: int = typer.Option(4096, min=1, help="compare T = 1..this")) -> None:
     """Show where two policies choose differently (per class, runs of T; eager plans included)."""
     from dsv4_tune.policies.compare import differences
     from dsv4_tune.policies.dispatcher import Dispatcher
@@ -206,21 +280,25 @@ def diff(a: Path, b: Path, max_tokens: int = typer.Option(4096, help="compare T 
 DEFAULT_DB = Path("dsv4-tune.db")
 
 
-@app.command()
+@command()
 def sweep(
     gpu: str = typer.Option("auto", "--gpu", help="auto, an arch (sm90, gfx942, gfx950) or a device name / GPU id"),
     grid: Path | None = typer.Option(None, "--grid", help="grid JSON {classes, tokens} (default: the DSV4 grid)"),
     db: Path = typer.Option(DEFAULT_DB, "--db", help="SQLite store"),
     resume: bool = typer.Option(True, "--resume/--fresh", help="continue the matching sweep, or start anew"),
-    jobs: int = typer.Option(12, "--jobs", help="compile worker processes (GPU only)"),
-    rounds: int = typer.Option(3, "--rounds", help="interleaved timing rounds (the final stage does twice as many)"),
-    reps: int = typer.Option(10, "--reps", help="graph replays per candidate per round"),
+    jobs: int = typer.Option(12, "--jobs", min=1, help="compile worker processes (GPU only)"),
+    rounds: int = typer.Option(3, "--rounds", min=1,
+                               help="interleaved timing rounds (the final stage does twice as many)"),
+    reps: int = typer.Option(10, "--reps", min=1, help="graph replays per candidate per round"),
     refine_rounds: int = typer.Option(1, "--refine-rounds", min=1,
                                       help="local-search rounds (each from the best plans so far; more on a "
                                            "finished sweep deepens it)"),
 ) -> None:
-    """Measure every candidate of the grid on this GPU, store it, pick winners (resumable)."""
+    """Measure every candidate of the grid on this GPU, store it, pick winners (resumable); exit 1
+    when nothing could be measured."""
     import time
+
+    _kernels_can_run()
 
     from rich.progress import (
         BarColumn,
@@ -238,22 +316,19 @@ def sweep(
 
     info = detect()
     if not info.matches(gpu):
-        console.print(f"[red]--gpu {gpu} does not match the detected GPU: {info.name} ({info.id}, arch {info.arch})[/]",
-                      highlight=False)
-        raise typer.Exit(2)
-    if grid is not None:
-        try:
-            the_grid = Grid.load(grid)
-        except ValueError as e:
-            console.print(f"[red]{e}[/]", highlight=False)
-            raise typer.Exit(2) from None
-    else:
-        the_grid = default_grid() if info.is_real else interpreter_grid()
+        _fail(f"--gpu {gpu} does not match the detected GPU: {info.name} ({info.id}, arch {info.arch})")
+    the_grid = Grid.load(grid) if grid is not None else default_grid() if info.is_real else interpreter_grid()
     label = "" if info.is_real else " [yellow](Triton interpreter: NOT a real measurement)[/]"
     console.print(f"sweep on {info.name} ({info.id}){label}: {len(the_grid.points())} workloads, db {db}",
                   highlight=False)
     store = Store(db)
     t0 = time.time()
+
+    def on_open(sweep_id: str, resumed: bool, kept: int) -> None:
+        if resumed:
+            console.print(f"resuming sweep {sweep_id}: {kept} rows kept (failed launches are tried again; "
+                          "--fresh starts anew)", highlight=False)
+
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
@@ -263,7 +338,7 @@ def sweep(
             progress.update(task, completed=n, total=total, description=key)
 
         sweep_id = run_sweep(store, the_grid, info, fresh=not resume, jobs=jobs, rounds=rounds, reps=reps,
-                             refine_rounds=refine_rounds, on_point=on_point)
+                             refine_rounds=refine_rounds, on_point=on_point, on_open=on_open)
         progress.update(task, completed=progress.tasks[0].total, description="done")
     winners = store.winners(sweep_id)
     table = Table(title=f"winners of sweep {sweep_id}{' (interpreter: not real)' if not info.is_real else ''}")
@@ -273,48 +348,49 @@ def sweep(
         margin = "-" if w["margin"] is None else f"{w['margin']:.1%}"
         table.add_row(w["workload"], w["plan"], f"{w['median_us']:.1f}", margin, w["reason"])
     console.print(table)
+    if store.measurement_count(sweep_id, "ok") == 0:
+        first = store.first_error(sweep_id)
+        why = f"; the first: {first['status']} of {first['plan']} at {first['workload']}: {first['error']}" \
+            if first else ""
+        _fail(f"sweep {sweep_id}: no candidate could be measured{why}", 1)
+    missing = len(the_grid.points()) - len(winners)
+    if missing:
+        console.print(f"[yellow]{missing} grid points have no winner (every candidate failed there): "
+                      "`export` refuses this sweep[/]", highlight=False)
+        raise typer.Exit(1)
     console.print(f"sweep {sweep_id}: {time.time() - t0:.0f} s; export with "
                   f"`dsv4-tune export --db {db} --out {info.id}.json`", highlight=False)
 
 
-@app.command()
+@command()
 def status(db: Path = typer.Option(DEFAULT_DB, "--db")) -> None:
-    """List the sweeps in a store and their progress."""
-    from dsv4_tune.cache.store import Store
-
-    if not db.exists():
-        console.print(f"[red]no store at {db}[/]", highlight=False)
-        raise typer.Exit(1)
-    store = Store(db)
+    """List the sweeps in a store and their progress (a sweep whose process died: interrupted)."""
+    store = _open_store(db)
     table = Table(title=str(db))
     for col in ("sweep", "gpu", "torch / triton", "status", "started", "finished", "measured", "winners"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("sweep", "status"))  # the id in full: `export --sweep` takes it
     for s in store.sweeps():
         n = store.measurement_count(s["id"])
         table.add_row(s["id"], s["gpu_id"] + (" (interpreter)" if s["interpreter"] else ""),
-                      f"{s['torch']} / {s['triton']}", s["status"], s["started"], s["finished"] or "-", str(n),
+                      f"{s['torch']} / {s['triton']}", store.state(s), s["started"], s["finished"] or "-", str(n),
                       str(len(store.winners(s["id"]))))
     console.print(table)
 
 
-@app.command()
+@command()
 def export(
     out: Path = typer.Option(..., "--out", help="policy file to write"),
     db: Path = typer.Option(DEFAULT_DB, "--db"),
     sweep_id: str | None = typer.Option(None, "--sweep", help="sweep id (default: the latest)"),
 ) -> None:
     """Write the policy of a sweep (validated; refuses grid points without a winner)."""
-    import sys
-
-    from dsv4_tune.cache.store import Store
     from dsv4_tune.policies.schema import save_policy
     from dsv4_tune.tuner.export import export_policy
 
     try:
-        policy, s = export_policy(Store(db), sweep_id, "dsv4-tune " + " ".join(sys.argv[1:]))
+        policy, s = export_policy(_open_store(db), sweep_id, "dsv4-tune " + " ".join(sys.argv[1:]))
     except ValueError as e:
-        console.print(f"[red]{e}[/]", highlight=False)
-        raise typer.Exit(1) from None
+        _fail(str(e), 1)
     save_policy(policy, out)
     note = " (from an interpreter sweep: NOT a real measurement)" if s["interpreter"] else ""
     console.print(f"wrote {out}: {policy.gpu.id}, {len(policy.classes)} classes{note}", highlight=False)
@@ -322,23 +398,23 @@ def export(
 
 def _policy_for_command(path: Path | None):
     """The named policy file, or the one chosen for this GPU; exits 1 when there is none."""
-    from dsv4_tune.policies.dispatcher import select_policy
+    from dsv4_tune.policies.dispatcher import FALLBACK, select_policy
 
     if path is not None:
         return _load_or_exit(path), str(path)
     dispatcher, notes = select_policy()
+    if dispatcher.policy is None:  # the notes say why none applies and how to make one; nothing falls back here
+        why = " ".join(n.removeprefix("dsv4-tune: ").replace(FALLBACK, "") for n in notes)
+        _fail(f"no policy applies to this GPU: {why}", 1)
     for note in notes:
         console.print(f"note: {note}", highlight=False)
-    if dispatcher.policy is None:
-        console.print("[red]no policy applies to this GPU[/]", highlight=False)
-        raise typer.Exit(1)
     return dispatcher.policy, dispatcher.source
 
 
-@app.command()
+@command()
 def warmup(
     policy: Path | None = typer.Argument(None, help="policy file (default: the one chosen for this GPU)"),
-    jobs: int = typer.Option(12, "--jobs", help="compile worker processes"),
+    jobs: int = typer.Option(12, "--jobs", min=1, help="compile worker processes"),
 ) -> None:
     """Compile every kernel a policy can pick, in parallel, so serving never compiles on a request."""
     from dsv4_tune.policies.gpu import detect
@@ -352,21 +428,21 @@ def warmup(
     console.print(f"compiled {kernels} kernels of {source} in {seconds:.0f} s", highlight=False)
 
 
-@app.command("verify-policy")
+@command("verify-policy")
 def verify_policy(
     policy: Path | None = typer.Argument(None, help="policy file (default: the one chosen for this GPU)"),
-    max_points: int = typer.Option(24, "--max-points", help="(class, T) samples to re-time"),
+    max_points: int = typer.Option(24, "--max-points", min=1, help="(class, T) samples to re-time"),
 ) -> None:
     """Re-time a sample of the policy's buckets against the default plan on this GPU and toolchain;
     exit 1 where the policy has become measurably slower (stale)."""
+    _kernels_can_run()
     from dsv4_tune.policies.gpu import detect
     from dsv4_tune.tuner.verify import verify
 
     pol, source = _policy_for_command(policy)
     gpu = detect()
     if gpu.is_real and gpu.arch != pol.gpu.arch:
-        console.print(f"[red]{source} is for {pol.gpu.arch}; this GPU is {gpu.arch}[/]", highlight=False)
-        raise typer.Exit(2)
+        _fail(f"{source} is for {pol.gpu.arch}; this GPU is {gpu.arch}")
     rows = verify(pol, real=gpu.is_real, max_points=max_points)
     table = Table(title=f"{source} vs the default plan on {gpu.name}" + ("" if gpu.is_real else " (interpreter)"))
     for col in ("class", "T", "policy us", "default us", "stale"):
@@ -381,15 +457,15 @@ def verify_policy(
         raise typer.Exit(1)
 
 
-@app.command("compile-check")
+@command("compile-check")
 def compile_check(
     arch: str = typer.Option("sm90,gfx942,gfx950", "--arch", help="comma-separated targets"),
     variants: str | None = typer.Option(None, "--variants", help="comma-separated decode variants and ops "
                                         "(fused, fused_splitk, fused_splitk_inline, gather_attend, compress, "
                                         "qk_norm; default: all)"),
-    sample: int | None = typer.Option(None, "--sample", help="a fixed random sample of N configs per variant"),
+    sample: int | None = typer.Option(None, "--sample", min=1, help="a fixed random sample of N configs per variant"),
     policy: list[Path] = typer.Option([], "--policy", help="check the plans of these policies (for their own arch)"),
-    jobs: int = typer.Option(2, "--jobs", help="compile processes"),
+    jobs: int = typer.Option(2, "--jobs", min=1, help="compile processes"),
     db: Path | None = typer.Option(None, "--db", help="store the rows in this SQLite file (table 'compile')"),
     table_dir: Path | None = typer.Option(None, "--table-dir", help="write compile-check-<arch>.json tables here"),
     write_rules: bool = typer.Option(False, "--write-rules", help="rewrite the registry's per-arch rules file"),
@@ -402,23 +478,23 @@ def compile_check(
 
     arches = [a.strip() for a in arch.split(",") if a.strip()]
     unknown = [a for a in arches if a not in ARCHS]
-    if unknown:
-        console.print(f"[red]--arch: unknown {unknown}; known {sorted(ARCHS)}[/]", highlight=False)
-        raise typer.Exit(2)
+    if unknown or not arches:
+        _fail(f"--arch: unknown {unknown or arch!r}; known {sorted(ARCHS)}")
     if policy:
         targets, arches = cc.policy_targets([_load_or_exit(path) for path in policy])
     else:
-        names = [v.strip() for v in variants.split(",")] if variants else None
-        targets = cc.check_targets(arches, names, sample)
+        names = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
+        try:
+            targets = cc.check_targets(arches, names, sample)
+        except ValueError as e:
+            _fail(f"--{e}")
     console.print(f"compiling {len(targets)} kernels for {', '.join(arches)} with {jobs} processes", highlight=False)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
         task = progress.add_task("compile", total=len(targets))
         rows = cc.with_problems(cc.run_check(targets, jobs, on_row=lambda r: progress.advance(task)))
     if db is not None:
-        from dsv4_tune.cache.store import Store
-
-        Store(db).add_compile_rows(rows)
+        _open_store(db, readonly=False).add_compile_rows(rows)
     if table_dir is not None:
         cc.write_tables(rows, arches, table_dir)
     if write_rules:

@@ -20,17 +20,18 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "dsv4_tune"
 ALLOWED: dict[str, set[str]] = {
     "env": set(),
-    "registry": set(),
-    "runtime": {"env", "registry"},
-    "kernels": {"env", "registry", "runtime"},
-    "cache": {"registry"},
-    "policies": {"env", "registry"},
-    "serving": {"env", "registry", "runtime", "kernels", "policies"},
-    "tuner": {"env", "registry", "runtime", "kernels", "policies", "serving", "cache"},
-    "cli": {"env", "registry", "runtime", "kernels", "policies", "serving", "cache", "tuner"},
-    "__init__": {"registry", "policies", "serving"},
+    "errors": set(),
+    "registry": {"errors"},
+    "runtime": {"env", "errors", "registry"},
+    "kernels": {"env", "errors", "registry", "runtime"},
+    "cache": {"errors", "registry"},
+    "policies": {"env", "errors", "registry"},
+    "serving": {"env", "errors", "registry", "runtime", "kernels", "policies"},
+    "tuner": {"env", "errors", "registry", "runtime", "kernels", "policies", "serving", "cache"},
+    "cli": {"env", "errors", "registry", "runtime", "kernels", "policies", "serving", "cache", "tuner"},
+    "__init__": {"errors", "registry", "policies", "serving"},
 }
-PURE = ("env", "registry", "policies")  # no torch / triton at module level (policies: only inside functions)
+PURE = ("env", "errors", "registry", "policies")  # no torch / triton at module level (policies: only inside functions)
 
 
 def _modules() -> dict[str, Path]:

@@ -2,7 +2,11 @@
 
 WAL mode and a busy timeout let two sweeps share a file; every measurement is its own transaction,
 committed as soon as it is taken, so a killed sweep loses nothing already measured, and a resumed
-sweep (same GPU, versions and grid) skips what is stored.  Inspect with ordinary tools, e.g.
+sweep (same GPU, versions and grid) skips what is stored (rows that failed to launch or ran out of
+memory are tried again: those may have been the machine's fault).  A sweep row names its owner (host
+and pid) and its last sign of life, so a sweep killed mid-way reads as interrupted, not running.
+``Store(path, readonly=True)`` reads a store it may not write (a read-only folder or filesystem);
+any file that is not a dsv4-tune store is a :class:`StoreError` naming it.  Inspect with ordinary tools, e.g.
 ``sqlite-utils rows sweeps.db winners`` or ``sqlite3 sweeps.db 'select ... from measurements'``.
 """
 
@@ -10,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -19,9 +25,18 @@ from typing import Any
 
 import sqlite_utils
 
+from dsv4_tune.errors import InputError
 from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
 
 STATUSES = ("ok", "mismatch", "compile_error", "launch_error", "oom")
+RETRIED = ("launch_error", "oom")  # a resumed sweep measures these rows again
+OWNER_COLUMNS = {"host": str, "pid": int, "heartbeat": str}
+STALE_AFTER_S = 3600  # a running sweep of another host with no sign of life for this long: interrupted
+
+
+class StoreError(InputError):
+    """A store that cannot be used as asked (missing, not SQLite, not a dsv4-tune store, not
+    writable); the message names the file."""
 EAGER_COLUMNS = {"eager_variant": str, "eager_config": str, "eager_us": float, "eager_reason": str}
 
 
@@ -56,9 +71,20 @@ def stable_hash(obj: Any) -> str:
 class Store:
     """One SQLite file of sweeps."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, readonly: bool = False) -> None:
+        """Open (creating it unless ``readonly``) the store at ``path``; ``readonly`` needs an
+        existing store and writes nothing, not even WAL files where it cannot."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly
+        if readonly:
+            self.db = sqlite_utils.Database(_connect_readonly(self.path))
+            if "sweeps" not in self._tables():
+                raise StoreError(f"{self.path}: not a dsv4-tune store (it has no sweeps table)")
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"{self.path}: cannot create its folder: {e.strerror or e}") from None
         conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         conn.execute("PRAGMA busy_timeout = 60000")
         self.db = sqlite_utils.Database(conn)
@@ -68,15 +94,25 @@ class Store:
                 self._create()
                 break
             except sqlite3.OperationalError as e:
-                if "locked" not in str(e) or attempt == 49:
-                    raise
-                time.sleep(0.1 + 0.05 * attempt)
+                if "locked" in str(e) and attempt < 49:
+                    time.sleep(0.1 + 0.05 * attempt)
+                    continue
+                raise StoreError(f"{self.path}: cannot write the store ({e}); `status` and `export` read a "
+                                 "store they cannot write") from None
+            except sqlite3.DatabaseError as e:
+                raise StoreError(f"{self.path}: not a dsv4-tune store (SQLite: {e})") from None
+
+    def _tables(self) -> list[str]:
+        try:
+            return self.db.table_names()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{self.path}: not a dsv4-tune store (SQLite: {e})") from None
 
     def _create(self) -> None:
         self.db["sweeps"].create(
             {"id": str, "key": str, "gpu_id": str, "arch": str, "device_name": str, "driver": str,
              "torch": str, "triton": str, "interpreter": int, "grid_hash": str, "grid": str,
-             "started": str, "finished": str, "status": str},
+             "started": str, "finished": str, "status": str, **OWNER_COLUMNS},
             pk="id", if_not_exists=True, not_null={"key", "gpu_id"},
         )
         self.db["measurements"].create(
@@ -93,10 +129,11 @@ class Store:
              "median_us": float, "runner_up": str, "margin": float, "reason": str, **EAGER_COLUMNS},
             pk=("sweep_id", "workload"), if_not_exists=True,
         )
-        winners = self.db["winners"]
-        for col, kind in EAGER_COLUMNS.items():
-            if col not in winners.columns_dict:  # a store made before eager plans: typed columns, not TEXT
-                winners.add_column(col, kind)
+        for table, columns in (("winners", EAGER_COLUMNS), ("sweeps", OWNER_COLUMNS)):
+            have = self.db[table].columns_dict
+            for col, kind in columns.items():
+                if col not in have:  # a store made before these columns: typed columns, not TEXT
+                    self.db[table].add_column(col, kind)
 
     # ------------------------------------------------------------------ sweeps
     def open_sweep(self, meta: dict[str, Any], fresh: bool = False) -> tuple[str, bool]:
@@ -108,12 +145,15 @@ class Store:
         try:
             existing = [r[0] for r in conn.execute("select id from sweeps where key = ? order by started desc, id desc",
                                                     [key])]
+            owner = {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": now()}
             if existing and not fresh:
-                conn.execute("update sweeps set status = 'running', finished = null where id = ?", [existing[0]])
+                conn.execute("update sweeps set status = 'running', finished = null, host = ?, pid = ?, heartbeat = ? "
+                             "where id = ?", [*owner.values(), existing[0]])
                 conn.execute("COMMIT")
                 return existing[0], True
             sweep_id = f"{key}-{len(existing) + 1}"
-            row = {"id": sweep_id, "key": key, **meta, "started": now(), "finished": None, "status": "running"}
+            row = {"id": sweep_id, "key": key, **meta, "started": now(), "finished": None, "status": "running",
+                   **owner}
             cols = ", ".join(row)
             conn.execute(f"insert into sweeps ({cols}) values ({', '.join('?' for _ in row)})", list(row.values()))
             conn.execute("COMMIT")
@@ -123,7 +163,24 @@ class Store:
         return sweep_id, False
 
     def finish_sweep(self, sweep_id: str, status: str = "done") -> None:
-        self.db["sweeps"].update(sweep_id, {"status": status, "finished": now()})
+        """Mark a sweep ended: ``done``, or ``interrupted`` when it stopped early."""
+        self.db["sweeps"].update(sweep_id, {"status": status, "finished": now(), "heartbeat": now()})
+
+    def beat(self, sweep_id: str) -> None:
+        """Record that the sweep's owner is alive (called as it works)."""
+        self.db.execute("update sweeps set heartbeat = ? where id = ?", [now(), sweep_id])
+
+    def state(self, sweep: dict[str, Any]) -> str:
+        """What a sweep row's ``status`` means now: a ``running`` sweep whose owner died (same host, its
+        pid gone; another host, no sign of life for :data:`STALE_AFTER_S`) is ``interrupted``."""
+        if sweep["status"] != "running":
+            return sweep["status"]
+        host, pid, beat = sweep.get("host"), sweep.get("pid"), sweep.get("heartbeat")
+        if host == socket.gethostname() and pid:
+            return "running" if _alive(int(pid)) else "interrupted"
+        if beat and time.time() - datetime.fromisoformat(beat).timestamp() > STALE_AFTER_S:
+            return "interrupted"
+        return "running"
 
     def sweeps(self) -> list[dict[str, Any]]:
         return list(self.db.query("select * from sweeps order by started"))
@@ -136,9 +193,11 @@ class Store:
 
     # ------------------------------------------------------------ measurements
     def measured(self, sweep_id: str, stage: str) -> set[tuple[str, str]]:
-        """(workload, plan) pairs already stored for a stage: what a resumed sweep skips."""
+        """(workload, plan) pairs already stored for a stage: what a resumed sweep skips (all but the
+        :data:`RETRIED` rows)."""
         return {(r["workload"], r["plan"]) for r in self.db.query(
-            "select workload, plan from measurements where sweep_id = ? and stage = ?", [sweep_id, stage])}
+            "select workload, plan, status from measurements where sweep_id = ? and stage = ?", [sweep_id, stage])
+            if r["status"] not in RETRIED}
 
     def add_measurement(
         self, sweep_id: str, workload: str, stage: str, plan: Plan, status: str, error: str | None = None,
@@ -151,8 +210,18 @@ class Store:
         self.db["measurements"].upsert({**row, "taken": now()},
                                        pk=("sweep_id", "workload", "stage", "plan"), alter=False)
 
-    def measurement_count(self, sweep_id: str) -> int:
-        return self.db.execute("select count(*) from measurements where sweep_id = ?", [sweep_id]).fetchone()[0]
+    def measurement_count(self, sweep_id: str, status: str | None = None) -> int:
+        """Rows of a sweep (of one status, when named)."""
+        sql, args = "select count(*) from measurements where sweep_id = ?", [sweep_id]
+        if status is not None:
+            sql, args = sql + " and status = ?", [*args, status]
+        return self.db.execute(sql, args).fetchone()[0]
+
+    def first_error(self, sweep_id: str) -> dict[str, Any] | None:
+        """The first failed row of a sweep (status, error, plan, workload), if any."""
+        rows = list(self.db.query("select workload, plan, status, error from measurements where sweep_id = ? "
+                                  "and status != 'ok' order by id limit 1", [sweep_id]))
+        return rows[0] if rows else None
 
     def ranked(self, sweep_id: str, workload: str, stages: tuple[str, ...]) -> list[Plan]:
         """The workload's plans timed in these stages, fastest first; a plan timed in several stages
@@ -229,3 +298,33 @@ class Store:
             if r["key"] not in newest or (r["checked"] or "") > newest[r["key"]][0]:
                 newest[r["key"]] = (r["checked"] or "", json.loads(r["problems"] or "[]"))
         return {k: problems for k, (_, problems) in newest.items() if problems}
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """A connection that writes nothing: ``mode=ro``; where even that cannot open a WAL store (its
+    folder is read-only, so SQLite cannot make the shared-memory file), ``immutable=1``."""
+    if not path.is_file():
+        raise StoreError(f"{path}: no store there")
+    uri = path.resolve().as_uri()
+    for flags in ("mode=ro", "immutable=1"):
+        conn = sqlite3.connect(f"{uri}?{flags}", uri=True, timeout=60, isolation_level=None)
+        try:
+            conn.execute("select count(*) from sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            conn.close()
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            raise StoreError(f"{path}: not a dsv4-tune store (SQLite: {e})") from None
+    raise StoreError(f"{path}: cannot be opened for reading")
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process of this host with this pid exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True

@@ -33,6 +33,7 @@ from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
 ClassKey = tuple[int, int, int, bool, bool, bool]
+FALLBACK = "; using the built-in default plan"  # how a selection note says that no policy applies
 
 
 class DSV4TuneWarning(UserWarning):
@@ -215,12 +216,13 @@ def select_policy(gpu: GpuInfo | None = None) -> tuple[Dispatcher, list[str]]:
     for path in candidates:
         try:
             policy = load_policy(path)
-        except PolicyError as e:
-            notes.append(f"dsv4-tune: ignoring broken policy ({e}); using the built-in default plan")
+        except Exception as e:  # a broken policy never takes serving down: PolicyError, or anything else
+            why = str(e) if isinstance(e, PolicyError) else f"{path}: {type(e).__name__}: {e}"
+            notes.append(f"dsv4-tune: ignoring broken policy ({why}){FALLBACK}")
             return Dispatcher(), notes
         if policy.gpu.arch != gpu.arch:
             notes.append(f"dsv4-tune: refusing policy {path} for arch {policy.gpu.arch} on this {gpu.arch} GPU "
-                         f"({gpu.name}); using the built-in default plan")
+                         f"({gpu.name}){FALLBACK}")
             return Dispatcher(), notes
         drift = _versions_drift(policy)
         if drift:
@@ -228,7 +230,7 @@ def select_policy(gpu: GpuInfo | None = None) -> tuple[Dispatcher, list[str]]:
         return Dispatcher(policy, str(path)), notes
     searched = env or f"{DATA_DIR}/{gpu.id}.json and any {gpu.arch}-*.json there"
     notes.append(
-        f"dsv4-tune: no policy for GPU {gpu.id} (searched {searched}); using the built-in default plan. "
+        f"dsv4-tune: no policy for GPU {gpu.id} (searched {searched}){FALLBACK}. "
         f"Make one with `dsv4-tune sweep --gpu {gpu.arch if gpu.is_real else 'auto'}` then `dsv4-tune export`, "
         f"and point {POLICY} at it."
     )

@@ -16,28 +16,30 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, model_validator
 
+from dsv4_tune.errors import InputError
 from dsv4_tune.registry.arch import arch_problems, op_arch_problems
 from dsv4_tune.registry.gpus import arch_of_id
 from dsv4_tune.registry.ops import op_plan_problems, upgrade_op_config
 from dsv4_tune.registry.variants import plan_problems
-from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
+from dsv4_tune.registry.workload import HEAD_MULTIPLE, OpWorkload, Plan, Workload, class_problems
 
 SCHEMA_VERSION = 1
 
 
-class PolicyError(ValueError):
+class PolicyError(InputError):
     """A policy file that cannot be used; the message names the file and the place in it."""
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a policy says 16, not "16" or true; JSON numbers still fill float fields
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class PlanSpec(_Model):
     variant: str
-    config: dict[str, int]
+    config: dict[str, StrictInt]
 
     def to_plan(self) -> Plan:
         return Plan.make(self.variant, self.config)
@@ -72,7 +74,7 @@ class Measured(_Model):
 
 
 class WorkloadClass(_Model):
-    h_q: int = Field(gt=0)
+    h_q: int = Field(gt=0, description=f"a multiple of {HEAD_MULTIPLE}")
     topk_main: int = Field(gt=0)
     topk_extra: int = Field(ge=0)
     has_len_main: bool = True
@@ -91,6 +93,8 @@ class WorkloadClass(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> WorkloadClass:
+        if problems := class_problems(self.h_q, self.topk_main, self.topk_extra):
+            raise ValueError("; ".join(problems))
         _check_bounds(self.segments)
         w = self.workload()
         for i, seg in enumerate(self.segments):
@@ -117,7 +121,7 @@ class OpClass(_Model):
     ``max_tokens`` count the op's size axis (requests, new tokens or T)."""
 
     op: str
-    params: dict[str, int | str]
+    params: dict[str, StrictInt | StrictStr]
     segments: list[Segment] = Field(min_length=1)
     thresholds: list[str] = Field(default_factory=list, description="for people: where the plan changes")
     measured: list[Measured] = Field(default_factory=list, description="per size bucket: time, margin, runner-up")
@@ -245,6 +249,8 @@ def parse_policy(text: str, source: str | Path = "<policy>") -> Policy:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise PolicyError(f"{source}: not JSON: {e}") from None
+    except RecursionError:
+        raise PolicyError(f"{source}: not a policy: JSON nested too deeply") from None
     try:
         return Policy.model_validate(data)
     except ValidationError as e:
@@ -252,10 +258,16 @@ def parse_policy(text: str, source: str | Path = "<policy>") -> Policy:
 
 
 def load_policy(path: str | Path) -> Policy:
+    """Read and validate a policy file; every problem (unreadable, not UTF-8, not JSON, invalid) is a
+    PolicyError naming the file."""
     try:
-        text = Path(path).read_text()
+        data = Path(path).read_bytes()
     except OSError as e:
         raise PolicyError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PolicyError(f"{path}: not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r})") from None
     return parse_policy(text, path)
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 
-INTERPRETER_ARCH = "none: Triton interpreter"
-INTERPRETER_ID = "interpreter"
+# The interpreter stand-in: its arch and its id are the same word, so that a policy exported from an
+# interpreter sweep (arch "interpreter") applies on the CPU box that measured it.
+INTERPRETER_ARCH = INTERPRETER_ID = "interpreter"
 
 # (arch, name pattern (case-insensitive search), SM/CU count or None, canonical id); first match wins.
 ALIASES: tuple[tuple[str, str, int | None, str], ...] = (

@@ -46,7 +46,7 @@ class OpSpec:
             return [f"{self.name}: expected the parameters {sorted(self.params)}, got {sorted(params)}"]
         for k, allowed in self.params.items():
             v = params[k]
-            if allowed is None and not (isinstance(v, int) and v > 0):
+            if allowed is None and not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
                 out.append(f"{self.name}: {k} must be a positive int, got {v!r}")
             elif allowed is not None and v not in allowed:
                 out.append(f"{self.name}: {k} must be one of {list(allowed)}, got {v!r}")

@@ -40,6 +40,32 @@ class Workload:
         return self.topk_extra > 0
 
 
+HEAD_MULTIPLE = 8  # DSV4's 64 or 128 query heads split by tensor parallelism: multiples of 8
+
+
+def class_problems(h_q: object, topk_main: object, topk_extra: object) -> list[str]:
+    """Why (h_q, topk_main, topk_extra) is not a decode workload class (empty when it is): the rule
+    that policy files, grids and ``lookup`` share.  The kernels mask any head count; classes are
+    kept to the head counts a DSV4 deployment has."""
+    out = []
+    if not _is_int(h_q) or h_q < 1 or h_q % HEAD_MULTIPLE:  # type: ignore[operator]
+        out.append(f"h_q must be a positive multiple of {HEAD_MULTIPLE}, got {h_q!r}")
+    if not _is_int(topk_main) or topk_main < 1:  # type: ignore[operator]
+        out.append(f"topk_main must be >= 1, got {topk_main!r}")
+    if not _is_int(topk_extra) or topk_extra < 0:  # type: ignore[operator]
+        out.append(f"topk_extra must be >= 0 (0: no extra scope), got {topk_extra!r}")
+    return out
+
+
+def size_problems(name: str, value: object) -> list[str]:
+    """Why ``value`` is not a size (T, requests, new tokens): a positive int."""
+    return [] if _is_int(value) and value >= 1 else [f"{name} must be >= 1, got {value!r}"]  # type: ignore[operator]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class OpWorkload:
     """One call of another tuned op (see :mod:`dsv4_tune.registry.ops`) as the dispatcher sees it.

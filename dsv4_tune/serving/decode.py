@@ -134,9 +134,10 @@ def sparse_decode(
                     kind = (*kind, eager)
             if eager:
                 plan, graph_plan = eager_plan, plan
+    elif not (plan.__class__ is Plan and (plan, w.key) in _CHECKED_PLANS):  # an explicit plan, once per class
+        _check_plan(plan, w)
+        _CHECKED_PLANS.add((plan, w.key))  # type: ignore[arg-type]
     if validate:
-        if problems := plan_problems(w, plan):  # type: ignore[arg-type]
-            raise ValueError(f"plan: {plan} cannot run {w}: {'; '.join(problems)}")
         check_decode_values(x)
     o, lse = decode_outputs(out, b, s_q, h_q, q.device)
     if b * s_q == 0:
@@ -176,6 +177,21 @@ def replay_kind(
     the metadata guard checks the rest."""
     return (chooser, fp8, sm_scale, inputs[0].shape, out is None,  # type: ignore[union-attr]
             tuple(map(type, inputs)))
+
+
+# (plan, workload class) pairs whose explicit plan passed the registry's rules (they do not depend
+# on T): the check runs on the first checked call of each; replays skip it with the other checks.
+_CHECKED_PLANS: set[tuple[Plan, tuple]] = set()
+
+
+def _check_plan(plan: object, w: Workload) -> None:
+    """A ValueError naming what is wrong with an explicit plan for ``w`` (not a Plan, unknown variant,
+    missing or unknown keys, values outside the registry's choices)."""
+    if not isinstance(plan, Plan):
+        raise ValueError(f"plan: expected a dsv4_tune.Plan or None, got {type(plan).__name__}")
+    get_variant(plan.variant)  # an unknown variant: the registry's error naming the variants
+    if problems := plan_problems(w, plan):
+        raise ValueError(f"plan: {plan} cannot run {w}: {'; '.join(problems)}")
 
 
 def _launcher(variant: str) -> Launch:

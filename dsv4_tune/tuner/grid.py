@@ -10,11 +10,13 @@ interpreter grid is tiny and labelled as not a real measurement.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import ClassVar
 
-from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
+from dsv4_tune.errors import InputError
+from dsv4_tune.registry.ops import get_op
+from dsv4_tune.registry.workload import OpWorkload, Plan, Workload, class_problems, size_problems
 from dsv4_tune.tuner.cases import Case, decode_case
 from dsv4_tune.tuner.op_cases import build_op_case
 
@@ -107,17 +109,95 @@ class Grid:
         return data
 
     @classmethod
-    def from_json(cls, data: dict) -> Grid:
-        ops = tuple(OpGridClass.make(o["op"], tuple(int(r) for r in o["rows"]), **o["params"])
-                    for o in data.get("ops", []))
-        return cls(tuple(GridClass(**c) for c in data["classes"]), tuple(int(t) for t in data["tokens"]), ops)
+    def from_json(cls, data: object) -> Grid:
+        """The grid of a JSON object ``{"classes": [...], "tokens": [...], "ops": [...]}``; a GridError
+        names the first thing wrong (a grid with nothing to measure is wrong too)."""
+        if not isinstance(data, dict):
+            raise GridError(f"expected a JSON object {{'classes': [...], 'tokens': [...]}}, got {type(data).__name__}")
+        unknown = sorted(set(data) - {"classes", "tokens", "ops"})
+        if unknown:
+            raise GridError(f"unknown keys {unknown} (expected classes, tokens, ops)")
+        classes = tuple(_grid_class(i, c) for i, c in enumerate(_list(data, "classes")))
+        tokens = tuple(_size(f"tokens.{i}", t) for i, t in enumerate(_list(data, "tokens")))
+        ops = tuple(_op_class(i, o) for i, o in enumerate(_list(data, "ops")))
+        if classes and not tokens:
+            raise GridError("tokens: empty, but the grid has classes (give the T values to measure)")
+        if not classes and not ops:
+            raise GridError("nothing to measure: no classes and no ops")
+        return cls(classes, tokens, ops)
 
     @classmethod
     def load(cls, path: str | Path) -> Grid:
         try:
-            return cls.from_json(json.loads(Path(path).read_text()))
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"grid {path}: expected {{'classes': [...], 'tokens': [...]}}: {e}") from None
+            text = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise GridError(f"grid {path}: cannot read: {e}") from None
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as e:
+            raise GridError(f"grid {path}: not JSON: {e}") from None
+        try:
+            return cls.from_json(data)
+        except GridError as e:
+            raise GridError(f"grid {path}: {e}") from None
+
+
+class GridError(InputError):
+    """A grid file or object that cannot be swept; the message names the place in it."""
+
+    exit_code = 2  # ``sweep --grid``: bad usage
+
+
+def _list(data: dict, key: str) -> list:
+    value = data.get(key, [])
+    if not isinstance(value, list):
+        raise GridError(f"{key}: expected a list, got {type(value).__name__}")
+    return value
+
+
+def _size(where: str, value: object) -> int:
+    if problems := size_problems(where, value):
+        raise GridError(problems[0])
+    return value  # type: ignore[return-value]
+
+
+_CLASS_FIELDS = {f.name: f.type for f in fields(GridClass)}
+
+
+def _grid_class(i: int, c: object) -> GridClass:
+    if not isinstance(c, dict):
+        raise GridError(f"classes.{i}: expected an object, got {type(c).__name__}")
+    if "h_q" not in c:
+        raise GridError(f"classes.{i}: h_q is required")
+    unknown = sorted(set(c) - set(_CLASS_FIELDS))
+    if unknown:
+        raise GridError(f"classes.{i}: unknown keys {unknown} (known: {sorted(_CLASS_FIELDS)})")
+    for name in ("with_length", "has_sink"):
+        if name in c and not isinstance(c[name], bool):
+            raise GridError(f"classes.{i}.{name}: expected true or false, got {c[name]!r}")
+    if c.get("extra_length") is not None and not isinstance(c["extra_length"], bool):
+        raise GridError(f"classes.{i}.extra_length: expected true, false or null, got {c['extra_length']!r}")
+    cls = GridClass(**c)
+    problems = class_problems(cls.h_q, cls.topk_main, cls.topk_extra)
+    problems += [p for name in ("page_main", "page_extra") for p in size_problems(name, getattr(cls, name))]
+    if problems:
+        raise GridError(f"classes.{i}: " + "; ".join(problems))
+    return cls
+
+
+def _op_class(i: int, o: object) -> OpGridClass:
+    if not isinstance(o, dict) or set(o) != {"op", "params", "rows"}:
+        raise GridError(f"ops.{i}: expected an object with op, params and rows, got {o!r:.80}")
+    if not isinstance(o["params"], dict) or not isinstance(o["rows"], list) or not o["rows"]:
+        raise GridError(f"ops.{i}: params must be an object and rows a non-empty list")
+    try:
+        problems = get_op(o["op"]).param_problems(o["params"]) if isinstance(o["op"], str) else ["op: not a name"]
+    except ValueError as e:
+        problems = [str(e)]
+    if problems:
+        raise GridError(f"ops.{i}: " + "; ".join(problems))
+    rows = tuple(_size(f"ops.{i}.rows.{j}", r) for j, r in enumerate(o["rows"]))
+    return OpGridClass.make(o["op"], rows, **o["params"])
 
 
 def default_grid() -> Grid:

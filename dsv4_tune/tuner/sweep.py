@@ -11,6 +11,7 @@ everything it stores is labelled as not a real measurement.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import statistics
@@ -22,7 +23,6 @@ import torch
 from dsv4_tune.cache.store import Store, stable_hash, workload_key
 from dsv4_tune.policies.gpu import GpuInfo, toolchain
 from dsv4_tune.registry import plans as registry_plans
-from dsv4_tune.registry.gpus import INTERPRETER_ID
 from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
 from dsv4_tune.tuner.candidates import LAUNCHES, REFINE_SEEDS, coarse_candidates, refine_candidates
 from dsv4_tune.tuner.cases import Case
@@ -108,7 +108,7 @@ def compile_plans(pairs: list[tuple[GridClass | OpGridClass, Plan]], processes: 
 # ---------------------------------------------------------------------------------- sweep
 def sweep_meta(gpu: GpuInfo, grid: Grid) -> dict:
     driver = torch.version.cuda or torch.version.hip or "none"
-    return {"gpu_id": gpu.id, "arch": gpu.arch if gpu.is_real else INTERPRETER_ID, "device_name": gpu.name,
+    return {"gpu_id": gpu.id, "arch": gpu.arch, "device_name": gpu.name,
             "driver": str(driver),
             **toolchain(), "interpreter": int(not gpu.is_real), "grid_hash": stable_hash(grid.to_json()),
             "grid": json.dumps(grid.to_json(), sort_keys=True)}
@@ -125,6 +125,7 @@ def run_sweep(
     reps: int = 10,
     refine_rounds: int = 1,
     on_point: Callable[[int, int, str], None] | None = None,
+    on_open: Callable[[str, bool, int], None] | None = None,
 ) -> str:
     """Measure ``grid`` on ``gpu`` into ``store``; returns the sweep id.  Resumes unless ``fresh``.
 
@@ -134,16 +135,36 @@ def run_sweep(
     seeds did not move times nothing) and final (the best few re-timed side by side, the winner stored).
     Before a stage times anything, the kernels it needs are compiled in ``jobs`` worker processes.
     A later call with more rounds deepens a finished sweep and re-opens its final stage where the
-    search found new plans.
+    search found new plans.  ``on_open(sweep id, resumed, rows kept)`` is told which sweep this is
+    before anything is measured.  A sweep stopped by an exception (Ctrl-C included) is marked
+    ``interrupted``; one killed outright reads so too (:meth:`Store.state`).
     """
-    if refine_rounds < 1:
-        raise ValueError(f"refine_rounds: expected >= 1, got {refine_rounds}")
+    for name, value in (("rounds", rounds), ("reps", reps), ("refine_rounds", refine_rounds), ("jobs", jobs)):
+        if value < 1:
+            raise ValueError(f"{name}: expected >= 1, got {value}")
+    sweep_id, resumed = store.open_sweep(sweep_meta(gpu, grid), fresh=fresh)
+    if on_open:
+        on_open(sweep_id, resumed, store.measurement_count(sweep_id))
+    try:
+        _run_stages(store, sweep_id, grid, gpu, jobs, rounds, reps, refine_rounds, on_point)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the store itself may be what failed: keep the first error
+            store.finish_sweep(sweep_id, "interrupted")
+        raise
+    store.finish_sweep(sweep_id)
+    return sweep_id
+
+
+def _run_stages(
+    store: Store, sweep_id: str, grid: Grid, gpu: GpuInfo, jobs: int, rounds: int, reps: int, refine_rounds: int,
+    on_point: Callable[[int, int, str], None] | None,
+) -> None:
+    """The stages of :func:`run_sweep` over the whole grid."""
     device = "cuda" if gpu.is_real else "cpu"
-    sweep_id, _ = store.open_sweep(sweep_meta(gpu, grid), fresh=fresh)
     arch = gpu.arch if gpu.is_real else None
     unfit = store.unfit_kernels(arch) if arch else {}
     points = grid.points()
-    progress = _Progress(len(points) * (len(STAGES) + refine_rounds - 1), on_point)
+    progress = _Progress(len(points) * (len(STAGES) + refine_rounds - 1), on_point, lambda: store.beat(sweep_id))
 
     def valid(w: Workload | OpWorkload, plans: list[Plan]) -> list[Plan]:
         return [p for p in plans if not registry_plans.problems(w, p, arch, unfit)]
@@ -168,19 +189,19 @@ def run_sweep(
         if key in changed or not store.has_winner(sweep_id, key):  # new candidates re-open the final
             _final(store, sweep_id, key, lambda cls=cls, t=t, n=n: cls.build_case(t, device, seed=n),
                    gpu.is_real, rounds, reps)
-    store.finish_sweep(sweep_id)
-    return sweep_id
 
 
 class _Progress:
-    """Counts steps (one per workload and stage) for the caller's progress bar."""
+    """Counts steps (one per workload and stage) for the caller's progress bar; each step is also the
+    sweep's sign of life in the store."""
 
-    def __init__(self, total: int, on_point: Callable[[int, int, str], None] | None) -> None:
-        self.total, self.done, self.on_point = total, 0, on_point
+    def __init__(self, total: int, on_point: Callable[[int, int, str], None] | None, beat: Callable[[], None]) -> None:
+        self.total, self.done, self.on_point, self.beat = total, 0, on_point, beat
 
     def __call__(self, label: str) -> None:
         if self.on_point:
             self.on_point(self.done, self.total, label)
+        self.beat()
         self.done += 1
 
 
