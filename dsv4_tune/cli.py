@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -19,6 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from dsv4_tune.errors import InputError
+from dsv4_tune.registry.ops import OPS
+from dsv4_tune.registry.variants import VARIANTS
 
 app = typer.Typer(help="Autotuning and dispatch policies for DSV4 sparse-decode Triton kernels.", no_args_is_help=True)
 console = Console()
@@ -44,13 +47,46 @@ def command(*names: str, **kw: Any) -> Callable:
     return register
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"dsv4-tune {version('dsv4-tune')}")
+        except PackageNotFoundError:
+            print("dsv4-tune (not installed)")
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_version, help="print the version"),
+) -> None:
     """dsv4-tune: sweep kernel configs on this GPU, export policies, look plans up."""
 
 
+class Arch(str, Enum):
+    """The cross-compile targets (:data:`dsv4_tune.tuner.crosscompile.ARCHS`, which imports Triton;
+    tests/test_cli.py keeps the two equal)."""
+
+    sm90 = "sm90"
+    gfx942 = "gfx942"
+    gfx950 = "gfx950"
+
+
+# What ``compile-check --variants`` may name: the decode variants and the ops (registry names).
+Kernel = Enum("Kernel", {name: name for name in [*VARIANTS, *OPS]}, type=str)
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+JSON = typer.Option(False, "--json", help="machine-readable output on stdout")
+
+
 @command()
-def info() -> None:
+def info(as_json: bool = JSON) -> None:
     """Print the detected GPU and arch, torch/triton versions and the FP8 flavour in use."""
     import torch
     import triton
@@ -58,6 +94,11 @@ def info() -> None:
     from dsv4_tune.policies.gpu import detect
 
     gpu = detect()
+    if as_json:
+        _print_json({"gpu": gpu.name if gpu.is_real else None, "id": gpu.id, "arch": gpu.arch, "real": gpu.is_real,
+                     "multiprocessors": gpu.multiprocessors, "fp8": gpu.fp8, "torch": torch.__version__,
+                     "triton": triton.__version__})
+        return
     table = Table(show_header=False, box=None)
     table.add_row("GPU", gpu.name if gpu.is_real else "none")
     table.add_row("arch", gpu.arch)
@@ -224,8 +265,19 @@ def lookup_op(
 
 
 @command()
-def validate(path: Path) -> None:
+def validate(path: Path, as_json: bool = JSON) -> None:
     """Check a policy file; exit 1 with the exact problem (its place inside the JSON)."""
+    from dsv4_tune.policies.schema import PolicyError, load_policy
+
+    if as_json:
+        try:
+            policy = load_policy(path)
+        except PolicyError as e:
+            _print_json({"ok": False, "path": str(path), "error": str(e)})
+            raise typer.Exit(1) from None
+        _print_json({"ok": True, "path": str(path), "gpu": policy.gpu.id, "classes": len(policy.classes),
+                     "ops": len(policy.ops), "source": policy.provenance.source})
+        return
     policy = _load_or_exit(path)
     console.print(f"ok: {path} ({policy.gpu.id}, {len(policy.classes)} classes, source {policy.provenance.source})",
                   highlight=False)
@@ -235,11 +287,21 @@ def validate(path: Path) -> None:
 def show(
     path: Path, buckets: bool = typer.Option(False, "--buckets", help="also list each measured T bucket: time, "
                                              "lead over the runner-up, runner-up"),
+    as_json: bool = JSON,
 ) -> None:
     """Print a policy as a table of workload classes x T ranges."""
     from dsv4_tune.policies.schema import describe_segments
 
     policy = _load_or_exit(path)
+    if as_json:
+        _print_json({
+            "path": str(path), "gpu": policy.gpu.id, "source": policy.provenance.source,
+            "classes": [{"key": list(c.key), "segments": describe_segments(c.segments),
+                         "measured": [m.model_dump() for m in c.measured]} for c in sorted(policy.classes,
+                                                                                           key=lambda c: c.key)],
+            "ops": [{"op": o.op, "params": o.params, "segments": describe_segments(o.segments),
+                     "measured": [m.model_dump() for m in o.measured]} for o in policy.ops]})
+        return
     table = Table(title=f"{path.name}: {policy.gpu.id} ({policy.provenance.source})")
     for col in ("h_q", "topk main+extra", "flags len/len/sink", "T range: plan"):
         table.add_column(col)
@@ -265,16 +327,26 @@ def show(
 
 
 @command()
-def diff(a: Path, b: Path, max_tokens: int = typer.Option(4096, min=1, help="compare T = 1..this")) -> None:
+def diff(
+    a: Path, b: Path, max_tokens: int = typer.Option(4096, min=1, help="compare T = 1..this"),
+    exit_code: bool = typer.Option(False, "--exit-code", help="exit 1 when the policies differ (like git diff)"),
+    as_json: bool = JSON,
+) -> None:
     """Show where two policies choose differently (per class, runs of T; eager plans included)."""
     from dsv4_tune.policies.compare import differences
     from dsv4_tune.policies.dispatcher import Dispatcher
 
     found = differences(Dispatcher(_load_or_exit(a), str(a)), Dispatcher(_load_or_exit(b), str(b)), max_tokens)
-    for key, lo, hi, x, y in found:
-        console.print(f"{key} T {lo}-{hi}:\n  {a.name}: {x}\n  {b.name}: {y}", highlight=False)
-    if not found:
-        console.print("no differences", highlight=False)
+    if as_json:
+        _print_json([{"class": str(key), "from_tokens": lo, "to_tokens": hi, "a": str(x), "b": str(y)}
+                     for key, lo, hi, x, y in found])
+    else:
+        for key, lo, hi, x, y in found:
+            console.print(f"{key} T {lo}-{hi}:\n  {a.name}: {x}\n  {b.name}: {y}", highlight=False)
+        if not found:
+            console.print("no differences", highlight=False)
+    if exit_code and found:
+        raise typer.Exit(1)
 
 
 DEFAULT_DB = Path("dsv4-tune.db")
@@ -363,18 +435,33 @@ def sweep(
 
 
 @command()
-def status(db: Path = typer.Option(DEFAULT_DB, "--db")) -> None:
-    """List the sweeps in a store and their progress (a sweep whose process died: interrupted)."""
+def status(db: Path = typer.Option(DEFAULT_DB, "--db"), as_json: bool = JSON) -> None:
+    """Where the sweeps of a store stand: per stage done / total, the ETA (compile time counted),
+    a sweep whose process died shown as interrupted, and what to run next."""
+    from dsv4_tune.tuner.progress import sweep_status
+
     store = _open_store(db)
-    table = Table(title=str(db))
-    for col in ("sweep", "gpu", "torch / triton", "status", "started", "finished", "measured", "winners"):
-        table.add_column(col, no_wrap=col in ("sweep", "status"))  # the id in full: `export --sweep` takes it
-    for s in store.sweeps():
-        n = store.measurement_count(s["id"])
-        table.add_row(s["id"], s["gpu_id"] + (" (interpreter)" if s["interpreter"] else ""),
-                      f"{s['torch']} / {s['triton']}", store.state(s), s["started"], s["finished"] or "-", str(n),
-                      str(len(store.winners(s["id"]))))
-    console.print(table)
+    rows = [sweep_status(store, s, db) for s in store.sweeps()]
+    if as_json:
+        _print_json({"db": str(db), "sweeps": rows})
+        return
+    if not rows:
+        console.print(f"{db}: no sweeps yet; start one with `dsv4-tune sweep --db {db}`", highlight=False,
+                      soft_wrap=True)
+    for r in rows:
+        console.print(f"[bold]sweep {r['id']}[/] on {r['gpu']}: {r['state']}, {r['rows']} rows, {r['winners']} "
+                      f"winners (started {r['started']}, finished {r['finished'] or '-'})", highlight=False,
+                      soft_wrap=True)
+        for st in r["stages"]:
+            name = st["stage"]
+            total = "" if st.get("total") is None else f" / {st['total']}"
+            extra = f", {st['seconds']} s" if "seconds" in st else ""
+            count = f"{st['kernels']} kernels" if "kernels" in st else f"{st['done']}{total}"
+            console.print(f"  {name}: {count}{extra}", highlight=False, soft_wrap=True)
+        if r["eta_s"] is not None:
+            console.print(f"  ETA about {r['eta_s'] / 60:.0f} min (at the pace so far, compile time included)",
+                          highlight=False, soft_wrap=True)
+        console.print(f"  next: {r['next']}", highlight=False, soft_wrap=True)
 
 
 @command()
@@ -424,7 +511,8 @@ def warmup(
     if not detect().is_real:
         console.print("no GPU: nothing to compile (the interpreter does not compile)", highlight=False)
         return
-    kernels, seconds = do_warmup(pol, jobs)
+    with console.status(f"compiling the kernels of {source} with {jobs} processes"):
+        kernels, seconds = do_warmup(pol, jobs)
     console.print(f"compiled {kernels} kernels of {source} in {seconds:.0f} s", highlight=False)
 
 
@@ -432,6 +520,7 @@ def warmup(
 def verify_policy(
     policy: Path | None = typer.Argument(None, help="policy file (default: the one chosen for this GPU)"),
     max_points: int = typer.Option(24, "--max-points", min=1, help="(class, T) samples to re-time"),
+    as_json: bool = JSON,
 ) -> None:
     """Re-time a sample of the policy's buckets against the default plan on this GPU and toolchain;
     exit 1 where the policy has become measurably slower (stale)."""
@@ -443,7 +532,19 @@ def verify_policy(
     gpu = detect()
     if gpu.is_real and gpu.arch != pol.gpu.arch:
         _fail(f"{source} is for {pol.gpu.arch}; this GPU is {gpu.arch}")
-    rows = verify(pol, real=gpu.is_real, max_points=max_points)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True) as progress:
+        task = progress.add_task("re-timing", total=None)
+        rows = verify(pol, real=gpu.is_real, max_points=max_points,
+                      on_row=lambda n, total: progress.update(task, completed=n, total=total))
+    stale = sum(r["stale"] for r in rows)
+    if as_json:
+        _print_json({"policy": source, "gpu": gpu.id, "real": gpu.is_real, "samples": rows, "stale": stale})
+        if stale:
+            raise typer.Exit(1)
+        return
     table = Table(title=f"{source} vs the default plan on {gpu.name}" + ("" if gpu.is_real else " (interpreter)"))
     for col in ("class", "T", "policy us", "default us", "stale"):
         table.add_column(col)
@@ -451,7 +552,6 @@ def verify_policy(
         table.add_row(str(r["class"]), str(r["T"]), f"{r['policy_us']:.1f}", f"{r['default_us']:.1f}",
                       "[red]yes[/]" if r["stale"] else "no")
     console.print(table)
-    stale = sum(r["stale"] for r in rows)
     if stale:
         console.print(f"[red]{stale} of {len(rows)} samples are slower than the default: re-run the sweep[/]")
         raise typer.Exit(1)
@@ -459,38 +559,30 @@ def verify_policy(
 
 @command("compile-check")
 def compile_check(
-    arch: str = typer.Option("sm90,gfx942,gfx950", "--arch", help="comma-separated targets"),
-    variants: str | None = typer.Option(None, "--variants", help="comma-separated decode variants and ops "
-                                        "(fused, fused_splitk, fused_splitk_inline, gather_attend, compress, "
-                                        "qk_norm; default: all)"),
+    arch: list[Arch] = typer.Option(list(Arch), "--arch", help="a target (repeat for more; default: all)"),
+    variants: list[Kernel] = typer.Option([], "--variants", help="a decode variant or op to check (repeat for "
+                                          "more; default: all)"),
     sample: int | None = typer.Option(None, "--sample", min=1, help="a fixed random sample of N configs per variant"),
     policy: list[Path] = typer.Option([], "--policy", help="check the plans of these policies (for their own arch)"),
     jobs: int = typer.Option(2, "--jobs", min=1, help="compile processes"),
     db: Path | None = typer.Option(None, "--db", help="store the rows in this SQLite file (table 'compile')"),
     table_dir: Path | None = typer.Option(None, "--table-dir", help="write compile-check-<arch>.json tables here"),
     write_rules: bool = typer.Option(False, "--write-rules", help="rewrite the registry's per-arch rules file"),
+    as_json: bool = JSON,
 ) -> None:
     """Cross-compile every kernel config for each arch (no GPU needed); exit 1 on any compile failure."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from dsv4_tune.tuner import compile_check as cc
-    from dsv4_tune.tuner.crosscompile import ARCHS
-
-    arches = [a.strip() for a in arch.split(",") if a.strip()]
-    unknown = [a for a in arches if a not in ARCHS]
-    if unknown or not arches:
-        _fail(f"--arch: unknown {unknown or arch!r}; known {sorted(ARCHS)}")
+    arches = list(dict.fromkeys(a.value for a in arch))
     if policy:
         targets, arches = cc.policy_targets([_load_or_exit(path) for path in policy])
     else:
-        names = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
-        try:
-            targets = cc.check_targets(arches, names, sample)
-        except ValueError as e:
-            _fail(f"--{e}")
-    console.print(f"compiling {len(targets)} kernels for {', '.join(arches)} with {jobs} processes", highlight=False)
+        targets = cc.check_targets(arches, [v.value for v in variants] or None, sample)
+    out = err_console if as_json else console
+    out.print(f"compiling {len(targets)} kernels for {', '.join(arches)} with {jobs} processes", highlight=False)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as progress:
+                  console=out) as progress:
         task = progress.add_task("compile", total=len(targets))
         rows = cc.with_problems(cc.run_check(targets, jobs, on_row=lambda r: progress.advance(task)))
     if db is not None:
@@ -499,17 +591,50 @@ def compile_check(
         cc.write_tables(rows, arches, table_dir)
     if write_rules:
         console.print(f"wrote {cc.write_rules(rows)}", highlight=False)
+    failed = [r for r in rows if r["status"] != "ok"]
+    if as_json:
+        _print_json({"arches": arches, "kernels": len(targets), "summary": cc.summary(rows, targets, arches),
+                     "failed": [{"key": r["key"], "error": r["error"]} for r in failed]})
+        if failed:
+            raise typer.Exit(1)
+        return
     table = Table(title="valid configs per arch and variant")
     for col in ("arch", "variant", "configs", "valid", "why not"):
         table.add_column(col)
     for r in cc.summary(rows, targets, arches):
         table.add_row(r["arch"], r["variant"], str(r["configs"]), str(r["valid"]), r["why not"])
     console.print(table)
-    failed = [r for r in rows if r["status"] != "ok"]
     for r in failed[:10]:
         console.print(f"[red]FAILED[/] {r['key']}: {r['error'][:300]}", highlight=False)
     if failed:
         raise typer.Exit(1)
+
+@command()
+def report(
+    policies: list[Path] = typer.Argument(None, help="policy files: drawn beside the sweep's winners (with --db), "
+                                          "or reported alone (the first one's classes; two are compared)"),
+    out: Path = typer.Option(..., "--out", help="folder for index.html and the PNGs"),
+    db: Path | None = typer.Option(None, "--db", help="the sweep's store"),
+    sweep_id: str | None = typer.Option(None, "--sweep", help="sweep id (default: the latest)"),
+    as_json: bool = JSON,
+) -> None:
+    """Write what a sweep found (or what policies hold) as PNGs and one self-contained HTML page:
+    time over T per class, crossovers, speed-up heat maps, noisy buckets, provenance."""
+    from dsv4_tune.report.data import from_policies, from_store
+    from dsv4_tune.report.render import write_report
+
+    loaded = [(path.stem, _load_or_exit(path)) for path in policies or []]
+    if db is None and not loaded:
+        _fail("report: give --db FILE (a sweep's store) or at least one policy file")
+    data = from_store(_open_store(db), sweep_id, loaded) if db is not None else from_policies(loaded)
+    with (err_console if as_json else console).status(f"drawing {len(data.classes)} classes"):
+        page = write_report(data, out)
+    images = sorted(str(p) for p in out.glob("*.png"))
+    if as_json:
+        _print_json({"html": str(page), "images": images, "classes": [c.name for c in data.classes]})
+        return
+    console.print(f"wrote {page} and {len(images)} PNGs ({len(data.classes)} classes)", highlight=False)
+
 
 if __name__ == "__main__":
     app()

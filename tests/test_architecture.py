@@ -28,7 +28,8 @@ ALLOWED: dict[str, set[str]] = {
     "policies": {"env", "errors", "registry"},
     "serving": {"env", "errors", "registry", "runtime", "kernels", "policies"},
     "tuner": {"env", "errors", "registry", "runtime", "kernels", "policies", "serving", "cache"},
-    "cli": {"env", "errors", "registry", "runtime", "kernels", "policies", "serving", "cache", "tuner"},
+    "report": {"errors", "registry", "policies", "cache", "tuner"},
+    "cli": {"env", "errors", "registry", "runtime", "kernels", "policies", "serving", "cache", "tuner", "report"},
     "__init__": {"errors", "registry", "policies", "serving"},
 }
 PURE = ("env", "errors", "registry", "policies")  # no torch / triton at module level (policies: only inside functions)

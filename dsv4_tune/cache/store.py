@@ -30,7 +30,7 @@ from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
 
 STATUSES = ("ok", "mismatch", "compile_error", "launch_error", "oom")
 RETRIED = ("launch_error", "oom")  # a resumed sweep measures these rows again
-OWNER_COLUMNS = {"host": str, "pid": int, "heartbeat": str}
+OWNER_COLUMNS = {"host": str, "pid": int, "heartbeat": str, "progress": str}  # progress: JSON, see set_progress
 STALE_AFTER_S = 3600  # a running sweep of another host with no sign of life for this long: interrupted
 
 
@@ -166,9 +166,33 @@ class Store:
         """Mark a sweep ended: ``done``, or ``interrupted`` when it stopped early."""
         self.db["sweeps"].update(sweep_id, {"status": status, "finished": now(), "heartbeat": now()})
 
-    def beat(self, sweep_id: str) -> None:
-        """Record that the sweep's owner is alive (called as it works)."""
-        self.db.execute("update sweeps set heartbeat = ? where id = ?", [now(), sweep_id])
+    def beat(self, sweep_id: str, progress: dict[str, Any] | None = None) -> None:
+        """Record that the sweep's owner is alive (called as it works), and where it stands:
+        ``progress`` = {"stages": {stage: {"done": n, "total": m, "seconds": s}}, "steps": [done, total],
+        "stage": the current one} (what ``status`` shows)."""
+        if progress is None:
+            self.db.execute("update sweeps set heartbeat = ? where id = ?", [now(), sweep_id])
+        else:
+            self.db.execute("update sweeps set heartbeat = ?, progress = ? where id = ?",
+                            [now(), json.dumps(progress, sort_keys=True), sweep_id])
+
+    def progress(self, sweep: dict[str, Any]) -> dict[str, Any]:
+        """A sweep's recorded progress (see :meth:`beat`); for a sweep from before it was recorded,
+        per stage the workloads that have rows of that stage, of the grid's points."""
+        host = self.db.execute("select count(distinct workload) from measurements where sweep_id = ? and stage = "
+                               "'host'", [sweep["id"]]).fetchone()[0]
+        if sweep.get("progress"):
+            recorded = json.loads(sweep["progress"])
+            if host:  # timed in the final stage where the graph winner is fast enough: no total ahead
+                recorded["stages"]["host"] = {"done": host, "total": None}
+            return recorded
+        grid = json.loads(sweep["grid"])
+        points = len(grid.get("classes", [])) * len(grid.get("tokens", [])) + sum(
+            len(o.get("rows", [])) for o in grid.get("ops", []))
+        stages = {r["stage"]: {"done": r["n"], "total": None if r["stage"] == "host" else points}
+                  for r in self.db.query("select stage, count(distinct workload) as n from measurements "
+                                         "where sweep_id = ? group by stage", [sweep["id"]])}
+        return {"stages": stages, "steps": None, "stage": None}
 
     def state(self, sweep: dict[str, Any]) -> str:
         """What a sweep row's ``status`` means now: a ``running`` sweep whose owner died (same host, its

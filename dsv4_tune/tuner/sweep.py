@@ -164,7 +164,7 @@ def _run_stages(
     arch = gpu.arch if gpu.is_real else None
     unfit = store.unfit_kernels(arch) if arch else {}
     points = grid.points()
-    progress = _Progress(len(points) * (len(STAGES) + refine_rounds - 1), on_point, lambda: store.beat(sweep_id))
+    progress = _Progress(store, sweep_id, len(points), refine_rounds, on_point)
 
     def valid(w: Workload | OpWorkload, plans: list[Plan]) -> list[Plan]:
         return [p for p in plans if not registry_plans.problems(w, p, arch, unfit)]
@@ -189,20 +189,52 @@ def _run_stages(
         if key in changed or not store.has_winner(sweep_id, key):  # new candidates re-open the final
             _final(store, sweep_id, key, lambda cls=cls, t=t, n=n: cls.build_case(t, device, seed=n),
                    gpu.is_real, rounds, reps)
+    progress.finish()
 
 
 class _Progress:
-    """Counts steps (one per workload and stage) for the caller's progress bar; each step is also the
-    sweep's sign of life in the store."""
+    """Counts steps (one per workload and stage) for the caller's progress bar, and records them per
+    stage in the store with the compile phases (kernels, seconds): the sweep's sign of life and
+    what ``status`` shows."""
 
-    def __init__(self, total: int, on_point: Callable[[int, int, str], None] | None, beat: Callable[[], None]) -> None:
-        self.total, self.done, self.on_point, self.beat = total, 0, on_point, beat
+    def __init__(self, store: Store, sweep_id: str, points: int, refine_rounds: int,
+                 on_point: Callable[[int, int, str], None] | None) -> None:
+        self.store, self.sweep_id, self.on_point = store, sweep_id, on_point
+        self.total, self.done = points * (len(STAGES) + refine_rounds - 1), 0
+        self.stages: dict[str, dict] = {
+            STAGE_COARSE: {"done": 0, "total": points}, STAGE_REFINE: {"done": 0, "total": points * refine_rounds},
+            STAGE_FINAL: {"done": 0, "total": points}}
+        self.started = time.time()
 
     def __call__(self, label: str) -> None:
+        """A step begins: ``label`` is '<stage> <workload>'."""
         if self.on_point:
             self.on_point(self.done, self.total, label)
-        self.beat()
+        stage = label.split(" ", 1)[0]
+        if self.done:
+            self._record(stage)
         self.done += 1
+        if stage in self.stages:
+            self.stages[stage]["done"] += 1
+
+    def compiling(self, stage: str, plans: int) -> None:
+        """A compile phase begins (its kernels are the distinct ones among ``plans``)."""
+        if self.on_point:
+            self.on_point(self.done, self.total, f"compile {stage}: the kernels of {plans} plans")
+        self._record(f"compile {stage}")
+
+    def compiled(self, stage: str, kernels: int, seconds: float) -> None:
+        entry = self.stages.setdefault("compile", {"kernels": 0, "seconds": 0.0})
+        entry["kernels"] += kernels
+        entry["seconds"] = round(entry["seconds"] + seconds, 1)
+        self._record(stage)
+
+    def _record(self, stage: str) -> None:
+        self.store.beat(self.sweep_id, {"stages": self.stages, "steps": [self.done, self.total], "stage": stage,
+                                        "seconds": round(time.time() - self.started, 1)})
+
+    def finish(self) -> None:
+        self._record("done")
 
 
 def _stage(
@@ -221,7 +253,9 @@ def _stage(
         plans = [p for p in candidates(n, w) if (key, str(p)) not in done]
         todo.append((n, cls, t, key, plans))
     if gpu.is_real and jobs > 1:
-        compile_plans([(cls, p) for _, cls, _, _, plans in todo for p in plans], jobs)
+        pairs = [(cls, p) for _, cls, _, _, plans in todo for p in plans]
+        progress.compiling(stage, len(pairs))
+        progress.compiled(stage, *compile_plans(pairs, jobs))
     changed = set()
     for n, cls, t, key, plans in todo:
         progress(f"{stage} {key}")

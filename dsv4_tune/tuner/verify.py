@@ -4,6 +4,7 @@ check that it still beats the default plan after a driver or Triton upgrade."""
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 
 from dsv4_tune.policies.dispatcher import Dispatcher
 from dsv4_tune.policies.schema import OpClass, Policy
@@ -38,10 +39,12 @@ def warmup(policy: Policy, processes: int) -> tuple[int, float]:
 
 
 def verify(
-    policy: Policy, tokens: tuple[int, ...] = (1, 16, 256), real: bool = True, max_points: int = 24
+    policy: Policy, tokens: tuple[int, ...] = (1, 16, 256), real: bool = True, max_points: int = 24,
+    on_row: Callable[[int, int], None] | None = None,
 ) -> list[dict]:
     """Re-time the policy's plan against the default plan at a sample of (class, T); a row is
-    ``stale`` when the default is measurably faster (bootstrap interval of the ratio above 1)."""
+    ``stale`` when the default is measurably faster (bootstrap interval of the ratio above 1).
+    ``on_row(done, total)`` is told after each sample."""
     rows = []
     n = len(tokens)  # class i takes T = tokens[(i + j) % n] in pass j: the first pass covers every class
     points: list[tuple[GridClass | OpGridClass, int]] = [
@@ -64,6 +67,8 @@ def verify(
         lo, _ = ratio_interval(samples[0], samples[-1]) if len(plans) == 2 else (1.0, 1.0)
         rows.append({"class": list(w.key), "T": t, "plan": str(plan), "policy_us": policy_us,
                      "default_us": default_us, "stale": real and lo > 1.0, "flag": flag})
+        if on_row:
+            on_row(len(rows), len(points))
     return rows
 
 
