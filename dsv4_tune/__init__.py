@@ -10,17 +10,25 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dsv4_tune.policies.dispatcher import Dispatcher
+    from dsv4_tune.policies.dispatcher import Dispatcher, policy_scope, use_policy
     from dsv4_tune.registry.workload import Plan, Workload
+    from dsv4_tune.serving.compressor import compress_decode, compress_prefill
     from dsv4_tune.serving.decode import sparse_decode
+    from dsv4_tune.serving.qk_norm import qk_norm
 
 _PUBLIC = {
     "Dispatcher": "dsv4_tune.policies.dispatcher",
+    "use_policy": "dsv4_tune.policies.dispatcher",
+    "policy_scope": "dsv4_tune.policies.dispatcher",
     "Plan": "dsv4_tune.registry.workload",
     "Workload": "dsv4_tune.registry.workload",
     "sparse_decode": "dsv4_tune.serving.decode",
+    "compress_decode": "dsv4_tune.serving.compressor",
+    "compress_prefill": "dsv4_tune.serving.compressor",
+    "qk_norm": "dsv4_tune.serving.qk_norm",
 }
-__all__ = ["Dispatcher", "Plan", "Workload", "sparse_decode"]
+__all__ = ["Dispatcher", "Plan", "Workload", "compress_decode", "compress_prefill", "policy_scope", "qk_norm",
+           "sparse_decode", "use_policy"]
 
 
 def __getattr__(name: str) -> Any:

@@ -91,13 +91,15 @@ def info(as_json: bool = JSON) -> None:
     import torch
     import triton
 
+    from dsv4_tune.policies.dispatcher import select_policy
     from dsv4_tune.policies.gpu import detect
 
     gpu = detect()
+    dispatcher, notes = select_policy(gpu)
     if as_json:
         _print_json({"gpu": gpu.name if gpu.is_real else None, "id": gpu.id, "arch": gpu.arch, "real": gpu.is_real,
                      "multiprocessors": gpu.multiprocessors, "fp8": gpu.fp8, "torch": torch.__version__,
-                     "triton": triton.__version__})
+                     "triton": triton.__version__, "policy": dispatcher.source, "policy_notes": notes})
         return
     table = Table(show_header=False, box=None)
     table.add_row("GPU", gpu.name if gpu.is_real else "none")
@@ -106,7 +108,10 @@ def info(as_json: bool = JSON) -> None:
     table.add_row("fp8 flavour", gpu.fp8)
     table.add_row("torch", torch.__version__)
     table.add_row("triton", triton.__version__)
+    table.add_row("policy", dispatcher.source)
     console.print(table)
+    for note in notes:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
     if not gpu.is_real:
         console.print("[yellow]No GPU: kernels run on the Triton interpreter; timings are not real measurements.[/]")
 

@@ -120,7 +120,8 @@ def test_compressor_entry_points_pick_the_same_variant_as_the_dispatcher_default
     for ratio in (4, 128):
         for mode in ("decode", "prefill"):
             w = OpWorkload.make("compress", 1, ratio=ratio, head_dim=512, mode=mode)
-            variant, cfg = _config(ratio, 512, mode, None, None)
+            variant, cfg = _config(ratio, 512, mode, None, None, 1, Dispatcher())  # no policy: the default
             assert Plan.make(variant, cfg) == op_default_plan(w)
     split_cfg = op_space(OpWorkload.make("compress", 1, ratio=4, head_dim=512, mode="decode"))[-1]
-    assert split_cfg.variant == "split" and _config(4, 512, "decode", split_cfg.as_dict(), None)[0] == "split"
+    assert split_cfg.variant == "split"
+    assert _config(4, 512, "decode", split_cfg.as_dict(), None, 1, Dispatcher())[0] == "split"

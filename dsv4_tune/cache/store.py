@@ -30,7 +30,9 @@ from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
 
 STATUSES = ("ok", "mismatch", "compile_error", "launch_error", "oom")
 RETRIED = ("launch_error", "oom")  # a resumed sweep measures these rows again
-OWNER_COLUMNS = {"host": str, "pid": int, "heartbeat": str, "progress": str}  # progress: JSON, see set_progress
+# Sweep columns added after the first stores: the owner and its progress (JSON, see beat), the FP8
+# flavour of the pools measured and the SM / CU count.
+OWNER_COLUMNS = {"host": str, "pid": int, "heartbeat": str, "progress": str, "fp8": str, "multiprocessors": int}
 STALE_AFTER_S = 3600  # a running sweep of another host with no sign of life for this long: interrupted
 
 
@@ -139,7 +141,10 @@ class Store:
     def open_sweep(self, meta: dict[str, Any], fresh: bool = False) -> tuple[str, bool]:
         """The sweep for ``meta`` (GPU, versions, grid): the latest unfinished-or-finished one with the
         same key unless ``fresh``; else a new one.  Returns (id, resumed)."""
-        key = stable_hash({k: meta[k] for k in ("gpu_id", "driver", "torch", "triton", "grid_hash")})
+        keyed = ("gpu_id", "driver", "torch", "triton", "grid_hash")
+        # the flavour keys a sweep only where it is not the default, so older sweeps keep their keys
+        extra = {"fp8": meta["fp8"]} if meta.get("fp8", "e4m3fn") != "e4m3fn" else {}
+        key = stable_hash({**{k: meta[k] for k in keyed}, **extra})
         conn = self.db.conn
         conn.execute("BEGIN IMMEDIATE")  # read-then-insert as one step: two sweeps may start at once
         try:

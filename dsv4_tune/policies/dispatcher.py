@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import bisect
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,6 +178,9 @@ class Dispatcher:
 
 # ----------------------------------------------------------------------------- selection at serving
 _DISPATCHER: Dispatcher | None = None
+_SCOPED: ContextVar[Dispatcher | None] = ContextVar("dsv4_tune_dispatcher", default=None)
+
+PolicySource = str | Path | Policy | Dispatcher | None
 
 
 def _warn(msg: str) -> None:
@@ -190,6 +196,27 @@ def _versions_drift(policy: Policy) -> str | None:
 
 def shipped_policies() -> list[Path]:
     return sorted(DATA_DIR.glob("*.json"))
+
+
+def _closest(paths: list[Path], gpu: GpuInfo) -> list[Path]:
+    """Same-arch policies, the one measured on the SM / CU count nearest this GPU's first (then by name;
+    a policy that does not load, or does not say, comes last)."""
+    def distance(path: Path) -> tuple[int, str]:
+        try:
+            count = load_policy(path).gpu.multiprocessors
+        except PolicyError:
+            count = 0
+        return (abs(count - gpu.multiprocessors) if count else 1 << 20, path.name)
+
+    return sorted(paths, key=distance)
+
+
+def _measured_on(path: Path) -> str:
+    try:
+        g = load_policy(path).gpu
+    except PolicyError:
+        return "which does not load"
+    return f"measured on {g.device_name or g.id}" + (f" ({g.multiprocessors} SMs / CUs)" if g.multiprocessors else "")
 
 
 def select_policy(gpu: GpuInfo | None = None) -> tuple[Dispatcher, list[str]]:
@@ -209,10 +236,11 @@ def select_policy(gpu: GpuInfo | None = None) -> tuple[Dispatcher, list[str]]:
         shipped = shipped_policies()
         exact = [p for p in shipped if p.stem == gpu.id]
         same_arch = [p for p in shipped if arch_of_id(p.stem) == gpu.arch and p not in exact]
-        candidates = exact or same_arch[:1]
-        if not exact and same_arch:
-            notes.append(f"dsv4-tune: no policy for GPU id {gpu.id}; using {same_arch[0].name} "
-                         f"of the same arch {gpu.arch}")
+        candidates = exact or _closest(same_arch, gpu)[:1]
+        if not exact and candidates:
+            notes.append(f"dsv4-tune: no policy for GPU id {gpu.id}; using {candidates[0].name} of the same arch "
+                         f"{gpu.arch}, {_measured_on(candidates[0])}: its plans run here, its timings are that "
+                         f"GPU's (`dsv4-tune verify-policy` re-times them here; a sweep here replaces them)")
     for path in candidates:
         try:
             policy = load_policy(path)
@@ -237,9 +265,52 @@ def select_policy(gpu: GpuInfo | None = None) -> tuple[Dispatcher, list[str]]:
     return Dispatcher(), notes
 
 
-def get_dispatcher() -> Dispatcher:
-    """The process-wide dispatcher, chosen on first use; its warnings are emitted once, then."""
+def as_dispatcher(source: PolicySource, gpu: GpuInfo | None = None) -> Dispatcher:
+    """The dispatcher of an explicit choice: a policy file, a loaded ``Policy``, a ``Dispatcher``, or
+    None (no policy: the built-in default plans).  Unlike the automatic choice, an explicit one that
+    cannot be used raises: a PolicyError for a file that does not load or a policy of another arch."""
+    if source is None:
+        return Dispatcher()
+    if isinstance(source, Dispatcher):
+        return source
+    if isinstance(source, (str, Path)):
+        policy, label = load_policy(source), str(source)
+    elif isinstance(source, Policy):
+        policy, label = source, f"policy {source.gpu.id} ({source.provenance.source})"
+    else:
+        raise TypeError(f"policy: expected a path, a Policy, a Dispatcher or None, got {type(source).__name__}")
+    gpu = gpu or detect()
+    if policy.gpu.arch != gpu.arch:
+        raise PolicyError(f"{label}: a policy for arch {policy.gpu.arch}; this GPU is {gpu.arch} ({gpu.name})")
+    return Dispatcher(policy, label)
+
+
+def use_policy(source: PolicySource) -> Dispatcher:
+    """Choose the policy of the whole process (what ``DSV4_TUNE_POLICY`` chooses otherwise): a file, a
+    ``Policy``, a ``Dispatcher`` or None (the built-in default plans).  Raises where the choice cannot
+    be used (see :func:`as_dispatcher`); :func:`reset_dispatcher` goes back to the automatic choice."""
     global _DISPATCHER
+    _DISPATCHER = as_dispatcher(source)
+    return _DISPATCHER
+
+
+@contextmanager
+def policy_scope(source: PolicySource) -> Iterator[Dispatcher]:
+    """Within the ``with`` block (this thread or task), dispatched calls use ``source``'s plans."""
+    token = _SCOPED.set(as_dispatcher(source))
+    try:
+        yield _SCOPED.get()  # type: ignore[misc]
+    finally:
+        _SCOPED.reset(token)
+
+
+def get_dispatcher() -> Dispatcher:
+    """The dispatcher of this call: a :func:`policy_scope`'s, else the process-wide one, chosen on
+    first use (its warnings are emitted once, then)."""
+    global _DISPATCHER
+    scoped = _SCOPED.get()
+    if scoped is not None:
+        return scoped
     if _DISPATCHER is None:
         dispatcher, notes = select_policy()
         for note in notes:

@@ -9,7 +9,9 @@ detected or versions are asked for, so that loading a policy imports neither.
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
+from pathlib import Path
 
 from dsv4_tune.env import interpreting
 from dsv4_tune.registry.gpus import INTERPRETER_ARCH, INTERPRETER_ID, gpu_id
@@ -63,6 +65,29 @@ def detect() -> GpuInfo:
     props = torch.cuda.get_device_properties(0)
     hip = torch.version.hip is not None
     return GpuInfo(arch_of(props, hip), props.name, props.multi_processor_count, "hip" if hip else "cuda")
+
+
+def driver_version() -> str:
+    """The GPU driver's version, for a sweep's provenance (it keys sweeps: a driver upgrade starts a
+    new one): NVML's on NVIDIA (``550.54.15``), the amdgpu module's on ROCm; else the CUDA / HIP
+    runtime torch was built with (``cuda 12.8``), or ``none`` without a GPU."""
+    import torch
+
+    if torch.version.hip is not None:
+        try:
+            return "amdgpu " + Path("/sys/module/amdgpu/version").read_text().strip()
+        except OSError:
+            return f"hip {torch.version.hip}"
+    if torch.version.cuda is None or not torch.cuda.is_available():
+        return str(torch.version.cuda or "none")
+    try:
+        nvml = ctypes.CDLL("libnvidia-ml.so.1")
+        buf = ctypes.create_string_buffer(96)
+        if nvml.nvmlInit_v2() == 0 and nvml.nvmlSystemGetDriverVersion(buf, len(buf)) == 0:
+            return buf.value.decode()
+    except (OSError, AttributeError):
+        pass
+    return f"cuda {torch.version.cuda}"
 
 
 def toolchain() -> dict[str, str]:

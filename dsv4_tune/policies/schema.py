@@ -167,6 +167,8 @@ class GpuSpec(_Model):
     arch: str = Field(min_length=1)
     device_name: str = ""
     multiprocessors: int = 0
+    fp8: Literal["e4m3fn", "e4m3fnuz"] | None = Field(
+        None, description="the FP8 flavour of the pools the sweep measured; null: the arch's (older files)")
 
     @model_validator(mode="after")
     def _check(self) -> GpuSpec:
@@ -277,6 +279,8 @@ def dump_policy(policy: Policy) -> str:
     ordered = policy.model_copy(update={"classes": sorted(policy.classes, key=lambda c: c.key),
                                         "ops": sorted(policy.ops, key=lambda o: repr(o.key))})
     data = ordered.model_dump(mode="json")
+    if data["gpu"]["fp8"] is None:  # absent, not null: files from before it stay the same
+        del data["gpu"]["fp8"]
     for group in (*data["classes"], *data["ops"]):  # an absent eager plan is left out, not written as null
         for seg in group["segments"]:
             if seg["eager_plan"] is None:

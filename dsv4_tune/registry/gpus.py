@@ -16,10 +16,12 @@ INTERPRETER_ARCH = INTERPRETER_ID = "interpreter"
 # (arch, name pattern (case-insensitive search), SM/CU count or None, canonical id); first match wins.
 ALIASES: tuple[tuple[str, str, int | None, str], ...] = (
     ("sm90", r"H20(?!\d)", None, "sm90-h20"),  # "NVIDIA H20", "NVIDIA H20-3e"; not H200
+    ("sm90", r"GH200", None, "sm90-gh200"),  # before H200, whose pattern it contains
     ("sm90", r"H200", None, "sm90-h200"),
+    ("sm90", r"H800", 114, "sm90-h800-pcie"),  # PCIe cards: 114 SMs and a lower power limit than SXM's 132
     ("sm90", r"H800", None, "sm90-h800"),
+    ("sm90", r"H100", 114, "sm90-h100-pcie"),
     ("sm90", r"H100", None, "sm90-h100"),
-    ("sm90", r"GH200", None, "sm90-gh200"),
     ("sm100", r"B200", None, "sm100-b200"),
     ("gfx942", r"MI300X", None, "gfx942-mi300x"),
     ("gfx942", r"MI308X", None, "gfx942-mi308x"),

@@ -11,9 +11,10 @@ import torch
 import triton.language as tl
 
 from dsv4_tune.env import interpreting, pdl_allowed
-from dsv4_tune.registry.layout import Fp8Flavour, check_flavour
+from dsv4_tune.registry.layout import Fp8Flavour, check_flavour, fp8_flavour_for_arch
 
 _PDL: dict[int, bool] = {}
+_FLAVOUR: dict[int, Fp8Flavour] = {}
 
 
 def pdl_enabled(device: torch.device) -> bool:
@@ -48,6 +49,21 @@ def fp8_mode(fp8: Fp8Flavour) -> str:
     if check_flavour(fp8) == "e4m3fnuz" and torch.version.hip is None and not interpreting():
         return "e4m3fnuz_sw"
     return fp8
+
+
+def device_flavour(t: object) -> Fp8Flavour:
+    """The FP8 flavour of the KV pools on the device of ``t`` (an entry point's ``fp8=None``): the GPU
+    arch's (``e4m3fnuz`` on gfx942, else OCP ``e4m3fn``); ``e4m3fn`` on the CPU.  Asked once per device."""
+    device = getattr(t, "device", None)
+    if device is None or device.type != "cuda":
+        return "e4m3fn"
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    known = _FLAVOUR.get(index)
+    if known is None:
+        props = torch.cuda.get_device_properties(index)
+        arch = str(getattr(props, "gcnArchName", "")).split(":")[0] if torch.version.hip else "sm"
+        known = _FLAVOUR[index] = fp8_flavour_for_arch(arch)
+    return known
 
 
 def kernel_device_ok(t: torch.Tensor) -> bool:

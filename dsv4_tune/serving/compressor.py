@@ -9,6 +9,7 @@ import torch
 from dsv4_tune.kernels.compressor.decode import launch_decode
 from dsv4_tune.kernels.compressor.prefill import launch_prefill
 from dsv4_tune.kernels.kv_layout import num_slots
+from dsv4_tune.policies.dispatcher import Dispatcher, get_dispatcher
 from dsv4_tune.registry.compressor_space import (
     HEAD_DIMS,
     RATIOS,
@@ -19,6 +20,9 @@ from dsv4_tune.registry.compressor_space import (
     window,
 )
 from dsv4_tune.registry.layout import HEAD_DIM, ROPE_DIM, Fp8Flavour, check_flavour
+from dsv4_tune.registry.workload import OpWorkload
+from dsv4_tune.runtime.target import device_flavour
+from dsv4_tune.runtime.workspace import DEFAULT_WORKSPACE, Workspace
 from dsv4_tune.serving.arguments import check_device, check_kv_cache
 
 
@@ -87,10 +91,20 @@ def _check_common(
 
 
 def _config(
-    ratio: int, head_dim: int, mode: str, config: dict[str, int] | None, variant: str | None
+    ratio: int, head_dim: int, mode: str, config: dict[str, int] | None, variant: str | None, rows: int,
+    dispatcher: Dispatcher | None,
 ) -> tuple[str, dict[str, int]]:
-    """(variant, config): ``variant=None`` follows the config's keys (BLOCK_D: split), else the
-    ratio's default variant; ``config=None`` is that variant's default."""
+    """(variant, config): with neither, the policy's plan for ``rows`` (requests or new tokens) from
+    ``dispatcher`` (default: :func:`~dsv4_tune.policies.dispatcher.get_dispatcher`); ``variant=None``
+    follows the config's keys (BLOCK_D: split); ``config=None`` is the variant's default."""
+    if config is None and variant is None:
+        try:
+            plan = (dispatcher or get_dispatcher()).lookup_op(
+                OpWorkload.make("compress", rows, ratio=ratio, head_dim=head_dim, mode=mode))
+            return plan.variant, plan.as_dict()
+        except ValueError:  # a shape the kernels take but no op class has (e.g. C128 at head_dim 128)
+            variant = default_variant(ratio)
+            return variant, compressor_default(ratio, head_dim, mode, variant)
     if variant is None:
         variant = ("split" if "BLOCK_D" in config else "fused") if config is not None else default_variant(ratio)
     if variant not in VARIANTS:
@@ -117,9 +131,11 @@ def compress_decode(
     ratio: int,
     ring_size: int,
     eps: float = 1e-6,
-    fp8: Fp8Flavour = "e4m3fn",
+    fp8: Fp8Flavour | None = None,
     config: dict[str, int] | None = None,
     variant: str | None = None,
+    dispatcher: Dispatcher | None = None,
+    workspace: Workspace | None = None,
 ) -> None:
     """One decode token per request at position ``seq_lens[b] - 1`` (``seq_lens <= 0``: padding).
 
@@ -129,18 +145,23 @@ def compress_decode(
     at ``seq_lens[b] - ratio`` and stores the row at ``out_loc[b]`` of ``dest`` (an FP8 pool view
     ``[pages, P, 1, 584]`` for head_dim 512, or dense float32/bfloat16 rows ``[slots, head_dim]``).
     ``variant``: "fused" or "split"; None follows the config's keys, else split for C128, fused for C4.
+    With neither ``config`` nor ``variant``, the policy's plan for this many requests (``dispatcher``,
+    default: the process's).  ``fp8``: the pool's flavour; None: the GPU arch's.  The split variant's
+    scratch lives in ``workspace`` (default: the process's), so a step that ran once allocates nothing.
     """
     bs = kv_score.shape[0] if isinstance(kv_score, torch.Tensor) and kv_score.dim() == 2 else -1
     _, head_dim = _check_common(kv_score, state, ring_base, ape, norm_weight, freqs, ratio, ring_size, bs)
     device = kv_score.device
     _check_tensor("seq_lens", seq_lens, torch.int32, (bs,), device)
     _check_tensor("out_loc", out_loc, torch.int32, (bs,), device)
+    fp8 = fp8 or device_flavour(kv_score)
     kind, dst = _dest_args(dest, head_dim, fp8, device)
-    variant, cfg = _config(ratio, head_dim, "decode", config, variant)
+    variant, cfg = _config(ratio, head_dim, "decode", config, variant, bs, dispatcher)
     if bs == 0:
         return
     launch_decode(variant, cfg, kv_score, state, ring_base, seq_lens, ape, norm_weight, freqs, out_loc, kind, dst,
-                  ratio=ratio, ring_size=ring_size, head_dim=head_dim, fp8=fp8, eps=eps)
+                  ratio=ratio, ring_size=ring_size, head_dim=head_dim, fp8=fp8, eps=eps,
+                  workspace=workspace or DEFAULT_WORKSPACE)
 
 
 def compress_prefill(
@@ -158,10 +179,12 @@ def compress_prefill(
     ratio: int,
     ring_size: int,
     eps: float = 1e-6,
-    fp8: Fp8Flavour = "e4m3fn",
+    fp8: Fp8Flavour | None = None,
     config: dict[str, int] | None = None,
     variant: str | None = None,
     max_new_tokens: int | None = None,
+    dispatcher: Dispatcher | None = None,
+    workspace: Workspace | None = None,
 ) -> None:
     """Ragged prefill: request b's new tokens are rows ``cu_seqlens[b] : cu_seqlens[b + 1]`` of
     ``kv_score`` at positions ``prefix_lens[b] + i``; its earlier positions' last ``ring_size`` rows
@@ -173,6 +196,8 @@ def compress_prefill(
     it (fused C4 with ROWS >= 2: by the same kernel; else a later launch).
     ``max_new_tokens`` (optional, a host int >= every request's new-token count) bounds the grid;
     without it the grid assumes any request may hold all ``kv_score`` rows (correct, more idle programs).
+    With neither ``config`` nor ``variant``, the policy's plan for this many new tokens (``dispatcher``,
+    default: the process's).  ``fp8``: the pool's flavour; None: the GPU arch's.
     """
     n_tok = kv_score.shape[0] if isinstance(kv_score, torch.Tensor) and kv_score.dim() == 2 else -1
     bs = ring_base.shape[0] if isinstance(ring_base, torch.Tensor) and ring_base.dim() == 1 else -1
@@ -183,12 +208,14 @@ def compress_prefill(
     _check_tensor("out_loc", out_loc, torch.int32, (n_tok,), device)
     if not cu_seqlens.is_contiguous():
         raise ValueError("cu_seqlens: expected a contiguous tensor")
+    fp8 = fp8 or device_flavour(kv_score)
     kind, dst = _dest_args(dest, head_dim, fp8, device)
-    variant, cfg = _config(ratio, head_dim, "prefill", config, variant)
+    variant, cfg = _config(ratio, head_dim, "prefill", config, variant, n_tok, dispatcher)
     if max_new_tokens is not None and max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: expected >= 0, got {max_new_tokens}")
     longest = n_tok if max_new_tokens is None else min(max_new_tokens, n_tok)
     if bs == 0 or longest == 0:
         return
     launch_prefill(variant, cfg, kv_score, cu_seqlens, prefix_lens, state, ring_base, ape, norm_weight, freqs, out_loc,
-                   kind, dst, ratio=ratio, ring_size=ring_size, head_dim=head_dim, fp8=fp8, eps=eps, longest=longest)
+                   kind, dst, ratio=ratio, ring_size=ring_size, head_dim=head_dim, fp8=fp8, eps=eps, longest=longest,
+                   workspace=workspace or DEFAULT_WORKSPACE)

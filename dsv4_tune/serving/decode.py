@@ -31,6 +31,7 @@ from dsv4_tune.registry.workload import Plan, Workload
 from dsv4_tune.runtime.jit import hooks_active
 from dsv4_tune.runtime.recording import Recording, Replay
 from dsv4_tune.runtime.replay_index import BY_CAPTURE
+from dsv4_tune.runtime.target import device_flavour
 from dsv4_tune.runtime.workspace import DEFAULT_WORKSPACE, Workspace
 from dsv4_tune.serving.arguments import DecodeInputs, check_decode, check_decode_values, decode_outputs
 from dsv4_tune.serving.variants import LAUNCHERS, Launch
@@ -72,10 +73,11 @@ def sparse_decode(
     attn_sink: torch.Tensor | None = None,
     sm_scale: float,
     plan: Plan | None = None,
-    fp8: Fp8Flavour = "e4m3fn",
+    fp8: Fp8Flavour | None = None,
     validate: bool = False,
     workspace: Workspace | None = None,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
+    dispatcher: Dispatcher | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse FP8 decode attention over the main scope and an optional extra scope, one softmax.
 
@@ -83,13 +85,16 @@ def sparse_decode(
     uint8; ``indices [b, s_q, topk]`` int32 slot ids (outside the pool = invalid);
     ``topk_length [b]`` int32; ``attn_sink [h_q]`` fp32.  Returns ``(out [b, s_q, h_q, 512] bf16,
     lse [b, h_q, s_q] fp32)``; the sink scales ``out`` and is not part of ``lse``; a row with no
-    valid candidate gets ``out = 0``, ``lse = +inf``.  ``fp8`` is the pool's FP8 flavour (the GPU
-    arch's: ``e4m3fnuz`` on gfx942).  ``out`` optionally gives the two output tensors to write.
+    valid candidate gets ``out = 0``, ``lse = +inf``.  ``fp8`` is the pool's FP8 flavour; None: the
+    GPU arch's (``e4m3fnuz`` on gfx942, else ``e4m3fn``).  ``out`` optionally gives the two output
+    tensors to write.  ``dispatcher`` answers a call without ``plan`` (default: the enclosing
+    ``policy_scope``'s, else the process's: :func:`~dsv4_tune.policies.dispatcher.get_dispatcher`).
     """
     inputs = [q, k_cache, indices, topk_length, extra_k_cache, extra_indices, extra_topk_length, attn_sink]
     ws = workspace or DEFAULT_WORKSPACE
     sm_scale = float(sm_scale)
-    dispatcher = get_dispatcher() if plan is None else None  # asked once per call
+    dispatcher = (dispatcher or get_dispatcher()) if plan is None else None  # asked once per call
+    fp8 = fp8 or device_flavour(q)
     kind = eager = None  # the key to record this call's launches under; whether outside a graph capture
     tensors: list[torch.Tensor] = []  # the given tensors, then out and lse (set where kind may be)
     if _REPLAY and not validate:

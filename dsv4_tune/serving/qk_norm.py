@@ -6,7 +6,9 @@ from __future__ import annotations
 import torch
 
 from dsv4_tune.kernels.qk_norm import DTYPES, launch_qk_norm
-from dsv4_tune.registry.compressor_space import qk_norm_default, qk_norm_problems
+from dsv4_tune.policies.dispatcher import Dispatcher, get_dispatcher
+from dsv4_tune.registry.compressor_space import qk_norm_problems
+from dsv4_tune.registry.workload import OpWorkload
 from dsv4_tune.serving.arguments import check_device
 
 
@@ -49,11 +51,13 @@ def qk_norm(
     out_q: torch.Tensor | None = None,
     out_k: torch.Tensor | None = None,
     config: dict[str, int] | None = None,
+    dispatcher: Dispatcher | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """RMSNorm every head row of ``q [T, h_q, Dq]`` and ``k [T, h_k, Dk]`` in one launch.
 
     Optional fp32 weights ``[Dq]`` / ``[Dk]``; outputs allocated like the inputs when not given
-    (pass ``out_q=q`` to normalise in place).  Returns ``(out_q, out_k)``.
+    (pass ``out_q=q`` to normalise in place).  Returns ``(out_q, out_k)``.  ``config=None``: the
+    policy's plan for T tokens (``dispatcher``, default: the process's).
     """
     _check_heads("q", q)
     _check_heads("k", k, q.shape[0])
@@ -64,7 +68,8 @@ def qk_norm(
     out_q, out_k = _check_out("out_q", out_q, q), _check_out("out_k", out_k, k)
     dq, dk = q.shape[2], k.shape[2]
     if config is None:
-        config = qk_norm_default(dq, dk)
+        config = (dispatcher or get_dispatcher()).lookup_op(OpWorkload.make(
+            "qk_norm", q.shape[0], h_q=q.shape[1], h_k=k.shape[1], head_dim_q=dq, head_dim_k=dk)).as_dict()
     problems = qk_norm_problems(dq, dk, config)
     if problems:
         raise ValueError("config: " + "; ".join(problems))

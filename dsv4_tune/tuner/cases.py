@@ -15,6 +15,7 @@ from typing import Protocol
 import torch
 
 from dsv4_tune.kernels.reference import sparse_decode_ref
+from dsv4_tune.registry.layout import Fp8Flavour
 from dsv4_tune.registry.workload import Plan
 from dsv4_tune.runtime.workspace import Workspace
 from dsv4_tune.serving.decode import sparse_decode
@@ -65,10 +66,12 @@ class DecodeCase:
     main: object
     kw: dict
     ref: tuple[torch.Tensor, torch.Tensor]
+    fp8: Fp8Flavour = "e4m3fn"
     decode: bool = True
 
     def run(self, plan: Plan, ws: Workspace, out: tuple[torch.Tensor, torch.Tensor] | None) -> None:
-        sparse_decode(self.q, self.main.kv_cache, self.main.indices, plan=plan, workspace=ws, out=out, **self.kw)
+        sparse_decode(self.q, self.main.kv_cache, self.main.indices, plan=plan, workspace=ws, out=out, fp8=self.fp8,
+                      **self.kw)
 
     def check(self, plan: Plan) -> Check:
         ws = Workspace()
@@ -100,22 +103,32 @@ class DecodeCase:
 def decode_case(
     h_q: int, topk_main: int, topk_extra: int, page_main: int, page_extra: int, has_len_main: bool,
     has_len_extra: bool, has_sink: bool, t: int, device: str, seed: int = 0, with_ref: bool = True,
+    fp8: Fp8Flavour = "e4m3fn",
 ) -> DecodeCase:
-    """Inputs of ``t`` decode tokens of one class (and the reference, unless ``with_ref`` is False:
-    compiling and timing need outputs of the right shape, not the values)."""
+    """Inputs of ``t`` decode tokens of one class, pools in the ``fp8`` flavour (and the reference,
+    unless ``with_ref`` is False: compiling and timing need outputs of the right shape, not the values)."""
     gen = torch.Generator().manual_seed(seed)
     length, x_length = ("random" if has_len_main else None), ("random" if has_len_extra else None)
-    main = make_scope(t, 1, topk_main, page_main, fp8="e4m3fn", device=device, topk_length=length, gen=gen)
+    main = make_scope(t, 1, topk_main, page_main, fp8=fp8, device=device, topk_length=length, gen=gen)
     extra = None
     if topk_extra:
-        extra = make_scope(t, 1, topk_extra, page_extra, fp8="e4m3fn", device=device, topk_length=x_length, gen=gen)
+        extra = make_scope(t, 1, topk_extra, page_extra, fp8=fp8, device=device, topk_length=x_length, gen=gen)
     q = make_query(t, 1, h_q, device=device, gen=gen)
     sink = make_sink(h_q, kind="finite", device=device, gen=gen) if has_sink else None
     kw = dict(topk_length=main.topk_length, extra_k_cache=extra.kv_cache if extra else None,
               extra_indices=extra.indices if extra else None, extra_topk_length=extra.topk_length if extra else None,
               attn_sink=sink, sm_scale=512**-0.5)
     if with_ref:
-        ref = sparse_decode_ref(q, main.kv_cache, main.indices, fp8="e4m3fn", out_dtype=torch.float32, **kw)
+        ref = sparse_decode_ref(q, main.kv_cache, main.indices, fp8=fp8, out_dtype=torch.float32, **kw)
     else:
         ref = (torch.empty(t, 1, h_q, 512, device=device), torch.empty(t, h_q, 1, device=device))
-    return DecodeCase(q, main, kw, ref)
+    return DecodeCase(q, main, kw, ref, fp8)
+
+
+def case_flavour(device: str) -> Fp8Flavour:
+    """The FP8 flavour a case's pools take on ``device``: the GPU arch's, ``e4m3fn`` on the CPU."""
+    if device == "cpu":
+        return "e4m3fn"
+    from dsv4_tune.policies.gpu import detect
+
+    return detect().fp8

@@ -17,7 +17,7 @@ from typing import ClassVar
 from dsv4_tune.errors import InputError
 from dsv4_tune.registry.ops import get_op
 from dsv4_tune.registry.workload import OpWorkload, Plan, Workload, class_problems, size_problems
-from dsv4_tune.tuner.cases import Case, decode_case
+from dsv4_tune.tuner.cases import Case, case_flavour, decode_case
 from dsv4_tune.tuner.op_cases import build_op_case
 
 
@@ -43,11 +43,13 @@ class GridClass:
         return Workload(total_tokens, self.h_q, self.topk_main, self.topk_extra,
                         self.with_length, x_len and self.topk_extra > 0, self.has_sink)
 
-    def build_case(self, t: int, device: str, seed: int = 0, with_ref: bool = True) -> Case:
-        """Inputs of ``t`` tokens of this class (and the reference, unless ``with_ref`` is False)."""
+    def build_case(self, t: int, device: str, seed: int = 0, with_ref: bool = True, fp8: str | None = None) -> Case:
+        """Inputs of ``t`` tokens of this class (and the reference, unless ``with_ref`` is False), pools
+        in the ``fp8`` flavour (None: the device's)."""
         w = self.workload(t)
         return decode_case(self.h_q, self.topk_main, self.topk_extra, self.page_main, self.page_extra,
-                           w.has_len_main, w.has_len_extra, w.has_sink, t, device, seed, with_ref)
+                           w.has_len_main, w.has_len_extra, w.has_sink, t, device, seed, with_ref,
+                           fp8 or case_flavour(device))  # type: ignore[arg-type]
 
     def compile_key(self, plan: Plan) -> tuple:
         """Plans of equal keys share their kernels (SPLIT_K is a launch size, not a constexpr)."""
@@ -79,8 +81,8 @@ class OpGridClass:
     def workload(self, rows: int) -> OpWorkload:
         return OpWorkload(self.op, rows, self.params)
 
-    def build_case(self, rows: int, device: str, seed: int = 0, with_ref: bool = True) -> Case:
-        return build_op_case(self.workload(rows), device, seed, with_ref)
+    def build_case(self, rows: int, device: str, seed: int = 0, with_ref: bool = True, fp8: str | None = None) -> Case:
+        return build_op_case(self.workload(rows), device, seed, with_ref, fp8 or case_flavour(device))  # type: ignore[arg-type]
 
     def compile_key(self, plan: Plan) -> tuple:
         return (self.op, self.params, plan)

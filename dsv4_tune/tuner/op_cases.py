@@ -27,6 +27,7 @@ import torch
 from dsv4_tune.kernels import kv_layout as L
 from dsv4_tune.kernels.reference import compress_decode_ref, compress_prefill_ref, qk_norm_ref
 from dsv4_tune.registry.compressor_space import window
+from dsv4_tune.registry.layout import Fp8Flavour
 from dsv4_tune.registry.workload import OpWorkload, Plan
 from dsv4_tune.serving.compressor import compress_decode, compress_prefill
 from dsv4_tune.serving.qk_norm import qk_norm
@@ -57,11 +58,12 @@ class CompressInputs:
 
 
 def make_compress_inputs(
-    params: dict, rows: int, device: str, seed: int = 0, chunk: int = PREFILL_CHUNK, boundary_every: int = 0
+    params: dict, rows: int, device: str, seed: int = 0, chunk: int = PREFILL_CHUNK, boundary_every: int = 0,
+    fp8: Fp8Flavour = "e4m3fn",
 ) -> CompressInputs:
     """Inputs of one compressor call: ``rows`` requests (decode) or new tokens in requests of at most
     ``chunk`` (prefill); ``boundary_every`` > 0 also puts every such request of a decode batch at a
-    block boundary (checks: many compressing rows whatever the ratio)."""
+    block boundary (checks: many compressing rows whatever the ratio); ``fp8``: the pool's flavour."""
     ratio, dim, mode = params["ratio"], params["head_dim"], params["mode"]
     gen = torch.Generator().manual_seed(seed)
     k, coff = window(ratio), 2 if ratio == 4 else 1
@@ -105,7 +107,7 @@ def make_compress_inputs(
                 ape, norm_w, freqs, out_loc)
         slots = out_loc[boundary]
     args = (*[a.to(device) for a in args], dest)
-    kw = {"ratio": ratio, "ring_size": ring}
+    kw = {"ratio": ratio, "ring_size": ring, "fp8": fp8}
     if mode == "prefill":
         kw["max_new_tokens"] = int(new.max())
     return CompressInputs(mode, args, kw, slots.to(device))
@@ -124,16 +126,18 @@ def run_compress(x: CompressInputs, plan: Plan) -> None:
 
 
 @lru_cache(maxsize=64)
-def _compress_check(params: tuple, rows: int, device: str) -> Callable[[Plan], tuple[str | None, float]]:
+def _compress_check(
+    params: tuple, rows: int, device: str, fp8: Fp8Flavour
+) -> Callable[[Plan], tuple[str | None, float]]:
     # Requests of at most 256 new tokens and every third decode request at a boundary: the check
     # covers several requests (program ids, cu_seqlens, ring bases) at any size.
-    x = make_compress_inputs(dict(params), rows, device, seed=rows, chunk=256, boundary_every=3)
+    x = make_compress_inputs(dict(params), rows, device, seed=rows, chunk=256, boundary_every=3, fp8=fp8)
     ref_state, ref_dest = x.state.clone(), _clone_dest(x.dest)
     ref_fn = compress_decode_ref if x.mode == "decode" else compress_prefill_ref
     i_state = 1 if x.mode == "decode" else 3
     ref_args = list(x.args)
     ref_args[i_state], ref_args[-1] = ref_state, ref_dest
-    ref_fn(*ref_args, **{k: v for k, v in x.kw.items() if k != "max_new_tokens"}, fp8="e4m3fn")
+    ref_fn(*ref_args, **{k: v for k, v in x.kw.items() if k != "max_new_tokens"})
     state0 = x.state.clone()
 
     def check(plan: Plan) -> tuple[str | None, float]:
@@ -237,11 +241,13 @@ class OpCase:
             self.run_fn(plan)
 
 
-def build_op_case(w: OpWorkload, device: str, seed: int = 0, with_ref: bool = True) -> OpCase:
+def build_op_case(w: OpWorkload, device: str, seed: int = 0, with_ref: bool = True,
+                  fp8: Fp8Flavour = "e4m3fn") -> OpCase:
     p = w.params_dict
     if w.op == "compress":
-        x = make_compress_inputs(p, w.rows, device, seed)
-        check = _compress_check(w.params, min(w.rows, CHECK_ROWS[p["mode"]]), device) if with_ref else _no_check
+        x = make_compress_inputs(p, w.rows, device, seed, fp8=fp8)
+        rows = min(w.rows, CHECK_ROWS[p["mode"]])
+        check = _compress_check(w.params, rows, device, fp8) if with_ref else _no_check
         return OpCase(w, lambda plan: run_compress(x, plan), check)
     if w.op == "qk_norm":
         xq = make_qk_inputs(p, w.rows, device, seed)

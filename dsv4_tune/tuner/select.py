@@ -122,7 +122,7 @@ def build_policy(grid: Grid, winners: list[dict], sweep: dict, command: str) -> 
                                      has_sink=sink, **common))
     return Policy(
         gpu=GpuSpec(id=sweep["gpu_id"], arch=sweep["arch"], device_name=sweep["device_name"] or "",
-                    multiprocessors=0),
+                    multiprocessors=sweep.get("multiprocessors") or 0, fp8=sweep.get("fp8")),
         provenance=Provenance(source=f"sweep:{sweep['id']}", created=(sweep["finished"] or sweep["started"])[:10],
                               torch=sweep["torch"], triton=sweep["triton"], command=command),
         buckets=BucketSpec(max_tokens=max(grid.tokens)),

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 
 from dsv4_tune.cache.store import Store, stable_hash, workload_key
-from dsv4_tune.policies.gpu import GpuInfo, toolchain
+from dsv4_tune.policies.gpu import GpuInfo, driver_version, toolchain
 from dsv4_tune.registry import plans as registry_plans
 from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
 from dsv4_tune.tuner.candidates import LAUNCHES, REFINE_SEEDS, coarse_candidates, refine_candidates
@@ -106,10 +106,16 @@ def compile_plans(pairs: list[tuple[GridClass | OpGridClass, Plan]], processes: 
 
 
 # ---------------------------------------------------------------------------------- sweep
-def sweep_meta(gpu: GpuInfo, grid: Grid) -> dict:
-    driver = torch.version.cuda or torch.version.hip or "none"
-    return {"gpu_id": gpu.id, "arch": gpu.arch, "device_name": gpu.name,
-            "driver": str(driver),
+def sweep_flavour(gpu: GpuInfo, fp8: str | None = None) -> str:
+    """The FP8 flavour a sweep's pools take: ``fp8`` when given, else the GPU arch's (``e4m3fn`` on
+    the interpreter)."""
+    return fp8 or (gpu.fp8 if gpu.is_real else "e4m3fn")
+
+
+def sweep_meta(gpu: GpuInfo, grid: Grid, fp8: str | None = None) -> dict:
+    driver = driver_version() if gpu.is_real else (torch.version.cuda or torch.version.hip or "none")
+    return {"gpu_id": gpu.id, "arch": gpu.arch, "device_name": gpu.name, "multiprocessors": gpu.multiprocessors,
+            "driver": str(driver), "fp8": sweep_flavour(gpu, fp8),
             **toolchain(), "interpreter": int(not gpu.is_real), "grid_hash": stable_hash(grid.to_json()),
             "grid": json.dumps(grid.to_json(), sort_keys=True)}
 
@@ -126,6 +132,7 @@ def run_sweep(
     refine_rounds: int = 1,
     on_point: Callable[[int, int, str], None] | None = None,
     on_open: Callable[[str, bool, int], None] | None = None,
+    fp8: str | None = None,
 ) -> str:
     """Measure ``grid`` on ``gpu`` into ``store``; returns the sweep id.  Resumes unless ``fresh``.
 
@@ -142,11 +149,11 @@ def run_sweep(
     for name, value in (("rounds", rounds), ("reps", reps), ("refine_rounds", refine_rounds), ("jobs", jobs)):
         if value < 1:
             raise ValueError(f"{name}: expected >= 1, got {value}")
-    sweep_id, resumed = store.open_sweep(sweep_meta(gpu, grid), fresh=fresh)
+    sweep_id, resumed = store.open_sweep(sweep_meta(gpu, grid, fp8), fresh=fresh)
     if on_open:
         on_open(sweep_id, resumed, store.measurement_count(sweep_id))
     try:
-        _run_stages(store, sweep_id, grid, gpu, jobs, rounds, reps, refine_rounds, on_point)
+        _run_stages(store, sweep_id, grid, gpu, jobs, rounds, reps, refine_rounds, on_point, sweep_flavour(gpu, fp8))
     except BaseException:
         with contextlib.suppress(Exception):  # the store itself may be what failed: keep the first error
             store.finish_sweep(sweep_id, "interrupted")
@@ -157,9 +164,9 @@ def run_sweep(
 
 def _run_stages(
     store: Store, sweep_id: str, grid: Grid, gpu: GpuInfo, jobs: int, rounds: int, reps: int, refine_rounds: int,
-    on_point: Callable[[int, int, str], None] | None,
+    on_point: Callable[[int, int, str], None] | None, fp8: str,
 ) -> None:
-    """The stages of :func:`run_sweep` over the whole grid."""
+    """The stages of :func:`run_sweep` over the whole grid, pools in the ``fp8`` flavour."""
     device = "cuda" if gpu.is_real else "cpu"
     arch = gpu.arch if gpu.is_real else None
     unfit = store.unfit_kernels(arch) if arch else {}
@@ -170,7 +177,7 @@ def _run_stages(
         return [p for p in plans if not registry_plans.problems(w, p, arch, unfit)]
 
     limit = None if gpu.is_real else 2  # the interpreter's sweep proves the stages, it measures nothing
-    changed = _stage(store, sweep_id, STAGE_COARSE, points, device, gpu, jobs, rounds, reps, progress,
+    changed = _stage(store, sweep_id, STAGE_COARSE, points, device, gpu, jobs, rounds, reps, progress, fp8,
                      lambda n, w: valid(w, coarse_candidates(w, arch, limit)))
 
     def refine(round_: int, w: Workload | OpWorkload) -> list[Plan]:
@@ -181,13 +188,13 @@ def _run_stages(
         return valid(w, refine_candidates(w, seeds, arch, limit)) if seeds else []
 
     for round_ in range(refine_rounds):  # the stage skips what it measured: a round times only new plans
-        changed |= _stage(store, sweep_id, STAGE_REFINE, points, device, gpu, jobs, rounds, reps, progress,
+        changed |= _stage(store, sweep_id, STAGE_REFINE, points, device, gpu, jobs, rounds, reps, progress, fp8,
                           lambda n, w, round_=round_: refine(round_, w))
     for n, (cls, t) in enumerate(points):
         key = workload_key(cls.workload(t))
         progress(f"{STAGE_FINAL} {key}")
         if key in changed or not store.has_winner(sweep_id, key):  # new candidates re-open the final
-            _final(store, sweep_id, key, lambda cls=cls, t=t, n=n: cls.build_case(t, device, seed=n),
+            _final(store, sweep_id, key, lambda cls=cls, t=t, n=n: cls.build_case(t, device, seed=n, fp8=fp8),
                    gpu.is_real, rounds, reps)
     progress.finish()
 
@@ -239,7 +246,7 @@ class _Progress:
 
 def _stage(
     store: Store, sweep_id: str, stage: str, points: list[GridPoint], device: str, gpu: GpuInfo,
-    jobs: int, rounds: int, reps: int, progress: _Progress,
+    jobs: int, rounds: int, reps: int, progress: _Progress, fp8: str,
     candidates: Callable[[int, Workload | OpWorkload], list[Plan]],
 ) -> set[str]:
     """One search stage over the grid: compile what it needs, then check and time, workload by
@@ -262,7 +269,7 @@ def _stage(
         if not plans:
             continue
         changed.add(key)
-        case = cls.build_case(t, device, seed=n)
+        case = cls.build_case(t, device, seed=n, fp8=fp8)
         passed_before = store.passed(sweep_id, key, other_than=stage)
         passing, errors = [], {}
         for plan in plans:

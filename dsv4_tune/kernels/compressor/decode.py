@@ -15,6 +15,7 @@ from dsv4_tune.registry.compressor_space import FINISH_WARPS
 from dsv4_tune.registry.intmath import cdiv
 from dsv4_tune.runtime.jit import Launcher, kernel
 from dsv4_tune.runtime.target import pdl_enabled
+from dsv4_tune.runtime.workspace import DEFAULT_WORKSPACE, Workspace
 
 
 @triton.jit
@@ -214,10 +215,11 @@ def launch_decode(
     variant: str, cfg: dict[str, int], kv_score: torch.Tensor, state: torch.Tensor, ring_base: torch.Tensor,
     seq_lens: torch.Tensor, ape: torch.Tensor, norm_weight: torch.Tensor, freqs: torch.Tensor,
     out_loc: torch.Tensor, dest_kind: str, dst: list, *, ratio: int, ring_size: int, head_dim: int, fp8: str,
-    eps: float,
+    eps: float, workspace: Workspace = DEFAULT_WORKSPACE,
 ) -> None:
     """Launch a decode step (inputs checked by :func:`dsv4_tune.serving.compressor.compress_decode`;
-    ``dest_kind`` / ``dst``: the destination's DEST constexpr and arguments)."""
+    ``dest_kind`` / ``dst``: the destination's DEST constexpr and arguments; the split variant's
+    pooled rows live in ``workspace``, so a step that ran once allocates nothing)."""
     bs, coff = kv_score.shape[0], 2 if ratio == 4 else 1
     head = [kv_score, kv_score.stride(0), state, state.stride(0), ring_base, seq_lens, ape]
     tail = [dest_kind, fp8, float(eps)]
@@ -227,7 +229,7 @@ def launch_decode(
                 num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
         return
     device = kv_score.device
-    ws = torch.empty(bs, head_dim, dtype=torch.float32, device=device)
+    ws = workspace.get("compress_pooled", (bs, head_dim), torch.float32, device)
     pdl = bool(cfg["PDL"]) and pdl_enabled(device)
     _decode_split((cdiv(bs, cfg["ROWS"]), head_dim // cfg["BLOCK_D"], 1), *head, out_loc, ws, dst[3],
                   ring_size, bs, ratio, coff, head_dim, cfg["BLOCK_D"], cfg["BLOCK_S"], cfg["ROWS"], pdl,

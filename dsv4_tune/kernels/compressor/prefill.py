@@ -15,6 +15,7 @@ from dsv4_tune.registry.compressor_space import FINISH_WARPS
 from dsv4_tune.registry.intmath import cdiv
 from dsv4_tune.registry.launches import ring_in_kernel
 from dsv4_tune.runtime.jit import Launcher, kernel
+from dsv4_tune.runtime.workspace import DEFAULT_WORKSPACE, Workspace
 
 
 @triton.jit
@@ -227,7 +228,7 @@ def launch_prefill(
     variant: str, cfg: dict[str, int], kv_score: torch.Tensor, cu_seqlens: torch.Tensor, prefix_lens: torch.Tensor,
     state: torch.Tensor, ring_base: torch.Tensor, ape: torch.Tensor, norm_weight: torch.Tensor, freqs: torch.Tensor,
     out_loc: torch.Tensor, dest_kind: str, dst: list, *, ratio: int, ring_size: int, head_dim: int, fp8: str,
-    eps: float, longest: int,
+    eps: float, longest: int, workspace: Workspace = DEFAULT_WORKSPACE,
 ) -> None:
     """Launch a ragged prefill (inputs checked by :func:`dsv4_tune.serving.compressor.compress_prefill`;
     ``longest`` >= every request's new-token count bounds the grid)."""
@@ -244,7 +245,7 @@ def launch_prefill(
         if ring:
             return
     else:
-        ws = torch.empty(n_tok, head_dim, dtype=torch.float32, device=kv_score.device)
+        ws = workspace.get("compress_pooled", (n_tok, head_dim), torch.float32, kv_score.device)
         _prefill_split((n_win, bs, head_dim // cfg["BLOCK_D"]), *head, out_loc, ws, dst[3], ring_size,
                        ratio, coff, head_dim, cfg["BLOCK_D"], cfg["BLOCK_S"], cfg["ROWS"],
                        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])

@@ -1,0 +1,218 @@
+"""Serving integration (issue 21): every tuned op dispatched, the policy chosen in-process, the FP8
+flavour of the GPU's arch by default and through the tuner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import dsv4_tune
+from dsv4_tune import Plan
+from dsv4_tune.cache.store import Store
+from dsv4_tune.policies import dispatcher as dispatcher_mod
+from dsv4_tune.policies.baseline import BASELINE_FILE
+from dsv4_tune.policies.dispatcher import Dispatcher, get_dispatcher, policy_scope, shipped_policies, use_policy
+from dsv4_tune.policies.gpu import detect
+from dsv4_tune.policies.schema import PolicyError, load_policy
+from dsv4_tune.registry.ops import op_default_plan
+from dsv4_tune.registry.variants import default_plan
+from dsv4_tune.registry.workload import OpWorkload
+from dsv4_tune.runtime import target
+from dsv4_tune.serving import compressor as compressor_mod
+from dsv4_tune.serving import decode as decode_mod
+from dsv4_tune.serving import qk_norm as qk_norm_mod
+from dsv4_tune.tuner import sweep as sweep_mod
+from dsv4_tune.tuner.export import export_policy
+from dsv4_tune.tuner.grid import Grid, GridClass
+from dsv4_tune.tuner.op_cases import make_compress_inputs, make_qk_inputs
+from tests.test_sparse_decode import make_case
+
+H100 = load_policy(next(p for p in shipped_policies() if p.stem == "sm90-h100"))
+
+
+@pytest.fixture(autouse=True)
+def clean_dispatcher():
+    dispatcher_mod.reset_dispatcher()
+    yield
+    dispatcher_mod.reset_dispatcher()
+
+
+def _interpreter_policy(tmp_path: Path) -> Path:
+    """The seed's rules as a policy of this CPU box (arch 'interpreter')."""
+    data = json.loads(BASELINE_FILE.read_text())
+    data["gpu"] = {"id": "interpreter", "arch": "interpreter"}
+    path = tmp_path / "interpreter.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+# ------------------------------------------------------------------ the other ops are dispatched
+def _launched(monkeypatch, module, name: str) -> list[tuple]:
+    seen: list[tuple] = []
+    monkeypatch.setattr(module, name, lambda *a, **k: seen.append(a[:2]))
+    return seen
+
+
+@pytest.mark.parametrize(("params", "rows"), [(dict(ratio=4, head_dim=512, mode="decode"), 2),
+                                              (dict(ratio=128, head_dim=512, mode="decode"), 4),
+                                              (dict(ratio=4, head_dim=512, mode="prefill"), 2048)])
+def test_the_compressor_takes_the_policy_plan(monkeypatch, params: dict, rows: int) -> None:
+    w = OpWorkload.make("compress", rows, **params)
+    d = Dispatcher(H100, "h100")
+    want = d.lookup_op(w)
+    assert want != op_default_plan(w), "the test needs a tuned plan that is not the default"
+    x = make_compress_inputs(params, rows, "cpu")
+    name = "launch_decode" if params["mode"] == "decode" else "launch_prefill"
+    seen = _launched(monkeypatch, compressor_mod, name)
+    fn = compressor_mod.compress_decode if params["mode"] == "decode" else compressor_mod.compress_prefill
+    fn(*x.args, **x.kw, dispatcher=d)
+    with policy_scope(d):
+        fn(*x.args, **x.kw)
+    assert seen == [(want.variant, want.as_dict())] * 2
+    fn(*x.args, **x.kw, config=op_default_plan(w).as_dict(), variant=op_default_plan(w).variant)  # explicit: kept
+    assert seen[-1] == (op_default_plan(w).variant, op_default_plan(w).as_dict())
+
+
+def test_qk_norm_takes_the_policy_plan(monkeypatch) -> None:
+    params = dict(h_q=64, h_k=1, head_dim_q=512, head_dim_k=512)
+    w = OpWorkload.make("qk_norm", 4, **params)
+    d = Dispatcher(H100, "h100")
+    assert d.lookup_op(w) != op_default_plan(w)
+    seen: list[dict] = []
+    monkeypatch.setattr(qk_norm_mod, "launch_qk_norm", lambda *a: seen.append(a[6]))
+    x = make_qk_inputs(params, 4, "cpu")
+    qk_norm_mod.qk_norm(x.q, x.k, x.wq, x.wk, dispatcher=d)
+    assert seen == [d.lookup_op(w).as_dict()]
+
+
+# ------------------------------------------------------------------ the policy chosen in-process
+def test_use_policy_and_policy_scope(tmp_path: Path, monkeypatch, device, gen) -> None:
+    path = _interpreter_policy(tmp_path)
+    chosen = dsv4_tune.use_policy(path)
+    assert get_dispatcher() is chosen and chosen.policy is not None and chosen.source == str(path)
+    case = make_case(device, gen, b=2, s_q=1, h=64, topk=128, x_topk=0, sink="finite")
+    ran: list[Plan] = []  # the plans sparse_decode launches
+    monkeypatch.setattr(decode_mod, "LAUNCHERS", {
+        n: (lambda x, cfg, *a, _n=n, _f=f: ran.append(Plan.make(_n, cfg)) or _f(x, cfg, *a))
+        for n, f in decode_mod.LAUNCHERS.items()})
+    w = case.workload
+    assert chosen.lookup(w) != default_plan(w), "the test needs a policy plan that is not the default"
+    with dsv4_tune.policy_scope(None) as scoped:  # no policy inside: the built-in default
+        assert get_dispatcher() is scoped and scoped.policy is None
+        case.check(None)
+    assert ran[-1] == default_plan(w)
+    assert get_dispatcher() is chosen, "the scope ends with its block"
+    case.check(None)
+    assert ran[-1] == chosen.lookup(w)
+    explicit = Dispatcher()
+    out = torch.empty(2, 1, 64, 512, dtype=torch.bfloat16, device=device)
+    lse = torch.empty(2, 64, 1, device=device)
+    decode_mod.sparse_decode(case.q, case.main.kv_cache, case.main.indices, out=(out, lse), dispatcher=explicit,
+                             **case.kw)
+    assert ran[-1] == explicit.lookup(w)
+
+
+def test_an_explicit_choice_that_cannot_be_used_raises(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="for arch sm90"):
+        use_policy(H100)  # this box is the interpreter
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(PolicyError, match="not JSON"), policy_scope(bad):
+        pass
+    with pytest.raises(TypeError, match="expected a path"):
+        use_policy(42)  # type: ignore[arg-type]
+    assert use_policy(None).policy is None and get_dispatcher().policy is None
+
+
+# ------------------------------------------------------------------ FP8 flavour of the arch
+def test_the_default_flavour_is_the_arch_s(monkeypatch) -> None:
+    assert target.device_flavour(torch.zeros(1)) == "e4m3fn"
+    monkeypatch.setattr(target, "_FLAVOUR", {})
+    fake = SimpleNamespace(device=torch.device("cuda", 0))
+    monkeypatch.setattr(torch.version, "hip", "6.3")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(gcnArchName="gfx942:sramecc+"))
+    assert target.device_flavour(fake) == "e4m3fnuz"
+    monkeypatch.setattr(target, "_FLAVOUR", {})
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(gcnArchName="gfx950"))
+    assert target.device_flavour(fake) == "e4m3fn"
+
+
+@pytest.mark.parametrize("fp8", ["e4m3fn", "e4m3fnuz"])
+def test_a_sweep_measures_pools_of_its_flavour_and_the_policy_records_it(tmp_path: Path, fp8: str) -> None:
+    grid = Grid((GridClass(16, 64, 64, True, 64, 64),), (1,))
+    store = Store(tmp_path / "s.db")
+    sweep_id = sweep_mod.run_sweep(store, grid, detect(), fp8=fp8)
+    rows = store.measurements(sweep_id, "coarse")
+    assert rows and all(r["status"] == "ok" for r in rows), [r["error"] for r in rows if r["status"] != "ok"]
+    policy, sweep = export_policy(store, sweep_id, "test")
+    assert sweep["fp8"] == fp8 and policy.gpu.fp8 == fp8
+    again = sweep_mod.run_sweep(store, grid, detect(), fp8="e4m3fnuz" if fp8 == "e4m3fn" else "e4m3fn")
+    assert again != sweep_id, "a sweep of the other flavour is another sweep"
+
+
+def test_a_case_of_the_wrong_flavour_fails_its_check() -> None:
+    """The flavour reaches the kernels: pools written as e4m3fnuz and read as e4m3fn mismatch."""
+    case = GridClass(16, 64, 0, True, 64, 64).build_case(1, "cpu", fp8="e4m3fnuz")
+    plan = Plan.make("fused", BLOCK_H=16, BLOCK_N=64, num_warps=4, num_stages=1)
+    assert case.check(plan)[0] == "ok"
+    case.fp8 = "e4m3fn"
+    assert case.check(plan)[0] == "mismatch"
+
+
+
+# ------------------------------------------------------------------ GPU identity
+def test_gpu_ids_tell_gh200_and_pcie_cards_apart() -> None:
+    from dsv4_tune.registry.gpus import gpu_id
+
+    assert gpu_id("sm90", "NVIDIA GH200 480GB", 132) == "sm90-gh200"
+    assert gpu_id("sm90", "NVIDIA H200", 132) == "sm90-h200"
+    assert gpu_id("sm90", "NVIDIA H100 PCIe", 114) == "sm90-h100-pcie"
+    assert gpu_id("sm90", "NVIDIA H100 80GB HBM3", 132) == "sm90-h100"
+    assert gpu_id("sm90", "NVIDIA H800 PCIe", 114) == "sm90-h800-pcie"
+
+
+def test_a_same_arch_fallback_says_what_answered_and_how_far_to_trust_it() -> None:
+    from dsv4_tune.policies.gpu import GpuInfo
+
+    d, notes = dispatcher_mod.select_policy(GpuInfo("sm90", "NVIDIA H200", 132, "cuda"))
+    assert d.policy is not None and d.policy.gpu.id == "sm90-h100"
+    (note,) = [n for n in notes if "no policy for GPU id" in n]
+    assert "sm90-h200" in note and "sm90-h100.json" in note and "verify-policy" in note and "timings" in note
+
+
+def test_a_sweep_records_the_gpu_it_ran_on_and_export_keeps_it() -> None:
+    from dsv4_tune.policies.gpu import GpuInfo
+    from dsv4_tune.tuner.select import build_policy
+
+    grid = Grid((GridClass(16, 64, 0, True, 64, 64),), (1,))
+    gpu = GpuInfo("gfx942", "AMD Instinct MI300X", 304, "hip")
+    meta = sweep_mod.sweep_meta(gpu, grid)
+    assert meta["multiprocessors"] == 304 and meta["fp8"] == "e4m3fnuz" and meta["driver"]
+    plan = Plan.make("fused", BLOCK_H=16, BLOCK_N=64, num_warps=4, num_stages=1)
+    winners = [{"workload": "h16-m64-x0-len10-sink1-T1", "winner_plan": plan, "eager_plan": None, "margin": None,
+                "median_us": 1.0, "runner_up": None}]
+    sweep = {**meta, "id": "x-1", "started": "2026-12-01T00:00:00+00:00", "finished": None}
+    policy = build_policy(grid, winners, sweep, "test")
+    assert policy.gpu.multiprocessors == 304 and policy.gpu.fp8 == "e4m3fnuz"
+
+
+# ------------------------------------------------------------------ memory
+@pytest.mark.parametrize("mode", ["decode", "prefill"])
+def test_the_split_compressor_takes_its_scratch_from_the_workspace(mode: str) -> None:
+    from dsv4_tune.runtime.workspace import Workspace
+
+    rows = 3 if mode == "decode" else 40
+    w = OpWorkload.make("compress", rows, ratio=128, head_dim=512, mode=mode)
+    plan = op_default_plan(w)
+    assert plan.variant == "split"
+    x = make_compress_inputs(w.params_dict, rows, "cpu", boundary_every=1)
+    fn = compressor_mod.compress_decode if mode == "decode" else compressor_mod.compress_prefill
+    ws = Workspace()
+    fn(*x.args, **x.kw, config=plan.as_dict(), variant=plan.variant, workspace=ws)
+    (scratch,) = ws.buffers()
+    fn(*x.args, **x.kw, config=plan.as_dict(), variant=plan.variant, workspace=ws)
+    assert len(ws.buffers()) == 1 and ws.buffers()[0] is scratch, "the second step allocates nothing"
