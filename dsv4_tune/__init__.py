@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from dsv4_tune.registry.workload import Plan, Workload
     from dsv4_tune.serving.compressor import compress_decode, compress_prefill
     from dsv4_tune.serving.decode import sparse_decode
+    from dsv4_tune.serving.memory import Workspace, scratch_buffers, scratch_bytes, stream_workspace
     from dsv4_tune.serving.qk_norm import qk_norm
 
 _PUBLIC = {
@@ -26,9 +27,13 @@ _PUBLIC = {
     "compress_decode": "dsv4_tune.serving.compressor",
     "compress_prefill": "dsv4_tune.serving.compressor",
     "qk_norm": "dsv4_tune.serving.qk_norm",
+    "scratch_buffers": "dsv4_tune.serving.memory",
+    "scratch_bytes": "dsv4_tune.serving.memory",
+    "Workspace": "dsv4_tune.serving.memory",
+    "stream_workspace": "dsv4_tune.serving.memory",
 }
-__all__ = ["Dispatcher", "Plan", "Workload", "compress_decode", "compress_prefill", "policy_scope", "qk_norm",
-           "sparse_decode", "use_policy"]
+__all__ = ["Dispatcher", "Plan", "Workload", "Workspace", "compress_decode", "compress_prefill", "policy_scope",
+           "qk_norm", "scratch_buffers", "scratch_bytes", "sparse_decode", "stream_workspace", "use_policy"]
 
 
 def __getattr__(name: str) -> Any:

@@ -92,19 +92,22 @@ def info(as_json: bool = JSON) -> None:
     import triton
 
     from dsv4_tune.policies.dispatcher import select_policy
-    from dsv4_tune.policies.gpu import detect
+    from dsv4_tune.policies.gpu import detect, driver_version
 
     gpu = detect()
     dispatcher, notes = select_policy(gpu)
     if as_json:
         _print_json({"gpu": gpu.name if gpu.is_real else None, "id": gpu.id, "arch": gpu.arch, "real": gpu.is_real,
-                     "multiprocessors": gpu.multiprocessors, "fp8": gpu.fp8, "torch": torch.__version__,
+                     "multiprocessors": gpu.multiprocessors, "pci_device_id": gpu.pci_device_id, "fp8": gpu.fp8,
+                     "driver": driver_version(), "torch": torch.__version__,
                      "triton": triton.__version__, "policy": dispatcher.source, "policy_notes": notes})
         return
     table = Table(show_header=False, box=None)
     table.add_row("GPU", gpu.name if gpu.is_real else "none")
     table.add_row("arch", gpu.arch)
     table.add_row("SMs / CUs", str(gpu.multiprocessors) if gpu.is_real else "-")
+    table.add_row("PCI device id", f"{gpu.pci_device_id:#06x}" if gpu.pci_device_id else "-")
+    table.add_row("driver", driver_version())
     table.add_row("fp8 flavour", gpu.fp8)
     table.add_row("torch", torch.__version__)
     table.add_row("triton", triton.__version__)

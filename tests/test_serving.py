@@ -4,6 +4,7 @@ flavour of the GPU's arch by default and through the tuner."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -216,3 +217,71 @@ def test_the_split_compressor_takes_its_scratch_from_the_workspace(mode: str) ->
     (scratch,) = ws.buffers()
     fn(*x.args, **x.kw, config=plan.as_dict(), variant=plan.variant, workspace=ws)
     assert len(ws.buffers()) == 1 and ws.buffers()[0] is scratch, "the second step allocates nothing"
+
+
+@pytest.mark.parametrize("plan", [
+    Plan.make("fused_splitk", BLOCK_H=16, BLOCK_N=32, num_warps=4, num_stages=1, SPLIT_K=3, COMBINE_BLOCK_H=8,
+              combine_warps=4),
+    Plan.make("fused_splitk_inline", BLOCK_H=16, BLOCK_N=32, num_warps=4, num_stages=1, SPLIT_K=2),
+    Plan.make("gather_attend", BLOCK_H=16, BLOCK_N=32, num_warps=4, num_stages=1, ONE_LAUNCH=1, BLOCK_TK=64,
+              gather_warps=4, SPLIT_K=2, COMBINE_BLOCK_H=8, combine_warps=4),
+], ids=lambda p: p.variant)
+def test_the_scratch_registry_names_what_the_launchers_take(plan: Plan, device, gen) -> None:
+    from dsv4_tune.registry.scratch import buffer_bytes, plan_buffers
+    from dsv4_tune.runtime.workspace import Workspace
+
+    case = make_case(device, gen, b=3, s_q=1, h=32, topk=64, x_topk=32, sink="finite")
+    ws = Workspace()
+    case.run(plan, ws)
+    want = plan_buffers(plan, case.workload)
+    assert want and ws.nbytes() == sum(map(buffer_bytes, want.values()))
+    assert sorted(b.numel() for b in ws.buffers()) == sorted(
+        math.prod(shape) for shape, _ in want.values())
+
+
+def test_a_reserved_workspace_never_grows(device, gen) -> None:
+    """The scratch query's buffers, reserved up front, hold every later step of the policy's plans up
+    to the batch it was asked for; smaller steps reuse the same buffers."""
+    from dsv4_tune.serving.memory import Workspace, scratch_buffers, scratch_bytes
+
+    d = Dispatcher(H100, "h100")
+    cases = [make_case(device, gen, b=t, s_q=1, h=64, topk=128, x_topk=0, sink="finite") for t in (4, 1, 3)]
+    buffers = scratch_buffers(4, dispatcher=d, workloads=[cases[0].workload])
+    assert scratch_bytes(buffers) > 0, "the H100 policy splits these small batches"
+    ws = Workspace()
+    held = ws.reserve(buffers, device)
+    assert held == scratch_bytes(buffers)
+    kept = ws.buffers()
+    for case in cases:
+        out = torch.full((case.q.shape[0], 1, 64, 512), float("nan"), dtype=torch.bfloat16, device=device)
+        lse = torch.full((case.q.shape[0], 64, 1), float("nan"), device=device)
+        decode_mod.sparse_decode(case.q, case.main.kv_cache, case.main.indices, out=(out, lse), workspace=ws,
+                                 dispatcher=d, **case.kw)
+        assert ws.nbytes() == held and all(a is b for a, b in zip(ws.buffers(), kept, strict=True))
+    ws2 = Workspace()  # without the reservation: grows once per doubling, and keeps what it outgrew
+    for case in reversed(cases):
+        case.run(d.lookup(case.workload), ws2)
+    assert ws2.nbytes() >= held
+
+
+def test_one_workspace_per_device_and_stream() -> None:
+    from dsv4_tune.serving.memory import stream_workspace
+
+    a, b = stream_workspace("cuda:0", 11), stream_workspace("cuda:0", 12)
+    assert a is not b and stream_workspace("cuda:0", 11) is a and stream_workspace("cuda:1", 11) is not a
+    assert stream_workspace("cpu") is stream_workspace("cpu")
+
+
+def test_detect_reads_the_device_s_pci_id_and_the_driver_falls_back(monkeypatch) -> None:
+    from dsv4_tune.policies import gpu as gpu_mod
+
+    monkeypatch.setattr(gpu_mod, "interpreting", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(
+        major=9, minor=0, name="NVIDIA H200", multi_processor_count=132, pci_device_id=0x2335, gcnArchName=""))
+    info = gpu_mod.detect()
+    assert info.id == "sm90-h200" and info.pci_device_id == 0x2335 and info.fp8 == "e4m3fn"
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    monkeypatch.setattr(gpu_mod.ctypes, "CDLL", lambda name: (_ for _ in ()).throw(OSError(name)))
+    assert gpu_mod.driver_version() == "cuda 12.8", "no NVML: the runtime torch was built with"

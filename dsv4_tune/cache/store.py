@@ -32,7 +32,8 @@ STATUSES = ("ok", "mismatch", "compile_error", "launch_error", "oom")
 RETRIED = ("launch_error", "oom")  # a resumed sweep measures these rows again
 # Sweep columns added after the first stores: the owner and its progress (JSON, see beat), the FP8
 # flavour of the pools measured and the SM / CU count.
-OWNER_COLUMNS = {"host": str, "pid": int, "heartbeat": str, "progress": str, "fp8": str, "multiprocessors": int}
+OWNER_COLUMNS = {"host": str, "pid": int, "heartbeat": str, "progress": str, "fp8": str, "multiprocessors": int,
+                 "pci_device_id": int}
 STALE_AFTER_S = 3600  # a running sweep of another host with no sign of life for this long: interrupted
 
 

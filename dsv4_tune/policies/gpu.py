@@ -26,6 +26,7 @@ class GpuInfo:
     name: str
     multiprocessors: int
     backend: str  # "cuda", "hip" or "interpreter"
+    pci_device_id: int = 0  # the PCI device id (0x2335 for an H200 SXM) where the driver reports it
 
     @property
     def is_real(self) -> bool:
@@ -64,7 +65,8 @@ def detect() -> GpuInfo:
         return GpuInfo(INTERPRETER_ARCH, "cpu", 0, "interpreter")
     props = torch.cuda.get_device_properties(0)
     hip = torch.version.hip is not None
-    return GpuInfo(arch_of(props, hip), props.name, props.multi_processor_count, "hip" if hip else "cuda")
+    return GpuInfo(arch_of(props, hip), props.name, props.multi_processor_count, "hip" if hip else "cuda",
+                   int(getattr(props, "pci_device_id", 0) or 0))
 
 
 def driver_version() -> str:

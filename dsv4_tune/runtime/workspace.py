@@ -1,6 +1,12 @@
-"""Reusable device buffers (split-K partials, the gathered BF16 buffer), keyed by name, shape,
-dtype and device.  A decode step that has run once allocates nothing new, which is what lets it be
-captured in a CUDA graph: warm up once, then capture.
+"""Reusable device buffers (split-K partials, the gathered BF16 buffer, the compressor's pooled rows),
+one per name, dtype and device, reused by every shape that fits.  A decode step that has run once
+allocates nothing new, which is what lets it be captured in a CUDA graph: warm up once, then
+capture; :meth:`Workspace.reserve` sizes the buffers up front for the largest batch (see
+:func:`dsv4_tune.serving.memory.scratch_buffers`), so that no later step allocates at all.
+
+A request larger than a buffer allocates a new one of at least twice the size; the old one is kept
+(a CUDA graph or a replay may still point into it) until :meth:`Workspace.clear`, so the memory
+held stays below about twice the largest request per name.
 
 The workspace also holds the replays of calls made with it (see :mod:`dsv4_tune.runtime.jit`
 and :mod:`dsv4_tune.runtime.replay_index`): they point into its buffers, so they live and die with
@@ -13,29 +19,53 @@ import torch
 
 from dsv4_tune.runtime.replay_index import ReplayIndex
 
+DTYPES = {"float32": torch.float32, "int32": torch.int32, "bfloat16": torch.bfloat16, "bool": torch.bool}
+
 
 class Workspace:
     """A cache of scratch tensors; contents are undefined on return (callers overwrite them),
     except the ``zeroed`` ones (the in-kernel merge's split counters), which every launch leaves
     zero.  One workspace serves one stream at a time: two launches in flight on different streams
-    would share partial buffers and counters (a counter left non-zero would spoil later calls)."""
+    would share partial buffers and counters (a counter left non-zero would spoil later calls);
+    give each stream its own."""
 
     def __init__(self) -> None:
-        self._buffers: dict[tuple, torch.Tensor] = {}
+        self._buffers: dict[tuple, torch.Tensor] = {}  # (name, dtype, device) -> flat buffer
+        self._retired: list[torch.Tensor] = []  # outgrown buffers a graph or replay may still use
         self.replays = ReplayIndex()
         self.warmed: set[tuple] = set()  # (graph plan, workload, device) that eager calls warmed up
 
     def get(
         self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, *, zeroed: bool = False
     ) -> torch.Tensor:
-        """The buffer of this name, shape, dtype and device.  ``zeroed``: zeros when allocated, for
-        kernels that leave it zero again (the split counters of the in-kernel combine)."""
-        key = (name, shape, dtype, device)
+        """A ``shape`` view of the buffer of this name, dtype and device (grown when too small).
+        ``zeroed``: zeros when allocated, for kernels that leave it zero again."""
+        numel = 1
+        for d in shape:
+            numel *= d
+        key = (name, dtype, device)
         buf = self._buffers.get(key)
-        if buf is None:
+        if buf is None or buf.numel() < numel:
+            if buf is not None:
+                self._retired.append(buf)
+            size = numel if buf is None else max(numel, 2 * buf.numel())
             alloc = torch.zeros if zeroed else torch.empty
-            buf = self._buffers[key] = alloc(shape, dtype=dtype, device=device)
-        return buf
+            buf = self._buffers[key] = alloc(size, dtype=dtype, device=device)
+        return buf[:numel].view(shape)
+
+    def take(self, buffers: dict[str, tuple[tuple[int, ...], str]], name: str, device: torch.device, *,
+             zeroed: bool = False) -> torch.Tensor:
+        """The buffer ``name`` of a plan's buffers (:mod:`dsv4_tune.registry.scratch`)."""
+        shape, dtype = buffers[name]
+        return self.get(name, shape, DTYPES[dtype], device, zeroed=zeroed)
+
+    def reserve(self, buffers: dict[str, tuple[tuple[int, ...], str]], device: torch.device | str) -> int:
+        """Allocate ``buffers`` (name -> (shape, dtype name), e.g. the scratch query's) now; a later
+        request that fits allocates nothing.  Returns the bytes held."""
+        device = torch.device(device)
+        for name, (shape, dtype) in buffers.items():
+            self.get(name, shape, DTYPES[dtype], device, zeroed=name == "split_counters")
+        return self.nbytes()
 
     def buffers(self) -> list[torch.Tensor]:
         return list(self._buffers.values())
@@ -48,11 +78,27 @@ class Workspace:
 
     def clear(self) -> None:
         self._buffers.clear()
+        self._retired.clear()
         self.replays.clear()
         self.warmed.clear()
 
     def nbytes(self) -> int:
-        return sum(b.numel() * b.element_size() for b in self._buffers.values())
+        return sum(b.numel() * b.element_size() for b in (*self._buffers.values(), *self._retired))
 
 
-DEFAULT_WORKSPACE = Workspace()
+DEFAULT_WORKSPACE = Workspace()  # calls without workspace=: one stream at a time
+_BY_STREAM: dict[tuple[str, int], Workspace] = {}
+
+
+def stream_workspace(device: torch.device | str = "cuda", stream: torch.cuda.Stream | int | None = None) -> Workspace:
+    """The workspace of one (device, stream): created on first use, the same one after.  An engine that
+    runs decode steps on several streams asks once per stream and passes it as ``workspace=`` (the
+    entry points do not look the current stream up per call: that would cost every call host time)."""
+    device = torch.device(device)
+    if stream is None:
+        stream = torch.cuda.current_stream(device) if device.type == "cuda" else 0
+    key = (str(device), stream if isinstance(stream, int) else stream.cuda_stream)
+    ws = _BY_STREAM.get(key)
+    if ws is None:
+        ws = _BY_STREAM[key] = Workspace()
+    return ws

@@ -16,9 +16,9 @@ from dsv4_tune.kernels.fused_attention import launch_sparse_decode
 from dsv4_tune.kernels.gather_dequant import GatherConfig, launch_gather, launch_gather_dual
 from dsv4_tune.kernels.gathered_attention import launch_gathered_attention
 from dsv4_tune.registry.arch import INLINE_MERGE_AMD
-from dsv4_tune.registry.buckets import GATHER_BUFFER_BYTES, token_ranges
-from dsv4_tune.registry.intmath import cdiv
+from dsv4_tune.registry.buckets import GATHER_BUFFER_BYTES
 from dsv4_tune.registry.layout import HEAD_DIM
+from dsv4_tune.registry.scratch import counter_buffer, gather_buffers, gather_tokens, partial_buffers
 from dsv4_tune.runtime.target import dot_dtype, fp8_mode, on_amd, pdl_enabled
 from dsv4_tune.runtime.workspace import Workspace
 from dsv4_tune.serving.arguments import DecodeInputs
@@ -29,10 +29,8 @@ def _attention_kw(cfg: dict[str, int]) -> dict[str, int]:
 
 
 def _partials(ws: Workspace, split_k: int, n_tok: int, h_q: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    return (
-        ws.get("part_o", (split_k, n_tok, h_q, HEAD_DIM), torch.float32, device),
-        ws.get("part_lse", (split_k, n_tok, h_q), torch.float32, device),
-    )
+    buffers = partial_buffers(split_k, n_tok, h_q)
+    return ws.take(buffers, "part_o", device), ws.take(buffers, "part_lse", device)
 
 
 def run_fused(x: DecodeInputs, cfg: dict[str, int], out: torch.Tensor, lse: torch.Tensor, ws: Workspace) -> None:
@@ -63,7 +61,7 @@ def run_fused_splitk_inline(
         raise ValueError(f"plan: {INLINE_MERGE_AMD}")
     sk, h_q = cfg["SPLIT_K"], x.q.shape[2]
     partial = _partials(ws, sk, x.n_tok, h_q, x.q.device)
-    counters = ws.get("split_counters", (x.n_tok * cdiv(h_q, cfg["BLOCK_H"]),), torch.int32, x.q.device, zeroed=True)
+    counters = ws.take(counter_buffer(x.n_tok, h_q, cfg["BLOCK_H"]), "split_counters", x.q.device, zeroed=True)
     launch_sparse_decode(
         x.q, x.main, x.extra, x.attn_sink, x.sm_scale, out, lse, partial, split_k=sk, counters=counters,
         fp8_mode=fp8_mode(x.fp8), dot_type=dot_dtype(), **_attention_kw(cfg),
@@ -81,10 +79,9 @@ def run_gather_attend(
     total, h_q, dev = x.total_topk, x.q.shape[2], x.q.device
     gcfg = GatherConfig(cfg["BLOCK_TK"], cfg["gather_warps"], 1)
     sk = cfg["SPLIT_K"]
-    ranges = token_ranges(x.n_tok, total, max_buffer_bytes)
-    per = ranges[0][1] - ranges[0][0] if ranges else 0
-    gathered = ws.get("gathered", (per, total, HEAD_DIM), torch.bfloat16, dev)
-    invalid = ws.get("invalid", (per, total), torch.bool, dev)
+    ranges, per = gather_tokens(x.n_tok, total, max_buffer_bytes)
+    buffers = gather_buffers(per, total)
+    gathered, invalid = ws.take(buffers, "gathered", dev), ws.take(buffers, "invalid", dev)
     partial = _partials(ws, sk, per, h_q, dev) if sk > 1 else None
     for t0, t1 in ranges:
         n = t1 - t0

@@ -115,6 +115,7 @@ def sweep_flavour(gpu: GpuInfo, fp8: str | None = None) -> str:
 def sweep_meta(gpu: GpuInfo, grid: Grid, fp8: str | None = None) -> dict:
     driver = driver_version() if gpu.is_real else (torch.version.cuda or torch.version.hip or "none")
     return {"gpu_id": gpu.id, "arch": gpu.arch, "device_name": gpu.name, "multiprocessors": gpu.multiprocessors,
+            "pci_device_id": gpu.pci_device_id,
             "driver": str(driver), "fp8": sweep_flavour(gpu, fp8),
             **toolchain(), "interpreter": int(not gpu.is_real), "grid_hash": stable_hash(grid.to_json()),
             "grid": json.dumps(grid.to_json(), sort_keys=True)}

@@ -13,6 +13,7 @@ from dsv4_tune.kernels.attention_core import aligned
 from dsv4_tune.kernels.compressor.shared import _finish, _finish_inputs, _fold
 from dsv4_tune.registry.compressor_space import FINISH_WARPS
 from dsv4_tune.registry.intmath import cdiv
+from dsv4_tune.registry.scratch import pooled_buffer
 from dsv4_tune.runtime.jit import Launcher, kernel
 from dsv4_tune.runtime.target import pdl_enabled
 from dsv4_tune.runtime.workspace import DEFAULT_WORKSPACE, Workspace
@@ -229,7 +230,7 @@ def launch_decode(
                 num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
         return
     device = kv_score.device
-    ws = workspace.get("compress_pooled", (bs, head_dim), torch.float32, device)
+    ws = workspace.take(pooled_buffer(bs, head_dim), "compress_pooled", device)
     pdl = bool(cfg["PDL"]) and pdl_enabled(device)
     _decode_split((cdiv(bs, cfg["ROWS"]), head_dim // cfg["BLOCK_D"], 1), *head, out_loc, ws, dst[3],
                   ring_size, bs, ratio, coff, head_dim, cfg["BLOCK_D"], cfg["BLOCK_S"], cfg["ROWS"], pdl,

@@ -14,6 +14,7 @@ from dsv4_tune.kernels.compressor.shared import _finish, _finish_inputs, _fold
 from dsv4_tune.registry.compressor_space import FINISH_WARPS
 from dsv4_tune.registry.intmath import cdiv
 from dsv4_tune.registry.launches import ring_in_kernel
+from dsv4_tune.registry.scratch import pooled_buffer
 from dsv4_tune.runtime.jit import Launcher, kernel
 from dsv4_tune.runtime.workspace import DEFAULT_WORKSPACE, Workspace
 
@@ -245,7 +246,7 @@ def launch_prefill(
         if ring:
             return
     else:
-        ws = workspace.get("compress_pooled", (n_tok, head_dim), torch.float32, kv_score.device)
+        ws = workspace.take(pooled_buffer(n_tok, head_dim), "compress_pooled", kv_score.device)
         _prefill_split((n_win, bs, head_dim // cfg["BLOCK_D"]), *head, out_loc, ws, dst[3], ring_size,
                        ratio, coff, head_dim, cfg["BLOCK_D"], cfg["BLOCK_S"], cfg["ROWS"],
                        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
