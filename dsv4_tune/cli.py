@@ -477,18 +477,54 @@ def export(
     out: Path = typer.Option(..., "--out", help="policy file to write"),
     db: Path = typer.Option(DEFAULT_DB, "--db"),
     sweep_id: str | None = typer.Option(None, "--sweep", help="sweep id (default: the latest)"),
+    gpu: str | None = typer.Option(None, "--gpu", help="export the latest sweep of this GPU id (a store merged "
+                                   "from several GPUs)"),
 ) -> None:
-    """Write the policy of a sweep (validated; refuses grid points without a winner)."""
+    """Write the policy of a sweep (validated; refuses grid points without a winner); with a folder as
+    --out, one policy per GPU id of the store (<folder>/<gpu id>.json)."""
     from dsv4_tune.policies.schema import save_policy
-    from dsv4_tune.tuner.export import export_policy
+    from dsv4_tune.tuner.export import export_policy, gpu_ids
 
-    try:
-        policy, s = export_policy(_open_store(db), sweep_id, "dsv4-tune " + " ".join(sys.argv[1:]))
-    except ValueError as e:
-        _fail(str(e), 1)
-    save_policy(policy, out)
-    note = " (from an interpreter sweep: NOT a real measurement)" if s["interpreter"] else ""
-    console.print(f"wrote {out}: {policy.gpu.id}, {len(policy.classes)} classes{note}", highlight=False)
+    store = _open_store(db)
+    ids = gpu_ids(store)
+    if out.is_dir():
+        if sweep_id is not None:
+            _fail("export: --sweep writes one policy: give a file as --out")
+        targets = [(g, out / f"{g}.json") for g in ([gpu] if gpu else ids)]
+    elif sweep_id is None and gpu is None and len(ids) > 1:
+        _fail(f"export: {db} holds sweeps of several GPUs ({', '.join(ids)}): give --gpu ID, or a folder as --out "
+              "for one policy per GPU", 1)
+    else:
+        targets = [(gpu, out)]
+    for g, path in targets:
+        try:
+            policy, s = export_policy(store, sweep_id, "dsv4-tune " + " ".join(sys.argv[1:]), g)
+        except ValueError as e:
+            _fail(str(e), 1)
+        save_policy(policy, path)
+        note = " (from an interpreter sweep: NOT a real measurement)" if s["interpreter"] else ""
+        console.print(f"wrote {path}: {policy.gpu.id}, {len(policy.classes)} classes{note}", highlight=False)
+
+
+@command()
+def merge(
+    sources: list[Path] = typer.Argument(..., help="the stores to merge (e.g. one per host)"),
+    out: Path = typer.Option(..., "--out", help="the merged store (created, or added to)"),
+    as_json: bool = JSON,
+) -> None:
+    """Merge stores into one without duplicates: the same sweep in two stores is merged, different
+    sweeps that share an id are both kept (renumbered), each with its GPU identity and provenance."""
+    from dsv4_tune.cache.merge import merge_stores
+
+    summary = merge_stores(sources, out)
+    if as_json:
+        _print_json(summary)
+        return
+    console.print(f"{out}: {summary['sweeps_added']} sweeps added, {summary['sweeps_merged']} merged into one "
+                  f"already there, {summary['measurements']} measurements, {summary['winners']} winners",
+                  highlight=False)
+    for origin, new in summary["renumbered"].items():
+        console.print(f"  {origin} is {new} here (its id was taken)", highlight=False)
 
 
 def _policy_for_command(path: Path | None):

@@ -140,7 +140,8 @@ def test_status_and_export_write_nothing_to_the_store(tmp_path: Path, swept: Pat
 def test_a_store_in_a_read_only_folder_can_be_read(tmp_path: Path, swept: Path) -> None:
     folder = tmp_path / "ro"
     folder.mkdir()
-    (folder / "s.db").write_bytes(swept.read_bytes())
+    with sqlite3.connect(swept) as src, sqlite3.connect(folder / "s.db") as dst:
+        src.backup(dst)
     folder.chmod(0o555)
     try:
         result = _cli("status", "--db", folder / "s.db")
@@ -308,3 +309,70 @@ def test_explicit_plans_that_cannot_run_are_value_errors(config: dict, says: str
         case.run(plan)
     with pytest.raises(ValueError, match=r"expected a dsv4_tune\.Plan"):
         case.run(base)  # type: ignore[arg-type]
+
+
+def test_a_read_only_store_with_rows_in_its_write_ahead_log_is_refused_not_misread(tmp_path: Path, swept: Path,
+                                                                                  monkeypatch) -> None:
+    """Where only immutable=1 can open a store (a read-only folder), rows still in the WAL file would
+    be missed: the store is refused with the reason instead."""
+    import dsv4_tune.cache.store as store_mod
+
+    real = sqlite3.connect
+
+    def no_shm(database, *a, **k):  # what a read-only folder does to mode=ro on a WAL store
+        if isinstance(database, str) and "mode=ro" in database:
+            raise sqlite3.OperationalError("unable to open database file")
+        return real(database, *a, **k)
+
+    db = tmp_path / "s.db"
+    with sqlite3.connect(swept) as src, sqlite3.connect(db) as dst:
+        src.backup(dst)  # every row in the main file (the source's may still sit in its WAL)
+    monkeypatch.setattr(store_mod.sqlite3, "connect", no_shm)
+    assert Store(db, readonly=True).sweeps(), "no WAL beside it: immutable=1 reads it all"
+    (tmp_path / "s.db-wal").write_bytes(b"\0" * 64)
+    with pytest.raises(StoreError, match="write-ahead log"):
+        Store(db, readonly=True)
+
+
+def test_report_of_an_empty_store_is_one_line(tmp_path: Path) -> None:
+    db = tmp_path / "empty.db"
+    Store(db)
+    result = _cli("report", "--db", db, "--out", tmp_path / "r")
+    assert result.exit_code == 1 and "no sweeps" in result.output
+
+
+def test_a_reused_pid_or_an_unknown_owner_reads_as_interrupted(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    sweep_id, _ = store.open_sweep(sweep_mod.sweep_meta(detect(), TINY))
+    assert store.state(store.sweep(sweep_id)) == "running"
+    store.db.execute("update sweeps set pid_start = '1' where id = ?", [sweep_id])  # this pid, another process
+    assert store.state(store.sweep(sweep_id)) == "interrupted"
+    store.db.execute("update sweeps set host = null where id = ?", [sweep_id])  # a row from before owners
+    assert store.state(store.sweep(sweep_id)) == "interrupted"
+
+
+def test_plans_with_values_that_are_not_ints_are_value_errors(device, gen) -> None:
+    case = make_case(device, gen, b=1, s_q=1, h=16, topk=32, x_topk=0, sink="finite")
+    odd = Plan("fused", (("BLOCK_H", [16]), ("BLOCK_N", 32), ("num_stages", 1), ("num_warps", 4)))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="config values must be ints"):
+        case.run(odd)
+
+
+def test_a_resume_does_not_retime_a_plan_that_fails_again(tmp_path: Path, monkeypatch) -> None:
+    import time
+
+    real_check = DecodeCase.check
+
+    def one_fails(self, plan):
+        if plan.variant == "gather_attend":
+            return "launch_error", "RuntimeError: flaky device", None
+        return real_check(self, plan)
+
+    monkeypatch.setattr(DecodeCase, "check", one_fails)
+    store = Store(tmp_path / "s.db")
+    sweep_id = sweep_mod.run_sweep(store, TINY, detect())
+    before = {(r["workload"], r["plan"]): r["taken"] for r in store.measurements(sweep_id, "final")}
+    time.sleep(1.1)  # row times have one-second resolution
+    assert sweep_mod.run_sweep(store, TINY, detect()) == sweep_id
+    after = {(r["workload"], r["plan"]): r["taken"] for r in store.measurements(sweep_id, "final")}
+    assert before and after == before, "the final stage was not re-opened"

@@ -94,11 +94,12 @@ def test_status_of_a_running_sweep_has_an_eta(tmp_path: Path, swept: Path) -> No
     store = Store(db)
     (sweep,) = store.sweeps()
     progress = {"stages": {"coarse": {"done": 3, "total": 3}, "refine": {"done": 1, "total": 3},
-                           "compile": {"kernels": 12, "seconds": 30.0}}, "steps": [4, 9], "stage": "refine"}
+                           "compile": {"kernels": 12, "seconds": 30.0}}, "steps": [4, 9], "stage": "refine",
+                "seconds": 40.0}
     store.db.execute("update sweeps set status = 'running', finished = null, pid = ?, progress = ? where id = ?",
                      [os.getpid(), json.dumps(progress), sweep["id"]])
     (row,) = _json("status", "--db", db)["sweeps"]
-    assert row["state"] == "running" and row["eta_s"] is not None and row["eta_s"] > 0
+    assert row["state"] == "running" and row["eta_s"] == 50, "40 s for 4 of 9 steps: 50 s to go"
     assert [s["stage"] for s in row["stages"]] == ["compile", "coarse", "refine"], "in the order the sweep runs them"
     assert "compile: 12 kernels, 30.0 s" in _run("status", "--db", db)
 

@@ -285,3 +285,40 @@ def test_detect_reads_the_device_s_pci_id_and_the_driver_falls_back(monkeypatch)
     monkeypatch.setattr(torch.version, "cuda", "12.8")
     monkeypatch.setattr(gpu_mod.ctypes, "CDLL", lambda name: (_ for _ in ()).throw(OSError(name)))
     assert gpu_mod.driver_version() == "cuda 12.8", "no NVML: the runtime torch was built with"
+
+
+def test_prefill_scratch_is_counted_only_when_asked_for() -> None:
+    from dsv4_tune.serving.memory import scratch_buffers
+
+    d = Dispatcher(H100, "h100")
+    prefill = OpWorkload.make("compress", 1, ratio=128, head_dim=512, mode="prefill")
+    assert scratch_buffers(256, dispatcher=d, workloads=[prefill]) == {}
+    assert scratch_buffers(256, max_prefill_tokens=8192, dispatcher=d, workloads=[prefill])["compress_pooled"] == (
+        (8192, 512), "float32")
+
+
+def test_outgrown_buffers_are_kept_until_released() -> None:
+    from dsv4_tune.runtime.workspace import Workspace
+
+    ws = Workspace()
+    ws.get("part_o", (4,), torch.float32, torch.device("cpu"))
+    ws.get("part_o", (5,), torch.float32, torch.device("cpu"))  # grows to 8, keeps the 4
+    assert ws.nbytes() == (4 + 8) * 4 and ws.release_outgrown() == 16 and ws.nbytes() == 32
+    assert ws.get("part_o", (3, 2), torch.float32, torch.device("cpu")).shape == (3, 2) and ws.nbytes() == 32
+
+
+def test_a_scope_of_the_same_file_reuses_its_dispatcher(tmp_path: Path) -> None:
+    path = _interpreter_policy(tmp_path)
+    with policy_scope(path) as a, policy_scope(path) as b:
+        assert a is b, "the same tables and replays, scope after scope"
+
+
+def test_the_qk_norm_fake_is_contiguous_like_the_op() -> None:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import dsv4_tune.serving.torch_ops  # noqa: F401
+
+    with FakeTensorMode():
+        q = torch.empty(16, 4, 512, dtype=torch.bfloat16).transpose(0, 1).contiguous().transpose(0, 1)
+        qn, _ = torch.ops.dsv4_tune.qk_norm(q, q[:, :1], None, None)
+        assert qn.is_contiguous()

@@ -32,8 +32,8 @@ STATUSES = ("ok", "mismatch", "compile_error", "launch_error", "oom")
 RETRIED = ("launch_error", "oom")  # a resumed sweep measures these rows again
 # Sweep columns added after the first stores: the owner and its progress (JSON, see beat), the FP8
 # flavour of the pools measured and the SM / CU count.
-OWNER_COLUMNS = {"host": str, "pid": int, "heartbeat": str, "progress": str, "fp8": str, "multiprocessors": int,
-                 "pci_device_id": int}
+OWNER_COLUMNS = {"host": str, "pid": int, "pid_start": str, "heartbeat": str, "progress": str, "fp8": str,
+                 "multiprocessors": int, "pci_device_id": int, "driver_version": str}
 STALE_AFTER_S = 3600  # a running sweep of another host with no sign of life for this long: interrupted
 
 
@@ -151,10 +151,11 @@ class Store:
         try:
             existing = [r[0] for r in conn.execute("select id from sweeps where key = ? order by started desc, id desc",
                                                     [key])]
-            owner = {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": now()}
+            owner = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _start_time(os.getpid()),
+                     "heartbeat": now()}
             if existing and not fresh:
-                conn.execute("update sweeps set status = 'running', finished = null, host = ?, pid = ?, heartbeat = ? "
-                             "where id = ?", [*owner.values(), existing[0]])
+                conn.execute("update sweeps set status = 'running', finished = null, host = ?, pid = ?, pid_start = ?, "
+                             "heartbeat = ? where id = ?", [*owner.values(), existing[0]])
                 conn.execute("COMMIT")
                 return existing[0], True
             sweep_id = f"{key}-{len(existing) + 1}"
@@ -201,13 +202,20 @@ class Store:
         return {"stages": stages, "steps": None, "stage": None}
 
     def state(self, sweep: dict[str, Any]) -> str:
-        """What a sweep row's ``status`` means now: a ``running`` sweep whose owner died (same host, its
-        pid gone; another host, no sign of life for :data:`STALE_AFTER_S`) is ``interrupted``."""
+        """What a sweep row's ``status`` means now: a ``running`` sweep whose owner died (same host: its
+        pid gone, or reused by a process that started later; another host: no sign of life for
+        :data:`STALE_AFTER_S`) is ``interrupted``, and so is one that records no owner (every sweep
+        since owners were recorded does; an older one still running is unlikely).  Containers that
+        share a host name but not a pid namespace see each other's sweeps as interrupted."""
         if sweep["status"] != "running":
             return sweep["status"]
         host, pid, beat = sweep.get("host"), sweep.get("pid"), sweep.get("heartbeat")
+        if not host:
+            return "interrupted"
         if host == socket.gethostname() and pid:
-            return "running" if _alive(int(pid)) else "interrupted"
+            started = sweep.get("pid_start")
+            reused = bool(started) and _start_time(int(pid)) not in (started, None)
+            return "running" if _alive(int(pid)) and not reused else "interrupted"
         if beat and time.time() - datetime.fromisoformat(beat).timestamp() > STALE_AFTER_S:
             return "interrupted"
         return "running"
@@ -218,16 +226,16 @@ class Store:
     def sweep(self, sweep_id: str | None = None) -> dict[str, Any]:
         rows = self.sweeps() if sweep_id is None else list(self.db["sweeps"].rows_where("id = ?", [sweep_id]))
         if not rows:
-            raise ValueError(f"sweep: {'no sweeps' if sweep_id is None else f'no sweep {sweep_id!r}'} in {self.path}")
+            raise StoreError(f"sweep: {'no sweeps' if sweep_id is None else f'no sweep {sweep_id!r}'} in {self.path}")
         return rows[-1]
 
     # ------------------------------------------------------------ measurements
-    def measured(self, sweep_id: str, stage: str) -> set[tuple[str, str]]:
+    def measured(self, sweep_id: str, stage: str, retried: bool = False) -> set[tuple[str, str]]:
         """(workload, plan) pairs already stored for a stage: what a resumed sweep skips (all but the
-        :data:`RETRIED` rows)."""
+        :data:`RETRIED` rows); with ``retried``, those rows instead (what it measures again)."""
         return {(r["workload"], r["plan"]) for r in self.db.query(
             "select workload, plan, status from measurements where sweep_id = ? and stage = ?", [sweep_id, stage])
-            if r["status"] not in RETRIED}
+            if (r["status"] in RETRIED) == retried}
 
     def add_measurement(
         self, sweep_id: str, workload: str, stage: str, plan: Plan, status: str, error: str | None = None,
@@ -336,17 +344,34 @@ def _connect_readonly(path: Path) -> sqlite3.Connection:
     if not path.is_file():
         raise StoreError(f"{path}: no store there")
     uri = path.resolve().as_uri()
-    for flags in ("mode=ro", "immutable=1"):
-        conn = sqlite3.connect(f"{uri}?{flags}", uri=True, timeout=60, isolation_level=None)
+    wal = path.with_name(path.name + "-wal")
+    # immutable=1 reads only the main file: with a non-empty WAL beside it, rows would be missing
+    tries = ("mode=ro",) if wal.exists() and wal.stat().st_size > 0 else ("mode=ro", "immutable=1")
+    for flags in tries:
+        conn = None
         try:
+            conn = sqlite3.connect(f"{uri}?{flags}", uri=True, timeout=60, isolation_level=None)
             conn.execute("select count(*) from sqlite_master").fetchone()
             return conn
         except sqlite3.OperationalError:
-            conn.close()
+            if conn is not None:
+                conn.close()
         except sqlite3.DatabaseError as e:
-            conn.close()
+            if conn is not None:
+                conn.close()
             raise StoreError(f"{path}: not a dsv4-tune store (SQLite: {e})") from None
-    raise StoreError(f"{path}: cannot be opened for reading")
+    why = " (its write-ahead log holds rows not yet in the file, and the folder is read-only: copy both files " \
+          "somewhere writable)" if len(tries) == 1 else ""
+    raise StoreError(f"{path}: cannot be opened for reading{why}")
+
+
+def _start_time(pid: int) -> str | None:
+    """When a process started (Linux: its start time in clock ticks since boot), to tell a reused pid
+    from the original owner; None where that cannot be read."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 def _alive(pid: int) -> bool:

@@ -181,6 +181,7 @@ _DISPATCHER: Dispatcher | None = None
 _SCOPED: ContextVar[Dispatcher | None] = ContextVar("dsv4_tune_dispatcher", default=None)
 
 PolicySource = str | Path | Policy | Dispatcher | None
+_BY_FILE: dict[tuple, Dispatcher] = {}  # (path, mtime, size) -> its dispatcher, for explicit choices by file
 
 
 def _warn(msg: str) -> None:
@@ -204,7 +205,7 @@ def _closest(paths: list[Path], gpu: GpuInfo) -> list[Path]:
     def distance(path: Path) -> tuple[int, str]:
         try:
             count = load_policy(path).gpu.multiprocessors
-        except PolicyError:
+        except Exception:  # selection never raises; the loop below says what is wrong
             count = 0
         return (abs(count - gpu.multiprocessors) if count else 1 << 20, path.name)
 
@@ -214,7 +215,7 @@ def _closest(paths: list[Path], gpu: GpuInfo) -> list[Path]:
 def _measured_on(path: Path) -> str:
     try:
         g = load_policy(path).gpu
-    except PolicyError:
+    except Exception:  # selection never raises
         return "which does not load"
     return f"measured on {g.device_name or g.id}" + (f" ({g.multiprocessors} SMs / CUs)" if g.multiprocessors else "")
 
@@ -274,6 +275,11 @@ def as_dispatcher(source: PolicySource, gpu: GpuInfo | None = None) -> Dispatche
     if isinstance(source, Dispatcher):
         return source
     if isinstance(source, (str, Path)):
+        path = Path(source)
+        stat = path.stat() if path.is_file() else None
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size) if stat else None
+        if key in _BY_FILE:  # the same file again (a scope entered per request): the same tables and replays
+            return _BY_FILE[key]
         policy, label = load_policy(source), str(source)
     elif isinstance(source, Policy):
         policy, label = source, f"policy {source.gpu.id} ({source.provenance.source})"
@@ -282,7 +288,10 @@ def as_dispatcher(source: PolicySource, gpu: GpuInfo | None = None) -> Dispatche
     gpu = gpu or detect()
     if policy.gpu.arch != gpu.arch:
         raise PolicyError(f"{label}: a policy for arch {policy.gpu.arch}; this GPU is {gpu.arch} ({gpu.name})")
-    return Dispatcher(policy, label)
+    dispatcher = Dispatcher(policy, label)
+    if isinstance(source, (str, Path)) and key is not None:
+        _BY_FILE[key] = dispatcher
+    return dispatcher
 
 
 def use_policy(source: PolicySource) -> Dispatcher:

@@ -5,8 +5,9 @@ capture; :meth:`Workspace.reserve` sizes the buffers up front for the largest ba
 :func:`dsv4_tune.serving.memory.scratch_buffers`), so that no later step allocates at all.
 
 A request larger than a buffer allocates a new one of at least twice the size; the old one is kept
-(a CUDA graph or a replay may still point into it) until :meth:`Workspace.clear`, so the memory
-held stays below about twice the largest request per name.
+(a CUDA graph may still point into it) until :meth:`Workspace.release_outgrown` or
+:meth:`Workspace.clear`, so the memory held stays below about four times the largest request per
+name (the current buffer under twice it, the outgrown ones under the current one).
 
 The workspace also holds the replays of calls made with it (see :mod:`dsv4_tune.runtime.jit`
 and :mod:`dsv4_tune.runtime.replay_index`): they point into its buffers, so they live and die with
@@ -69,6 +70,13 @@ class Workspace:
 
     def buffers(self) -> list[torch.Tensor]:
         return list(self._buffers.values())
+
+    def release_outgrown(self) -> int:
+        """Drop the buffers that larger requests outgrew (replays keep their own references; call this
+        only when no captured CUDA graph uses them).  Returns the bytes released."""
+        freed = sum(b.numel() * b.element_size() for b in self._retired)
+        self._retired.clear()
+        return freed
 
     def poison(self) -> None:
         """Fill every float buffer with NaN (tests: a kernel that reads what it never wrote fails)."""

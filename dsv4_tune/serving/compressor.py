@@ -147,7 +147,8 @@ def compress_decode(
     ``variant``: "fused" or "split"; None follows the config's keys, else split for C128, fused for C4.
     With neither ``config`` nor ``variant``, the policy's plan for this many requests (``dispatcher``,
     default: the process's).  ``fp8``: the pool's flavour; None: the GPU arch's.  The split variant's
-    scratch lives in ``workspace`` (default: the process's), so a step that ran once allocates nothing.
+    scratch lives in ``workspace`` (default: the process's, which serves one stream at a time: give
+    each stream its own), so a step that ran once allocates nothing.
     """
     bs = kv_score.shape[0] if isinstance(kv_score, torch.Tensor) and kv_score.dim() == 2 else -1
     _, head_dim = _check_common(kv_score, state, ring_base, ape, norm_weight, freqs, ratio, ring_size, bs)

@@ -139,7 +139,7 @@ def sparse_decode(
                     kind = (*kind, eager)
             if eager:
                 plan, graph_plan = eager_plan, plan
-    elif not (plan.__class__ is Plan and (plan, w.key) in _CHECKED_PLANS):  # an explicit plan, once per class
+    elif not _plan_checked(plan, w):  # an explicit plan, once per class
         _check_plan(plan, w)
         _CHECKED_PLANS.add((plan, w.key))  # type: ignore[arg-type]
     if validate:
@@ -189,11 +189,21 @@ def replay_kind(
 _CHECKED_PLANS: set[tuple[Plan, tuple]] = set()
 
 
+def _plan_checked(plan: object, w: Workload) -> bool:
+    try:
+        return plan.__class__ is Plan and (plan, w.key) in _CHECKED_PLANS
+    except TypeError:  # a hand-built Plan with unhashable values: _check_plan says what is wrong
+        return False
+
+
 def _check_plan(plan: object, w: Workload) -> None:
     """A ValueError naming what is wrong with an explicit plan for ``w`` (not a Plan, unknown variant,
     missing or unknown keys, values outside the registry's choices)."""
     if not isinstance(plan, Plan):
         raise ValueError(f"plan: expected a dsv4_tune.Plan or None, got {type(plan).__name__}")
+    bad = [f"{k}={v!r}" for k, v in plan.config if not isinstance(v, int) or isinstance(v, bool)]
+    if bad or not isinstance(plan.variant, str):
+        raise ValueError(f"plan: config values must be ints (build plans with Plan.make), got {', '.join(bad)}")
     get_variant(plan.variant)  # an unknown variant: the registry's error naming the variants
     if problems := plan_problems(w, plan):
         raise ValueError(f"plan: {plan} cannot run {w}: {'; '.join(problems)}")

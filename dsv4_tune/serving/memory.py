@@ -18,13 +18,16 @@ __all__ = ["Workspace", "scratch_buffers", "scratch_bytes", "stream_workspace"]
 
 
 def scratch_buffers(
-    max_tokens: int, *, max_requests: int | None = None, dispatcher: Dispatcher | None = None,
-    workloads: list[Workload | OpWorkload] | None = None,
+    max_tokens: int, *, max_requests: int | None = None, max_prefill_tokens: int | None = None,
+    dispatcher: Dispatcher | None = None, workloads: list[Workload | OpWorkload] | None = None,
 ) -> dict[str, Buffer]:
     """The largest buffer of each name that any plan of ``dispatcher`` (default: the process's) takes
-    for decode calls of T <= ``max_tokens`` and op calls of up to ``max_requests`` rows (default:
-    ``max_tokens``), in CUDA graphs or eagerly, over ``workloads`` (their classes: T and rows are
-    ignored; default: every class of the policy).  A workspace reserved with it never grows."""
+    for decode calls of T <= ``max_tokens``, compressor decode and Q/K-norm calls of up to
+    ``max_requests`` rows (default: ``max_tokens``) and compressor prefills of up to
+    ``max_prefill_tokens`` new tokens (default: none; prefill, usually on its own stream, then needs
+    its own workspace), in CUDA graphs or eagerly, over ``workloads`` (their classes: T and rows are
+    ignored; default: every class of the policy).  A workspace reserved with it never grows on those
+    calls."""
     d = dispatcher or get_dispatcher()
     if workloads is None:
         if d.policy is None:
@@ -37,7 +40,10 @@ def scratch_buffers(
               if s.max_tokens} if d.policy else set()
     largest: dict[str, Buffer] = {}
     for w in workloads:
-        limit = rows if isinstance(w, OpWorkload) else max_tokens
+        prefill = isinstance(w, OpWorkload) and w.params_dict.get("mode") == "prefill"
+        if prefill and not max_prefill_tokens:
+            continue
+        limit = (max_prefill_tokens if prefill else rows) if isinstance(w, OpWorkload) else max_tokens
         for n in sorted({b for b in bounds if b <= limit} | {limit}):
             if isinstance(w, OpWorkload):
                 at = OpWorkload(w.op, n, w.params)

@@ -86,4 +86,4 @@ def qk_norm(q: Tensor, k: Tensor, q_weight: Tensor | None, k_weight: Tensor | No
 
 @qk_norm.register_fake
 def _(q, k, q_weight, k_weight, eps=1e-6):
-    return torch.empty_like(q), torch.empty_like(k)
+    return q.new_empty(q.shape), k.new_empty(k.shape)  # contiguous, as the real op allocates them

@@ -23,7 +23,8 @@ def sweep_status(store: Store, sweep: dict[str, Any], db: Path) -> dict[str, Any
     eta = None
     steps = progress.get("steps")
     if state == "running" and steps and steps[0] > 0:
-        elapsed = time.time() - datetime.fromisoformat(sweep["started"]).timestamp()
+        # the pace of this run of the sweep (a resumed one counts its steps from its own start)
+        elapsed = progress.get("seconds") or (time.time() - datetime.fromisoformat(sweep["started"]).timestamp())
         eta = round(elapsed / steps[0] * (steps[1] - steps[0]))
     grid = json.loads(sweep["grid"])
     gpu = sweep["gpu_id"] + (" (interpreter)" if sweep["interpreter"] and sweep["gpu_id"] != "interpreter" else "")

@@ -81,15 +81,18 @@ def spread(samples_us: list[float]) -> float:
 
 
 # ------------------------------------------------------------------------ parallel compile
-def _compile_worker(jobs: list[tuple[GridClass | OpGridClass, int, Plan]]) -> None:
+def _compile_worker(jobs: list[tuple[GridClass | OpGridClass, int, Plan]], fp8: str | None) -> None:
     for cls, _t, plan in jobs:
-        cls.build_case(1, "cuda", with_ref=False).compile(plan)  # the sweep's own check stores a failure
+        cls.build_case(1, "cuda", with_ref=False, fp8=fp8).compile(plan)  # the sweep's own check stores a failure
     torch.cuda.synchronize()
 
 
-def compile_plans(pairs: list[tuple[GridClass | OpGridClass, Plan]], processes: int) -> tuple[int, float]:
+def compile_plans(
+    pairs: list[tuple[GridClass | OpGridClass, Plan]], processes: int, fp8: str | None = None
+) -> tuple[int, float]:
     """Fill the Triton cache: one run of every distinct kernel among ``pairs``, in worker processes
-    (plans that differ only in SPLIT_K share their kernels).  Returns (kernels, seconds)."""
+    (plans that differ only in SPLIT_K share their kernels), pools in ``fp8`` (None: the GPU's).
+    Returns (kernels, seconds)."""
     t0 = time.time()
     firsts: dict[tuple, tuple] = {}
     for cls, plan in pairs:
@@ -97,7 +100,7 @@ def compile_plans(pairs: list[tuple[GridClass | OpGridClass, Plan]], processes: 
     todo = list(firsts.values())
     processes = max(1, min(processes, len(todo)))
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_compile_worker, args=(todo[i::processes],)) for i in range(processes)]
+    procs = [ctx.Process(target=_compile_worker, args=(todo[i::processes], fp8)) for i in range(processes)]
     for p in procs:
         p.start()
     for p in procs:
@@ -113,10 +116,10 @@ def sweep_flavour(gpu: GpuInfo, fp8: str | None = None) -> str:
 
 
 def sweep_meta(gpu: GpuInfo, grid: Grid, fp8: str | None = None) -> dict:
-    driver = driver_version() if gpu.is_real else (torch.version.cuda or torch.version.hip or "none")
+    runtime = torch.version.cuda or torch.version.hip or "none"  # keys the sweep (as it always has)
     return {"gpu_id": gpu.id, "arch": gpu.arch, "device_name": gpu.name, "multiprocessors": gpu.multiprocessors,
-            "pci_device_id": gpu.pci_device_id,
-            "driver": str(driver), "fp8": sweep_flavour(gpu, fp8),
+            "pci_device_id": gpu.pci_device_id, "driver": str(runtime),
+            "driver_version": driver_version() if gpu.is_real else "none", "fp8": sweep_flavour(gpu, fp8),
             **toolchain(), "interpreter": int(not gpu.is_real), "grid_hash": stable_hash(grid.to_json()),
             "grid": json.dumps(grid.to_json(), sort_keys=True)}
 
@@ -253,7 +256,7 @@ def _stage(
     """One search stage over the grid: compile what it needs, then check and time, workload by
     workload, skipping what the store already holds.  A plan that passed its check on the same
     inputs in an earlier stage is not checked again.  Returns the workloads that got new rows."""
-    done = store.measured(sweep_id, stage)
+    done, retried = store.measured(sweep_id, stage), store.measured(sweep_id, stage, retried=True)
     todo = []
     for n, (cls, t) in enumerate(points):
         w = cls.workload(t)
@@ -263,13 +266,12 @@ def _stage(
     if gpu.is_real and jobs > 1:
         pairs = [(cls, p) for _, cls, _, _, plans in todo for p in plans]
         progress.compiling(stage, len(pairs))
-        progress.compiled(stage, *compile_plans(pairs, jobs))
+        progress.compiled(stage, *compile_plans(pairs, jobs, fp8))
     changed = set()
     for n, cls, t, key, plans in todo:
         progress(f"{stage} {key}")
         if not plans:
             continue
-        changed.add(key)
         case = cls.build_case(t, device, seed=n, fp8=fp8)
         passed_before = store.passed(sweep_id, key, other_than=stage)
         passing, errors = [], {}
@@ -282,6 +284,9 @@ def _stage(
                 store.add_measurement(sweep_id, key, stage, plan, status, error, max_error=errors[plan])
             else:
                 passing.append(plan)
+        # New rows re-open the final; a plan tried again after a failed launch does so only if it now runs.
+        if passing or any((key, str(p)) not in retried for p in plans):
+            changed.add(key)
         if passing:
             samples, flag = time_plans(case, passing, gpu.is_real, rounds, reps)
             for plan, s in zip(passing, samples, strict=True):
