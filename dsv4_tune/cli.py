@@ -158,6 +158,30 @@ def _kernels_can_run() -> None:
     console.print("no GPU: the kernels run on the Triton interpreter (TRITON_INTERPRET=1)", highlight=False)
 
 
+def _devices(spec: str, info) -> list[int]:
+    """``--devices``: all, or comma-separated indices; GPUs of different kinds are refused."""
+    import torch
+
+    from dsv4_tune.policies.gpu import detect
+    from dsv4_tune.tuner.workers import check_devices
+
+    count = torch.cuda.device_count() if info.is_real else 0
+    if spec.strip() == "all":
+        return list(range(count)) or [0]
+    try:
+        chosen = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        _fail(f"--devices: expected all or indices like 0,1, got {spec!r}")
+    if not chosen or len(set(chosen)) != len(chosen) or min(chosen) < 0 or (count and max(chosen) >= count):
+        _fail(f"--devices: expected distinct indices of the {count} GPUs here, got {spec!r}")
+    if info.is_real:
+        try:
+            check_devices([detect(i) for i in chosen])
+        except ValueError as e:
+            _fail(str(e))
+    return chosen
+
+
 def _open_store(db: Path, readonly: bool = True):
     """The store at ``db`` (read-only: it must exist, and nothing is written); a StoreError otherwise."""
     from dsv4_tune.cache.store import Store
@@ -373,6 +397,9 @@ def sweep(
     refine_rounds: int = typer.Option(1, "--refine-rounds", min=1,
                                       help="local-search rounds (each from the best plans so far; more on a "
                                            "finished sweep deepens it)"),
+    devices: str | None = typer.Option(None, "--devices", help="all, or GPU indices 0,1,...: one worker process "
+                                       "per GPU, the store handing out the workloads (with no GPU: that many "
+                                       "interpreter workers)"),
 ) -> None:
     """Measure every candidate of the grid on this GPU, store it, pick winners (resumable); exit 1
     when nothing could be measured."""
@@ -398,6 +425,7 @@ def sweep(
     if not info.matches(gpu):
         _fail(f"--gpu {gpu} does not match the detected GPU: {info.name} ({info.id}, arch {info.arch})")
     the_grid = Grid.load(grid) if grid is not None else default_grid() if info.is_real else interpreter_grid()
+    workers = None if devices is None else _devices(devices, info)
     label = "" if info.is_real else " [yellow](Triton interpreter: NOT a real measurement)[/]"
     console.print(f"sweep on {info.name} ({info.id}){label}: {len(the_grid.points())} workloads, db {db}",
                   highlight=False)
@@ -417,8 +445,15 @@ def sweep(
         def on_point(n: int, total: int, key: str) -> None:
             progress.update(task, completed=n, total=total, description=key)
 
-        sweep_id = run_sweep(store, the_grid, info, fresh=not resume, jobs=jobs, rounds=rounds, reps=reps,
-                             refine_rounds=refine_rounds, on_point=on_point, on_open=on_open)
+        if workers is None:
+            sweep_id = run_sweep(store, the_grid, info, fresh=not resume, jobs=jobs, rounds=rounds, reps=reps,
+                                 refine_rounds=refine_rounds, on_point=on_point, on_open=on_open)
+        else:
+            from dsv4_tune.tuner.workers import run_sweep_parallel
+
+            sweep_id = run_sweep_parallel(store, the_grid, info, workers, fresh=not resume,
+                                          rounds=rounds, reps=reps, refine_rounds=refine_rounds, on_point=on_point,
+                                          on_open=on_open)
         progress.update(task, completed=progress.tasks[0].total, description="done")
     winners = store.winners(sweep_id)
     table = Table(title=f"winners of sweep {sweep_id}{' (interpreter: not real)' if not info.is_real else ''}")

@@ -35,6 +35,7 @@ RETRIED = ("launch_error", "oom")  # a resumed sweep measures these rows again
 OWNER_COLUMNS = {"host": str, "pid": int, "pid_start": str, "heartbeat": str, "progress": str, "fp8": str,
                  "multiprocessors": int, "pci_device_id": int, "driver_version": str}
 STALE_AFTER_S = 3600  # a running sweep of another host with no sign of life for this long: interrupted
+CLAIM_LEASE_S = 600.0  # a worker's claim on a workload lapses this long after its last sign of life
 
 
 class StoreError(InputError):
@@ -132,6 +133,10 @@ class Store:
              "median_us": float, "runner_up": str, "margin": float, "reason": str, **EAGER_COLUMNS},
             pk=("sweep_id", "workload"), if_not_exists=True,
         )
+        self.db["claims"].create(  # which worker of a parallel sweep run measures which workload
+            {"sweep_id": str, "run": str, "workload": str, "worker": str, "expires": float, "done": int},
+            pk=("sweep_id", "run", "workload"), if_not_exists=True,
+        )
         for table, columns in (("winners", EAGER_COLUMNS), ("sweeps", OWNER_COLUMNS)):
             have = self.db[table].columns_dict
             for col, kind in columns.items():
@@ -228,6 +233,46 @@ class Store:
         if not rows:
             raise StoreError(f"sweep: {'no sweeps' if sweep_id is None else f'no sweep {sweep_id!r}'} in {self.path}")
         return rows[-1]
+
+    # ------------------------------------------------------------ claims (parallel workers)
+    def claim(self, sweep_id: str, run: str, workloads: list[str], worker: str,
+              lease_s: float = CLAIM_LEASE_S) -> str | None:
+        """The first of ``workloads`` that no worker of ``run`` has done or holds (a claim whose lease
+        lapsed is free again: its worker died), now held by ``worker``; None when nothing is left
+        to take.  One transaction: two workers never take the same workload."""
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            held = {w: (done, expires, who) for w, done, expires, who in conn.execute(
+                "select workload, done, expires, worker from claims where sweep_id = ? and run = ?", [sweep_id, run])}
+            t = time.time()
+            for w in workloads:
+                done, expires, who = held.get(w, (0, 0.0, None))
+                if not done and (expires <= t or who == worker):
+                    conn.execute("insert or replace into claims (sweep_id, run, workload, worker, expires, done) "
+                                 "values (?, ?, ?, ?, ?, 0)", [sweep_id, run, w, worker, t + lease_s])
+                    conn.execute("COMMIT")
+                    return w
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return None
+
+    def renew(self, sweep_id: str, run: str, worker: str, lease_s: float = CLAIM_LEASE_S) -> None:
+        """Extend the leases of ``worker``'s claims (it is alive and working)."""
+        self.db.execute("update claims set expires = ? where sweep_id = ? and run = ? and worker = ? and done = 0",
+                        [time.time() + lease_s, sweep_id, run, worker])
+
+    def finish_claim(self, sweep_id: str, run: str, workload: str, worker: str) -> None:
+        self.db.execute("update claims set done = 1 where sweep_id = ? and run = ? and workload = ? and worker = ?",
+                        [sweep_id, run, workload, worker])
+
+    def claims_left(self, sweep_id: str, run: str, workloads: list[str]) -> int:
+        """How many of ``workloads`` the workers of ``run`` have not finished."""
+        done = {r[0] for r in self.db.execute(
+            "select workload from claims where sweep_id = ? and run = ? and done = 1", [sweep_id, run])}
+        return sum(w not in done for w in workloads)
 
     # ------------------------------------------------------------ measurements
     def measured(self, sweep_id: str, stage: str, retried: bool = False) -> set[tuple[str, str]]:

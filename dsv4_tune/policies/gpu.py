@@ -57,13 +57,13 @@ def arch_of(props: object, hip: bool) -> str:
     return f"sm{props.major}{props.minor}"  # type: ignore[attr-defined]
 
 
-def detect() -> GpuInfo:
-    """The GPU kernels will run on now (device 0), or the interpreter stand-in."""
+def detect(index: int = 0) -> GpuInfo:
+    """The GPU kernels will run on (device ``index``), or the interpreter stand-in."""
     import torch
 
     if interpreting() or not torch.cuda.is_available():
         return GpuInfo(INTERPRETER_ARCH, "cpu", 0, "interpreter")
-    props = torch.cuda.get_device_properties(0)
+    props = torch.cuda.get_device_properties(index)
     hip = torch.version.hip is not None
     return GpuInfo(arch_of(props, hip), props.name, props.multi_processor_count, "hip" if hip else "cuda",
                    int(getattr(props, "pci_device_id", 0) or 0))

@@ -156,8 +156,12 @@ def run_sweep(
     sweep_id, resumed = store.open_sweep(sweep_meta(gpu, grid, fp8), fresh=fresh)
     if on_open:
         on_open(sweep_id, resumed, store.measurement_count(sweep_id))
+    points = grid.points()
+    progress = _Progress(store, sweep_id, len(points), refine_rounds, on_point)
     try:
-        _run_stages(store, sweep_id, grid, gpu, jobs, rounds, reps, refine_rounds, on_point, sweep_flavour(gpu, fp8))
+        _run_stages(store, sweep_id, list(enumerate(points)), gpu, jobs, rounds, reps, refine_rounds, progress,
+                    sweep_flavour(gpu, fp8))
+        progress.finish()
     except BaseException:
         with contextlib.suppress(Exception):  # the store itself may be what failed: keep the first error
             store.finish_sweep(sweep_id, "interrupted")
@@ -167,15 +171,14 @@ def run_sweep(
 
 
 def _run_stages(
-    store: Store, sweep_id: str, grid: Grid, gpu: GpuInfo, jobs: int, rounds: int, reps: int, refine_rounds: int,
-    on_point: Callable[[int, int, str], None] | None, fp8: str,
+    store: Store, sweep_id: str, points: list[tuple[int, GridPoint]], gpu: GpuInfo, jobs: int, rounds: int,
+    reps: int, refine_rounds: int, progress: _Progress, fp8: str,
 ) -> None:
-    """The stages of :func:`run_sweep` over the whole grid, pools in the ``fp8`` flavour."""
+    """The stages of :func:`run_sweep` over ``points`` (each with its index in the grid, which seeds
+    its inputs), pools in the ``fp8`` flavour."""
     device = "cuda" if gpu.is_real else "cpu"
     arch = gpu.arch if gpu.is_real else None
     unfit = store.unfit_kernels(arch) if arch else {}
-    points = grid.points()
-    progress = _Progress(store, sweep_id, len(points), refine_rounds, on_point)
 
     def valid(w: Workload | OpWorkload, plans: list[Plan]) -> list[Plan]:
         return [p for p in plans if not registry_plans.problems(w, p, arch, unfit)]
@@ -194,13 +197,12 @@ def _run_stages(
     for round_ in range(refine_rounds):  # the stage skips what it measured: a round times only new plans
         changed |= _stage(store, sweep_id, STAGE_REFINE, points, device, gpu, jobs, rounds, reps, progress, fp8,
                           lambda n, w, round_=round_: refine(round_, w))
-    for n, (cls, t) in enumerate(points):
+    for n, (cls, t) in points:
         key = workload_key(cls.workload(t))
         progress(f"{STAGE_FINAL} {key}")
         if key in changed or not store.has_winner(sweep_id, key):  # new candidates re-open the final
             _final(store, sweep_id, key, lambda cls=cls, t=t, n=n: cls.build_case(t, device, seed=n, fp8=fp8),
                    gpu.is_real, rounds, reps)
-    progress.finish()
 
 
 class _Progress:
@@ -209,8 +211,11 @@ class _Progress:
     what ``status`` shows."""
 
     def __init__(self, store: Store, sweep_id: str, points: int, refine_rounds: int,
-                 on_point: Callable[[int, int, str], None] | None) -> None:
+                 on_point: Callable[[int, int, str], None] | None,
+                 record: Callable[[dict], None] | None = None) -> None:
+        """``record(progress)``: where each step is recorded (default: the sweep row's progress)."""
         self.store, self.sweep_id, self.on_point = store, sweep_id, on_point
+        self.record = record or (lambda snapshot: store.beat(sweep_id, snapshot))
         self.total, self.done = points * (len(STAGES) + refine_rounds - 1), 0
         self.stages: dict[str, dict] = {
             STAGE_COARSE: {"done": 0, "total": points}, STAGE_REFINE: {"done": 0, "total": points * refine_rounds},
@@ -241,15 +246,15 @@ class _Progress:
         self._record(stage)
 
     def _record(self, stage: str) -> None:
-        self.store.beat(self.sweep_id, {"stages": self.stages, "steps": [self.done, self.total], "stage": stage,
-                                        "seconds": round(time.time() - self.started, 1)})
+        self.record({"stages": self.stages, "steps": [self.done, self.total], "stage": stage,
+                     "seconds": round(time.time() - self.started, 1)})
 
     def finish(self) -> None:
         self._record("done")
 
 
 def _stage(
-    store: Store, sweep_id: str, stage: str, points: list[GridPoint], device: str, gpu: GpuInfo,
+    store: Store, sweep_id: str, stage: str, points: list[tuple[int, GridPoint]], device: str, gpu: GpuInfo,
     jobs: int, rounds: int, reps: int, progress: _Progress, fp8: str,
     candidates: Callable[[int, Workload | OpWorkload], list[Plan]],
 ) -> set[str]:
@@ -258,7 +263,7 @@ def _stage(
     inputs in an earlier stage is not checked again.  Returns the workloads that got new rows."""
     done, retried = store.measured(sweep_id, stage), store.measured(sweep_id, stage, retried=True)
     todo = []
-    for n, (cls, t) in enumerate(points):
+    for n, (cls, t) in points:
         w = cls.workload(t)
         key = workload_key(w)
         plans = [p for p in candidates(n, w) if (key, str(p)) not in done]
