@@ -18,14 +18,21 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
+
+from dsv4_tune.errors import DSV4TuneWarning
 
 POLICY = "DSV4_TUNE_POLICY"
 
 
 def _off(name: str) -> bool:
-    """A switch that is on unless set to ``0``."""
-    return os.environ.get(name, "1") == "0"
+    """A switch that is on unless set to ``0``; a value other than ``0`` or ``1`` (``false``, ``off``)
+    is taken as on, with a warning naming it, so a misspelt switch does not pass unnoticed."""
+    value = os.environ.get(name, "1")
+    if value not in ("0", "1", ""):
+        warnings.warn(f"{name}={value!r}: expected 0 (off) or 1 (on); taken as 1", DSV4TuneWarning, stacklevel=3)
+    return value == "0"
 
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

@@ -9,6 +9,11 @@ callers that caught ``ValueError`` before keep working.
 from __future__ import annotations
 
 
+class DSV4TuneWarning(UserWarning):
+    """Something was not as asked and dsv4-tune carried on: a policy selection fell back, a policy was
+    measured with other tools, an environment switch had a value it does not know."""
+
+
 class InputError(ValueError):
     """Bad input from the user (not a bug of dsv4-tune): the message says which and why."""
 

@@ -376,3 +376,15 @@ def test_a_resume_does_not_retime_a_plan_that_fails_again(tmp_path: Path, monkey
     assert sweep_mod.run_sweep(store, TINY, detect()) == sweep_id
     after = {(r["workload"], r["plan"]): r["taken"] for r in store.measurements(sweep_id, "final")}
     assert before and after == before, "the final stage was not re-opened"
+
+
+@pytest.mark.parametrize("value", ["false", "off", "no"])
+def test_an_environment_switch_with_an_unknown_value_warns(monkeypatch, value: str) -> None:
+    from dsv4_tune import env
+    from dsv4_tune.errors import DSV4TuneWarning
+
+    monkeypatch.setenv("DSV4_TUNE_PDL", value)
+    with pytest.warns(DSV4TuneWarning, match=f"DSV4_TUNE_PDL='{value}': expected 0"):
+        assert env.pdl_allowed()
+    monkeypatch.setenv("DSV4_TUNE_PDL", "0")
+    assert not env.pdl_allowed()

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsv4_tune.env import POLICY, policy_path
+from dsv4_tune.errors import DSV4TuneWarning
 from dsv4_tune.policies.gpu import GpuInfo, detect, toolchain
 from dsv4_tune.policies.schema import OpClass, Policy, PolicyError, WorkloadClass, load_policy
 from dsv4_tune.registry.buckets import bucket_index
@@ -37,10 +38,6 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 
 ClassKey = tuple[int, int, int, bool, bool, bool]
 FALLBACK = "; using the built-in default plan"  # how a selection note says that no policy applies
-
-
-class DSV4TuneWarning(UserWarning):
-    """Policy selection fell back, or a policy was measured with other tools."""
 
 
 @dataclass(frozen=True)
