@@ -306,14 +306,18 @@ class Store:
                                   "and status != 'ok' order by id limit 1", [sweep_id]))
         return rows[0] if rows else None
 
-    def ranked(self, sweep_id: str, workload: str, stages: tuple[str, ...]) -> list[Plan]:
-        """The workload's plans timed in these stages, fastest first; a plan timed in several stages
-        counts with its latest stage's median (it was re-timed beside stronger company)."""
+    def latest_timings(self, sweep_id: str, workload: str, stages: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+        """{plan text: row} of the workload's plans timed in these stages, each at its latest stage's
+        measurement (it was re-timed beside stronger company)."""
         latest: dict[str, dict] = {}
         for r in self.measurements(sweep_id, workload=workload):
             if r["stage"] in stages and r["status"] == "ok" and r["median_us"] is not None:
                 latest[r["plan"]] = r  # rows come in id order: later stages overwrite earlier ones
-        ordered = sorted(latest.values(), key=lambda r: r["median_us"])
+        return latest
+
+    def ranked(self, sweep_id: str, workload: str, stages: tuple[str, ...]) -> list[Plan]:
+        """The workload's plans timed in these stages, fastest first, each by its latest median."""
+        ordered = sorted(self.latest_timings(sweep_id, workload, stages).values(), key=lambda r: r["median_us"])
         return [decode_plan(r["variant"], r["config"]) for r in ordered]
 
     def passed(self, sweep_id: str, workload: str, other_than: str) -> dict[str, float]:

@@ -196,24 +196,28 @@ def shipped_policies() -> list[Path]:
     return sorted(DATA_DIR.glob("*.json"))
 
 
-def _closest(paths: list[Path], gpu: GpuInfo) -> list[Path]:
+def _try_load(path: Path) -> Policy | None:
+    try:
+        return load_policy(path)
+    except Exception:  # selection never raises; the loop of select_policy says what is wrong
+        return None
+
+
+def _closest(loaded: dict[Path, Policy | None], gpu: GpuInfo) -> list[Path]:
     """Same-arch policies, the one measured on the SM / CU count nearest this GPU's first (then by name;
     a policy that does not load, or does not say, comes last)."""
     def distance(path: Path) -> tuple[int, str]:
-        try:
-            count = load_policy(path).gpu.multiprocessors
-        except Exception:  # selection never raises; the loop below says what is wrong
-            count = 0
+        policy = loaded[path]
+        count = policy.gpu.multiprocessors if policy else 0
         return (abs(count - gpu.multiprocessors) if count else 1 << 20, path.name)
 
-    return sorted(paths, key=distance)
+    return sorted(loaded, key=distance)
 
 
-def _measured_on(path: Path) -> str:
-    try:
-        g = load_policy(path).gpu
-    except Exception:  # selection never raises
+def _measured_on(policy: Policy | None) -> str:
+    if policy is None:
         return "which does not load"
+    g = policy.gpu
     return f"measured on {g.device_name or g.id}" + (f" ({g.multiprocessors} SMs / CUs)" if g.multiprocessors else "")
 
 
@@ -228,20 +232,22 @@ def select_policy(gpu: GpuInfo | None = None) -> tuple[Dispatcher, list[str]]:
     notes: list[str] = []
     env = policy_path()
     candidates: list[Path] = []
+    loaded: dict[Path, Policy | None] = {}  # same-arch policies, each loaded once
     if env:
         candidates = [Path(env)]
     else:
         shipped = shipped_policies()
         exact = [p for p in shipped if p.stem == gpu.id]
         same_arch = [p for p in shipped if arch_of_id(p.stem) == gpu.arch and p not in exact]
-        candidates = exact or _closest(same_arch, gpu)[:1]
+        loaded = {} if exact else {p: _try_load(p) for p in same_arch}
+        candidates = exact or _closest(loaded, gpu)[:1]
         if not exact and candidates:
             notes.append(f"dsv4-tune: no policy for GPU id {gpu.id}; using {candidates[0].name} of the same arch "
-                         f"{gpu.arch}, {_measured_on(candidates[0])}: its plans run here, its timings are that "
+                         f"{gpu.arch}, {_measured_on(loaded[candidates[0]])}: its plans run here, its timings are that "
                          f"GPU's (`dsv4-tune verify-policy` re-times them here; a sweep here replaces them)")
     for path in candidates:
         try:
-            policy = load_policy(path)
+            policy = loaded.get(path) or load_policy(path)  # a failed preload: load again for the error
         except Exception as e:  # a broken policy never takes serving down: PolicyError, or anything else
             why = str(e) if isinstance(e, PolicyError) else f"{path}: {type(e).__name__}: {e}"
             notes.append(f"dsv4-tune: ignoring broken policy ({why}){FALLBACK}")

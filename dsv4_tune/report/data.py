@@ -21,8 +21,8 @@ from dsv4_tune.policies.schema import OpClass, Policy, WorkloadClass
 from dsv4_tune.registry import plans as registry_plans
 from dsv4_tune.registry.workload import OpWorkload, Workload
 from dsv4_tune.tuner.grid import Grid, GridClass, OpGridClass
+from dsv4_tune.tuner.sweep import STAGES  # the GPU-time stages (host rows are per eager call)
 
-TIMED_STAGES = ("coarse", "refine", "final")  # GPU-time stages (host rows are per eager call)
 CLOSE_MARGIN = 0.03  # a winner that leads by less than this is a close call worth a look
 
 
@@ -95,15 +95,6 @@ def class_name(w: Workload | OpWorkload) -> str:
             f"sink {yn(w.has_sink)}")
 
 
-def _latest_medians(store: Store, sweep_id: str, key: str) -> dict[str, float]:
-    """{plan text: median us} of a workload's timed plans, each at its latest stage (as the sweep ranks)."""
-    out: dict[str, float] = {}
-    for r in store.measurements(sweep_id, workload=key):
-        if r["stage"] in TIMED_STAGES and r["status"] == "ok" and r["median_us"] is not None:
-            out[r["plan"]] = r["median_us"]
-    return out
-
-
 def _lookup(dispatcher: Dispatcher, w: Workload | OpWorkload):
     return dispatcher.lookup_op(w) if isinstance(w, OpWorkload) else dispatcher.lookup(w)
 
@@ -124,7 +115,7 @@ def from_store(store: Store, sweep_id: str | None = None, policies: list[tuple[s
         for s in sizes:
             w = cls.workload(s)
             key = workload_key(w)
-            medians = _latest_medians(store, sweep["id"], key)
+            medians = {p: r["median_us"] for p, r in store.latest_timings(sweep["id"], key, STAGES).items()}
             win = winners.get(key)
             if win is not None:
                 curves[0].us[s] = win["median_us"]

@@ -102,9 +102,8 @@ def _config(
             plan = (dispatcher or get_dispatcher()).lookup_op(
                 OpWorkload.make("compress", rows, ratio=ratio, head_dim=head_dim, mode=mode))
             return plan.variant, plan.as_dict()
-        except ValueError:  # a shape the kernels take but no op class has (e.g. C128 at head_dim 128)
-            variant = default_variant(ratio)
-            return variant, compressor_default(ratio, head_dim, mode, variant)
+        except ValueError:  # a shape the kernels take but no op class has (e.g. C128 at head_dim 128):
+            pass  # the ratio's default variant at its default config, below
     if variant is None:
         variant = ("split" if "BLOCK_D" in config else "fused") if config is not None else default_variant(ratio)
     if variant not in VARIANTS:

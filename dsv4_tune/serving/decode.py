@@ -94,7 +94,6 @@ def sparse_decode(
     ws = workspace or DEFAULT_WORKSPACE
     sm_scale = float(sm_scale)
     dispatcher = (dispatcher or get_dispatcher()) if plan is None else None  # asked once per call
-    fp8 = fp8 or device_flavour(q)
     kind = eager = None  # the key to record this call's launches under; whether outside a graph capture
     tensors: list[torch.Tensor] = []  # the given tensors, then out and lse (set where kind may be)
     if _REPLAY and not validate:
@@ -123,6 +122,9 @@ def sparse_decode(
                 return o, lse
         if known:
             kind = None  # replayed above, known not replayable, or an odd call: remember nothing
+    # The flavour is resolved here, off the replay path: the replay key holds fp8 as given (None: the
+    # device's), and the guard pins the device.
+    fp8 = fp8 or device_flavour(q)
     x = check_decode(q, k_cache, indices, topk_length, extra_k_cache, extra_indices, extra_topk_length, attn_sink,
                      sm_scale, fp8)
     b, s_q, h_q, _ = q.shape
