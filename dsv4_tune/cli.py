@@ -364,21 +364,38 @@ def diff(
     exit_code: bool = typer.Option(False, "--exit-code", help="exit 1 when the policies differ (like git diff)"),
     as_json: bool = JSON,
 ) -> None:
-    """Show where two policies choose differently (per class, runs of T; eager plans included)."""
-    from dsv4_tune.policies.compare import differences
+    """Show where two policies choose differently (per class, runs of T; eager plans and op classes
+    included) and what each measured there; then how far their times agree where both measured."""
+    from dsv4_tune.policies.compare import agreement, class_name, differences
     from dsv4_tune.policies.dispatcher import Dispatcher
 
-    found = differences(Dispatcher(_load_or_exit(a), str(a)), Dispatcher(_load_or_exit(b), str(b)), max_tokens)
+    da, db_ = Dispatcher(_load_or_exit(a), str(a)), Dispatcher(_load_or_exit(b), str(b))
+    found = differences(da, db_, max_tokens)
     if as_json:
-        _print_json([{"class": str(key), "from_tokens": lo, "to_tokens": hi, "a": str(x), "b": str(y)}
-                     for key, lo, hi, x, y in found])
+        _print_json([{"kind": d.kind, "class": class_name(d.kind, d.key), "from_tokens": d.lo, "to_tokens": d.hi,
+                      "a": d.a, "b": d.b, "measured": [{"tokens": t, "a_us": x, "b_us": y} for t, x, y in d.measured]}
+                     for d in found])
     else:
-        for key, lo, hi, x, y in found:
-            console.print(f"{key} T {lo}-{hi}:\n  {a.name}: {x}\n  {b.name}: {y}", highlight=False)
+        for d in found:
+            console.print(f"{class_name(d.kind, d.key)} T {d.lo}-{d.hi}:\n  {a.name}: {d.a}\n  {b.name}: {d.b}",
+                          highlight=False)
+            if d.measured:
+                console.print("  measured (us, A / B): " + ", ".join(
+                    f"T={t} {_us(x)} / {_us(y)}" + (f" ({y / x:.2f}x)" if x and y else "") for t, x, y in d.measured),
+                    highlight=False)
         if not found:
             console.print("no differences", highlight=False)
+        agree = agreement(da, db_)
+        if agree["buckets"]:
+            console.print(f"{b.name} / {a.name} where both measured ({agree['buckets']} buckets): median "
+                          f"{agree['median']:.3f}, middle 90% {agree['p05']:.3f}-{agree['p95']:.3f}, "
+                          f"range {agree['min']:.3f}-{agree['max']:.3f}", highlight=False)
     if exit_code and found:
         raise typer.Exit(1)
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 DEFAULT_DB = Path("dsv4-tune.db")
@@ -400,6 +417,10 @@ def sweep(
     devices: str | None = typer.Option(None, "--devices", help="all, or GPU indices 0,1,...: one worker process "
                                        "per GPU, the store handing out the workloads (with no GPU: that many "
                                        "interpreter workers)"),
+    ray_address: str | None = typer.Option(None, "--ray", help="a Ray cluster's address (auto: the one this "
+                                           "machine is in; local: a new one here): one worker per GPU of the "
+                                           "cluster, the rows sent back to this store (pip install "
+                                           "'dsv4-tune[ray]')"),
 ) -> None:
     """Measure every candidate of the grid on this GPU, store it, pick winners (resumable); exit 1
     when nothing could be measured."""
@@ -421,14 +442,42 @@ def sweep(
     from dsv4_tune.tuner.grid import Grid, default_grid, interpreter_grid
     from dsv4_tune.tuner.sweep import run_sweep
 
-    info = detect()
-    if not info.matches(gpu):
-        _fail(f"--gpu {gpu} does not match the detected GPU: {info.name} ({info.id}, arch {info.arch})")
-    the_grid = Grid.load(grid) if grid is not None else default_grid() if info.is_real else interpreter_grid()
-    workers = None if devices is None else _devices(devices, info)
-    label = "" if info.is_real else " [yellow](Triton interpreter: NOT a real measurement)[/]"
-    console.print(f"sweep on {info.name} ({info.id}){label}: {len(the_grid.points())} workloads, db {db}",
-                  highlight=False)
+    common = {"fresh": not resume, "jobs": jobs, "rounds": rounds, "reps": reps, "refine_rounds": refine_rounds}
+    if ray_address is not None:
+        if devices is not None:
+            _fail("--ray and --devices: choose one (--ray places one worker per GPU of the cluster)")
+        from dsv4_tune.tuner.ray_sweep import run_sweep_ray
+
+        ray_grid = Grid.load(grid) if grid is not None else None
+        console.print(f"sweep on the Ray cluster at {ray_address}: one worker per GPU, db {db}", highlight=False)
+
+        def runner(store: Store, **kw: Any) -> str:
+            try:
+                return run_sweep_ray(store, ray_grid, address=None if ray_address == "local" else ray_address,
+                                     expect=gpu, **kw)
+            except ValueError as e:  # the cluster's GPUs: mixed, or not the --gpu asked for
+                _fail(str(e), 2)
+            except RuntimeError as e:
+                if "needs Ray" not in str(e):
+                    raise
+                _fail(str(e), 2)
+    else:
+        info = detect()
+        if not info.matches(gpu):
+            _fail(f"--gpu {gpu} does not match the detected GPU: {info.name} ({info.id}, arch {info.arch})")
+        the_grid = Grid.load(grid) if grid is not None else default_grid() if info.is_real else interpreter_grid()
+        workers = None if devices is None else _devices(devices, info)
+        label = "" if info.is_real else " [yellow](Triton interpreter: NOT a real measurement)[/]"
+        console.print(f"sweep on {info.name} ({info.id}){label}: {len(the_grid.points())} workloads, db {db}",
+                      highlight=False)
+
+        def runner(store: Store, **kw: Any) -> str:
+            if workers is None:
+                return run_sweep(store, the_grid, info, **kw)
+            from dsv4_tune.tuner.workers import run_sweep_parallel
+
+            return run_sweep_parallel(store, the_grid, info, workers, **kw)
+
     store = Store(db)
     t0 = time.time()
 
@@ -445,18 +494,12 @@ def sweep(
         def on_point(n: int, total: int, key: str) -> None:
             progress.update(task, completed=n, total=total, description=key)
 
-        if workers is None:
-            sweep_id = run_sweep(store, the_grid, info, fresh=not resume, jobs=jobs, rounds=rounds, reps=reps,
-                                 refine_rounds=refine_rounds, on_point=on_point, on_open=on_open)
-        else:
-            from dsv4_tune.tuner.workers import run_sweep_parallel
-
-            sweep_id = run_sweep_parallel(store, the_grid, info, workers, fresh=not resume,
-                                          rounds=rounds, reps=reps, refine_rounds=refine_rounds, on_point=on_point,
-                                          on_open=on_open)
+        sweep_id = runner(store, on_point=on_point, on_open=on_open, **common)
         progress.update(task, completed=progress.tasks[0].total, description="done")
+    swept = store.sweep(sweep_id)
+    real, points = not swept["interpreter"], len(Grid.from_json(json.loads(swept["grid"])).points())
     winners = store.winners(sweep_id)
-    table = Table(title=f"winners of sweep {sweep_id}{' (interpreter: not real)' if not info.is_real else ''}")
+    table = Table(title=f"winners of sweep {sweep_id}{' (interpreter: not real)' if not real else ''}")
     for col in ("workload", "plan", "us", "margin", "reason"):
         table.add_column(col)
     for w in winners:
@@ -468,13 +511,13 @@ def sweep(
         why = f"; the first: {first['status']} of {first['plan']} at {first['workload']}: {first['error']}" \
             if first else ""
         _fail(f"sweep {sweep_id}: no candidate could be measured{why}", 1)
-    missing = len(the_grid.points()) - len(winners)
+    missing = points - len(winners)
     if missing:
         console.print(f"[yellow]{missing} grid points have no winner (every candidate failed there): "
                       "`export` refuses this sweep[/]", highlight=False)
         raise typer.Exit(1)
     console.print(f"sweep {sweep_id}: {time.time() - t0:.0f} s; export with "
-                  f"`dsv4-tune export --db {db} --out {info.id}.json`", highlight=False)
+                  f"`dsv4-tune export --db {db} --out {swept['gpu_id']}.json`", highlight=False)
 
 
 @command()

@@ -10,7 +10,10 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
 fi
 if ! command -v dsv4-tune >/dev/null 2>&1 || \
    ! "$PY" -c "import triton, numpy, pydantic, sqlite_utils, typer, rich, pytest, hypothesis" 2>/dev/null; then
-  "$PY" -m pip install -q -e ".[test,report]"
-elif ! "$PY" -c "import matplotlib" 2>/dev/null; then  # only `dsv4-tune report` needs it
-  "$PY" -m pip install -q "matplotlib>=3.7" || echo "note: matplotlib not installed: \`dsv4-tune report\` is unavailable"
+  "$PY" -m pip install -q -e ".[test,report,ray]"
+else  # the optional extras: `dsv4-tune report` needs matplotlib, `sweep --ray` Ray (its tests skip without)
+  "$PY" -c "import matplotlib" 2>/dev/null || "$PY" -m pip install -q "matplotlib>=3.7" || \
+    echo "note: matplotlib not installed: \`dsv4-tune report\` is unavailable"
+  "$PY" -c "import ray" 2>/dev/null || "$PY" -m pip install -q "ray>=2.9" || \
+    echo "note: Ray not installed: \`dsv4-tune sweep --ray\` is unavailable"
 fi

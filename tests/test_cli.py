@@ -76,6 +76,24 @@ def test_diff_json_and_exit_code(tmp_path: Path) -> None:
     _run("diff", BASELINE_FILE, H100, "--max-tokens", "64")  # without --exit-code: 0
 
 
+def test_diff_says_by_how_much_and_covers_op_classes() -> None:
+    h200 = H100.with_name("sm90-h200.json")
+    found = _json("diff", H100, h200)
+    ops = [d for d in found if d["kind"] == "op"]
+    assert ops and all(d["class"].split()[0] in ("compress", "qk_norm") for d in ops)
+    timed = [m for d in found for m in d["measured"] if m["a_us"] and m["b_us"]]
+    assert timed, "the buckets of a differing run carry both policies' times"
+    a, b = load_policy(H100), load_policy(h200)
+    d = next(d for d in found if d["kind"] == "decode" and any(m["a_us"] for m in d["measured"]))
+    m = next(m for m in d["measured"] if m["a_us"])
+    cls = next(c for c in a.classes if str(c.key) == d["class"])
+    assert m["a_us"] == next(x.median_us for x in cls.measured if x.total_tokens == m["tokens"])
+    assert d["from_tokens"] <= m["tokens"] <= d["to_tokens"]
+    assert b.gpu.id == "sm90-h200"
+    text = _run("diff", H100, h200)
+    assert "measured (us, A / B)" in text and "where both measured" in text and "median" in text
+
+
 def test_status_json_per_stage_and_next(swept: Path) -> None:
     status = _json("status", "--db", swept)
     (row,) = status["sweeps"]

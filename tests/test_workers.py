@@ -49,6 +49,13 @@ def test_several_workers_store_the_rows_of_one(tmp_path: Path, one_worker, worke
     assert store.sweep(sweep_id)["status"] == "done" and len(store.winners(sweep_id)) == len(GRID.points())
     workers_seen = {w for (w,) in store.db.execute("select distinct worker from claims")}
     assert 1 <= len(workers_seen) <= workers
+    # one pass after the other (the next pass's kernels are compiled in between): no refine row
+    # before the last coarse row, no final row before the last refine row
+    first, last = {}, {}
+    for stage, lo, hi in store.db.execute("select stage, min(id), max(id) from measurements where sweep_id = ? "
+                                          "group by stage", [sweep_id]):
+        first[stage], last[stage] = lo, hi
+    assert last["coarse"] < first["refine"] and last["refine"] < first["final"]
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc")

@@ -36,6 +36,7 @@ OWNER_COLUMNS = {"host": str, "pid": int, "pid_start": str, "heartbeat": str, "p
                  "multiprocessors": int, "pci_device_id": int, "driver_version": str}
 STALE_AFTER_S = 3600  # a running sweep of another host with no sign of life for this long: interrupted
 CLAIM_LEASE_S = 600.0  # a worker's claim on a workload lapses this long after its last sign of life
+CLAIM_COLUMNS = {"changed": int}  # a finished claim stored new rows (which re-opens the workload's final)
 
 
 class StoreError(InputError):
@@ -134,10 +135,11 @@ class Store:
             pk=("sweep_id", "workload"), if_not_exists=True,
         )
         self.db["claims"].create(  # which worker of a parallel sweep run measures which workload
-            {"sweep_id": str, "run": str, "workload": str, "worker": str, "expires": float, "done": int},
+            {"sweep_id": str, "run": str, "workload": str, "worker": str, "expires": float, "done": int,
+             **CLAIM_COLUMNS},
             pk=("sweep_id", "run", "workload"), if_not_exists=True,
         )
-        for table, columns in (("winners", EAGER_COLUMNS), ("sweeps", OWNER_COLUMNS)):
+        for table, columns in (("winners", EAGER_COLUMNS), ("sweeps", OWNER_COLUMNS), ("claims", CLAIM_COLUMNS)):
             have = self.db[table].columns_dict
             for col, kind in columns.items():
                 if col not in have:  # a store made before these columns: typed columns, not TEXT
@@ -264,9 +266,16 @@ class Store:
         self.db.execute("update claims set expires = ? where sweep_id = ? and run = ? and worker = ? and done = 0",
                         [time.time() + lease_s, sweep_id, run, worker])
 
-    def finish_claim(self, sweep_id: str, run: str, workload: str, worker: str) -> None:
-        self.db.execute("update claims set done = 1 where sweep_id = ? and run = ? and workload = ? and worker = ?",
-                        [sweep_id, run, workload, worker])
+    def finish_claim(self, sweep_id: str, run: str, workload: str, worker: str, changed: bool = False) -> None:
+        """``worker`` finished ``workload``; ``changed``: it stored new rows there."""
+        self.db.execute("update claims set done = 1, changed = ? where sweep_id = ? and run = ? and workload = ? "
+                        "and worker = ?", [int(changed), sweep_id, run, workload, worker])
+
+    def claims_changed(self, sweep_id: str, run: str, workloads: list[str]) -> bool:
+        """Whether a finished claim of ``run`` on one of ``workloads`` stored new rows."""
+        marks = ", ".join("?" for _ in workloads)
+        return self.db.execute(f"select 1 from claims where sweep_id = ? and run = ? and done = 1 and changed = 1 "
+                               f"and workload in ({marks})", [sweep_id, run, *workloads]).fetchone() is not None
 
     def claims_left(self, sweep_id: str, run: str, workloads: list[str]) -> int:
         """How many of ``workloads`` the workers of ``run`` have not finished."""
@@ -275,11 +284,16 @@ class Store:
         return sum(w not in done for w in workloads)
 
     # ------------------------------------------------------------ measurements
-    def measured(self, sweep_id: str, stage: str, retried: bool = False) -> set[tuple[str, str]]:
-        """(workload, plan) pairs already stored for a stage: what a resumed sweep skips (all but the
-        :data:`RETRIED` rows); with ``retried``, those rows instead (what it measures again)."""
+    def measured(self, sweep_id: str, stage: str, retried: bool = False,
+                 workload: str | None = None) -> set[tuple[str, str]]:
+        """(workload, plan) pairs already stored for a stage (of one ``workload``, else all): what a
+        resumed sweep skips (all but the :data:`RETRIED` rows); with ``retried``, those rows instead
+        (what it measures again)."""
+        where, args = "sweep_id = ? and stage = ?", [sweep_id, stage]
+        if workload is not None:
+            where, args = where + " and workload = ?", [*args, workload]
         return {(r["workload"], r["plan"]) for r in self.db.query(
-            "select workload, plan, status from measurements where sweep_id = ? and stage = ?", [sweep_id, stage])
+            f"select workload, plan, status from measurements where {where}", args)
             if (r["status"] in RETRIED) == retried}
 
     def add_measurement(

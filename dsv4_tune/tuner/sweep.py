@@ -17,6 +17,8 @@ import multiprocessing as mp
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
@@ -170,22 +172,43 @@ def run_sweep(
     return sweep_id
 
 
-def _run_stages(
-    store: Store, sweep_id: str, points: list[tuple[int, GridPoint]], gpu: GpuInfo, jobs: int, rounds: int,
-    reps: int, refine_rounds: int, progress: _Progress, fp8: str,
-) -> None:
-    """The stages of :func:`run_sweep` over ``points`` (each with its index in the grid, which seeds
-    its inputs), pools in the ``fp8`` flavour."""
-    device = "cuda" if gpu.is_real else "cpu"
+@dataclass(frozen=True)
+class Stage:
+    """One pass of the search over the grid: ``tag`` names it among the passes (``coarse``,
+    ``refine1``, ..., ``final``); ``candidates(n, workload)`` are the plans it times (None: the final,
+    which re-times the best of the earlier passes)."""
+
+    name: str
+    tag: str
+    candidates: Callable[[int, Workload | OpWorkload], list[Plan]] | None = None
+
+
+class Rows(Protocol):
+    """What measuring one workload reads and writes of a store: a :class:`Store`, or a stand-in that
+    records the writes for another process to commit (a Ray actor's, see :mod:`~dsv4_tune.tuner.ray_sweep`)."""
+
+    def passed(self, sweep_id: str, workload: str, other_than: str) -> dict[str, float]: ...
+
+    def ranked(self, sweep_id: str, workload: str, stages: tuple[str, ...]) -> list[Plan]: ...
+
+    def add_measurement(self, sweep_id: str, workload: str, stage: str, plan: Plan, status: str,
+                        error: str | None = None, **fields: Any) -> None: ...
+
+    def set_winner(self, sweep_id: str, workload: str, plan: Plan, **fields: Any) -> None: ...
+
+
+# (grid index, class, T, workload key, plans still to measure)
+Todo = tuple[int, GridClass | OpGridClass, int, str, list[Plan]]
+
+
+def search_stages(store: Store, sweep_id: str, gpu: GpuInfo, refine_rounds: int) -> list[Stage]:
+    """The passes of a sweep in order: coarse, ``refine_rounds`` refine rounds, final."""
     arch = gpu.arch if gpu.is_real else None
     unfit = store.unfit_kernels(arch) if arch else {}
+    limit = None if gpu.is_real else 2  # the interpreter's sweep proves the stages, it measures nothing
 
     def valid(w: Workload | OpWorkload, plans: list[Plan]) -> list[Plan]:
         return [p for p in plans if not registry_plans.problems(w, p, arch, unfit)]
-
-    limit = None if gpu.is_real else 2  # the interpreter's sweep proves the stages, it measures nothing
-    changed = _stage(store, sweep_id, STAGE_COARSE, points, device, gpu, jobs, rounds, reps, progress, fp8,
-                     lambda n, w: valid(w, coarse_candidates(w, arch, limit)))
 
     def refine(round_: int, w: Workload | OpWorkload) -> list[Plan]:
         """Round 1: neighbours of the best coarse plans; later rounds: of the best plans so far (a
@@ -194,15 +217,34 @@ def _run_stages(
         seeds = store.ranked(sweep_id, workload_key(w), stages)[:REFINE_SEEDS]
         return valid(w, refine_candidates(w, seeds, arch, limit)) if seeds else []
 
-    for round_ in range(refine_rounds):  # the stage skips what it measured: a round times only new plans
-        changed |= _stage(store, sweep_id, STAGE_REFINE, points, device, gpu, jobs, rounds, reps, progress, fp8,
-                          lambda n, w, round_=round_: refine(round_, w))
-    for n, (cls, t) in points:
-        key = workload_key(cls.workload(t))
-        progress(f"{STAGE_FINAL} {key}")
-        if key in changed or not store.has_winner(sweep_id, key):  # new candidates re-open the final
-            _final(store, sweep_id, key, lambda cls=cls, t=t, n=n: cls.build_case(t, device, seed=n, fp8=fp8),
-                   gpu.is_real, rounds, reps)
+    return [Stage(STAGE_COARSE, STAGE_COARSE, lambda n, w: valid(w, coarse_candidates(w, arch, limit))),
+            *(Stage(STAGE_REFINE, f"{STAGE_REFINE}{r + 1}", lambda n, w, r=r: refine(r, w))
+              for r in range(refine_rounds)),  # a round times only plans no round before it timed
+            Stage(STAGE_FINAL, STAGE_FINAL)]
+
+
+def _run_stages(
+    store: Store, sweep_id: str, points: list[tuple[int, GridPoint]], gpu: GpuInfo, jobs: int, rounds: int,
+    reps: int, refine_rounds: int, progress: _Progress, fp8: str,
+) -> None:
+    """The stages of :func:`run_sweep` over ``points`` (each with its index in the grid, which seeds
+    its inputs), pools in the ``fp8`` flavour."""
+    changed: set[str] = set()
+    for stage in search_stages(store, sweep_id, gpu, refine_rounds):
+        if stage.candidates is None:
+            for n, (cls, t) in points:
+                key = workload_key(cls.workload(t))
+                progress(f"{stage.name} {key}")
+                if key in changed or not store.has_winner(sweep_id, key):  # new candidates re-open the final
+                    final_point(store, sweep_id, n, cls, t, gpu, rounds, reps, fp8)
+            continue
+        todo, retried = stage_todo(store, sweep_id, stage, points)
+        if gpu.is_real and jobs > 1:
+            compile_stage(stage, todo, jobs, fp8, progress)
+        for item in todo:
+            progress(f"{stage.name} {item[3]}")
+            if measure_point(store, sweep_id, stage.name, item, gpu, rounds, reps, fp8, retried):
+                changed.add(item[3])
 
 
 class _Progress:
@@ -249,60 +291,85 @@ class _Progress:
         self.record({"stages": self.stages, "steps": [self.done, self.total], "stage": stage,
                      "seconds": round(time.time() - self.started, 1)})
 
+    def at(self, stages: list[Stage], index: int, left: int) -> None:
+        """Record a parallel sweep's state: the passes before ``stages[index]`` are done, and
+        ``left`` workloads of that one are still to be measured."""
+        points = self.stages[STAGE_COARSE]["total"]
+        for name in STAGES:
+            self.stages[name]["done"] = sum(points for s in stages[:index] if s.name == name) + \
+                (points - left if stages[index].name == name else 0)
+        self.done = index * points + points - left
+        self._record(stages[index].name)
+
     def finish(self) -> None:
         self._record("done")
 
 
-def _stage(
-    store: Store, sweep_id: str, stage: str, points: list[tuple[int, GridPoint]], device: str, gpu: GpuInfo,
-    jobs: int, rounds: int, reps: int, progress: _Progress, fp8: str,
-    candidates: Callable[[int, Workload | OpWorkload], list[Plan]],
-) -> set[str]:
-    """One search stage over the grid: compile what it needs, then check and time, workload by
-    workload, skipping what the store already holds.  A plan that passed its check on the same
-    inputs in an earlier stage is not checked again.  Returns the workloads that got new rows."""
-    done, retried = store.measured(sweep_id, stage), store.measured(sweep_id, stage, retried=True)
+def stage_todo(
+    store: Store, sweep_id: str, stage: Stage, points: list[tuple[int, GridPoint]]
+) -> tuple[list[Todo], set[tuple[str, str]]]:
+    """What ``stage`` still has to measure at each of ``points``, skipping what the store holds, and
+    the (workload, plan) rows of it that failed to launch before (measured again)."""
+    assert stage.candidates is not None
+    only = workload_key(points[0][1][0].workload(points[0][1][1])) if len(points) == 1 else None
+    done = store.measured(sweep_id, stage.name, workload=only)
     todo = []
     for n, (cls, t) in points:
         w = cls.workload(t)
         key = workload_key(w)
-        plans = [p for p in candidates(n, w) if (key, str(p)) not in done]
-        todo.append((n, cls, t, key, plans))
-    if gpu.is_real and jobs > 1:
-        pairs = [(cls, p) for _, cls, _, _, plans in todo for p in plans]
-        progress.compiling(stage, len(pairs))
-        progress.compiled(stage, *compile_plans(pairs, jobs, fp8))
-    changed = set()
-    for n, cls, t, key, plans in todo:
-        progress(f"{stage} {key}")
-        if not plans:
-            continue
-        case = cls.build_case(t, device, seed=n, fp8=fp8)
-        passed_before = store.passed(sweep_id, key, other_than=stage)
-        passing, errors = [], {}
-        for plan in plans:
-            if str(plan) in passed_before:
-                status, error, errors[plan] = "ok", None, passed_before[str(plan)]
-            else:
-                status, error, errors[plan] = case.check(plan)
-            if status != "ok":
-                store.add_measurement(sweep_id, key, stage, plan, status, error, max_error=errors[plan])
-            else:
-                passing.append(plan)
-        # New rows re-open the final; a plan tried again after a failed launch does so only if it now runs.
-        if passing or any((key, str(p)) not in retried for p in plans):
-            changed.add(key)
-        if passing:
-            samples, flag = time_plans(case, passing, gpu.is_real, rounds, reps)
-            for plan, s in zip(passing, samples, strict=True):
-                store.add_measurement(sweep_id, key, stage, plan, "ok", **summarize(s), rounds=rounds, flagged=flag,
-                                      max_error=errors[plan])
-        del case
-    return changed
+        todo.append((n, cls, t, key, [p for p in stage.candidates(n, w) if (key, str(p)) not in done]))
+    return todo, store.measured(sweep_id, stage.name, retried=True, workload=only)
+
+
+def compile_stage(stage: Stage, todo: list[Todo], jobs: int, fp8: str, progress: _Progress) -> None:
+    """Compile the kernels ``todo`` needs in ``jobs`` processes, before anything of the stage is timed."""
+    pairs = [(cls, p) for _, cls, _, _, plans in todo for p in plans]
+    progress.compiling(stage.name, len(pairs))
+    progress.compiled(stage.name, *compile_plans(pairs, jobs, fp8))
+
+
+def measure_point(
+    store: Rows, sweep_id: str, stage: str, item: Todo, gpu: GpuInfo, rounds: int, reps: int, fp8: str,
+    retried: set[tuple[str, str]],
+) -> bool:
+    """Check and time one workload's plans of a stage, committing each row.  A plan that passed its
+    check on the same inputs in an earlier stage is not checked again.  Returns whether the workload
+    got new rows (which re-opens its final)."""
+    n, cls, t, key, plans = item
+    if not plans:
+        return False
+    case = cls.build_case(t, "cuda" if gpu.is_real else "cpu", seed=n, fp8=fp8)
+    passed_before = store.passed(sweep_id, key, other_than=stage)
+    passing, errors = [], {}
+    for plan in plans:
+        if str(plan) in passed_before:
+            status, error, errors[plan] = "ok", None, passed_before[str(plan)]
+        else:
+            status, error, errors[plan] = case.check(plan)
+        if status != "ok":
+            store.add_measurement(sweep_id, key, stage, plan, status, error, max_error=errors[plan])
+        else:
+            passing.append(plan)
+    if passing:
+        samples, flag = time_plans(case, passing, gpu.is_real, rounds, reps)
+        for plan, s in zip(passing, samples, strict=True):
+            store.add_measurement(sweep_id, key, stage, plan, "ok", **summarize(s), rounds=rounds, flagged=flag,
+                                  max_error=errors[plan])
+    # New rows re-open the final; a plan tried again after a failed launch does so only if it now runs.
+    return bool(passing) or any((key, str(p)) not in retried for p in plans)
+
+
+def final_point(
+    store: Rows, sweep_id: str, n: int, cls: GridClass | OpGridClass, t: int, gpu: GpuInfo, rounds: int,
+    reps: int, fp8: str,
+) -> None:
+    """The final stage at one workload (see :func:`_final`)."""
+    _final(store, sweep_id, workload_key(cls.workload(t)),
+           lambda: cls.build_case(t, "cuda" if gpu.is_real else "cpu", seed=n, fp8=fp8), gpu.is_real, rounds, reps)
 
 
 def _final(
-    store: Store, sweep_id: str, key: str, make_case: Callable[[], Case], real: bool, rounds: int, reps: int
+    store: Rows, sweep_id: str, key: str, make_case: Callable[[], Case], real: bool, rounds: int, reps: int
 ) -> None:
     """Re-time the best few side by side (with the best one-launch plan of a decode workload among
     them), time their host cost per eager call, and store the winner and the eager winner."""
