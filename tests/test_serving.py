@@ -180,9 +180,13 @@ def test_a_same_arch_fallback_says_what_answered_and_how_far_to_trust_it() -> No
     from dsv4_tune.policies.gpu import GpuInfo
 
     d, notes = dispatcher_mod.select_policy(GpuInfo("sm90", "NVIDIA H200", 132, "cuda"))
+    assert d.policy is not None and d.policy.gpu.id == "sm90-h200", "its own shipped policy"
+    assert not [n for n in notes if "no policy for GPU id" in n]
+    # 114 SMs: the H100 and H200 policies (132 each) are equally near; the name decides
+    d, notes = dispatcher_mod.select_policy(GpuInfo("sm90", "NVIDIA H100 PCIe", 114, "cuda"))
     assert d.policy is not None and d.policy.gpu.id == "sm90-h100"
     (note,) = [n for n in notes if "no policy for GPU id" in n]
-    assert "sm90-h200" in note and "sm90-h100.json" in note and "verify-policy" in note and "timings" in note
+    assert "sm90-h100-pcie" in note and "sm90-h100.json" in note and "verify-policy" in note and "timings" in note
 
 
 def test_a_sweep_records_the_gpu_it_ran_on_and_export_keeps_it() -> None:
@@ -272,14 +276,20 @@ def test_one_workspace_per_device_and_stream() -> None:
     assert stream_workspace("cpu") is stream_workspace("cpu")
 
 
-def test_detect_reads_the_device_s_pci_id_and_the_driver_falls_back(monkeypatch) -> None:
+def test_detect_reads_the_device_s_pci_id_and_the_driver_falls_back(monkeypatch, tmp_path) -> None:
     from dsv4_tune.policies import gpu as gpu_mod
 
     monkeypatch.setattr(gpu_mod, "interpreting", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.version, "hip", None)
+    # torch's pci_device_id is the slot on the bus; the product id is the sysfs file of that address
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(
-        major=9, minor=0, name="NVIDIA H200", multi_processor_count=132, pci_device_id=0x2335, gcnArchName=""))
+        major=9, minor=0, name="NVIDIA H200", multi_processor_count=132, pci_domain_id=0, pci_bus_id=0x1b,
+        pci_device_id=6, gcnArchName=""))
+    monkeypatch.setattr(gpu_mod, "PCI_DEVICES", tmp_path)
+    assert gpu_mod.detect().pci_device_id == 0, "no sysfs entry: unknown, not the slot"
+    (tmp_path / "0000:1b:06.0").mkdir()
+    (tmp_path / "0000:1b:06.0" / "device").write_text("0x2335\n")
     info = gpu_mod.detect()
     assert info.id == "sm90-h200" and info.pci_device_id == 0x2335 and info.fp8 == "e4m3fn"
     monkeypatch.setattr(torch.version, "cuda", "12.8")

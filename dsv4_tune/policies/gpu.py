@@ -26,7 +26,7 @@ class GpuInfo:
     name: str
     multiprocessors: int
     backend: str  # "cuda", "hip" or "interpreter"
-    pci_device_id: int = 0  # the PCI device id (0x2335 for an H200 SXM) where the driver reports it
+    pci_device_id: int = 0  # the PCI device (product) id, 0x2335 for an H200 SXM; 0 where unknown
 
     @property
     def is_real(self) -> bool:
@@ -66,7 +66,21 @@ def detect(index: int = 0) -> GpuInfo:
     props = torch.cuda.get_device_properties(index)
     hip = torch.version.hip is not None
     return GpuInfo(arch_of(props, hip), props.name, props.multi_processor_count, "hip" if hip else "cuda",
-                   int(getattr(props, "pci_device_id", 0) or 0))
+                   pci_product_id(props))
+
+
+PCI_DEVICES = Path("/sys/bus/pci/devices")
+
+
+def pci_product_id(props: object) -> int:
+    """The PCI device (product) id of the GPU whose bus address ``props`` give, from sysfs (0x2335
+    for an H200 SXM); 0 where it cannot be read.  torch's ``pci_device_id`` is not it: that is the
+    device's slot on its bus (6 on an H200 in a VM, 2026-12-02)."""
+    domain, bus, slot = (int(getattr(props, f"pci_{k}_id", 0) or 0) for k in ("domain", "bus", "device"))
+    try:
+        return int((PCI_DEVICES / f"{domain:04x}:{bus:02x}:{slot:02x}.0" / "device").read_text().strip(), 16)
+    except (OSError, ValueError):
+        return 0
 
 
 def driver_version() -> str:
