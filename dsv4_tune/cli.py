@@ -136,11 +136,11 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 
 def _class_option(heads: int, topk_main: int, topk_extra: int) -> None:
     """Exit 2 naming the option when (h_q, topk_main, topk_extra) is not a workload class."""
-    from dsv4_tune.registry.workload import class_problems
+    from dsv4_tune.registry.workload import class_problems_by_field
 
-    for problem in class_problems(heads, topk_main, topk_extra):
-        option = {"h_q": "--heads", "topk_main": "--topk-main", "topk_extra": "--topk-extra"}[problem.split()[0]]
-        _fail(f"{option}: {problem}")
+    options = {"h_q": "--heads", "topk_main": "--topk-main", "topk_extra": "--topk-extra"}
+    for field, problem in class_problems_by_field(heads, topk_main, topk_extra).items():
+        _fail(f"{options[field]}: {problem}")
 
 
 def _kernels_can_run() -> None:

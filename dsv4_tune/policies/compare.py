@@ -74,14 +74,14 @@ def differences(a: Dispatcher, b: Dispatcher, max_tokens: int) -> list[Differenc
     for key in sorted(ops, key=repr):
         largest = min(OP_SIZE_LIMIT, max([0, *(m.total_tokens for m in ops[key].measured)]))
         above = [1 << e for e in range(max_tokens.bit_length(), largest.bit_length()) if 1 << e > max_tokens]
-        out += _runs("op", key, a, b, lambda d, t, key=key: str(d.lookup_op(OpWorkload(key[0], t, key[1]))),
+        out += _runs("op", key, a, b, lambda d, t, key=key: str(d.plan_for(OpWorkload(key[0], t, key[1]))),
                      [*range(1, max_tokens + 1), *above])
     return out
 
 
 def class_name(kind: str, key: tuple) -> str:
     """A class key as people read it: the decode key tuple, or ``compress head_dim=512 mode=decode``."""
-    return str(key) if kind == "decode" else " ".join([key[0], *(f"{k}={v}" for k, v in key[1])])
+    return str(key) if kind == "decode" else OpWorkload(key[0], 1, key[1]).label
 
 
 def agreement(a: Dispatcher, b: Dispatcher) -> dict[str, float | int]:

@@ -139,6 +139,10 @@ class Dispatcher:
             entry = table[-1]
         return entry if entry.__class__ is Plan else entry.pick(t)
 
+    def plan_for(self, w: Workload | OpWorkload) -> Plan:
+        """:meth:`lookup` of a decode workload (for a graph), :meth:`lookup_op` of an op's."""
+        return self.lookup_op(w) if isinstance(w, OpWorkload) else self.lookup(w)
+
     def op_class_of(self, w: OpWorkload) -> OpClass | None:
         if self.policy is None:
             return None

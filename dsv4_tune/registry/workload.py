@@ -47,13 +47,18 @@ def class_problems(h_q: object, topk_main: object, topk_extra: object) -> list[s
     """Why (h_q, topk_main, topk_extra) is not a decode workload class (empty when it is): the rule
     that policy files, grids and ``lookup`` share.  The kernels mask any head count; classes are
     kept to the head counts a DSV4 deployment has."""
-    out = []
+    return list(class_problems_by_field(h_q, topk_main, topk_extra).values())
+
+
+def class_problems_by_field(h_q: object, topk_main: object, topk_extra: object) -> dict[str, str]:
+    """:func:`class_problems` keyed by the field at fault (``h_q``, ``topk_main``, ``topk_extra``)."""
+    out = {}
     if not _is_int(h_q) or h_q < 1 or h_q % HEAD_MULTIPLE:  # type: ignore[operator]
-        out.append(f"h_q must be a positive multiple of {HEAD_MULTIPLE}, got {h_q!r}")
+        out["h_q"] = f"h_q must be a positive multiple of {HEAD_MULTIPLE}, got {h_q!r}"
     if not _is_int(topk_main) or topk_main < 1:  # type: ignore[operator]
-        out.append(f"topk_main must be >= 1, got {topk_main!r}")
+        out["topk_main"] = f"topk_main must be >= 1, got {topk_main!r}"
     if not _is_int(topk_extra) or topk_extra < 0:  # type: ignore[operator]
-        out.append(f"topk_extra must be >= 0 (0: no extra scope), got {topk_extra!r}")
+        out["topk_extra"] = f"topk_extra must be >= 0 (0: no extra scope), got {topk_extra!r}"
     return out
 
 
@@ -93,6 +98,11 @@ class OpWorkload:
     @property
     def total_tokens(self) -> int:  # the bucketing axis, named like the decode workload's
         return self.rows
+
+    @property
+    def label(self) -> str:
+        """Its class as people read it: ``compress head_dim=512 mode=decode ratio=4``."""
+        return " ".join([self.op, *(f"{k}={v}" for k, v in self.params)])
 
 
 @dataclass(frozen=True)

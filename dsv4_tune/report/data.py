@@ -89,14 +89,10 @@ class Report:
 def class_name(w: Workload | OpWorkload) -> str:
     """People's name of a class, e.g. ``h64 topk 128+512 len y/y sink y`` or ``compress head_dim=512 ...``."""
     if isinstance(w, OpWorkload):
-        return " ".join([w.op, *(f"{k}={v}" for k, v in w.params)])
+        return w.label
     yn = lambda f: "y" if f else "n"
     return (f"h{w.h_q} topk {w.topk_main}+{w.topk_extra} len {yn(w.has_len_main)}/{yn(w.has_len_extra)} "
             f"sink {yn(w.has_sink)}")
-
-
-def _lookup(dispatcher: Dispatcher, w: Workload | OpWorkload):
-    return dispatcher.lookup_op(w) if isinstance(w, OpWorkload) else dispatcher.lookup(w)
 
 
 def from_store(store: Store, sweep_id: str | None = None, policies: list[tuple[str, Policy]] = ()) -> Report:
@@ -130,7 +126,7 @@ def from_store(store: Store, sweep_id: str | None = None, policies: list[tuple[s
             if default in medians:
                 curves[2].us[s] = medians[default]
             for curve, (_, d) in zip(curves[3:], dispatchers, strict=True):
-                plan = str(_lookup(d, w))
+                plan = str(d.plan_for(w))
                 if plan in medians:
                     curve.us[s] = medians[plan]
         views.append(view)
@@ -167,7 +163,7 @@ def from_policies(policies: list[tuple[str, Policy]]) -> Report:
             curves[0].us[m.total_tokens] = m.median_us
             view.margins[m.total_tokens] = m.margin
             size_w = c.workload(m.total_tokens)
-            view.variants[m.total_tokens] = _lookup(d, size_w).variant
+            view.variants[m.total_tokens] = d.plan_for(size_w).variant
             if m.margin is not None:
                 curves[1].us[m.total_tokens] = m.median_us * (1 + m.margin)
         for curve, (_, other) in zip(curves[2:], others, strict=True):

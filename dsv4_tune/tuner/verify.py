@@ -57,7 +57,7 @@ def verify(
     dispatcher = Dispatcher(policy)
     for g, t in points:
         w = g.workload(t)
-        plan = dispatcher.lookup(w) if g.decode else dispatcher.lookup_op(w)  # type: ignore[arg-type]
+        plan = dispatcher.plan_for(w)
         default = registry_plans.default(w)
         case = g.build_case(t, device, with_ref=False)
         plans = [plan] if plan == default else [plan, default]
