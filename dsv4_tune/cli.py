@@ -457,16 +457,16 @@ def sweep(
                                      expect=gpu, **kw)
             except ValueError as e:  # the cluster's GPUs: mixed, or not the --gpu asked for
                 _fail(str(e), 2)
-            except RuntimeError as e:
-                if "needs Ray" not in str(e):
-                    raise
-                _fail(str(e), 2)
+            except RuntimeError as e:  # Ray missing (2), or the cluster failed the sweep (1: resume it)
+                _fail(str(e), 2 if "needs Ray" in str(e) else 1)
     else:
         info = detect()
+        workers = None if devices is None else _devices(devices, info)
+        if workers and info.is_real:
+            info = detect(workers[0])  # the sweep's GPU is the one its workers use
         if not info.matches(gpu):
             _fail(f"--gpu {gpu} does not match the detected GPU: {info.name} ({info.id}, arch {info.arch})")
         the_grid = Grid.load(grid) if grid is not None else default_grid() if info.is_real else interpreter_grid()
-        workers = None if devices is None else _devices(devices, info)
         label = "" if info.is_real else " [yellow](Triton interpreter: NOT a real measurement)[/]"
         console.print(f"sweep on {info.name} ({info.id}){label}: {len(the_grid.points())} workloads, db {db}",
                       highlight=False)

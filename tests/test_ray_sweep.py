@@ -16,7 +16,7 @@ from tests.test_workers import GRID, _keys, _same_rows, one_worker  # noqa: F401
 
 ray = pytest.importorskip("ray")
 
-from dsv4_tune.tuner.ray_sweep import RowRecorder, _one_gpu, commit, run_sweep_ray  # noqa: E402
+from dsv4_tune.tuner.ray_sweep import RowRecorder, _hand_out, _one_gpu, commit, run_sweep_ray  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +118,30 @@ def test_the_cli_sweeps_on_ray(cluster, tmp_path: Path) -> None:
     (sweep,) = store.sweeps()
     assert sweep["status"] == "done" and len(store.winners(sweep["id"])) == 2
     assert "export --db" in result.output and "interpreter" in result.output
+
+
+def test_a_workload_that_kills_actors_stops_the_sweep_and_others_move_on() -> None:
+    """_hand_out with a stand-in for Ray: the item 'bad' takes its actor down every time."""
+    from types import SimpleNamespace
+
+    class Died(Exception):
+        pass
+
+    fake = SimpleNamespace(exceptions=SimpleNamespace(RayActorError=Died),
+                           wait=lambda refs, num_returns: ([refs[0]], refs[1:]))
+
+    def get(ref):
+        key, actor = ref
+        if key == "bad" or (actor == "flaky" and key == "w1"):
+            raise Died
+        return f"{key} by {actor}"
+
+    fake.get = get
+    work = [(k, lambda a, k=k: (k, a)) for k in ("w1", "w2", "w3")]
+    got: dict[str, str] = {}
+    _hand_out(fake, ["steady", "flaky"], work, lambda key, result, left: got.update({key: result}))
+    assert got == {"w1": "w1 by steady", "w2": "w2 by steady", "w3": "w3 by steady"}, "flaky's item went to steady"
+    with pytest.raises(RuntimeError, match="took down 2 actors"):
+        _hand_out(fake, ["a", "b", "c"], [("bad", lambda a: ("bad", a))], lambda *x: None)
+    with pytest.raises(RuntimeError, match="every actor died"):
+        _hand_out(fake, ["flaky"], work[:1], lambda *x: None)

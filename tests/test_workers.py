@@ -133,3 +133,61 @@ def test_the_cli_sweeps_with_devices(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.db", readonly=True)
     (sweep,) = store.sweeps()
     assert sweep["status"] == "done" and len(store.winners(sweep["id"])) == 2
+
+
+def test_a_working_worker_keeps_its_claim_and_a_dead_one_s_is_taken_over(tmp_path: Path) -> None:
+    """Leases are renewed from a thread while the worker lives (a workload may outlast a lease);
+    a claim taken over counts as changed (its first holder may have stored every row); a released
+    claim is free at once."""
+    import threading
+
+    from dsv4_tune.tuner.workers import _renew
+
+    store = Store(tmp_path / "s.db")
+    sweep_id, _ = store.open_sweep(sweep_mod.sweep_meta(detect(), GRID))
+    assert store.claim(sweep_id, "r", ["w1", "w2"], "a", lease_s=0.4) == "w1"
+    stop = threading.Event()
+    beat = threading.Thread(target=_renew, args=(str(store.path), sweep_id, "r", "a", 0.4, stop))
+    beat.start()
+    time.sleep(1.0)
+    assert store.claim(sweep_id, "r", ["w1"], "b", lease_s=0.4) is None, "a is alive: its claim holds"
+    stop.set()
+    beat.join()
+    time.sleep(0.5)
+    assert store.claim(sweep_id, "r", ["w1"], "b", lease_s=60) == "w1", "a went silent: b takes over"
+    store.finish_claim(sweep_id, "r", "w1", "b", changed=False)
+    assert store.claims_changed(sweep_id, "r", ["w1"]), "taken over: counts as changed"
+    assert store.claim(sweep_id, "r", ["w2"], "c", lease_s=60) == "w2"
+    store.release(sweep_id, "r", "c")
+    assert store.claim(sweep_id, "r", ["w2"], "d", lease_s=60) == "w2", "released: free at once"
+    store.finish_claim(sweep_id, "r", "w2", "c", changed=True)  # c no longer holds it: nothing changes
+    assert store.claims_left(sweep_id, "r", ["w1", "w2"]) == 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc")
+def test_workers_leave_when_the_driver_is_killed(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    code = ("import sys; from dsv4_tune.cache.store import Store; from dsv4_tune.policies.gpu import detect; "
+            "from tests.test_workers import GRID; from dsv4_tune.tuner.workers import run_sweep_parallel; "
+            "run_sweep_parallel(Store(sys.argv[1]), GRID, detect(), [0, 1])")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    parent = subprocess.Popen([sys.executable, "-c", code, str(db)], env=env, cwd=Path(__file__).parents[1])
+    deadline, children = time.time() + 120, []
+    while time.time() < deadline and len(children) < 2:
+        time.sleep(0.2)
+        children = _workers_of(parent.pid)
+    assert len(children) == 2, children
+    parent.kill()
+    parent.wait()
+    deadline = time.time() + 120
+    while time.time() < deadline and any(Path(f"/proc/{c}").exists() and _alive(c) for c in children):
+        time.sleep(0.5)
+    assert not [c for c in children if Path(f"/proc/{c}").exists() and _alive(c)], "orphaned workers left"
+
+
+def _alive(pid: int) -> bool:
+    """Not a zombie (an orphan that exited is reaped by init, or left as Z until then)."""
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
+    except OSError:
+        return False

@@ -241,18 +241,23 @@ class Store:
               lease_s: float = CLAIM_LEASE_S) -> str | None:
         """The first of ``workloads`` that no worker of ``run`` has done or holds (a claim whose lease
         lapsed is free again: its worker died), now held by ``worker``; None when nothing is left
-        to take.  One transaction: two workers never take the same workload."""
+        to take.  One transaction: two workers never take the same workload.  A claim taken over
+        from another worker counts as having stored new rows (the dead worker may have stored all
+        of them before it died)."""
         conn = self.db.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            held = {w: (done, expires, who) for w, done, expires, who in conn.execute(
-                "select workload, done, expires, worker from claims where sweep_id = ? and run = ?", [sweep_id, run])}
+            held = {w: (done, expires, who, changed) for w, done, expires, who, changed in conn.execute(
+                "select workload, done, expires, worker, changed from claims where sweep_id = ? and run = ?",
+                [sweep_id, run])}
             t = time.time()
             for w in workloads:
-                done, expires, who = held.get(w, (0, 0.0, None))
+                done, expires, who, changed = held.get(w, (0, 0.0, None, 0))
                 if not done and (expires <= t or who == worker):
-                    conn.execute("insert or replace into claims (sweep_id, run, workload, worker, expires, done) "
-                                 "values (?, ?, ?, ?, ?, 0)", [sweep_id, run, w, worker, t + lease_s])
+                    taken_over = int(bool(changed) or (who is not None and who != worker))
+                    conn.execute("insert or replace into claims (sweep_id, run, workload, worker, expires, done, "
+                                 "changed) values (?, ?, ?, ?, ?, 0, ?)",
+                                 [sweep_id, run, w, worker, t + lease_s, taken_over])
                     conn.execute("COMMIT")
                     return w
             conn.execute("COMMIT")
@@ -266,10 +271,16 @@ class Store:
         self.db.execute("update claims set expires = ? where sweep_id = ? and run = ? and worker = ? and done = 0",
                         [time.time() + lease_s, sweep_id, run, worker])
 
+    def release(self, sweep_id: str, run: str, worker: str) -> None:
+        """Let another worker take ``worker``'s unfinished claims now (its process is gone)."""
+        self.db.execute("update claims set expires = 0 where sweep_id = ? and run = ? and worker = ? and done = 0",
+                        [sweep_id, run, worker])
+
     def finish_claim(self, sweep_id: str, run: str, workload: str, worker: str, changed: bool = False) -> None:
-        """``worker`` finished ``workload``; ``changed``: it stored new rows there."""
-        self.db.execute("update claims set done = 1, changed = ? where sweep_id = ? and run = ? and workload = ? "
-                        "and worker = ?", [int(changed), sweep_id, run, workload, worker])
+        """``worker`` finished ``workload``; ``changed``: it stored new rows there (or an earlier
+        holder of the claim may have)."""
+        self.db.execute("update claims set done = 1, changed = max(coalesce(changed, 0), ?) where sweep_id = ? "
+                        "and run = ? and workload = ? and worker = ?", [int(changed), sweep_id, run, workload, worker])
 
     def claims_changed(self, sweep_id: str, run: str, workloads: list[str]) -> bool:
         """Whether a finished claim of ``run`` on one of ``workloads`` stored new rows."""

@@ -32,6 +32,8 @@ from dsv4_tune.tuner.sweep import STAGE_COARSE, STAGE_REFINE, Todo, _Progress, s
 from dsv4_tune.tuner.workers import check_devices
 
 INTERPRETER_WORKERS = 2  # actors of a cluster with no GPU
+MAX_DEATHS = 2  # a workload whose measuring took down this many actors stops the sweep
+START_S = 600.0  # how long the actors may take to start (import torch, CUDA) and describe their GPU
 KEYED = ("gpu_id", "driver", "torch", "triton", "dsv4_tune")  # what every actor must report alike
 WRITES = ("add_measurement", "set_winner")  # the store calls an actor may send back
 
@@ -141,7 +143,7 @@ def run_sweep_ray(
     actors: list = []
     sweep_id = None
     try:
-        gpus = int(ray.cluster_resources().get("GPU", 0))
+        gpus = int(ray.available_resources().get("GPU", 0))  # GPUs others hold could not host an actor
         env = {k: v for k, v in os.environ.items() if k.startswith("DSV4_TUNE_")}
         if not gpus:
             env["TRITON_INTERPRET"] = "1"
@@ -152,7 +154,11 @@ def run_sweep_ray(
             from dsv4_tune.tuner.grid import default_grid, interpreter_grid
 
             grid = default_grid() if gpus else interpreter_grid()
-        described = ray.get([a.describe.remote(grid, fp8) for a in actors])
+        try:
+            described = ray.get([a.describe.remote(grid, fp8) for a in actors], timeout=START_S)
+        except ray.exceptions.GetTimeoutError:
+            raise RuntimeError(f"ray: {len(actors)} actors did not start within {START_S:.0f} s (are the "
+                               "cluster's GPUs taken?)") from None
         gpu = _one_gpu(described)
         if not gpu.matches(expect):
             raise ValueError(f"--gpu {expect} does not match the cluster's GPU: {gpu.name} ({gpu.id}, arch {gpu.arch})")
@@ -160,8 +166,8 @@ def run_sweep_ray(
         if on_open:
             on_open(sweep_id, resumed, store.measurement_count(sweep_id))
         flavour = described[0]["meta"]["fp8"]
-        first_of_host = list({d["host"]: a for a, d in zip(actors, described, strict=True)}.values())
-        _passes(ray, store, sweep_id, grid, gpu, actors, first_of_host, jobs, rounds, reps, refine_rounds, flavour,
+        hosts = [(a, d["host"]) for a, d in zip(actors, described, strict=True)]
+        _passes(ray, store, sweep_id, grid, gpu, list(actors), hosts, jobs, rounds, reps, refine_rounds, flavour,
                 on_point)
     except BaseException:
         if sweep_id is not None:
@@ -189,9 +195,11 @@ def _one_gpu(described: list[dict[str, Any]]) -> GpuInfo:
     return described[0]["gpu"]
 
 
-def _passes(ray: Any, store: Store, sweep_id: str, grid: Grid, gpu: GpuInfo, actors: list, compilers: list,
-            jobs: int, rounds: int, reps: int, refine_rounds: int, fp8: str,
+def _passes(ray: Any, store: Store, sweep_id: str, grid: Grid, gpu: GpuInfo, actors: list,
+            hosts: list[tuple[Any, str]], jobs: int, rounds: int, reps: int, refine_rounds: int, fp8: str,
             on_point: Callable[[int, int, str], None] | None) -> None:
+    """The passes in order; ``actors`` (the live ones: a dead one is dropped from it), ``hosts``
+    (actor, host) of them all."""
     points = list(enumerate(grid.points()))
     stages = search_stages(store, sweep_id, gpu, refine_rounds)
     progress = _Progress(store, sweep_id, len(points), refine_rounds, None)
@@ -210,8 +218,13 @@ def _passes(ray: Any, store: Store, sweep_id: str, grid: Grid, gpu: GpuInfo, act
             pairs = [(cls, p) for _, cls, _, _, plans in todo for p in plans]
             if gpu.is_real and pairs:
                 progress.compiling(stage.name, len(pairs))
-                done = ray.get([a.compile.remote(pairs, jobs, fp8) for a in compilers])
-                progress.compiled(stage.name, max(k for k, _ in done), max(s for _, s in done))
+                firsts = {host: a for a, host in reversed(hosts) if a in actors}  # one live actor per host
+                done = []
+                for ref in [a.compile.remote(pairs, jobs, fp8) for a in firsts.values()]:
+                    with contextlib.suppress(ray.exceptions.RayActorError):  # its host compiles when it measures
+                        done.append(ray.get(ref))
+                progress.compiled(stage.name, max((k for k, _ in done), default=0),
+                                  max((s for _, s in done), default=0.0))
             work = [(item[3], lambda a, item=item, name=stage.name, retried=retried: a.measure.remote(
                 sweep_id, name, item, store.passed(sweep_id, item[3], other_than=name),
                 {r for r in retried if r[0] == item[3]}, rounds, reps, fp8)) for item in todo if item[4]]
@@ -237,8 +250,9 @@ def _hand_out(ray: Any, actors: list, work: list[tuple[str, Callable]], landed: 
               ) -> None:
     """Run ``work`` (key, submit(actor) -> ref) on ``actors``, the next item to whichever is free;
     ``landed(key, result, left)`` as each result arrives, in this thread.  An actor that dies is
-    dropped and its item given to another; the last one dying raises."""
-    queue, idle, pending = deque(work), list(actors), {}
+    dropped and its item given to another; the last one dying, or an item that took down
+    :data:`MAX_DEATHS` actors, raises."""
+    queue, idle, pending, deaths = deque(work), list(actors), {}, {}
     while queue or pending:
         while queue and idle:
             actor = idle.pop()
@@ -250,9 +264,13 @@ def _hand_out(ray: Any, actors: list, work: list[tuple[str, Callable]], landed: 
             result = ray.get(ref)
         except ray.exceptions.RayActorError:
             actors.remove(actor)
-            queue.appendleft((key, submit))
+            deaths[key] = deaths.get(key, 0) + 1
+            if deaths[key] >= MAX_DEATHS:
+                raise RuntimeError(f"ray: {key} took down {deaths[key]} actors; the sweep stops (run it again "
+                                   "to resume it)") from None
             if not actors:
                 raise RuntimeError("ray: every actor died; run the sweep again to resume it") from None
+            queue.appendleft((key, submit))
             continue
         idle.append(actor)
         landed(key, result, len(queue) + len(pending))

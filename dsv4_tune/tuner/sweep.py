@@ -324,6 +324,8 @@ def stage_todo(
 def compile_stage(stage: Stage, todo: list[Todo], jobs: int, fp8: str, progress: _Progress) -> None:
     """Compile the kernels ``todo`` needs in ``jobs`` processes, before anything of the stage is timed."""
     pairs = [(cls, p) for _, cls, _, _, plans in todo for p in plans]
+    if not pairs:  # a resumed sweep's finished pass: no processes to start
+        return
     progress.compiling(stage.name, len(pairs))
     progress.compiled(stage.name, *compile_plans(pairs, jobs, fp8))
 

@@ -21,6 +21,7 @@ import json
 import multiprocessing as mp
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from dsv4_tune.tuner.sweep import (
 
 POLL_S = 0.5
 BEAT_S = 10.0  # the driver records the sweep's progress at least this often
+JOIN_S = 30.0  # how long a worker may take to leave
 
 
 def check_devices(gpus: list[GpuInfo]) -> None:
@@ -82,8 +84,9 @@ def run_sweep_parallel(
     gates = [ctx.Event() for _ in stages]  # pass i may start once gates[i] is set
     args = (str(store.path), sweep_id, run, json.dumps(grid.to_json()), flavour, rounds, reps, refine_rounds,
             lease_s, gates)
-    procs = [ctx.Process(target=_work, args=(*args, f"{socket.gethostname()}:{os.getpid()}:{i}", dev))
-             for i, dev in enumerate(devices)]
+    names = [f"{socket.gethostname()}:{os.getpid()}:{i}" for i in range(len(devices))]
+    procs = [ctx.Process(target=_work, args=(*args, name, dev)) for name, dev in zip(names, devices, strict=True)]
+    released: set[int] = set()
     progress = _Progress(store, sweep_id, len(points), refine_rounds, None)
     total = len(points) * len(stages)
     try:
@@ -98,6 +101,10 @@ def run_sweep_parallel(
             stage_keys = [claim_key(stage.tag, k) for k in keys]
             recorded, beaten = None, 0.0
             while (left := store.claims_left(sweep_id, run, stage_keys)) and any(p.is_alive() for p in procs):
+                for n, p in enumerate(procs):
+                    if n not in released and not p.is_alive():  # its claims need not wait for the lease
+                        store.release(sweep_id, run, names[n])
+                        released.add(n)
                 if on_point:
                     on_point(i * len(points) + len(points) - left, total,
                              f"{stage.tag}: {len(points) - left} of {len(points)} workloads, "
@@ -110,16 +117,18 @@ def run_sweep_parallel(
                 raise RuntimeError(f"sweep {sweep_id}: every worker stopped with workloads left (exit codes "
                                    f"{[p.exitcode for p in procs]}); run the sweep again to resume it")
             progress.at(stages, i, 0)
-        for p in procs:
-            p.join()
+        for p in procs:  # every pass is done: the workers are leaving
+            p.join(timeout=JOIN_S)
         progress.finish()
     except BaseException:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
         with contextlib.suppress(Exception):
             store.finish_sweep(sweep_id, "interrupted")
         raise
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=JOIN_S)
     store.finish_sweep(sweep_id)
     return sweep_id
 
@@ -127,39 +136,54 @@ def run_sweep_parallel(
 def _work(db: str, sweep_id: str, run: str, grid_json: str, fp8: str, rounds: int, reps: int, refine_rounds: int,
           lease_s: float, gates: list, worker: str, device: int) -> None:
     """One worker: for each pass once it is open, claim a workload, measure it, repeat; wait while
-    others hold the rest of the pass."""
+    others hold the rest of the pass.  Its claims are renewed every third of a lease while it
+    lives; it leaves when the driver is gone."""
     import torch
 
     if torch.cuda.is_available():
         torch.cuda.set_device(device)
-    store, grid, gpu = Store(db), Grid.from_json(json.loads(grid_json)), detect()
+    store, grid, gpu = Store(db), Grid.from_json(json.loads(grid_json)), detect(device)
+    stop = threading.Event()
+    threading.Thread(target=_renew, args=(db, sweep_id, run, worker, lease_s, stop), daemon=True).start()
+    parent = mp.parent_process()
+    orphaned = lambda: parent is not None and not parent.is_alive()
     points = list(enumerate(grid.points()))
     keys = [workload_key(cls.workload(t)) for _, (cls, t) in points]
-    progress = _Progress(store, sweep_id, 1, refine_rounds, None,
-                         record=lambda snapshot: store.renew(sweep_id, run, worker, lease_s))
     stages = search_stages(store, sweep_id, gpu, refine_rounds)
     search_tags = [s.tag for s in stages if s.candidates is not None]
-    for gate, stage in zip(gates, stages, strict=True):
-        while not gate.wait(POLL_S):
-            pass
-        stage_keys = [claim_key(stage.tag, k) for k in keys]
-        while True:
-            claimed = store.claim(sweep_id, run, stage_keys, worker, lease_s)
-            if claimed is None:
-                if not store.claims_left(sweep_id, run, stage_keys):
-                    break
-                time.sleep(POLL_S)  # others hold the rest: wait, in case one of them dies
-                continue
-            n, (cls, t) = points[stage_keys.index(claimed)]
-            key = keys[n]
-            progress(f"{stage.name} {key}")
-            changed = False
-            if stage.candidates is None:
-                # new rows in this run's passes re-open the final, as in a sweep in one process
-                if store.claims_changed(sweep_id, run, [claim_key(tag, key) for tag in search_tags]) \
-                        or not store.has_winner(sweep_id, key):
-                    final_point(store, sweep_id, n, cls, t, gpu, rounds, reps, fp8)
-            else:
-                todo, retried = stage_todo(store, sweep_id, stage, [points[n]])
-                changed = measure_point(store, sweep_id, stage.name, todo[0], gpu, rounds, reps, fp8, retried)
-            store.finish_claim(sweep_id, run, claimed, worker, changed=changed)
+    try:
+        for gate, stage in zip(gates, stages, strict=True):
+            while not gate.wait(POLL_S):
+                if orphaned():
+                    return
+            stage_keys = [claim_key(stage.tag, k) for k in keys]
+            while True:
+                claimed = store.claim(sweep_id, run, stage_keys, worker, lease_s)
+                if claimed is None:
+                    if not store.claims_left(sweep_id, run, stage_keys) or orphaned():
+                        break
+                    time.sleep(POLL_S)  # others hold the rest: wait, in case one of them dies
+                    continue
+                n, (cls, t) = points[stage_keys.index(claimed)]
+                key = keys[n]
+                changed = False
+                if stage.candidates is None:
+                    # new rows in this run's passes re-open the final, as in a sweep in one process
+                    if store.claims_changed(sweep_id, run, [claim_key(tag, key) for tag in search_tags]) \
+                            or not store.has_winner(sweep_id, key):
+                        final_point(store, sweep_id, n, cls, t, gpu, rounds, reps, fp8)
+                else:
+                    todo, retried = stage_todo(store, sweep_id, stage, [points[n]])
+                    changed = measure_point(store, sweep_id, stage.name, todo[0], gpu, rounds, reps, fp8, retried)
+                store.finish_claim(sweep_id, run, claimed, worker, changed=changed)
+    finally:
+        stop.set()
+
+
+def _renew(db: str, sweep_id: str, run: str, worker: str, lease_s: float, stop: threading.Event) -> None:
+    """A worker's sign of life, from a thread of its own (with its own connection): a workload that
+    takes longer than a lease keeps its claim."""
+    store = Store(db)
+    while not stop.wait(lease_s / 3):
+        with contextlib.suppress(Exception):  # a busy store: the next beat
+            store.renew(sweep_id, run, worker, lease_s)
