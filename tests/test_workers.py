@@ -61,11 +61,7 @@ def test_several_workers_store_the_rows_of_one(tmp_path: Path, one_worker, worke
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc")
 def test_a_killed_worker_s_workload_is_retaken(tmp_path: Path, one_worker) -> None:
     db = tmp_path / "s.db"
-    code = ("import sys; from dsv4_tune.cache.store import Store; from dsv4_tune.policies.gpu import detect; "
-            "from tests.test_workers import GRID; from dsv4_tune.tuner.workers import run_sweep_parallel; "
-            "run_sweep_parallel(Store(sys.argv[1]), GRID, detect(), [0, 1], lease_s=3.0)")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    parent = subprocess.Popen([sys.executable, "-c", code, str(db)], env=env, cwd=Path(__file__).parents[1])
+    parent = _driver(db, "lease_s=3.0")
     deadline = time.time() + 120
     victim = None
     while time.time() < deadline and victim is None:
@@ -89,6 +85,15 @@ def test_a_killed_worker_s_workload_is_retaken(tmp_path: Path, one_worker) -> No
     assert len({r[:3] for r in rows}) == len(rows)
     ref_store, ref_id = one_worker
     _same_rows(rows, _keys(ref_store, ref_id))
+
+
+def _driver(db: Path, *options: str) -> subprocess.Popen:
+    """A two-worker sweep of GRID into ``db`` in a process of its own (interpreter)."""
+    code = ("import sys; from dsv4_tune.cache.store import Store; from dsv4_tune.policies.gpu import detect; "
+            "from tests.test_workers import GRID; from dsv4_tune.tuner.workers import run_sweep_parallel; "
+            f"run_sweep_parallel(Store(sys.argv[1]), GRID, detect(), [0, 1], {', '.join(options)})")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    return subprocess.Popen([sys.executable, "-c", code, str(db)], env=env, cwd=Path(__file__).parents[1])
 
 
 def _workers_of(pid: int) -> list[int]:
@@ -167,11 +172,7 @@ def test_a_working_worker_keeps_its_claim_and_a_dead_one_s_is_taken_over(tmp_pat
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc")
 def test_workers_leave_when_the_driver_is_killed(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
-    code = ("import sys; from dsv4_tune.cache.store import Store; from dsv4_tune.policies.gpu import detect; "
-            "from tests.test_workers import GRID; from dsv4_tune.tuner.workers import run_sweep_parallel; "
-            "run_sweep_parallel(Store(sys.argv[1]), GRID, detect(), [0, 1])")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    parent = subprocess.Popen([sys.executable, "-c", code, str(db)], env=env, cwd=Path(__file__).parents[1])
+    parent = _driver(db)
     deadline, children = time.time() + 120, []
     while time.time() < deadline and len(children) < 2:
         time.sleep(0.2)
