@@ -451,9 +451,9 @@ def sweep(
         ray_grid = Grid.load(grid) if grid is not None else None
         console.print(f"sweep on the Ray cluster at {ray_address}: one worker per GPU, db {db}", highlight=False)
 
-        def runner(store: Store, **kw: Any) -> str:
+        def runner(open_store: Callable[[], Store], **kw: Any) -> str:
             try:
-                return run_sweep_ray(store, ray_grid, address=None if ray_address == "local" else ray_address,
+                return run_sweep_ray(open_store, ray_grid, address=None if ray_address == "local" else ray_address,
                                      expect=gpu, **kw)
             except ValueError as e:  # the cluster's GPUs: mixed, or not the --gpu asked for
                 _fail(str(e), 2)
@@ -471,14 +471,19 @@ def sweep(
         console.print(f"sweep on {info.name} ({info.id}){label}: {len(the_grid.points())} workloads, db {db}",
                       highlight=False)
 
-        def runner(store: Store, **kw: Any) -> str:
+        def runner(open_store: Callable[[], Store], **kw: Any) -> str:
             if workers is None:
-                return run_sweep(store, the_grid, info, **kw)
+                return run_sweep(open_store(), the_grid, info, **kw)
             from dsv4_tune.tuner.workers import run_sweep_parallel
 
-            return run_sweep_parallel(store, the_grid, info, workers, **kw)
+            return run_sweep_parallel(open_store(), the_grid, info, workers, **kw)
 
-    store = Store(db)
+    opened: list[Store] = []  # the store is created only once the sweep can start
+
+    def open_store() -> Store:
+        opened.append(Store(db))
+        return opened[-1]
+
     t0 = time.time()
 
     def on_open(sweep_id: str, resumed: bool, kept: int) -> None:
@@ -494,8 +499,9 @@ def sweep(
         def on_point(n: int, total: int, key: str) -> None:
             progress.update(task, completed=n, total=total, description=key)
 
-        sweep_id = runner(store, on_point=on_point, on_open=on_open, **common)
+        sweep_id = runner(open_store, on_point=on_point, on_open=on_open, **common)
         progress.update(task, completed=progress.tasks[0].total, description="done")
+    store = opened[-1]
     swept = store.sweep(sweep_id)
     real, points = not swept["interpreter"], len(Grid.from_json(json.loads(swept["grid"])).points())
     winners = store.winners(sweep_id)

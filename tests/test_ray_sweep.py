@@ -112,6 +112,7 @@ def test_the_cli_sweeps_on_ray(cluster, tmp_path: Path) -> None:
     wrong = runner.invoke(app, ["sweep", "--ray", "local", "--gpu", "gfx950", "--grid", str(grid), "--db",
                                 str(tmp_path / "wrong.db")])
     assert wrong.exit_code == 2 and "does not match the cluster" in wrong.output, wrong.output
+    assert not (tmp_path / "wrong.db").exists() and not (tmp_path / "bad.db").exists(), "a refused sweep: no store"
     result = runner.invoke(app, ["sweep", "--ray", "local", "--grid", str(grid), "--db", str(tmp_path / "s.db")])
     assert result.exit_code == 0, result.output
     store = Store(tmp_path / "s.db", readonly=True)

@@ -120,17 +120,19 @@ class Worker:
 
 
 def run_sweep_ray(
-    store: Store, grid: Grid | None, *, address: str | None = None, fresh: bool = False, jobs: int = 1,
-    rounds: int = 3, reps: int = 10, refine_rounds: int = 1, fp8: str | None = None, expect: str = "auto",
-    interpreter_workers: int = INTERPRETER_WORKERS, on_point: Callable[[int, int, str], None] | None = None,
+    store: Store | Callable[[], Store], grid: Grid | None, *, address: str | None = None, fresh: bool = False,
+    jobs: int = 1, rounds: int = 3, reps: int = 10, refine_rounds: int = 1, fp8: str | None = None,
+    expect: str = "auto", interpreter_workers: int = INTERPRETER_WORKERS,
+    on_point: Callable[[int, int, str], None] | None = None,
     on_open: Callable[[str, bool, int], None] | None = None,
 ) -> str:
     """Measure ``grid`` (None: the default grid, or the interpreter's when the cluster has no GPU) on
     the Ray cluster at ``address`` (``None``: the one this process is connected to, else a new one on
     this machine; ``"auto"``: the running cluster of this machine), one actor per GPU of the cluster
-    (``interpreter_workers`` when it has none), into ``store``; returns the sweep id.  The cluster's
-    GPU must match ``expect`` (as ``sweep --gpu``).  Resumes unless ``fresh``, and stores the same
-    rows as :func:`~dsv4_tune.tuner.sweep.run_sweep`."""
+    (``interpreter_workers`` when it has none), into ``store`` (or the store that function opens,
+    once the cluster's GPU passed its checks: a refused sweep creates no file); returns the sweep id.
+    The cluster's GPU must match ``expect`` (as ``sweep --gpu``).  Resumes unless ``fresh``, and
+    stores the same rows as :func:`~dsv4_tune.tuner.sweep.run_sweep`."""
     for name, value in (("rounds", rounds), ("reps", reps), ("refine_rounds", refine_rounds), ("jobs", jobs),
                         ("interpreter_workers", interpreter_workers)):
         if value < 1:
@@ -162,6 +164,8 @@ def run_sweep_ray(
         gpu = _one_gpu(described)
         if not gpu.matches(expect):
             raise ValueError(f"--gpu {expect} does not match the cluster's GPU: {gpu.name} ({gpu.id}, arch {gpu.arch})")
+        if not isinstance(store, Store):
+            store = store()
         sweep_id, resumed = store.open_sweep(described[0]["meta"], fresh=fresh)
         if on_open:
             on_open(sweep_id, resumed, store.measurement_count(sweep_id))
@@ -170,7 +174,7 @@ def run_sweep_ray(
         _passes(ray, store, sweep_id, grid, gpu, list(actors), hosts, jobs, rounds, reps, refine_rounds, flavour,
                 on_point)
     except BaseException:
-        if sweep_id is not None:
+        if sweep_id is not None and isinstance(store, Store):
             with contextlib.suppress(Exception):
                 store.finish_sweep(sweep_id, "interrupted")
         raise
@@ -180,6 +184,7 @@ def run_sweep_ray(
                 ray.kill(a)
         if started:
             ray.shutdown()
+    assert isinstance(store, Store) and sweep_id is not None
     store.finish_sweep(sweep_id)
     return sweep_id
 
