@@ -175,10 +175,7 @@ def _devices(spec: str, info) -> list[int]:
     if not chosen or len(set(chosen)) != len(chosen) or min(chosen) < 0 or (count and max(chosen) >= count):
         _fail(f"--devices: expected distinct indices of the {count} GPUs here, got {spec!r}")
     if info.is_real:
-        try:
-            check_devices([detect(i) for i in chosen])
-        except ValueError as e:
-            _fail(str(e))
+        check_devices([detect(i) for i in chosen])  # a DeviceError: exit 2
     return chosen
 
 
@@ -452,13 +449,11 @@ def sweep(
         console.print(f"sweep on the Ray cluster at {ray_address}: one worker per GPU, db {db}", highlight=False)
 
         def runner(open_store: Callable[[], Store], **kw: Any) -> str:
-            try:
+            try:  # a cluster it cannot use is a DeviceError (exit 2, as every InputError)
                 return run_sweep_ray(open_store, ray_grid, address=None if ray_address == "local" else ray_address,
                                      expect=gpu, **kw)
-            except ValueError as e:  # the cluster's GPUs: mixed, or not the --gpu asked for
-                _fail(str(e), 2)
-            except RuntimeError as e:  # Ray missing (2), or the cluster failed the sweep (1: resume it)
-                _fail(str(e), 2 if "needs Ray" in str(e) else 1)
+            except RuntimeError as e:  # the cluster failed the sweep: exit 1, resume it
+                _fail(str(e), 1)
     else:
         info = detect()
         workers = None if devices is None else _devices(devices, info)

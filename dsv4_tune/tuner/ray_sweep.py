@@ -28,8 +28,17 @@ from dsv4_tune.cache.store import Store, workload_key
 from dsv4_tune.policies.gpu import GpuInfo
 from dsv4_tune.registry.workload import Plan
 from dsv4_tune.tuner.grid import Grid
-from dsv4_tune.tuner.sweep import STAGE_COARSE, STAGE_REFINE, Todo, _Progress, search_stages, stage_todo
-from dsv4_tune.tuner.workers import check_devices
+from dsv4_tune.tuner.sweep import (
+    STAGE_COARSE,
+    STAGE_REFINE,
+    Todo,
+    _Progress,
+    check_counts,
+    compile_pairs,
+    search_stages,
+    stage_todo,
+)
+from dsv4_tune.tuner.workers import DeviceError, check_devices
 
 INTERPRETER_WORKERS = 2  # actors of a cluster with no GPU
 MAX_DEATHS = 2  # a workload whose measuring took down this many actors stops the sweep
@@ -49,7 +58,7 @@ def _ray():
     try:
         import ray
     except ImportError:
-        raise RuntimeError("--ray needs Ray: pip install 'dsv4-tune[ray]'") from None
+        raise DeviceError("--ray needs Ray: pip install 'dsv4-tune[ray]'") from None
     return ray
 
 
@@ -133,10 +142,8 @@ def run_sweep_ray(
     once the cluster's GPU passed its checks: a refused sweep creates no file); returns the sweep id.
     The cluster's GPU must match ``expect`` (as ``sweep --gpu``).  Resumes unless ``fresh``, and
     stores the same rows as :func:`~dsv4_tune.tuner.sweep.run_sweep`."""
-    for name, value in (("rounds", rounds), ("reps", reps), ("refine_rounds", refine_rounds), ("jobs", jobs),
-                        ("interpreter_workers", interpreter_workers)):
-        if value < 1:
-            raise ValueError(f"{name}: expected >= 1, got {value}")
+    check_counts(rounds=rounds, reps=reps, refine_rounds=refine_rounds, jobs=jobs,
+                 interpreter_workers=interpreter_workers)
     ray = _ray()
     started = not ray.is_initialized()
     if started:
@@ -163,7 +170,8 @@ def run_sweep_ray(
                                "cluster's GPUs taken?)") from None
         gpu = _one_gpu(described)
         if not gpu.matches(expect):
-            raise ValueError(f"--gpu {expect} does not match the cluster's GPU: {gpu.name} ({gpu.id}, arch {gpu.arch})")
+            raise DeviceError(f"--gpu {expect} does not match the cluster's GPU: {gpu.name} ({gpu.id}, arch "
+                              f"{gpu.arch})")
         if not isinstance(store, Store):
             store = store()
         sweep_id, resumed = store.open_sweep(described[0]["meta"], fresh=fresh)
@@ -195,7 +203,7 @@ def _one_gpu(described: list[dict[str, Any]]) -> GpuInfo:
     for field in KEYED:
         seen = sorted({str(d["meta"].get(field, d.get(field))) for d in described})
         if len(seen) > 1:
-            raise ValueError(f"ray: the actors differ in {field} ({seen}); one sweep is one GPU id and one "
+            raise DeviceError(f"ray: the actors differ in {field} ({seen}); one sweep is one GPU id and one "
                              "toolchain: install the same versions on every node")
     return described[0]["gpu"]
 
@@ -220,7 +228,7 @@ def _passes(ray: Any, store: Store, sweep_id: str, grid: Grid, gpu: GpuInfo, act
                         sweep_id, n, cls, t, ranked, rounds, reps, fp8)))
         else:
             todo, retried = stage_todo(store, sweep_id, stage, points)
-            pairs = [(cls, p) for _, cls, _, _, plans in todo for p in plans]
+            pairs = compile_pairs(todo)
             if gpu.is_real and pairs:
                 progress.compiling(stage.name, len(pairs))
                 firsts = {host: a for a, host in reversed(hosts) if a in actors}  # one live actor per host
@@ -230,9 +238,9 @@ def _passes(ray: Any, store: Store, sweep_id: str, grid: Grid, gpu: GpuInfo, act
                         done.append(ray.get(ref))
                 progress.compiled(stage.name, max((k for k, _ in done), default=0),
                                   max((s for _, s in done), default=0.0))
-            work = [(item[3], lambda a, item=item, name=stage.name, retried=retried: a.measure.remote(
-                sweep_id, name, item, store.passed(sweep_id, item[3], other_than=name),
-                {r for r in retried if r[0] == item[3]}, rounds, reps, fp8)) for item in todo if item[4]]
+            work = [(item.key, lambda a, item=item, name=stage.name, retried=retried: a.measure.remote(
+                sweep_id, name, item, store.passed(sweep_id, item.key, other_than=name),
+                {r for r in retried if r[0] == item.key}, rounds, reps, fp8)) for item in todo if item.plans]
 
         def landed(key: str, result: Any, left: int, stage=stage, i=i) -> None:
             if stage.candidates is None:

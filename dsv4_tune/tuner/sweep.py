@@ -18,7 +18,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
@@ -126,6 +126,13 @@ def sweep_meta(gpu: GpuInfo, grid: Grid, fp8: str | None = None) -> dict:
             "grid": json.dumps(grid.to_json(), sort_keys=True)}
 
 
+def check_counts(**counts: int) -> None:
+    """Every count a sweep takes (rounds, reps, refine rounds, jobs, workers) is at least 1."""
+    for name, value in counts.items():
+        if value < 1:
+            raise ValueError(f"{name}: expected >= 1, got {value}")
+
+
 def run_sweep(
     store: Store,
     grid: Grid,
@@ -152,9 +159,7 @@ def run_sweep(
     before anything is measured.  A sweep stopped by an exception (Ctrl-C included) is marked
     ``interrupted``; one killed outright reads so too (:meth:`Store.state`).
     """
-    for name, value in (("rounds", rounds), ("reps", reps), ("refine_rounds", refine_rounds), ("jobs", jobs)):
-        if value < 1:
-            raise ValueError(f"{name}: expected >= 1, got {value}")
+    check_counts(rounds=rounds, reps=reps, refine_rounds=refine_rounds, jobs=jobs)
     sweep_id, resumed = store.open_sweep(sweep_meta(gpu, grid, fp8), fresh=fresh)
     if on_open:
         on_open(sweep_id, resumed, store.measurement_count(sweep_id))
@@ -197,8 +202,15 @@ class Rows(Protocol):
     def set_winner(self, sweep_id: str, workload: str, plan: Plan, **fields: Any) -> None: ...
 
 
-# (grid index, class, T, workload key, plans still to measure)
-Todo = tuple[int, GridClass | OpGridClass, int, str, list[Plan]]
+class Todo(NamedTuple):
+    """One workload of a pass: its grid index (which seeds its inputs), class, T, key and the plans
+    still to measure there."""
+
+    n: int
+    cls: GridClass | OpGridClass
+    t: int
+    key: str
+    plans: list[Plan]
 
 
 def search_stages(store: Store, sweep_id: str, gpu: GpuInfo, refine_rounds: int) -> list[Stage]:
@@ -242,9 +254,9 @@ def _run_stages(
         if gpu.is_real and jobs > 1:
             compile_stage(stage, todo, jobs, fp8, progress)
         for item in todo:
-            progress(f"{stage.name} {item[3]}")
+            progress(f"{stage.name} {item.key}")
             if measure_point(store, sweep_id, stage.name, item, gpu, rounds, reps, fp8, retried):
-                changed.add(item[3])
+                changed.add(item.key)
 
 
 class _Progress:
@@ -311,19 +323,23 @@ def stage_todo(
     """What ``stage`` still has to measure at each of ``points``, skipping what the store holds, and
     the (workload, plan) rows of it that failed to launch before (measured again)."""
     assert stage.candidates is not None
-    only = workload_key(points[0][1][0].workload(points[0][1][1])) if len(points) == 1 else None
+    workloads = [(n, cls, t, cls.workload(t)) for n, (cls, t) in points]
+    keys = [workload_key(w) for *_, w in workloads]
+    only = keys[0] if len(keys) == 1 else None  # one workload (a worker's claim): read its rows only
     done = store.measured(sweep_id, stage.name, workload=only)
-    todo = []
-    for n, (cls, t) in points:
-        w = cls.workload(t)
-        key = workload_key(w)
-        todo.append((n, cls, t, key, [p for p in stage.candidates(n, w) if (key, str(p)) not in done]))
+    todo = [Todo(n, cls, t, key, [p for p in stage.candidates(n, w) if (key, str(p)) not in done])
+            for (n, cls, t, w), key in zip(workloads, keys, strict=True)]
     return todo, store.measured(sweep_id, stage.name, retried=True, workload=only)
+
+
+def compile_pairs(todo: list[Todo]) -> list[tuple[GridClass | OpGridClass, Plan]]:
+    """(class, plan) of every plan ``todo`` still has to measure: what a pass compiles first."""
+    return [(item.cls, p) for item in todo for p in item.plans]
 
 
 def compile_stage(stage: Stage, todo: list[Todo], jobs: int, fp8: str, progress: _Progress) -> None:
     """Compile the kernels ``todo`` needs in ``jobs`` processes, before anything of the stage is timed."""
-    pairs = [(cls, p) for _, cls, _, _, plans in todo for p in plans]
+    pairs = compile_pairs(todo)
     if not pairs:  # a resumed sweep's finished pass: no processes to start
         return
     progress.compiling(stage.name, len(pairs))

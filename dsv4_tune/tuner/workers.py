@@ -27,10 +27,12 @@ import uuid
 from collections.abc import Callable
 
 from dsv4_tune.cache.store import CLAIM_LEASE_S, Store, workload_key
+from dsv4_tune.errors import InputError
 from dsv4_tune.policies.gpu import GpuInfo, detect
 from dsv4_tune.tuner.grid import Grid
 from dsv4_tune.tuner.sweep import (
     _Progress,
+    check_counts,
     compile_stage,
     final_point,
     measure_point,
@@ -45,11 +47,18 @@ BEAT_S = 10.0  # the driver records the sweep's progress at least this often
 JOIN_S = 30.0  # how long a worker may take to leave
 
 
+class DeviceError(InputError):
+    """GPUs one sweep cannot use together (of different kinds; on Ray also: other toolchains, not the
+    ``--gpu`` asked for, or no Ray at all): a usage error, the CLI exits 2."""
+
+    exit_code = 2
+
+
 def check_devices(gpus: list[GpuInfo]) -> None:
     """Refuse GPUs of different kinds in one sweep (one sweep is one GPU id)."""
     ids = sorted({g.id for g in gpus})
     if len(ids) > 1:
-        raise ValueError(f"devices: one sweep is one GPU id, these are {ids}: sweep each kind with its own "
+        raise DeviceError(f"devices: one sweep is one GPU id, these are {ids}: sweep each kind with its own "
                          "--devices (then `dsv4-tune merge` their stores)")
 
 
@@ -70,9 +79,7 @@ def run_sweep_parallel(
     :func:`~dsv4_tune.tuner.sweep.run_sweep`, and stores the same rows."""
     if not devices:
         raise ValueError("devices: expected at least one")
-    for name, value in (("rounds", rounds), ("reps", reps), ("refine_rounds", refine_rounds), ("jobs", jobs)):
-        if value < 1:
-            raise ValueError(f"{name}: expected >= 1, got {value}")
+    check_counts(rounds=rounds, reps=reps, refine_rounds=refine_rounds, jobs=jobs)
     sweep_id, resumed = store.open_sweep(sweep_meta(gpu, grid, fp8), fresh=fresh)
     if on_open:
         on_open(sweep_id, resumed, store.measurement_count(sweep_id))
