@@ -714,10 +714,15 @@ def compile_check(
         cc.write_tables(rows, arches, table_dir)
     if write_rules:
         console.print(f"wrote {cc.write_rules(rows)}", highlight=False)
-    failed = [r for r in rows if r["status"] != "ok"]
+    failed = [r for r in rows if r["status"] not in ("ok", "skipped")]
+    skipped = [r for r in rows if r["status"] == "skipped"]
+    for why in dict.fromkeys(r["error"] for r in skipped):
+        err_console.print(f"skipped {sum(r['error'] == why for r in skipped)} kernels: {why}", highlight=False,
+                          markup=False)
     if as_json:
         _print_json({"arches": arches, "kernels": len(targets), "summary": cc.summary(rows, targets, arches),
-                     "failed": [{"key": r["key"], "error": r["error"]} for r in failed]})
+                     "failed": [{"key": r["key"], "error": r["error"]} for r in failed],
+                     "skipped": [{"key": r["key"], "why": r["error"]} for r in skipped]})
         if failed:
             raise typer.Exit(1)
         return

@@ -100,3 +100,37 @@ print(json.dumps(out))
         "_sparse_decode_kernel:0": [], "_combine_kernel:0": [],
         "_sparse_decode_kernel:1": ["launch_dependents"], "_combine_kernel:1": ["wait"],
     }
+
+
+def test_rules_record_their_toolchain_and_a_check_replaces_only_its_own(tmp_path) -> None:
+    """sm90's rules come from CI's Triton and the GPU machine's: each rule names the toolchain that
+    found it, and a check by one toolchain keeps the other's rules on the same kernel."""
+    from dsv4_tune.tuner.compile_check import rule_toolchain
+
+    key = "sm90:_sparse_decode_kernel[BLOCK_H=64]w8s1"
+
+    def row(toolchain: str, problems: list[str], status: str = "ok") -> dict:
+        return {"arch": "sm90", "key": key, "toolchain": toolchain, "status": status, "problems": problems}
+
+    path = tmp_path / "rules.json"
+    write_rules([row("triton 3.9.0", ["spills 300 B on sm90 (budget 256)"])], path)
+    write_rules([row("triton 3.6.0", ["spills 812 B on sm90 (budget 256)"])], path)
+    data = json.loads(path.read_text())
+    rules = data["bad_kernels"]["sm90"][key]
+    assert rules == ["spills 300 B on sm90 (budget 256) [triton 3.9.0]",
+                     "spills 812 B on sm90 (budget 256) [triton 3.6.0]"]
+    assert data["toolchains"] == ["triton 3.6.0", "triton 3.9.0"] and rule_toolchain(rules[1]) == "triton 3.6.0"
+    write_rules([row("triton 3.9.0", [])], path)  # 3.9 now finds it fine: 3.6's rule stays
+    assert json.loads(path.read_text())["bad_kernels"]["sm90"][key] == [rules[1]]
+    write_rules([row("triton 3.6.0", [], "skipped")], path)  # a kernel 3.6 skips changes nothing
+    assert json.loads(path.read_text())["bad_kernels"]["sm90"][key] == [rules[1]]
+    write_rules([row("triton 3.6.0", [])], path)
+    assert json.loads(path.read_text())["bad_kernels"] == {}
+
+
+def test_shipped_rules_name_their_toolchain() -> None:
+    from dsv4_tune.tuner.compile_check import rule_toolchain
+
+    data = json.loads(arch_mod.ARCH_RULES_FILE.read_text())
+    found = {rule_toolchain(p) for kernels in data["bad_kernels"].values() for ps in kernels.values() for p in ps}
+    assert found and None not in found and found <= set(data["toolchains"])

@@ -8,6 +8,7 @@ import torch
 from dsv4_tune import Plan, sparse_decode
 from dsv4_tune.registry.variants import VARIANTS
 from dsv4_tune.runtime.workspace import Workspace
+from dsv4_tune.serving.variants import variant_problem
 from tests.helpers import record_launched_variants
 from tests.test_sparse_decode import check_against_reference, make_case
 
@@ -17,9 +18,11 @@ pytestmark = [pytest.mark.gpu, pytest.mark.gpu_only]
 def _plans(case) -> list[Plan]:
     w = case.workload
     gta = VARIANTS["gather_attend"].default(w).as_dict()
-    return [v.default(w) for v in VARIANTS.values()] + [
-        Plan.make("gather_attend", gta, SPLIT_K=2, COMBINE_BLOCK_H=8, combine_warps=4)
+    plans = [v.default(w) for v in VARIANTS.values()] + [
+        Plan.make("gather_attend", gta, SPLIT_K=2, COMBINE_BLOCK_H=8, combine_warps=4),
+        Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=1, PIPE=1, SPLIT_K=2, COMBINE_BLOCK_H=8, combine_warps=4),
     ]
+    return [p for p in plans if not variant_problem(p.variant, case.q.device)]
 
 
 def test_capture_and_replay_with_new_inputs(device, gen) -> None:

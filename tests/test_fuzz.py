@@ -24,6 +24,7 @@ from dsv4_tune.policies.baseline import BASELINE_FILE
 from dsv4_tune.policies.schema import PolicyError, load_policy
 from dsv4_tune.registry.variants import VARIANTS, plan_problems
 from dsv4_tune.registry.workload import Workload
+from dsv4_tune.serving.variants import variant_problem
 from dsv4_tune.tuner.grid import Grid, GridError, interpreter_grid
 from tests.test_sparse_decode import make_case
 
@@ -236,6 +237,10 @@ def plan_case():
 def test_explicit_plans_give_the_reference_or_a_value_error(plan_case, plan: Plan, valid: bool) -> None:
     problems = plan_problems(CASE_WORKLOAD, plan)
     assume(not problems if valid else problems)
+    if not problems and variant_problem(plan.variant, plan_case.q.device):  # a valid plan this process
+        with pytest.raises(ValueError, match=f"plan: {plan.variant}"):  # cannot launch (ws_sm90 on a CPU)
+            plan_case.run(plan)
+        return
     if not problems:
         plan_case.check(plan)  # NaN-poisoned outputs and workspace, against the reference
         return

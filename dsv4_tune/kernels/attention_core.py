@@ -189,6 +189,20 @@ def scope_args(kv: torch.Tensor, idx: torch.Tensor, length: torch.Tensor | None)
     ]
 
 
+def scopes_args(q: torch.Tensor, main: tuple, extra: tuple | None) -> list:
+    """q and its three strides, then each scope's :func:`scope_args` and topk, in the order both fused
+    decode kernels take them (the main scope stands in for an absent extra one, whose flag then never
+    reads it)."""
+    x_args = scope_args(*extra) if extra is not None else scope_args(*main)
+    return [q, q.stride(0), q.stride(1), q.stride(2), *scope_args(*main), main[1].shape[2], *x_args,
+            extra[1].shape[2] if extra is not None else 0]
+
+
+def scope_flags(main: tuple, extra: tuple | None, attn_sink: torch.Tensor | None) -> list[bool]:
+    """The constexprs HAS_LEN, HAS_EXTRA, X_HAS_LEN, HAS_SINK of a call."""
+    return [main[2] is not None, extra is not None, extra is not None and extra[2] is not None, attn_sink is not None]
+
+
 def epilogue_args(attn_sink, out, lse, partial) -> list:
     """Kernel arguments that :func:`store_result` reads, in the order both attention kernels take
     them: sink (``lse`` stands in when there is none; HAS_SINK then never reads it), out and its

@@ -26,7 +26,8 @@ from dsv4_tune.kernels.attention_core import (
     epilogue_args,
     load_q,
     paged_kv_block,
-    scope_args,
+    scope_flags,
+    scopes_args,
     softmax_init,
     softmax_step,
     store_result,
@@ -142,17 +143,13 @@ def launch_sparse_decode(
     programmatic dependent (only where :func:`~dsv4_tune.runtime.target.pdl_enabled`)."""
     b, s_q, h_q, _ = q.shape
     n_tok = b * s_q
-    topk = main[1].shape[2]
-    x_topk = extra[1].shape[2] if extra is not None else 0
-    chunk = split_chunk(topk + x_topk, split_k, BLOCK_N)
-    x_args = scope_args(*extra) if extra is not None else scope_args(*main)
+    total = main[1].shape[2] + (extra[1].shape[2] if extra is not None else 0)
     _launch(
         (cdiv(h_q, BLOCK_H), n_tok, split_k),
-        q, q.stride(0), q.stride(1), q.stride(2),
-        *scope_args(*main), topk, *x_args, x_topk,
+        *scopes_args(q, main, extra),
         *epilogue_args(attn_sink, out, lse, partial), counters if counters is not None else main[1],
-        n_tok, s_q, h_q, sm_scale * LOG2E, chunk,
-        main[2] is not None, extra is not None, extra is not None and extra[2] is not None, attn_sink is not None,
+        n_tok, s_q, h_q, sm_scale * LOG2E, split_chunk(total, split_k, BLOCK_N),
+        *scope_flags(main, extra, attn_sink),
         split_k > 1 if counters is None else 2, BLOCK_H, BLOCK_N, fp8_mode, dot_type, pdl,
         num_warps=num_warps, num_stages=num_stages,
     )

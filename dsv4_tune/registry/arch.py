@@ -36,10 +36,15 @@ INLINE_MERGE_AMD = ("fused_splitk_inline: the in-kernel merge's store ordering i
                     "(on AMD a workgroup barrier does not wait for other waves' global stores)")
 
 
+WS_SM90_ONLY = "ws_sm90: a warp-specialized Gluon kernel for CUDA sm90 (wgmma, setmaxnreg, mbarriers)"
+
+
 def arch_problems(w: Workload, plan: Plan, arch: str, unfit: dict[str, list[str]] | None = None) -> list[str]:
     """Problems the compile check recorded for any kernel of ``plan`` on ``arch`` (the shipped
     rules, and ``unfit`` when given), and the variant's own arch limits."""
     own = [INLINE_MERGE_AMD] if plan.variant == "fused_splitk_inline" and arch.startswith("gfx") else []
+    if plan.variant == "ws_sm90" and arch != "sm90":
+        own.append(f"{WS_SM90_ONLY}, not {arch}")
     if plan.as_dict().get(PDL_KEY) and not pdl_arch(arch):
         own.append(f"PDL=1: programmatic dependent launch needs CUDA sm90 or newer, not {arch}")
     return own + launch_problems(arch, plan_kernels(plan, w, arch), unfit)

@@ -18,6 +18,8 @@ KernelLaunch = tuple[str, tuple[tuple[str, object], ...], int, int]  # name, con
 # kernel (CUDA sm90+: its launch overlaps the splits).  Absent means 0, so every plan and policy
 # written before it reads as before.
 PDL_KEY = "PDL"
+WS_SUB = 32  # ws_sm90: tokens its producer gathers and converts at a time
+WS_MAXNREG = 168  # ws_sm90: registers per thread at entry (setmaxnreg then splits them 200 / 160 / 144)
 
 
 def pdl_arch(arch: str) -> bool:
@@ -54,6 +56,11 @@ def plan_kernels(plan: Plan, w: Workload, arch: str) -> list[KernelLaunch]:
                                   BLOCK_TK=c["BLOCK_TK"]))
         out.append(launch("_gathered_attention_kernel", c["num_warps"], c["num_stages"], HAS_SINK=sink, SPLIT=split,
                           BLOCK_H=c["BLOCK_H"], BLOCK_N=c["BLOCK_N"], DOT="bf16"))
+    elif plan.variant == "ws_sm90":
+        out.append(launch("_ws_decode_kernel", 4, 1, HAS_LEN=w.has_len_main, HAS_EXTRA=w.dual,
+                          X_HAS_LEN=w.dual and w.has_len_extra, HAS_SINK=sink, SPLIT=split, BLOCK_N=c["BLOCK_N"],
+                          SUB=WS_SUB, KSTAGES=c["KSTAGES"], STAGED=bool(c["STAGED"]),
+                          PIPE=bool(c["PIPE"])))
     if split and not inline:
         out.append(launch("_combine_kernel", c["combine_warps"], 1, HAS_SINK=sink, BLOCK_H=c["COMBINE_BLOCK_H"],
                           **pdl))

@@ -48,7 +48,7 @@ def plan_buffers(plan: Plan, w: Workload | OpWorkload) -> dict[str, Buffer]:
             return pooled_buffer(w.rows, w.params_dict["head_dim"])
         return {}
     t, h, sk = w.total_tokens, w.h_q, c.get("SPLIT_K", 1)
-    if plan.variant == "fused_splitk":
+    if plan.variant == "fused_splitk" or (plan.variant == "ws_sm90" and sk > 1):
         return partial_buffers(sk, t, h)
     if plan.variant == "fused_splitk_inline":
         return {**partial_buffers(sk, t, h), **counter_buffer(t, h, c["BLOCK_H"])}

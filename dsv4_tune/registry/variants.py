@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from dsv4_tune.registry.arch import arch_problems
 from dsv4_tune.registry.intmath import cdiv, next_pow2
-from dsv4_tune.registry.launches import PDL_KEY
+from dsv4_tune.registry.launches import PDL_KEY, WS_SUB
 from dsv4_tune.registry.workload import Plan, Workload
 
 BLOCK_H_CHOICES = (16, 32, 64)
@@ -28,6 +28,10 @@ COMBINE_CHOICES = ((4, 4), (8, 4), (16, 8))  # (COMBINE_BLOCK_H, combine_warps)
 GATHER_CHOICES = ((64, 4), (128, 4), (256, 8))  # (BLOCK_TK, gather_warps)
 GTA_SPLIT_K_CHOICES = (1, 2, 3, 4, 8)
 GTA_BLOCK_N_CHOICES = (32, 64)
+WS_BLOCK_N_CHOICES = (32, 64)  # ws_sm90: candidates per K tile
+WS_KSTAGES_CHOICES = (2, 3, 4)  # ws_sm90: K tiles in flight between the producer and the consumers
+WS_SPLIT_K_CHOICES = (1, *SPLIT_K_CHOICES)
+WS_SMEM_BYTES = 227 * 1024  # sm90's shared memory per block
 SMEM_BUDGET = 160 * 1024  # bytes of staged KV tiles + Q a config may ask for (gfx950 LDS, < sm90's 228 KiB)
 ACC_REGS_PER_THREAD = 128  # fp32 accumulator registers per thread a config may need
 
@@ -117,6 +121,48 @@ def _gta_problems(w: Workload, c: dict[str, int]) -> list[str]:
     elif c["ONE_LAUNCH"] and not w.dual:
         out.append("ONE_LAUNCH=1 needs an extra scope")
     return out
+
+
+def ws_smem_bytes(c: dict[str, int]) -> int:
+    """Shared memory of a ws_sm90 config: K tiles (bf16, 512 wide), Q (64 heads), P, biases, the
+    producer's staging of one sub-block (576 data + 8 scale bytes a token), barriers."""
+    staging = WS_SUB * 584 if c.get("STAGED") else 0
+    return (c["KSTAGES"] * c["BLOCK_N"] * (1024 + 4) + 64 * 1024 + 64 * c["BLOCK_N"] * 2 + staging + 1024)
+
+
+def _ws_problems(w: Workload, c: dict[str, int]) -> list[str]:
+    out = []
+    if c["BLOCK_N"] not in WS_BLOCK_N_CHOICES:
+        out.append(f"BLOCK_N={c['BLOCK_N']} not in {WS_BLOCK_N_CHOICES}")
+    if c["KSTAGES"] not in WS_KSTAGES_CHOICES:
+        out.append(f"KSTAGES={c['KSTAGES']} not in {WS_KSTAGES_CHOICES}")
+    if c["PIPE"] not in (0, 1):
+        out.append(f"PIPE={c['PIPE']} not in (0, 1)")
+    if c["STAGED"] not in (0, 1):
+        out.append(f"STAGED={c['STAGED']} not in (0, 1)")
+    elif c["STAGED"] and c["BLOCK_N"] != 2 * WS_SUB:
+        out.append(f"STAGED=1 needs BLOCK_N={2 * WS_SUB} (a sub-block through registers, one through staging)")
+    if not out and ws_smem_bytes(c) > WS_SMEM_BYTES:
+        out.append(f"KSTAGES={c['KSTAGES']} x BLOCK_N={c['BLOCK_N']} K tiles + Q need {ws_smem_bytes(c)} B of shared "
+                   f"memory, over sm90's {WS_SMEM_BYTES}")
+    if c["BLOCK_N"] in WS_BLOCK_N_CHOICES:
+        out += _split_problems(w, c, WS_SPLIT_K_CHOICES)
+    return out
+
+
+def _ws_space(w: Workload) -> Iterator[dict[str, int]]:
+    for bn, st, staged, pipe, sk in itertools.product(WS_BLOCK_N_CHOICES, WS_KSTAGES_CHOICES, (0, 1), (0, 1),
+                                                      WS_SPLIT_K_CHOICES):
+        base = {"BLOCK_N": bn, "KSTAGES": st, "STAGED": staged, "PIPE": pipe, "SPLIT_K": sk}
+        if sk == 1:
+            yield base
+        else:
+            for cb, cw in COMBINE_CHOICES:
+                yield {**base, "COMBINE_BLOCK_H": cb, "combine_warps": cw}
+
+
+def _ws_default(w: Workload) -> dict[str, int]:
+    return {"BLOCK_N": 64, "KSTAGES": 2, "STAGED": 0, "PIPE": 0, "SPLIT_K": 1}
 
 
 def _attention_grid(block_n: tuple[int, ...]) -> Iterator[dict[str, int]]:
@@ -220,6 +266,9 @@ VARIANTS: dict[str, Variant] = {
         Variant("gather_attend", "gather to a BF16 buffer (one launch or one per scope), then attention "
                 "(one pass or split-K + combine)",
                 _gta_space, _gta_problems, _gta_default),
+        Variant("ws_sm90", "CUDA sm90 only: warp-specialized (Gluon) gather + exact dequant into shared memory "
+                "beside wgmma attention, 64 heads per program (one pass or split-K + combine)",
+                _ws_space, _ws_problems, _ws_default),
     )
 }
 

@@ -28,18 +28,20 @@ from dsv4_tune.runtime.recording import RecordedLaunch, Recording
 _current_stream = current_stream_getter()
 
 
-def kernel(fn: Callable) -> Callable:
-    """``@triton.jit`` with every scalar parameter unspecialized.
+def kernel(fn: Callable | None = None, *, jit: Callable = triton.jit) -> Callable:
+    """``@triton.jit`` (or ``@kernel(jit=gluon.jit)``) with every scalar parameter unspecialized.
 
     Convention: pointer parameters end in ``_ptr``; constexprs are annotated ``tl.constexpr``;
     everything else is a scalar (an int or float) whose value never selects another binary.
     """
+    if fn is None:
+        return lambda f: kernel(f, jit=jit)
     scalars = [
         name
         for name, p in inspect.signature(fn).parameters.items()
         if not name.endswith("_ptr") and "constexpr" not in str(p.annotation)
     ]
-    return triton.jit(do_not_specialize=scalars)(fn)
+    return jit(do_not_specialize=scalars)(fn)
 
 
 class Launcher:
@@ -55,10 +57,12 @@ class Launcher:
         self.fast_launches = 0
 
     def __call__(
-        self, grid: tuple[int, int, int], *args: object, num_warps: int, num_stages: int, launch_pdl: bool = False
+        self, grid: tuple[int, int, int], *args: object, num_warps: int, num_stages: int, launch_pdl: bool = False,
+        maxnreg: int | None = None,
     ) -> None:
         """``launch_pdl``: launch as a programmatic dependent of the kernel before it (see
-        :func:`~dsv4_tune.runtime.target.pdl_enabled`; ignored by the interpreter)."""
+        :func:`~dsv4_tune.runtime.target.pdl_enabled`; ignored by the interpreter); ``maxnreg``: the
+        register cap per thread at entry (CUDA; a warp-specialized kernel's setmaxnreg needs one)."""
         rec = Recording.current()
         if interpreting():
             if rec is not None:
@@ -77,11 +81,13 @@ class Launcher:
         for i in self._ints:
             wide = (wide << 1) | (not -0x80000000 <= args[i] < 0x80000000)  # type: ignore[operator]
         device = args[self._tensors[0]].device.index  # type: ignore[attr-defined]
-        key = (*[args[i] for i in self._const], num_warps, num_stages, launch_pdl, device, misaligned, wide)
+        key = (*[args[i] for i in self._const], num_warps, num_stages, launch_pdl, maxnreg, device, misaligned, wide)
         compiled = self._compiled.get(key)
         if compiled is None:
-            pdl = {"launch_pdl": True} if launch_pdl else {}  # (a Triton option only CUDA knows)
-            self._compiled[key] = self.fn[grid](*args, num_warps=num_warps, num_stages=num_stages, **pdl)
+            opts: dict[str, object] = {"launch_pdl": True} if launch_pdl else {}  # (Triton options only CUDA knows)
+            if maxnreg is not None:
+                opts["maxnreg"] = maxnreg
+            self._compiled[key] = self.fn[grid](*args, num_warps=num_warps, num_stages=num_stages, **opts)
             if rec is not None:
                 rec.complete = False
             return

@@ -18,15 +18,17 @@ argument handling.
 
 from __future__ import annotations
 
+import warnings
 from functools import reduce
 from operator import or_
 
 import torch
 
 from dsv4_tune.env import REPLAY
+from dsv4_tune.errors import DSV4TuneWarning
 from dsv4_tune.policies.dispatcher import Dispatcher, get_dispatcher
 from dsv4_tune.registry.layout import Fp8Flavour
-from dsv4_tune.registry.variants import get_variant, plan_problems
+from dsv4_tune.registry.variants import default_plan, get_variant, plan_problems
 from dsv4_tune.registry.workload import Plan, Workload
 from dsv4_tune.runtime.jit import hooks_active
 from dsv4_tune.runtime.recording import Recording, Replay
@@ -34,7 +36,7 @@ from dsv4_tune.runtime.replay_index import BY_CAPTURE
 from dsv4_tune.runtime.target import device_flavour
 from dsv4_tune.runtime.workspace import DEFAULT_WORKSPACE, Workspace
 from dsv4_tune.serving.arguments import DecodeInputs, check_decode, check_decode_values, decode_outputs
-from dsv4_tune.serving.variants import LAUNCHERS, Launch
+from dsv4_tune.serving.variants import LAUNCHERS, Launch, variant_problem
 
 # Replays need compiled kernels; DSV4_TUNE_REPLAY=0 turns them off (every call takes the checked
 # path).  A module variable so that a benchmark can compare both paths in one process.
@@ -131,8 +133,8 @@ def sparse_decode(
     w = workload_of(q, indices, topk_length, extra_indices, extra_topk_length, attn_sink)
     graph_plan = None  # a dispatched eager call: the plan a CUDA graph capture of this call would take
     if dispatcher is not None:
-        plan = dispatcher.lookup(w)
-        eager_plan = dispatcher.lookup(w, True) if dispatcher.has_eager else plan
+        plan = runnable(dispatcher.lookup(w), w, q.device)
+        eager_plan = runnable(dispatcher.lookup(w, True), w, q.device) if dispatcher.has_eager else plan
         if eager_plan != plan:  # which one depends on whether a graph is being captured
             if eager is None:
                 eager = _outside_graph(q)
@@ -209,6 +211,23 @@ def _check_plan(plan: object, w: Workload) -> None:
     get_variant(plan.variant)  # an unknown variant: the registry's error naming the variants
     if problems := plan_problems(w, plan):
         raise ValueError(f"plan: {plan} cannot run {w}: {'; '.join(problems)}")
+
+
+_FELL_BACK: set[str] = set()  # the variants a dispatched call had to replace (each warned once)
+
+
+def runnable(plan: Plan, w: Workload, device: torch.device) -> Plan:
+    """A dispatched plan, or the built-in default where its variant cannot launch here (a policy
+    that picks ws_sm90 served by a Triton without its Gluon API, or off sm90): one warning per
+    variant, never an exception at serving time.  Checked path only (replays skip it)."""
+    problem = variant_problem(plan.variant, device)
+    if problem is None:
+        return plan
+    if plan.variant not in _FELL_BACK:
+        _FELL_BACK.add(plan.variant)
+        warnings.warn(f"{plan.variant} cannot run here ({problem}); using the built-in default plan for it",
+                      DSV4TuneWarning, stacklevel=3)
+    return default_plan(w)
 
 
 def _launcher(variant: str) -> Launch:

@@ -15,8 +15,10 @@ from dsv4_tune.kernels.combine import launch_combine
 from dsv4_tune.kernels.fused_attention import launch_sparse_decode
 from dsv4_tune.kernels.gather_dequant import GatherConfig, launch_gather, launch_gather_dual
 from dsv4_tune.kernels.gathered_attention import launch_gathered_attention
-from dsv4_tune.registry.arch import INLINE_MERGE_AMD
+from dsv4_tune.kernels.sm90 import GLUON_PROBLEM
+from dsv4_tune.registry.arch import INLINE_MERGE_AMD, WS_SM90_ONLY
 from dsv4_tune.registry.buckets import GATHER_BUFFER_BYTES
+from dsv4_tune.registry.launches import WS_MAXNREG, WS_SUB
 from dsv4_tune.registry.layout import HEAD_DIM
 from dsv4_tune.registry.scratch import counter_buffer, gather_buffers, gather_tokens, partial_buffers
 from dsv4_tune.runtime.target import dot_dtype, fp8_mode, on_amd, pdl_enabled
@@ -105,10 +107,59 @@ def run_gather_attend(
                            BLOCK_H=cfg["COMBINE_BLOCK_H"], num_warps=cfg["combine_warps"])
 
 
+_SM90: dict[int, bool] = {}
+
+
+def ws_sm90_problem(device: torch.device) -> str | None:
+    """Why the ws_sm90 kernel cannot run on ``device`` in this process (None: it can): it needs
+    Triton's Gluon as written for (:data:`~dsv4_tune.kernels.sm90.GLUON_PROBLEM`) and a compute
+    capability 9.x GPU under CUDA, not the interpreter.  Asked once per device."""
+    if GLUON_PROBLEM is not None:
+        return f"{WS_SM90_ONLY}: {GLUON_PROBLEM}"
+    if device.type != "cuda" or on_amd():
+        return f"{WS_SM90_ONLY}; here tensors are on {device.type}" + (" (ROCm)" if on_amd() else "")
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    ok = _SM90.get(index)
+    if ok is None:
+        ok = _SM90[index] = torch.cuda.get_device_capability(index)[0] == 9
+    if ok:
+        return None
+    return f"{WS_SM90_ONLY}; device {index} is sm{''.join(map(str, torch.cuda.get_device_capability(index)))}"
+
+
+def variant_problem(variant: str, device: torch.device | None = None) -> str | None:
+    """Why plans of ``variant`` cannot launch in this process (on ``device``, when one is named), or
+    None: the registry's arch rules say where a variant may run, this says whether this Triton and
+    this device can run it now (ws_sm90 needs Gluon's 3.6 API and an sm90 GPU)."""
+    if variant == "ws_sm90":
+        if device is not None:
+            return ws_sm90_problem(device)
+        return None if GLUON_PROBLEM is None else f"{WS_SM90_ONLY}: {GLUON_PROBLEM}"
+    if variant == "fused_splitk_inline" and on_amd():
+        return INLINE_MERGE_AMD
+    return None
+
+
+def run_ws_sm90(x: DecodeInputs, cfg: dict[str, int], out: torch.Tensor, lse: torch.Tensor, ws: Workspace) -> None:
+    if x.fp8 != "e4m3fn" or (problem := ws_sm90_problem(x.q.device)) is not None:
+        raise ValueError(f"plan: {problem if x.fp8 == 'e4m3fn' else 'ws_sm90 decodes e4m3fn pools only'}")
+    from dsv4_tune.kernels.sm90.decode import launch_ws_decode
+
+    sk = cfg["SPLIT_K"]
+    partial = _partials(ws, sk, x.n_tok, x.q.shape[2], x.q.device) if sk > 1 else None
+    launch_ws_decode(x.q, x.main, x.extra, x.attn_sink, x.sm_scale, out, lse, partial, split_k=sk,
+                     BLOCK_N=cfg["BLOCK_N"], SUB=WS_SUB, KSTAGES=cfg["KSTAGES"], STAGED=cfg["STAGED"],
+                     PIPE=cfg["PIPE"], maxnreg=WS_MAXNREG)
+    if partial is not None:
+        launch_combine(*partial, x.attn_sink, out, lse, s_q=x.q.shape[1],
+                       BLOCK_H=cfg["COMBINE_BLOCK_H"], num_warps=cfg["combine_warps"])
+
+
 Launch = Callable[[DecodeInputs, dict[str, int], torch.Tensor, torch.Tensor, Workspace], None]
 LAUNCHERS: dict[str, Launch] = {
     "fused": run_fused,
     "fused_splitk": run_fused_splitk,
     "fused_splitk_inline": run_fused_splitk_inline,
     "gather_attend": run_gather_attend,
+    "ws_sm90": run_ws_sm90,
 }

@@ -19,11 +19,15 @@ from dsv4_tune.registry.variants import (
     NUM_WARPS_CHOICES,
     SPLIT_K_CHOICES,
     VARIANTS,
+    WS_BLOCK_N_CHOICES,
+    WS_KSTAGES_CHOICES,
+    WS_SPLIT_K_CHOICES,
     plan_problems,
     without_combine,
     without_pdl,
 )
 from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
+from dsv4_tune.serving.variants import variant_problem
 
 REFINE_SEEDS = 2  # best plans per workload whose neighbourhoods a refine round measures
 
@@ -52,8 +56,14 @@ def decode_coarse_candidates(w: Workload, arch: str | None = None) -> list[Plan]
     gta = VARIANTS["gather_attend"].default(w).as_dict()
     for bh, nw in ((64, 8), (32, 8), (16, 4)):
         plans.append(Plan.make("gather_attend", gta, BLOCK_H=bh, num_warps=nw))
+    # The sm90 kernel: plain, with both pipelines (staged gathers, pipelined softmax), 32-token tiles;
+    # the pipelined one split 2-16 ways for small T (refinement reaches the other knobs).
+    for bn, st, staged, pipe in ((64, 2, 0, 0), (64, 2, 1, 1), (32, 4, 0, 1)):
+        plans.append(Plan.make("ws_sm90", BLOCK_N=bn, KSTAGES=st, STAGED=staged, PIPE=pipe, SPLIT_K=1))
+    for sk in (2, 4, 8, 16):
+        plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=1, PIPE=1, SPLIT_K=sk, **DEFAULT_COMBINE))
     unique = list(dict.fromkeys(plans))
-    return [p for p in unique if not plan_problems(w, p, arch)]
+    return [p for p in unique if not plan_problems(w, p, arch) and not variant_problem(p.variant)]
 
 
 # Ordered knobs step to the adjacent choice; paired knobs (one launch's block and warps) move together.
@@ -62,6 +72,9 @@ _PAIRS = {("COMBINE_BLOCK_H", "combine_warps"): COMBINE_CHOICES, ("BLOCK_TK", "g
 
 
 def _ordered_choices(variant: str) -> dict[str, tuple[int, ...]]:
+    if variant == "ws_sm90":
+        return {"BLOCK_N": WS_BLOCK_N_CHOICES, "KSTAGES": WS_KSTAGES_CHOICES, "STAGED": (0, 1), "PIPE": (0, 1),
+                "SPLIT_K": WS_SPLIT_K_CHOICES}
     gta = variant == "gather_attend"
     return {**_ORDERED, "BLOCK_N": GTA_BLOCK_N_CHOICES if gta else BLOCK_N_CHOICES,
             "SPLIT_K": GTA_SPLIT_K_CHOICES if gta else SPLIT_K_CHOICES, "ONE_LAUNCH": (0, 1)}
@@ -89,7 +102,8 @@ def neighbours(plan: Plan) -> list[Plan]:
     for cfg in out:
         if cfg.get("SPLIT_K") == 1:
             cfg = without_combine(cfg)
-        elif cfg.get("SPLIT_K", 1) > 1 and "COMBINE_BLOCK_H" not in cfg and plan.variant == "gather_attend":
+        elif cfg.get("SPLIT_K", 1) > 1 and "COMBINE_BLOCK_H" not in cfg and plan.variant in ("gather_attend",
+                                                                                               "ws_sm90"):
             cfg = {**cfg, **DEFAULT_COMBINE}
         plans.append(Plan.make(plan.variant, cfg))
     return list(dict.fromkeys(plans))
@@ -116,13 +130,16 @@ def refine_candidates(
     at most ``limit`` neighbours in all (the interpreter's small sweep)."""
     op = isinstance(w, OpWorkload)  # op neighbours come from the op's valid space already
     found = [n for s in seeds for n in (op_neighbours(w, s) if op else neighbours(s)) if n not in seeds]
-    found = [p for p in dict.fromkeys(found) if op or not plan_problems(w, p, arch)]  # type: ignore[arg-type]
+    found = [p for p in dict.fromkeys(found)
+             if op or not (plan_problems(w, p, arch) or variant_problem(p.variant))]  # type: ignore[arg-type]
     return list(seeds) + (found if limit is None else found[:limit])
 
 
-LAUNCHES = {"fused": 1, "fused_splitk_inline": 1, "fused_splitk": 2, "gather_attend": 3}
+LAUNCHES = {"fused": 1, "fused_splitk_inline": 1, "fused_splitk": 2, "gather_attend": 3, "ws_sm90": 1}
 
 
 def simplicity(plan: Plan) -> tuple[int, int]:
     """Order for 'simpler': fewer launches, then fewer splits."""
-    return LAUNCHES.get(plan.variant, 9), plan.as_dict().get("SPLIT_K", 1)
+    split = plan.as_dict().get("SPLIT_K", 1)
+    combine = plan.variant == "ws_sm90" and split > 1  # its split-K adds the combine launch
+    return LAUNCHES.get(plan.variant, 9) + combine, split

@@ -106,22 +106,44 @@ def run_check(targets: list[tuple[str, tuple]], jobs: int, on_row: Callable[[dic
     return rows
 
 
+def _toolchain_tag(toolchain: str | None) -> str:
+    return f" [{toolchain}]" if toolchain else ""
+
+
+def rule_toolchain(problem: str) -> str | None:
+    """The toolchain a rule's problem text was found with (its ``[triton X.Y.Z]`` tail), or None."""
+    return problem[problem.rindex("[") + 1 : -1] if problem.endswith("]") and "[" in problem else None
+
+
 def write_rules(rows: list[dict], path: Path = ARCH_RULES_FILE) -> Path:
-    """The per-arch rules file: every kernel with problems, keyed by arch and kernel key.  Kernels
-    this check did not compile keep the verdict the file had (a check of some variants or ops
-    updates their rules and leaves the others')."""
+    """The per-arch rules file: every kernel with problems, keyed by arch and kernel key, each problem
+    tagged with the toolchain that found it (``spills 812 B on sm90 (budget 256) [triton 3.6.0]``).
+
+    A check replaces only its own toolchain's verdicts on the kernels it compiled: rules that other
+    toolchains found stay (so CI's Triton and the GPU machine's can both contribute to sm90's rules),
+    as do the verdicts of kernels it did not compile.  A kernel skipped here (a Gluon kernel this
+    Triton cannot build) changes nothing."""
     try:
-        bad: dict[str, dict[str, list[str]]] = json.loads(path.read_text())["bad_kernels"]
+        data = json.loads(path.read_text())
+        bad: dict[str, dict[str, list[str]]] = data["bad_kernels"]
     except (OSError, ValueError, KeyError):
-        bad = {}
-    checked = {r["key"] for r in rows}
-    bad = {a: {k: v for k, v in kernels.items() if k not in checked} for a, kernels in bad.items()}
+        data, bad = {}, {}
+    here = {r["toolchain"] for r in rows}
+    checked = {r["key"] for r in rows if r["status"] != "skipped"}
+    kept: dict[str, dict[str, list[str]]] = {}
+    for arch, kernels in bad.items():
+        for key, problems in kernels.items():
+            left = [p for p in problems if key not in checked or rule_toolchain(p) not in here]
+            if left:
+                kept.setdefault(arch, {})[key] = left
     for r in rows:
         if r["problems"]:
-            bad.setdefault(r["arch"], {})[r["key"]] = r["problems"]
-    payload = {"toolchain": rows[0]["toolchain"] if rows else None,
-               "date": datetime.now(timezone.utc).date().isoformat(),
-               "checked": len(rows), "bad_kernels": {a: dict(sorted(k.items())) for a, k in sorted(bad.items())}}
+            found = [p + _toolchain_tag(r["toolchain"]) for p in r["problems"]]
+            kept.setdefault(r["arch"], {}).setdefault(r["key"], [])
+            kept[r["arch"]][r["key"]] = list(dict.fromkeys([*kept[r["arch"]][r["key"]], *found]))
+    toolchains = sorted({*data.get("toolchains", []), *here})
+    payload = {"toolchains": toolchains, "date": datetime.now(timezone.utc).date().isoformat(),
+               "checked": len(rows), "bad_kernels": {a: dict(sorted(k.items())) for a, k in sorted(kept.items())}}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     return path
@@ -145,7 +167,10 @@ def summary(rows: list[dict], targets: list[tuple[str, tuple]], arches: Iterable
                         continue
                     total += 1
                     problems = [p for k in keys for p in by_key[k]["problems"]]
-                    if problems:
+                    if any(by_key[k]["status"] == "skipped" for k in keys):
+                        reasons["skipped: this Triton cannot build it"] = reasons.get(
+                            "skipped: this Triton cannot build it", 0) + 1
+                    elif problems:
                         kind = WHY.get(problems[0].split(" ")[0], problems[0])
                         reasons[kind] = reasons.get(kind, 0) + 1
                     else:

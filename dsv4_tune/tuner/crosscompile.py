@@ -23,7 +23,7 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from dsv4_tune.kernels.catalog import KERNELS, POINTER_TYPES
+from dsv4_tune.kernels.catalog import KERNELS, OPTIONS, POINTER_TYPES, UNBUILDABLE
 from dsv4_tune.registry.launches import KernelLaunch, kernel_key, plan_kernels
 from dsv4_tune.registry.workload import Plan, Workload
 
@@ -126,8 +126,12 @@ def build(spec: KernelSpec):  # -> triton.compiler.CompiledKernel (its asm: ptx,
     consts = {k: (tl.bfloat16 if v == "bf16" else v) for k, v in constexprs}
     fn = KERNELS[name]
     sig, attrs = _signature(fn, consts)
-    return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
-                          target=ARCHS[spec.arch].target, options={"num_warps": num_warps, "num_stages": num_stages})
+    source = ASTSource
+    if getattr(fn, "is_gluon", lambda: False)():
+        from triton.experimental.gluon._runtime import GluonASTSource as source
+    options = {"num_warps": num_warps, "num_stages": num_stages, **OPTIONS.get(name, {})}
+    return triton.compile(source(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
+                          target=ARCHS[spec.arch].target, options=options)
 
 
 def compile_kernel(spec: KernelSpec) -> dict:
@@ -137,6 +141,8 @@ def compile_kernel(spec: KernelSpec) -> dict:
     row = {"arch": arch, "kernel": name, "key": spec.key, "num_warps": num_warps, "num_stages": num_stages,
            "toolchain": f"triton {triton.__version__}", "regs": None, "sgprs": None, "spills": None,
            "shared": None, "occupancy": None}
+    if name in UNBUILDABLE:  # a Gluon kernel this Triton cannot build: no verdict, no rule
+        return {**row, "status": "skipped", "error": UNBUILDABLE[name]}
     try:
         k = build(spec)
     except Exception as e:  # a compile failure is a row with the compiler's message
@@ -158,6 +164,8 @@ def compile_kernel(spec: KernelSpec) -> dict:
 def problems_of(row: dict) -> list[str]:
     """Why a compiled kernel must not be swept or shipped on its arch (empty: fine)."""
     lim = ARCHS[row["arch"]]
+    if row["status"] == "skipped":
+        return []
     if row["status"] != "ok":
         return [f"does not compile for {row['arch']}: {row.get('error') or row['status']}"]
     out = []

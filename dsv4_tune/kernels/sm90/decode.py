@@ -1,0 +1,560 @@
+"""Warp-specialized sparse FP8 decode for CUDA sm90 (Gluon): the ``ws_sm90`` variant.
+
+One program = (64 query heads, one query token, one split).  Three warpgroups share the work
+through shared memory and mbarriers:
+
+- the **producer** (worker 1) walks the program's candidates, main scope then extra scope, in
+  blocks of BLOCK_N tokens: it loads each sub-block's ids, gathers every token's 576 data bytes
+  and 8 scale bytes with 16-byte loads (one sub-block in flight while it converts the one before),
+  dequantizes the NoPE bytes exactly into bf16 (bit placement, then two bf16 multiplies: 2^120 and
+  the UE8M0 scale) and stores the 512-column bf16 K tile into a 128-byte-swizzled shared buffer
+  (KSTAGES buffers), with a 0 / -inf bias per token for the invalid ones;
+- **WG0** (the default partition) computes S = Q K^T from shared memory (wgmma), the online
+  softmax, hands P and the rescale factor to WG1 through shared memory, and accumulates
+  O[:, :256] += P V with P from registers;
+- **WG1** (worker 0) rescales and accumulates O[:, 256:] from the shared P.
+
+K = V: the same tile serves QK^T and PV.  Invalid candidates (id -1, out of the pool, beyond the
+row's topk_length) get bias -inf and a zero K row, so unused slots are never read.  The epilogue
+follows the contract of :mod:`dsv4_tune.kernels.attention_core`: O = acc / (l + exp(sink - m)),
+LSE = m + ln l without the sink, a lonely row O = 0 and LSE = +inf; split, the normalised partial
+O / LSE that :mod:`dsv4_tune.kernels.combine` merges.
+
+NaN bytes in *valid* slots are not propagated (the bit placement reads 0x7F as 480 x scale); every
+finite byte and every scale byte decodes exactly as the reference does.
+
+Written against the Gluon API of Triton 3.6 (:data:`dsv4_tune.kernels.sm90.GLUON_PROBLEM` says
+whether this Triton offers it); Gluon does not run on the interpreter.
+"""
+
+from __future__ import annotations
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+
+from dsv4_tune.kernels.attention_core import LOG2E, epilogue_args, scope_flags, scopes_args
+from dsv4_tune.kernels.fused_attention import split_chunk
+from dsv4_tune.registry.intmath import cdiv
+from dsv4_tune.runtime.jit import Launcher, kernel
+
+HEADS = gl.constexpr(64)  # query heads per program: the M of every wgmma
+DV = gl.constexpr(256)  # output columns per consumer warpgroup
+# setmaxnreg of the two worker warpgroups: WG0 gets the rest of the 168 x 384 registers at entry
+# (200).  WG1 needs 160 for its [64, 256] fp32 accumulator; 144 leave the producer no spills.
+WG1_REGS = gl.constexpr(160)
+PRODUCER_REGS = gl.constexpr(136)
+
+
+@gluon.jit
+def _dequant_pair(x, c, s):
+    """4 e4m3fn bytes (u32) -> 2 bf16x2 words, exactly: each byte's sign, exponent and mantissa
+    placed into a bf16 (value x 2^-120), times ``c`` (2^120) and ``s`` (the UE8M0 scale)."""
+    return gl.inline_asm_elementwise(
+        asm="""{
+        .reg .b32 lo, hi, t0, t1;
+        prmt.b32 lo, $2, 0, 0x1404;
+        prmt.b32 hi, $2, 0, 0x3424;
+        shr.b32 t0, lo, 4;
+        shr.b32 t1, hi, 4;
+        and.b32 lo, lo, 0x80008000;
+        and.b32 hi, hi, 0x80008000;
+        and.b32 t0, t0, 0x07F007F0;
+        and.b32 t1, t1, 0x07F007F0;
+        or.b32 lo, lo, t0;
+        or.b32 hi, hi, t1;
+        mul.rn.bf16x2 lo, lo, $3;
+        mul.rn.bf16x2 hi, hi, $3;
+        mul.rn.bf16x2 $0, lo, $4;
+        mul.rn.bf16x2 $1, hi, $4;
+        }""",
+        constraints="=r,=r,r,r,r", args=[x, c, s], dtype=(gl.uint32, gl.uint32), is_pure=True, pack=1,
+    )
+
+
+@gluon.jit
+def _dequant_group(x, scale_byte):
+    """[SUB, 16] u32 (64 FP8 bytes per token) and the tokens' scale bytes -> [SUB, 32] u32 bf16x2."""
+    s = (scale_byte << 7) | (scale_byte << 23)  # bf16(2^(byte-127)) twice; 255 is inf, as in the reference
+    c = gl.full_like(x, 0x7B807B80)  # bf16(2^120) twice
+    sb, x = gl.broadcast(s.to(gl.uint32, bitcast=True)[:, None], x)
+    lo, hi = _dequant_pair(x, c, sb)
+    y = gl.join(lo, hi)  # [SUB, 16, 2]: each word's two halves side by side, in column order
+    return gl.reshape(y, [x.shape[0], 2 * x.shape[1]])
+
+
+@gluon.jit
+def _sub_ids(idx_row, s_ik, k0, hi, SUB: gl.constexpr, GATHER: gl.constexpr):
+    """Slot ids of candidates [k0, k0 + SUB); -1 for those at or past ``hi``."""
+    ks = k0 + gl.arange(0, SUB, layout=gl.SliceLayout(1, GATHER))
+    return gl.load(idx_row + ks * s_ik, mask=ks < hi, other=-1)
+
+
+@gluon.jit
+def _sub_addr(kv_ptr, stride_page, page_size, n_slots, idx, ROPE: gl.constexpr):
+    """Where the candidates with slot ids ``idx`` live: (valid, 32-bit pointers to their data rows,
+    the same rows in the RoPE layout, their validity there, pointers to their scale words).  An
+    invalid candidate (id -1 or outside the pool) addresses slot 0, and every access to it is masked."""
+    valid = (idx >= 0) & (idx < n_slots)
+    slot = gl.where(valid, idx, 0)
+    page = (slot // page_size).to(gl.int64)
+    off = slot % page_size
+    page_base = page * ((stride_page // 576) * 576)  # page strides are multiples of 576 B
+    base = page_base + off * 576
+    rows = (kv_ptr + base).to(gl.pointer_type(gl.uint32), bitcast=True)
+    r_rows = gl.convert_layout(rows, gl.SliceLayout(1, ROPE))
+    r_ok = gl.convert_layout(valid, gl.SliceLayout(1, ROPE))
+    words = (kv_ptr + (page_base + page_size * 576 + off * 8)).to(gl.pointer_type(gl.uint32), bitcast=True)
+    return valid, rows, r_rows, r_ok, words
+
+
+@gluon.jit
+def _gather_sub(kv_ptr, stride_page, page_size, n_slots, idx,
+                SUB: gl.constexpr, GATHER: gl.constexpr, ROPE: gl.constexpr):
+    """The raw bytes of the candidates with slot ids ``idx`` as 32-bit words in registers: 7 NoPE
+    groups [SUB, 16] (64 bytes each), the RoPE words [SUB, 32], the two scale words, and the bias
+    (0 valid, -inf invalid).  Invalid candidates load nothing (masked, zero)."""
+    valid, rows, r_rows, r_ok, words = _sub_addr(kv_ptr, stride_page, page_size, n_slots, idx, ROPE)
+    cols = gl.arange(0, 16, layout=gl.SliceLayout(0, GATHER))
+    p = rows[:, None] + cols[None, :]
+    m = valid[:, None] & (cols[None, :] >= 0)
+    g0 = gl.load(p + 0 * 16, mask=m, other=0)
+    g1 = gl.load(p + 1 * 16, mask=m, other=0)
+    g2 = gl.load(p + 2 * 16, mask=m, other=0)
+    g3 = gl.load(p + 3 * 16, mask=m, other=0)
+    g4 = gl.load(p + 4 * 16, mask=m, other=0)
+    g5 = gl.load(p + 5 * 16, mask=m, other=0)
+    g6 = gl.load(p + 6 * 16, mask=m, other=0)
+    rcols = gl.arange(0, 32, layout=gl.SliceLayout(0, ROPE))  # the RoPE words, in a dequantized group's layout
+    rope = gl.load(r_rows[:, None] + 112 + rcols[None, :], mask=r_ok[:, None] & (rcols[None, :] >= 0), other=0)
+    sc_lo = gl.load(words, mask=valid, other=0)
+    sc_hi = gl.load(words + 1, mask=valid, other=0)
+    bias = gl.where(valid, 0.0, float("-inf"))
+    return g0, g1, g2, g3, g4, g5, g6, rope, sc_lo.to(gl.int32, bitcast=True), sc_hi.to(gl.int32, bitcast=True), bias
+
+
+@gluon.jit
+def _stage_sub(kv_ptr, stride_page, page_size, n_slots, idx, st_a, st_b, st_c, st_rope, st_lo, st_hi,
+               GATHER: gl.constexpr, ROPE: gl.constexpr):
+    """Start copying the raw bytes of the candidates ``idx`` into the staging buffers (cp.async,
+    16-byte pieces; invalid rows are zero-filled without a memory access), as one commit group.
+    One buffer per piece of the row (bytes 0-255, 256-383, 384-447, RoPE, two scale words): copies
+    into one buffer would each cost the partition a barrier."""
+    valid, rows, r_rows, r_ok, words = _sub_addr(kv_ptr, stride_page, page_size, n_slots, idx, ROPE)
+    ca = gl.arange(0, 64, layout=gl.SliceLayout(0, GATHER))
+    async_copy.async_copy_global_to_shared(st_a, rows[:, None] + ca[None, :], mask=valid[:, None] & (ca[None, :] >= 0))
+    cb = gl.arange(0, 32, layout=gl.SliceLayout(0, GATHER))
+    async_copy.async_copy_global_to_shared(st_b, rows[:, None] + 64 + cb[None, :],
+                                           mask=valid[:, None] & (cb[None, :] >= 0))
+    cc = gl.arange(0, 16, layout=gl.SliceLayout(0, GATHER))
+    async_copy.async_copy_global_to_shared(st_c, rows[:, None] + 96 + cc[None, :],
+                                           mask=valid[:, None] & (cc[None, :] >= 0))
+    rcols = gl.arange(0, 32, layout=gl.SliceLayout(0, ROPE))
+    async_copy.async_copy_global_to_shared(st_rope, r_rows[:, None] + 112 + rcols[None, :],
+                                           mask=r_ok[:, None] & (rcols[None, :] >= 0))
+    async_copy.async_copy_global_to_shared(st_lo, words, mask=valid)
+    async_copy.async_copy_global_to_shared(st_hi, words + 1, mask=valid)
+    async_copy.commit_group()
+
+
+@gluon.jit
+def _read_stage(n_slots, idx, st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER: gl.constexpr, ROPE: gl.constexpr):
+    """The staged sub-block of ids ``idx`` in registers, as :func:`_gather_sub` returns it (waits for its copies)."""
+    async_copy.wait_group(0)
+    valid = (idx >= 0) & (idx < n_slots)
+    sc_lo = st_lo.load(gl.SliceLayout(1, GATHER))
+    sc_hi = st_hi.load(gl.SliceLayout(1, GATHER))
+    return (st_a.slice(0, 16, dim=1).load(GATHER), st_a.slice(16, 16, dim=1).load(GATHER),
+            st_a.slice(32, 16, dim=1).load(GATHER), st_a.slice(48, 16, dim=1).load(GATHER),
+            st_b.slice(0, 16, dim=1).load(GATHER), st_b.slice(16, 16, dim=1).load(GATHER), st_c.load(GATHER),
+            st_rope.load(ROPE), sc_lo.to(gl.int32, bitcast=True), sc_hi.to(gl.int32, bitcast=True),
+            gl.where(valid, 0.0, float("-inf")))
+
+
+@gluon.jit
+def _store_sub(kt, bias_ref, raw, ROPE: gl.constexpr):
+    """Dequantize one gathered sub-block and store it, as one [SUB, 256] u32 tensor, into the u32
+    view ``kt`` of its K tile rows (one store: each shared-memory store costs the partition a barrier)."""
+    g0, g1, g2, g3, g4, g5, g6, rope, sc_lo, sc_hi, bias = raw
+    d0 = gl.convert_layout(_dequant_group(g0, sc_lo & 0xFF), ROPE)
+    d1 = gl.convert_layout(_dequant_group(g1, (sc_lo >> 8) & 0xFF), ROPE)
+    d2 = gl.convert_layout(_dequant_group(g2, (sc_lo >> 16) & 0xFF), ROPE)
+    d3 = gl.convert_layout(_dequant_group(g3, (sc_lo >> 24) & 0xFF), ROPE)
+    d4 = gl.convert_layout(_dequant_group(g4, sc_hi & 0xFF), ROPE)
+    d5 = gl.convert_layout(_dequant_group(g5, (sc_hi >> 8) & 0xFF), ROPE)
+    d6 = gl.convert_layout(_dequant_group(g6, (sc_hi >> 16) & 0xFF), ROPE)
+    # Groups 0..7 side by side: join adds a minor axis, so the last join is the group's top bit.
+    y = gl.join(gl.join(gl.join(d0, d1), gl.join(d2, d3)), gl.join(gl.join(d4, d5), gl.join(d6, rope)))
+    y = gl.reshape(gl.permute(y, (0, 4, 3, 2, 1)), [y.shape[0], 256])
+    kt.store(y)
+    bias_ref.store(bias)
+
+
+@gluon.jit
+def _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, hi, blk,
+                   kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
+                   BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr):
+    """Fill K tiles with candidates [lo, hi) of one scope, from block number ``blk`` on; returns the
+    next block number.  Unstaged, each sub-block's bytes are loaded into registers one sub-block ahead
+    of its conversion; staged (BLOCK_N = 2 SUB), the first sub-block of each block comes through
+    registers and the second through the staging buffers (cp.async), each loaded a whole block
+    ahead: twice the bytes in flight for the same registers."""
+    NSUB: gl.constexpr = BLOCK_N // SUB
+    GATHER: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])  # 16 B per thread and load
+    ROPE: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [4, 1], [1, 0])  # a dequantized group's layout
+    K32: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
+    n = gl.cdiv(gl.maximum(hi - lo, 0), BLOCK_N)
+    if STAGED:
+        regs = _gather_sub(kv_ptr, stride_page, page_size, n_slots, _sub_ids(idx_row, s_ik, lo, hi, SUB, GATHER),
+                           SUB, GATHER, ROPE)
+        staged = _sub_ids(idx_row, s_ik, lo + SUB, hi, SUB, GATHER)
+        _stage_sub(kv_ptr, stride_page, page_size, n_slots, staged, st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER, ROPE)
+        ids0 = _sub_ids(idx_row, s_ik, lo + BLOCK_N, hi, SUB, GATHER)
+        ids1 = _sub_ids(idx_row, s_ik, lo + BLOCK_N + SUB, hi, SUB, GATHER)
+        for i in range(n):
+            ks = blk % KSTAGES
+            kt = kbuf.index(ks)._reinterpret(gl.uint32, [BLOCK_N, 256], K32)
+            cur = regs
+            regs = _gather_sub(kv_ptr, stride_page, page_size, n_slots, ids0, SUB, GATHER, ROPE)
+            ids0 = _sub_ids(idx_row, s_ik, lo + (i + 2) * BLOCK_N, hi, SUB, GATHER)
+            mbarrier.wait(k_empty.index(ks), ((blk // KSTAGES) & 1) ^ 1)
+            _store_sub(kt.slice(0, SUB, dim=0), bias_buf.index(ks).slice(0, SUB), cur, ROPE)
+            cur = _read_stage(n_slots, staged, st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER, ROPE)
+            staged = ids1
+            _stage_sub(kv_ptr, stride_page, page_size, n_slots, staged, st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER, ROPE)
+            ids1 = _sub_ids(idx_row, s_ik, lo + (i + 2) * BLOCK_N + SUB, hi, SUB, GATHER)
+            _store_sub(kt.slice(SUB, SUB, dim=0), bias_buf.index(ks).slice(SUB, SUB), cur, ROPE)
+            fence_async_shared()
+            mbarrier.arrive(k_ready.index(ks))
+            blk += 1
+        async_copy.wait_group(0)  # the last (empty) copies land before the buffers are reused
+    else:
+        # The ids two sub-blocks ahead, the bytes one sub-block ahead of the conversion.
+        nxt = _gather_sub(kv_ptr, stride_page, page_size, n_slots, _sub_ids(idx_row, s_ik, lo, hi, SUB, GATHER),
+                          SUB, GATHER, ROPE)
+        ids = _sub_ids(idx_row, s_ik, lo + SUB, hi, SUB, GATHER)
+        for i in range(n):
+            ks = blk % KSTAGES
+            for sub in gl.static_range(NSUB):  # static: shared-memory slices need constant offsets
+                cur = nxt
+                nxt = _gather_sub(kv_ptr, stride_page, page_size, n_slots, ids, SUB, GATHER, ROPE)
+                ids = _sub_ids(idx_row, s_ik, lo + i * BLOCK_N + (sub + 2) * SUB, hi, SUB, GATHER)
+                if sub == 0:
+                    mbarrier.wait(k_empty.index(ks), ((blk // KSTAGES) & 1) ^ 1)
+                kt = kbuf.index(ks)._reinterpret(gl.uint32, [BLOCK_N, 256], K32).slice(sub * SUB, SUB, dim=0)
+                _store_sub(kt, bias_buf.index(ks).slice(sub * SUB, SUB), cur, ROPE)
+            fence_async_shared()
+            mbarrier.arrive(k_ready.index(ks))
+            blk += 1
+    return blk
+
+
+@gluon.jit
+def _producer(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, hi,
+              xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_row, x_s_ik, x_lo, x_hi,
+              kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
+              HAS_EXTRA: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr,
+              STAGED: gl.constexpr):
+    blk = _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, hi, gl.to_tensor(0),
+                         kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
+                         BLOCK_N, SUB, KSTAGES, STAGED)
+    if HAS_EXTRA:
+        _produce_scope(xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_row, x_s_ik, x_lo, x_hi, blk,
+                       kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
+                       BLOCK_N, SUB, KSTAGES, STAGED)
+
+
+@gluon.jit
+def _out_rows(head0, t, tb, ts, split, n_tok, h_q, s_ob, s_os, s_oh, s_lb, s_lh, ROWS: gl.constexpr):
+    """The program's heads in layout ``ROWS``: (heads, mask, out row offsets, LSE offsets, partial rows)."""
+    heads = head0 + gl.arange(0, HEADS, layout=ROWS)
+    out_rows = tb * ((s_ob // 512) * 512) + ts * ((s_os // 512) * 512) + heads.to(gl.int64) * ((s_oh // 512) * 512)
+    lse_rows = tb * s_lb + heads.to(gl.int64) * s_lh + ts
+    part_rows = (split * n_tok + t) * h_q + heads
+    return heads, heads < h_q, out_rows, lse_rows, part_rows
+
+
+@gluon.jit
+def _pv_right(n_blocks, kbuf, p_smem, alpha_smem, scale_smem, k_ready, k_empty, p_ready, p_empty, done,
+              out_ptr, part_o_ptr, head0, t, tb, ts, split, n_tok, h_q, s_ob, s_os, s_oh,
+              SPLIT: gl.constexpr, KSTAGES: gl.constexpr):
+    """WG1: O[:, 256:] += P V[:, 256:] per block, then its half of the output."""
+    O_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, DV, 16])
+    o = gl.zeros([HEADS, DV], gl.float32, layout=O_L)
+    for blk in range(n_blocks):
+        ks = blk % KSTAGES
+        mbarrier.wait(k_ready.index(ks), (blk // KSTAGES) & 1)
+        mbarrier.wait(p_ready, blk & 1)
+        alpha = alpha_smem.load(gl.SliceLayout(1, O_L))
+        o = o * alpha[:, None]
+        o = warpgroup_mma(p_smem, kbuf.index(ks).slice(DV, DV, dim=1), o, is_async=True)
+        o = warpgroup_mma_wait(0, deps=(o,))
+        mbarrier.arrive(p_empty)
+        mbarrier.arrive(k_empty.index(ks))
+    mbarrier.wait(done, 0)
+    scale = scale_smem.load(gl.SliceLayout(1, O_L))
+    _, hmask, out_rows, _, part_rows = _out_rows(head0, t, tb, ts, split, n_tok, h_q, s_ob, s_os, s_oh, 0, 0,
+                                                 gl.SliceLayout(1, O_L))
+    _store_half(o * scale[:, None], DV, out_ptr, out_rows, hmask, part_o_ptr, part_rows, SPLIT, O_L)
+
+
+@gluon.jit
+def _store_half(o, C0: gl.constexpr, out_ptr, out_rows, hmask_rows, part_o_ptr, part_rows,
+                SPLIT: gl.constexpr, O_L: gl.constexpr):
+    """Columns [C0, C0 + 256) of the program's output rows: bf16 final or fp32 partial."""
+    cols = C0 + gl.arange(0, DV, layout=gl.SliceLayout(0, O_L))
+    mask = hmask_rows[:, None] & (cols[None, :] >= 0)
+    if SPLIT:
+        gl.store(part_o_ptr + part_rows[:, None].to(gl.int64) * 512 + cols[None, :], o, mask=mask)
+    else:
+        gl.store(out_ptr + out_rows[:, None] + cols[None, :], o.to(gl.bfloat16), mask=mask)
+
+
+@gluon.jit
+def _softmax_block(s, bias, m_i, l_i, qk_scale):
+    """One online-softmax step over a block of scores: (P as bf16, the rescale factor, new max, new sum)."""
+    s = s * qk_scale + bias[None, :]
+    m_new = gl.maximum(m_i, gl.max(s, axis=1))
+    alpha = gl.exp2(m_i - m_new)
+    p = gl.exp2(s - m_new[:, None])
+    return p.to(gl.bfloat16), alpha, m_new, l_i * alpha + gl.sum(p, axis=1)
+
+
+@gluon.jit
+def _hand_p(pb, alpha, p_smem, alpha_smem, p_ready, p_empty, blk):
+    """Give block ``blk``'s P and rescale factor to WG1 (once it is done with the previous block's)."""
+    mbarrier.wait(p_empty, (blk & 1) ^ 1)
+    p_smem.store(pb)
+    alpha_smem.store(alpha)
+    fence_async_shared()
+    mbarrier.arrive(p_ready)
+
+
+@gluon.jit
+def _softmax_pv_left(n_blocks, qk_scale, q_smem, kbuf, bias_buf, p_smem, alpha_smem, scale_smem,
+                     k_ready, k_empty, p_ready, p_empty, done,
+                     sink_ptr, lse_ptr, out_ptr, part_o_ptr, part_lse_ptr,
+                     head0, t, tb, ts, split, n_tok, h_q, s_ob, s_os, s_oh, s_lb, s_lh,
+                     HAS_SINK: gl.constexpr, SPLIT: gl.constexpr, BLOCK_N: gl.constexpr, KSTAGES: gl.constexpr,
+                     PIPE: gl.constexpr):
+    """WG0: S = Q K^T, the online softmax, O[:, :256] += P V[:, :256]; then LSE, the output scale
+    (for WG1 too) and its half of the output."""
+    S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                  instr_shape=[16, BLOCK_N, 16])
+    O_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, DV, 16])
+    P_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=O_L, k_width=2)
+    m_i = gl.full([HEADS], -1.0e30, gl.float32, layout=gl.SliceLayout(1, S_L))  # finite: no inf - inf
+    l_i = gl.zeros([HEADS], gl.float32, layout=gl.SliceLayout(1, S_L))
+    o = gl.zeros([HEADS, DV], gl.float32, layout=O_L)
+    if PIPE:
+        # Software-pipelined: block b's QK^T is issued before block b-1's PV, and the softmax of b
+        # runs while the tensor cores do that PV.  Peeled: block 0's softmax, then b = 1.., then the last PV.
+        if n_blocks > 0:
+            mbarrier.wait(k_ready.index(0), 0)
+            s = warpgroup_mma(q_smem, kbuf.index(0).permute((1, 0)), gl.zeros([HEADS, BLOCK_N], gl.float32, layout=S_L),
+                              use_acc=False, is_async=True)
+            bias = bias_buf.index(0).load(gl.SliceLayout(0, S_L))
+            s = warpgroup_mma_wait(0, deps=(s,))
+            pb, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
+            _hand_p(pb, alpha, p_smem, alpha_smem, p_ready, p_empty, 0)
+            for blk in range(1, n_blocks):
+                ks = blk % KSTAGES
+                prev = (blk - 1) % KSTAGES
+                mbarrier.wait(k_ready.index(ks), (blk // KSTAGES) & 1)
+                s = warpgroup_mma(q_smem, kbuf.index(ks).permute((1, 0)),
+                                  gl.zeros([HEADS, BLOCK_N], gl.float32, layout=S_L), use_acc=False, is_async=True)
+                o = o * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
+                o = warpgroup_mma(gl.convert_layout(pb, P_L), kbuf.index(prev).slice(0, DV, dim=1), o, is_async=True)
+                bias = bias_buf.index(ks).load(gl.SliceLayout(0, S_L))
+                s = warpgroup_mma_wait(1, deps=(s,))
+                pb_new, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
+                o = warpgroup_mma_wait(0, deps=(o,))
+                mbarrier.arrive(k_empty.index(prev))
+                pb = pb_new
+                _hand_p(pb, alpha, p_smem, alpha_smem, p_ready, p_empty, blk)
+            last = (n_blocks - 1) % KSTAGES
+            o = o * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
+            o = warpgroup_mma(gl.convert_layout(pb, P_L), kbuf.index(last).slice(0, DV, dim=1), o, is_async=True)
+            o = warpgroup_mma_wait(0, deps=(o,))
+            mbarrier.arrive(k_empty.index(last))
+    else:
+        for blk in range(n_blocks):
+            ks = blk % KSTAGES
+            mbarrier.wait(k_ready.index(ks), (blk // KSTAGES) & 1)
+            kt = kbuf.index(ks)
+            s = gl.zeros([HEADS, BLOCK_N], gl.float32, layout=S_L)
+            s = warpgroup_mma(q_smem, kt.permute((1, 0)), s, use_acc=False, is_async=True)
+            bias = bias_buf.index(ks).load(gl.SliceLayout(0, S_L))
+            s = warpgroup_mma_wait(0, deps=(s,))
+            pb, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
+            _hand_p(pb, alpha, p_smem, alpha_smem, p_ready, p_empty, blk)
+            o = o * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
+            o = warpgroup_mma(gl.convert_layout(pb, P_L), kt.slice(0, DV, dim=1), o, is_async=True)
+            o = warpgroup_mma_wait(0, deps=(o,))
+            mbarrier.arrive(k_empty.index(ks))
+    # The epilogue of the contract (attention_core.store_result), in this layout.
+    lonely = l_i == 0.0
+    safe_m = gl.where(lonely, 0.0, m_i)
+    l_safe = gl.where(lonely, 1.0, l_i)
+    lse = gl.where(lonely, float("inf"), (safe_m + gl.log2(l_safe)) * 0.6931471805599453)
+    heads, hm, _, lse_rows, part_rows = _out_rows(head0, t, tb, ts, split, n_tok, h_q, s_ob, s_os, s_oh, s_lb, s_lh,
+                                                  gl.SliceLayout(1, S_L))
+    if SPLIT:
+        scale = gl.where(lonely, 0.0, 1.0 / l_safe)
+        gl.store(part_lse_ptr + part_rows, lse, mask=hm)
+    else:
+        denom = l_i
+        if HAS_SINK:
+            sink = gl.load(sink_ptr + heads, mask=hm, other=float("-inf"))
+            denom = l_i + gl.exp2(gl.where(lonely, float("-inf"), sink * 1.4426950408889634 - safe_m))
+        scale = gl.where(lonely, 0.0, 1.0 / gl.where(lonely, 1.0, denom))
+        gl.store(lse_ptr + lse_rows, lse, mask=hm)
+    scale_smem.store(scale)
+    mbarrier.arrive(done)
+    o = o * gl.convert_layout(scale, gl.SliceLayout(1, O_L))[:, None]
+    _, hmask, out_rows, _, part_rows = _out_rows(head0, t, tb, ts, split, n_tok, h_q, s_ob, s_os, s_oh, s_lb, s_lh,
+                                                 gl.SliceLayout(1, O_L))
+    _store_half(o, 0, out_ptr, out_rows, hmask, part_o_ptr, part_rows, SPLIT, O_L)
+
+
+@gluon.jit
+def _scope_range(lo, hi, t, s_q, len_ptr, HAS_LEN: gl.constexpr):
+    """[lo, hi) cut at the row's topk_length (its batch row is t // s_q)."""
+    if HAS_LEN:
+        hi = gl.minimum(hi, gl.load(len_ptr + t // s_q))
+    return lo, gl.maximum(hi, lo)
+
+
+@kernel(jit=gluon.jit)
+def _ws_decode_kernel(
+    q_ptr, s_qb, s_qs, s_qh,
+    kv_ptr, stride_page, stride_page_h, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik, len_ptr, topk,
+    xkv_ptr, x_stride_page, x_stride_page_h, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik, xlen_ptr,
+    x_topk,
+    sink_ptr, out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr,
+    n_tok, s_q, h_q, qk_scale, chunk,
+    HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
+    SPLIT: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr,
+    PIPE: gl.constexpr,
+):
+    D: gl.constexpr = 512
+    K_SL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    VEC_SL: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+    QLD: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+    kbuf = gl.allocate_shared_memory(gl.bfloat16, [KSTAGES, BLOCK_N, D], K_SL)
+    bias_buf = gl.allocate_shared_memory(gl.float32, [KSTAGES, BLOCK_N], VEC_SL)
+    q_smem = gl.allocate_shared_memory(gl.bfloat16, [HEADS, D], K_SL)
+    P_SL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=min(128, 2 * BLOCK_N), element_bitwidth=16, rank=2)
+    p_smem = gl.allocate_shared_memory(gl.bfloat16, [HEADS, BLOCK_N], P_SL)
+    alpha_smem = gl.allocate_shared_memory(gl.float32, [HEADS], VEC_SL)
+    scale_smem = gl.allocate_shared_memory(gl.float32, [HEADS], VEC_SL)
+    k_ready = gl.allocate_shared_memory(gl.int64, [KSTAGES, 1], mbarrier.MBarrierLayout())
+    k_empty = gl.allocate_shared_memory(gl.int64, [KSTAGES, 1], mbarrier.MBarrierLayout())
+    p_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    p_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    done = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    # The producer's staging buffers (raw bytes of one sub-block; a token where unstaged).
+    ST_ROWS: gl.constexpr = SUB if STAGED else 1
+    PLAIN: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+    st_a = gl.allocate_shared_memory(gl.uint32, [ST_ROWS, 64], PLAIN)
+    st_b = gl.allocate_shared_memory(gl.uint32, [ST_ROWS, 32], PLAIN)
+    st_c = gl.allocate_shared_memory(gl.uint32, [ST_ROWS, 16], PLAIN)
+    st_rope = gl.allocate_shared_memory(gl.uint32, [ST_ROWS, 32], PLAIN)
+    st_lo = gl.allocate_shared_memory(gl.uint32, [ST_ROWS], VEC_SL)
+    st_hi = gl.allocate_shared_memory(gl.uint32, [ST_ROWS], VEC_SL)
+    for i in gl.static_range(KSTAGES):
+        mbarrier.init(k_ready.index(i), count=1)  # the producer, once per block
+        mbarrier.init(k_empty.index(i), count=2)  # WG0 and WG1, once per block each
+    mbarrier.init(p_ready, count=1)
+    mbarrier.init(p_empty, count=1)
+    mbarrier.init(done, count=1)
+
+    head0 = gl.program_id(0) * HEADS
+    t = gl.program_id(1).to(gl.int64)
+    split = gl.program_id(2)
+    tb = t // s_q
+    ts = t % s_q
+    # Candidate ranges of this split, per scope (the split covers [main ; extra] concatenated).
+    k_start = split * chunk
+    k_end = k_start + chunk
+    lo, hi = _scope_range(k_start, gl.minimum(k_end, topk), t, s_q, len_ptr, HAS_LEN)
+    n_blocks = gl.cdiv(hi - lo, BLOCK_N)
+    x_lo = gl.maximum(k_start - topk, 0)
+    x_hi = x_lo
+    if HAS_EXTRA:
+        x_lo, x_hi = _scope_range(x_lo, gl.minimum(k_end - topk, x_topk), t, s_q, xlen_ptr, X_HAS_LEN)
+        n_blocks += gl.cdiv(x_hi - x_lo, BLOCK_N)
+
+    # Q rows of this program into shared memory (rows past h_q are zero, never stored).
+    qr = gl.arange(0, HEADS, layout=gl.SliceLayout(1, QLD))
+    qc = gl.arange(0, 64, layout=gl.SliceLayout(0, QLD))
+    q_rows = tb * ((s_qb // 8) * 8) + ts * ((s_qs // 8) * 8) + (head0 + qr).to(gl.int64) * ((s_qh // 8) * 8)
+    q_ok = (head0 + qr) < h_q
+    for j in gl.static_range(D // 64):
+        qt = gl.load(q_ptr + q_rows[:, None] + (j * 64 + qc)[None, :], mask=q_ok[:, None] & (qc[None, :] >= 0),
+                     other=0.0)
+        q_smem.slice(j * 64, 64, dim=1).store(qt)
+    fence_async_shared()
+    gl.thread_barrier()
+
+    idx_row = idx_ptr + tb * s_ib + ts * s_is
+    xidx_row = xidx_ptr + tb * x_s_ib + ts * x_s_is
+
+    gl.warp_specialize([
+        (_softmax_pv_left, (n_blocks, qk_scale, q_smem, kbuf, bias_buf, p_smem, alpha_smem, scale_smem,
+                            k_ready, k_empty, p_ready, p_empty, done,
+                            sink_ptr, lse_ptr, out_ptr, part_o_ptr, part_lse_ptr,
+                            head0, t, tb, ts, split, n_tok, h_q, s_ob, s_os, s_oh, s_lb, s_lh,
+                            HAS_SINK, SPLIT, BLOCK_N, KSTAGES, PIPE)),
+        (_pv_right, (n_blocks, kbuf, p_smem, alpha_smem, scale_smem, k_ready, k_empty, p_ready, p_empty, done,
+                     out_ptr, part_o_ptr, head0, t, tb, ts, split, n_tok, h_q, s_ob, s_os, s_oh, SPLIT, KSTAGES)),
+        (_producer, (kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, hi,
+                     xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_row, x_s_ik, x_lo, x_hi,
+                     kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
+                     HAS_EXTRA, BLOCK_N, SUB, KSTAGES, STAGED)),
+    ], [4, 4], [WG1_REGS, PRODUCER_REGS])
+
+
+_launch = Launcher(_ws_decode_kernel)
+
+
+def launch_ws_decode(
+    q: torch.Tensor,
+    main: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+    extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None,
+    attn_sink: torch.Tensor | None,
+    sm_scale: float,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    partial: tuple[torch.Tensor, torch.Tensor] | None,
+    *,
+    split_k: int,
+    BLOCK_N: int,
+    SUB: int,
+    KSTAGES: int,
+    STAGED: int,
+    PIPE: int,
+    maxnreg: int,
+) -> None:
+    """Launch the warp-specialized kernel (inputs already checked; e4m3fn pools).  ``partial`` as in
+    :func:`~dsv4_tune.kernels.fused_attention.launch_sparse_decode`: with ``split_k > 1`` the
+    combine kernel writes ``out`` / ``lse`` afterwards."""
+    b, s_q, h_q, _ = q.shape
+    n_tok = b * s_q
+    total = main[1].shape[2] + (extra[1].shape[2] if extra is not None else 0)
+    _launch(
+        (cdiv(h_q, HEADS.value), n_tok, split_k),
+        *scopes_args(q, main, extra),
+        *epilogue_args(attn_sink, out, lse, partial),
+        n_tok, s_q, h_q, sm_scale * LOG2E, split_chunk(total, split_k, BLOCK_N),
+        *scope_flags(main, extra, attn_sink),
+        split_k > 1, BLOCK_N, SUB, KSTAGES, bool(STAGED), bool(PIPE),
+        num_warps=4, num_stages=1, maxnreg=maxnreg,
+    )

@@ -1,0 +1,145 @@
+"""The warp-specialized sm90 variant (ws_sm90): where the registry lets it run, what this Triton and
+device can build, how serving and the compile check treat it where they cannot, and (GPU) its
+results against the reference across the knobs."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import dsv4_tune.policies.dispatcher as dispatch_mod
+import dsv4_tune.serving.decode as decode_mod
+from dsv4_tune import Plan, Workload, sparse_decode
+from dsv4_tune.errors import DSV4TuneWarning
+from dsv4_tune.kernels import catalog
+from dsv4_tune.kernels.reference import sparse_decode_ref
+from dsv4_tune.kernels.sm90 import GLUON_PROBLEM, _gluon_problem
+from dsv4_tune.policies.dispatcher import Dispatcher
+from dsv4_tune.policies.schema import GpuSpec, PlanSpec, Policy, Provenance, Segment, WorkloadClass
+from dsv4_tune.registry.launches import plan_kernels
+from dsv4_tune.registry.scratch import plan_buffers
+from dsv4_tune.registry.variants import VARIANTS, default_plan, plan_problems, ws_smem_bytes
+from dsv4_tune.serving.variants import variant_problem
+from dsv4_tune.tuner.candidates import decode_coarse_candidates, neighbours
+from dsv4_tune.tuner.crosscompile import KernelSpec, compile_kernel, problems_of
+from tests.helpers import record_launched_variants
+from tests.test_sparse_decode import check_against_reference, make_case
+
+W = Workload(64, 128, 128, 1024)
+
+
+def ws(**cfg: int) -> Plan:
+    base = {"BLOCK_N": 64, "KSTAGES": 2, "STAGED": 0, "PIPE": 0, "SPLIT_K": 1}
+    if cfg.get("SPLIT_K", 1) > 1:
+        base |= {"COMBINE_BLOCK_H": 8, "combine_warps": 4}
+    return Plan.make("ws_sm90", {**base, **cfg})
+
+
+def test_only_sm90_may_run_it() -> None:
+    space = VARIANTS["ws_sm90"].space(W)
+    assert space and VARIANTS["ws_sm90"].space(W, "sm90") == space
+    for arch in ("gfx942", "gfx950", "interpreter"):
+        assert VARIANTS["ws_sm90"].space(W, arch) == []
+        assert any("CUDA sm90" in p and arch in p for p in plan_problems(W, space[0], arch))
+
+
+def test_its_rules_name_the_knob_at_fault() -> None:
+    assert plan_problems(W, ws()) == []
+    assert ws_smem_bytes(ws(STAGED=1).as_dict()) < 227 * 1024 < ws_smem_bytes(ws(KSTAGES=3).as_dict())
+    cases = {ws(KSTAGES=3): "shared memory", ws(BLOCK_N=32, STAGED=1): "STAGED=1 needs BLOCK_N=64",
+             ws(PIPE=2): "PIPE=2 not in", ws(BLOCK_N=16): "BLOCK_N=16 not in",
+             ws(SPLIT_K=5): "SPLIT_K=5 not in", ws(SPLIT_K=4): ""}
+    small = Workload(4, 64, 128, 0)  # 2 blocks of 64: SPLIT_K 4 exceeds them
+    for plan, message in cases.items():
+        problems = plan_problems(small if plan["SPLIT_K"] == 4 else W, plan)
+        assert problems and message in problems[0], (plan, problems)
+
+
+def test_its_kernels_and_buffers() -> None:
+    (one,) = plan_kernels(ws(STAGED=1, PIPE=1), W, "sm90")
+    assert one[0] == "_ws_decode_kernel" and dict(one[1])["STAGED"] is True and dict(one[1])["PIPE"] is True
+    names = [k[0] for k in plan_kernels(ws(SPLIT_K=4), W, "sm90")]
+    assert names == ["_ws_decode_kernel", "_combine_kernel"]
+    assert plan_buffers(ws(), W) == {} and set(plan_buffers(ws(SPLIT_K=4), W)) == {"part_o", "part_lse"}
+
+
+def test_neighbours_step_its_own_knobs() -> None:
+    found = neighbours(ws(STAGED=1, PIPE=1))
+    changed = [{k for k, v in p.as_dict().items() if ws(STAGED=1, PIPE=1).as_dict().get(k) != v} for p in found]
+    assert {"PIPE"} in changed and {"STAGED"} in changed and {"SPLIT_K", "COMBINE_BLOCK_H", "combine_warps"} in changed
+    refused = [plan_problems(W, p) for p in found if plan_problems(W, p)]  # refine_candidates drops these
+    assert refused and all(ps[0].startswith(("KSTAGES=3 x BLOCK_N=64", "STAGED=1 needs")) for ps in refused)
+
+
+def test_the_gluon_check_names_what_this_triton_lacks(monkeypatch) -> None:
+    from triton.experimental.gluon import language as gl
+
+    if hasattr(gl, "thread_barrier"):  # a Triton that offers it: take it away
+        monkeypatch.delattr(gl, "thread_barrier")
+    problem = _gluon_problem()
+    assert problem is not None and "thread_barrier" in problem and "3.6" in problem
+
+
+def test_where_it_cannot_run_it_is_never_swept_and_says_why() -> None:
+    plans = decode_coarse_candidates(W, "sm90")
+    assert any(p.variant == "ws_sm90" for p in plans) == (GLUON_PROBLEM is None)
+    assert "CUDA sm90" in variant_problem("ws_sm90", torch.device("cpu"))
+    assert variant_problem("fused", torch.device("cpu")) is None
+
+
+def test_the_compile_check_skips_a_kernel_this_triton_cannot_build(monkeypatch) -> None:
+    monkeypatch.setitem(catalog.UNBUILDABLE, "_ws_decode_kernel", "Triton 9.9's Gluon lacks it")
+    (launch,) = plan_kernels(ws(), W, "sm90")
+    row = compile_kernel(KernelSpec("sm90", launch))
+    assert row["status"] == "skipped" and row["error"] == "Triton 9.9's Gluon lacks it" and problems_of(row) == []
+
+
+def _ws_policy(h: int, topk: int) -> Policy:
+    seg = Segment(max_tokens=None, plan=PlanSpec.of(ws()))
+    return Policy(gpu=GpuSpec(id="sm90-h100", arch="sm90"), provenance=Provenance(source="test", created="2026-12-05"),
+                  classes=[WorkloadClass(h_q=h, topk_main=topk, topk_extra=0, segments=[seg])])
+
+
+def test_a_policy_that_picks_it_is_served_by_the_default_where_it_cannot_run(monkeypatch, device, gen) -> None:
+    if variant_problem("ws_sm90", torch.device(device)) is None:
+        pytest.skip("ws_sm90 runs here: the fallback is not taken")
+    ran = record_launched_variants(monkeypatch, decode_mod)
+    monkeypatch.setattr(dispatch_mod, "_DISPATCHER", Dispatcher(_ws_policy(16, 64)))
+    monkeypatch.setattr(decode_mod, "_FELL_BACK", set())
+    case = make_case(device, gen, b=2, h=16, topk=64, sink="finite")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out, lse = case.run(None)
+        case.run(None)
+    check_against_reference("fallback", out, lse, *case.ref)
+    assert set(ran) == {default_plan(case.workload).variant}
+    said = [w for w in caught if issubclass(w.category, DSV4TuneWarning)]
+    assert len(said) == 1 and "ws_sm90 cannot run here" in str(said[0].message)
+
+
+def test_an_explicit_plan_where_it_cannot_run_is_refused(device, gen) -> None:
+    if variant_problem("ws_sm90", torch.device(device)) is None:
+        pytest.skip("ws_sm90 runs here")
+    case = make_case(device, gen, b=1, h=16, topk=64)
+    with pytest.raises(ValueError, match="plan: ws_sm90: a warp-specialized Gluon kernel for CUDA sm90"):
+        sparse_decode(case.q, case.main.kv_cache, case.main.indices, plan=ws(), **case.kw)
+
+
+@pytest.mark.gpu
+@pytest.mark.gpu_only
+@pytest.mark.parametrize(("s_q", "page", "x_page"), [(3, 61, 2), (1, 2, 64), (2, 64, 61)])
+def test_every_knob_against_the_reference(s_q, page, x_page, device, gen) -> None:
+    if variant_problem("ws_sm90", torch.device(device)):
+        pytest.skip(variant_problem("ws_sm90", torch.device(device)))
+    case = make_case(device, gen, b=3, s_q=s_q, h=128, topk=100, page=page, x_topk=300, x_page=x_page,
+                     length=[0, 57, 100], x_length="random")
+    case.main.indices[0, 0] = -1  # a row with no valid candidate in either scope
+    case.extra.indices[0, 0] = -1
+    case.ref = sparse_decode_ref(case.q, case.main.kv_cache, case.main.indices, fp8="e4m3fn",
+                                 out_dtype=torch.float32, **case.kw)
+    for plan in (ws(), ws(STAGED=1), ws(PIPE=1), ws(STAGED=1, PIPE=1), ws(BLOCK_N=32, KSTAGES=4, PIPE=1),
+                 ws(SPLIT_K=3, STAGED=1, PIPE=1), ws(BLOCK_N=32, KSTAGES=3, SPLIT_K=16)):
+        case.check(plan)
+
