@@ -29,7 +29,8 @@ from dsv4_tune.errors import InputError
 from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
 
 STATUSES = ("ok", "mismatch", "compile_error", "launch_error", "oom")
-RETRIED = ("launch_error", "oom")  # a resumed sweep measures these rows again
+RETRIED = ("launch_error", "oom")
+IDENTITY_COLUMNS = ("fp8", "multiprocessors", "pci_device_id", "driver_version")  # added to sweeps after 2026-11-26  # a resumed sweep measures these rows again
 # Sweep columns added after the first stores: the owner and its progress (JSON, see beat), the FP8
 # flavour of the pools measured and the SM / CU count.
 OWNER_COLUMNS = {"host": str, "pid": int, "pid_start": str, "heartbeat": str, "progress": str, "fp8": str,
@@ -163,6 +164,12 @@ class Store:
             if existing and not fresh:
                 conn.execute("update sweeps set status = 'running', finished = null, host = ?, pid = ?, pid_start = ?, "
                              "heartbeat = ? where id = ?", [*owner.values(), existing[0]])
+                # Identity a sweep made before these columns lacks, taken from the GPU that resumes it
+                # (the same GPU id, driver and toolchain: the key says so); recorded values are kept.
+                for col in IDENTITY_COLUMNS:
+                    if meta.get(col) is not None:
+                        conn.execute(f"update sweeps set {col} = ? where id = ? and {col} is null",
+                                     [meta[col], existing[0]])
                 conn.execute("COMMIT")
                 return existing[0], True
             sweep_id = f"{key}-{len(existing) + 1}"
