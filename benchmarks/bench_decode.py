@@ -1,4 +1,4 @@
-"""First speed table of the sparse-decode variants against a physical floor and the PyTorch reference.
+"""Speed of sparse decode against a physical floor: variants at their defaults, or policies side by side.
 
 For each (h_q, layer kind, T) every registered variant runs at its default plan through the public
 ``sparse_decode`` entry, replayed from a CUDA graph on a cold L2 with pools far larger than L2.
@@ -6,7 +6,13 @@ The floor is max(bytes / measured copy bandwidth, FLOPs / measured bf16 matmul r
 is the fraction of it achieved (1.0 = at the floor).  Each variant is checked against the reference
 at T <= 8; failures are marked in the table and the JSON and make the exit status 1.
 
+With ``--policy NEW`` it compares, on the same inputs in one run: (a) NEW's plan, (b) the ws_sm90
+variant at its best of a few configs (where it runs), (c) ``--before OLD``'s plan (default: the
+shipped policy of this GPU), (d) the seed's hand rules on our kernels, (e) the floor; per point
+time, x floor, TFLOP/s, the ratios, and the geomeans over T >= 64; JSON and a PNG.
+
     python benchmarks/bench_decode.py [--quick] [--variants fused gather_attend]
+    python benchmarks/bench_decode.py --policy NEW.json [--before OLD.json] [--quick]
     python benchmarks/bench_decode.py --smoke    # tiny shapes; Triton interpreter when there is no GPU
 """
 
@@ -41,9 +47,13 @@ from benchmarks.common import (
 from dsv4_tune import sparse_decode
 from dsv4_tune.kernels.kv_layout import HEAD_DIM, TOKEN_BYTES, padded_page_bytes
 from dsv4_tune.kernels.reference import sparse_decode_ref
-from dsv4_tune.registry.variants import VARIANTS
+from dsv4_tune.policies.baseline import plan_for, seed_decision
+from dsv4_tune.policies.dispatcher import Dispatcher, get_dispatcher
+from dsv4_tune.registry.variants import VARIANTS, plan_problems
+from dsv4_tune.registry.workload import Plan, Workload
 from dsv4_tune.runtime.workspace import Workspace
 from dsv4_tune.serving.decode import workload_of
+from dsv4_tune.serving.variants import variant_problem
 from dsv4_tune.tuner.inputs import Scope, make_query, make_scope, make_sink
 from dsv4_tune.tuner.tolerance import max_abs_error, mismatch
 
@@ -72,6 +82,8 @@ LAYERS = (
 )
 SMOKE_LAYERS = (Layer("SWA 64", (64, 64)), Layer("SWA+C128 128", (64, 64), (64, 2)))
 FULL_TS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+COMPARE_TS = (1, 4, 16, 64, 256, 512)
+COMPARE_CHECK_MAX_T = 64  # every compared plan is checked against the reference up to here
 
 
 class Scopes:
@@ -140,6 +152,8 @@ def bench_workload(
         base["ref_us"] = time_eager(ref_fn, reps=5, warmup=1)["median_us"]
     rows = []
     for name in variants:
+        if variant_problem(name):
+            continue
         plan = VARIANTS[name].default(w)
         row: dict[str, Any] = {**base, "variant": name, "plan": str(plan)}
         rows.append(row)
@@ -165,12 +179,165 @@ def bench_workload(
     return rows
 
 
+def ws_candidates(w: Workload) -> list[Plan]:
+    """A few ws_sm90 configs (both pipelines on and off; split 2-8 ways at T <= 16) valid for ``w``."""
+    plans = [Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=st, PIPE=pi, SPLIT_K=1)
+             for st in (0, 1) for pi in (0, 1)]
+    if w.total_tokens <= 16:
+        plans += [Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=1, PIPE=1, SPLIT_K=sk, COMBINE_BLOCK_H=8,
+                            combine_warps=4) for sk in (2, 4, 8)]
+    return [p for p in plans if not plan_problems(w, p, "sm90")]
+
+
+def compare_point(
+    h: int, layer: Layer, t: int, scopes: Scopes, ceilings: dict[str, float], new: Dispatcher, before: Dispatcher,
+    gen: torch.Generator,
+) -> dict[str, Any]:
+    """One (h_q, layer, T) of the policy comparison: every plan checked (T <= 64) and timed on the same inputs."""
+    main_s = scopes.get(layer.main, False, t)
+    extra = scopes.get(layer.extra, True, t) if layer.extra else None
+    q = make_query(t, 1, h, device="cuda", gen=gen)
+    sink = make_sink(h, kind="finite", device="cuda", gen=gen)
+    kw: dict[str, Any] = {"topk_length": main_s.topk_length, "attn_sink": sink, "sm_scale": SM_SCALE}
+    if extra is not None:
+        kw |= {"extra_k_cache": extra.kv_cache, "extra_indices": extra.indices, "extra_topk_length": extra.topk_length}
+    w = workload_of(q, main_s.indices, main_s.topk_length, kw.get("extra_indices"), kw.get("extra_topk_length"), sink)
+    fl = floor_us(t, h, w.total_topk, ceilings["copy_gbps"], ceilings["bf16_tflops"])
+    ref = sparse_decode_ref(q, main_s.kv_cache, main_s.indices, fp8=FP8, **kw) if t <= COMPARE_CHECK_MAX_T else None
+    out = torch.empty(t, 1, h, HEAD_DIM, dtype=torch.bfloat16, device="cuda")
+    lse = torch.empty(t, h, 1, dtype=torch.float32, device="cuda")
+
+    def measure(plan: Plan) -> tuple[float, str]:
+        out.fill_(float("nan"))
+        lse.fill_(float("nan"))
+        fn = partial(sparse_decode, q, main_s.kv_cache, main_s.indices, plan=plan, fp8=FP8, out=(out, lse),
+                     workspace=Workspace(), **kw)
+        fn()
+        status = check(out, lse, ref) if ref is not None else ""
+        return time_graph(fn)["median_us"], status
+
+    row: dict[str, Any] = {"h_q": h, "layer": layer.name, "T": t, "total_topk": w.total_topk, "floor_us": fl,
+                           "TFLOP": 4 * t * h * w.total_topk * HEAD_DIM / 1e12}
+    checks = []
+    seed = plan_for(seed_decision(t, w), w)
+    for col, plan in (("policy", new.lookup(w)), ("before", before.lookup(w)), ("seed", seed)):
+        row[f"{col}_plan"] = str(plan)
+        row[f"{col}_us"], status = measure(plan)
+        checks.append(status)
+    if not variant_problem("ws_sm90", q.device):
+        best = min(((*measure(p), p) for p in ws_candidates(w)), key=lambda r: r[0])
+        row["ws_us"], row["ws_plan"] = best[0], str(best[2])
+        checks.append(best[1])
+    bad = [c for c in checks if c.startswith("!!!")]
+    row["check"] = bad[0] if bad else ("ok" if ref is not None else "")
+    row["x_floor"] = row["policy_us"] / fl
+    row["TFLOP/s"] = row["TFLOP"] / (row["policy_us"] * 1e-6)
+    row["before/policy"] = row["before_us"] / row["policy_us"]
+    row["seed/policy"] = row["seed_us"] / row["policy_us"]
+    return row
+
+
+def geomean(values: list[float]) -> float:
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else float("nan")
+
+
+def compare_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Geomeans over T >= 64: time / floor of each column, and the speed-ups of the new policy."""
+    big = [r for r in rows if r["T"] >= 64]
+    out = {f"{c}_x_floor": geomean([r[f"{c}_us"] / r["floor_us"] for r in big if f"{c}_us" in r])
+           for c in ("policy", "before", "seed", "ws")}
+    out["before/policy"] = geomean([r["before/policy"] for r in big])
+    out["seed/policy"] = geomean([r["seed/policy"] for r in big])
+    out["before/policy all T"] = geomean([r["before/policy"] for r in rows])
+    return out
+
+
+def compare_plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path | None:
+    """Time / floor over T per class and column (log-log), one panel per (h_q, layer)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    panels = list(dict.fromkeys((r["h_q"], r["layer"]) for r in rows))
+    cols = 5
+    nrows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3.2 * nrows), squeeze=False)
+    for ax, (h, name) in zip(axes.flat, panels, strict=False):
+        mine = [r for r in rows if (r["h_q"], r["layer"]) == (h, name)]
+        ts = [r["T"] for r in mine]
+        for col, style in (("policy", "-o"), ("before", "--s"), ("seed", ":^"), ("ws", "-.x")):
+            ys = [r[f"{col}_us"] / r["floor_us"] for r in mine if f"{col}_us" in r]
+            if len(ys) == len(ts):
+                ax.plot(ts, ys, style, label=col)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_title(f"h{h} {name}", fontsize=9)
+        ax.set_xlabel("T")
+        ax.set_ylabel("time / floor")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def compare_main(args: argparse.Namespace) -> int:
+    new = Dispatcher.from_file(args.policy)
+    before = Dispatcher.from_file(args.before) if args.before else get_dispatcher()
+    ceilings = {"copy_gbps": copy_bandwidth_gbps(), "bf16_tflops": bf16_matmul_tflops()}
+    print(f"ceilings: copy {ceilings['copy_gbps']:.0f} GB/s, bf16 matmul {ceilings['bf16_tflops']:.0f} TFLOP/s; "
+          f"new {new.source}; before {before.source}", flush=True)
+    hs, ts = ((128,), (4, 64, 512)) if args.quick else ((64, 128), COMPARE_TS)
+    hs = tuple(args.heads or hs)
+    gen = torch.Generator().manual_seed(args.seed)
+    scopes = Scopes(max(ts), "cuda", big=True, gen=gen)
+    rows = []
+    for h in hs:
+        for layer in LAYERS:
+            for t in ts:
+                rows.append(compare_point(h, layer, t, scopes, ceilings, new, before, gen))
+                r = rows[-1]
+                print(f"  h_q={h} {layer.name} T={t}: policy {r['policy_us']:.1f} us ({r['x_floor']:.2f}x floor, "
+                      f"{r['TFLOP/s']:.0f} TFLOP/s), before {r['before_us']:.1f}, seed {r['seed_us']:.1f}"
+                      + (f", ws {r['ws_us']:.1f}" if "ws_us" in r else "") + f" {r['check']}", flush=True)
+    summary = compare_summary(rows)
+    failures = [r for r in rows if r["check"].startswith("!!!")]
+    out_dir = args.out or default_out_dir(False)
+    name = result_name("bench_decode-compare")
+    payload = {"device": device_record(), "ceilings": ceilings, "new_policy": new.source,
+               "before_policy": before.source, "command": " ".join(sys.argv), "sm_scale": SM_SCALE, "fp8": FP8,
+               "pool_bytes": POOL_BYTES, "summary": summary, "failures": len(failures), "rows": rows}
+    path = save_results(name, payload, out_dir)
+    png = compare_plot(rows, out_dir / f"{name}.png", f"{payload['device']['device']}: time / floor "
+                       f"(policy = {Path(args.policy).name})")
+    print_table(rows, ["h_q", "layer", "T", "policy_us", "ws_us", "before_us", "seed_us", "floor_us", "x_floor",
+                       "TFLOP/s", "before/policy", "seed/policy", "check"],
+                "policies side by side (us; x_floor and TFLOP/s of the new policy)")
+    print("\ngeomeans over T >= 64: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
+    print(f"saved {path}" + (f" and {png}" if png else ""))
+    return 1 if failures else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(parser)
     parser.add_argument("--quick", action="store_true", help="T in (1, 8, 64, 256) and h_q = 128 only")
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--policy", type=Path, default=None, help="compare this policy with --before and the seed")
+    parser.add_argument("--before", type=Path, default=None, help="the policy to compare against (default: shipped)")
+    parser.add_argument("--heads", type=int, nargs="+", default=None, help="h_q values of the comparison")
     args, timed = parse_gpu_args(parser)
+    if args.policy is not None:
+        if not timed:
+            raise SystemExit("--policy needs a GPU")
+        return compare_main(args)
     device = "cuda" if timed else "cpu"
     if args.smoke:
         hs, layers, ts = (16,), SMOKE_LAYERS, (1, 2)
