@@ -358,7 +358,7 @@ def test_a_resumed_sweep_fills_the_identity_an_older_store_lacks(tmp_path: Path)
     grid = Grid((GridClass(16, 64, 0, True, 64, 64),), (1,))
     meta = sweep_mod.sweep_meta(detect(), grid)
     store = Store(tmp_path / "s.db")
-    sweep_id, resumed = store.open_sweep(meta)
+    sweep_id, _ = store.open_sweep(meta)
     store.db["sweeps"].update(sweep_id, {"multiprocessors": None, "fp8": None, "driver_version": "old"})
     assert store.open_sweep({**meta, "multiprocessors": 132, "fp8": "e4m3fn", "driver_version": "new"}) == (
         sweep_id, True)

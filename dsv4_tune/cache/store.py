@@ -29,8 +29,9 @@ from dsv4_tune.errors import InputError
 from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
 
 STATUSES = ("ok", "mismatch", "compile_error", "launch_error", "oom")
-RETRIED = ("launch_error", "oom")
-IDENTITY_COLUMNS = ("fp8", "multiprocessors", "pci_device_id", "driver_version")  # added to sweeps after 2026-11-26  # a resumed sweep measures these rows again
+RETRIED = ("launch_error", "oom")  # a resumed sweep measures these rows again
+# Columns of a sweep's GPU identity added after 2026-11-26: a resume fills them where they are null.
+IDENTITY_COLUMNS = ("fp8", "multiprocessors", "pci_device_id", "driver_version")
 # Sweep columns added after the first stores: the owner and its progress (JSON, see beat), the FP8
 # flavour of the pools measured and the SM / CU count.
 OWNER_COLUMNS = {"host": str, "pid": int, "pid_start": str, "heartbeat": str, "progress": str, "fp8": str,
