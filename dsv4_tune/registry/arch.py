@@ -39,15 +39,21 @@ INLINE_MERGE_AMD = ("fused_splitk_inline: the in-kernel merge's store ordering i
 WS_SM90_ONLY = "ws_sm90: a warp-specialized Gluon kernel for CUDA sm90 (wgmma, setmaxnreg, mbarriers)"
 
 
-def arch_problems(w: Workload, plan: Plan, arch: str, unfit: dict[str, list[str]] | None = None) -> list[str]:
-    """Problems the compile check recorded for any kernel of ``plan`` on ``arch`` (the shipped
-    rules, and ``unfit`` when given), and the variant's own arch limits."""
+def variant_arch_problems(plan: Plan, arch: str) -> list[str]:
+    """Why ``plan`` can never run on ``arch``, whatever its kernels compile to: the variants' own
+    arch limits (an arch the compile check need not even try)."""
     own = [INLINE_MERGE_AMD] if plan.variant == "fused_splitk_inline" and arch.startswith("gfx") else []
     if plan.variant == "ws_sm90" and arch != "sm90":
         own.append(f"{WS_SM90_ONLY}, not {arch}")
     if plan.as_dict().get(PDL_KEY) and not pdl_arch(arch):
         own.append(f"PDL=1: programmatic dependent launch needs CUDA sm90 or newer, not {arch}")
-    return own + launch_problems(arch, plan_kernels(plan, w, arch), unfit)
+    return own
+
+
+def arch_problems(w: Workload, plan: Plan, arch: str, unfit: dict[str, list[str]] | None = None) -> list[str]:
+    """Problems the compile check recorded for any kernel of ``plan`` on ``arch`` (the shipped
+    rules, and ``unfit`` when given), and the variant's own arch limits."""
+    return variant_arch_problems(plan, arch) + launch_problems(arch, plan_kernels(plan, w, arch), unfit)
 
 
 def launch_problems(arch: str, launches: list[KernelLaunch], unfit: dict[str, list[str]] | None = None) -> list[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from dsv4_tune.policies.schema import Policy
 from dsv4_tune.registry import plans as registry_plans
-from dsv4_tune.registry.arch import ARCH_RULES_FILE
+from dsv4_tune.registry.arch import ARCH_RULES_FILE, variant_arch_problems
 from dsv4_tune.registry.launches import kernel_key
 from dsv4_tune.registry.ops import OPS, op_space
 from dsv4_tune.registry.variants import VARIANTS
@@ -64,6 +64,8 @@ def check_targets(
     seen: dict[tuple, None] = {}
     for arch in arches:
         for w, plan in pairs:
+            if isinstance(w, Workload) and variant_arch_problems(plan, arch):
+                continue  # a plan that can never run there (ws_sm90 off sm90): nothing to learn
             for launch in registry_plans.kernels(plan, w, arch):
                 seen.setdefault((arch, launch), None)
     return list(seen)
@@ -162,6 +164,8 @@ def summary(rows: list[dict], targets: list[tuple[str, tuple]], arches: Iterable
             reasons: dict[str, int] = {}
             for w, space in _spaces(name):
                 for plan in space:
+                    if isinstance(w, Workload) and variant_arch_problems(plan, arch):
+                        continue
                     keys = [kernel_key(arch, launch) for launch in registry_plans.kernels(plan, w, arch)]
                     if not all(k in by_key for k in keys):
                         continue
