@@ -48,7 +48,8 @@ from dsv4_tune.runtime.jit import Launcher, kernel
 HEADS = gl.constexpr(64)  # query heads per program: the M of every wgmma
 DV = gl.constexpr(256)  # output columns per consumer warpgroup
 # setmaxnreg of the two worker warpgroups: WG0 gets the rest of the 168 x 384 registers at entry
-# (200).  WG1 needs 160 for its [64, 256] fp32 accumulator; 144 leave the producer no spills.
+# (208).  WG1 needs 160 for its [64, 256] fp32 accumulator; at 136 the producer still has no spills,
+# and WG0 needs the 208 for PIPE's second score block (28 B of spills at 200).
 WG1_REGS = gl.constexpr(160)
 PRODUCER_REGS = gl.constexpr(136)
 
@@ -98,11 +99,23 @@ def _sub_ids(idx_row, s_ik, k0, hi, SUB: gl.constexpr, GATHER: gl.constexpr):
 
 
 @gluon.jit
+def _valid(idx, n_slots):
+    """Which candidates are read: id -1 (or any other negative) and ids outside the pool are not."""
+    return (idx >= 0) & (idx < n_slots)
+
+
+@gluon.jit
+def _bias(valid):
+    """The score bias WG0 adds: 0 for a valid candidate, -inf for an invalid one."""
+    return gl.where(valid, 0.0, float("-inf"))
+
+
+@gluon.jit
 def _sub_addr(kv_ptr, stride_page, page_size, n_slots, idx, ROPE: gl.constexpr):
     """Where the candidates with slot ids ``idx`` live: (valid, 32-bit pointers to their data rows,
     the same rows in the RoPE layout, their validity there, pointers to their scale words).  An
     invalid candidate (id -1 or outside the pool) addresses slot 0, and every access to it is masked."""
-    valid = (idx >= 0) & (idx < n_slots)
+    valid = _valid(idx, n_slots)
     slot = gl.where(valid, idx, 0)
     page = (slot // page_size).to(gl.int64)
     off = slot % page_size
@@ -136,8 +149,8 @@ def _gather_sub(kv_ptr, stride_page, page_size, n_slots, idx,
     rope = gl.load(r_rows[:, None] + 112 + rcols[None, :], mask=r_ok[:, None] & (rcols[None, :] >= 0), other=0)
     sc_lo = gl.load(words, mask=valid, other=0)
     sc_hi = gl.load(words + 1, mask=valid, other=0)
-    bias = gl.where(valid, 0.0, float("-inf"))
-    return g0, g1, g2, g3, g4, g5, g6, rope, sc_lo.to(gl.int32, bitcast=True), sc_hi.to(gl.int32, bitcast=True), bias
+    return (g0, g1, g2, g3, g4, g5, g6, rope, sc_lo.to(gl.int32, bitcast=True), sc_hi.to(gl.int32, bitcast=True),
+            _bias(valid))
 
 
 @gluon.jit
@@ -168,14 +181,13 @@ def _stage_sub(kv_ptr, stride_page, page_size, n_slots, idx, st_a, st_b, st_c, s
 def _read_stage(n_slots, idx, st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER: gl.constexpr, ROPE: gl.constexpr):
     """The staged sub-block of ids ``idx`` in registers, as :func:`_gather_sub` returns it (waits for its copies)."""
     async_copy.wait_group(0)
-    valid = (idx >= 0) & (idx < n_slots)
     sc_lo = st_lo.load(gl.SliceLayout(1, GATHER))
     sc_hi = st_hi.load(gl.SliceLayout(1, GATHER))
     return (st_a.slice(0, 16, dim=1).load(GATHER), st_a.slice(16, 16, dim=1).load(GATHER),
             st_a.slice(32, 16, dim=1).load(GATHER), st_a.slice(48, 16, dim=1).load(GATHER),
             st_b.slice(0, 16, dim=1).load(GATHER), st_b.slice(16, 16, dim=1).load(GATHER), st_c.load(GATHER),
             st_rope.load(ROPE), sc_lo.to(gl.int32, bitcast=True), sc_hi.to(gl.int32, bitcast=True),
-            gl.where(valid, 0.0, float("-inf")))
+            _bias(_valid(idx, n_slots)))
 
 
 @gluon.jit
@@ -328,6 +340,20 @@ def _softmax_block(s, bias, m_i, l_i, qk_scale):
 
 
 @gluon.jit
+def _qk(q_smem, kt, BLOCK_N: gl.constexpr, S_L: gl.constexpr):
+    """Start S = Q K^T of one K tile (async: wait with warpgroup_mma_wait)."""
+    s = gl.zeros([HEADS, BLOCK_N], gl.float32, layout=S_L)
+    return warpgroup_mma(q_smem, kt.permute((1, 0)), s, use_acc=False, is_async=True)
+
+
+@gluon.jit
+def _pv_left(o, alpha, pb, kt, O_L: gl.constexpr, P_L: gl.constexpr):
+    """Rescale O[:, :256] by ``alpha`` and start O += P V[:, :256] with P from registers (async)."""
+    o = o * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
+    return warpgroup_mma(gl.convert_layout(pb, P_L), kt.slice(0, DV, dim=1), o, is_async=True)
+
+
+@gluon.jit
 def _hand_p(pb, alpha, p_smem, alpha_smem, p_ready, p_empty, blk):
     """Give block ``blk``'s P and rescale factor to WG1 (once it is done with the previous block's)."""
     mbarrier.wait(p_empty, (blk & 1) ^ 1)
@@ -358,8 +384,7 @@ def _softmax_pv_left(n_blocks, qk_scale, q_smem, kbuf, bias_buf, p_smem, alpha_s
         # runs while the tensor cores do that PV.  Peeled: block 0's softmax, then b = 1.., then the last PV.
         if n_blocks > 0:
             mbarrier.wait(k_ready.index(0), 0)
-            s = warpgroup_mma(q_smem, kbuf.index(0).permute((1, 0)), gl.zeros([HEADS, BLOCK_N], gl.float32, layout=S_L),
-                              use_acc=False, is_async=True)
+            s = _qk(q_smem, kbuf.index(0), BLOCK_N, S_L)
             bias = bias_buf.index(0).load(gl.SliceLayout(0, S_L))
             s = warpgroup_mma_wait(0, deps=(s,))
             pb, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
@@ -368,10 +393,8 @@ def _softmax_pv_left(n_blocks, qk_scale, q_smem, kbuf, bias_buf, p_smem, alpha_s
                 ks = blk % KSTAGES
                 prev = (blk - 1) % KSTAGES
                 mbarrier.wait(k_ready.index(ks), (blk // KSTAGES) & 1)
-                s = warpgroup_mma(q_smem, kbuf.index(ks).permute((1, 0)),
-                                  gl.zeros([HEADS, BLOCK_N], gl.float32, layout=S_L), use_acc=False, is_async=True)
-                o = o * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
-                o = warpgroup_mma(gl.convert_layout(pb, P_L), kbuf.index(prev).slice(0, DV, dim=1), o, is_async=True)
+                s = _qk(q_smem, kbuf.index(ks), BLOCK_N, S_L)
+                o = _pv_left(o, alpha, pb, kbuf.index(prev), O_L, P_L)
                 bias = bias_buf.index(ks).load(gl.SliceLayout(0, S_L))
                 s = warpgroup_mma_wait(1, deps=(s,))
                 pb_new, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
@@ -380,8 +403,7 @@ def _softmax_pv_left(n_blocks, qk_scale, q_smem, kbuf, bias_buf, p_smem, alpha_s
                 pb = pb_new
                 _hand_p(pb, alpha, p_smem, alpha_smem, p_ready, p_empty, blk)
             last = (n_blocks - 1) % KSTAGES
-            o = o * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
-            o = warpgroup_mma(gl.convert_layout(pb, P_L), kbuf.index(last).slice(0, DV, dim=1), o, is_async=True)
+            o = _pv_left(o, alpha, pb, kbuf.index(last), O_L, P_L)
             o = warpgroup_mma_wait(0, deps=(o,))
             mbarrier.arrive(k_empty.index(last))
     else:
@@ -389,14 +411,12 @@ def _softmax_pv_left(n_blocks, qk_scale, q_smem, kbuf, bias_buf, p_smem, alpha_s
             ks = blk % KSTAGES
             mbarrier.wait(k_ready.index(ks), (blk // KSTAGES) & 1)
             kt = kbuf.index(ks)
-            s = gl.zeros([HEADS, BLOCK_N], gl.float32, layout=S_L)
-            s = warpgroup_mma(q_smem, kt.permute((1, 0)), s, use_acc=False, is_async=True)
+            s = _qk(q_smem, kt, BLOCK_N, S_L)
             bias = bias_buf.index(ks).load(gl.SliceLayout(0, S_L))
             s = warpgroup_mma_wait(0, deps=(s,))
             pb, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
             _hand_p(pb, alpha, p_smem, alpha_smem, p_ready, p_empty, blk)
-            o = o * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
-            o = warpgroup_mma(gl.convert_layout(pb, P_L), kt.slice(0, DV, dim=1), o, is_async=True)
+            o = _pv_left(o, alpha, pb, kt, O_L, P_L)
             o = warpgroup_mma_wait(0, deps=(o,))
             mbarrier.arrive(k_empty.index(ks))
     # The epilogue of the contract (attention_core.store_result), in this layout.
