@@ -89,6 +89,15 @@ def test_where_it_cannot_run_it_is_never_swept_and_says_why() -> None:
     assert variant_problem("fused", torch.device("cpu")) is None
 
 
+def test_where_gluon_is_there_it_still_needs_e4m3fn_pools_and_an_sm90_gpu(monkeypatch) -> None:
+    import dsv4_tune.serving.variants as variants_mod
+
+    monkeypatch.setattr(variants_mod, "GLUON_PROBLEM", None)  # as under Triton 3.6
+    assert variant_problem("ws_sm90") is None
+    assert "e4m3fn pools, not e4m3fnuz" in variant_problem("ws_sm90", None, "e4m3fnuz")
+    assert "here tensors are on cpu" in variant_problem("ws_sm90", torch.device("cpu"))
+
+
 def test_the_compile_check_skips_a_kernel_this_triton_cannot_build(monkeypatch) -> None:
     monkeypatch.setitem(catalog.UNBUILDABLE, "_ws_decode_kernel", "Triton 9.9's Gluon lacks it")
     (launch,) = plan_kernels(ws(), W, "sm90")

@@ -19,7 +19,7 @@ KernelLaunch = tuple[str, tuple[tuple[str, object], ...], int, int]  # name, con
 # written before it reads as before.
 PDL_KEY = "PDL"
 WS_SUB = 32  # ws_sm90: tokens its producer gathers and converts at a time
-WS_MAXNREG = 168  # ws_sm90: registers per thread at entry (setmaxnreg then splits them 200 / 160 / 144)
+WS_MAXNREG = 168  # ws_sm90: registers per thread at entry (setmaxnreg then splits them 208 / 160 / 136)
 
 
 def pdl_arch(arch: str) -> bool:

@@ -133,8 +133,8 @@ def sparse_decode(
     w = workload_of(q, indices, topk_length, extra_indices, extra_topk_length, attn_sink)
     graph_plan = None  # a dispatched eager call: the plan a CUDA graph capture of this call would take
     if dispatcher is not None:
-        plan = runnable(dispatcher.lookup(w), w, q.device)
-        eager_plan = runnable(dispatcher.lookup(w, True), w, q.device) if dispatcher.has_eager else plan
+        plan = runnable(dispatcher.lookup(w), w, q.device, fp8)
+        eager_plan = runnable(dispatcher.lookup(w, True), w, q.device, fp8) if dispatcher.has_eager else plan
         if eager_plan != plan:  # which one depends on whether a graph is being captured
             if eager is None:
                 eager = _outside_graph(q)
@@ -216,11 +216,11 @@ def _check_plan(plan: object, w: Workload) -> None:
 _FELL_BACK: set[str] = set()  # the variants a dispatched call had to replace (each warned once)
 
 
-def runnable(plan: Plan, w: Workload, device: torch.device) -> Plan:
+def runnable(plan: Plan, w: Workload, device: torch.device, fp8: str) -> Plan:
     """A dispatched plan, or the built-in default where its variant cannot launch here (a policy
-    that picks ws_sm90 served by a Triton without its Gluon API, or off sm90): one warning per
-    variant, never an exception at serving time.  Checked path only (replays skip it)."""
-    problem = variant_problem(plan.variant, device)
+    that picks ws_sm90 served by a Triton without its Gluon API, off sm90, or for e4m3fnuz pools):
+    one warning per variant, never an exception at serving time.  Checked path only (replays skip it)."""
+    problem = variant_problem(plan.variant, device, fp8)
     if problem is None:
         return plan
     if plan.variant not in _FELL_BACK:

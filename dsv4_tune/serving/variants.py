@@ -107,42 +107,37 @@ def run_gather_attend(
                            BLOCK_H=cfg["COMBINE_BLOCK_H"], num_warps=cfg["combine_warps"])
 
 
-_SM90: dict[int, bool] = {}
+_CAPABILITY: dict[int, tuple[int, int]] = {}
 
 
-def ws_sm90_problem(device: torch.device) -> str | None:
-    """Why the ws_sm90 kernel cannot run on ``device`` in this process (None: it can): it needs
-    Triton's Gluon as written for (:data:`~dsv4_tune.kernels.sm90.GLUON_PROBLEM`) and a compute
-    capability 9.x GPU under CUDA, not the interpreter.  Asked once per device."""
+def variant_problem(variant: str, device: torch.device | None = None, fp8: str = "e4m3fn") -> str | None:
+    """Why plans of ``variant`` cannot launch in this process (for ``fp8`` pools on ``device``, when
+    one is named), or None: the registry's arch rules say where a variant may run, this says whether
+    this Triton, pool flavour and device can run it now.  ws_sm90 needs Gluon's 3.6 API
+    (:data:`~dsv4_tune.kernels.sm90.GLUON_PROBLEM`), e4m3fn pools and a compute capability 9.x GPU
+    under CUDA; the in-kernel merge needs CUDA.  A device's capability is asked once."""
+    if variant == "fused_splitk_inline" and on_amd():
+        return INLINE_MERGE_AMD
+    if variant != "ws_sm90":
+        return None
     if GLUON_PROBLEM is not None:
         return f"{WS_SM90_ONLY}: {GLUON_PROBLEM}"
+    if fp8 != "e4m3fn":
+        return f"{WS_SM90_ONLY}: it decodes e4m3fn pools, not {fp8}"
+    if device is None:
+        return None
     if device.type != "cuda" or on_amd():
         return f"{WS_SM90_ONLY}; here tensors are on {device.type}" + (" (ROCm)" if on_amd() else "")
     index = device.index if device.index is not None else torch.cuda.current_device()
-    ok = _SM90.get(index)
-    if ok is None:
-        ok = _SM90[index] = torch.cuda.get_device_capability(index)[0] == 9
-    if ok:
-        return None
-    return f"{WS_SM90_ONLY}; device {index} is sm{''.join(map(str, torch.cuda.get_device_capability(index)))}"
-
-
-def variant_problem(variant: str, device: torch.device | None = None) -> str | None:
-    """Why plans of ``variant`` cannot launch in this process (on ``device``, when one is named), or
-    None: the registry's arch rules say where a variant may run, this says whether this Triton and
-    this device can run it now (ws_sm90 needs Gluon's 3.6 API and an sm90 GPU)."""
-    if variant == "ws_sm90":
-        if device is not None:
-            return ws_sm90_problem(device)
-        return None if GLUON_PROBLEM is None else f"{WS_SM90_ONLY}: {GLUON_PROBLEM}"
-    if variant == "fused_splitk_inline" and on_amd():
-        return INLINE_MERGE_AMD
-    return None
+    cap = _CAPABILITY.get(index)
+    if cap is None:
+        cap = _CAPABILITY[index] = torch.cuda.get_device_capability(index)
+    return None if cap[0] == 9 else f"{WS_SM90_ONLY}; device {index} is sm{cap[0]}{cap[1]}"
 
 
 def run_ws_sm90(x: DecodeInputs, cfg: dict[str, int], out: torch.Tensor, lse: torch.Tensor, ws: Workspace) -> None:
-    if x.fp8 != "e4m3fn" or (problem := ws_sm90_problem(x.q.device)) is not None:
-        raise ValueError(f"plan: {problem if x.fp8 == 'e4m3fn' else 'ws_sm90 decodes e4m3fn pools only'}")
+    if (problem := variant_problem("ws_sm90", x.q.device, x.fp8)) is not None:
+        raise ValueError(f"plan: {problem}")
     from dsv4_tune.kernels.sm90.decode import launch_ws_decode
 
     sk = cfg["SPLIT_K"]

@@ -40,6 +40,12 @@ def coarse_candidates(w: Workload | OpWorkload, arch: str | None = None, limit: 
     return decode_coarse_candidates(w, arch)
 
 
+def sweepable(w: Workload, plan: Plan, arch: str | None) -> bool:
+    """Whether a sweep may measure ``plan``: the registry's rules (on ``arch``) allow it for ``w``, and
+    this process can launch its variant (ws_sm90 only with the Gluon API it was written for)."""
+    return not plan_problems(w, plan, arch) and variant_problem(plan.variant) is None
+
+
 def decode_coarse_candidates(w: Workload, arch: str | None = None) -> list[Plan]:
     """Each variant at its default, plus the configs that led in the H100 preview sweep (64- and
     32-head blocks on 8 warps; split-K 2-16 of small-head blocks; gather-then-attend with wide head
@@ -63,7 +69,7 @@ def decode_coarse_candidates(w: Workload, arch: str | None = None) -> list[Plan]
     for sk in (2, 4, 8, 16):
         plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=1, PIPE=1, SPLIT_K=sk, **DEFAULT_COMBINE))
     unique = list(dict.fromkeys(plans))
-    return [p for p in unique if not plan_problems(w, p, arch) and not variant_problem(p.variant)]
+    return [p for p in unique if sweepable(w, p, arch)]
 
 
 # Ordered knobs step to the adjacent choice; paired knobs (one launch's block and warps) move together.
@@ -130,8 +136,7 @@ def refine_candidates(
     at most ``limit`` neighbours in all (the interpreter's small sweep)."""
     op = isinstance(w, OpWorkload)  # op neighbours come from the op's valid space already
     found = [n for s in seeds for n in (op_neighbours(w, s) if op else neighbours(s)) if n not in seeds]
-    found = [p for p in dict.fromkeys(found)
-             if op or not (plan_problems(w, p, arch) or variant_problem(p.variant))]  # type: ignore[arg-type]
+    found = [p for p in dict.fromkeys(found) if op or sweepable(w, p, arch)]  # type: ignore[arg-type]
     return list(seeds) + (found if limit is None else found[:limit])
 
 

@@ -140,9 +140,9 @@ def write_rules(rows: list[dict], path: Path = ARCH_RULES_FILE) -> Path:
                 kept.setdefault(arch, {})[key] = left
     for r in rows:
         if r["problems"]:
+            arch_rules = kept.setdefault(r["arch"], {})
             found = [p + _toolchain_tag(r["toolchain"]) for p in r["problems"]]
-            kept.setdefault(r["arch"], {}).setdefault(r["key"], [])
-            kept[r["arch"]][r["key"]] = list(dict.fromkeys([*kept[r["arch"]][r["key"]], *found]))
+            arch_rules[r["key"]] = list(dict.fromkeys([*arch_rules.get(r["key"], []), *found]))
     toolchains = sorted({*data.get("toolchains", []), *here})
     payload = {"toolchains": toolchains, "date": datetime.now(timezone.utc).date().isoformat(),
                "checked": len(rows), "bad_kernels": {a: dict(sorted(k.items())) for a, k in sorted(kept.items())}}
@@ -151,6 +151,7 @@ def write_rules(rows: list[dict], path: Path = ARCH_RULES_FILE) -> Path:
     return path
 
 
+SKIPPED = "skipped: this Triton cannot build it"
 WHY = {"spills": "spill", "needs": "shared memory / LDS", "does": "compile failure", "cannot": "occupancy 0"}
 
 
@@ -172,8 +173,7 @@ def summary(rows: list[dict], targets: list[tuple[str, tuple]], arches: Iterable
                     total += 1
                     problems = [p for k in keys for p in by_key[k]["problems"]]
                     if any(by_key[k]["status"] == "skipped" for k in keys):
-                        reasons["skipped: this Triton cannot build it"] = reasons.get(
-                            "skipped: this Triton cannot build it", 0) + 1
+                        reasons[SKIPPED] = reasons.get(SKIPPED, 0) + 1
                     elif problems:
                         kind = WHY.get(problems[0].split(" ")[0], problems[0])
                         reasons[kind] = reasons.get(kind, 0) + 1
