@@ -54,7 +54,7 @@ from dsv4_tune.registry.workload import Plan, Workload
 from dsv4_tune.runtime.workspace import Workspace
 from dsv4_tune.serving.decode import workload_of
 from dsv4_tune.serving.variants import variant_problem
-from dsv4_tune.tuner.inputs import Scope, make_query, make_scope, make_sink
+from dsv4_tune.tuner.inputs import TIMING_LENGTHS, Scope, make_query, make_scope, make_sink
 from dsv4_tune.tuner.tolerance import max_abs_error, mismatch
 
 FP8 = "e4m3fn"
@@ -89,8 +89,9 @@ COMPARE_CHECK_MAX_T = 64  # every compared plan is checked against the reference
 class Scopes:
     """One pool per scope kind, built once at the largest T; smaller T use its first rows.
 
-    Main scopes keep every candidate (SWA windows are full); extra scopes get a random length in
-    [topk / 2, topk] per row, as compressed-token counts vary between requests.
+    Lengths as the sweep times them (``TIMING_LENGTHS``): main scopes keep every candidate (SWA windows
+    are full); extra scopes get a random length in [topk / 2, topk] per row, as compressed-token
+    counts vary between requests.
     """
 
     def __init__(self, t_max: int, device: str, big: bool, gen: torch.Generator) -> None:
@@ -102,7 +103,7 @@ class Scopes:
         key = (topk, page, extra)
         if key not in self._built:
             pages = math.ceil(POOL_BYTES / padded_page_bytes(page)) if self.big else None
-            length = torch.randint(topk // 2, topk + 1, (self.t_max,), generator=self.gen).tolist() if extra else "full"
+            length = TIMING_LENGTHS[int(extra)]
             self._built[key] = make_scope(
                 self.t_max, 1, topk, page, fp8=FP8, device=self.device, num_pages=pages,
                 invalid_frac=0.05, topk_length=length, poison=False, gen=self.gen,

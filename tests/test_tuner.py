@@ -364,3 +364,30 @@ def test_a_resumed_sweep_fills_the_identity_an_older_store_lacks(tmp_path: Path)
         sweep_id, True)
     row = store.db["sweeps"].get(sweep_id)
     assert (row["multiprocessors"], row["fp8"], row["driver_version"]) == (132, "e4m3fn", "old")
+
+
+def test_timed_cases_see_serving_lengths_not_a_lone_uniform_draw() -> None:
+    """At T = 1 a uniform [0, topk] length made one draw decide a winner (a plan timed on 307 of 1152
+    candidates won the class); timing sees full windows and extra counts in [topk / 2, topk]."""
+    for t in (1, 2, 8):
+        for seed in range(4):
+            case = GridClass(16, 128, 1024, True, 64, 64).build_case(t, "cpu", seed=seed, with_ref=False)
+            assert case.kw["topk_length"].tolist() == [128] * t
+            assert all(512 <= n <= 1024 for n in case.kw["extra_topk_length"].tolist())
+    assert GridClass(16, 128, 64, False, 64, 64).build_case(1, "cpu", with_ref=False).kw["topk_length"] is None
+
+
+def test_forgotten_workloads_are_measured_again_and_only_they(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    grid = Grid((GridClass(16, 64, 0, True, 64, 64), GridClass(16, 64, 0, False, 64, 64)), (1,))
+    sweep_id = sweep_mod.run_sweep(store, grid, detect())
+    before = {(r["workload"], r["stage"], r["plan"]): r["taken"] for r in store.measurements(sweep_id)}
+    forgot = "h16-m64-x0-len10-sink1-T1"
+    assert forgot in {w for w, _, _ in before}
+    assert store.forget(sweep_id, [forgot]) == sum(w == forgot for w, _, _ in before)
+    assert store.sweep(sweep_id)["status"] == "interrupted" and not store.has_winner(sweep_id, forgot)
+    assert sweep_mod.run_sweep(store, grid, detect()) == sweep_id
+    after = {(r["workload"], r["stage"], r["plan"]): r["taken"] for r in store.measurements(sweep_id)}
+    assert {k: v for k, v in after.items() if k[0] != forgot} == {k: v for k, v in before.items() if k[0] != forgot}
+    assert any(k[0] == forgot for k in after) and store.has_winner(sweep_id, forgot)
+    assert store.sweep(sweep_id)["status"] == "done"

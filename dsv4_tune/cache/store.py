@@ -386,6 +386,26 @@ class Store:
             "eager_reason": eager_reason,
         }, pk=("sweep_id", "workload"))
 
+    def forget(self, sweep_id: str, workloads: Iterable[str]) -> int:
+        """Drop every row (measurements, winner, claims) of ``workloads`` in a sweep, so that resuming
+        it measures them anew: how a sweep is brought up to date when the inputs of some of its
+        workloads changed.  The sweep reads ``interrupted`` (with its progress counted from its rows)
+        until then.  Returns how many measurements went."""
+        keys = list(workloads)
+        gone = 0
+        with self.db.conn:
+            for start in range(0, len(keys), 500):  # SQLite's bound on host parameters
+                part = keys[start : start + 500]
+                marks = ", ".join("?" for _ in part)
+                for table in ("measurements", "winners", "claims"):
+                    cur = self.db.execute(f"delete from {table} where sweep_id = ? and workload in ({marks})",
+                                          [sweep_id, *part])
+                    gone += cur.rowcount if table == "measurements" else 0
+            if keys:
+                self.db.execute("update sweeps set status = 'interrupted', finished = null, progress = null "
+                                "where id = ?", [sweep_id])
+        return gone
+
     def has_winner(self, sweep_id: str, workload: str) -> bool:
         return self.db.execute("select 1 from winners where sweep_id = ? and workload = ?",
                                [sweep_id, workload]).fetchone() is not None

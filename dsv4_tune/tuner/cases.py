@@ -19,7 +19,7 @@ from dsv4_tune.registry.layout import Fp8Flavour
 from dsv4_tune.registry.workload import Plan
 from dsv4_tune.runtime.workspace import Workspace
 from dsv4_tune.serving.decode import sparse_decode
-from dsv4_tune.tuner.inputs import make_query, make_scope, make_sink
+from dsv4_tune.tuner.inputs import TIMING_LENGTHS, make_query, make_scope, make_sink
 from dsv4_tune.tuner.tolerance import decode_mismatch, max_abs_error
 
 Check = tuple[str, str | None, float | None]  # status, error text or None, largest error vs the reference
@@ -106,9 +106,11 @@ def decode_case(
     fp8: Fp8Flavour = "e4m3fn",
 ) -> DecodeCase:
     """Inputs of ``t`` decode tokens of one class, pools in the ``fp8`` flavour (and the reference,
-    unless ``with_ref`` is False: compiling and timing need outputs of the right shape, not the values)."""
+    unless ``with_ref`` is False: compiling and timing need outputs of the right shape, not the values).
+    A scope with a length gets the lengths timing should see (:data:`~dsv4_tune.tuner.inputs.TIMING_LENGTHS`)."""
     gen = torch.Generator().manual_seed(seed)
-    length, x_length = ("random" if has_len_main else None), ("random" if has_len_extra else None)
+    length, x_length = (mode if has else None for mode, has in zip(TIMING_LENGTHS, (has_len_main, has_len_extra),
+                                                                    strict=True))
     main = make_scope(t, 1, topk_main, page_main, fp8=fp8, device=device, topk_length=length, gen=gen)
     extra = None
     if topk_extra:
