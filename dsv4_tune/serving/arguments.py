@@ -70,7 +70,8 @@ def check_kv_cache(name: str, kv: torch.Tensor) -> None:
     if stride[0] < page_size * TOKEN_BYTES or stride[0] % DATA_BYTES:
         raise ValueError(
             f"{name}: page stride {stride[0]} B must be a multiple of {DATA_BYTES} B and hold "
-            f"{page_size} tokens of {TOKEN_BYTES} B (use kv_layout.pool_view)"
+            f"{page_size} tokens of {TOKEN_BYTES} B: DSV4 pools pad each page to a multiple of {DATA_BYTES} B "
+            f"(as FlashMLA's quantize_k_cache and the engines' pools do; kv_layout.pool_view makes the view)"
         )
 
 
@@ -93,6 +94,8 @@ def check_topk_length(name: str, length: torch.Tensor, batch: int) -> None:
         raise ValueError(f"{name}: expected dtype torch.int32, got {length.dtype}")
     if length.dim() != 1 or length.shape[0] != batch:
         raise ValueError(f"{name}: expected shape [{batch}] (one per batch row), got {tuple(length.shape)}")
+    if batch > 1 and length.stride(0) != 1:  # the kernels read length[row] unstrided
+        raise ValueError(f"{name}: expected a contiguous tensor, got stride {length.stride(0)}")
 
 
 def check_scope(
@@ -160,6 +163,8 @@ def check_decode(
         if attn_sink.dtype != torch.float32 or attn_sink.dim() != 1 or attn_sink.shape[0] != h_q:
             raise ValueError(f"attn_sink: expected a float32 tensor [{h_q}], got {attn_sink.dtype} "
                              f"{tuple(attn_sink.shape)}")
+        if h_q > 1 and attn_sink.stride(0) != 1:  # the kernels read sink[head] unstrided
+            raise ValueError(f"attn_sink: expected a contiguous tensor, got stride {attn_sink.stride(0)}")
         check_device("attn_sink", attn_sink, q.device)
     if q.stride(3) != 1 or q.stride(0) % 8 or q.stride(1) % 8 or q.stride(2) % 8:
         q = q.contiguous()  # the kernels read 16-byte rows of q
