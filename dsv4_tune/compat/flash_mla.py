@@ -20,7 +20,8 @@ FlashMLA's conventions, and how they map (the two differ only where noted):
 The metadata object holds the workspace of the stream it is first used on (split-K partials, the
 replays of recorded calls), so after one warm-up call a step allocates only its outputs and can be
 captured in a CUDA graph, as with FlashMLA.  ``fp8`` (not in FlashMLA's signature) names the pools'
-FP8 flavour as :func:`~dsv4_tune.sparse_decode` takes it; None: the GPU arch's.
+FP8 flavours as :func:`~dsv4_tune.sparse_decode` takes them: one for both, or a (main, extra) pair
+where the sliding-window and the compressed pools differ (gfx942); None: the GPU arch's for both.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from dsv4_tune.errors import InputError
-from dsv4_tune.registry.layout import HEAD_DIM, TOKEN_BYTES, Fp8Flavour
+from dsv4_tune.registry.layout import HEAD_DIM, TOKEN_BYTES, Fp8Flavour, Fp8Pair
 from dsv4_tune.serving.decode import sparse_decode
 from dsv4_tune.serving.memory import Workspace, stream_workspace
 
@@ -82,7 +83,7 @@ def flash_mla_with_kvcache(
     topk_length: torch.Tensor | None = None,
     extra_topk_length: torch.Tensor | None = None,
     *,
-    fp8: Fp8Flavour | None = None,
+    fp8: Fp8Flavour | Fp8Pair | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """FlashMLA's ``flash_mla_with_kvcache`` for the sparse FP8 decode (see the module docstring):
     returns ``(out [b, s_q, h_q, 512] bf16, lse [b, h_q, s_q] fp32)``.  A call outside that contract

@@ -14,7 +14,7 @@ import torch
 
 from dsv4_tune.env import interpreting
 from dsv4_tune.kernels.kv_layout import num_slots
-from dsv4_tune.registry.layout import DATA_BYTES, HEAD_DIM, TOKEN_BYTES, Fp8Flavour, check_flavour
+from dsv4_tune.registry.layout import DATA_BYTES, HEAD_DIM, TOKEN_BYTES, Fp8Pair, check_flavour
 from dsv4_tune.runtime.target import kernel_device_ok
 
 ScopeTensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # k_cache, indices, topk_length
@@ -29,7 +29,7 @@ class DecodeInputs:
     extra: ScopeTensors | None
     attn_sink: torch.Tensor | None
     sm_scale: float
-    fp8: Fp8Flavour
+    fp8: Fp8Pair  # the flavours of the (main, extra) pools; (main, main) with one scope
 
     @property
     def n_tok(self) -> int:
@@ -137,11 +137,12 @@ def check_index_values(
 def check_decode(
     q: torch.Tensor, k_cache: torch.Tensor, indices: torch.Tensor, topk_length: torch.Tensor | None,
     extra_k_cache: torch.Tensor | None, extra_indices: torch.Tensor | None, extra_topk_length: torch.Tensor | None,
-    attn_sink: torch.Tensor | None, sm_scale: float, fp8: str,
+    attn_sink: torch.Tensor | None, sm_scale: float, fp8: Fp8Pair,
 ) -> DecodeInputs:
     """Every metadata check of a ``sparse_decode`` call's inputs (no host sync; the value checks
-    are :func:`check_decode_values`); q is made contiguous where the kernels need it."""
-    check_flavour(fp8)
+    are :func:`check_decode_values`); q is made contiguous where the kernels need it.  ``fp8``: the
+    (main, extra) pools' flavours (one scope: the extra one is dropped)."""
+    fp8 = (check_flavour(fp8[0]), check_flavour(fp8[1]))
     if q.dtype != torch.bfloat16:
         raise ValueError(f"q: expected dtype torch.bfloat16, got {q.dtype}")
     if q.dim() != 4 or q.shape[3] != HEAD_DIM:
@@ -159,6 +160,8 @@ def check_decode(
         extra = (extra_k_cache, extra_indices, extra_topk_length)
     elif extra_topk_length is not None:
         raise ValueError("extra_topk_length: given without an extra scope")
+    else:
+        fp8 = (fp8[0], fp8[0])
     if attn_sink is not None:
         if attn_sink.dtype != torch.float32 or attn_sink.dim() != 1 or attn_sink.shape[0] != h_q:
             raise ValueError(f"attn_sink: expected a float32 tensor [{h_q}], got {attn_sink.dtype} "
@@ -168,7 +171,7 @@ def check_decode(
         check_device("attn_sink", attn_sink, q.device)
     if q.stride(3) != 1 or q.stride(0) % 8 or q.stride(1) % 8 or q.stride(2) % 8:
         q = q.contiguous()  # the kernels read 16-byte rows of q
-    return DecodeInputs(q, (k_cache, indices, topk_length), extra, attn_sink, sm_scale, fp8)  # type: ignore[arg-type]
+    return DecodeInputs(q, (k_cache, indices, topk_length), extra, attn_sink, sm_scale, fp8)
 
 
 def check_decode_values(x: DecodeInputs) -> None:
