@@ -27,6 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "cache": {"errors", "registry"},
     "policies": {"env", "errors", "registry"},
     "serving": {"env", "errors", "registry", "runtime", "kernels", "policies"},
+    "compat": {"env", "errors", "registry", "runtime", "kernels", "policies", "serving"},
     "tuner": {"env", "errors", "registry", "runtime", "kernels", "policies", "serving", "cache"},
     "report": {"errors", "registry", "policies", "cache", "tuner"},
     "cli": {"env", "errors", "registry", "runtime", "kernels", "policies", "serving", "cache", "tuner", "report"},

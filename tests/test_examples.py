@@ -26,3 +26,10 @@ def test_decode_step_example() -> None:
     assert results["compiled"], "torch.compile'd step differs from eager"
     if torch.cuda.is_available():
         assert results["cuda_graph"], "the CUDA graph replay differs from eager"
+
+
+def test_flash_mla_decode_step_example() -> None:
+    results = _load("flash_mla_decode_step").main(["--batch", "2", "--heads", "16", "--layers", "2"])
+    assert results["same_as_sparse_decode"], "the FlashMLA face differs from sparse_decode"
+    if torch.cuda.is_available():
+        assert results["cuda_graph"], "the CUDA graph replay differs from eager"

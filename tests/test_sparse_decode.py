@@ -145,7 +145,7 @@ def test_split_k_equals_no_split(device, gen) -> None:
         if sk not in (2, 3, 8, 16):  # 5 is not in the registry's space (sparse_decode refuses it) but the
             x = DecodeInputs(case.q, (case.main.kv_cache, case.main.indices, case.main.topk_length),  # kernels
                              (case.extra.kv_cache, case.extra.indices, case.extra.topk_length),  # take any 2..16
-                             case.sink, SM_SCALE, "e4m3fn")
+                             case.sink, SM_SCALE, ("e4m3fn", "e4m3fn"))
             for variant, config in (("fused_splitk", cfg), ("fused_splitk_inline", without_combine(cfg))):
                 out = torch.full_like(case.ref[0], float("nan"), dtype=torch.bfloat16)
                 lse = torch.full_like(case.ref[1], float("nan"))
@@ -219,7 +219,8 @@ def test_gather_attend_chunks_tokens_within_the_buffer_bound(device, gen) -> Non
     case = make_case(device, gen, b=5, topk=64, x_topk=64, sink="finite")
     assert token_ranges(5, 128, max_bytes=2 * 128 * 512 * 2) == [(0, 2), (2, 4), (4, 5)]
     x = DecodeInputs(case.q, (case.main.kv_cache, case.main.indices, case.main.topk_length),
-                     (case.extra.kv_cache, case.extra.indices, case.extra.topk_length), case.sink, SM_SCALE, "e4m3fn")
+                     (case.extra.kv_cache, case.extra.indices, case.extra.topk_length), case.sink, SM_SCALE,
+                     ("e4m3fn", "e4m3fn"))
     for sk, one in ((1, 1), (2, 0)):
         cfg = {**VARIANTS["gather_attend"].default(case.workload).as_dict(), "SPLIT_K": sk, "ONE_LAUNCH": one,
                "COMBINE_BLOCK_H": 8, "combine_warps": 4}

@@ -33,6 +33,13 @@ def decode_fp8(raw, FP8: tl.constexpr):
     return val
 
 
+def extra_mode(modes: tuple[str, str], has_extra: bool) -> str:
+    """The ``X_FP8`` constexpr of a two-scope kernel: the extra scope's decode mode where it differs
+    from the main scope's, else ``""`` (the kernel then decodes both in ``FP8``: one binary, and the
+    launch keys of one-flavour calls stay as they were)."""
+    return modes[1] if has_extra and modes[1] != modes[0] else ""
+
+
 @triton.jit
 def ue8m0_to_f32(byte):
     """UE8M0 exponent byte -> 2^(byte - 127) built as fp32 bits (exact for bytes 1..254)."""

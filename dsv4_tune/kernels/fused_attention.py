@@ -33,6 +33,7 @@ from dsv4_tune.kernels.attention_core import (
     store_result,
 )
 from dsv4_tune.kernels.combine import merge_partials
+from dsv4_tune.kernels.fp8 import extra_mode
 from dsv4_tune.registry.intmath import cdiv
 from dsv4_tune.runtime.jit import Launcher, kernel
 
@@ -67,7 +68,7 @@ def _sparse_decode_kernel(
     n_tok, s_q, h_q, qk_scale, chunk,
     HAS_LEN: tl.constexpr, HAS_EXTRA: tl.constexpr, X_HAS_LEN: tl.constexpr, HAS_SINK: tl.constexpr,
     SPLIT: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, FP8: tl.constexpr, DOT: tl.constexpr,
-    PDL: tl.constexpr = False,
+    PDL: tl.constexpr = False, X_FP8: tl.constexpr = "",
 ):
     if PDL:
         gdc_launch_dependents()
@@ -87,7 +88,7 @@ def _sparse_decode_kernel(
         m_i, l_i, a0, a1, a2, a3 = _scope_walk(
             q0, q1, q2, q3, m_i, l_i, a0, a1, a2, a3, qk_scale, t, s_q, tl.maximum(k_start - topk, 0), tl.minimum(k_end - topk, x_topk),
             xkv_ptr, x_stride_page, x_stride_page_h, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik,
-            xlen_ptr, X_HAS_LEN, BLOCK_N, FP8, DOT,
+            xlen_ptr, X_HAS_LEN, BLOCK_N, FP8 if X_FP8 == "" else X_FP8, DOT,
         )
     store_result(
         a0, a1, a2, a3, m_i, l_i, t, t, split, n_tok, head0, h_q,
@@ -132,7 +133,7 @@ def launch_sparse_decode(
     BLOCK_N: int,
     num_warps: int,
     num_stages: int,
-    fp8_mode: str,
+    fp8_modes: tuple[str, str],
     dot_type: tl.dtype,
     pdl: bool = False,
 ) -> None:
@@ -140,7 +141,8 @@ def launch_sparse_decode(
     fp32, LSE ``[split_k, T, h]`` fp32) when ``split_k > 1``; then ``out``/``lse`` are left to the
     combine kernel, unless ``counters`` (int32, ``T * cdiv(h, BLOCK_H)`` zeros, left zero) is given:
     then the kernel merges the splits itself.  ``pdl``: the combine that follows is launched as a
-    programmatic dependent (only where :func:`~dsv4_tune.runtime.target.pdl_enabled`)."""
+    programmatic dependent (only where :func:`~dsv4_tune.runtime.target.pdl_enabled`).  ``fp8_modes``:
+    the FP8 decode modes of the (main, extra) scopes."""
     b, s_q, h_q, _ = q.shape
     n_tok = b * s_q
     total = main[1].shape[2] + (extra[1].shape[2] if extra is not None else 0)
@@ -150,6 +152,7 @@ def launch_sparse_decode(
         *epilogue_args(attn_sink, out, lse, partial), counters if counters is not None else main[1],
         n_tok, s_q, h_q, sm_scale * LOG2E, split_chunk(total, split_k, BLOCK_N),
         *scope_flags(main, extra, attn_sink),
-        split_k > 1 if counters is None else 2, BLOCK_H, BLOCK_N, fp8_mode, dot_type, pdl,
+        split_k > 1 if counters is None else 2, BLOCK_H, BLOCK_N, fp8_modes[0], dot_type, pdl,
+        extra_mode(fp8_modes, extra is not None),
         num_warps=num_warps, num_stages=num_stages,
     )

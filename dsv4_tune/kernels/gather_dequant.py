@@ -17,9 +17,9 @@ import triton
 import triton.language as tl
 
 from dsv4_tune.kernels.attention_core import aligned, scope_args
-from dsv4_tune.kernels.fp8 import decode_fp8, ue8m0_to_f32
+from dsv4_tune.kernels.fp8 import decode_fp8, extra_mode, ue8m0_to_f32
 from dsv4_tune.registry.intmath import cdiv
-from dsv4_tune.registry.layout import DATA_BYTES, HEAD_DIM, SCALE_BYTES, Fp8Flavour
+from dsv4_tune.registry.layout import DATA_BYTES, HEAD_DIM, SCALE_BYTES, Fp8Flavour, Fp8Pair
 from dsv4_tune.runtime.jit import Launcher, kernel
 from dsv4_tune.runtime.target import fp8_mode
 
@@ -127,6 +127,7 @@ def _gather_dequant_dual_kernel(
     xidx_ptr, x_s_ib, x_s_is, x_s_ik, xlen_ptr,
     out_ptr, inv_ptr, t0, n_tok, s_q, topk, x_topk, n_main_pids,
     HAS_LEN: tl.constexpr, X_HAS_LEN: tl.constexpr, FP8: tl.constexpr, BLOCK_TK: tl.constexpr,
+    X_FP8: tl.constexpr = "",
 ):
     # Programs [0, n_main_pids) do the main scope, the rest the extra scope: none is empty.
     pid = tl.program_id(0)
@@ -141,7 +142,7 @@ def _gather_dequant_dual_kernel(
         _gather_scope(
             pid - n_main_pids, xkv_ptr, x_stride_page, x_stride_page_h, x_page_size, x_n_slots,
             xidx_ptr, x_s_ib, x_s_is, x_s_ik, xlen_ptr, out_ptr, inv_ptr, t0, n_tok, s_q, x_topk,
-            total, topk, X_HAS_LEN, FP8, BLOCK_TK,
+            total, topk, X_HAS_LEN, FP8 if X_FP8 == "" else X_FP8, BLOCK_TK,
         )
 
 
@@ -171,10 +172,10 @@ def launch_gather(
 def launch_gather_dual(
     main: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
     extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
-    fp8: Fp8Flavour, config: GatherConfig, out: torch.Tensor, invalid: torch.Tensor, t0: int, n_tok: int,
+    fp8: Fp8Pair, config: GatherConfig, out: torch.Tensor, invalid: torch.Tensor, t0: int, n_tok: int,
 ) -> None:
     """Gather both scopes of query tokens ``[t0, t0 + n_tok)`` in one launch: main at column 0,
-    extra at column ``topk_main`` (inputs checked by the caller)."""
+    extra at column ``topk_main``, each decoded in its flavour of ``fp8`` (inputs checked by the caller)."""
     if n_tok == 0:
         return
     _, s_q, topk = main[1].shape
@@ -184,7 +185,8 @@ def launch_gather_dual(
         (n_main + cdiv(n_tok * x_topk, config.BLOCK_TK), 1, 1),
         *scope_args(*main), *scope_args(*extra),
         out, invalid.view(torch.uint8), t0, n_tok, s_q, topk, x_topk, n_main,
-        main[2] is not None, extra[2] is not None, fp8_mode(fp8), config.BLOCK_TK,
+        main[2] is not None, extra[2] is not None, fp8_mode(fp8[0]), config.BLOCK_TK,
+        extra_mode((fp8_mode(fp8[0]), fp8_mode(fp8[1])), True),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from dsv4_tune.kernels.kv_layout import HEAD_DIM, Fp8Flavour, num_slots, read_tokens, write_tokens
+from dsv4_tune.registry.layout import Fp8Pair, fp8_pair
 
 
 def candidate_valid(
@@ -50,14 +51,16 @@ def gather_dequant_ref(
     extra_indices: torch.Tensor | None = None,
     extra_topk_length: torch.Tensor | None = None,
     *,
-    fp8: Fp8Flavour,
+    fp8: Fp8Flavour | Fp8Pair,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both scopes concatenated along topk: (BF16 ``[T, total_topk, 512]``, invalid ``[T, total_topk]``)."""
+    """Both scopes concatenated along topk: (BF16 ``[T, total_topk, 512]``, invalid ``[T, total_topk]``);
+    ``fp8``: one flavour for both pools or the (main, extra) pair."""
+    fp8, x_fp8 = fp8_pair(fp8, "e4m3fn")
     kv, inv = gather_dequant_scope_ref(k_cache, indices, topk_length, fp8)
     if extra_k_cache is None:
         return kv, inv
     assert extra_indices is not None
-    kv_x, inv_x = gather_dequant_scope_ref(extra_k_cache, extra_indices, extra_topk_length, fp8)
+    kv_x, inv_x = gather_dequant_scope_ref(extra_k_cache, extra_indices, extra_topk_length, x_fp8)
     return torch.cat([kv, kv_x], dim=1), torch.cat([inv, inv_x], dim=1)
 
 
@@ -99,7 +102,7 @@ def sparse_decode_ref(
     extra_topk_length: torch.Tensor | None = None,
     attn_sink: torch.Tensor | None = None,
     sm_scale: float,
-    fp8: Fp8Flavour,
+    fp8: Fp8Flavour | Fp8Pair,
     out_dtype: torch.dtype = torch.bfloat16,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse decode attention over one or two scopes in one softmax.

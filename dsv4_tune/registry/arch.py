@@ -12,7 +12,14 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from dsv4_tune.registry.launches import PDL_KEY, KernelLaunch, kernel_key, op_plan_kernels, pdl_arch, plan_kernels
+from dsv4_tune.registry.launches import (
+    PDL_KEY,
+    KernelLaunch,
+    arch_plan_kernels,
+    kernel_key,
+    op_plan_kernels,
+    pdl_arch,
+)
 from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
 
 ARCH_RULES_FILE = Path(__file__).resolve().parent / "data" / "arch_rules.json"
@@ -51,9 +58,10 @@ def variant_arch_problems(plan: Plan, arch: str) -> list[str]:
 
 
 def arch_problems(w: Workload, plan: Plan, arch: str, unfit: dict[str, list[str]] | None = None) -> list[str]:
-    """Problems the compile check recorded for any kernel of ``plan`` on ``arch`` (the shipped
-    rules, and ``unfit`` when given), and the variant's own arch limits."""
-    return variant_arch_problems(plan, arch) + launch_problems(arch, plan_kernels(plan, w, arch), unfit)
+    """Problems the compile check recorded for any kernel of ``plan`` on ``arch``, in every pair of
+    pool flavours built there (the shipped rules, and ``unfit`` when given), and the variant's own
+    arch limits."""
+    return variant_arch_problems(plan, arch) + launch_problems(arch, arch_plan_kernels(plan, w, arch), unfit)
 
 
 def launch_problems(arch: str, launches: list[KernelLaunch], unfit: dict[str, list[str]] | None = None) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dsv4_tune.registry.compressor_space import FINISH_WARPS, compressor_problems, qk_norm_problems
 from dsv4_tune.registry.intmath import next_pow2
-from dsv4_tune.registry.layout import HEAD_DIM, fp8_flavour_for_arch
+from dsv4_tune.registry.layout import HEAD_DIM, Fp8Pair, fp8_flavour_for_arch, fp8_pairs_for_arch
 from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
 
 KernelLaunch = tuple[str, tuple[tuple[str, object], ...], int, int]  # name, constexprs, num_warps, num_stages
@@ -27,13 +27,17 @@ def pdl_arch(arch: str) -> bool:
     return arch.startswith("sm") and arch[2:].isdigit() and int(arch[2:]) >= 90
 
 
-def plan_kernels(plan: Plan, w: Workload, arch: str) -> list[KernelLaunch]:
-    """The kernels ``plan`` launches for workload class ``w`` on ``arch`` (its FP8 flavour, bf16
-    dots), as (kernel name, constexprs, num_warps, num_stages)."""
+def plan_kernels(plan: Plan, w: Workload, arch: str, fp8: Fp8Pair | None = None) -> list[KernelLaunch]:
+    """The kernels ``plan`` launches for workload class ``w`` on ``arch`` (pools in the (main, extra)
+    flavours ``fp8``, default the arch's for both; bf16 dots), as (kernel name, constexprs,
+    num_warps, num_stages)."""
     c = plan.as_dict()
-    fp8, sink, split = fp8_flavour_for_arch(arch), w.has_sink, c.get("SPLIT_K", 1) > 1
-    # The PDL constexpr is named only where it is on (keys of the kernels without it stay as they were).
+    fp8, x_fp8 = fp8 or (fp8_flavour_for_arch(arch),) * 2
+    sink, split = w.has_sink, c.get("SPLIT_K", 1) > 1
+    # The PDL and X_FP8 constexprs are named only where they are on (keys of the kernels without them
+    # stay as they were): X_FP8 is the extra scope's flavour where it differs from the main scope's.
     pdl = {PDL_KEY: True} if c.get(PDL_KEY) and pdl_arch(arch) else {}
+    x_flavour = {"X_FP8": x_fp8} if w.dual and x_fp8 != fp8 else {}
 
     def launch(name: str, warps: int, stages: int, **constexprs: object) -> KernelLaunch:
         return name, tuple(sorted(constexprs.items())), warps, stages
@@ -44,15 +48,15 @@ def plan_kernels(plan: Plan, w: Workload, arch: str) -> list[KernelLaunch]:
         out.append(launch("_sparse_decode_kernel", c["num_warps"], c["num_stages"], HAS_LEN=w.has_len_main,
                           HAS_EXTRA=w.dual, X_HAS_LEN=w.dual and w.has_len_extra, HAS_SINK=sink,
                           SPLIT=2 if inline else split,
-                          BLOCK_H=c["BLOCK_H"], BLOCK_N=c["BLOCK_N"], FP8=fp8, DOT="bf16", **pdl))
+                          BLOCK_H=c["BLOCK_H"], BLOCK_N=c["BLOCK_N"], FP8=fp8, DOT="bf16", **pdl, **x_flavour))
     elif plan.variant == "gather_attend":
         if w.dual and c["ONE_LAUNCH"]:
             out.append(launch("_gather_dequant_dual_kernel", c["gather_warps"], 1, HAS_LEN=w.has_len_main,
-                              X_HAS_LEN=w.has_len_extra, FP8=fp8, BLOCK_TK=c["BLOCK_TK"]))
+                              X_HAS_LEN=w.has_len_extra, FP8=fp8, BLOCK_TK=c["BLOCK_TK"], **x_flavour))
         else:
-            lens = [w.has_len_main] + ([w.has_len_extra] if w.dual else [])
-            for has_len in dict.fromkeys(lens):
-                out.append(launch("_gather_dequant_kernel", c["gather_warps"], 1, HAS_LEN=has_len, FP8=fp8,
+            scopes = [(w.has_len_main, fp8)] + ([(w.has_len_extra, x_fp8)] if w.dual else [])
+            for has_len, flavour in dict.fromkeys(scopes):
+                out.append(launch("_gather_dequant_kernel", c["gather_warps"], 1, HAS_LEN=has_len, FP8=flavour,
                                   BLOCK_TK=c["BLOCK_TK"]))
         out.append(launch("_gathered_attention_kernel", c["num_warps"], c["num_stages"], HAS_SINK=sink, SPLIT=split,
                           BLOCK_H=c["BLOCK_H"], BLOCK_N=c["BLOCK_N"], DOT="bf16"))
@@ -65,6 +69,12 @@ def plan_kernels(plan: Plan, w: Workload, arch: str) -> list[KernelLaunch]:
         out.append(launch("_combine_kernel", c["combine_warps"], 1, HAS_SINK=sink, BLOCK_H=c["COMBINE_BLOCK_H"],
                           **pdl))
     return out
+
+
+def arch_plan_kernels(plan: Plan, w: Workload, arch: str) -> list[KernelLaunch]:
+    """:func:`plan_kernels` in every pair of pool flavours built on ``arch`` (gfx942's mixed pair
+    too, :func:`~dsv4_tune.registry.layout.fp8_pairs_for_arch`), each launch once."""
+    return list(dict.fromkeys(k for pair in fp8_pairs_for_arch(arch) for k in plan_kernels(plan, w, arch, pair)))
 
 
 def kernel_key(arch: str, launch: KernelLaunch) -> str:

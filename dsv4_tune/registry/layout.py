@@ -41,6 +41,33 @@ def fp8_flavour_for_arch(arch: str) -> Fp8Flavour:
     return "e4m3fnuz" if arch.startswith("gfx942") else "e4m3fn"
 
 
+Fp8Pair = tuple[Fp8Flavour, Fp8Flavour]  # the flavours of the (main, extra) scopes' pools
+
+
+def fp8_pair(fp8: str | tuple[str, str] | None, default: Fp8Flavour) -> Fp8Pair:
+    """The (main, extra) flavours of a call's ``fp8``: one flavour for both scopes, a pair, or None
+    (``default`` for both).  An engine's sliding-window and compressed pools may differ (gfx942)."""
+    if fp8 is None:
+        return default, default
+    if isinstance(fp8, str):
+        return check_flavour(fp8), check_flavour(fp8)
+    if isinstance(fp8, tuple | list) and len(fp8) == 2:
+        return check_flavour(fp8[0]), check_flavour(fp8[1])
+    raise ValueError(f"fp8: expected one of {FP8_FLAVOURS}, a (main, extra) pair of them, or None; got {fp8!r}")
+
+
+def fp8_pairs(own: Fp8Flavour) -> tuple[Fp8Pair, ...]:
+    """The (main, extra) flavour pairs kernels are built and checked for where pools are ``own``:
+    ``own`` for both scopes first, and with e4m3fnuz pools (gfx942) also the mixed pair engines
+    ship there (the SWA pool in e4m3fnuz, the compressed pool in OCP e4m3fn)."""
+    return ((own, own), (own, "e4m3fn")) if own == "e4m3fnuz" else ((own, own),)
+
+
+def fp8_pairs_for_arch(arch: str) -> tuple[Fp8Pair, ...]:
+    """:func:`fp8_pairs` of ``arch``'s own flavour."""
+    return fp8_pairs(fp8_flavour_for_arch(arch))
+
+
 def padded_page_bytes(page_size: int) -> int:
     """Bytes per page: ``ceil(P * 584 / 576) * 576`` (74,880 / 37,440 / 1,728 for P = 128 / 64 / 2)."""
     if page_size < 1:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dsv4_tune.registry import variants
 from dsv4_tune.registry.arch import op_arch_problems
-from dsv4_tune.registry.launches import KernelLaunch, op_plan_kernels, plan_kernels
+from dsv4_tune.registry.launches import KernelLaunch, arch_plan_kernels, op_plan_kernels
 from dsv4_tune.registry.ops import op_default_plan, op_plan_problems
 from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
 
@@ -29,7 +29,8 @@ def default(w: AnyWorkload) -> Plan:
 
 
 def kernels(plan: Plan, w: AnyWorkload, arch: str) -> list[KernelLaunch]:
-    """The kernel launches of ``plan`` for ``w`` on ``arch``."""
-    return op_plan_kernels(plan, w, arch) if isinstance(w, OpWorkload) else plan_kernels(plan, w, arch)
+    """The kernel launches of ``plan`` for ``w`` on ``arch`` (a decode plan's in every pair of pool
+    flavours built there: :func:`~dsv4_tune.registry.launches.arch_plan_kernels`)."""
+    return op_plan_kernels(plan, w, arch) if isinstance(w, OpWorkload) else arch_plan_kernels(plan, w, arch)
 
 

@@ -14,7 +14,7 @@ import torch
 
 from dsv4_tune.env import interpreting
 from dsv4_tune.kernels.kv_layout import num_slots
-from dsv4_tune.registry.layout import DATA_BYTES, HEAD_DIM, TOKEN_BYTES, Fp8Flavour, check_flavour
+from dsv4_tune.registry.layout import DATA_BYTES, HEAD_DIM, TOKEN_BYTES, Fp8Pair, check_flavour
 from dsv4_tune.runtime.target import kernel_device_ok
 
 ScopeTensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # k_cache, indices, topk_length
@@ -29,7 +29,7 @@ class DecodeInputs:
     extra: ScopeTensors | None
     attn_sink: torch.Tensor | None
     sm_scale: float
-    fp8: Fp8Flavour
+    fp8: Fp8Pair  # the flavours of the (main, extra) pools; (main, main) with one scope
 
     @property
     def n_tok(self) -> int:
@@ -70,7 +70,8 @@ def check_kv_cache(name: str, kv: torch.Tensor) -> None:
     if stride[0] < page_size * TOKEN_BYTES or stride[0] % DATA_BYTES:
         raise ValueError(
             f"{name}: page stride {stride[0]} B must be a multiple of {DATA_BYTES} B and hold "
-            f"{page_size} tokens of {TOKEN_BYTES} B (use kv_layout.pool_view)"
+            f"{page_size} tokens of {TOKEN_BYTES} B: DSV4 pools pad each page to a multiple of {DATA_BYTES} B "
+            f"(as FlashMLA's quantize_k_cache and the engines' pools do; kv_layout.pool_view makes the view)"
         )
 
 
@@ -93,6 +94,8 @@ def check_topk_length(name: str, length: torch.Tensor, batch: int) -> None:
         raise ValueError(f"{name}: expected dtype torch.int32, got {length.dtype}")
     if length.dim() != 1 or length.shape[0] != batch:
         raise ValueError(f"{name}: expected shape [{batch}] (one per batch row), got {tuple(length.shape)}")
+    if batch > 1 and length.stride(0) != 1:  # the kernels read length[row] unstrided
+        raise ValueError(f"{name}: expected a contiguous tensor, got stride {length.stride(0)}")
 
 
 def check_scope(
@@ -134,11 +137,12 @@ def check_index_values(
 def check_decode(
     q: torch.Tensor, k_cache: torch.Tensor, indices: torch.Tensor, topk_length: torch.Tensor | None,
     extra_k_cache: torch.Tensor | None, extra_indices: torch.Tensor | None, extra_topk_length: torch.Tensor | None,
-    attn_sink: torch.Tensor | None, sm_scale: float, fp8: str,
+    attn_sink: torch.Tensor | None, sm_scale: float, fp8: Fp8Pair,
 ) -> DecodeInputs:
     """Every metadata check of a ``sparse_decode`` call's inputs (no host sync; the value checks
-    are :func:`check_decode_values`); q is made contiguous where the kernels need it."""
-    check_flavour(fp8)
+    are :func:`check_decode_values`); q is made contiguous where the kernels need it.  ``fp8``: the
+    (main, extra) pools' flavours (one scope: the extra one is dropped)."""
+    fp8 = (check_flavour(fp8[0]), check_flavour(fp8[1]))
     if q.dtype != torch.bfloat16:
         raise ValueError(f"q: expected dtype torch.bfloat16, got {q.dtype}")
     if q.dim() != 4 or q.shape[3] != HEAD_DIM:
@@ -156,14 +160,18 @@ def check_decode(
         extra = (extra_k_cache, extra_indices, extra_topk_length)
     elif extra_topk_length is not None:
         raise ValueError("extra_topk_length: given without an extra scope")
+    else:
+        fp8 = (fp8[0], fp8[0])
     if attn_sink is not None:
         if attn_sink.dtype != torch.float32 or attn_sink.dim() != 1 or attn_sink.shape[0] != h_q:
             raise ValueError(f"attn_sink: expected a float32 tensor [{h_q}], got {attn_sink.dtype} "
                              f"{tuple(attn_sink.shape)}")
+        if h_q > 1 and attn_sink.stride(0) != 1:  # the kernels read sink[head] unstrided
+            raise ValueError(f"attn_sink: expected a contiguous tensor, got stride {attn_sink.stride(0)}")
         check_device("attn_sink", attn_sink, q.device)
     if q.stride(3) != 1 or q.stride(0) % 8 or q.stride(1) % 8 or q.stride(2) % 8:
         q = q.contiguous()  # the kernels read 16-byte rows of q
-    return DecodeInputs(q, (k_cache, indices, topk_length), extra, attn_sink, sm_scale, fp8)  # type: ignore[arg-type]
+    return DecodeInputs(q, (k_cache, indices, topk_length), extra, attn_sink, sm_scale, fp8)
 
 
 def check_decode_values(x: DecodeInputs) -> None:

@@ -27,7 +27,7 @@ import torch
 from dsv4_tune.env import REPLAY
 from dsv4_tune.errors import DSV4TuneWarning
 from dsv4_tune.policies.dispatcher import Dispatcher, get_dispatcher
-from dsv4_tune.registry.layout import Fp8Flavour
+from dsv4_tune.registry.layout import Fp8Flavour, Fp8Pair, fp8_pair
 from dsv4_tune.registry.variants import default_plan, get_variant, plan_problems
 from dsv4_tune.registry.workload import Plan, Workload
 from dsv4_tune.runtime.jit import hooks_active
@@ -75,7 +75,7 @@ def sparse_decode(
     attn_sink: torch.Tensor | None = None,
     sm_scale: float,
     plan: Plan | None = None,
-    fp8: Fp8Flavour | None = None,
+    fp8: Fp8Flavour | Fp8Pair | None = None,
     validate: bool = False,
     workspace: Workspace | None = None,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -87,8 +87,9 @@ def sparse_decode(
     uint8; ``indices [b, s_q, topk]`` int32 slot ids (outside the pool = invalid);
     ``topk_length [b]`` int32; ``attn_sink [h_q]`` fp32.  Returns ``(out [b, s_q, h_q, 512] bf16,
     lse [b, h_q, s_q] fp32)``; the sink scales ``out`` and is not part of ``lse``; a row with no
-    valid candidate gets ``out = 0``, ``lse = +inf``.  ``fp8`` is the pool's FP8 flavour; None: the
-    GPU arch's (``e4m3fnuz`` on gfx942, else ``e4m3fn``).  ``out`` optionally gives the two output
+    valid candidate gets ``out = 0``, ``lse = +inf``.  ``fp8`` is the pools' FP8 flavour, one for both
+    or a (main, extra) pair (each scope is decoded in its own); None: the GPU arch's for both
+    (``e4m3fnuz`` on gfx942, else ``e4m3fn``).  ``out`` optionally gives the two output
     tensors to write.  ``dispatcher`` answers a call without ``plan`` (default: the enclosing
     ``policy_scope``'s, else the process's: :func:`~dsv4_tune.policies.dispatcher.get_dispatcher`).
     """
@@ -124,17 +125,16 @@ def sparse_decode(
                 return o, lse
         if known:
             kind = None  # replayed above, known not replayable, or an odd call: remember nothing
-    # The flavour is resolved here, off the replay path: the replay key holds fp8 as given (None: the
+    # The flavours are resolved here, off the replay path: the replay key holds fp8 as given (None: the
     # device's), and the guard pins the device.
-    fp8 = fp8 or device_flavour(q)
     x = check_decode(q, k_cache, indices, topk_length, extra_k_cache, extra_indices, extra_topk_length, attn_sink,
-                     sm_scale, fp8)
+                     sm_scale, fp8_pair(fp8, device_flavour(q)))
     b, s_q, h_q, _ = q.shape
     w = workload_of(q, indices, topk_length, extra_indices, extra_topk_length, attn_sink)
     graph_plan = None  # a dispatched eager call: the plan a CUDA graph capture of this call would take
     if dispatcher is not None:
-        plan = runnable(dispatcher.lookup(w), w, q.device, fp8)
-        eager_plan = runnable(dispatcher.lookup(w, True), w, q.device, fp8) if dispatcher.has_eager else plan
+        plan = runnable(dispatcher.lookup(w), w, q.device, x.fp8)
+        eager_plan = runnable(dispatcher.lookup(w, True), w, q.device, x.fp8) if dispatcher.has_eager else plan
         if eager_plan != plan:  # which one depends on whether a graph is being captured
             if eager is None:
                 eager = _outside_graph(q)
@@ -177,7 +177,7 @@ def _run(launch: Launch, x: DecodeInputs, cfg: dict[str, int], o: torch.Tensor, 
 
 
 def replay_kind(
-    chooser: Plan | Dispatcher | None, fp8: str, sm_scale: float, inputs: list[torch.Tensor | None],
+    chooser: Plan | Dispatcher | None, fp8: str | Fp8Pair | None, sm_scale: float, inputs: list[torch.Tensor | None],
     out: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> tuple:
     """The cheap key of a call in the replay index: the plan (or the dispatcher that picks it), the
@@ -216,7 +216,7 @@ def _check_plan(plan: object, w: Workload) -> None:
 _FELL_BACK: set[str] = set()  # the variants a dispatched call had to replace (each warned once)
 
 
-def runnable(plan: Plan, w: Workload, device: torch.device, fp8: str) -> Plan:
+def runnable(plan: Plan, w: Workload, device: torch.device, fp8: Fp8Pair) -> Plan:
     """A dispatched plan, or the built-in default where its variant cannot launch here (a policy
     that picks ws_sm90 served by a Triton without its Gluon API, off sm90, or for e4m3fnuz pools):
     one warning per variant, never an exception at serving time.  Checked path only (replays skip it)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from dsv4_tune.kernels.gather_dequant import GatherConfig, launch_gather, launch_gather_dual
-from dsv4_tune.registry.layout import HEAD_DIM, Fp8Flavour, check_flavour
+from dsv4_tune.registry.layout import HEAD_DIM, Fp8Flavour, Fp8Pair, check_flavour, fp8_pair
 from dsv4_tune.serving.arguments import check_device, check_index_values, check_scope
 
 
@@ -79,7 +79,7 @@ def gather_dequant_dual(
     extra_indices: torch.Tensor,
     extra_topk_length: torch.Tensor | None,
     *,
-    fp8: Fp8Flavour,
+    fp8: Fp8Flavour | Fp8Pair,
     config: GatherConfig,
     out: torch.Tensor | None = None,
     invalid: torch.Tensor | None = None,
@@ -89,9 +89,10 @@ def gather_dequant_dual(
     """Gather both scopes in one launch: main at column 0, extra at column ``topk_main``.
 
     Each scope has its own page size, page stride and optional ``topk_length`` (either may be
-    absent independently of the other).
+    absent independently of the other), and its FP8 flavour: ``fp8`` is one for both or a
+    (main, extra) pair.
     """
-    check_flavour(fp8)
+    pair = fp8_pair(fp8, "e4m3fn")
     check_scope("", k_cache, indices, topk_length)
     b, s_q, topk = indices.shape
     check_scope("extra_", extra_k_cache, extra_indices, extra_topk_length, b, s_q)
@@ -104,6 +105,6 @@ def gather_dequant_dual(
     out, invalid = _outputs(k_cache, n_tok, topk + x_topk, out, invalid)
     if out.shape[1] != topk + x_topk:
         raise ValueError(f"out: expected {topk + x_topk} columns, got {out.shape[1]}")
-    launch_gather_dual((k_cache, indices, topk_length), (extra_k_cache, extra_indices, extra_topk_length), fp8, config,
+    launch_gather_dual((k_cache, indices, topk_length), (extra_k_cache, extra_indices, extra_topk_length), pair, config,
                        out, invalid, t0, n_tok)
     return out, invalid

@@ -19,11 +19,16 @@ from dsv4_tune.kernels.sm90 import GLUON_PROBLEM
 from dsv4_tune.registry.arch import INLINE_MERGE_AMD, WS_SM90_ONLY
 from dsv4_tune.registry.buckets import GATHER_BUFFER_BYTES
 from dsv4_tune.registry.launches import WS_MAXNREG, WS_SUB
-from dsv4_tune.registry.layout import HEAD_DIM
+from dsv4_tune.registry.layout import HEAD_DIM, Fp8Pair
 from dsv4_tune.registry.scratch import counter_buffer, gather_buffers, gather_tokens, partial_buffers
 from dsv4_tune.runtime.target import dot_dtype, fp8_mode, on_amd, pdl_enabled
 from dsv4_tune.runtime.workspace import Workspace
 from dsv4_tune.serving.arguments import DecodeInputs
+
+
+def _modes(x: DecodeInputs) -> tuple[str, str]:
+    """The FP8 decode modes of the call's (main, extra) pools."""
+    return fp8_mode(x.fp8[0]), fp8_mode(x.fp8[1])
 
 
 def _attention_kw(cfg: dict[str, int]) -> dict[str, int]:
@@ -38,7 +43,7 @@ def _partials(ws: Workspace, split_k: int, n_tok: int, h_q: int, device: torch.d
 def run_fused(x: DecodeInputs, cfg: dict[str, int], out: torch.Tensor, lse: torch.Tensor, ws: Workspace) -> None:
     launch_sparse_decode(
         x.q, x.main, x.extra, x.attn_sink, x.sm_scale, out, lse, None, split_k=1,
-        fp8_mode=fp8_mode(x.fp8), dot_type=dot_dtype(), **_attention_kw(cfg),
+        fp8_modes=_modes(x), dot_type=dot_dtype(), **_attention_kw(cfg),
     )
 
 
@@ -50,7 +55,7 @@ def run_fused_splitk(
     pdl = bool(cfg.get("PDL", 0)) and pdl_enabled(x.q.device)  # elsewhere PDL 1 is two plain launches
     launch_sparse_decode(
         x.q, x.main, x.extra, x.attn_sink, x.sm_scale, out, lse, partial, split_k=sk,
-        fp8_mode=fp8_mode(x.fp8), dot_type=dot_dtype(), pdl=pdl, **_attention_kw(cfg),
+        fp8_modes=_modes(x), dot_type=dot_dtype(), pdl=pdl, **_attention_kw(cfg),
     )
     launch_combine(*partial, x.attn_sink, out, lse, s_q=x.q.shape[1],
                    BLOCK_H=cfg["COMBINE_BLOCK_H"], num_warps=cfg["combine_warps"], pdl=pdl)
@@ -66,7 +71,7 @@ def run_fused_splitk_inline(
     counters = ws.take(counter_buffer(x.n_tok, h_q, cfg["BLOCK_H"]), "split_counters", x.q.device, zeroed=True)
     launch_sparse_decode(
         x.q, x.main, x.extra, x.attn_sink, x.sm_scale, out, lse, partial, split_k=sk, counters=counters,
-        fp8_mode=fp8_mode(x.fp8), dot_type=dot_dtype(), **_attention_kw(cfg),
+        fp8_modes=_modes(x), dot_type=dot_dtype(), **_attention_kw(cfg),
     )
 
 
@@ -91,9 +96,9 @@ def run_gather_attend(
         if x.extra is not None and cfg["ONE_LAUNCH"]:
             launch_gather_dual(x.main, x.extra, x.fp8, gcfg, g, inv, t0, n)
         else:
-            launch_gather(*x.main, x.fp8, gcfg, g, inv, 0, t0, n)
+            launch_gather(*x.main, x.fp8[0], gcfg, g, inv, 0, t0, n)
             if x.extra is not None:
-                launch_gather(*x.extra, x.fp8, gcfg, g, inv, x.main[1].shape[2], t0, n)
+                launch_gather(*x.extra, x.fp8[1], gcfg, g, inv, x.main[1].shape[2], t0, n)
         part = None if partial is None else (
             partial[0].view(-1)[: sk * n * h_q * HEAD_DIM].view(sk, n, h_q, HEAD_DIM),
             partial[1].view(-1)[: sk * n * h_q].view(sk, n, h_q),
@@ -110,8 +115,11 @@ def run_gather_attend(
 _CAPABILITY: dict[int, tuple[int, int]] = {}
 
 
-def variant_problem(variant: str, device: torch.device | None = None, fp8: str = "e4m3fn") -> str | None:
-    """Why plans of ``variant`` cannot launch in this process (for ``fp8`` pools on ``device``, when
+def variant_problem(
+    variant: str, device: torch.device | None = None, fp8: str | Fp8Pair = "e4m3fn"
+) -> str | None:
+    """Why plans of ``variant`` cannot launch in this process (for ``fp8`` pools, one flavour or the
+    (main, extra) pair, on ``device``, when
     one is named), or None: the registry's arch rules say where a variant may run, this says whether
     this Triton, pool flavour and device can run it now.  ws_sm90 needs Gluon's 3.6 API
     (:data:`~dsv4_tune.kernels.sm90.GLUON_PROBLEM`), e4m3fn pools and a compute capability 9.x GPU
@@ -122,8 +130,8 @@ def variant_problem(variant: str, device: torch.device | None = None, fp8: str =
         return None
     if GLUON_PROBLEM is not None:
         return f"{WS_SM90_ONLY}: {GLUON_PROBLEM}"
-    if fp8 != "e4m3fn":
-        return f"{WS_SM90_ONLY}: it decodes e4m3fn pools, not {fp8}"
+    if other := [f for f in ((fp8,) if isinstance(fp8, str) else fp8) if f != "e4m3fn"]:
+        return f"{WS_SM90_ONLY}: it decodes e4m3fn pools, not {other[0]}"
     if device is None:
         return None
     if device.type != "cuda" or on_amd():

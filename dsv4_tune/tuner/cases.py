@@ -15,7 +15,7 @@ from typing import Protocol
 import torch
 
 from dsv4_tune.kernels.reference import sparse_decode_ref
-from dsv4_tune.registry.layout import Fp8Flavour
+from dsv4_tune.registry.layout import Fp8Flavour, Fp8Pair, fp8_pair
 from dsv4_tune.registry.workload import Plan
 from dsv4_tune.runtime.workspace import Workspace
 from dsv4_tune.serving.decode import sparse_decode
@@ -66,7 +66,7 @@ class DecodeCase:
     main: object
     kw: dict
     ref: tuple[torch.Tensor, torch.Tensor]
-    fp8: Fp8Flavour = "e4m3fn"
+    fp8: Fp8Flavour | Fp8Pair = "e4m3fn"
     decode: bool = True
 
     def run(self, plan: Plan, ws: Workspace, out: tuple[torch.Tensor, torch.Tensor] | None) -> None:
@@ -103,28 +103,30 @@ class DecodeCase:
 def decode_case(
     h_q: int, topk_main: int, topk_extra: int, page_main: int, page_extra: int, has_len_main: bool,
     has_len_extra: bool, has_sink: bool, t: int, device: str, seed: int = 0, with_ref: bool = True,
-    fp8: Fp8Flavour = "e4m3fn",
+    fp8: Fp8Flavour | Fp8Pair = "e4m3fn",
 ) -> DecodeCase:
-    """Inputs of ``t`` decode tokens of one class, pools in the ``fp8`` flavour (and the reference,
-    unless ``with_ref`` is False: compiling and timing need outputs of the right shape, not the values).
-    A scope with a length gets the lengths timing should see (:data:`~dsv4_tune.tuner.inputs.TIMING_LENGTHS`)."""
+    """Inputs of ``t`` decode tokens of one class, pools in the ``fp8`` flavour (one, or the (main,
+    extra) pair) and the reference, unless ``with_ref`` is False: compiling and timing need outputs
+    of the right shape, not the values.  A scope with a length gets the lengths timing should see
+    (:data:`~dsv4_tune.tuner.inputs.TIMING_LENGTHS`)."""
+    pair = fp8_pair(fp8, "e4m3fn")
     gen = torch.Generator().manual_seed(seed)
     length, x_length = (mode if has else None for mode, has in zip(TIMING_LENGTHS, (has_len_main, has_len_extra),
                                                                     strict=True))
-    main = make_scope(t, 1, topk_main, page_main, fp8=fp8, device=device, topk_length=length, gen=gen)
+    main = make_scope(t, 1, topk_main, page_main, fp8=pair[0], device=device, topk_length=length, gen=gen)
     extra = None
     if topk_extra:
-        extra = make_scope(t, 1, topk_extra, page_extra, fp8=fp8, device=device, topk_length=x_length, gen=gen)
+        extra = make_scope(t, 1, topk_extra, page_extra, fp8=pair[1], device=device, topk_length=x_length, gen=gen)
     q = make_query(t, 1, h_q, device=device, gen=gen)
     sink = make_sink(h_q, kind="finite", device=device, gen=gen) if has_sink else None
     kw = dict(topk_length=main.topk_length, extra_k_cache=extra.kv_cache if extra else None,
               extra_indices=extra.indices if extra else None, extra_topk_length=extra.topk_length if extra else None,
               attn_sink=sink, sm_scale=512**-0.5)
     if with_ref:
-        ref = sparse_decode_ref(q, main.kv_cache, main.indices, fp8=fp8, out_dtype=torch.float32, **kw)
+        ref = sparse_decode_ref(q, main.kv_cache, main.indices, fp8=pair, out_dtype=torch.float32, **kw)
     else:
         ref = (torch.empty(t, 1, h_q, 512, device=device), torch.empty(t, h_q, 1, device=device))
-    return DecodeCase(q, main, kw, ref, fp8)
+    return DecodeCase(q, main, kw, ref, pair)
 
 
 def case_flavour(device: str) -> Fp8Flavour:

@@ -43,9 +43,10 @@ class GridClass:
         return Workload(total_tokens, self.h_q, self.topk_main, self.topk_extra,
                         self.with_length, x_len and self.topk_extra > 0, self.has_sink)
 
-    def build_case(self, t: int, device: str, seed: int = 0, with_ref: bool = True, fp8: str | None = None) -> Case:
+    def build_case(self, t: int, device: str, seed: int = 0, with_ref: bool = True,
+                   fp8: str | tuple[str, str] | None = None) -> Case:
         """Inputs of ``t`` tokens of this class (and the reference, unless ``with_ref`` is False), pools
-        in the ``fp8`` flavour (None: the device's)."""
+        in the ``fp8`` flavour, one or the (main, extra) pair (None: the device's)."""
         w = self.workload(t)
         return decode_case(self.h_q, self.topk_main, self.topk_extra, self.page_main, self.page_extra,
                            w.has_len_main, w.has_len_extra, w.has_sink, t, device, seed, with_ref,

@@ -25,6 +25,7 @@ import torch
 from dsv4_tune.cache.store import Store, stable_hash, workload_key
 from dsv4_tune.policies.gpu import GpuInfo, driver_version, toolchain
 from dsv4_tune.registry import plans as registry_plans
+from dsv4_tune.registry.layout import fp8_pairs
 from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
 from dsv4_tune.tuner.candidates import LAUNCHES, REFINE_SEEDS, coarse_candidates, refine_candidates
 from dsv4_tune.tuner.cases import Case
@@ -83,17 +84,18 @@ def spread(samples_us: list[float]) -> float:
 
 
 # ------------------------------------------------------------------------ parallel compile
-def _compile_worker(jobs: list[tuple[GridClass | OpGridClass, int, Plan]], fp8: str | None) -> None:
+def _compile_worker(jobs: list[tuple[GridClass | OpGridClass, int, Plan]], fp8: str | tuple[str, str] | None) -> None:
     for cls, _t, plan in jobs:
         cls.build_case(1, "cuda", with_ref=False, fp8=fp8).compile(plan)  # the sweep's own check stores a failure
     torch.cuda.synchronize()
 
 
 def compile_plans(
-    pairs: list[tuple[GridClass | OpGridClass, Plan]], processes: int, fp8: str | None = None
+    pairs: list[tuple[GridClass | OpGridClass, Plan]], processes: int, fp8: str | tuple[str, str] | None = None
 ) -> tuple[int, float]:
     """Fill the Triton cache: one run of every distinct kernel among ``pairs``, in worker processes
-    (plans that differ only in SPLIT_K share their kernels), pools in ``fp8`` (None: the GPU's).
+    (plans that differ only in SPLIT_K share their kernels), pools in ``fp8`` (None: the GPU's; a
+    (main, extra) pair for decode classes only).
     Returns (kernels, seconds)."""
     t0 = time.time()
     firsts: dict[tuple, tuple] = {}
@@ -338,12 +340,31 @@ def compile_pairs(todo: list[Todo]) -> list[tuple[GridClass | OpGridClass, Plan]
 
 
 def compile_stage(stage: Stage, todo: list[Todo], jobs: int, fp8: str, progress: _Progress) -> None:
-    """Compile the kernels ``todo`` needs in ``jobs`` processes, before anything of the stage is timed."""
+    """Compile the kernels ``todo`` needs in ``jobs`` processes, before anything of the stage is timed
+    (two-scope plans also in the mixed pairs of pool flavours they are checked in: gfx942's)."""
     pairs = compile_pairs(todo)
     if not pairs:  # a resumed sweep's finished pass: no processes to start
         return
     progress.compiling(stage.name, len(pairs))
     progress.compiled(stage.name, *compile_plans(pairs, jobs, fp8))
+    dual = [(cls, plan) for cls, plan in pairs if cls.decode and cls.topk_extra]
+    for mixed in fp8_pairs(fp8)[1:] if dual else ():
+        progress.compiled(stage.name, *compile_plans(dual, jobs, mixed))
+
+
+def mixed_failures(cls: GridClass | OpGridClass, t: int, device: str, seed: int, fp8: str,
+                   plans: list[Plan]) -> dict[Plan, tuple]:
+    """The plans among ``plans`` that fail their check (status, error, max error) with the two-scope
+    class's pools in a mixed pair of flavours (:func:`~dsv4_tune.registry.layout.fp8_pairs` of the
+    sweep's ``fp8``: gfx942's), so that no plan wrong for those pools is measured or shipped."""
+    failed: dict[Plan, tuple] = {}
+    for mixed in fp8_pairs(fp8)[1:] if cls.decode and cls.topk_extra and plans else ():  # type: ignore[union-attr]
+        case = cls.build_case(t, device, seed=seed, fp8=mixed)
+        for plan in plans:
+            status, error, max_err = case.check(plan)
+            if status != "ok" and plan not in failed:
+                failed[plan] = (status, f"pools {mixed[0]} + {mixed[1]}: {error}", max_err)
+    return failed
 
 
 def measure_point(
@@ -351,19 +372,21 @@ def measure_point(
     retried: set[tuple[str, str]],
 ) -> bool:
     """Check and time one workload's plans of a stage, committing each row.  A plan that passed its
-    check on the same inputs in an earlier stage is not checked again.  Returns whether the workload
+    check on the same inputs in an earlier stage is not checked again; a two-scope plan is checked
+    in the mixed pairs of pool flavours too (:func:`mixed_failures`) and timed in ``fp8``.  Returns whether the workload
     got new rows (which re-opens its final)."""
     n, cls, t, key, plans = item
     if not plans:
         return False
-    case = cls.build_case(t, "cuda" if gpu.is_real else "cpu", seed=n, fp8=fp8)
+    device = "cuda" if gpu.is_real else "cpu"
+    case = cls.build_case(t, device, seed=n, fp8=fp8)
     passed_before = store.passed(sweep_id, key, other_than=stage)
+    checked = {p: ("ok", None, passed_before[str(p)]) if str(p) in passed_before else case.check(p) for p in plans}
+    new = [p for p in plans if checked[p][0] == "ok" and str(p) not in passed_before]
+    checked |= mixed_failures(cls, t, device, n, fp8, new)
     passing, errors = [], {}
     for plan in plans:
-        if str(plan) in passed_before:
-            status, error, errors[plan] = "ok", None, passed_before[str(plan)]
-        else:
-            status, error, errors[plan] = case.check(plan)
+        status, error, errors[plan] = checked[plan]
         if status != "ok":
             store.add_measurement(sweep_id, key, stage, plan, status, error, max_error=errors[plan])
         else:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dsv4_tune.policies.dispatcher import Dispatcher
 from dsv4_tune.policies.schema import OpClass, Policy
 from dsv4_tune.registry import plans as registry_plans
+from dsv4_tune.registry.layout import fp8_pairs_for_arch
 from dsv4_tune.registry.workload import Plan
 from dsv4_tune.tuner.grid import GridClass, OpGridClass
 from dsv4_tune.tuner.select import ratio_interval
@@ -34,8 +35,16 @@ def policy_plans(policy: Policy) -> list[tuple[GridClass | OpGridClass, Plan]]:
 
 
 def warmup(policy: Policy, processes: int) -> tuple[int, float]:
-    """Compile every kernel the policy can pick, in parallel; (kernels, seconds)."""
-    return compile_plans(policy_plans(policy), processes)
+    """Compile every kernel the policy can pick, in parallel, for pools in this GPU's flavour and
+    the two-scope plans also for the mixed pairs of its arch (gfx942: SWA e4m3fnuz + compressed
+    e4m3fn, :func:`~dsv4_tune.registry.layout.fp8_pairs_for_arch`); (kernels, seconds)."""
+    plans = policy_plans(policy)
+    kernels, seconds = compile_plans(plans, processes)
+    dual = [(cls, plan) for cls, plan in plans if cls.decode and cls.topk_extra]  # type: ignore[union-attr]
+    for mixed in fp8_pairs_for_arch(policy.gpu.arch)[1:] if dual else ():
+        more, took = compile_plans(dual, processes, mixed)
+        kernels, seconds = kernels + more, seconds + took
+    return kernels, seconds
 
 
 def verify(
