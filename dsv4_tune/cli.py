@@ -18,14 +18,17 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from dsv4_tune.errors import InputError
 from dsv4_tune.registry.ops import OPS
 from dsv4_tune.registry.variants import VARIANTS
 
 app = typer.Typer(help="Autotuning and dispatch policies for DSV4 sparse-decode Triton kernels.", no_args_is_help=True)
-console = Console()
-err_console = Console(stderr=True)
+# Markup off: text printed here holds paths, pip extras ('dsv4-tune[report]') and user values whose
+# square brackets rich would eat; styles are given as ``style=`` instead.
+console = Console(markup=False, highlight=False)
+err_console = Console(stderr=True, markup=False, highlight=False)
 
 
 def command(*names: str, **kw: Any) -> Callable:
@@ -116,7 +119,8 @@ def info(as_json: bool = JSON) -> None:
     for note in notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
     if not gpu.is_real:
-        console.print("[yellow]No GPU: kernels run on the Triton interpreter; timings are not real measurements.[/]")
+        console.print("No GPU: kernels run on the Triton interpreter; timings are not real measurements.",
+                      style="yellow")
 
 
 def _load_or_exit(path: Path):
@@ -130,7 +134,7 @@ def _load_or_exit(path: Path):
 
 def _fail(message: str, code: int = 2) -> NoReturn:
     """One line on stderr; exit ``code`` (2: bad usage, 1: a failed check or unusable input)."""
-    err_console.print(f"[red]error[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(Text.assemble(("error", "red"), f" {message}"), soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -155,7 +159,7 @@ def _kernels_can_run() -> None:
     if "dsv4_tune.env" in sys.modules:  # too late to switch in this process
         _fail("no GPU, and the Triton interpreter is off: run with TRITON_INTERPRET=1", 2)
     os.environ["TRITON_INTERPRET"] = "1"
-    console.print("no GPU: the kernels run on the Triton interpreter (TRITON_INTERPRET=1)", highlight=False)
+    err_console.print("no GPU: the kernels run on the Triton interpreter (TRITON_INTERPRET=1)")
 
 
 def _devices(spec: str, info) -> list[int]:
@@ -186,6 +190,26 @@ def _open_store(db: Path, readonly: bool = True):
     return Store(db, readonly=readonly)
 
 
+def _dispatcher_for(policy: Path | None):
+    """(dispatcher, selection notes) of ``--policy``, or of the policy chosen for this GPU; every note
+    (a fallback to the built-in default above all) is also said on stderr, whatever the output."""
+    from dsv4_tune.policies.dispatcher import Dispatcher, select_policy
+
+    if policy is not None:
+        return Dispatcher(_load_or_exit(policy), str(policy)), []
+    dispatcher, notes = select_policy()
+    for note in notes:
+        err_console.print(f"note: {note}", soft_wrap=True)
+    return dispatcher, notes
+
+
+def _no_class_note(dispatcher, label: str) -> None:
+    """One line on stderr when a policy has no class for a workload (the answer is the built-in default)."""
+    if dispatcher.policy is not None:  # with no policy at all, the selection note said so
+        err_console.print(f"note: {dispatcher.source} has no class for {label} (nor a nearest one): the built-in "
+                          "default plan", soft_wrap=True)
+
+
 @command()
 def lookup(
     tokens: int = typer.Option(..., "--tokens", min=1, help="total tokens T = b * s_q"),
@@ -200,20 +224,17 @@ def lookup(
     explain: bool = typer.Option(False, "--explain", help="say which file, GPU id, class and bucket answered"),
 ) -> None:
     """Print the plan a policy gives a workload, and the thresholds of its class."""
-    from dsv4_tune.policies.dispatcher import Dispatcher, select_policy
     from dsv4_tune.policies.gpu import detect
     from dsv4_tune.registry.buckets import bucket_tokens
     from dsv4_tune.registry.workload import Workload
 
     _class_option(heads, topk_main, topk_extra)
-    notes: list[str] = []
-    if policy is not None:
-        dispatcher = Dispatcher(_load_or_exit(policy), str(policy))
-    else:
-        dispatcher, notes = select_policy()
+    dispatcher, notes = _dispatcher_for(policy)
     w = Workload(tokens, heads, topk_main, topk_extra, not no_len_main, not no_len_extra, not no_sink)
     plan, eager = dispatcher.lookup(w), dispatcher.lookup(w, eager=True)
     cls = dispatcher.class_of(w)
+    if cls is None:
+        _no_class_note(dispatcher, w.label)
     info = {
         "plan": {"variant": plan.variant, "config": plan.as_dict()},
         "eager_plan": {"variant": eager.variant, "config": eager.as_dict()},
@@ -222,6 +243,7 @@ def lookup(
         "gpu": None if dispatcher.policy is None else dispatcher.policy.gpu.id,
         "detected_gpu": detect().id,
         "class": None if cls is None else list(cls.key),
+        "class_label": None if cls is None else cls.workload(1).label,
         "nearest_class": cls is not None and cls.key != (
             heads, topk_main, topk_extra, not no_len_main, not no_len_extra, not no_sink),
         "bucket": bucket_tokens(tokens),
@@ -230,9 +252,9 @@ def lookup(
     if as_json:
         print(json.dumps(info, indent=2, sort_keys=True))
         return
-    console.print(f"[bold]{plan}[/]", highlight=False)
+    console.print(str(plan), style="bold")
     if eager != plan:
-        console.print(f"eager calls (outside a CUDA graph): [bold]{eager}[/]", highlight=False)
+        console.print(Text.assemble("eager calls (outside a CUDA graph): ", (str(eager), "bold")))
     for line in info["thresholds"]:
         console.print(f"  {line}", highlight=False)
     if explain:
@@ -241,10 +263,8 @@ def lookup(
         if info["class"] is None:
             answered = "no class of the policy: the built-in default plan"
         else:
-            answered = f"class {info['class']} ({'nearest class' if info['nearest_class'] else 'exact class'})"
+            answered = f"class {info['class_label']} ({'nearest class' if info['nearest_class'] else 'exact class'})"
         console.print(f"{answered}; T = {tokens} is in bucket {info['bucket']}", highlight=False)
-        for note in notes:
-            console.print(f"note: {note}", highlight=False)
 
 
 @command("lookup-op")
@@ -258,7 +278,6 @@ def lookup_op(
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Print the plan a policy gives a compressor or Q/K-norm call."""
-    from dsv4_tune.policies.dispatcher import Dispatcher, select_policy
     from dsv4_tune.registry.workload import OpWorkload
 
     params: dict[str, int | str] = {}
@@ -278,17 +297,20 @@ def lookup_op(
         problems = [str(e)]
     if problems:
         _fail("; ".join(problems))
-    dispatcher = Dispatcher(_load_or_exit(policy), str(policy)) if policy is not None else select_policy()[0]
+    dispatcher, notes = _dispatcher_for(policy)
     w = OpWorkload.make(op, rows, **params)
     plan = dispatcher.lookup_op(w)
     cls = dispatcher.op_class_of(w)
+    if cls is None:
+        _no_class_note(dispatcher, w.label)
     if as_json:
         print(json.dumps({"plan": {"variant": plan.variant, "config": plan.as_dict()}, "source": dispatcher.source,
-                          "measured_class": cls is not None, "thresholds": cls.thresholds if cls else []},
+                          "measured_class": cls is not None, "thresholds": cls.thresholds if cls else [],
+                          "notes": notes},
                          indent=2, sort_keys=True))
         return
-    console.print(f"[bold]{op} {plan}[/]" + ("" if cls else "  (default: the policy has no such op class)"),
-                  highlight=False)
+    console.print(Text.assemble((f"{op} {plan}", "bold"),
+                                "" if cls else "  (default: the policy has no such op class)"))
     for line in cls.thresholds if cls else []:
         console.print(f"  {line}", highlight=False)
 
@@ -355,9 +377,12 @@ def show(
         console.print(ops)
 
 
+MAX_DIFF_TOKENS = 1 << 16  # diff walks every T up to --max-tokens: a bound keeps it seconds and megabytes
+
+
 @command()
 def diff(
-    a: Path, b: Path, max_tokens: int = typer.Option(4096, min=1, help="compare T = 1..this"),
+    a: Path, b: Path, max_tokens: int = typer.Option(4096, min=1, max=MAX_DIFF_TOKENS, help="compare T = 1..this"),
     exit_code: bool = typer.Option(False, "--exit-code", help="exit 1 when the policies differ (like git diff)"),
     as_json: bool = JSON,
 ) -> None:
@@ -365,21 +390,21 @@ def diff(
     included) and what each measured there; then how far their times agree where both measured."""
     from dsv4_tune.policies.compare import agreement, class_name, differences
     from dsv4_tune.policies.dispatcher import Dispatcher
+    from dsv4_tune.policies.schema import t_span
 
     da, db_ = Dispatcher(_load_or_exit(a), str(a)), Dispatcher(_load_or_exit(b), str(b))
     found = differences(da, db_, max_tokens)
     if as_json:
-        _print_json([{"kind": d.kind, "class": class_name(d.kind, d.key), "from_tokens": d.lo, "to_tokens": d.hi,
+        _print_json([{"kind": d.kind, "class": class_name(d.kind, d.key), "key": list(d.key), "from_tokens": d.lo,
+                      "to_tokens": d.hi,
                       "a": d.a, "b": d.b, "measured": [{"tokens": t, "a_us": x, "b_us": y} for t, x, y in d.measured]}
                      for d in found])
     else:
         for d in found:
-            console.print(f"{class_name(d.kind, d.key)} T {d.lo}-{d.hi}:\n  {a.name}: {d.a}\n  {b.name}: {d.b}",
-                          highlight=False)
+            console.print(f"{class_name(d.kind, d.key)} {t_span(d.lo, d.hi)}:\n  {a.name}: {d.a}\n  {b.name}: {d.b}")
             if d.measured:
-                console.print("  measured (us, A / B): " + ", ".join(
-                    f"T={t} {_us(x)} / {_us(y)}" + (f" ({y / x:.2f}x)" if x and y else "") for t, x, y in d.measured),
-                    highlight=False)
+                console.print("  measured us, A / B (B/A): " + ", ".join(
+                    f"T={t} {_us(x)} / {_us(y)}" + (f" ({y / x:.2f}x)" if x and y else "") for t, x, y in d.measured))
         if not found:
             console.print("no differences", highlight=False)
         agree = agreement(da, db_)
@@ -462,9 +487,9 @@ def sweep(
         if not info.matches(gpu):
             _fail(f"--gpu {gpu} does not match the detected GPU: {info.name} ({info.id}, arch {info.arch})")
         the_grid = Grid.load(grid) if grid is not None else default_grid() if info.is_real else interpreter_grid()
-        label = "" if info.is_real else " [yellow](Triton interpreter: NOT a real measurement)[/]"
-        console.print(f"sweep on {info.name} ({info.id}){label}: {len(the_grid.points())} workloads, db {db}",
-                      highlight=False)
+        label = "" if info.is_real else " (Triton interpreter: NOT a real measurement)"
+        console.print(Text.assemble(f"sweep on {info.name} ({info.id})", (label, "yellow"),
+                                    f": {len(the_grid.points())} workloads, db {db}"))
 
         def runner(open_store: Callable[[], Store], **kw: Any) -> str:
             if workers is None:
@@ -514,8 +539,8 @@ def sweep(
         _fail(f"sweep {sweep_id}: no candidate could be measured{why}", 1)
     missing = points - len(winners)
     if missing:
-        console.print(f"[yellow]{missing} grid points have no winner (every candidate failed there): "
-                      "`export` refuses this sweep[/]", highlight=False)
+        console.print(f"{missing} grid points have no winner (every candidate failed there): `export` refuses this "
+                      "sweep", style="yellow")
         raise typer.Exit(1)
     console.print(f"sweep {sweep_id}: {time.time() - t0:.0f} s; export with "
                   f"`dsv4-tune export --db {db} --out {swept['gpu_id']}.json`", highlight=False)
@@ -536,8 +561,9 @@ def status(db: Path = typer.Option(DEFAULT_DB, "--db"), as_json: bool = JSON) ->
         console.print(f"{db}: no sweeps yet; start one with `dsv4-tune sweep --db {db}`", highlight=False,
                       soft_wrap=True)
     for r in rows:
-        console.print(f"[bold]sweep {r['id']}[/] on {r['gpu']}: {r['state']}, {r['rows']} rows, {r['winners']} "
-                      f"winners (started {r['started']}, finished {r['finished'] or '-'})", highlight=False,
+        finished = r["finished"] or "-"
+        console.print(Text.assemble((f"sweep {r['id']}", "bold"), f" on {r['gpu']}: {r['state']}, {r['rows']} rows, "
+                                    f"{r['winners']} winners (started {r['started']}, finished {finished})"),
                       soft_wrap=True)
         for st in r["stages"]:
             name = st["stage"]
@@ -600,8 +626,8 @@ def merge(
         _print_json(summary)
         return
     console.print(f"{out}: {summary['sweeps_added']} sweeps added, {summary['sweeps_merged']} merged into one "
-                  f"already there, {summary['measurements']} measurements, {summary['winners']} winners",
-                  highlight=False)
+                  f"already there; it holds {summary['measurements']} measurements ({summary['measurements_new']} "
+                  f"new) and {summary['winners']} winners ({summary['winners_new']} new)")
     for origin, new in summary["renumbered"].items():
         console.print(f"  {origin} is {new} here (its id was taken)", highlight=False)
 
@@ -617,7 +643,7 @@ def _policy_for_command(path: Path | None):
         why = " ".join(n.removeprefix("dsv4-tune: ").replace(FALLBACK, "") for n in notes)
         _fail(f"no policy applies to this GPU: {why}", 1)
     for note in notes:
-        console.print(f"note: {note}", highlight=False)
+        err_console.print(f"note: {note}", soft_wrap=True)
     return dispatcher.policy, dispatcher.source
 
 
@@ -672,11 +698,11 @@ def verify_policy(
     for col in ("class", "T", "policy us", "default us", "stale"):
         table.add_column(col)
     for r in rows:
-        table.add_row(str(r["class"]), str(r["T"]), f"{r['policy_us']:.1f}", f"{r['default_us']:.1f}",
-                      "[red]yes[/]" if r["stale"] else "no")
+        table.add_row(r["label"], str(r["T"]), f"{r['policy_us']:.1f}", f"{r['default_us']:.1f}",
+                      Text("yes", "red") if r["stale"] else "no")
     console.print(table)
     if stale:
-        console.print(f"[red]{stale} of {len(rows)} samples are slower than the default: re-run the sweep[/]")
+        console.print(f"{stale} of {len(rows)} samples are slower than the default: re-run the sweep", style="red")
         raise typer.Exit(1)
 
 
@@ -733,7 +759,7 @@ def compile_check(
         table.add_row(r["arch"], r["variant"], str(r["configs"]), str(r["valid"]), r["why not"])
     console.print(table)
     for r in failed[:10]:
-        console.print(f"[red]FAILED[/] {r['key']}: {r['error'][:300]}", highlight=False)
+        console.print(Text.assemble(("FAILED", "red"), f" {r['key']}: {r['error'][:300]}"))
     if failed:
         raise typer.Exit(1)
 

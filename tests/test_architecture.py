@@ -21,18 +21,21 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dsv4_tune"
 ALLOWED: dict[str, set[str]] = {
     "env": {"errors"},
     "errors": set(),
+    "files": set(),
     "registry": {"errors"},
     "runtime": {"env", "errors", "registry"},
     "kernels": {"env", "errors", "registry", "runtime"},
-    "cache": {"errors", "registry"},
-    "policies": {"env", "errors", "registry"},
+    "cache": {"errors", "files", "registry"},
+    "policies": {"env", "errors", "files", "registry"},
     "serving": {"env", "errors", "registry", "runtime", "kernels", "policies"},
-    "tuner": {"env", "errors", "registry", "runtime", "kernels", "policies", "serving", "cache"},
-    "report": {"errors", "registry", "policies", "cache", "tuner"},
-    "cli": {"env", "errors", "registry", "runtime", "kernels", "policies", "serving", "cache", "tuner", "report"},
+    "tuner": {"env", "errors", "files", "registry", "runtime", "kernels", "policies", "serving", "cache"},
+    "report": {"errors", "files", "registry", "policies", "cache", "tuner"},
+    "cli": {"env", "errors", "files", "registry", "runtime", "kernels", "policies", "serving", "cache", "tuner",
+            "report"},
     "__init__": {"errors", "registry", "policies", "serving"},
 }
-PURE = ("env", "errors", "registry", "policies")  # no torch / triton at module level (policies: only inside functions)
+# No torch / triton at module level (policies: only inside functions).
+PURE = ("env", "errors", "files", "registry", "policies")
 
 
 def _modules() -> dict[str, Path]:

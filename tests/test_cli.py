@@ -19,7 +19,6 @@ from dsv4_tune.policies.baseline import BASELINE_FILE
 from dsv4_tune.policies.dispatcher import shipped_policies
 from dsv4_tune.policies.gpu import detect
 from dsv4_tune.policies.schema import dump_policy, load_policy
-from dsv4_tune.report.data import class_name
 from dsv4_tune.tuner import sweep as sweep_mod
 from dsv4_tune.tuner.grid import interpreter_grid
 
@@ -165,7 +164,7 @@ def test_report_of_an_interpreter_sweep(swept: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
     listed = _json("report", "--db", swept, "--out", out, BASELINE_FILE)
     grid = interpreter_grid()
-    names = [class_name(c.workload(1)) for c in (*grid.classes, *grid.ops)]
+    names = [c.workload(1).label for c in (*grid.classes, *grid.ops)]
     _check_report(out, names, listed)
     page = (out / "index.html").read_text()
     assert "NOT real measurements" in page and "Provenance" in page and "speed-up of the winner over default" in page
@@ -178,7 +177,7 @@ def test_report_of_two_shipped_policies(tmp_path: Path) -> None:
     out = tmp_path / "report"
     listed = _json("report", H100, other, "--out", out)
     policy = load_policy(H100)
-    _check_report(out, [class_name(c.workload(1)) for c in (*policy.classes, *policy.ops)], listed)
+    _check_report(out, [c.workload(1).label for c in (*policy.classes, *policy.ops)], listed)
     page = (out / "index.html").read_text()
     assert f"speed-up of the winner over {other.stem}" in page and "different GPUs" in page
 
