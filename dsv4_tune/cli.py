@@ -26,9 +26,10 @@ from dsv4_tune.registry.variants import VARIANTS
 
 app = typer.Typer(help="Autotuning and dispatch policies for DSV4 sparse-decode Triton kernels.", no_args_is_help=True)
 # Markup off: text printed here holds paths, pip extras ('dsv4-tune[report]') and user values whose
-# square brackets rich would eat; styles are given as ``style=`` instead.
-console = Console(markup=False, highlight=False)
-err_console = Console(stderr=True, markup=False, highlight=False)
+# square brackets rich would eat; styles are given as ``style=`` instead.  Soft wrap: a line is one
+# line in a pipe or a log, a path never broken (tables still fit the terminal).
+console = Console(markup=False, highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
 
 
 def command(*names: str, **kw: Any) -> Callable:
@@ -225,6 +226,7 @@ def lookup(
 ) -> None:
     """Print the plan a policy gives a workload, and the thresholds of its class."""
     from dsv4_tune.policies.gpu import detect
+    from dsv4_tune.policies.schema import threshold_lines
     from dsv4_tune.registry.buckets import bucket_tokens
     from dsv4_tune.registry.workload import Workload
 
@@ -238,7 +240,7 @@ def lookup(
     info = {
         "plan": {"variant": plan.variant, "config": plan.as_dict()},
         "eager_plan": {"variant": eager.variant, "config": eager.as_dict()},
-        "thresholds": cls.thresholds if cls else [],
+        "thresholds": threshold_lines(cls) if cls else [],
         "source": dispatcher.source,
         "gpu": None if dispatcher.policy is None else dispatcher.policy.gpu.id,
         "detected_gpu": detect().id,
@@ -278,6 +280,7 @@ def lookup_op(
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Print the plan a policy gives a compressor or Q/K-norm call."""
+    from dsv4_tune.policies.schema import threshold_lines
     from dsv4_tune.registry.workload import OpWorkload
 
     params: dict[str, int | str] = {}
@@ -305,13 +308,13 @@ def lookup_op(
         _no_class_note(dispatcher, w.label)
     if as_json:
         print(json.dumps({"plan": {"variant": plan.variant, "config": plan.as_dict()}, "source": dispatcher.source,
-                          "measured_class": cls is not None, "thresholds": cls.thresholds if cls else [],
+                          "measured_class": cls is not None, "thresholds": threshold_lines(cls) if cls else [],
                           "notes": notes},
                          indent=2, sort_keys=True))
         return
     console.print(Text.assemble((f"{op} {plan}", "bold"),
                                 "" if cls else "  (default: the policy has no such op class)"))
-    for line in cls.thresholds if cls else []:
+    for line in threshold_lines(cls) if cls else []:
         console.print(f"  {line}", highlight=False)
 
 
@@ -722,7 +725,12 @@ def compile_check(
     """Cross-compile every kernel config for each arch (no GPU needed); exit 1 on any compile failure."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from dsv4_tune.files import check_folder
     from dsv4_tune.tuner import compile_check as cc
+
+    for where in (db, table_dir):  # before minutes of compiling, not after
+        if where is not None:
+            check_folder(where)
     arches = list(dict.fromkeys(a.value for a in arch))
     if policy:
         targets, arches = cc.policy_targets([_load_or_exit(path) for path in policy])
@@ -774,12 +782,14 @@ def report(
 ) -> None:
     """Write what a sweep found (or what policies hold) as PNGs and one self-contained HTML page:
     time over T per class, crossovers, speed-up heat maps, noisy buckets, provenance."""
+    from dsv4_tune.files import check_folder
     from dsv4_tune.report.data import from_policies, from_store
     from dsv4_tune.report.render import write_report
 
     loaded = [(path.stem, _load_or_exit(path)) for path in policies or []]
     if db is None and not loaded:
         _fail("report: give --db FILE (a sweep's store) or at least one policy file")
+    check_folder(out)  # before the drawing, not after
     data = from_store(_open_store(db), sweep_id, loaded) if db is not None else from_policies(loaded)
     with (err_console if as_json else console).status(f"drawing {len(data.classes)} classes"):
         page = write_report(data, out)

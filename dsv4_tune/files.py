@@ -25,8 +25,9 @@ def _named(e: OSError, path: Path) -> OSError:
 def check_folder(path: Path) -> None:
     """FileNotFoundError naming ``path`` when its folder does not exist (nothing is created)."""
     if not path.parent.is_dir():
-        what = "is not a folder" if path.parent.exists() else "does not exist"
-        raise FileNotFoundError(errno.ENOENT, f"its folder {path.parent} {what} (create it first)", str(path))
+        why = f"{path.parent} is not a folder" if path.parent.exists() else \
+            f"its folder {path.parent} does not exist (create it first)"
+        raise FileNotFoundError(errno.ENOENT, why, str(path))
 
 
 @contextlib.contextmanager

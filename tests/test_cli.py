@@ -85,12 +85,12 @@ def test_diff_says_by_how_much_and_covers_op_classes() -> None:
     a, b = load_policy(H100), load_policy(h200)
     d = next(d for d in found if d["kind"] == "decode" and any(m["a_us"] for m in d["measured"]))
     m = next(m for m in d["measured"] if m["a_us"])
-    cls = next(c for c in a.classes if str(c.key) == d["class"])
+    cls = next(c for c in a.classes if list(c.key) == d["key"])
     assert m["a_us"] == next(x.median_us for x in cls.measured if x.total_tokens == m["tokens"])
     assert d["from_tokens"] <= m["tokens"] <= d["to_tokens"]
     assert b.gpu.id == "sm90-h200"
     text = _run("diff", H100, h200)
-    assert "measured (us, A / B)" in text and "where both measured" in text and "median" in text
+    assert "measured us, A / B (B/A)" in text and "where both measured" in text and "median" in text
 
 
 def test_status_json_per_stage_and_next(swept: Path) -> None:

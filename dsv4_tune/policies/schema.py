@@ -252,6 +252,12 @@ def describe_segments(segments: list[Segment]) -> list[str]:
     return out
 
 
+def threshold_lines(cls: WorkloadClass | OpClass) -> list[str]:
+    """Where a class's plan changes, for people: written from its segments now (the ``thresholds``
+    text of a file exported earlier may use older words), then the file's other notes."""
+    return describe_segments(cls.segments) + [t for t in cls.thresholds if not t.startswith("T ")]
+
+
 def _error_text(path: str | Path, err: ValidationError) -> str:
     lines = []
     for e in err.errors()[:5]:
