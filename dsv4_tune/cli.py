@@ -89,6 +89,16 @@ def _print_json(data: object) -> None:
 JSON = typer.Option(False, "--json", help="machine-readable output on stdout")
 
 
+def default_jobs() -> int:
+    """Compile processes unless --jobs says: the CPUs this process may use, at most 12 (each Triton
+    compile holds a few hundred MB; 12 kept a GPU host's compiles ahead of its timing)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(12, cpus or 1))
+
+
+JOBS_HELP = "compile processes (default: this machine's CPUs, at most 12)"
+
+
 @command()
 def info(as_json: bool = JSON) -> None:
     """Print the detected GPU and arch, torch/triton versions and the FP8 flavour in use."""
@@ -432,7 +442,7 @@ def sweep(
     grid: Path | None = typer.Option(None, "--grid", help="grid JSON {classes, tokens} (default: the DSV4 grid)"),
     db: Path = typer.Option(DEFAULT_DB, "--db", help="SQLite store"),
     resume: bool = typer.Option(True, "--resume/--fresh", help="continue the matching sweep, or start anew"),
-    jobs: int = typer.Option(12, "--jobs", min=1, help="compile worker processes (GPU only)"),
+    jobs: int = typer.Option(default_jobs(), "--jobs", min=1, help=JOBS_HELP[:-1] + ", GPU only)"),
     rounds: int = typer.Option(3, "--rounds", min=1,
                                help="interleaved timing rounds (the final stage does twice as many)"),
     reps: int = typer.Option(10, "--reps", min=1, help="graph replays per candidate per round"),
@@ -653,7 +663,7 @@ def _policy_for_command(path: Path | None):
 @command()
 def warmup(
     policy: Path | None = typer.Argument(None, help="policy file (default: the one chosen for this GPU)"),
-    jobs: int = typer.Option(12, "--jobs", min=1, help="compile worker processes"),
+    jobs: int = typer.Option(default_jobs(), "--jobs", min=1, help=JOBS_HELP),
 ) -> None:
     """Compile every kernel a policy can pick, in parallel, so serving never compiles on a request."""
     from dsv4_tune.policies.gpu import detect
@@ -716,7 +726,7 @@ def compile_check(
                                           "more; default: all)"),
     sample: int | None = typer.Option(None, "--sample", min=1, help="a fixed random sample of N configs per variant"),
     policy: list[Path] = typer.Option([], "--policy", help="check the plans of these policies (for their own arch)"),
-    jobs: int = typer.Option(2, "--jobs", min=1, help="compile processes"),
+    jobs: int = typer.Option(default_jobs(), "--jobs", min=1, help=JOBS_HELP),
     db: Path | None = typer.Option(None, "--db", help="store the rows in this SQLite file (table 'compile')"),
     table_dir: Path | None = typer.Option(None, "--table-dir", help="write compile-check-<arch>.json tables here"),
     write_rules: bool = typer.Option(False, "--write-rules", help="rewrite the registry's per-arch rules file"),

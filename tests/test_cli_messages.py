@@ -5,6 +5,7 @@ and a word on stderr whenever an answer is the built-in default rather than the 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -106,3 +107,15 @@ def test_fallbacks_are_said_on_stderr() -> None:
     assert "built-in default" in result.stderr
     result = _invoke("lookup", "--tokens", 4, "--heads", 64, "--policy", H100)
     assert result.exit_code == 0 and result.stderr == "", "the policy's own answer: nothing to say"
+
+
+def test_jobs_defaults_follow_the_machine(monkeypatch) -> None:
+    from dsv4_tune import cli
+
+    commands = get_command(app).commands
+    defaults = {name: p.default for name, cmd in commands.items() for p in cmd.params if "--jobs" in p.opts}
+    assert set(defaults) == {"sweep", "warmup", "compile-check"}
+    assert set(defaults.values()) == {cli.default_jobs()}
+    for cpus, jobs in ((2, 2), (1, 1), (64, 12)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cpus: set(range(n)), raising=False)
+        assert cli.default_jobs() == jobs
