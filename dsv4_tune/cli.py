@@ -6,11 +6,14 @@ file: one line on stderr naming it), 2 bad usage (an option out of range, an unk
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Any, NoReturn
@@ -132,6 +135,58 @@ def info(as_json: bool = JSON) -> None:
     if not gpu.is_real:
         console.print("No GPU: kernels run on the Triton interpreter; timings are not real measurements.",
                       style="yellow")
+
+
+PROGRESS_EVERY_S = 5.0  # with no terminal to draw a bar on, long work says where it is this often
+
+
+@contextlib.contextmanager
+def _working(what: str, total: int | None = None) -> Iterator[Callable[..., None]]:
+    """Long work says what it is doing, on stderr (stdout may hold --json): a bar on a terminal, else
+    (output redirected, CI) one line every PROGRESS_EVERY_S seconds, even while a step is slow.
+    Yields ``update(done=None, total=None, what=None)``; ``done`` None counts one more."""
+    state: dict[str, Any] = {"done": 0, "total": total, "what": what}
+
+    def update(done: int | None = None, total: int | None = None, what: str | None = None) -> None:
+        state["done"] = state["done"] + 1 if done is None else done
+        state["total"] = state["total"] if total is None else total
+        state["what"] = state["what"] if what is None else what
+
+    if err_console.is_terminal:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=err_console, transient=True) as progress:
+            task = progress.add_task(what, total=total)
+
+            def show(**kw: Any) -> None:
+                update(**kw)
+                progress.update(task, completed=state["done"], total=state["total"], description=state["what"])
+
+            yield show
+        return
+    t0, stop = time.monotonic(), threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(PROGRESS_EVERY_S):
+            of = "" if state["total"] is None else f" of {state['total']}"
+            err_console.print(f"{state['what']}: {state['done']}{of} done, {time.monotonic() - t0:.0f} s")
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield update
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _load_or_exit(path: Path):
@@ -463,15 +518,6 @@ def sweep(
 
     _kernels_can_run()
 
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     from dsv4_tune.cache.store import Store
     from dsv4_tune.policies.gpu import detect
     from dsv4_tune.tuner.grid import Grid, default_grid, interpreter_grid
@@ -524,16 +570,9 @@ def sweep(
             console.print(f"resuming sweep {sweep_id}: {kept} rows kept (failed launches are tried again; "
                           "--fresh starts anew)", highlight=False)
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("workloads x stages", total=None)
-
-        def on_point(n: int, total: int, key: str) -> None:
-            progress.update(task, completed=n, total=total, description=key)
-
-        sweep_id = runner(open_store, on_point=on_point, on_open=on_open, **common)
-        progress.update(task, completed=progress.tasks[0].total, description="done")
+    with _working("workloads x stages") as update:
+        sweep_id = runner(open_store, on_point=lambda n, total, key: update(n, total, key), on_open=on_open,
+                          **common)
     store = opened[-1]
     swept = store.sweep(sweep_id)
     real, points = not swept["interpreter"], len(Grid.from_json(json.loads(swept["grid"])).points())
@@ -673,7 +712,7 @@ def warmup(
     if not detect().is_real:
         console.print("no GPU: nothing to compile (the interpreter does not compile)", highlight=False)
         return
-    with console.status(f"compiling the kernels of {source} with {jobs} processes"):
+    with _working(f"compiling the kernels of {source} with {jobs} processes"):
         kernels, seconds = do_warmup(pol, jobs)
     console.print(f"compiled {kernels} kernels of {source} in {seconds:.0f} s", highlight=False)
 
@@ -694,13 +733,8 @@ def verify_policy(
     gpu = detect()
     if gpu.is_real and gpu.arch != pol.gpu.arch:
         _fail(f"{source} is for {pol.gpu.arch}; this GPU is {gpu.arch}")
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True) as progress:
-        task = progress.add_task("re-timing", total=None)
-        rows = verify(pol, real=gpu.is_real, max_points=max_points,
-                      on_row=lambda n, total: progress.update(task, completed=n, total=total))
+    with _working("re-timing") as update:
+        rows = verify(pol, real=gpu.is_real, max_points=max_points, on_row=lambda n, total: update(n, total))
     stale = sum(r["stale"] for r in rows)
     if as_json:
         _print_json({"policy": source, "gpu": gpu.id, "real": gpu.is_real, "samples": rows, "stale": stale})
@@ -733,8 +767,6 @@ def compile_check(
     as_json: bool = JSON,
 ) -> None:
     """Cross-compile every kernel config for each arch (no GPU needed); exit 1 on any compile failure."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from dsv4_tune.files import check_folder
     from dsv4_tune.tuner import compile_check as cc
 
@@ -746,12 +778,10 @@ def compile_check(
         targets, arches = cc.policy_targets([_load_or_exit(path) for path in policy])
     else:
         targets = cc.check_targets(arches, [v.value for v in variants] or None, sample)
-    out = err_console if as_json else console
-    out.print(f"compiling {len(targets)} kernels for {', '.join(arches)} with {jobs} processes", highlight=False)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=out) as progress:
-        task = progress.add_task("compile", total=len(targets))
-        rows = cc.with_problems(cc.run_check(targets, jobs, on_row=lambda r: progress.advance(task)))
+    sampled = "" if sample is None or policy else f" (a fixed random sample of {sample} configs per variant)"
+    err_console.print(f"compiling {len(targets)} kernels for {', '.join(arches)} with {jobs} processes{sampled}")
+    with _working("compiled", total=len(targets)) as update:
+        rows = cc.with_problems(cc.run_check(targets, jobs, on_row=lambda r: update()))
     if db is not None:
         _open_store(db, readonly=False).add_compile_rows(rows)
     if table_dir is not None:
@@ -764,14 +794,15 @@ def compile_check(
         err_console.print(f"skipped {sum(r['error'] == why for r in skipped)} kernels: {why}", highlight=False,
                           markup=False)
     if as_json:
-        _print_json({"arches": arches, "kernels": len(targets), "summary": cc.summary(rows, targets, arches),
+        _print_json({"arches": arches, "kernels": len(targets), "sample": None if policy else sample,
+                     "summary": cc.summary(rows, targets, arches),
                      "failed": [{"key": r["key"], "error": r["error"]} for r in failed],
                      "skipped": [{"key": r["key"], "why": r["error"]} for r in skipped]})
         if failed:
             raise typer.Exit(1)
         return
-    table = Table(title="valid configs per arch and variant")
-    for col in ("arch", "variant", "configs", "valid", "why not"):
+    table = Table(title="valid configs per arch and variant" + sampled)
+    for col in ("arch", "variant", "configs" if not sampled else "configs sampled", "valid", "why not"):
         table.add_column(col)
     for r in cc.summary(rows, targets, arches):
         table.add_row(r["arch"], r["variant"], str(r["configs"]), str(r["valid"]), r["why not"])
@@ -800,9 +831,10 @@ def report(
     if db is None and not loaded:
         _fail("report: give --db FILE (a sweep's store) or at least one policy file")
     check_folder(out)  # before the drawing, not after
-    data = from_store(_open_store(db), sweep_id, loaded) if db is not None else from_policies(loaded)
-    with (err_console if as_json else console).status(f"drawing {len(data.classes)} classes"):
-        page = write_report(data, out)
+    with _working("reading the sweep and policies") as update:
+        data = from_store(_open_store(db), sweep_id, loaded) if db is not None else from_policies(loaded)
+        update(0, None, "drawing figures")
+        page = write_report(data, out, on_image=lambda n, total: update(n, total))
     images = sorted(str(p) for p in out.glob("*.png"))
     if as_json:
         _print_json({"html": str(page), "images": images, "classes": [c.name for c in data.classes]})

@@ -133,7 +133,7 @@ def test_compile_check_takes_repeated_enum_options_and_json() -> None:
 
     assert {a.value for a in Arch} == set(ARCHS)
     out = _json("compile-check", "--arch", "gfx950", "--variants", "qk_norm", "--sample", "1", "--jobs", "1")
-    assert out["arches"] == ["gfx950"] and out["kernels"] >= 1 and out["failed"] == []
+    assert out["arches"] == ["gfx950"] and out["kernels"] >= 1 and out["failed"] == [] and out["sample"] == 1
     assert {r["variant"] for r in out["summary"]} >= {"qk_norm"}
     _run("compile-check", "--arch", "sm80", code=2)
     _run("compile-check", "--variants", "warp_speed", code=2)

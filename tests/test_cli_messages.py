@@ -119,3 +119,13 @@ def test_jobs_defaults_follow_the_machine(monkeypatch) -> None:
     for cpus, jobs in ((2, 2), (1, 1), (64, 12)):
         monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cpus: set(range(n)), raising=False)
         assert cli.default_jobs() == jobs
+
+
+def test_long_work_says_where_it_is_when_output_is_redirected(monkeypatch, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from dsv4_tune import cli
+
+    monkeypatch.setattr(cli, "PROGRESS_EVERY_S", 0.01)
+    result = _invoke("report", H100, "--out", tmp_path / "report", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["images"]
+    assert re.search(r"drawing figures: \d+ of \d+ done, \d+ s", result.stderr), result.stderr
