@@ -758,7 +758,8 @@ def compile_check(
     arch: list[Arch] = typer.Option(list(Arch), "--arch", help="a target (repeat for more; default: all)"),
     variants: list[Kernel] = typer.Option([], "--variants", help="a decode variant or op to check (repeat for "
                                           "more; default: all)"),
-    sample: int | None = typer.Option(None, "--sample", min=1, help="a fixed random sample of N configs per variant"),
+    sample: int | None = typer.Option(None, "--sample", min=1, help="a fixed random sample of N configs per variant "
+                                      "and specialisation (the workload shapes a kernel is compiled for)"),
     policy: list[Path] = typer.Option([], "--policy", help="check the plans of these policies (for their own arch)"),
     jobs: int = typer.Option(default_jobs(), "--jobs", min=1, help=JOBS_HELP),
     db: Path | None = typer.Option(None, "--db", help="store the rows in this SQLite file (table 'compile')"),
@@ -778,7 +779,8 @@ def compile_check(
         targets, arches = cc.policy_targets([_load_or_exit(path) for path in policy])
     else:
         targets = cc.check_targets(arches, [v.value for v in variants] or None, sample)
-    sampled = "" if sample is None or policy else f" (a fixed random sample of {sample} configs per variant)"
+    sampled = "" if sample is None or policy else \
+        f" (a fixed random sample of {sample} configs per variant and specialisation)"
     err_console.print(f"compiling {len(targets)} kernels for {', '.join(arches)} with {jobs} processes{sampled}")
     with _working("compiled", total=len(targets)) as update:
         rows = cc.with_problems(cc.run_check(targets, jobs, on_row=lambda r: update()))
