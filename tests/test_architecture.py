@@ -1,7 +1,7 @@
 """The direction of the house: which package may import which, no import loops, and a registry (and
 policy loading) that needs neither torch nor Triton.
 
-Layers, ground floor first (README "Packages"): a package imports only the packages listed for it.
+Layers, ground floor first (docs/package.md): a package imports only the packages listed for it.
 Imports are read from the source (module level and inside functions alike), so a lazy import is
 held to the same rule as any other.
 """
