@@ -129,3 +129,10 @@ def test_long_work_says_where_it_is_when_output_is_redirected(monkeypatch, tmp_p
     result = _invoke("report", H100, "--out", tmp_path / "report", "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)["images"]
     assert re.search(r"drawing figures: \d+ of \d+ done, \d+ s", result.stderr), result.stderr
+
+
+def test_diff_max_tokens_is_bounded() -> None:
+    """diff walks every T up to --max-tokens: the fuzzer's 2^33 grew one test run past 12 GB."""
+    from dsv4_tune.cli import MAX_DIFF_TOKENS
+
+    assert _invoke("diff", H100, H200, "--max-tokens", MAX_DIFF_TOKENS + 1).exit_code == 2
