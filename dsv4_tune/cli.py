@@ -6,11 +6,14 @@ file: one line on stderr naming it), 2 bad usage (an option out of range, an unk
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Any, NoReturn
@@ -18,14 +21,18 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from dsv4_tune.errors import InputError
 from dsv4_tune.registry.ops import OPS
 from dsv4_tune.registry.variants import VARIANTS
 
 app = typer.Typer(help="Autotuning and dispatch policies for DSV4 sparse-decode Triton kernels.", no_args_is_help=True)
-console = Console()
-err_console = Console(stderr=True)
+# Markup off: text printed here holds paths, pip extras ('dsv4-tune[report]') and user values whose
+# square brackets rich would eat; styles are given as ``style=`` instead.  Soft wrap: a line is one
+# line in a pipe or a log, a path never broken (tables still fit the terminal).
+console = Console(markup=False, highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
 
 
 def command(*names: str, **kw: Any) -> Callable:
@@ -85,6 +92,16 @@ def _print_json(data: object) -> None:
 JSON = typer.Option(False, "--json", help="machine-readable output on stdout")
 
 
+def default_jobs() -> int:
+    """Compile processes unless --jobs says: the CPUs this process may use, at most 12 (each Triton
+    compile holds a few hundred MB; 12 kept a GPU host's compiles ahead of its timing)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(12, cpus or 1))
+
+
+JOBS_HELP = "compile processes (default: this machine's CPUs, at most 12)"
+
+
 @command()
 def info(as_json: bool = JSON) -> None:
     """Print the detected GPU and arch, torch/triton versions and the FP8 flavour in use."""
@@ -116,7 +133,60 @@ def info(as_json: bool = JSON) -> None:
     for note in notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
     if not gpu.is_real:
-        console.print("[yellow]No GPU: kernels run on the Triton interpreter; timings are not real measurements.[/]")
+        console.print("No GPU: kernels run on the Triton interpreter; timings are not real measurements.",
+                      style="yellow")
+
+
+PROGRESS_EVERY_S = 5.0  # with no terminal to draw a bar on, long work says where it is this often
+
+
+@contextlib.contextmanager
+def _working(what: str, total: int | None = None) -> Iterator[Callable[..., None]]:
+    """Long work says what it is doing, on stderr (stdout may hold --json): a bar on a terminal, else
+    (output redirected, CI) one line every PROGRESS_EVERY_S seconds, even while a step is slow.
+    Yields ``update(done=None, total=None, what=None)``; ``done`` None counts one more."""
+    state: dict[str, Any] = {"done": 0, "total": total, "what": what}
+
+    def update(done: int | None = None, total: int | None = None, what: str | None = None) -> None:
+        state["done"] = state["done"] + 1 if done is None else done
+        state["total"] = state["total"] if total is None else total
+        state["what"] = state["what"] if what is None else what
+
+    if err_console.is_terminal:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=err_console, transient=True) as progress:
+            task = progress.add_task(what, total=total)
+
+            def show(**kw: Any) -> None:
+                update(**kw)
+                progress.update(task, completed=state["done"], total=state["total"], description=state["what"])
+
+            yield show
+        return
+    t0, stop = time.monotonic(), threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(PROGRESS_EVERY_S):
+            of = "" if state["total"] is None else f" of {state['total']}"
+            err_console.print(f"{state['what']}: {state['done']}{of} done, {time.monotonic() - t0:.0f} s")
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield update
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _load_or_exit(path: Path):
@@ -130,7 +200,7 @@ def _load_or_exit(path: Path):
 
 def _fail(message: str, code: int = 2) -> NoReturn:
     """One line on stderr; exit ``code`` (2: bad usage, 1: a failed check or unusable input)."""
-    err_console.print(f"[red]error[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(Text.assemble(("error", "red"), f" {message}"), soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -155,7 +225,7 @@ def _kernels_can_run() -> None:
     if "dsv4_tune.env" in sys.modules:  # too late to switch in this process
         _fail("no GPU, and the Triton interpreter is off: run with TRITON_INTERPRET=1", 2)
     os.environ["TRITON_INTERPRET"] = "1"
-    console.print("no GPU: the kernels run on the Triton interpreter (TRITON_INTERPRET=1)", highlight=False)
+    err_console.print("no GPU: the kernels run on the Triton interpreter (TRITON_INTERPRET=1)")
 
 
 def _devices(spec: str, info) -> list[int]:
@@ -186,6 +256,26 @@ def _open_store(db: Path, readonly: bool = True):
     return Store(db, readonly=readonly)
 
 
+def _dispatcher_for(policy: Path | None):
+    """(dispatcher, selection notes) of ``--policy``, or of the policy chosen for this GPU; every note
+    (a fallback to the built-in default above all) is also said on stderr, whatever the output."""
+    from dsv4_tune.policies.dispatcher import Dispatcher, select_policy
+
+    if policy is not None:
+        return Dispatcher(_load_or_exit(policy), str(policy)), []
+    dispatcher, notes = select_policy()
+    for note in notes:
+        err_console.print(f"note: {note}", soft_wrap=True)
+    return dispatcher, notes
+
+
+def _no_class_note(dispatcher, label: str) -> None:
+    """One line on stderr when a policy has no class for a workload (the answer is the built-in default)."""
+    if dispatcher.policy is not None:  # with no policy at all, the selection note said so
+        err_console.print(f"note: {dispatcher.source} has no class for {label} (nor a nearest one): the built-in "
+                          "default plan", soft_wrap=True)
+
+
 @command()
 def lookup(
     tokens: int = typer.Option(..., "--tokens", min=1, help="total tokens T = b * s_q"),
@@ -200,28 +290,27 @@ def lookup(
     explain: bool = typer.Option(False, "--explain", help="say which file, GPU id, class and bucket answered"),
 ) -> None:
     """Print the plan a policy gives a workload, and the thresholds of its class."""
-    from dsv4_tune.policies.dispatcher import Dispatcher, select_policy
     from dsv4_tune.policies.gpu import detect
+    from dsv4_tune.policies.schema import threshold_lines
     from dsv4_tune.registry.buckets import bucket_tokens
     from dsv4_tune.registry.workload import Workload
 
     _class_option(heads, topk_main, topk_extra)
-    notes: list[str] = []
-    if policy is not None:
-        dispatcher = Dispatcher(_load_or_exit(policy), str(policy))
-    else:
-        dispatcher, notes = select_policy()
+    dispatcher, notes = _dispatcher_for(policy)
     w = Workload(tokens, heads, topk_main, topk_extra, not no_len_main, not no_len_extra, not no_sink)
     plan, eager = dispatcher.lookup(w), dispatcher.lookup(w, eager=True)
     cls = dispatcher.class_of(w)
+    if cls is None:
+        _no_class_note(dispatcher, w.label)
     info = {
         "plan": {"variant": plan.variant, "config": plan.as_dict()},
         "eager_plan": {"variant": eager.variant, "config": eager.as_dict()},
-        "thresholds": cls.thresholds if cls else [],
+        "thresholds": threshold_lines(cls) if cls else [],
         "source": dispatcher.source,
         "gpu": None if dispatcher.policy is None else dispatcher.policy.gpu.id,
         "detected_gpu": detect().id,
         "class": None if cls is None else list(cls.key),
+        "class_label": None if cls is None else cls.workload(1).label,
         "nearest_class": cls is not None and cls.key != (
             heads, topk_main, topk_extra, not no_len_main, not no_len_extra, not no_sink),
         "bucket": bucket_tokens(tokens),
@@ -230,9 +319,9 @@ def lookup(
     if as_json:
         print(json.dumps(info, indent=2, sort_keys=True))
         return
-    console.print(f"[bold]{plan}[/]", highlight=False)
+    console.print(str(plan), style="bold")
     if eager != plan:
-        console.print(f"eager calls (outside a CUDA graph): [bold]{eager}[/]", highlight=False)
+        console.print(Text.assemble("eager calls (outside a CUDA graph): ", (str(eager), "bold")))
     for line in info["thresholds"]:
         console.print(f"  {line}", highlight=False)
     if explain:
@@ -241,10 +330,8 @@ def lookup(
         if info["class"] is None:
             answered = "no class of the policy: the built-in default plan"
         else:
-            answered = f"class {info['class']} ({'nearest class' if info['nearest_class'] else 'exact class'})"
+            answered = f"class {info['class_label']} ({'nearest class' if info['nearest_class'] else 'exact class'})"
         console.print(f"{answered}; T = {tokens} is in bucket {info['bucket']}", highlight=False)
-        for note in notes:
-            console.print(f"note: {note}", highlight=False)
 
 
 @command("lookup-op")
@@ -258,7 +345,7 @@ def lookup_op(
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Print the plan a policy gives a compressor or Q/K-norm call."""
-    from dsv4_tune.policies.dispatcher import Dispatcher, select_policy
+    from dsv4_tune.policies.schema import threshold_lines
     from dsv4_tune.registry.workload import OpWorkload
 
     params: dict[str, int | str] = {}
@@ -278,18 +365,21 @@ def lookup_op(
         problems = [str(e)]
     if problems:
         _fail("; ".join(problems))
-    dispatcher = Dispatcher(_load_or_exit(policy), str(policy)) if policy is not None else select_policy()[0]
+    dispatcher, notes = _dispatcher_for(policy)
     w = OpWorkload.make(op, rows, **params)
     plan = dispatcher.lookup_op(w)
     cls = dispatcher.op_class_of(w)
+    if cls is None:
+        _no_class_note(dispatcher, w.label)
     if as_json:
         print(json.dumps({"plan": {"variant": plan.variant, "config": plan.as_dict()}, "source": dispatcher.source,
-                          "measured_class": cls is not None, "thresholds": cls.thresholds if cls else []},
+                          "measured_class": cls is not None, "thresholds": threshold_lines(cls) if cls else [],
+                          "notes": notes},
                          indent=2, sort_keys=True))
         return
-    console.print(f"[bold]{op} {plan}[/]" + ("" if cls else "  (default: the policy has no such op class)"),
-                  highlight=False)
-    for line in cls.thresholds if cls else []:
+    console.print(Text.assemble((f"{op} {plan}", "bold"),
+                                "" if cls else "  (default: the policy has no such op class)"))
+    for line in threshold_lines(cls) if cls else []:
         console.print(f"  {line}", highlight=False)
 
 
@@ -355,9 +445,12 @@ def show(
         console.print(ops)
 
 
+MAX_DIFF_TOKENS = 1 << 16  # diff walks every T up to --max-tokens: a bound keeps it seconds and megabytes
+
+
 @command()
 def diff(
-    a: Path, b: Path, max_tokens: int = typer.Option(4096, min=1, help="compare T = 1..this"),
+    a: Path, b: Path, max_tokens: int = typer.Option(4096, min=1, max=MAX_DIFF_TOKENS, help="compare T = 1..this"),
     exit_code: bool = typer.Option(False, "--exit-code", help="exit 1 when the policies differ (like git diff)"),
     as_json: bool = JSON,
 ) -> None:
@@ -365,21 +458,21 @@ def diff(
     included) and what each measured there; then how far their times agree where both measured."""
     from dsv4_tune.policies.compare import agreement, class_name, differences
     from dsv4_tune.policies.dispatcher import Dispatcher
+    from dsv4_tune.policies.schema import t_span
 
     da, db_ = Dispatcher(_load_or_exit(a), str(a)), Dispatcher(_load_or_exit(b), str(b))
     found = differences(da, db_, max_tokens)
     if as_json:
-        _print_json([{"kind": d.kind, "class": class_name(d.kind, d.key), "from_tokens": d.lo, "to_tokens": d.hi,
+        _print_json([{"kind": d.kind, "class": class_name(d.kind, d.key), "key": list(d.key), "from_tokens": d.lo,
+                      "to_tokens": d.hi,
                       "a": d.a, "b": d.b, "measured": [{"tokens": t, "a_us": x, "b_us": y} for t, x, y in d.measured]}
                      for d in found])
     else:
         for d in found:
-            console.print(f"{class_name(d.kind, d.key)} T {d.lo}-{d.hi}:\n  {a.name}: {d.a}\n  {b.name}: {d.b}",
-                          highlight=False)
+            console.print(f"{class_name(d.kind, d.key)} {t_span(d.lo, d.hi)}:\n  {a.name}: {d.a}\n  {b.name}: {d.b}")
             if d.measured:
-                console.print("  measured (us, A / B): " + ", ".join(
-                    f"T={t} {_us(x)} / {_us(y)}" + (f" ({y / x:.2f}x)" if x and y else "") for t, x, y in d.measured),
-                    highlight=False)
+                console.print("  measured us, A / B (B/A): " + ", ".join(
+                    f"T={t} {_us(x)} / {_us(y)}" + (f" ({y / x:.2f}x)" if x and y else "") for t, x, y in d.measured))
         if not found:
             console.print("no differences", highlight=False)
         agree = agreement(da, db_)
@@ -404,7 +497,7 @@ def sweep(
     grid: Path | None = typer.Option(None, "--grid", help="grid JSON {classes, tokens} (default: the DSV4 grid)"),
     db: Path = typer.Option(DEFAULT_DB, "--db", help="SQLite store"),
     resume: bool = typer.Option(True, "--resume/--fresh", help="continue the matching sweep, or start anew"),
-    jobs: int = typer.Option(12, "--jobs", min=1, help="compile worker processes (GPU only)"),
+    jobs: int = typer.Option(default_jobs(), "--jobs", min=1, help=JOBS_HELP[:-1] + ", GPU only)"),
     rounds: int = typer.Option(3, "--rounds", min=1,
                                help="interleaved timing rounds (the final stage does twice as many)"),
     reps: int = typer.Option(10, "--reps", min=1, help="graph replays per candidate per round"),
@@ -424,15 +517,6 @@ def sweep(
     import time
 
     _kernels_can_run()
-
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     from dsv4_tune.cache.store import Store
     from dsv4_tune.policies.gpu import detect
@@ -462,9 +546,9 @@ def sweep(
         if not info.matches(gpu):
             _fail(f"--gpu {gpu} does not match the detected GPU: {info.name} ({info.id}, arch {info.arch})")
         the_grid = Grid.load(grid) if grid is not None else default_grid() if info.is_real else interpreter_grid()
-        label = "" if info.is_real else " [yellow](Triton interpreter: NOT a real measurement)[/]"
-        console.print(f"sweep on {info.name} ({info.id}){label}: {len(the_grid.points())} workloads, db {db}",
-                      highlight=False)
+        label = "" if info.is_real else " (Triton interpreter: NOT a real measurement)"
+        console.print(Text.assemble(f"sweep on {info.name} ({info.id})", (label, "yellow"),
+                                    f": {len(the_grid.points())} workloads, db {db}"))
 
         def runner(open_store: Callable[[], Store], **kw: Any) -> str:
             if workers is None:
@@ -486,16 +570,9 @@ def sweep(
             console.print(f"resuming sweep {sweep_id}: {kept} rows kept (failed launches are tried again; "
                           "--fresh starts anew)", highlight=False)
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("workloads x stages", total=None)
-
-        def on_point(n: int, total: int, key: str) -> None:
-            progress.update(task, completed=n, total=total, description=key)
-
-        sweep_id = runner(open_store, on_point=on_point, on_open=on_open, **common)
-        progress.update(task, completed=progress.tasks[0].total, description="done")
+    with _working("workloads x stages") as update:
+        sweep_id = runner(open_store, on_point=lambda n, total, key: update(n, total, key), on_open=on_open,
+                          **common)
     store = opened[-1]
     swept = store.sweep(sweep_id)
     real, points = not swept["interpreter"], len(Grid.from_json(json.loads(swept["grid"])).points())
@@ -514,8 +591,8 @@ def sweep(
         _fail(f"sweep {sweep_id}: no candidate could be measured{why}", 1)
     missing = points - len(winners)
     if missing:
-        console.print(f"[yellow]{missing} grid points have no winner (every candidate failed there): "
-                      "`export` refuses this sweep[/]", highlight=False)
+        console.print(f"{missing} grid points have no winner (every candidate failed there): `export` refuses this "
+                      "sweep", style="yellow")
         raise typer.Exit(1)
     console.print(f"sweep {sweep_id}: {time.time() - t0:.0f} s; export with "
                   f"`dsv4-tune export --db {db} --out {swept['gpu_id']}.json`", highlight=False)
@@ -536,8 +613,9 @@ def status(db: Path = typer.Option(DEFAULT_DB, "--db"), as_json: bool = JSON) ->
         console.print(f"{db}: no sweeps yet; start one with `dsv4-tune sweep --db {db}`", highlight=False,
                       soft_wrap=True)
     for r in rows:
-        console.print(f"[bold]sweep {r['id']}[/] on {r['gpu']}: {r['state']}, {r['rows']} rows, {r['winners']} "
-                      f"winners (started {r['started']}, finished {r['finished'] or '-'})", highlight=False,
+        finished = r["finished"] or "-"
+        console.print(Text.assemble((f"sweep {r['id']}", "bold"), f" on {r['gpu']}: {r['state']}, {r['rows']} rows, "
+                                    f"{r['winners']} winners (started {r['started']}, finished {finished})"),
                       soft_wrap=True)
         for st in r["stages"]:
             name = st["stage"]
@@ -600,8 +678,8 @@ def merge(
         _print_json(summary)
         return
     console.print(f"{out}: {summary['sweeps_added']} sweeps added, {summary['sweeps_merged']} merged into one "
-                  f"already there, {summary['measurements']} measurements, {summary['winners']} winners",
-                  highlight=False)
+                  f"already there; it holds {summary['measurements']} measurements ({summary['measurements_new']} "
+                  f"new) and {summary['winners']} winners ({summary['winners_new']} new)")
     for origin, new in summary["renumbered"].items():
         console.print(f"  {origin} is {new} here (its id was taken)", highlight=False)
 
@@ -617,14 +695,14 @@ def _policy_for_command(path: Path | None):
         why = " ".join(n.removeprefix("dsv4-tune: ").replace(FALLBACK, "") for n in notes)
         _fail(f"no policy applies to this GPU: {why}", 1)
     for note in notes:
-        console.print(f"note: {note}", highlight=False)
+        err_console.print(f"note: {note}", soft_wrap=True)
     return dispatcher.policy, dispatcher.source
 
 
 @command()
 def warmup(
     policy: Path | None = typer.Argument(None, help="policy file (default: the one chosen for this GPU)"),
-    jobs: int = typer.Option(12, "--jobs", min=1, help="compile worker processes"),
+    jobs: int = typer.Option(default_jobs(), "--jobs", min=1, help=JOBS_HELP),
 ) -> None:
     """Compile every kernel a policy can pick, in parallel, so serving never compiles on a request."""
     from dsv4_tune.policies.gpu import detect
@@ -634,7 +712,7 @@ def warmup(
     if not detect().is_real:
         console.print("no GPU: nothing to compile (the interpreter does not compile)", highlight=False)
         return
-    with console.status(f"compiling the kernels of {source} with {jobs} processes"):
+    with _working(f"compiling the kernels of {source} with {jobs} processes"):
         kernels, seconds = do_warmup(pol, jobs)
     console.print(f"compiled {kernels} kernels of {source} in {seconds:.0f} s", highlight=False)
 
@@ -655,13 +733,8 @@ def verify_policy(
     gpu = detect()
     if gpu.is_real and gpu.arch != pol.gpu.arch:
         _fail(f"{source} is for {pol.gpu.arch}; this GPU is {gpu.arch}")
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True) as progress:
-        task = progress.add_task("re-timing", total=None)
-        rows = verify(pol, real=gpu.is_real, max_points=max_points,
-                      on_row=lambda n, total: progress.update(task, completed=n, total=total))
+    with _working("re-timing") as update:
+        rows = verify(pol, real=gpu.is_real, max_points=max_points, on_row=lambda n, total: update(n, total))
     stale = sum(r["stale"] for r in rows)
     if as_json:
         _print_json({"policy": source, "gpu": gpu.id, "real": gpu.is_real, "samples": rows, "stale": stale})
@@ -672,11 +745,11 @@ def verify_policy(
     for col in ("class", "T", "policy us", "default us", "stale"):
         table.add_column(col)
     for r in rows:
-        table.add_row(str(r["class"]), str(r["T"]), f"{r['policy_us']:.1f}", f"{r['default_us']:.1f}",
-                      "[red]yes[/]" if r["stale"] else "no")
+        table.add_row(r["label"], str(r["T"]), f"{r['policy_us']:.1f}", f"{r['default_us']:.1f}",
+                      Text("yes", "red") if r["stale"] else "no")
     console.print(table)
     if stale:
-        console.print(f"[red]{stale} of {len(rows)} samples are slower than the default: re-run the sweep[/]")
+        console.print(f"{stale} of {len(rows)} samples are slower than the default: re-run the sweep", style="red")
         raise typer.Exit(1)
 
 
@@ -685,29 +758,32 @@ def compile_check(
     arch: list[Arch] = typer.Option(list(Arch), "--arch", help="a target (repeat for more; default: all)"),
     variants: list[Kernel] = typer.Option([], "--variants", help="a decode variant or op to check (repeat for "
                                           "more; default: all)"),
-    sample: int | None = typer.Option(None, "--sample", min=1, help="a fixed random sample of N configs per variant"),
+    sample: int | None = typer.Option(None, "--sample", min=1, help="a fixed random sample of N configs per variant "
+                                      "and specialisation (the workload shapes a kernel is compiled for)"),
     policy: list[Path] = typer.Option([], "--policy", help="check the plans of these policies (for their own arch)"),
-    jobs: int = typer.Option(2, "--jobs", min=1, help="compile processes"),
+    jobs: int = typer.Option(default_jobs(), "--jobs", min=1, help=JOBS_HELP),
     db: Path | None = typer.Option(None, "--db", help="store the rows in this SQLite file (table 'compile')"),
     table_dir: Path | None = typer.Option(None, "--table-dir", help="write compile-check-<arch>.json tables here"),
     write_rules: bool = typer.Option(False, "--write-rules", help="rewrite the registry's per-arch rules file"),
     as_json: bool = JSON,
 ) -> None:
     """Cross-compile every kernel config for each arch (no GPU needed); exit 1 on any compile failure."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    from dsv4_tune.files import check_folder
     from dsv4_tune.tuner import compile_check as cc
+
+    for where in (db, table_dir):  # before minutes of compiling, not after
+        if where is not None:
+            check_folder(where)
     arches = list(dict.fromkeys(a.value for a in arch))
     if policy:
         targets, arches = cc.policy_targets([_load_or_exit(path) for path in policy])
     else:
         targets = cc.check_targets(arches, [v.value for v in variants] or None, sample)
-    out = err_console if as_json else console
-    out.print(f"compiling {len(targets)} kernels for {', '.join(arches)} with {jobs} processes", highlight=False)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=out) as progress:
-        task = progress.add_task("compile", total=len(targets))
-        rows = cc.with_problems(cc.run_check(targets, jobs, on_row=lambda r: progress.advance(task)))
+    sampled = "" if sample is None or policy else \
+        f" (a fixed random sample of {sample} configs per variant and specialisation)"
+    err_console.print(f"compiling {len(targets)} kernels for {', '.join(arches)} with {jobs} processes{sampled}")
+    with _working("compiled", total=len(targets)) as update:
+        rows = cc.with_problems(cc.run_check(targets, jobs, on_row=lambda r: update()))
     if db is not None:
         _open_store(db, readonly=False).add_compile_rows(rows)
     if table_dir is not None:
@@ -720,20 +796,21 @@ def compile_check(
         err_console.print(f"skipped {sum(r['error'] == why for r in skipped)} kernels: {why}", highlight=False,
                           markup=False)
     if as_json:
-        _print_json({"arches": arches, "kernels": len(targets), "summary": cc.summary(rows, targets, arches),
+        _print_json({"arches": arches, "kernels": len(targets), "sample": None if policy else sample,
+                     "summary": cc.summary(rows, targets, arches),
                      "failed": [{"key": r["key"], "error": r["error"]} for r in failed],
                      "skipped": [{"key": r["key"], "why": r["error"]} for r in skipped]})
         if failed:
             raise typer.Exit(1)
         return
-    table = Table(title="valid configs per arch and variant")
-    for col in ("arch", "variant", "configs", "valid", "why not"):
+    table = Table(title="valid configs per arch and variant" + sampled)
+    for col in ("arch", "variant", "configs" if not sampled else "configs sampled", "valid", "why not"):
         table.add_column(col)
     for r in cc.summary(rows, targets, arches):
         table.add_row(r["arch"], r["variant"], str(r["configs"]), str(r["valid"]), r["why not"])
     console.print(table)
     for r in failed[:10]:
-        console.print(f"[red]FAILED[/] {r['key']}: {r['error'][:300]}", highlight=False)
+        console.print(Text.assemble(("FAILED", "red"), f" {r['key']}: {r['error'][:300]}"))
     if failed:
         raise typer.Exit(1)
 
@@ -748,15 +825,18 @@ def report(
 ) -> None:
     """Write what a sweep found (or what policies hold) as PNGs and one self-contained HTML page:
     time over T per class, crossovers, speed-up heat maps, noisy buckets, provenance."""
+    from dsv4_tune.files import check_folder
     from dsv4_tune.report.data import from_policies, from_store
     from dsv4_tune.report.render import write_report
 
     loaded = [(path.stem, _load_or_exit(path)) for path in policies or []]
     if db is None and not loaded:
         _fail("report: give --db FILE (a sweep's store) or at least one policy file")
-    data = from_store(_open_store(db), sweep_id, loaded) if db is not None else from_policies(loaded)
-    with (err_console if as_json else console).status(f"drawing {len(data.classes)} classes"):
-        page = write_report(data, out)
+    check_folder(out)  # before the drawing, not after
+    with _working("reading the sweep and policies") as update:
+        data = from_store(_open_store(db), sweep_id, loaded) if db is not None else from_policies(loaded)
+        update(0, None, "drawing figures")
+        page = write_report(data, out, on_image=lambda n, total: update(n, total))
     images = sorted(str(p) for p in out.glob("*.png"))
     if as_json:
         _print_json({"html": str(page), "images": images, "classes": [c.name for c in data.classes]})

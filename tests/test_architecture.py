@@ -1,7 +1,7 @@
 """The direction of the house: which package may import which, no import loops, and a registry (and
 policy loading) that needs neither torch nor Triton.
 
-Layers, ground floor first (README "Packages"): a package imports only the packages listed for it.
+Layers, ground floor first (docs/package.md): a package imports only the packages listed for it.
 Imports are read from the source (module level and inside functions alike), so a lazy import is
 held to the same rule as any other.
 """
@@ -21,19 +21,22 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dsv4_tune"
 ALLOWED: dict[str, set[str]] = {
     "env": {"errors"},
     "errors": set(),
+    "files": set(),
     "registry": {"errors"},
     "runtime": {"env", "errors", "registry"},
     "kernels": {"env", "errors", "registry", "runtime"},
-    "cache": {"errors", "registry"},
-    "policies": {"env", "errors", "registry"},
+    "cache": {"errors", "files", "registry"},
+    "policies": {"env", "errors", "files", "registry"},
     "serving": {"env", "errors", "registry", "runtime", "kernels", "policies"},
     "compat": {"env", "errors", "registry", "runtime", "kernels", "policies", "serving"},
-    "tuner": {"env", "errors", "registry", "runtime", "kernels", "policies", "serving", "cache"},
-    "report": {"errors", "registry", "policies", "cache", "tuner"},
-    "cli": {"env", "errors", "registry", "runtime", "kernels", "policies", "serving", "cache", "tuner", "report"},
+    "tuner": {"env", "errors", "files", "registry", "runtime", "kernels", "policies", "serving", "cache"},
+    "report": {"errors", "files", "registry", "policies", "cache", "tuner"},
+    "cli": {"env", "errors", "files", "registry", "runtime", "kernels", "policies", "serving", "cache", "tuner",
+            "report"},
     "__init__": {"errors", "registry", "policies", "serving"},
 }
-PURE = ("env", "errors", "registry", "policies")  # no torch / triton at module level (policies: only inside functions)
+# No torch / triton at module level (policies: only inside functions).
+PURE = ("env", "errors", "files", "registry", "policies")
 
 
 def _modules() -> dict[str, Path]:

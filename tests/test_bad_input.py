@@ -159,7 +159,7 @@ def test_files_that_cannot_be_written_are_one_line(tmp_path: Path, swept: Path) 
     result = _cli("export", "--db", swept, "--out", a_file / "p.json")  # a folder that cannot be made
     assert result.exit_code == 1 and "a-file" in result.output
     result = _cli("sweep", "--db", a_file / "s.db", "--grid", _tiny_grid(tmp_path))
-    assert result.exit_code == 1 and "cannot create its folder" in result.output
+    assert result.exit_code == 1 and "a-file is not a folder" in result.output
     with pytest.raises(StoreError):
         Store(a_file / "s.db")
 
@@ -253,12 +253,14 @@ def test_without_triton_interpret_a_cpu_box_uses_the_interpreter(tmp_path: Path)
         assert done.returncode == 0, done.stdout + done.stderr
         return done
 
-    assert "Triton interpreter" in cli("sweep", "--db", db, "--grid", _tiny_grid(tmp_path)).stdout
+    assert "Triton interpreter" in cli("sweep", "--db", db, "--grid", _tiny_grid(tmp_path)).stderr
     store = Store(db, readonly=True)
     (sweep,) = store.sweeps()
     assert store.measurement_count(sweep["id"], "launch_error") == 0 and store.winners(sweep["id"])
     cli("export", "--db", db, "--out", policy)
-    assert "Triton interpreter" in cli("verify-policy", policy, "--max-points", "1").stdout
+    verified = cli("verify-policy", policy, "--max-points", "1", "--json")
+    assert "Triton interpreter" in verified.stderr, "the note goes to stderr..."
+    assert len(json.loads(verified.stdout)["samples"]) == 1, "...and stdout is one JSON document (issue 31)"
 
 
 # ----------------------------------------------------------------------------- lookup and friends

@@ -19,7 +19,6 @@ from dsv4_tune.policies.baseline import BASELINE_FILE
 from dsv4_tune.policies.dispatcher import shipped_policies
 from dsv4_tune.policies.gpu import detect
 from dsv4_tune.policies.schema import dump_policy, load_policy
-from dsv4_tune.report.data import class_name
 from dsv4_tune.tuner import sweep as sweep_mod
 from dsv4_tune.tuner.grid import interpreter_grid
 
@@ -86,12 +85,12 @@ def test_diff_says_by_how_much_and_covers_op_classes() -> None:
     a, b = load_policy(H100), load_policy(h200)
     d = next(d for d in found if d["kind"] == "decode" and any(m["a_us"] for m in d["measured"]))
     m = next(m for m in d["measured"] if m["a_us"])
-    cls = next(c for c in a.classes if str(c.key) == d["class"])
+    cls = next(c for c in a.classes if list(c.key) == d["key"])
     assert m["a_us"] == next(x.median_us for x in cls.measured if x.total_tokens == m["tokens"])
     assert d["from_tokens"] <= m["tokens"] <= d["to_tokens"]
     assert b.gpu.id == "sm90-h200"
     text = _run("diff", H100, h200)
-    assert "measured (us, A / B)" in text and "where both measured" in text and "median" in text
+    assert "measured us, A / B (B/A)" in text and "where both measured" in text and "median" in text
 
 
 def test_status_json_per_stage_and_next(swept: Path) -> None:
@@ -134,7 +133,7 @@ def test_compile_check_takes_repeated_enum_options_and_json() -> None:
 
     assert {a.value for a in Arch} == set(ARCHS)
     out = _json("compile-check", "--arch", "gfx950", "--variants", "qk_norm", "--sample", "1", "--jobs", "1")
-    assert out["arches"] == ["gfx950"] and out["kernels"] >= 1 and out["failed"] == []
+    assert out["arches"] == ["gfx950"] and out["kernels"] >= 1 and out["failed"] == [] and out["sample"] == 1
     assert {r["variant"] for r in out["summary"]} >= {"qk_norm"}
     _run("compile-check", "--arch", "sm80", code=2)
     _run("compile-check", "--variants", "warp_speed", code=2)
@@ -165,7 +164,7 @@ def test_report_of_an_interpreter_sweep(swept: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
     listed = _json("report", "--db", swept, "--out", out, BASELINE_FILE)
     grid = interpreter_grid()
-    names = [class_name(c.workload(1)) for c in (*grid.classes, *grid.ops)]
+    names = [c.workload(1).label for c in (*grid.classes, *grid.ops)]
     _check_report(out, names, listed)
     page = (out / "index.html").read_text()
     assert "NOT real measurements" in page and "Provenance" in page and "speed-up of the winner over default" in page
@@ -178,7 +177,7 @@ def test_report_of_two_shipped_policies(tmp_path: Path) -> None:
     out = tmp_path / "report"
     listed = _json("report", H100, other, "--out", out)
     policy = load_policy(H100)
-    _check_report(out, [class_name(c.workload(1)) for c in (*policy.classes, *policy.ops)], listed)
+    _check_report(out, [c.workload(1).label for c in (*policy.classes, *policy.ops)], listed)
     page = (out / "index.html").read_text()
     assert f"speed-up of the winner over {other.stem}" in page and "different GPUs" in page
 

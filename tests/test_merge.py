@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from dsv4_tune.cache import merge as merge_mod
 from dsv4_tune.cache.merge import merge_stores
 from dsv4_tune.cache.store import Store
 from dsv4_tune.cli import app
@@ -98,3 +99,39 @@ def test_export_writes_one_policy_per_gpu_id(swept: Path, tmp_path: Path) -> Non
                                  "--json"])
     assert result.exit_code == 0 and json.loads(result.stdout)["sweeps_added"] == 2
     assert runner.invoke(app, ["merge", str(out), "--out", str(out)]).exit_code == 1
+
+
+def test_merge_reports_what_the_merged_store_holds(swept: Path, tmp_path: Path) -> None:
+    """`merge A A`: the rows of one sweep, once (issue 31: it said twice the rows)."""
+    held = Store(swept, readonly=True)
+    (sweep,) = held.sweeps()
+    rows, winners = held.measurement_count(sweep["id"]), len(held.winners(sweep["id"]))
+    result = CliRunner().invoke(app, ["merge", str(swept), str(swept), "--out", str(tmp_path / "m.db"), "--json"])
+    summary = json.loads(result.stdout)
+    assert (summary["measurements"], summary["winners"]) == (rows, winners)
+    assert (summary["measurements_new"], summary["sweeps_added"], summary["sweeps_merged"]) == (rows, 1, 1)
+    text = CliRunner().invoke(app, ["merge", str(swept), "--out", str(tmp_path / "m.db")]).stdout
+    assert f"holds {rows} measurements (0 new) and {winners} winners (0 new)" in text
+
+
+def test_a_failed_merge_leaves_no_output(swept: Path, tmp_path: Path, monkeypatch) -> None:
+    not_a_store = tmp_path / "notes.txt"
+    not_a_store.write_text("not a database " * 20)
+    out = tmp_path / "m.db"
+    result = CliRunner().invoke(app, ["merge", str(swept), str(not_a_store), "--out", str(out)])
+    assert result.exit_code == 1 and "notes.txt" in result.stderr and not out.exists()
+    merge_stores([swept], out)
+    before = out.read_bytes()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("killed half-way")
+
+    copy = _copy(swept, tmp_path / "c.db").path
+    monkeypatch.setattr(merge_mod, "_copy_winners", broken)
+    with pytest.raises(RuntimeError):
+        merge_stores([swept], tmp_path / "other.db")
+    with pytest.raises(RuntimeError):
+        merge_stores([copy], out)
+    assert out.read_bytes() == before, "a failed merge leaves the store it was merging into as it was"
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert not (tmp_path / "other.db").exists() and not [n for n in left if ".tmp" in n], left

@@ -66,6 +66,7 @@ def test_buckets_as_the_spec_states() -> None:
 def test_shipped_policies_round_trip(path: Path, tmp_path: Path) -> None:
     policy = load_policy(path)
     assert dump_policy(policy) == path.read_text(), "shipped files are canonical: regenerate them"
+    (tmp_path / "sub").mkdir()
     copy_path = save_policy(policy, tmp_path / "sub" / path.name)
     assert load_policy(copy_path) == policy
     assert [p.name for p in copy_path.parent.iterdir()] == [path.name], "no temp files left behind"

@@ -12,10 +12,12 @@ policy per GPU id of the merged store.
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from dsv4_tune.cache.store import Store, StoreError
+from dsv4_tune.files import replacing
 
 MEASUREMENT_KEY = ("sweep_id", "workload", "stage", "plan")
 
@@ -31,23 +33,41 @@ def _freshness(sweep: dict[str, Any]) -> str:
 
 def merge_stores(sources: list[Path], out: Path) -> dict[str, Any]:
     """Merge ``sources`` into the store at ``out`` (created if missing; its own sweeps count as the
-    first source).  Returns a summary: sweeps added, sweeps merged into one already there, rows
-    copied and the renumbered ids."""
-    dest = Store(out)
-    if any(Path(s).resolve() == Path(out).resolve() for s in sources):
+    first source).  Every input is opened before anything is written, and the merge is made in a
+    copy renamed over ``out`` at the end, so a failed merge leaves ``out`` as it was (or absent).
+    Returns a summary: sweeps added, sweeps merged into one already there, the renumbered ids, and
+    the measurements and winners the merged store holds (``*_new``: how many of them it gained)."""
+    out = Path(out)
+    if any(Path(s).resolve() == out.resolve() for s in sources):
         raise StoreError(f"{out}: the output cannot also be an input")
-    summary: dict[str, Any] = {"sweeps_added": 0, "sweeps_merged": 0, "measurements": 0, "winners": 0,
-                               "renumbered": {}}
-    for path in sources:
-        src = Store(path, readonly=True)
-        for sweep in src.sweeps():
-            target, fresher = _place(dest, sweep, f"{path}#{sweep['id']}", summary)
-            summary["measurements"] += _copy_measurements(src, dest, sweep["id"], target)
-            if fresher:
-                summary["winners"] += _copy_winners(src, dest, sweep["id"], target)
-        if "compile" in src.db.table_names():
-            dest.db["compile"].upsert_all(src.db["compile"].rows, pk=("key", "toolchain"), alter=True)
+    inputs = [(Path(path), Store(path, readonly=True)) for path in sources]
+    old = Store(out, readonly=True) if out.exists() else None
+    summary: dict[str, Any] = {"sweeps_added": 0, "sweeps_merged": 0, "renumbered": {}}
+    with replacing(out) as tmp:
+        if old is not None:
+            with sqlite3.connect(tmp) as copy:
+                old.db.conn.backup(copy)
+        dest = Store(tmp)
+        before = _held(dest)
+        for path, src in inputs:
+            for sweep in src.sweeps():
+                target, fresher = _place(dest, sweep, f"{path}#{sweep['id']}", summary)
+                _copy_measurements(src, dest, sweep["id"], target)
+                if fresher:
+                    _copy_winners(src, dest, sweep["id"], target)
+            if "compile" in src.db.table_names():
+                dest.db["compile"].upsert_all(src.db["compile"].rows, pk=("key", "toolchain"), alter=True)
+        held = _held(dest)
+        summary.update(held)
+        summary.update({f"{k}_new": held[k] - before[k] for k in held})
+        dest.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the file before it is renamed
+        dest.db.conn.close()
     return summary
+
+
+def _held(store: Store) -> dict[str, int]:
+    """The rows a store holds (what a merge reports: duplicates merged, not counted twice)."""
+    return {t: store.db.execute(f"select count(*) from {t}").fetchone()[0] for t in ("measurements", "winners")}
 
 
 def _place(dest: Store, sweep: dict[str, Any], origin: str, summary: dict) -> tuple[str, bool]:
@@ -77,10 +97,10 @@ def _place(dest: Store, sweep: dict[str, Any], origin: str, summary: dict) -> tu
     return target, True
 
 
-def _copy_measurements(src: Store, dest: Store, sweep_id: str, target: str) -> int:
+def _copy_measurements(src: Store, dest: Store, sweep_id: str, target: str) -> None:
     rows = [{**{k: v for k, v in r.items() if k != "id"}, "sweep_id": target} for r in src.measurements(sweep_id)]
     if not rows:
-        return 0
+        return
     for col in {c for r in rows for c in r} - set(dest.db["measurements"].columns_dict):
         dest.db["measurements"].add_column(col, type(next(r[col] for r in rows if r.get(col) is not None)))
     cols = list(rows[0])
@@ -96,11 +116,9 @@ def _copy_measurements(src: Store, dest: Store, sweep_id: str, target: str) -> i
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return len(rows)
 
 
-def _copy_winners(src: Store, dest: Store, sweep_id: str, target: str) -> int:
+def _copy_winners(src: Store, dest: Store, sweep_id: str, target: str) -> None:
     rows = [{**r, "sweep_id": target} for r in src.db["winners"].rows_where("sweep_id = ?", [sweep_id])]
     if rows:
         dest.db["winners"].upsert_all(rows, pk=("sweep_id", "workload"), alter=True)
-    return len(rows)

@@ -26,6 +26,7 @@ from typing import Any
 import sqlite_utils
 
 from dsv4_tune.errors import InputError
+from dsv4_tune.files import check_folder
 from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
 
 STATUSES = ("ok", "mismatch", "compile_error", "launch_error", "oom")
@@ -89,9 +90,9 @@ class Store:
                 raise StoreError(f"{self.path}: not a dsv4-tune store (it has no sweeps table)")
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            check_folder(self.path)  # a mistyped --db fails instead of growing folders
         except OSError as e:
-            raise StoreError(f"{self.path}: cannot create its folder: {e.strerror or e}") from None
+            raise StoreError(f"{self.path}: {e.strerror}") from None
         conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         conn.execute("PRAGMA busy_timeout = 60000")
         self.db = sqlite_utils.Database(conn)

@@ -80,8 +80,8 @@ def differences(a: Dispatcher, b: Dispatcher, max_tokens: int) -> list[Differenc
 
 
 def class_name(kind: str, key: tuple) -> str:
-    """A class key as people read it: the decode key tuple, or ``compress head_dim=512 mode=decode``."""
-    return str(key) if kind == "decode" else OpWorkload(key[0], 1, key[1]).label
+    """A class key as people read it: ``h64 topk 128+512 len y/y sink y`` or ``compress head_dim=512 ...``."""
+    return (Workload(1, *key) if kind == "decode" else OpWorkload(key[0], 1, key[1])).label
 
 
 def agreement(a: Dispatcher, b: Dispatcher) -> dict[str, float | int]:

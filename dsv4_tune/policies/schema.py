@@ -10,8 +10,6 @@ sorted keys (readable diffs) and are written through a temporary file and a rena
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from itertools import pairwise
 from pathlib import Path
 from typing import Literal
@@ -19,6 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, model_validator
 
 from dsv4_tune.errors import InputError
+from dsv4_tune.files import write_text
 from dsv4_tune.registry.arch import arch_problems, op_arch_problems
 from dsv4_tune.registry.gpus import arch_of_id
 from dsv4_tune.registry.ops import op_plan_problems, upgrade_op_config
@@ -223,17 +222,40 @@ class Policy(_Model):
         return self
 
 
+def t_span(lo: int, hi: int | None) -> str:
+    """A run of T as people read it: ``T = 5``, ``T 5-256`` or ``T >= 5`` (``hi`` None: no end)."""
+    return f"T >= {lo}" if hi is None else (f"T = {lo}" if hi == lo else f"T {lo}-{hi}")
+
+
+def lead_text(margin: float, smallest: bool = False) -> str:
+    """The winner's margin over the runner-up in words.  A margin that rounds to zero is a tie, and a
+    negative one (a simpler plan chosen within the noise of a faster one) is no lead at all;
+    ``smallest``: the margin is the smallest over a segment's buckets (whole percents), else one
+    bucket's (tenths)."""
+    pct = f"{abs(margin):.0%}" if smallest else f"{abs(margin):.1%}"
+    if not pct.strip("0.%"):  # rounds to zero
+        return f"ties the runner-up (within {'0.5%' if smallest else '0.05%'})"
+    if margin > 0:
+        return f"leads the runner-up by {'>= ' if smallest else ''}{pct}"
+    return f"the runner-up is {'up to ' if smallest else ''}{pct} faster (within noise; this plan is simpler)"
+
+
 def describe_segments(segments: list[Segment]) -> list[str]:
     """One line per segment: ``T 5-256: fused_splitk(...)``; what a person reads to see thresholds."""
     out, lo = [], 1
     for seg in segments:
         hi = seg.max_tokens
-        span = f"T >= {lo}" if hi is None else (f"T = {lo}" if hi == lo else f"T {lo}-{hi}")
-        lead = "" if seg.margin is None else f" (leads the runner-up by >= {seg.margin:.0%})"
+        lead = "" if seg.margin is None else f" ({lead_text(seg.margin, smallest=True)})"
         eager = "" if seg.eager_plan is None else f"; eager calls: {seg.eager_plan.to_plan()}"
-        out.append(f"{span}: {seg.plan.to_plan()}{lead}{eager}")
+        out.append(f"{t_span(lo, hi)}: {seg.plan.to_plan()}{lead}{eager}")
         lo = (hi or lo) + 1
     return out
+
+
+def threshold_lines(cls: WorkloadClass | OpClass) -> list[str]:
+    """Where a class's plan changes, for people: written from its segments now (the ``thresholds``
+    text of a file exported earlier may use older words), then the file's other notes."""
+    return describe_segments(cls.segments) + [t for t in cls.thresholds if not t.startswith("T ")]
 
 
 def _error_text(path: str | Path, err: ValidationError) -> str:
@@ -289,15 +311,5 @@ def dump_policy(policy: Policy) -> str:
 
 
 def save_policy(policy: Policy, path: str | Path) -> Path:
-    """Write atomically: a temporary file in the same folder, then a rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(dump_policy(policy))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write whole or not at all, readable by a serving process of another user (:mod:`dsv4_tune.files`)."""
+    return write_text(path, dump_policy(policy))

@@ -39,6 +39,13 @@ class Workload:
     def dual(self) -> bool:
         return self.topk_extra > 0
 
+    @property
+    def label(self) -> str:
+        """Its class as people read it: ``h64 topk 128+512 len y/y sink y``."""
+        yn = lambda f: "y" if f else "n"
+        return (f"h{self.h_q} topk {self.topk_main}+{self.topk_extra} len {yn(self.has_len_main)}/"
+                f"{yn(self.has_len_extra)} sink {yn(self.has_sink)}")
+
 
 HEAD_MULTIPLE = 8  # DSV4's 64 or 128 query heads split by tensor parallelism: multiples of 8
 

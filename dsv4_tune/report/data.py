@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 
 from dsv4_tune.cache.store import Store, workload_key
 from dsv4_tune.policies.dispatcher import Dispatcher
-from dsv4_tune.policies.schema import OpClass, Policy, WorkloadClass
+from dsv4_tune.policies.schema import OpClass, Policy, WorkloadClass, lead_text
 from dsv4_tune.registry import plans as registry_plans
-from dsv4_tune.registry.workload import OpWorkload, Workload
 from dsv4_tune.tuner.grid import Grid, GridClass, OpGridClass
 from dsv4_tune.tuner.sweep import STAGES  # the GPU-time stages (host rows are per eager call)
 
@@ -71,7 +70,7 @@ class ClassView:
             why = [self.flags[s]] if self.flags.get(s) else []
             m = self.margins.get(s)
             if m is not None and m < CLOSE_MARGIN:
-                why.append(f"close call: leads the runner-up by {m:.1%}")
+                why.append(f"close call: {lead_text(m)}")
             if why:
                 out.append((s, "; ".join(why)))
         return out
@@ -86,15 +85,6 @@ class Report:
     baselines: list[str] = field(default_factory=list)  # curve labels a heat map each compares the winner with
 
 
-def class_name(w: Workload | OpWorkload) -> str:
-    """People's name of a class, e.g. ``h64 topk 128+512 len y/y sink y`` or ``compress head_dim=512 ...``."""
-    if isinstance(w, OpWorkload):
-        return w.label
-    yn = lambda f: "y" if f else "n"
-    return (f"h{w.h_q} topk {w.topk_main}+{w.topk_extra} len {yn(w.has_len_main)}/{yn(w.has_len_extra)} "
-            f"sink {yn(w.has_sink)}")
-
-
 def from_store(store: Store, sweep_id: str | None = None, policies: list[tuple[str, Policy]] = ()) -> Report:
     """The report of one sweep (the latest when None), with the plans of ``policies`` (label, policy)
     drawn where the sweep timed them."""
@@ -107,7 +97,7 @@ def from_store(store: Store, sweep_id: str | None = None, policies: list[tuple[s
     classes += [(o, o.rows) for o in grid.ops]
     for cls, sizes in classes:
         curves = [Curve("winner"), Curve("runner-up"), Curve("default"), *(Curve(label) for label, _ in dispatchers)]
-        view = ClassView(class_name(cls.workload(sizes[0])), cls.decode, list(sizes), curves)
+        view = ClassView(cls.workload(sizes[0]).label, cls.decode, list(sizes), curves)
         for s in sizes:
             w = cls.workload(s)
             key = workload_key(w)
@@ -156,7 +146,7 @@ def from_policies(policies: list[tuple[str, Policy]]) -> Report:
         w = c.workload(1)
         sizes = [m.total_tokens for m in c.measured]
         curves = [Curve("winner"), Curve("runner-up"), *(Curve(label) for label, _ in others)]
-        view = ClassView(class_name(w), isinstance(c, WorkloadClass), sizes, curves)
+        view = ClassView(w.label, isinstance(c, WorkloadClass), sizes, curves)
         for m in c.measured:
             if m.median_us is None:
                 continue

@@ -6,7 +6,10 @@ from __future__ import annotations
 import base64
 import html
 import math
+import os
 import re
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,10 +87,28 @@ def heatmap_figure(views: list[ClassView], ratio: Callable[[ClassView], dict[int
     return path
 
 
-def write_report(report: Report, out: Path) -> Path:
-    """Write the PNGs and ``index.html`` under ``out``; returns the HTML's path."""
-    out.mkdir(parents=True, exist_ok=True)
-    images: list[tuple[str, Path]] = []
+def write_report(report: Report, out: Path, on_image: Callable[[int, int], None] | None = None) -> Path:
+    """Write the PNGs and ``index.html`` under ``out`` (the folder is made, never its parents); returns
+    the HTML's path.  Everything is drawn in a hidden folder inside ``out`` and moved into place at the
+    end, so a failed report leaves no files.  ``on_image(done, total)`` follows the drawing."""
+    made = not out.exists()
+    out.mkdir(exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix=".report-", dir=out) as tmp:
+            images = _draw(report, Path(tmp), on_image or (lambda done, total: None))
+            (Path(tmp) / "index.html").write_text(_html(report, images))
+            for name in [*(p.name for _, p in images), "index.html"]:
+                os.replace(Path(tmp) / name, out / name)
+    except BaseException:
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return out / "index.html"
+
+
+def _draw(report: Report, folder: Path, on_image: Callable[[int, int], None]) -> list[tuple[str, Path]]:
+    """(caption, PNG) of every figure, drawn into ``folder``."""
+    jobs: list[tuple[str, Callable[[], Path]]] = []
     decode = [v for v in report.classes if v.decode and v.sizes]
     ops = [v for v in report.classes if not v.decode and v.sizes]
     for base in report.baselines:
@@ -95,14 +116,15 @@ def write_report(report: Report, out: Path) -> Path:
         for group, views in (("classes", decode), ("ops", ops)):
             if views:
                 name = f"heatmap-{group}-vs-{re.sub(r'[^A-Za-z0-9_.-]+', '-', base)}.png"
-                images.append((f"{title}: {group}", heatmap_figure(views, lambda v, b=base: v.speedup(b), title,
-                                                                   out / name)))
+                jobs.append((f"{title}: {group}", lambda views=views, b=base, title=title, name=name: heatmap_figure(
+                    views, lambda v: v.speedup(b), title, folder / name)))
     for view in decode + ops:
-        images.append((view.name, class_figure(view, out / f"class-{view.slug}.png")))
-    page = _html(report, images)
-    path = out / "index.html"
-    path.write_text(page)
-    return path
+        jobs.append((view.name, lambda view=view: class_figure(view, folder / f"class-{view.slug}.png")))
+    images = []
+    for n, (caption, draw) in enumerate(jobs, 1):
+        images.append((caption, draw()))
+        on_image(n, len(jobs))
+    return images
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

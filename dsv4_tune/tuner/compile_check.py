@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 
+from dsv4_tune.files import write_text
 from dsv4_tune.policies.schema import Policy
 from dsv4_tune.registry import plans as registry_plans
 from dsv4_tune.registry.arch import ARCH_RULES_FILE, variant_arch_problems
@@ -146,9 +147,7 @@ def write_rules(rows: list[dict], path: Path = ARCH_RULES_FILE) -> Path:
     toolchains = sorted({*data.get("toolchains", []), *here})
     payload = {"toolchains": toolchains, "date": datetime.now(timezone.utc).date().isoformat(),
                "checked": len(rows), "bad_kernels": {a: dict(sorted(k.items())) for a, k in sorted(kept.items())}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    return path
+    return write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 SKIPPED = "skipped: this Triton cannot build it"
@@ -199,8 +198,8 @@ def policy_targets(policies: Iterable[Policy]) -> tuple[list[tuple[str, tuple]],
 
 def write_tables(rows: list[dict], arches: Iterable[str], folder: Path) -> None:
     """``compile-check-<arch>.json`` per arch: its rows in key order and the toolchain."""
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(exist_ok=True)  # the folder named, never its parents
     for a in arches:
         mine = sorted((r for r in rows if r["arch"] == a), key=lambda r: r["key"])
-        (folder / f"compile-check-{a}.json").write_text(json.dumps(
+        write_text(folder / f"compile-check-{a}.json", json.dumps(
             {"arch": a, "rows": mine, "toolchain": mine[0]["toolchain"] if mine else None}, indent=1) + "\n")

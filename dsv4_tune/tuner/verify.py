@@ -74,7 +74,7 @@ def verify(
         policy_us = statistics.median(samples[0])
         default_us = statistics.median(samples[-1])
         lo, _ = ratio_interval(samples[0], samples[-1]) if len(plans) == 2 else (1.0, 1.0)
-        rows.append({"class": list(w.key), "T": t, "plan": str(plan), "policy_us": policy_us,
+        rows.append({"class": list(w.key), "label": w.label, "T": t, "plan": str(plan), "policy_us": policy_us,
                      "default_us": default_us, "stale": real and lo > 1.0, "flag": flag})
         if on_row:
             on_row(len(rows), len(points))
