@@ -1,0 +1,235 @@
+"""The latency floor of small-T decode on this GPU (issue 32): what launches, dependent memory round
+trips and one wave of row gathers cost before any attention math.  Everything is timed as the sweep
+times a plan (``tuner.measure.time_graph``: CUDA-graph replay right after a 256 MiB L2 flush), so a
+small-T plan's time compares directly with the floor of its shape.
+
+- ``empty``: one 1-program kernel doing nothing: graph launch + kernel start and end, the least any
+  plan pays per launch.
+- ``1 launch``: one program that loads a value and stores it + 1: one cold round trip on top.
+- ``2 launches plain`` / ``PDL``: kernel B reads what kernel A wrote, as a combine reads the split
+  kernel's partials; stream order vs a programmatic dependent launch (A calls
+  ``gdc_launch_dependents`` first, B, launched with ``launch_pdl``, ``gdc_wait`` before its load):
+  what a second launch costs and how much PDL hides of it.
+- ``chain k``: k dependent loads in one program, each address the previous load's value, on a cold
+  L2; the slope over k is the latency of one dependent hop (index -> row is two of them).
+- ``gather xN``: N programs each load 64 int32 ids, then the 64 rows of 576 B (one KV token's data)
+  at those ids, and store their byte sum: 1 program (one index -> row round trip at 64-row width),
+  one program per SM (one wave), 2 and 4 per SM (more rows in flight per SM).
+
+The rows and chain links lie in a 576 MiB pool of random bytes at random places, so L2 and TLB miss
+as in serving.
+
+    python benchmarks/bench_latency_floor.py          # saves benchmarks/results/bench_latency_floor-<arch>.json
+    python benchmarks/bench_latency_floor.py --smoke  # tiny sizes, correctness only; the interpreter without a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.common must precede triton and dsv4_tune
+
+from benchmarks.common import (
+    INTERPRETER_NOTE,
+    add_common_args,
+    default_out_dir,
+    device_record,
+    parse_gpu_args,
+    print_table,
+    result_name,
+    save_results,
+    time_graph,
+)
+
+# isort: split
+# (after benchmarks.common, which picks the interpreter or the compiler before Triton is imported)
+import triton
+import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+from dsv4_tune.env import interpreting
+
+ROW_BYTES = 576  # data bytes of one token in the DSV4 KV pool
+HEAD_BYTES, TAIL_BYTES = 512, 64  # a row loaded as two power-of-two tiles
+ROWS = 64  # rows gathered per program
+NUM_WARPS = 4
+HOPS = (1, 2, 4, 8, 16)
+PER_SM = (1, 2, 4)
+FULL_POOL_ROWS = 2**20  # 576 MiB
+SMOKE_POOL_ROWS = 512
+
+if interpreting():  # the interpreter cannot run the griddepcontrol builtins: no-ops there (one program at a time)
+
+    @triton.jit
+    def _no_op():
+        pass
+
+    gdc_launch_dependents = gdc_wait = _no_op
+
+
+@triton.jit
+def _empty_kernel(x_ptr):
+    pass
+
+
+@triton.jit
+def _step_kernel(src_ptr, dst_ptr, LAUNCH_DEPENDENTS: tl.constexpr, WAIT: tl.constexpr):
+    """``dst = src + 1``; LAUNCH_DEPENDENTS: let the next (PDL) launch start now; WAIT: wait for the one before."""
+    if LAUNCH_DEPENDENTS:
+        gdc_launch_dependents()
+    if WAIT:
+        gdc_wait()
+    tl.store(dst_ptr, tl.load(src_ptr) + 1)
+
+
+@triton.jit
+def _chain_kernel(pool_ptr, start, out_ptr, HOPS: tl.constexpr):
+    """``HOPS`` dependent loads of int32 words from ``pool_ptr[start]``; stores the last value."""
+    cur = start.to(tl.int64)
+    for _ in tl.static_range(HOPS):
+        cur = tl.load(pool_ptr + cur).to(tl.int64)
+    tl.store(out_ptr, cur.to(tl.int32))
+
+
+@triton.jit
+def _gather_kernel(
+    pool_ptr, ids_ptr, out_ptr,
+    ROWS: tl.constexpr, ROW_BYTES: tl.constexpr, HEAD_BYTES: tl.constexpr, TAIL_BYTES: tl.constexpr,
+):
+    """Program p: byte sum of the ``ROWS`` rows whose ids are ``ids[p * ROWS:(p + 1) * ROWS]``."""
+    pid = tl.program_id(0)
+    base = tl.load(ids_ptr + pid * ROWS + tl.arange(0, ROWS)).to(tl.int64) * ROW_BYTES
+    head = tl.load(pool_ptr + base[:, None] + tl.arange(0, HEAD_BYTES)[None, :])
+    tail = tl.load(pool_ptr + base[:, None] + HEAD_BYTES + tl.arange(0, TAIL_BYTES)[None, :])
+    total = tl.sum(tl.sum(head.to(tl.int32), axis=1), axis=0) + tl.sum(tl.sum(tail.to(tl.int32), axis=1), axis=0)
+    tl.store(out_ptr + pid, total)
+
+
+def _pdl_opts(pdl: bool) -> dict[str, bool]:
+    """Launch options of a programmatic dependent launch (the interpreter knows no launch options)."""
+    return {"launch_pdl": True} if pdl and not interpreting() else {}
+
+
+def _time(fn: Callable[[], object], timed: bool) -> dict[str, Any]:
+    """Median / p20 / p80 us of ``fn`` as the sweep times it (after one checked run, done by the caller)."""
+    if not timed:
+        return {"us": None, "p20_us": None, "p80_us": None, "note": INTERPRETER_NOTE}
+    t = time_graph(fn)
+    return {"us": t["median_us"], "p20_us": t["p20_us"], "p80_us": t["p80_us"], "note": "" if t["graph"] else "eager"}
+
+
+def _launch_rows(device: str, timed: bool) -> list[dict[str, Any]]:
+    """Empty kernel, one load+store launch, and two dependent launches plain and PDL."""
+    x = torch.zeros(1, dtype=torch.int32, device=device)
+    cnt, mid = torch.zeros(1, dtype=torch.int32, device=device), torch.zeros(1, dtype=torch.int32, device=device)
+
+    def empty() -> None:
+        _empty_kernel[(1,)](x, num_warps=NUM_WARPS)
+
+    def one() -> None:
+        _step_kernel[(1,)](cnt, cnt, False, False, num_warps=NUM_WARPS)
+
+    def two(pdl: bool) -> None:
+        _step_kernel[(1,)](cnt, mid, pdl, False, num_warps=NUM_WARPS)  # A: mid = cnt + 1
+        _step_kernel[(1,)](mid, cnt, False, pdl, num_warps=NUM_WARPS, **_pdl_opts(pdl))  # B: cnt = mid + 1
+
+    rows = []
+    for name, fn, launches in (("empty", empty, 1), ("1 launch", one, 1),
+                               ("2 launches plain", lambda: two(False), 2), ("2 launches PDL", lambda: two(True), 2)):
+        fn()
+        rows.append({"what": name, "programs": 1, "launches": launches, **_time(fn, timed)})
+        if launches == 2:  # B must have read A's store: cnt = mid + 1 after every run, the last included
+            c, m = int(cnt.item()), int(mid.item())
+            assert c == m + 1, f"{name}: B read a stale value (cnt {c}, mid {m})"
+    return rows
+
+
+def _chain_rows(pool: torch.Tensor, device: str, timed: bool, gen: torch.Generator) -> tuple[list[dict], float | None]:
+    """``chain k`` rows and the fitted us per hop (None untimed)."""
+    words = pool.view(torch.int32)
+    links = torch.randint(2, words.numel(), (max(HOPS) + 1,), generator=gen, dtype=torch.int32)  # never 0 or 1
+    assert links.unique().numel() == links.numel(), "chain links collide: try another --seed"
+    words[links[:-1].to(device).long()] = links[1:].to(device)  # words[links[j]] = links[j + 1]
+    out = torch.zeros(1, dtype=torch.int32, device=device)
+    start = int(links[0])
+    rows = []
+    for k in HOPS:
+        def fn(k: int = k) -> None:
+            _chain_kernel[(1,)](words, start, out, k, num_warps=NUM_WARPS)
+
+        fn()
+        assert int(out.item()) == int(links[k]), f"chain {k}: ended at {int(out.item())}, expected {int(links[k])}"
+        rows.append({"what": f"chain {k}", "programs": 1, "launches": 1, "hops": k, **_time(fn, timed)})
+    slope = None
+    if timed:
+        slope = float(np.polyfit([r["hops"] for r in rows], [r["us"] for r in rows], 1)[0])
+    return rows, slope
+
+
+def _gather_rows(pool: torch.Tensor, programs: list[tuple[str, int]], device: str, timed: bool,
+                 gen: torch.Generator) -> list[dict[str, Any]]:
+    """One ``gather`` row per (label, program count): each program sums 64 random rows of the pool."""
+    n_rows = pool.numel() // ROW_BYTES
+    table = pool.view(n_rows, ROW_BYTES)
+    rows = []
+    for label, p in programs:
+        ids = torch.randint(0, n_rows, (p * ROWS,), generator=gen, dtype=torch.int32).to(device)
+        out = torch.zeros(p, dtype=torch.int32, device=device)
+
+        def fn(ids: torch.Tensor = ids, out: torch.Tensor = out, p: int = p) -> None:
+            _gather_kernel[(p,)](pool, ids, out, ROWS, ROW_BYTES, HEAD_BYTES, TAIL_BYTES, num_warps=NUM_WARPS)
+
+        fn()
+        ref = table[ids.long()].view(p, ROWS * ROW_BYTES).to(torch.int32).sum(1, dtype=torch.int32)
+        assert torch.equal(out, ref), f"gather {label}: sums differ in {int((out != ref).sum())} programs"
+        t = _time(fn, timed)
+        moved = p * ROWS * (ROW_BYTES + 4)
+        rows.append({"what": f"gather {label}", "programs": p, "launches": 1, "rows": p * ROWS, "bytes": moved,
+                     **t, "GB/s": moved / t["us"] / 1e3 if t["us"] else None})
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_args(parser)
+    args, timed = parse_gpu_args(parser)
+    device = "cuda" if timed else "cpu"
+    gen = torch.Generator().manual_seed(args.seed)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count if timed else 4
+    pool_rows = SMOKE_POOL_ROWS if args.smoke else FULL_POOL_ROWS
+    pool = torch.randint(0, 256, (pool_rows * ROW_BYTES,), generator=gen, dtype=torch.uint8).to(device)
+    if interpreting():
+        print("interpreter: gdc_wait / gdc_launch_dependents run as no-ops, launch_pdl is not passed; no timing")
+
+    rows = _launch_rows(device, timed)
+    chain, hop_us = _chain_rows(pool, device, timed, gen)
+    rows += chain
+    rows += _gather_rows(pool, [("1 program", 1)] + [(f"{k}/SM", k * sms) for k in PER_SM], device, timed, gen)
+
+    by = {r["what"]: r["us"] for r in rows}
+    summary: dict[str, float | None] = {"us_per_hop": hop_us}
+    if timed:
+        summary |= {"second_launch_plain_us": by["2 launches plain"] - by["1 launch"],
+                    "second_launch_pdl_us": by["2 launches PDL"] - by["1 launch"],
+                    "gather_wave_over_1_program_us": by["gather 1/SM"] - by["gather 1 program"]}
+    payload = {"device": device_record(), "sm_count": sms, "pool_bytes": pool.numel(), "row_bytes": ROW_BYTES,
+               "rows_per_program": ROWS, "num_warps": NUM_WARPS, "timing": "tuner.measure.time_graph (median of 50)",
+               "summary": summary, "rows": rows}
+    path = save_results(result_name("bench_latency_floor"), payload, args.out or default_out_dir(args.smoke))
+    print_table(rows, ["what", "programs", "launches", "us", "p20_us", "p80_us", "GB/s", "note"],
+                f"latency floor: CUDA-graph replay after an L2 flush, {NUM_WARPS} warps a program, "
+                f"pool {pool.numel() / 2**20:.3g} MiB, {ROWS} rows x {ROW_BYTES} B a gather program")
+    print("\n" + "  ".join(f"{k} = {'-' if v is None else f'{v:.2f}'}" for k, v in summary.items()))
+    print(f"\nsaved {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
