@@ -9,7 +9,9 @@ at T <= 8; failures are marked in the table and the JSON and make the exit statu
 With ``--policy NEW`` it compares, on the same inputs in one run: (a) NEW's plan, (b) the ws_sm90
 variant at its best of a few configs (where it runs), (c) ``--before OLD``'s plan (default: the
 shipped policy of this GPU), (d) the seed's hand rules on our kernels, (e) the floor; per point
-time, x floor, TFLOP/s, the ratios, and the geomeans over T >= 64; JSON and a PNG.
+time, x floor, TFLOP/s, the ratios, and the geomeans over T >= 64; at T <= 16 also the latency
+floor of the shape measured in the same run (``bench_latency_floor.WaveFloor``: one wave that
+touches the shape's rows once) and time / max(floor, latency floor); JSON and a PNG.
 
     python benchmarks/bench_decode.py [--quick] [--variants fused gather_attend]
     python benchmarks/bench_decode.py --policy NEW.json [--before OLD.json] [--quick]
@@ -30,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.common must precede dsv4_tune
 
+from benchmarks.bench_latency_floor import WaveFloor
 from benchmarks.common import (
     INTERPRETER_NOTE,
     add_common_args,
@@ -82,7 +85,8 @@ LAYERS = (
 )
 SMOKE_LAYERS = (Layer("SWA 64", (64, 64)), Layer("SWA+C128 128", (64, 64), (64, 2)))
 FULL_TS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-COMPARE_TS = (1, 4, 16, 64, 256, 512)
+COMPARE_TS = (1, 2, 4, 8, 16, 64, 256, 512)
+SMALL_T = 16  # rows up to here are also set beside the latency floor of their shape (issue 32)
 COMPARE_CHECK_MAX_T = 64  # every compared plan is checked against the reference up to here
 
 
@@ -192,9 +196,10 @@ def ws_candidates(w: Workload) -> list[Plan]:
 
 def compare_point(
     h: int, layer: Layer, t: int, scopes: Scopes, ceilings: dict[str, float], new: Dispatcher, before: Dispatcher,
-    gen: torch.Generator,
+    gen: torch.Generator, wave: WaveFloor,
 ) -> dict[str, Any]:
-    """One (h_q, layer, T) of the policy comparison: every plan checked (T <= 64) and timed on the same inputs."""
+    """One (h_q, layer, T) of the policy comparison: every plan checked (T <= 64) and timed on the same
+    inputs; at small T also the latency floor of the shape (one wave touching its rows once)."""
     main_s = scopes.get(layer.main, False, t)
     extra = scopes.get(layer.extra, True, t) if layer.extra else None
     q = make_query(t, 1, h, device="cuda", gen=gen)
@@ -232,6 +237,9 @@ def compare_point(
     bad = [c for c in checks if c.startswith("!!!")]
     row["check"] = bad[0] if bad else ("ok" if ref is not None else "")
     row["x_floor"] = row["policy_us"] / fl
+    if t <= SMALL_T:
+        row["latency_floor_us"] = wave.us(t * w.total_topk)
+        row["x_small_floor"] = row["policy_us"] / max(fl, row["latency_floor_us"])
     row["TFLOP/s"] = row["TFLOP"] / (row["policy_us"] * 1e-6)
     row["before/policy"] = row["before_us"] / row["policy_us"]
     row["seed/policy"] = row["seed_us"] / row["policy_us"]
@@ -250,6 +258,9 @@ def compare_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
     out["before/policy"] = geomean([r["before/policy"] for r in big])
     out["seed/policy"] = geomean([r["seed/policy"] for r in big])
     out["before/policy all T"] = geomean([r["before/policy"] for r in rows])
+    small = [r["x_small_floor"] for r in rows if "x_small_floor" in r]
+    if small:  # T <= SMALL_T: time / max(floor, latency floor of the shape)
+        out["policy_x_small_floor T<=16"] = geomean(small)
     return out
 
 
@@ -299,11 +310,12 @@ def compare_main(args: argparse.Namespace) -> int:
     hs = tuple(args.heads or hs)
     gen = torch.Generator().manual_seed(args.seed)
     scopes = Scopes(max(ts), "cuda", big=True, gen=gen)
+    wave = WaveFloor("cuda", torch.cuda.get_device_properties(0).multi_processor_count, gen)
     rows = []
     for h in hs:
         for layer in LAYERS:
             for t in ts:
-                rows.append(compare_point(h, layer, t, scopes, ceilings, new, before, gen))
+                rows.append(compare_point(h, layer, t, scopes, ceilings, new, before, gen, wave))
                 r = rows[-1]
                 print(f"  h_q={h} {layer.name} T={t}: policy {r['policy_us']:.1f} us ({r['x_floor']:.2f}x floor, "
                       f"{r['TFLOP/s']:.0f} TFLOP/s), before {r['before_us']:.1f}, seed {r['seed_us']:.1f}"
@@ -319,9 +331,10 @@ def compare_main(args: argparse.Namespace) -> int:
     png = compare_plot(rows, out_dir / f"{name}.png", f"{payload['device']['device']}: time / floor "
                        f"(policy = {Path(args.policy).name})")
     print_table(rows, ["h_q", "layer", "T", "policy_us", "ws_us", "before_us", "seed_us", "floor_us", "x_floor",
-                       "TFLOP/s", "before/policy", "seed/policy", "check"],
-                "policies side by side (us; x_floor and TFLOP/s of the new policy)")
-    print("\ngeomeans over T >= 64: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
+                       "latency_floor_us", "x_small_floor", "TFLOP/s", "before/policy", "seed/policy", "check"],
+                "policies side by side (us; x_floor, x_small_floor (T <= 16: time / max(floor, latency floor)) "
+                "and TFLOP/s of the new policy)")
+    print("\ngeomeans (over T >= 64 unless named): " + ", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
     print(f"saved {path}" + (f" and {png}" if png else ""))
     return 1 if failures else 0
 

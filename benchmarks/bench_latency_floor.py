@@ -26,6 +26,7 @@ as in serving.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -100,14 +101,16 @@ def _chain_kernel(pool_ptr, start, out_ptr, HOPS: tl.constexpr):
 
 @triton.jit
 def _gather_kernel(
-    pool_ptr, ids_ptr, out_ptr,
+    pool_ptr, ids_ptr, out_ptr, n,
     ROWS: tl.constexpr, ROW_BYTES: tl.constexpr, HEAD_BYTES: tl.constexpr, TAIL_BYTES: tl.constexpr,
 ):
-    """Program p: byte sum of the ``ROWS`` rows whose ids are ``ids[p * ROWS:(p + 1) * ROWS]``."""
+    """Program p: byte sum of the ``n <= ROWS`` rows whose ids are ``ids[p * n:(p + 1) * n]``."""
     pid = tl.program_id(0)
-    base = tl.load(ids_ptr + pid * ROWS + tl.arange(0, ROWS)).to(tl.int64) * ROW_BYTES
-    head = tl.load(pool_ptr + base[:, None] + tl.arange(0, HEAD_BYTES)[None, :])
-    tail = tl.load(pool_ptr + base[:, None] + HEAD_BYTES + tl.arange(0, TAIL_BYTES)[None, :])
+    r = tl.arange(0, ROWS)
+    base = tl.load(ids_ptr + pid * n + r, mask=r < n, other=0).to(tl.int64) * ROW_BYTES
+    live = (r < n)[:, None]
+    head = tl.load(pool_ptr + base[:, None] + tl.arange(0, HEAD_BYTES)[None, :], mask=live, other=0)
+    tail = tl.load(pool_ptr + base[:, None] + HEAD_BYTES + tl.arange(0, TAIL_BYTES)[None, :], mask=live, other=0)
     total = tl.sum(tl.sum(head.to(tl.int32), axis=1), axis=0) + tl.sum(tl.sum(tail.to(tl.int32), axis=1), axis=0)
     tl.store(out_ptr + pid, total)
 
@@ -184,7 +187,7 @@ def _gather_rows(pool: torch.Tensor, programs: list[tuple[str, int]], device: st
         out = torch.zeros(p, dtype=torch.int32, device=device)
 
         def fn(ids: torch.Tensor = ids, out: torch.Tensor = out, p: int = p) -> None:
-            _gather_kernel[(p,)](pool, ids, out, ROWS, ROW_BYTES, HEAD_BYTES, TAIL_BYTES, num_warps=NUM_WARPS)
+            _gather_kernel[(p,)](pool, ids, out, ROWS, ROWS, ROW_BYTES, HEAD_BYTES, TAIL_BYTES, num_warps=NUM_WARPS)
 
         fn()
         ref = table[ids.long()].view(p, ROWS * ROW_BYTES).to(torch.int32).sum(1, dtype=torch.int32)
@@ -194,6 +197,48 @@ def _gather_rows(pool: torch.Tensor, programs: list[tuple[str, int]], device: st
         rows.append({"what": f"gather {label}", "programs": p, "launches": 1, "rows": p * ROWS, "bytes": moved,
                      **t, "GB/s": moved / t["us"] / 1e3 if t["us"] else None})
     return rows
+
+
+class WaveFloor:
+    """The latency floor of a small-T shape: one wave (a program per SM) that touches its ``rows``
+    KV rows once, ``ceil(rows / SMs)`` a program, from a 576 MiB pool, timed as the sweep times a
+    plan.  No plan that reads each of those rows can be faster under that timing (it also pays
+    for its ids, its math and its stores), so ``bench_decode`` sets small-T plans beside it."""
+
+    def __init__(self, device: str, sms: int, gen: torch.Generator, pool_rows: int = FULL_POOL_ROWS) -> None:
+        self.device, self.sms, self.gen = device, sms, gen
+        self.pool = torch.randint(0, 256, (pool_rows * ROW_BYTES,), generator=gen, dtype=torch.uint8).to(device)
+        self._us: dict[int, float] = {}
+
+    def _wave(self, rows: int) -> tuple[Callable[[], None], torch.Tensor, torch.Tensor, int]:
+        """The launch of one wave over ``rows`` random rows, its ids and sums, and rows per program."""
+        n = max(1, math.ceil(rows / self.sms))
+        ids = torch.randint(0, self.pool.numel() // ROW_BYTES, (self.sms * n,), generator=self.gen,
+                            dtype=torch.int32).to(self.device)
+        out = torch.zeros(self.sms, dtype=torch.int32, device=self.device)
+        block = max(2, triton.next_power_of_2(n))
+
+        def fn() -> None:
+            _gather_kernel[(self.sms,)](self.pool, ids, out, n, block, ROW_BYTES, HEAD_BYTES, TAIL_BYTES,
+                                        num_warps=NUM_WARPS)
+
+        return fn, ids, out, n
+
+    def check(self, rows: int) -> None:
+        """Run one wave over ``rows`` rows and compare its sums with torch's."""
+        fn, ids, out, n = self._wave(rows)
+        fn()
+        table = self.pool.view(-1, ROW_BYTES)
+        ref = table[ids.long()].view(self.sms, n * ROW_BYTES).to(torch.int32).sum(1, dtype=torch.int32)
+        assert torch.equal(out, ref), f"wave over {rows} rows: sums differ in {int((out != ref).sum())} programs"
+
+    def us(self, rows: int) -> float:
+        """Median us of one wave gathering ``rows`` rows (cached per row count)."""
+        if rows not in self._us:
+            fn, *_ = self._wave(rows)
+            fn()
+            self._us[rows] = time_graph(fn)["median_us"]
+        return self._us[rows]
 
 
 def main() -> int:
@@ -212,6 +257,10 @@ def main() -> int:
     chain, hop_us = _chain_rows(pool, device, timed, gen)
     rows += chain
     rows += _gather_rows(pool, [("1 program", 1)] + [(f"{k}/SM", k * sms) for k in PER_SM], device, timed, gen)
+    if args.smoke:  # bench_decode's per-shape floor: a masked tail (37 rows over the SMs) and a full program
+        wave = WaveFloor(device, sms, gen, pool_rows=SMOKE_POOL_ROWS)
+        for n in (37, 64 * sms):
+            wave.check(n)
 
     by = {r["what"]: r["us"] for r in rows}
     summary: dict[str, float | None] = {"us_per_hop": hop_us}
