@@ -15,12 +15,13 @@ import pytest
 from typer.testing import CliRunner
 
 from dsv4_tune import Plan
-from dsv4_tune.cache.store import Store
+from dsv4_tune.cache.store import Store, sweep_key
 from dsv4_tune.cli import app
 from dsv4_tune.policies.gpu import detect
 from dsv4_tune.policies.schema import load_policy
 from dsv4_tune.tuner import sweep as sweep_mod
 from dsv4_tune.tuner.grid import Grid, GridClass
+from dsv4_tune.tuner.inputs import INPUTS_VERSION
 from dsv4_tune.tuner.select import select_eager, select_winner
 
 GRID = Grid((GridClass(16, 64, 64, True, 64, 64),), (1, 2))
@@ -392,3 +393,22 @@ def test_forgotten_workloads_are_measured_again_and_only_they(tmp_path: Path) ->
     assert {k: v for k, v in after.items() if k[0] != forgot} == {k: v for k, v in before.items() if k[0] != forgot}
     assert any(k[0] == forgot for k in after) and store.has_winner(sweep_id, forgot)
     assert store.sweep(sweep_id)["status"] == "done"
+
+
+def test_a_sweep_on_older_inputs_is_not_resumed_until_brought_up_to_date(tmp_path: Path) -> None:
+    """A sweep records the version of its timed inputs, which keys it: a store timed on the old
+    lengths (version 1, recorded as none) is not resumed by today's sweep, which would mix the two,
+    until ``forget`` + ``mark_inputs`` (benchmarks/forget_length_workloads.py) bring it up to date."""
+    store = Store(tmp_path / "s.db")
+    grid = Grid((GridClass(16, 64, 0, False, 64, 64),), (1,))
+    sweep_id = sweep_mod.run_sweep(store, grid, detect())
+    row = store.sweep(sweep_id)
+    assert row["inputs"] == INPUTS_VERSION > 1 and row["key"] == sweep_key(row)
+    old = {**row, "inputs": None}
+    store.db.execute("update sweeps set inputs = null, key = ? where id = ?", [sweep_key(old), sweep_id])
+    assert sweep_key(old) != row["key"]
+    meta = sweep_mod.sweep_meta(detect(), grid)
+    assert store.open_sweep(meta)[1] is False, "a sweep on other inputs is not resumed"
+    store.db.execute("delete from sweeps where id != ?", [sweep_id])
+    store.mark_inputs(sweep_id, INPUTS_VERSION)
+    assert store.open_sweep(meta) == (sweep_id, True)

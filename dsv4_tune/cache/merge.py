@@ -1,6 +1,6 @@
 """Stores from several hosts (or copies of one store) into one, without duplicates.
 
-A sweep is the same sweep in two stores when its key (GPU id, driver, versions, grid), start time and
+A sweep is the same sweep in two stores when its key (GPU id, driver, versions, grid, flavour, inputs), start time and
 host agree; its rows are then merged (a measurement keyed by workload, stage and plan keeps the
 later one; the winners of the fresher copy win).  Two different sweeps that happen to share an id
 (each host numbers its own sweeps ``<key>-1``, ``<key>-2``, ...) are both kept: the incoming one

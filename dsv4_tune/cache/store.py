@@ -34,12 +34,24 @@ RETRIED = ("launch_error", "oom")  # a resumed sweep measures these rows again
 # Columns of a sweep's GPU identity added after 2026-11-26: a resume fills them where they are null.
 IDENTITY_COLUMNS = ("fp8", "multiprocessors", "pci_device_id", "driver_version")
 # Sweep columns added after the first stores: the owner and its progress (JSON, see beat), the FP8
-# flavour of the pools measured and the SM / CU count.
+# flavour of the pools measured, the SM / CU count and the version of the timed inputs (null: 1).
 OWNER_COLUMNS = {"host": str, "pid": int, "pid_start": str, "heartbeat": str, "progress": str, "fp8": str,
-                 "multiprocessors": int, "pci_device_id": int, "driver_version": str}
+                 "multiprocessors": int, "pci_device_id": int, "driver_version": str, "inputs": int}
 STALE_AFTER_S = 3600  # a running sweep of another host with no sign of life for this long: interrupted
 CLAIM_LEASE_S = 600.0  # a worker's claim on a workload lapses this long after its last sign of life
 CLAIM_COLUMNS = {"changed": int}  # a finished claim stored new rows (which re-opens the workload's final)
+
+
+def sweep_key(meta: dict[str, Any]) -> str:
+    """What makes two runs one sweep: the GPU id, driver, torch, Triton and grid, and where they are
+    not the defaults, the pools' FP8 flavour and the version of the timed inputs (``tuner.inputs.
+    INPUTS_VERSION``), so that older sweeps keep their keys and a sweep timed on other inputs is
+    never resumed by this one."""
+    keyed = ("gpu_id", "driver", "torch", "triton", "grid_hash")
+    extra = {"fp8": meta["fp8"]} if meta.get("fp8") not in (None, "e4m3fn") else {}
+    if (meta.get("inputs") or 1) != 1:
+        extra["inputs"] = meta["inputs"]
+    return stable_hash({**{k: meta[k] for k in keyed}, **extra})
 
 
 class StoreError(InputError):
@@ -152,10 +164,7 @@ class Store:
     def open_sweep(self, meta: dict[str, Any], fresh: bool = False) -> tuple[str, bool]:
         """The sweep for ``meta`` (GPU, versions, grid): the latest unfinished-or-finished one with the
         same key unless ``fresh``; else a new one.  Returns (id, resumed)."""
-        keyed = ("gpu_id", "driver", "torch", "triton", "grid_hash")
-        # the flavour keys a sweep only where it is not the default, so older sweeps keep their keys
-        extra = {"fp8": meta["fp8"]} if meta.get("fp8", "e4m3fn") != "e4m3fn" else {}
-        key = stable_hash({**{k: meta[k] for k in keyed}, **extra})
+        key = sweep_key(meta)
         conn = self.db.conn
         conn.execute("BEGIN IMMEDIATE")  # read-then-insert as one step: two sweeps may start at once
         try:
@@ -174,7 +183,10 @@ class Store:
                                      [meta[col], existing[0]])
                 conn.execute("COMMIT")
                 return existing[0], True
-            sweep_id = f"{key}-{len(existing) + 1}"
+            n = len(existing) + 1
+            while conn.execute("select 1 from sweeps where id = ?", [f"{key}-{n}"]).fetchone():  # see mark_inputs
+                n += 1
+            sweep_id = f"{key}-{n}"
             row = {"id": sweep_id, "key": key, **meta, "started": now(), "finished": None, "status": "running",
                    **owner}
             cols = ", ".join(row)
@@ -406,6 +418,13 @@ class Store:
                 self.db.execute("update sweeps set status = 'interrupted', finished = null, progress = null "
                                 "where id = ?", [sweep_id])
         return gone
+
+    def mark_inputs(self, sweep_id: str, version: int) -> None:
+        """Record that every row of a sweep was measured on inputs of ``version`` (after :meth:`forget`
+        dropped the rows whose inputs changed), so that a sweep on those inputs resumes it."""
+        row = self.sweep(sweep_id)
+        self.db.execute("update sweeps set inputs = ?, key = ? where id = ?",
+                        [version, sweep_key({**row, "inputs": version}), sweep_id])
 
     def has_winner(self, sweep_id: str, workload: str) -> bool:
         return self.db.execute("select 1 from winners where sweep_id = ? and workload = ?",

@@ -21,6 +21,9 @@ WRITE_CHUNK = 1 << 16
 # in [0, topk] decides the measurement, and a sweep picked for 1152 candidates a plan timed on 307
 # (55 us on full rows against 30 for the plan it displaced).  The sweep and the benchmarks agree.
 TIMING_LENGTHS = ("full", "serving")
+# The version of what timed cases hold, recorded by and keying each sweep (``cache.store.sweep_key``):
+# 1 (or none recorded) timed lengths drawn uniformly in [0, topk]; 2 times ``TIMING_LENGTHS``.
+INPUTS_VERSION = 2
 
 
 @dataclass

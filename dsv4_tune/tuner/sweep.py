@@ -30,6 +30,7 @@ from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
 from dsv4_tune.tuner.candidates import LAUNCHES, REFINE_SEEDS, coarse_candidates, refine_candidates
 from dsv4_tune.tuner.cases import Case
 from dsv4_tune.tuner.grid import Grid, GridClass, GridPoint, OpGridClass
+from dsv4_tune.tuner.inputs import INPUTS_VERSION
 from dsv4_tune.tuner.measure import gpu_state, host_us_per_call, hygiene_flag, interleaved_times, summarize
 from dsv4_tune.tuner.select import select_eager, select_winner
 
@@ -125,7 +126,7 @@ def sweep_meta(gpu: GpuInfo, grid: Grid, fp8: str | None = None) -> dict:
             "pci_device_id": gpu.pci_device_id, "driver": str(runtime),
             "driver_version": driver_version() if gpu.is_real else "none", "fp8": sweep_flavour(gpu, fp8),
             **toolchain(), "interpreter": int(not gpu.is_real), "grid_hash": stable_hash(grid.to_json()),
-            "grid": json.dumps(grid.to_json(), sort_keys=True)}
+            "grid": json.dumps(grid.to_json(), sort_keys=True), "inputs": INPUTS_VERSION}
 
 
 def check_counts(**counts: int) -> None:
