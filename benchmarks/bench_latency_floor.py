@@ -4,7 +4,9 @@ times a plan (``tuner.measure.time_graph``: CUDA-graph replay right after a 256 
 small-T plan's time compares directly with the floor of its shape.
 
 - ``empty``: one 1-program kernel doing nothing: graph launch + kernel start and end, the least any
-  plan pays per launch.
+  plan pays per launch as the sweep times it (one graph per call).  ``empty x20 (per launch)``: 20
+  of them in one graph, per launch: what a kernel costs inside a layer's graph, where serving runs
+  decode (the difference is the graph's own launch, which every timed plan pays once).
 - ``1 launch``: one program that loads a value and stores it + 1: one cold round trip on top.
 - ``2 launches plain`` / ``PDL``: kernel B reads what kernel A wrote, as a combine reads the split
   kernel's partials; stream order vs a programmatic dependent launch (A calls
@@ -63,6 +65,7 @@ ROWS = 64  # rows gathered per program
 NUM_WARPS = 4
 HOPS = (1, 2, 4, 8, 16)
 PER_SM = (1, 2, 4)
+IN_GRAPH = 20  # empty kernels in one graph: the cost of a launch inside a layer's graph
 FULL_POOL_ROWS = 2**20  # 576 MiB
 SMOKE_POOL_ROWS = 512
 
@@ -143,11 +146,19 @@ def _launch_rows(device: str, timed: bool) -> list[dict[str, Any]]:
         _step_kernel[(1,)](cnt, mid, pdl, False, num_warps=NUM_WARPS)  # A: mid = cnt + 1
         _step_kernel[(1,)](mid, cnt, False, pdl, num_warps=NUM_WARPS, **_pdl_opts(pdl))  # B: cnt = mid + 1
 
+    def empties() -> None:  # a layer's graph launches its kernels back to back: the cost of one there
+        for _ in range(IN_GRAPH):
+            empty()
+
     rows = []
     for name, fn, launches in (("empty", empty, 1), ("1 launch", one, 1),
-                               ("2 launches plain", lambda: two(False), 2), ("2 launches PDL", lambda: two(True), 2)):
+                               ("2 launches plain", lambda: two(False), 2), ("2 launches PDL", lambda: two(True), 2),
+                               (f"empty x{IN_GRAPH} (per launch)", empties, IN_GRAPH)):
         fn()
-        rows.append({"what": name, "programs": 1, "launches": launches, **_time(fn, timed)})
+        t = _time(fn, timed)
+        if fn is empties and t["us"] is not None:
+            t = {k: (v / IN_GRAPH if k.endswith("us") and v is not None else v) for k, v in t.items()}
+        rows.append({"what": name, "programs": 1, "launches": launches, **t})
         if launches == 2:  # B must have read A's store: cnt = mid + 1 after every run, the last included
             c, m = int(cnt.item()), int(mid.item())
             assert c == m + 1, f"{name}: B read a stale value (cnt {c}, mid {m})"
@@ -267,7 +278,8 @@ def main() -> int:
     if timed:
         summary |= {"second_launch_plain_us": by["2 launches plain"] - by["1 launch"],
                     "second_launch_pdl_us": by["2 launches PDL"] - by["1 launch"],
-                    "gather_wave_over_1_program_us": by["gather 1/SM"] - by["gather 1 program"]}
+                    "gather_wave_over_1_program_us": by["gather 1/SM"] - by["gather 1 program"],
+                    "graph_launch_us": by["empty"] - by[f"empty x{IN_GRAPH} (per launch)"]}
     payload = {"device": device_record(), "sm_count": sms, "pool_bytes": pool.numel(), "row_bytes": ROW_BYTES,
                "rows_per_program": ROWS, "num_warps": NUM_WARPS, "timing": "tuner.measure.time_graph (median of 50)",
                "summary": summary, "rows": rows}
