@@ -187,22 +187,34 @@ def _chain_rows(pool: torch.Tensor, device: str, timed: bool, gen: torch.Generat
     return rows, slope
 
 
+def _gather(pool: torch.Tensor, programs: int, n: int, device: str,
+            gen: torch.Generator) -> tuple[Callable[[], None], Callable[[str], None]]:
+    """A launch of ``programs`` programs, each summing ``n`` random rows of ``pool``, and the check of
+    its sums against torch's (after a launch; its argument names the row in the message)."""
+    n_rows = pool.numel() // ROW_BYTES
+    ids = torch.randint(0, n_rows, (programs * n,), generator=gen, dtype=torch.int32).to(device)
+    out = torch.zeros(programs, dtype=torch.int32, device=device)
+    block = max(2, triton.next_power_of_2(n))
+
+    def launch() -> None:
+        _gather_kernel[(programs,)](pool, ids, out, n, block, ROW_BYTES, HEAD_BYTES, TAIL_BYTES, num_warps=NUM_WARPS)
+
+    def check(label: str) -> None:
+        ref = pool.view(n_rows, ROW_BYTES)[ids.long()].view(programs, n * ROW_BYTES).to(torch.int32)
+        ref = ref.sum(1, dtype=torch.int32)
+        assert torch.equal(out, ref), f"{label}: sums differ in {int((out != ref).sum())} programs"
+
+    return launch, check
+
+
 def _gather_rows(pool: torch.Tensor, programs: list[tuple[str, int]], device: str, timed: bool,
                  gen: torch.Generator) -> list[dict[str, Any]]:
     """One ``gather`` row per (label, program count): each program sums 64 random rows of the pool."""
-    n_rows = pool.numel() // ROW_BYTES
-    table = pool.view(n_rows, ROW_BYTES)
     rows = []
     for label, p in programs:
-        ids = torch.randint(0, n_rows, (p * ROWS,), generator=gen, dtype=torch.int32).to(device)
-        out = torch.zeros(p, dtype=torch.int32, device=device)
-
-        def fn(ids: torch.Tensor = ids, out: torch.Tensor = out, p: int = p) -> None:
-            _gather_kernel[(p,)](pool, ids, out, ROWS, ROWS, ROW_BYTES, HEAD_BYTES, TAIL_BYTES, num_warps=NUM_WARPS)
-
+        fn, check = _gather(pool, p, ROWS, device, gen)
         fn()
-        ref = table[ids.long()].view(p, ROWS * ROW_BYTES).to(torch.int32).sum(1, dtype=torch.int32)
-        assert torch.equal(out, ref), f"gather {label}: sums differ in {int((out != ref).sum())} programs"
+        check(f"gather {label}")
         t = _time(fn, timed)
         moved = p * ROWS * (ROW_BYTES + 4)
         rows.append({"what": f"gather {label}", "programs": p, "launches": 1, "rows": p * ROWS, "bytes": moved,
@@ -221,32 +233,20 @@ class WaveFloor:
         self.pool = torch.randint(0, 256, (pool_rows * ROW_BYTES,), generator=gen, dtype=torch.uint8).to(device)
         self._us: dict[int, float] = {}
 
-    def _wave(self, rows: int) -> tuple[Callable[[], None], torch.Tensor, torch.Tensor, int]:
-        """The launch of one wave over ``rows`` random rows, its ids and sums, and rows per program."""
-        n = max(1, math.ceil(rows / self.sms))
-        ids = torch.randint(0, self.pool.numel() // ROW_BYTES, (self.sms * n,), generator=self.gen,
-                            dtype=torch.int32).to(self.device)
-        out = torch.zeros(self.sms, dtype=torch.int32, device=self.device)
-        block = max(2, triton.next_power_of_2(n))
-
-        def fn() -> None:
-            _gather_kernel[(self.sms,)](self.pool, ids, out, n, block, ROW_BYTES, HEAD_BYTES, TAIL_BYTES,
-                                        num_warps=NUM_WARPS)
-
-        return fn, ids, out, n
+    def _wave(self, rows: int) -> tuple[Callable[[], None], Callable[[str], None]]:
+        """One wave over ``rows`` random rows: its launch and its check."""
+        return _gather(self.pool, self.sms, max(1, math.ceil(rows / self.sms)), self.device, self.gen)
 
     def check(self, rows: int) -> None:
         """Run one wave over ``rows`` rows and compare its sums with torch's."""
-        fn, ids, out, n = self._wave(rows)
+        fn, check = self._wave(rows)
         fn()
-        table = self.pool.view(-1, ROW_BYTES)
-        ref = table[ids.long()].view(self.sms, n * ROW_BYTES).to(torch.int32).sum(1, dtype=torch.int32)
-        assert torch.equal(out, ref), f"wave over {rows} rows: sums differ in {int((out != ref).sum())} programs"
+        check(f"wave over {rows} rows")
 
     def us(self, rows: int) -> float:
         """Median us of one wave gathering ``rows`` rows (cached per row count)."""
         if rows not in self._us:
-            fn, *_ = self._wave(rows)
+            fn, _ = self._wave(rows)
             fn()
             self._us[rows] = time_graph(fn)["median_us"]
         return self._us[rows]

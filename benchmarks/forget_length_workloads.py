@@ -14,12 +14,17 @@ version was recorded); only record the version.
 from __future__ import annotations
 
 import argparse
-import re
+import json
 
-from dsv4_tune.cache.store import Store
+from dsv4_tune.cache.store import Store, workload_key
+from dsv4_tune.tuner.grid import Grid
 from dsv4_tune.tuner.inputs import INPUTS_VERSION
 
-WITH_LENGTH = re.compile(r"^h\d+-m\d+-x\d+-len(?!00)\d\d-")  # store.workload_key of a decode workload
+
+def length_workloads(grid: Grid) -> list[str]:
+    """The store keys of the grid's decode workloads with a ``topk_length`` in either scope."""
+    ws = [cls.workload(t) for cls, t in grid.points() if cls.decode]
+    return sorted(workload_key(w) for w in ws if w.has_len_main or w.has_len_extra)
 
 
 def main() -> None:
@@ -35,8 +40,7 @@ def main() -> None:
         return
     said = "recorded"
     if not args.mark_only:
-        keys = sorted({r[0] for r in store.db.execute("select distinct workload from measurements where sweep_id = ?",
-                                                        [sweep["id"]]) if WITH_LENGTH.match(r[0])})
+        keys = length_workloads(Grid.from_json(json.loads(sweep["grid"])))
         gone = store.forget(sweep["id"], keys)
         said = f"forgot {len(keys)} workloads with a topk_length ({gone} measurements), recorded"
     store.mark_inputs(sweep["id"], INPUTS_VERSION)
