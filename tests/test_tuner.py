@@ -395,6 +395,26 @@ def test_forgotten_workloads_are_measured_again_and_only_they(tmp_path: Path) ->
     assert store.sweep(sweep_id)["status"] == "done"
 
 
+def test_a_forgotten_variant_is_timed_again_and_the_rest_stands(tmp_path: Path) -> None:
+    """After a variant's kernel changed (benchmarks/forget_variant.py): its rows go, a resume times
+    it again and re-chooses every workload it was a candidate of; the other variants' rows stand."""
+    store = Store(tmp_path / "s.db")
+    grid = Grid((GridClass(16, 64, 0, False, 64, 64),), (1,))
+    sweep_id = sweep_mod.run_sweep(store, grid, detect())
+    before = {(r["workload"], r["stage"], r["plan"]): (r["variant"], r["taken"]) for r in store.measurements(sweep_id)}
+    gone = sum(v == "fused" for v, _ in before.values())
+    assert gone and store.forget_variant(sweep_id, "fused") == gone
+    assert store.sweep(sweep_id)["status"] == "interrupted"
+    assert not any(store.has_winner(sweep_id, w) for w, _, _ in before)
+    assert sweep_mod.run_sweep(store, grid, detect()) == sweep_id
+    after = {(r["workload"], r["stage"], r["plan"]): (r["variant"], r["taken"]) for r in store.measurements(sweep_id)}
+    kept = {k: v for k, v in before.items() if v[0] != "fused" and k[1] != "final"}
+    assert {k: after[k] for k in kept} == kept, "the other variants' rows are not measured again"
+    again = {k: v for k, v in after.items() if v[0] == "fused"}
+    assert again and all(v[1] > before.get(k, ("", ""))[1] for k, v in again.items())
+    assert all(store.has_winner(sweep_id, w) for w, _, _ in before) and store.sweep(sweep_id)["status"] == "done"
+
+
 def test_a_sweep_on_older_inputs_is_not_resumed_until_brought_up_to_date(tmp_path: Path) -> None:
     """A sweep records the version of its timed inputs, which keys it: a store timed on the old
     lengths (version 1, recorded as none) is not resumed by today's sweep, which would mix the two,

@@ -404,19 +404,36 @@ class Store:
         it measures them anew: how a sweep is brought up to date when the inputs of some of its
         workloads changed.  The sweep reads ``interrupted`` (with its progress counted from its rows)
         until then.  Returns how many measurements went."""
-        keys = list(workloads)
-        gone = 0
         with self.db.conn:
-            for start in range(0, len(keys), 500):  # SQLite's bound on host parameters
-                part = keys[start : start + 500]
-                marks = ", ".join("?" for _ in part)
-                for table in ("measurements", "winners", "claims"):
-                    cur = self.db.execute(f"delete from {table} where sweep_id = ? and workload in ({marks})",
-                                          [sweep_id, *part])
-                    gone += cur.rowcount if table == "measurements" else 0
-            if keys:
-                self.db.execute("update sweeps set status = 'interrupted', finished = null, progress = null "
-                                "where id = ?", [sweep_id])
+            return self._reopen(sweep_id, list(workloads), ("measurements", "winners", "claims"))
+
+    def forget_variant(self, sweep_id: str, variant: str) -> int:
+        """Drop every measurement of ``variant``'s plans in a sweep, and the winners and claims of the
+        workloads that had one, so that resuming it times that variant anew and chooses again: how a
+        sweep is brought up to date after the variant's kernel changed (its other rows stand, and the
+        final stage re-times the leaders side by side).  Returns how many measurements went."""
+        hit = [r["workload"] for r in self.db.query(
+            "select distinct workload from measurements where sweep_id = ? and variant = ?", [sweep_id, variant])]
+        with self.db.conn:
+            gone = self.db.execute("delete from measurements where sweep_id = ? and variant = ?",
+                                   [sweep_id, variant]).rowcount
+            self._reopen(sweep_id, hit, ("winners", "claims"))
+        return gone
+
+    def _reopen(self, sweep_id: str, workloads: list[str], tables: tuple[str, ...]) -> int:
+        """Delete the rows of ``workloads`` from ``tables`` and mark the sweep interrupted (when any
+        workload is named), inside the caller's transaction; returns the measurements deleted."""
+        gone = 0
+        for start in range(0, len(workloads), 500):  # SQLite's bound on host parameters
+            part = workloads[start : start + 500]
+            marks = ", ".join("?" for _ in part)
+            for table in tables:
+                cur = self.db.execute(f"delete from {table} where sweep_id = ? and workload in ({marks})",
+                                      [sweep_id, *part])
+                gone += cur.rowcount if table == "measurements" else 0
+        if workloads:
+            self.db.execute("update sweeps set status = 'interrupted', finished = null, progress = null "
+                            "where id = ?", [sweep_id])
         return gone
 
     def mark_inputs(self, sweep_id: str, version: int) -> None:
