@@ -179,6 +179,8 @@ def main() -> None:
         "compile_errors": [{"plan": c[1], "error": c[4][:1000]} for c in compile_errors],
         "compile_times": [{"shape": SHAPES[c[0]][0], "plan": c[1], "first_call_s": round(c[3], 2)} for c in compiled],
     }, args.out)
+    if failures or compile_errors:
+        sys.exit(1)  # the results are saved; the caller stops here
 
 
 if __name__ == "__main__":
