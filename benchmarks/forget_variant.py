@@ -3,7 +3,9 @@ the choices of the workloads it was a candidate of), so that resuming the sweep 
 the new kernel and chooses again, while every other variant's rows stand (``Store.forget_variant``).
 The final stage re-times each changed workload's leaders side by side, so no stale row decides alone.
 
-    python benchmarks/forget_variant.py STORE VARIANT [--sweep ID]   # then: dsv4-tune sweep --db STORE
+    python benchmarks/forget_variant.py STORE VARIANT [--op OP] [--sweep ID]   # then: dsv4-tune sweep --db STORE
+
+VARIANT is a decode variant, or with ``--op`` one of that op's (ops reuse names such as ``fused``).
 """
 
 from __future__ import annotations
@@ -11,20 +13,25 @@ from __future__ import annotations
 import argparse
 
 from dsv4_tune.cache.store import Store
+from dsv4_tune.registry.ops import OPS
 from dsv4_tune.registry.variants import VARIANTS
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("store")
-    ap.add_argument("variant", choices=sorted(VARIANTS))
+    ap.add_argument("variant")
+    ap.add_argument("--op", choices=sorted(OPS), default=None, help="the op whose variant it is (default: decode)")
     ap.add_argument("--sweep", default=None, help="sweep id (default: the latest)")
     args = ap.parse_args()
+    known = sorted(OPS[args.op].variants) if args.op else sorted(VARIANTS)
+    if args.variant not in known:
+        ap.error(f"variant: unknown {args.variant!r} for {args.op or 'decode'}, expected one of {known}")
     store = Store(args.store)
     sweep = store.sweep(args.sweep)
-    gone = store.forget_variant(sweep["id"], args.variant)
-    print(f"{args.store}: sweep {sweep['id']}: forgot {gone} measurements of {args.variant}; resume the sweep to "
-          "time it again")
+    gone = store.forget_variant(sweep["id"], args.variant, args.op)
+    what = f"{args.op} variant {args.variant}" if args.op else args.variant
+    print(f"{args.store}: sweep {sweep['id']}: forgot {gone} measurements of {what}; resume the sweep to time it again")
 
 
 if __name__ == "__main__":

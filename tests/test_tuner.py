@@ -403,7 +403,12 @@ def test_a_forgotten_variant_is_timed_again_and_the_rest_stands(tmp_path: Path) 
     sweep_id = sweep_mod.run_sweep(store, grid, detect())
     before = {(r["workload"], r["stage"], r["plan"]): (r["variant"], r["taken"]) for r in store.measurements(sweep_id)}
     gone = sum(v == "fused" for v, _ in before.values())
+    op_row = "compress-head_dim512-mode_decode-ratio4-R1"  # an op's variant of the same name is not the decode one
+    store.add_measurement(sweep_id, op_row, "coarse", Plan.make("fused", BLOCK_H=16, BLOCK_N=16, num_warps=4,
+                                                                num_stages=1), "ok", median_us=1.0)
     assert gone and store.forget_variant(sweep_id, "fused") == gone
+    assert [r["workload"] for r in store.measurements(sweep_id) if r["variant"] == "fused"] == [op_row]
+    assert store.forget_variant(sweep_id, "fused", op="compress") == 1
     assert store.sweep(sweep_id)["status"] == "interrupted"
     assert not any(store.has_winner(sweep_id, w) for w, _, _ in before)
     assert sweep_mod.run_sweep(store, grid, detect()) == sweep_id

@@ -60,6 +60,9 @@ class StoreError(InputError):
 EAGER_COLUMNS = {"eager_variant": str, "eager_config": str, "eager_us": float, "eager_reason": str}
 
 
+DECODE_KEY_GLOB = "h[0-9]*"  # SQLite GLOB of a decode workload's key (an op's starts with the op's name)
+
+
 def workload_key(w: Workload | OpWorkload) -> str:
     """Stable text key of a workload, e.g. ``h128-m128-x1024-len11-sink1-T64`` or
     ``compress-head_dim512-mode_decode-ratio4-R64``."""
@@ -407,16 +410,17 @@ class Store:
         with self.db.conn:
             return self._reopen(sweep_id, list(workloads), ("measurements", "winners", "claims"))
 
-    def forget_variant(self, sweep_id: str, variant: str) -> int:
-        """Drop every measurement of ``variant``'s plans in a sweep, and the winners and claims of the
+    def forget_variant(self, sweep_id: str, variant: str, op: str | None = None) -> int:
+        """Drop every measurement of decode variant ``variant``'s plans in a sweep (of the op ``op``'s
+        variant, when named: ops reuse names such as ``fused``), and the winners and claims of the
         workloads that had one, so that resuming it times that variant anew and chooses again: how a
         sweep is brought up to date after the variant's kernel changed (its other rows stand, and the
         final stage re-times the leaders side by side).  Returns how many measurements went."""
-        hit = [r["workload"] for r in self.db.query(
-            "select distinct workload from measurements where sweep_id = ? and variant = ?", [sweep_id, variant])]
+        where = "sweep_id = ? and variant = ? and " + ("workload glob ?" if op is None else "workload like ?")
+        args = [sweep_id, variant, DECODE_KEY_GLOB if op is None else f"{op}-%"]
+        hit = [r["workload"] for r in self.db.query(f"select distinct workload from measurements where {where}", args)]
         with self.db.conn:
-            gone = self.db.execute("delete from measurements where sweep_id = ? and variant = ?",
-                                   [sweep_id, variant]).rowcount
+            gone = self.db.execute(f"delete from measurements where {where}", args).rowcount
             self._reopen(sweep_id, hit, ("winners", "claims"))
         return gone
 
