@@ -569,6 +569,10 @@ def sweep(
         if resumed:
             console.print(f"resuming sweep {sweep_id}: {kept} rows kept (failed launches are tried again; "
                           "--fresh starts anew)", highlight=False)
+        if opened and opened[-1].stale:
+            changed = ", ".join(f"{k} ({n} rows)" for k, n in sorted(opened[-1].stale.items()))
+            console.print(f"kernels changed since this sweep measured them: {changed}; those are timed again",
+                          highlight=False)
 
     with _working("workloads x stages") as update:
         sweep_id = runner(open_store, on_point=lambda n, total, key: update(n, total, key), on_open=on_open,

@@ -19,9 +19,12 @@ from dsv4_tune.cache.store import Store, sweep_key
 from dsv4_tune.cli import app
 from dsv4_tune.policies.gpu import detect
 from dsv4_tune.policies.schema import load_policy
+from dsv4_tune.registry.ops import OPS
+from dsv4_tune.registry.variants import VARIANTS
 from dsv4_tune.tuner import sweep as sweep_mod
 from dsv4_tune.tuner.grid import Grid, GridClass
 from dsv4_tune.tuner.inputs import INPUTS_VERSION
+from dsv4_tune.tuner.kernel_versions import kernel_versions
 from dsv4_tune.tuner.select import select_eager, select_winner
 
 GRID = Grid((GridClass(16, 64, 64, True, 64, 64),), (1, 2))
@@ -395,29 +398,33 @@ def test_forgotten_workloads_are_measured_again_and_only_they(tmp_path: Path) ->
     assert store.sweep(sweep_id)["status"] == "done"
 
 
-def test_a_forgotten_variant_is_timed_again_and_the_rest_stands(tmp_path: Path) -> None:
-    """After a variant's kernel changed (benchmarks/forget_variant.py): its rows go, a resume times
-    it again and re-chooses every workload it was a candidate of; the other variants' rows stand."""
+def test_a_variant_whose_kernels_changed_is_timed_again_and_the_rest_stands(tmp_path: Path) -> None:
+    """A sweep records each variant's kernel version; resumed after one changed, it forgets that
+    variant's rows (Store.forget_variant, also benchmarks/forget_variant.py), times it again and
+    re-chooses every workload it was a candidate of; the other variants' rows stand."""
     store = Store(tmp_path / "s.db")
     grid = Grid((GridClass(16, 64, 0, False, 64, 64),), (1,))
     sweep_id = sweep_mod.run_sweep(store, grid, detect())
-    before = {(r["workload"], r["stage"], r["plan"]): (r["variant"], r["taken"]) for r in store.measurements(sweep_id)}
-    gone = sum(v == "fused" for v, _ in before.values())
+    assert json.loads(store.sweep(sweep_id)["kernels"]) == kernel_versions()
     op_row = "compress-head_dim512-mode_decode-ratio4-R1"  # an op's variant of the same name is not the decode one
     store.add_measurement(sweep_id, op_row, "coarse", Plan.make("fused", BLOCK_H=16, BLOCK_N=16, num_warps=4,
                                                                 num_stages=1), "ok", median_us=1.0)
-    assert gone and store.forget_variant(sweep_id, "fused") == gone
-    assert [r["workload"] for r in store.measurements(sweep_id) if r["variant"] == "fused"] == [op_row]
-    assert store.forget_variant(sweep_id, "fused", op="compress") == 1
-    assert store.sweep(sweep_id)["status"] == "interrupted"
-    assert not any(store.has_winner(sweep_id, w) for w, _, _ in before)
+    before = {(r["workload"], r["stage"], r["plan"]): (r["variant"], r["id"]) for r in store.measurements(sweep_id)
+              if r["workload"] != op_row}
+    gone = sum(v == "fused" for v, _ in before.values())
+    store.db.execute("update sweeps set kernels = ? where id = ?",
+                     [json.dumps({**kernel_versions(), "fused": "an older one"}), sweep_id])
     assert sweep_mod.run_sweep(store, grid, detect()) == sweep_id
-    after = {(r["workload"], r["stage"], r["plan"]): (r["variant"], r["taken"]) for r in store.measurements(sweep_id)}
+    assert gone and store.stale == {"fused": gone}
+    after = {(r["workload"], r["stage"], r["plan"]): (r["variant"], r["id"]) for r in store.measurements(sweep_id)}
     kept = {k: v for k, v in before.items() if v[0] != "fused" and k[1] != "final"}
     assert {k: after[k] for k in kept} == kept, "the other variants' rows are not measured again"
-    again = {k: v for k, v in after.items() if v[0] == "fused"}
-    assert again and all(v[1] > before.get(k, ("", ""))[1] for k, v in again.items())
+    again = {k: v for k, v in after.items() if v[0] == "fused" and k[0] != op_row}
+    assert again and all(v[1] > max(i for _, i in before.values()) for v in again.values()), "new rows"
     assert all(store.has_winner(sweep_id, w) for w, _, _ in before) and store.sweep(sweep_id)["status"] == "done"
+    assert json.loads(store.sweep(sweep_id)["kernels"]) == kernel_versions()
+    assert (op_row, "coarse") in {(r["workload"], r["stage"]) for r in store.measurements(sweep_id)}
+    assert store.forget_variant(sweep_id, "fused", op="compress") == 1
 
 
 def test_a_sweep_on_older_inputs_is_not_resumed_until_brought_up_to_date(tmp_path: Path) -> None:
@@ -437,3 +444,32 @@ def test_a_sweep_on_older_inputs_is_not_resumed_until_brought_up_to_date(tmp_pat
     store.db.execute("delete from sweeps where id != ?", [sweep_id])
     store.mark_inputs(sweep_id, INPUTS_VERSION)
     assert store.open_sweep(meta) == (sweep_id, True)
+
+
+def test_kernel_versions_follow_the_sources_each_variant_is_built_from(tmp_path: Path, monkeypatch) -> None:
+    """A variant's version moves with the source of its kernels and of the kernel modules they import
+    (the combine, which every decode kernel module imports, moves every decode variant's), and the
+    other ops' stay."""
+    import shutil
+
+    from dsv4_tune.tuner import kernel_versions as kv
+
+    def versions() -> dict[str, str]:
+        kv._definitions.cache_clear()
+        kv.kernel_versions.cache_clear()
+        return kv.kernel_versions()
+
+    shutil.copytree(kv.KERNELS_DIR, tmp_path / "kernels", ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(kv, "KERNELS_DIR", tmp_path / "kernels")
+    try:
+        before = versions()
+        assert set(before) == set(VARIANTS) | {f"{op}:{v}" for op, spec in OPS.items() for v in spec.variants}
+        combine = tmp_path / "kernels" / "combine.py"
+        combine.write_text(combine.read_text() + "\n# a change\n")
+        after = versions()
+    finally:
+        monkeypatch.undo()
+        versions()
+    assert {k for k in before if before[k] != after[k]} == set(VARIANTS)
+    assert kv.variant_kernels("fused") == {"_sparse_decode_kernel"}
+    assert kv.variant_kernels("ws_sm90") == {"_ws_decode_kernel", "_combine_kernel"}

@@ -34,9 +34,11 @@ RETRIED = ("launch_error", "oom")  # a resumed sweep measures these rows again
 # Columns of a sweep's GPU identity added after 2026-11-26: a resume fills them where they are null.
 IDENTITY_COLUMNS = ("fp8", "multiprocessors", "pci_device_id", "driver_version")
 # Sweep columns added after the first stores: the owner and its progress (JSON, see beat), the FP8
-# flavour of the pools measured, the SM / CU count and the version of the timed inputs (null: 1).
+# flavour of the pools measured, the SM / CU count, the version of the timed inputs (null: 1) and
+# of each variant's kernels (JSON, ``tuner.kernel_versions``; null: a sweep from before they were kept).
 OWNER_COLUMNS = {"host": str, "pid": int, "pid_start": str, "heartbeat": str, "progress": str, "fp8": str,
-                 "multiprocessors": int, "pci_device_id": int, "driver_version": str, "inputs": int}
+                 "multiprocessors": int, "pci_device_id": int, "driver_version": str, "inputs": int,
+                 "kernels": str}
 STALE_AFTER_S = 3600  # a running sweep of another host with no sign of life for this long: interrupted
 CLAIM_LEASE_S = 600.0  # a worker's claim on a workload lapses this long after its last sign of life
 CLAIM_COLUMNS = {"changed": int}  # a finished claim stored new rows (which re-opens the workload's final)
@@ -99,6 +101,7 @@ class Store:
         existing store and writes nothing, not even WAL files where it cannot."""
         self.path = Path(path)
         self.readonly = readonly
+        self.stale: dict[str, int] = {}  # what the last open_sweep forgot: {variant key: rows}
         if readonly:
             self.db = sqlite_utils.Database(_connect_readonly(self.path))
             if "sweeps" not in self._tables():
@@ -166,7 +169,13 @@ class Store:
     # ------------------------------------------------------------------ sweeps
     def open_sweep(self, meta: dict[str, Any], fresh: bool = False) -> tuple[str, bool]:
         """The sweep for ``meta`` (GPU, versions, grid): the latest unfinished-or-finished one with the
-        same key unless ``fresh``; else a new one.  Returns (id, resumed)."""
+        same key unless ``fresh``; else a new one.  Returns (id, resumed).
+
+        ``meta["kernels"]`` (JSON {variant key: version}) is not part of the key: resuming a sweep
+        whose record differs forgets the rows of every variant whose kernels changed, so they are
+        timed again (:attr:`stale`: {variant key: rows forgotten}); a sweep that recorded none (made
+        before versions were kept) is taken as measured on today's kernels."""
+        self.stale = {}
         key = sweep_key(meta)
         conn = self.db.conn
         conn.execute("BEGIN IMMEDIATE")  # read-then-insert as one step: two sweeps may start at once
@@ -185,6 +194,8 @@ class Store:
                         conn.execute(f"update sweeps set {col} = ? where id = ? and {col} is null",
                                      [meta[col], existing[0]])
                 conn.execute("COMMIT")
+                if meta.get("kernels") is not None:
+                    self.stale = self._refresh_kernels(existing[0], json.loads(meta["kernels"]))
                 return existing[0], True
             n = len(existing) + 1
             while conn.execute("select 1 from sweeps where id = ?", [f"{key}-{n}"]).fetchone():  # see mark_inputs
@@ -199,6 +210,20 @@ class Store:
             conn.execute("ROLLBACK")
             raise
         return sweep_id, False
+
+    def _refresh_kernels(self, sweep_id: str, now: dict[str, str]) -> dict[str, int]:
+        """Forget the rows of each variant whose kernel version differs from the sweep's record and
+        record ``now``; returns {variant key: rows forgotten} of those that had rows."""
+        was = self.db.execute("select kernels from sweeps where id = ?", [sweep_id]).fetchone()[0]
+        stale = {}
+        for key, version in (json.loads(was) if was else {}).items():
+            if key in now and now[key] != version:
+                op, _, variant = key.rpartition(":")
+                stale[key] = self.forget_variant(sweep_id, variant, op or None)
+        with self.db.conn:  # forgetting marks a sweep interrupted: this one is running again
+            self.db.execute("update sweeps set kernels = ?, status = 'running' where id = ?",
+                            [json.dumps(now, sort_keys=True), sweep_id])
+        return {k: n for k, n in stale.items() if n}
 
     def finish_sweep(self, sweep_id: str, status: str = "done") -> None:
         """Mark a sweep ended: ``done``, or ``interrupted`` when it stopped early."""

@@ -31,6 +31,7 @@ from dsv4_tune.tuner.candidates import LAUNCHES, REFINE_SEEDS, coarse_candidates
 from dsv4_tune.tuner.cases import Case
 from dsv4_tune.tuner.grid import Grid, GridClass, GridPoint, OpGridClass
 from dsv4_tune.tuner.inputs import INPUTS_VERSION
+from dsv4_tune.tuner.kernel_versions import kernel_versions
 from dsv4_tune.tuner.measure import gpu_state, host_us_per_call, hygiene_flag, interleaved_times, summarize
 from dsv4_tune.tuner.select import select_eager, select_winner
 
@@ -126,7 +127,8 @@ def sweep_meta(gpu: GpuInfo, grid: Grid, fp8: str | None = None) -> dict:
             "pci_device_id": gpu.pci_device_id, "driver": str(runtime),
             "driver_version": driver_version() if gpu.is_real else "none", "fp8": sweep_flavour(gpu, fp8),
             **toolchain(), "interpreter": int(not gpu.is_real), "grid_hash": stable_hash(grid.to_json()),
-            "grid": json.dumps(grid.to_json(), sort_keys=True), "inputs": INPUTS_VERSION}
+            "grid": json.dumps(grid.to_json(), sort_keys=True), "inputs": INPUTS_VERSION,
+            "kernels": json.dumps(kernel_versions(), sort_keys=True)}
 
 
 def check_counts(**counts: int) -> None:
