@@ -28,7 +28,7 @@ tests=tests/test_sparse_decode.py; [ "$variant" = ws_sm90 ] && tests=tests/test_
 if [ "$phase" != sweep ]; then
 timeout "${TEST_LIMIT_S:-150}" python3 -m pytest -q -m gpu "$tests" -p no:cacheprovider > "$OUT/pytest.log" 2>&1
 rc=$?; echo "pytest rc=$rc"; tail -3 "$OUT/pytest.log"; [ $rc -eq 0 ] || exit 3
-timeout "${CHECK_LIMIT_S:-200}" python3 benchmarks/check_all_configs.py --variants "$variant" --jobs 15 --b 50 --s-q 3 \
+timeout "${CHECK_LIMIT_S:-280}" python3 benchmarks/check_all_configs.py --variants "$variant" --jobs 15 --b 50 --s-q 3 \
   --out "$OUT" > "$OUT/check.log" 2>&1
 rc=$?; echo "check rc=$rc"; tail -4 "$OUT/check.log"; [ $rc -eq 0 ] || exit 4
 fi
