@@ -22,7 +22,7 @@ gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader)
 nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv,noheader
 date -u +%FT%TZ
 case "$gpu" in *H200*) g=sm90-h200;; *H100*) g=sm90-h100;; *) echo "no committed store for $gpu"; exit 2;; esac
-store=${2:-benchmarks/results/sweep-$g.sqlite}
+store=${2:-${STORE:-benchmarks/results/sweep-$g.sqlite}}
 phase=${PHASE:-all}
 tests=tests/test_sparse_decode.py; [ "$variant" = ws_sm90 ] && tests=tests/test_ws_sm90.py
 if [ "$phase" != sweep ]; then
