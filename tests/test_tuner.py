@@ -455,8 +455,8 @@ def test_kernel_versions_follow_the_sources_each_variant_is_built_from(tmp_path:
     from dsv4_tune.tuner import kernel_versions as kv
 
     def versions() -> dict[str, str]:
-        kv._definitions.cache_clear()
-        kv.kernel_versions.cache_clear()
+        for cached in (kv._definitions, kv._imports, kv.kernel_versions):
+            cached.cache_clear()
         return kv.kernel_versions()
 
     shutil.copytree(kv.KERNELS_DIR, tmp_path / "kernels", ignore=shutil.ignore_patterns("__pycache__"))

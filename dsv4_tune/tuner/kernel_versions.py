@@ -41,7 +41,8 @@ def _module_path(module: str) -> Path | None:
     return None
 
 
-def _imports(path: Path) -> set[Path]:
+@functools.cache
+def _imports(path: Path) -> frozenset[Path]:
     """The ``dsv4_tune.kernels`` modules ``path`` imports (``from pkg import mod`` names modules too)."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -52,7 +53,7 @@ def _imports(path: Path) -> set[Path]:
         else:
             continue
         out |= {p for p in map(_module_path, names) if p is not None}
-    return out
+    return frozenset(out)
 
 
 @functools.cache
