@@ -441,8 +441,8 @@ class Store:
         workloads that had one, so that resuming it times that variant anew and chooses again: how a
         sweep is brought up to date after the variant's kernel changed (its other rows stand, and the
         final stage re-times the leaders side by side).  Returns how many measurements went."""
-        where = "sweep_id = ? and variant = ? and " + ("workload glob ?" if op is None else "workload like ?")
-        args = [sweep_id, variant, DECODE_KEY_GLOB if op is None else f"{op}-%"]
+        where = "sweep_id = ? and variant = ? and workload glob ?"
+        args = [sweep_id, variant, DECODE_KEY_GLOB if op is None else f"{op}-*"]  # LIKE would read qk_norm's _
         hit = [r["workload"] for r in self.db.query(f"select distinct workload from measurements where {where}", args)]
         with self.db.conn:
             gone = self.db.execute(f"delete from measurements where {where}", args).rowcount
