@@ -95,11 +95,12 @@ class Scopes:
 
     Lengths as the sweep times them (``TIMING_LENGTHS``): main scopes keep every candidate (SWA windows
     are full); extra scopes get a random length in [topk / 2, topk] per row, as compressed-token
-    counts vary between requests.
+    counts vary between requests.  Ids at random slots, as the sweep places them, or with ``windows``
+    each main scope's ids a sliding window (consecutive positions of a request's pages).
     """
 
-    def __init__(self, t_max: int, device: str, big: bool, gen: torch.Generator) -> None:
-        self.t_max, self.device, self.big, self.gen = t_max, device, big, gen
+    def __init__(self, t_max: int, device: str, big: bool, gen: torch.Generator, windows: bool = False) -> None:
+        self.t_max, self.device, self.big, self.gen, self.windows = t_max, device, big, gen, windows
         self._built: dict[tuple[int, int, bool], Scope] = {}
 
     def get(self, spec: tuple[int, int], extra: bool, t: int) -> Scope:
@@ -110,7 +111,7 @@ class Scopes:
             length = TIMING_LENGTHS[int(extra)]
             self._built[key] = make_scope(
                 self.t_max, 1, topk, page, fp8=FP8, device=self.device, num_pages=pages,
-                invalid_frac=0.05, topk_length=length, poison=False, gen=self.gen,
+                invalid_frac=0.05, topk_length=length, poison=False, window=self.windows and not extra, gen=self.gen,
             )
         sc = self._built[key]
         return Scope(sc.kv_cache, sc.indices[:t], None if sc.topk_length is None else sc.topk_length[:t])
@@ -309,7 +310,7 @@ def compare_main(args: argparse.Namespace) -> int:
     hs, ts = ((128,), (4, 64, 512)) if args.quick else ((64, 128), COMPARE_TS)
     hs = tuple(args.heads or hs)
     gen = torch.Generator().manual_seed(args.seed)
-    scopes = Scopes(max(ts), "cuda", big=True, gen=gen)
+    scopes = Scopes(max(ts), "cuda", big=True, gen=gen, windows=args.windows)
     wave = WaveFloor("cuda", torch.cuda.get_device_properties(0).multi_processor_count, gen)
     rows = []
     for h in hs:
@@ -326,7 +327,8 @@ def compare_main(args: argparse.Namespace) -> int:
     name = result_name("bench_decode-compare")
     payload = {"device": device_record(), "ceilings": ceilings, "new_policy": new.source,
                "before_policy": before.source, "command": " ".join(sys.argv), "sm_scale": SM_SCALE, "fp8": FP8,
-               "pool_bytes": POOL_BYTES, "summary": summary, "failures": len(failures), "rows": rows}
+               "pool_bytes": POOL_BYTES, "main_ids": "windows" if args.windows else "random", "summary": summary,
+               "failures": len(failures), "rows": rows}
     path = save_results(name, payload, out_dir)
     png = compare_plot(rows, out_dir / f"{name}.png", f"{payload['device']['device']}: time / floor "
                        f"(policy = {Path(args.policy).name})")
@@ -347,6 +349,8 @@ def main() -> int:
     parser.add_argument("--policy", type=Path, default=None, help="compare this policy with --before and the seed")
     parser.add_argument("--before", type=Path, default=None, help="the policy to compare against (default: shipped)")
     parser.add_argument("--heads", type=int, nargs="+", default=None, help="h_q values of the comparison")
+    parser.add_argument("--windows", action="store_true",
+                        help="main scopes' ids as sliding windows in their requests' pages (the sweep's: random)")
     args, timed = parse_gpu_args(parser)
     if args.policy is not None:
         if not timed:

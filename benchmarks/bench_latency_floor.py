@@ -17,6 +17,12 @@ small-T plan's time compares directly with the floor of its shape.
 - ``gather xN``: N programs each load 64 int32 ids, then the 64 rows of 576 B (one KV token's data)
   at those ids, and store their byte sum: 1 program (one index -> row round trip at 64-row width),
   one program per SM (one wave), 2 and 4 per SM (more rows in flight per SM).
+- ``gather ... 16 rows``: the same with 16 rows a program (a split of 4 ways): whether fewer rows
+  a program shorten its round trip, or only the trip itself counts.
+- ``gather ... window``: each program's 64 rows consecutive slots at a random start, as a sliding
+  window's tokens lie in its request's pages: what random placement (a TLB and DRAM page per row)
+  costs beyond the same bytes in one place.  The timed decode cases place every scope's ids at
+  random, windows too.
 
 The rows and chain links lie in a 576 MiB pool of random bytes at random places, so L2 and TLB miss
 as in serving.
@@ -188,11 +194,16 @@ def _chain_rows(pool: torch.Tensor, device: str, timed: bool, gen: torch.Generat
 
 
 def _gather(pool: torch.Tensor, programs: int, n: int, device: str,
-            gen: torch.Generator) -> tuple[Callable[[], None], Callable[[str], None]]:
-    """A launch of ``programs`` programs, each summing ``n`` random rows of ``pool``, and the check of
-    its sums against torch's (after a launch; its argument names the row in the message)."""
+            gen: torch.Generator, window: bool = False) -> tuple[Callable[[], None], Callable[[str], None]]:
+    """A launch of ``programs`` programs, each summing ``n`` random rows of ``pool`` (``window``: n
+    consecutive rows from a random start), and the check of its sums against torch's (after a
+    launch; its argument names the row in the message)."""
     n_rows = pool.numel() // ROW_BYTES
-    ids = torch.randint(0, n_rows, (programs * n,), generator=gen, dtype=torch.int32).to(device)
+    if window:
+        starts = torch.randint(0, n_rows - n + 1, (programs, 1), generator=gen, dtype=torch.int32)
+        ids = (starts + torch.arange(n, dtype=torch.int32)).reshape(-1).to(device)
+    else:
+        ids = torch.randint(0, n_rows, (programs * n,), generator=gen, dtype=torch.int32).to(device)
     out = torch.zeros(programs, dtype=torch.int32, device=device)
     block = max(2, triton.next_power_of_2(n))
 
@@ -207,17 +218,18 @@ def _gather(pool: torch.Tensor, programs: int, n: int, device: str,
     return launch, check
 
 
-def _gather_rows(pool: torch.Tensor, programs: list[tuple[str, int]], device: str, timed: bool,
+def _gather_rows(pool: torch.Tensor, programs: list[tuple[str, int, int, bool]], device: str, timed: bool,
                  gen: torch.Generator) -> list[dict[str, Any]]:
-    """One ``gather`` row per (label, program count): each program sums 64 random rows of the pool."""
+    """One ``gather`` row per (label, program count, rows a program, window): each program sums its
+    rows of the pool (random ones, or consecutive from a random start)."""
     rows = []
-    for label, p in programs:
-        fn, check = _gather(pool, p, ROWS, device, gen)
+    for label, p, n, window in programs:
+        fn, check = _gather(pool, p, n, device, gen, window)
         fn()
         check(f"gather {label}")
         t = _time(fn, timed)
-        moved = p * ROWS * (ROW_BYTES + 4)
-        rows.append({"what": f"gather {label}", "programs": p, "launches": 1, "rows": p * ROWS, "bytes": moved,
+        moved = p * n * (ROW_BYTES + 4)
+        rows.append({"what": f"gather {label}", "programs": p, "launches": 1, "rows": p * n, "bytes": moved,
                      **t, "GB/s": moved / t["us"] / 1e3 if t["us"] else None})
     return rows
 
@@ -267,7 +279,10 @@ def main() -> int:
     rows = _launch_rows(device, timed)
     chain, hop_us = _chain_rows(pool, device, timed, gen)
     rows += chain
-    rows += _gather_rows(pool, [("1 program", 1)] + [(f"{k}/SM", k * sms) for k in PER_SM], device, timed, gen)
+    gathers = [("1 program", 1, ROWS, False)] + [(f"{k}/SM", k * sms, ROWS, False) for k in PER_SM]
+    gathers += [("1 program 16 rows", 1, 16, False), ("1/SM 16 rows", sms, 16, False),
+                ("1 program window", 1, ROWS, True), ("1/SM window", sms, ROWS, True)]
+    rows += _gather_rows(pool, gathers, device, timed, gen)
     if args.smoke:  # bench_decode's per-shape floor: a masked tail (37 rows over the SMs) and a full program
         wave = WaveFloor(device, sms, gen, pool_rows=SMOKE_POOL_ROWS)
         for n in (37, 64 * sms):
@@ -279,6 +294,8 @@ def main() -> int:
         summary |= {"second_launch_plain_us": by["2 launches plain"] - by["1 launch"],
                     "second_launch_pdl_us": by["2 launches PDL"] - by["1 launch"],
                     "gather_wave_over_1_program_us": by["gather 1/SM"] - by["gather 1 program"],
+                    "gather_48_rows_more_us": by["gather 1 program"] - by["gather 1 program 16 rows"],
+                    "random_placement_us": by["gather 1 program"] - by["gather 1 program window"],
                     "graph_launch_us": by["empty"] - by[f"empty x{IN_GRAPH} (per launch)"]}
     payload = {"device": device_record(), "sm_count": sms, "pool_bytes": pool.numel(), "row_bytes": ROW_BYTES,
                "rows_per_program": ROWS, "num_warps": NUM_WARPS, "timing": "tuner.measure.time_graph (median of 50)",

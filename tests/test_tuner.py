@@ -12,18 +12,20 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from dsv4_tune import Plan
 from dsv4_tune.cache.store import Store, sweep_key
 from dsv4_tune.cli import app
+from dsv4_tune.kernels.kv_layout import num_slots
 from dsv4_tune.policies.gpu import detect
 from dsv4_tune.policies.schema import load_policy
 from dsv4_tune.registry.ops import OPS
 from dsv4_tune.registry.variants import VARIANTS
 from dsv4_tune.tuner import sweep as sweep_mod
 from dsv4_tune.tuner.grid import Grid, GridClass
-from dsv4_tune.tuner.inputs import INPUTS_VERSION
+from dsv4_tune.tuner.inputs import INPUTS_VERSION, make_scope
 from dsv4_tune.tuner.kernel_versions import kernel_versions
 from dsv4_tune.tuner.select import select_eager, select_winner
 
@@ -380,6 +382,19 @@ def test_timed_cases_see_serving_lengths_not_a_lone_uniform_draw() -> None:
             assert case.kw["topk_length"].tolist() == [128] * t
             assert all(512 <= n <= 1024 for n in case.kw["extra_topk_length"].tolist())
     assert GridClass(16, 128, 64, False, 64, 64).build_case(1, "cpu", with_ref=False).kw["topk_length"] is None
+
+
+def test_window_ids_run_through_a_requests_pages() -> None:
+    """A sliding window's ids (bench_decode --windows): consecutive positions, so consecutive slots
+    inside a page and a page break at most every page_size ids, every slot in the pool."""
+    gen = torch.Generator().manual_seed(3)
+    for topk, page in ((128, 64), (128, 61), (64, 2)):
+        sc = make_scope(2, 3, topk, page, fp8="e4m3fn", window=True, invalid_frac=0.0, topk_length="full", gen=gen)
+        ids = sc.indices.reshape(-1, topk).long()
+        assert int(ids.min()) >= 0 and int(ids.max()) < num_slots(sc.kv_cache)
+        within = (ids[:, 1:] % page) != 0  # the next id's position is not the first of a page
+        assert torch.equal((ids[:, 1:] - ids[:, :-1])[within], torch.ones_like(ids[:, 1:][within]))
+        assert int((~within).sum(1).max()) <= topk // page + 1
 
 
 def test_forgotten_workloads_are_measured_again_and_only_they(tmp_path: Path) -> None:

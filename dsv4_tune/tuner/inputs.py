@@ -48,6 +48,7 @@ def make_scope(
     bad_ids: bool = False,
     topk_length: list[int] | str | None = "random",
     poison: bool = True,
+    window: bool = False,
     gen: torch.Generator | None = None,
 ) -> Scope:
     """A pool with random tokens at the referenced slots and random ids into it.
@@ -55,13 +56,20 @@ def make_scope(
     ``topk_length``: ``"random"`` (uniform in ``[0, topk]`` per batch row: tests, every edge),
     ``"serving"`` (uniform in ``[topk // 2, topk]``: what timing sees, see :data:`TIMING_LENGTHS`),
     ``"full"``, an explicit list, or None (no length tensor).  ``bad_ids`` adds other negative ids and
-    ids past the pool.
+    ids past the pool.  ``window``: each query's ids are ``topk`` consecutive positions of a request
+    whose pages lie at random in the pool (a sliding window's tokens), not ``topk`` random slots.
     """
     if num_pages is None:
         num_pages = max(2, math.ceil(2 * batch * s_q * topk / page_size))
     kv = L.make_kv_cache(num_pages, page_size, device)
     n = L.num_slots(kv)
-    idx = torch.randint(0, n, (batch, s_q, topk), generator=gen, dtype=torch.int32)
+    if window:
+        table = torch.randint(0, num_pages, (batch * s_q, topk // page_size + 2), generator=gen)
+        pos = torch.randint(0, page_size, (batch * s_q, 1), generator=gen) + torch.arange(topk)
+        idx = (table.gather(1, pos // page_size) * page_size + pos % page_size).to(torch.int32)
+        idx = idx.view(batch, s_q, topk)
+    else:
+        idx = torch.randint(0, n, (batch, s_q, topk), generator=gen, dtype=torch.int32)
     idx[torch.rand(idx.shape, generator=gen) < invalid_frac] = -1
     if bad_ids:
         pick = torch.rand(idx.shape, generator=gen)
