@@ -14,6 +14,7 @@ import sys
 import pytest
 import torch
 
+import dsv4_tune.serving.torch_ops  # noqa: F401  (registers torch.ops.dsv4_tune.*)
 from dsv4_tune import Plan, Workload, sparse_decode
 from dsv4_tune.compat import flash_mla
 from dsv4_tune.kernels.reference import sparse_decode_ref
@@ -57,6 +58,9 @@ def test_each_scope_decodes_in_its_own_flavour(pair, device, gen) -> None:
         extra_k_cache=extra.kv_cache, extra_indices_in_kvcache=extra.indices, topk_length=main.topk_length,
         extra_topk_length=extra.topk_length, fp8=pair)
     check_against_reference(f"{pair} compat", *got, *ref)
+    got = torch.ops.dsv4_tune.sparse_decode(q, main.kv_cache, main.indices, main.topk_length, extra.kv_cache,
+                                            extra.indices, extra.topk_length, sink, kw["sm_scale"], pair[0], pair[1])
+    check_against_reference(f"{pair} custom op", *got, *ref)
     if pair[0] != pair[1]:  # one flavour for both scopes reads one pool about 1.87x off: the test can tell
         wrong = sparse_decode(q, main.kv_cache, main.indices, plan=PLANS[0], fp8=pair[0], **kw)
         assert decode_mismatch(*wrong, *ref) is not None

@@ -6,7 +6,8 @@ Each op runs the same code as the Python entry point, dispatched by the enclosin
 process's or a ``policy_scope``'s) and in the GPU arch's FP8 flavour when ``fp8`` is ``""``:
 
 - ``sparse_decode(q, k_cache, indices, topk_length, extra_k_cache, extra_indices, extra_topk_length,
-  attn_sink, sm_scale, fp8) -> (out, lse)``
+  attn_sink, sm_scale, fp8, extra_fp8) -> (out, lse)``: ``extra_fp8`` the extra pool's flavour where
+  it differs from the main pool's (gfx942's SWA e4m3fnuz + compressed e4m3fn), ``""`` the same
 - ``compress_decode(kv_score, state, ring_base, seq_lens, ape, norm_weight, freqs, out_loc, dest,
   ratio, ring_size, eps, fp8)``: writes ``state`` and ``dest`` in place
 - ``compress_prefill(kv_score, cu_seqlens, prefix_lens, state, ring_base, ape, norm_weight, freqs,
@@ -20,6 +21,7 @@ Importing this module registers them (``import dsv4_tune.serving.torch_ops``).
 import torch
 
 from dsv4_tune.registry.layout import HEAD_DIM
+from dsv4_tune.runtime.target import device_flavour
 from dsv4_tune.serving.compressor import compress_decode as _compress_decode
 from dsv4_tune.serving.compressor import compress_prefill as _compress_prefill
 from dsv4_tune.serving.decode import sparse_decode as _sparse_decode
@@ -32,16 +34,17 @@ Tensor = torch.Tensor
 def sparse_decode(
     q: Tensor, k_cache: Tensor, indices: Tensor, topk_length: Tensor | None, extra_k_cache: Tensor | None,
     extra_indices: Tensor | None, extra_topk_length: Tensor | None, attn_sink: Tensor | None, sm_scale: float,
-    fp8: str = "",
+    fp8: str = "", extra_fp8: str = "",
 ) -> tuple[Tensor, Tensor]:
+    flavours = (fp8 or device_flavour(q), extra_fp8) if extra_fp8 else fp8 or None
     return _sparse_decode(q, k_cache, indices, topk_length=topk_length, extra_k_cache=extra_k_cache,
                           extra_indices=extra_indices, extra_topk_length=extra_topk_length, attn_sink=attn_sink,
-                          sm_scale=sm_scale, fp8=fp8 or None)  # type: ignore[arg-type]
+                          sm_scale=sm_scale, fp8=flavours)  # type: ignore[arg-type]
 
 
 @sparse_decode.register_fake
 def _(q, k_cache, indices, topk_length, extra_k_cache, extra_indices, extra_topk_length, attn_sink, sm_scale,
-      fp8=""):
+      fp8="", extra_fp8=""):
     b, s_q, h_q, _ = q.shape
     return q.new_empty(b, s_q, h_q, HEAD_DIM), q.new_empty(b, h_q, s_q, dtype=torch.float32)
 
