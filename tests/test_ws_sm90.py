@@ -152,3 +152,24 @@ def test_every_knob_against_the_reference(s_q, page, x_page, device, gen) -> Non
                  ws(SPLIT_K=3, STAGED=1, PIPE=1), ws(BLOCK_N=32, KSTAGES=3, SPLIT_K=12)):  # 13 steps of 32
         case.check(plan)
 
+
+
+@pytest.mark.gpu
+@pytest.mark.gpu_only
+def test_a_persistent_grid_loops_over_the_items(monkeypatch, device, gen) -> None:
+    """PERSIST=1 on 5 programs: each does 3-4 of the 18 (head block, token) items (more with a split),
+    rows with no candidate among them, so the ring, P and output hand-offs run on across items."""
+    if variant_problem("ws_sm90", torch.device(device)):
+        pytest.skip(variant_problem("ws_sm90", torch.device(device)))
+    import dsv4_tune.kernels.sm90.decode as ws_decode
+
+    monkeypatch.setattr(ws_decode, "_multiprocessors", lambda index: 5)
+    case = make_case(device, gen, b=3, s_q=3, h=128, topk=100, page=61, x_topk=300, x_page=2,
+                     length=[0, 57, 100], x_length="random")
+    case.main.indices[1, 2] = -1  # a token with no valid candidate between tokens that have some
+    case.extra.indices[1, 2] = -1
+    case.ref = sparse_decode_ref(case.q, case.main.kv_cache, case.main.indices, fp8="e4m3fn",
+                                 out_dtype=torch.float32, **case.kw)
+    for plan in (ws(PERSIST=1), ws(STAGED=1, PIPE=1, PERSIST=1), ws(BLOCK_N=32, KSTAGES=4, PIPE=1, PERSIST=1),
+                 ws(SPLIT_K=3, STAGED=1, PIPE=1, PERSIST=1)):
+        case.check(plan)

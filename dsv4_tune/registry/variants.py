@@ -30,6 +30,10 @@ GTA_SPLIT_K_CHOICES = (1, 2, 3, 4, 8)
 GTA_BLOCK_N_CHOICES = (32, 64)
 WS_BLOCK_N_CHOICES = (32, 64)  # ws_sm90: candidates per K tile
 WS_KSTAGES_CHOICES = (2, 3, 4)  # ws_sm90: K tiles in flight between the producer and the consumers
+# ws_sm90's optional PERSIST knob (absent = 0): one program per SM looping over the (64 heads, token,
+# split) items, the producer running ahead into the next item.  Swept without a split only: split
+# plans serve small T, where the items fit in one wave and the grid is the same either way.
+WS_PERSIST_KEY = "PERSIST"
 WS_SPLIT_K_CHOICES = (1, *SPLIT_K_CHOICES)
 WS_SMEM_BYTES = 227 * 1024  # sm90's shared memory per block
 SMEM_BUDGET = 160 * 1024  # bytes of staged KV tiles + Q a config may ask for (gfx950 LDS, < sm90's 228 KiB)
@@ -138,6 +142,8 @@ def _ws_problems(w: Workload, c: dict[str, int]) -> list[str]:
         out.append(f"KSTAGES={c['KSTAGES']} not in {WS_KSTAGES_CHOICES}")
     if c["PIPE"] not in (0, 1):
         out.append(f"PIPE={c['PIPE']} not in (0, 1)")
+    if c.get(WS_PERSIST_KEY, 0) not in (0, 1):
+        out.append(f"{WS_PERSIST_KEY}={c[WS_PERSIST_KEY]} not in (0, 1)")
     if c["STAGED"] not in (0, 1):
         out.append(f"STAGED={c['STAGED']} not in (0, 1)")
     elif c["STAGED"] and c["BLOCK_N"] != 2 * WS_SUB:
@@ -156,6 +162,7 @@ def _ws_space(w: Workload) -> Iterator[dict[str, int]]:
         base = {"BLOCK_N": bn, "KSTAGES": st, "STAGED": staged, "PIPE": pipe, "SPLIT_K": sk}
         if sk == 1:
             yield base
+            yield {**base, WS_PERSIST_KEY: 1}
         else:
             for cb, cw in COMBINE_CHOICES:
                 yield {**base, "COMBINE_BLOCK_H": cb, "combine_warps": cw}
@@ -268,7 +275,7 @@ VARIANTS: dict[str, Variant] = {
                 _gta_space, _gta_problems, _gta_default),
         Variant("ws_sm90", "CUDA sm90 only: warp-specialized (Gluon) gather + exact dequant into shared memory "
                 "beside wgmma attention, 64 heads per program (one pass or split-K + combine)",
-                _ws_space, _ws_problems, _ws_default),
+                _ws_space, _ws_problems, _ws_default, frozenset({WS_PERSIST_KEY})),
     )
 }
 
