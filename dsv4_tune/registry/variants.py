@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from dsv4_tune.registry.arch import arch_problems
 from dsv4_tune.registry.intmath import cdiv, next_pow2
-from dsv4_tune.registry.launches import PDL_KEY, WS_SUB
+from dsv4_tune.registry.launches import PDL_KEY, WS_PERSIST_KEY, WS_SUB
 from dsv4_tune.registry.workload import Plan, Workload
 
 BLOCK_H_CHOICES = (16, 32, 64)
@@ -30,10 +30,8 @@ GTA_SPLIT_K_CHOICES = (1, 2, 3, 4, 8)
 GTA_BLOCK_N_CHOICES = (32, 64)
 WS_BLOCK_N_CHOICES = (32, 64)  # ws_sm90: candidates per K tile
 WS_KSTAGES_CHOICES = (2, 3, 4)  # ws_sm90: K tiles in flight between the producer and the consumers
-# ws_sm90's optional PERSIST knob (absent = 0): one program per SM looping over the (64 heads, token,
-# split) items, the producer running ahead into the next item.  Swept without a split only: split
-# plans serve small T, where the items fit in one wave and the grid is the same either way.
-WS_PERSIST_KEY = "PERSIST"
+# ws_sm90's optional PERSIST knob (registry.launches.WS_PERSIST_KEY) is swept without a split only:
+# split plans serve small T, where the items fit in one wave and the grid is the same either way.
 WS_SPLIT_K_CHOICES = (1, *SPLIT_K_CHOICES)
 WS_SMEM_BYTES = 227 * 1024  # sm90's shared memory per block
 SMEM_BUDGET = 160 * 1024  # bytes of staged KV tiles + Q a config may ask for (gfx950 LDS, < sm90's 228 KiB)

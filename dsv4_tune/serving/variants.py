@@ -18,10 +18,9 @@ from dsv4_tune.kernels.gathered_attention import launch_gathered_attention
 from dsv4_tune.kernels.sm90 import GLUON_PROBLEM
 from dsv4_tune.registry.arch import INLINE_MERGE_AMD, WS_SM90_ONLY
 from dsv4_tune.registry.buckets import GATHER_BUFFER_BYTES
-from dsv4_tune.registry.launches import WS_MAXNREG, WS_SUB
+from dsv4_tune.registry.launches import WS_MAXNREG, WS_PERSIST_KEY, WS_SUB
 from dsv4_tune.registry.layout import HEAD_DIM, Fp8Pair
 from dsv4_tune.registry.scratch import counter_buffer, gather_buffers, gather_tokens, partial_buffers
-from dsv4_tune.registry.variants import WS_PERSIST_KEY
 from dsv4_tune.runtime.target import dot_dtype, fp8_mode, on_amd, pdl_enabled
 from dsv4_tune.runtime.workspace import Workspace
 from dsv4_tune.serving.arguments import DecodeInputs

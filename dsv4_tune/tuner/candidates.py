@@ -5,6 +5,7 @@ registry, those of the other ops from the op registry.
 
 from __future__ import annotations
 
+from dsv4_tune.registry.launches import WS_PERSIST_KEY
 from dsv4_tune.registry.ops import get_op, op_neighbours
 from dsv4_tune.registry.variants import (
     BLOCK_H_CHOICES,
@@ -20,7 +21,6 @@ from dsv4_tune.registry.variants import (
     VARIANTS,
     WS_BLOCK_N_CHOICES,
     WS_KSTAGES_CHOICES,
-    WS_PERSIST_KEY,
     WS_SPLIT_K_CHOICES,
     plan_problems,
     without_combine,

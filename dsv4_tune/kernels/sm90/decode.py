@@ -287,6 +287,21 @@ def _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, c
 
 
 @gluon.jit
+def _my_items(n_items, PERSIST: gl.constexpr):
+    """This program's items as range(first, last, step): p, p + P, ... on a persistent grid of P
+    programs; else item p alone (a loop of one trip, which the compiler removes: no loop-carried
+    state, so no spills, in the one-item kernel)."""
+    first = gl.program_id(0)
+    if PERSIST:
+        last = n_items
+        step = gl.num_programs(0)
+    else:
+        last = first + 1
+        step = 1
+    return first, last, step
+
+
+@gluon.jit
 def _item(item, geo, HAS_EXTRA: gl.constexpr):
     """Work item ``item`` (head block fastest, then token, then split: the head blocks of a token run
     side by side and share its K rows in L2): (first head, token, its batch row and position, split,
@@ -313,12 +328,14 @@ def _producer(kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik
               geo, n_items, len_ptr, xlen_ptr,
               kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
               HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr,
-              BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr):
+              BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr,
+              PERSIST: gl.constexpr):
     """Every item's K tiles, main scope then extra, through one ring: the gathers of the next item
     start while the consumers finish this one."""
     s_q = geo[2]
     blk = gl.to_tensor(0)
-    for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
+    first, last, step = _my_items(n_items, PERSIST)
+    for item in range(first, last, step):
         _, t, tb, ts, _, lo, cap, x_lo, x_cap = _item(item, geo, HAS_EXTRA)
         blk = _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_ptr + tb * s_ib + ts * s_is, s_ik, lo, cap,
                              t, s_q, len_ptr, blk,
@@ -346,13 +363,14 @@ def _out_rows(head0, t, tb, ts, split, outs, ROWS: gl.constexpr):
 def _pv_right(geo, n_items, len_ptr, xlen_ptr, outs, kbuf, p_smem, alpha_smem, scale_smem,
               k_ready, k_empty, p_ready, p_empty, done, scale_empty,
               SPLIT: gl.constexpr, KSTAGES: gl.constexpr, BLOCK_N: gl.constexpr,
-              HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr):
+              HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr, PERSIST: gl.constexpr):
     """WG1: per item, O[:, 256:] += P V[:, 256:] per block, then its half of the output."""
     O_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, DV, 16])
     s_q = geo[2]
     g = gl.to_tensor(0)  # K tiles consumed before this item (the ring's and P's phases run on)
     it = gl.to_tensor(0)  # items done by this program
-    for item in range(gl.program_id(0), n_items, gl.num_programs(0)):
+    first, last, step = _my_items(n_items, PERSIST)
+    for item in range(first, last, step):
         head0, t, tb, ts, split, lo, cap, x_lo, x_cap = _item(item, geo, HAS_EXTRA)
         n_blocks = _n_blocks(lo, cap, x_lo, x_cap, t, s_q, len_ptr, xlen_ptr, HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N)
         o = gl.zeros([HEADS, DV], gl.float32, layout=O_L)
@@ -423,18 +441,16 @@ def _hand_p(pb, alpha, p_smem, alpha_smem, p_ready, p_empty, blk):
 
 
 @gluon.jit
-def _load_q(q_ptr, q_smem, head0, tb, ts, h_q, s_qb, s_qs, s_qh, live):
-    """An item's Q rows into shared memory (rows past h_q zero, never stored; nothing unless ``live``):
-    the whole [64, 512] tile as cp.async copies in one round trip, while the producer gathers (wait
-    with :func:`_q_landed`)."""
+def _load_q(q_ptr, q_smem, head0, tb, ts, h_q, s_qb, s_qs, s_qh):
+    """An item's Q rows into shared memory (rows past h_q zero, never stored): the whole [64, 512]
+    tile as one cp.async copy (one round trip, and no barrier between pieces), while the producer
+    gathers (wait with :func:`_q_landed`)."""
     QLD: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
     qr = gl.arange(0, HEADS, layout=gl.SliceLayout(1, QLD))
-    qc = gl.arange(0, 64, layout=gl.SliceLayout(0, QLD))
+    qc = gl.arange(0, 512, layout=gl.SliceLayout(0, QLD))
     q_rows = tb * ((s_qb // 8) * 8) + ts * ((s_qs // 8) * 8) + (head0 + qr).to(gl.int64) * ((s_qh // 8) * 8)
-    q_ok = ((head0 + qr)[:, None] < h_q) & live
-    p = q_ptr + q_rows[:, None] + qc[None, :]
-    for j in gl.static_range(8):
-        async_copy.async_copy_global_to_shared(q_smem.slice(j * 64, 64, dim=1), p + j * 64, mask=q_ok)
+    q_ok = ((head0 + qr)[:, None] < h_q) & (qc[None, :] >= 0)
+    async_copy.async_copy_global_to_shared(q_smem, q_ptr + q_rows[:, None] + qc[None, :], mask=q_ok)
     async_copy.commit_group()
 
 
@@ -451,7 +467,8 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
                      q_smem, kbuf, bias_buf, p_smem, alpha_smem, scale_smem,
                      k_ready, k_empty, p_ready, p_empty, done, scale_empty,
                      HAS_SINK: gl.constexpr, SPLIT: gl.constexpr, BLOCK_N: gl.constexpr, KSTAGES: gl.constexpr,
-                     PIPE: gl.constexpr, HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr):
+                     PIPE: gl.constexpr, HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr,
+                     PERSIST: gl.constexpr):
     """WG0, per item: S = Q K^T, the online softmax, O[:, :256] += P V[:, :256]; then LSE, the output
     scale (for WG1 too) and its half of the output.  The next item's Q is loaded during the epilogue."""
     S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -460,13 +477,12 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
     P_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=O_L, k_width=2)
     s_q = geo[2]
     h_q = outs[9]
-    step = gl.num_programs(0)
+    first, last, step = _my_items(n_items, PERSIST)
     g = gl.to_tensor(0)  # K tiles consumed before this item (the ring's and P's phases run on)
     it = gl.to_tensor(0)  # items done by this program
-    first = gl.program_id(0)
-    at = _item(first, geo, HAS_EXTRA)
-    _load_q(q_ptr, q_smem, at[0], at[2], at[3], h_q, s_qb, s_qs, s_qh, first < n_items)
-    for item in range(first, n_items, step):
+    at = _item(first, geo, HAS_EXTRA)  # the grid is never larger than the items
+    _load_q(q_ptr, q_smem, at[0], at[2], at[3], h_q, s_qb, s_qs, s_qh)
+    for item in range(first, last, step):
         head0, t, tb, ts, split, lo, cap, x_lo, x_cap = _item(item, geo, HAS_EXTRA)
         n_blocks = _n_blocks(lo, cap, x_lo, x_cap, t, s_q, len_ptr, xlen_ptr, HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N)
         _q_landed()
@@ -518,9 +534,10 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
                 mbarrier.arrive(k_empty.index(ks))
         g += n_blocks
         # Q is read no more (every wgmma of the item is done): the next item's comes in meanwhile.
-        gl.thread_barrier()
-        at = _item(item + step, geo, HAS_EXTRA)
-        _load_q(q_ptr, q_smem, at[0], at[2], at[3], h_q, s_qb, s_qs, s_qh, item + step < n_items)
+        if item + step < last:
+            gl.thread_barrier()
+            at = _item(item + step, geo, HAS_EXTRA)
+            _load_q(q_ptr, q_smem, at[0], at[2], at[3], h_q, s_qb, s_qs, s_qh)
         # The epilogue of the contract (attention_core.store_result), in this layout.
         lonely = l_i == 0.0
         safe_m = gl.where(lonely, 0.0, m_i)
@@ -577,7 +594,7 @@ def _ws_decode_kernel(
     n_tok, s_q, h_q, qk_scale, chunk, n_items,
     HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
     SPLIT: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr,
-    PIPE: gl.constexpr,
+    PIPE: gl.constexpr, PERSIST: gl.constexpr,
 ):
     """Program p does items p, p + P, p + 2P, ... of the (head block, token, split) items, where P is
     the grid: one item each on a full grid, a loop on a persistent one."""
@@ -622,15 +639,15 @@ def _ws_decode_kernel(
         (_softmax_pv_left, (geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_qb, s_qs, s_qh, sink_ptr,
                             q_smem, kbuf, bias_buf, p_smem, alpha_smem, scale_smem,
                             k_ready, k_empty, p_ready, p_empty, done, scale_empty,
-                            HAS_SINK, SPLIT, BLOCK_N, KSTAGES, PIPE, HAS_LEN, HAS_EXTRA, X_HAS_LEN)),
+                            HAS_SINK, SPLIT, BLOCK_N, KSTAGES, PIPE, HAS_LEN, HAS_EXTRA, X_HAS_LEN, PERSIST)),
         (_pv_right, (geo, n_items, len_ptr, xlen_ptr, outs, kbuf, p_smem, alpha_smem, scale_smem,
                      k_ready, k_empty, p_ready, p_empty, done, scale_empty,
-                     SPLIT, KSTAGES, BLOCK_N, HAS_LEN, HAS_EXTRA, X_HAS_LEN)),
+                     SPLIT, KSTAGES, BLOCK_N, HAS_LEN, HAS_EXTRA, X_HAS_LEN, PERSIST)),
         (_producer, (kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik,
                      xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik,
                      geo, n_items, len_ptr, xlen_ptr,
                      kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
-                     HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED)),
+                     HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED, PERSIST)),
     ], [4, 4], [WG1_REGS, PRODUCER_REGS])
 
 
@@ -676,6 +693,6 @@ def launch_ws_decode(
         *epilogue_args(attn_sink, out, lse, partial),
         n_tok, s_q, h_q, sm_scale * LOG2E, split_chunk(total, split_k, BLOCK_N), n_items,
         *scope_flags(main, extra, attn_sink),
-        split_k > 1, BLOCK_N, SUB, KSTAGES, bool(STAGED), bool(PIPE),
+        split_k > 1, BLOCK_N, SUB, KSTAGES, bool(STAGED), bool(PIPE), bool(PERSIST),
         num_warps=4, num_stages=1, maxnreg=maxnreg,
     )
