@@ -67,7 +67,7 @@ def plan_kernels(plan: Plan, w: Workload, arch: str, fp8: Fp8Pair | None = None)
         out.append(launch("_ws_decode_kernel", 4, 1, HAS_LEN=w.has_len_main, HAS_EXTRA=w.dual,
                           X_HAS_LEN=w.dual and w.has_len_extra, HAS_SINK=sink, SPLIT=split, BLOCK_N=c["BLOCK_N"],
                           SUB=WS_SUB, KSTAGES=c["KSTAGES"], STAGED=bool(c["STAGED"]),
-                          PIPE=bool(c["PIPE"]), PERSIST=bool(c.get(WS_PERSIST_KEY, 0))))
+                          PIPE=bool(c["PIPE"]), PERSIST=bool(c.get(WS_PERSIST_KEY, 0)), **pdl))
     if split and not inline:
         out.append(launch("_combine_kernel", c["combine_warps"], 1, HAS_SINK=sink, BLOCK_H=c["COMBINE_BLOCK_H"],
                           **pdl))

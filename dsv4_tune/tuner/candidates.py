@@ -5,7 +5,9 @@ registry, those of the other ops from the op registry.
 
 from __future__ import annotations
 
-from dsv4_tune.registry.launches import WS_PERSIST_KEY
+import itertools
+
+from dsv4_tune.registry.launches import PDL_KEY, WS_PERSIST_KEY
 from dsv4_tune.registry.ops import get_op, op_neighbours
 from dsv4_tune.registry.variants import (
     BLOCK_H_CHOICES,
@@ -62,14 +64,16 @@ def decode_coarse_candidates(w: Workload, arch: str | None = None) -> list[Plan]
     for bh, nw in ((64, 8), (32, 8), (16, 4)):
         plans.append(Plan.make("gather_attend", gta, BLOCK_H=bh, num_warps=nw))
     # The sm90 kernel: plain, with both pipelines (staged gathers, pipelined softmax), 32-token tiles;
-    # the pipelined one split 2-16 ways for small T (refinement reaches the other knobs).
+    # the pipelined one split 2-16 ways for small T, its combine plain or a programmatic dependent
+    # (refinement reaches the other knobs).
     # Each unsplit one also persistent (a program per SM looping over the items).
     for bn, st, staged, pipe in ((64, 2, 0, 0), (64, 2, 1, 1), (32, 4, 0, 1)):
         plans.append(Plan.make("ws_sm90", BLOCK_N=bn, KSTAGES=st, STAGED=staged, PIPE=pipe, SPLIT_K=1))
         plans.append(Plan.make("ws_sm90", BLOCK_N=bn, KSTAGES=st, STAGED=staged, PIPE=pipe, SPLIT_K=1,
                                **{WS_PERSIST_KEY: 1}))
-    for sk in (2, 4, 8, 16):
-        plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=1, PIPE=1, SPLIT_K=sk, **DEFAULT_COMBINE))
+    for sk, pdl in itertools.product((2, 4, 8, 16), (0, 1)):
+        plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=1, PIPE=1, SPLIT_K=sk, **DEFAULT_COMBINE,
+                               **({PDL_KEY: 1} if pdl else {})))
     unique = list(dict.fromkeys(plans))
     return [p for p in unique if sweepable(w, p, arch)]
 

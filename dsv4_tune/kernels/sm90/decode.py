@@ -87,6 +87,13 @@ def _dequant_pair(x, c, s):
 
 
 @gluon.jit
+def _launch_dependents():
+    """Let the programmatic dependent launch after this kernel (the split's combine) start now."""
+    gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [], dtype=gl.int32,
+                              is_pure=False, pack=1)
+
+
+@gluon.jit
 def _dequant_group(x, scale_byte):
     """[SUB, 16] u32 (64 FP8 bytes per token) and the tokens' scale bytes -> [SUB, 32] u32 bf16x2."""
     s = (scale_byte << 7) | (scale_byte << 23)  # bf16(2^(byte-127)) twice; 255 is inf, as in the reference
@@ -594,10 +601,12 @@ def _ws_decode_kernel(
     n_tok, s_q, h_q, qk_scale, chunk, n_items,
     HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
     SPLIT: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr,
-    PIPE: gl.constexpr, PERSIST: gl.constexpr,
+    PIPE: gl.constexpr, PERSIST: gl.constexpr, PDL: gl.constexpr,
 ):
     """Program p does items p, p + P, p + 2P, ... of the (head block, token, split) items, where P is
     the grid: one item each on a full grid, a loop on a persistent one."""
+    if PDL:  # the combine launches now and waits (griddepcontrol.wait) for every partial
+        _launch_dependents()
     D: gl.constexpr = 512
     K_SL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
     VEC_SL: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
@@ -677,11 +686,14 @@ def launch_ws_decode(
     PIPE: int,
     PERSIST: int,
     maxnreg: int,
+    pdl: bool = False,
 ) -> None:
     """Launch the warp-specialized kernel (inputs already checked; e4m3fn pools): one program per
     (64 heads, token, split) item, or with ``PERSIST`` one per SM looping over them.  ``partial`` as
     in :func:`~dsv4_tune.kernels.fused_attention.launch_sparse_decode`: with ``split_k > 1`` the
-    combine kernel writes ``out`` / ``lse`` afterwards."""
+    combine kernel writes ``out`` / ``lse`` afterwards; ``pdl``: that combine is launched as a programmatic
+    dependent of this kernel (:func:`~dsv4_tune.kernels.combine.launch_combine` with ``pdl``), which
+    then lets it launch as it starts."""
     b, s_q, h_q, _ = q.shape
     n_tok = b * s_q
     n_items = cdiv(h_q, HEADS.value) * n_tok * split_k
@@ -693,6 +705,6 @@ def launch_ws_decode(
         *epilogue_args(attn_sink, out, lse, partial),
         n_tok, s_q, h_q, sm_scale * LOG2E, split_chunk(total, split_k, BLOCK_N), n_items,
         *scope_flags(main, extra, attn_sink),
-        split_k > 1, BLOCK_N, SUB, KSTAGES, bool(STAGED), bool(PIPE), bool(PERSIST),
+        split_k > 1, BLOCK_N, SUB, KSTAGES, bool(STAGED), bool(PIPE), bool(PERSIST), pdl,
         num_warps=4, num_stages=1, maxnreg=maxnreg,
     )
