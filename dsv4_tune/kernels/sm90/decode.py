@@ -234,8 +234,7 @@ def _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, c
                    HAS_LEN: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr,
                    STAGED: gl.constexpr):
     """Fill K tiles with candidates [lo, hi) of one scope (hi: ``cap`` cut at the row's length), from
-    block number ``blk`` on; returns the
-    next block number.  Unstaged, each sub-block's bytes are loaded into registers one sub-block ahead
+    block number ``blk`` on; returns the next block number.  Unstaged, each sub-block's bytes are loaded into registers one sub-block ahead
     of its conversion; staged (BLOCK_N = 2 SUB), the first sub-block of each block comes through
     registers and the second through the staging buffers (cp.async), each loaded a whole block
     ahead: twice the bytes in flight for the same registers."""
