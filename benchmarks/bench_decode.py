@@ -52,6 +52,7 @@ from dsv4_tune.kernels.kv_layout import HEAD_DIM, TOKEN_BYTES, padded_page_bytes
 from dsv4_tune.kernels.reference import sparse_decode_ref
 from dsv4_tune.policies.baseline import plan_for, seed_decision
 from dsv4_tune.policies.dispatcher import Dispatcher, get_dispatcher
+from dsv4_tune.registry.launches import PDL_KEY, WS_PERSIST_KEY
 from dsv4_tune.registry.variants import VARIANTS, plan_problems
 from dsv4_tune.registry.workload import Plan, Workload
 from dsv4_tune.runtime.workspace import Workspace
@@ -186,12 +187,15 @@ def bench_workload(
 
 
 def ws_candidates(w: Workload) -> list[Plan]:
-    """A few ws_sm90 configs (both pipelines on and off; split 2-8 ways at T <= 16) valid for ``w``."""
+    """A few ws_sm90 configs (both pipelines on and off, one grid and persistent; split 2-8 ways at
+    T <= 16, the combine launched plainly and as a programmatic dependent) valid for ``w``."""
     plans = [Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=st, PIPE=pi, SPLIT_K=1)
              for st in (0, 1) for pi in (0, 1)]
+    plans += [Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=st, PIPE=0, SPLIT_K=1, **{WS_PERSIST_KEY: 1})
+              for st in (0, 1)]
     if w.total_tokens <= 16:
         plans += [Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=1, PIPE=1, SPLIT_K=sk, COMBINE_BLOCK_H=8,
-                            combine_warps=4) for sk in (2, 4, 8)]
+                            combine_warps=4, **pdl) for sk in (2, 4, 8) for pdl in ({}, {PDL_KEY: 1})]
     return [p for p in plans if not plan_problems(w, p, "sm90")]
 
 
@@ -232,8 +236,10 @@ def compare_point(
         row[f"{col}_us"], status = measure(plan)
         checks.append(status)
     if not variant_problem("ws_sm90", q.device):
-        best = min(((*measure(p), p) for p in ws_candidates(w)), key=lambda r: r[0])
+        timed = [(*measure(p), p) for p in ws_candidates(w)]
+        best = min(timed, key=lambda r: r[0])
         row["ws_us"], row["ws_plan"] = best[0], str(best[2])
+        row["ws_all_us"] = {str(p): us for us, _, p in timed}  # what each knob does, beside the best
         checks.append(best[1])
     bad = [c for c in checks if c.startswith("!!!")]
     row["check"] = bad[0] if bad else ("ok" if ref is not None else "")
