@@ -240,7 +240,7 @@ def compare_point(
         best = min(timed, key=lambda r: r[0])
         row["ws_us"], row["ws_plan"] = best[0], str(best[2])
         row["ws_all_us"] = {str(p): us for us, _, p in timed}  # what each knob does, beside the best
-        checks.append(best[1])
+        checks += [status for _, status, _ in timed]
     bad = [c for c in checks if c.startswith("!!!")]
     row["check"] = bad[0] if bad else ("ok" if ref is not None else "")
     row["x_floor"] = row["policy_us"] / fl
