@@ -340,8 +340,8 @@ def _producer(kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik
     start while the consumers finish this one."""
     s_q = geo[2]
     blk = gl.to_tensor(0)
-    first, last, step = _my_items(n_items, PERSIST)
-    for item in range(first, last, step):
+    first, item_end, step = _my_items(n_items, PERSIST)
+    for item in range(first, item_end, step):
         _, t, tb, ts, _, lo, cap, x_lo, x_cap = _item(item, geo, HAS_EXTRA)
         blk = _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_ptr + tb * s_ib + ts * s_is, s_ik, lo, cap,
                              t, s_q, len_ptr, blk,
@@ -375,8 +375,8 @@ def _pv_right(geo, n_items, len_ptr, xlen_ptr, outs, kbuf, p_smem, alpha_smem, s
     s_q = geo[2]
     g = gl.to_tensor(0)  # K tiles consumed before this item (the ring's and P's phases run on)
     it = gl.to_tensor(0)  # items done by this program
-    first, last, step = _my_items(n_items, PERSIST)
-    for item in range(first, last, step):
+    first, item_end, step = _my_items(n_items, PERSIST)
+    for item in range(first, item_end, step):
         head0, t, tb, ts, split, lo, cap, x_lo, x_cap = _item(item, geo, HAS_EXTRA)
         n_blocks = _n_blocks(lo, cap, x_lo, x_cap, t, s_q, len_ptr, xlen_ptr, HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N)
         o = gl.zeros([HEADS, DV], gl.float32, layout=O_L)
@@ -483,12 +483,12 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
     P_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=O_L, k_width=2)
     s_q = geo[2]
     h_q = outs[9]
-    first, last, step = _my_items(n_items, PERSIST)
+    first, item_end, step = _my_items(n_items, PERSIST)
     g = gl.to_tensor(0)  # K tiles consumed before this item (the ring's and P's phases run on)
     it = gl.to_tensor(0)  # items done by this program
     at = _item(first, geo, HAS_EXTRA)  # the grid is never larger than the items
     _load_q(q_ptr, q_smem, at[0], at[2], at[3], h_q, s_qb, s_qs, s_qh)
-    for item in range(first, last, step):
+    for item in range(first, item_end, step):
         head0, t, tb, ts, split, lo, cap, x_lo, x_cap = _item(item, geo, HAS_EXTRA)
         n_blocks = _n_blocks(lo, cap, x_lo, x_cap, t, s_q, len_ptr, xlen_ptr, HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N)
         _q_landed()
@@ -520,10 +520,10 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
                     mbarrier.arrive(k_empty.index(prev))
                     pb = pb_new
                     _hand_p(pb, alpha, p_smem, alpha_smem, p_ready, p_empty, blk)
-                last = (g + n_blocks - 1) % KSTAGES
-                o = _pv_left(o, alpha, pb, kbuf.index(last), O_L, P_L)
+                ks_last = (g + n_blocks - 1) % KSTAGES
+                o = _pv_left(o, alpha, pb, kbuf.index(ks_last), O_L, P_L)
                 o = warpgroup_mma_wait(0, deps=(o,))
-                mbarrier.arrive(k_empty.index(last))
+                mbarrier.arrive(k_empty.index(ks_last))
         else:
             for b in range(n_blocks):
                 blk = g + b
@@ -540,7 +540,7 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
                 mbarrier.arrive(k_empty.index(ks))
         g += n_blocks
         # Q is read no more (every wgmma of the item is done): the next item's comes in meanwhile.
-        if item + step < last:
+        if item + step < item_end:
             gl.thread_barrier()
             at = _item(item + step, geo, HAS_EXTRA)
             _load_q(q_ptr, q_smem, at[0], at[2], at[3], h_q, s_qb, s_qs, s_qh)
