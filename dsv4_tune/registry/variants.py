@@ -49,8 +49,9 @@ def without_pdl(config: dict[str, int]) -> dict[str, int]:
 
 
 def without_combine(config: dict[str, int]) -> dict[str, int]:
-    """``config`` less the combine kernel's keys (a split merged in-kernel, or no split)."""
-    return {k: v for k, v in config.items() if k not in DEFAULT_COMBINE}
+    """``config`` less the combine kernel's keys and PDL, which launches that combine (a split
+    merged in-kernel, or no split)."""
+    return {k: v for k, v in config.items() if k not in DEFAULT_COMBINE and k != PDL_KEY}
 
 
 def _pow2_at_least_16(n: int) -> int:
@@ -143,6 +144,8 @@ def _ws_problems(w: Workload, c: dict[str, int]) -> list[str]:
         out.append(f"PIPE={c['PIPE']} not in (0, 1)")
     if c.get(WS_PERSIST_KEY, 0) not in (0, 1):
         out.append(f"{WS_PERSIST_KEY}={c[WS_PERSIST_KEY]} not in (0, 1)")
+    elif c.get(WS_PERSIST_KEY) and c["SPLIT_K"] != 1:
+        out.append(f"{WS_PERSIST_KEY}=1 needs SPLIT_K=1 (a split fills the SMs with items of its own)")
     if c.get(PDL_KEY, 0) not in (0, 1):
         out.append(f"{PDL_KEY}={c[PDL_KEY]} not in (0, 1)")
     elif c.get(PDL_KEY) and c["SPLIT_K"] == 1:

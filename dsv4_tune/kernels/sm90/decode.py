@@ -600,7 +600,7 @@ def _ws_decode_kernel(
     n_tok, s_q, h_q, qk_scale, chunk, n_items,
     HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
     SPLIT: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr,
-    PIPE: gl.constexpr, PERSIST: gl.constexpr, PDL: gl.constexpr,
+    PIPE: gl.constexpr, PERSIST: gl.constexpr, PDL: gl.constexpr = False,
 ):
     """Program p does items p, p + P, p + 2P, ... of the (head block, token, split) items, where P is
     the grid: one item each on a full grid, a loop on a persistent one."""
