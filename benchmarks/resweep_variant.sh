@@ -11,38 +11,48 @@
 #   check  the tests and every config (~5 min);
 #   sweep  forget + resume + export + benchmark (~8 min; cut short, it resumes with
 #          STORE=<its sweep.sqlite, carried> FORGET=0 PHASE=sweep);
-#   quick  one short call when device time is scarce (QUICK_S seconds, default 540): the tests (a
-#          time-limit cut goes on, a failure stops), the shipped policy's plans and a few of the
+#   quick  one short call when device time is scarce (QUICK_S seconds, default 540): the tests (ws_sm90's
+#          persistent-grid test first and on its own, where any failure or cut stops: a hang looks like
+#          a cut; then the rest, where a time-limit cut goes on and a failure stops), the shipped policy's plans and a few of the
 #          variant's configs timed on the new kernel beside the seed and the floor (bench_decode
 #          --policy SHIPPED --before SHIPPED, BENCH_ARGS e.g. "--quick --heads 64 128"), then the
-#          sweep for the time left (each timed candidate is checked against the reference on the
+#          sweep for the time left unless a plan disagreed with the reference (each timed candidate is checked against the reference on the
 #          sweep's inputs; resume it later as above, export on any machine).
 # Results under $OUT: pytest.log, check_all_configs-*.json, sweep.{log,sqlite}, policy.json, bench_decode-*.
 set -uo pipefail
 variant=${1:-ws_sm90}
+t0=$(date +%s)
+phase=${PHASE:-all}
+case "$phase" in check|sweep|all|quick) ;; *) echo "PHASE=$phase: not one of check, sweep, all, quick"; exit 2;; esac
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
 work=$(mktemp -d)
 export TRITON_CACHE_DIR=$work/triton
-t0=$(date +%s)
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader)
 nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv,noheader
 date -u +%FT%TZ
 case "$gpu" in *H200*) g=sm90-h200;; *H100*) g=sm90-h100;; *) echo "no committed store for $gpu"; exit 2;; esac
 store=${2:-${STORE:-benchmarks/results/sweep-$g.sqlite}}
 shipped=dsv4_tune/policies/data/$g.json
-phase=${PHASE:-all}
 tests=tests/test_sparse_decode.py; [ "$variant" = ws_sm90 ] && tests=tests/test_ws_sm90.py
 elapsed() { echo $(( $(date +%s) - t0 )); }
 
 if [ "$phase" != sweep ]; then
-  timeout "${TEST_LIMIT_S:-150}" python3 -m pytest -v -m gpu "$tests" -p no:cacheprovider > "$OUT/pytest.log" 2>&1
+  if [ "$variant" = ws_sm90 ]; then  # the persistent grid first, on its own: a hang there must not pass as a cut
+    timeout 120 python3 -m pytest -v -m gpu "$tests" -k persistent -p no:cacheprovider > "$OUT/pytest-persist.log" 2>&1
+    rc=$?; echo "persistent test rc=$rc at $(elapsed) s"; tail -2 "$OUT/pytest-persist.log"; [ $rc -eq 0 ] || exit 3
+    only=(-k "not persistent")
+  else
+    only=()
+  fi
+  timeout "${TEST_LIMIT_S:-150}" python3 -m pytest -v -m gpu "$tests" "${only[@]}" -p no:cacheprovider > "$OUT/pytest.log" 2>&1
   rc=$?; echo "pytest rc=$rc at $(elapsed) s"; tail -3 "$OUT/pytest.log"
   [ $rc -eq 0 ] || { [ $rc -eq 124 ] && [ "$phase" = quick ]; } || exit 3
 fi
 if [ "$phase" = check ] || [ "$phase" = all ]; then
-  timeout "${CHECK_LIMIT_S:-280}" python3 benchmarks/check_all_configs.py --variants "$variant" --jobs 15 --b 50 --s-q 3 \
+  timeout "${CHECK_LIMIT_S:-360}" python3 benchmarks/check_all_configs.py --variants "$variant" --jobs 15 --b 50 --s-q 3 \
     --out "$OUT" > "$OUT/check.log" 2>&1
   rc=$?; echo "check rc=$rc at $(elapsed) s"; tail -4 "$OUT/check.log"; [ $rc -eq 0 ] || exit 4
 fi
@@ -52,7 +62,8 @@ if [ "$phase" = quick ]; then
   # shellcheck disable=SC2086
   timeout "${BENCH_LIMIT_S:-200}" python3 benchmarks/bench_decode.py --policy "$shipped" --before "$shipped" \
     ${BENCH_ARGS:-} --out "$OUT" > "$OUT/bench.log" 2>&1
-  echo "bench rc=$? at $(elapsed) s"; tail -3 "$OUT/bench.log"
+  rc=$?; echo "bench rc=$rc at $(elapsed) s"; tail -3 "$OUT/bench.log"
+  [ $rc -eq 0 ] || [ $rc -eq 124 ] || exit 6  # a plan that disagreed with the reference: nothing is swept
 fi
 
 cp "$store" "$work/s.db"
