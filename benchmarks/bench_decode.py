@@ -7,7 +7,8 @@ is the fraction of it achieved (1.0 = at the floor).  Each variant is checked ag
 at T <= 8; failures are marked in the table and the JSON and make the exit status 1.
 
 With ``--policy NEW`` it compares, on the same inputs in one run: (a) NEW's plan, (b) the ws_sm90
-variant at its best of a few configs (where it runs), (c) ``--before OLD``'s plan (default: the
+variant at its best of a few configs that pass their check (where it runs; persistent ones are
+checked at every T, the rest at T <= 64 as the policies' plans), (c) ``--before OLD``'s plan (default: the
 shipped policy of this GPU), (d) the seed's hand rules on our kernels, (e) the floor; per point
 time, x floor, TFLOP/s, the ratios, and the geomeans over T >= 64; at T <= 16 also the latency
 floor of the shape measured in the same run (``bench_latency_floor.WaveFloor``: one wave that
@@ -52,6 +53,7 @@ from dsv4_tune.kernels.kv_layout import HEAD_DIM, TOKEN_BYTES, padded_page_bytes
 from dsv4_tune.kernels.reference import sparse_decode_ref
 from dsv4_tune.policies.baseline import plan_for, seed_decision
 from dsv4_tune.policies.dispatcher import Dispatcher, get_dispatcher
+from dsv4_tune.registry.launches import PDL_KEY, WS_PERSIST_KEY
 from dsv4_tune.registry.variants import VARIANTS, plan_problems
 from dsv4_tune.registry.workload import Plan, Workload
 from dsv4_tune.runtime.workspace import Workspace
@@ -186,12 +188,15 @@ def bench_workload(
 
 
 def ws_candidates(w: Workload) -> list[Plan]:
-    """A few ws_sm90 configs (both pipelines on and off; split 2-8 ways at T <= 16) valid for ``w``."""
+    """A few ws_sm90 configs (both pipelines on and off, one grid and persistent; split 2-8 ways at
+    T <= 16, the combine launched plainly and as a programmatic dependent) valid for ``w``."""
     plans = [Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=st, PIPE=pi, SPLIT_K=1)
              for st in (0, 1) for pi in (0, 1)]
+    plans += [Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=st, PIPE=pi, SPLIT_K=1, **{WS_PERSIST_KEY: 1})
+              for st, pi in ((0, 0), (1, 0), (1, 1))]
     if w.total_tokens <= 16:
         plans += [Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=1, PIPE=1, SPLIT_K=sk, COMBINE_BLOCK_H=8,
-                            combine_warps=4) for sk in (2, 4, 8)]
+                            combine_warps=4, **pdl) for sk in (2, 4, 8) for pdl in ({}, {PDL_KEY: 1})]
     return [p for p in plans if not plan_problems(w, p, "sm90")]
 
 
@@ -214,13 +219,13 @@ def compare_point(
     out = torch.empty(t, 1, h, HEAD_DIM, dtype=torch.bfloat16, device="cuda")
     lse = torch.empty(t, h, 1, dtype=torch.float32, device="cuda")
 
-    def measure(plan: Plan) -> tuple[float, str]:
+    def measure(plan: Plan, against: torch.Tensor | None = ref) -> tuple[float, str]:
         out.fill_(float("nan"))
         lse.fill_(float("nan"))
         fn = partial(sparse_decode, q, main_s.kv_cache, main_s.indices, plan=plan, fp8=FP8, out=(out, lse),
                      workspace=Workspace(), **kw)
         fn()
-        status = check(out, lse, ref) if ref is not None else ""
+        status = check(out, lse, against) if against is not None else ""
         return time_graph(fn)["median_us"], status
 
     row: dict[str, Any] = {"h_q": h, "layer": layer.name, "T": t, "total_topk": w.total_topk, "floor_us": fl,
@@ -232,9 +237,25 @@ def compare_point(
         row[f"{col}_us"], status = measure(plan)
         checks.append(status)
     if not variant_problem("ws_sm90", q.device):
-        best = min(((*measure(p), p) for p in ws_candidates(w)), key=lambda r: r[0])
-        row["ws_us"], row["ws_plan"] = best[0], str(best[2])
-        checks.append(best[1])
+        cands = ws_candidates(w)
+        # A persistent grid loops over items only past one item per SM: checked at every T.
+        ws_ref = ref
+        if ws_ref is None and any(p.as_dict().get(WS_PERSIST_KEY) for p in cands):
+            ws_ref = sparse_decode_ref(q, main_s.kv_cache, main_s.indices, fp8=FP8, **kw)
+        timed = []
+        for p in cands:
+            try:
+                us, status = measure(p, ws_ref if p.as_dict().get(WS_PERSIST_KEY) else ref)
+            except Exception as e:  # one config that fails to build or run costs its row, not the run
+                us, status = float("nan"), f"!!! {type(e).__name__}: {str(e)[:160]}"
+            timed.append((us, status, p))
+        del ws_ref
+        good = [r for r in timed if not r[1].startswith("!!!")]
+        if good:  # the best of those that passed their check
+            best = min(good, key=lambda r: r[0])
+            row["ws_us"], row["ws_plan"] = best[0], str(best[2])
+        row["ws_all_us"] = {str(p): us for us, _, p in timed}  # what each knob does, beside the best
+        checks += [status for _, status, _ in timed]
     bad = [c for c in checks if c.startswith("!!!")]
     row["check"] = bad[0] if bad else ("ok" if ref is not None else "")
     row["x_floor"] = row["policy_us"] / fl
@@ -321,6 +342,8 @@ def compare_main(args: argparse.Namespace) -> int:
                 print(f"  h_q={h} {layer.name} T={t}: policy {r['policy_us']:.1f} us ({r['x_floor']:.2f}x floor, "
                       f"{r['TFLOP/s']:.0f} TFLOP/s), before {r['before_us']:.1f}, seed {r['seed_us']:.1f}"
                       + (f", ws {r['ws_us']:.1f}" if "ws_us" in r else "") + f" {r['check']}", flush=True)
+                if "ws_all_us" in r:  # each ws config, in the log too (a run cut short saves no JSON)
+                    print("    ws: " + "; ".join(f"{p} {us:.1f}" for p, us in r["ws_all_us"].items()), flush=True)
     summary = compare_summary(rows)
     failures = [r for r in rows if r["check"].startswith("!!!")]
     out_dir = args.out or default_out_dir(False)

@@ -49,7 +49,8 @@ def test_its_rules_name_the_knob_at_fault() -> None:
     assert plan_problems(W, ws()) == []
     assert ws_smem_bytes(ws(STAGED=1).as_dict()) < 227 * 1024 < ws_smem_bytes(ws(KSTAGES=3).as_dict())
     cases = {ws(KSTAGES=3): "shared memory", ws(BLOCK_N=32, STAGED=1): "STAGED=1 needs BLOCK_N=64",
-             ws(PIPE=2): "PIPE=2 not in", ws(BLOCK_N=16): "BLOCK_N=16 not in",
+             ws(PIPE=2): "PIPE=2 not in", ws(BLOCK_N=16): "BLOCK_N=16 not in", ws(PDL=1): "PDL=1 needs SPLIT_K > 1",
+             ws(PERSIST=2): "PERSIST=2 not in", ws(SPLIT_K=2, PERSIST=1): "PERSIST=1 needs SPLIT_K=1",
              ws(SPLIT_K=5): "SPLIT_K=5 not in", ws(SPLIT_K=4): ""}
     small = Workload(4, 64, 128, 0)  # 2 blocks of 64: SPLIT_K 4 exceeds them
     for plan, message in cases.items():
@@ -69,8 +70,12 @@ def test_neighbours_step_its_own_knobs() -> None:
     found = neighbours(ws(STAGED=1, PIPE=1))
     changed = [{k for k, v in p.as_dict().items() if ws(STAGED=1, PIPE=1).as_dict().get(k) != v} for p in found]
     assert {"PIPE"} in changed and {"STAGED"} in changed and {"SPLIT_K", "COMBINE_BLOCK_H", "combine_warps"} in changed
+    assert {"PERSIST"} in changed  # the optional switches flip too
+    split = ws(SPLIT_K=2, PDL=1)  # its unsplit neighbour drops PDL with the combine
+    assert any(p["SPLIT_K"] == 1 and not plan_problems(W, p) for p in neighbours(split))
     refused = [plan_problems(W, p) for p in found if plan_problems(W, p)]  # refine_candidates drops these
-    assert refused and all(ps[0].startswith(("KSTAGES=3 x BLOCK_N=64", "STAGED=1 needs")) for ps in refused)
+    why = ("KSTAGES=3 x BLOCK_N=64", "STAGED=1 needs", "PDL=1 needs")
+    assert refused and all(ps[0].startswith(why) for ps in refused)
 
 
 def test_the_gluon_check_names_what_this_triton_lacks(monkeypatch) -> None:
@@ -149,6 +154,28 @@ def test_every_knob_against_the_reference(s_q, page, x_page, device, gen) -> Non
     case.ref = sparse_decode_ref(case.q, case.main.kv_cache, case.main.indices, fp8="e4m3fn",
                                  out_dtype=torch.float32, **case.kw)
     for plan in (ws(), ws(STAGED=1), ws(PIPE=1), ws(STAGED=1, PIPE=1), ws(BLOCK_N=32, KSTAGES=4, PIPE=1),
-                 ws(SPLIT_K=3, STAGED=1, PIPE=1), ws(BLOCK_N=32, KSTAGES=3, SPLIT_K=12)):  # 13 steps of 32
+                 ws(SPLIT_K=3, STAGED=1, PIPE=1), ws(SPLIT_K=3, STAGED=1, PIPE=1, PDL=1),
+                 ws(BLOCK_N=32, KSTAGES=3, SPLIT_K=12)):  # 13 steps of 32
         case.check(plan)
 
+
+
+@pytest.mark.gpu
+@pytest.mark.gpu_only
+def test_a_persistent_grid_loops_over_the_items(monkeypatch, device, gen) -> None:
+    """PERSIST=1 on 5 programs: each does 3-4 of the 18 (head block, token) items, rows with no
+    candidate among them, so the ring, P and output hand-offs run on across items."""
+    if variant_problem("ws_sm90", torch.device(device)):
+        pytest.skip(variant_problem("ws_sm90", torch.device(device)))
+    import dsv4_tune.kernels.sm90.decode as ws_decode
+
+    monkeypatch.setattr(ws_decode, "_multiprocessors", lambda index: 5)
+    case = make_case(device, gen, b=3, s_q=3, h=128, topk=100, page=61, x_topk=300, x_page=2,
+                     length=[0, 57, 100], x_length="random")
+    case.main.indices[1, 2] = -1  # a token with no valid candidate between tokens that have some
+    case.extra.indices[1, 2] = -1
+    case.ref = sparse_decode_ref(case.q, case.main.kv_cache, case.main.indices, fp8="e4m3fn",
+                                 out_dtype=torch.float32, **case.kw)
+    for plan in (ws(PERSIST=1), ws(STAGED=1, PIPE=1, PERSIST=1), ws(BLOCK_N=32, KSTAGES=4, PIPE=1, PERSIST=1),
+                 ws(BLOCK_N=32, KSTAGES=3, PERSIST=1)):
+        case.check(plan)

@@ -18,6 +18,9 @@ KernelLaunch = tuple[str, tuple[tuple[str, object], ...], int, int]  # name, con
 # kernel (CUDA sm90+: its launch overlaps the splits).  Absent means 0, so every plan and policy
 # written before it reads as before.
 PDL_KEY = "PDL"
+# ws_sm90's optional knob (absent = 0): one program per SM looping over the (64 heads, token, split)
+# items, the producer running ahead into the next item; a constexpr of its own kernel.
+WS_PERSIST_KEY = "PERSIST"
 WS_SUB = 32  # ws_sm90: tokens its producer gathers and converts at a time
 WS_MAXNREG = 168  # ws_sm90: registers per thread at entry (setmaxnreg then splits them 208 / 160 / 136)
 
@@ -64,7 +67,7 @@ def plan_kernels(plan: Plan, w: Workload, arch: str, fp8: Fp8Pair | None = None)
         out.append(launch("_ws_decode_kernel", 4, 1, HAS_LEN=w.has_len_main, HAS_EXTRA=w.dual,
                           X_HAS_LEN=w.dual and w.has_len_extra, HAS_SINK=sink, SPLIT=split, BLOCK_N=c["BLOCK_N"],
                           SUB=WS_SUB, KSTAGES=c["KSTAGES"], STAGED=bool(c["STAGED"]),
-                          PIPE=bool(c["PIPE"])))
+                          PIPE=bool(c["PIPE"]), PERSIST=bool(c.get(WS_PERSIST_KEY, 0)), **pdl))
     if split and not inline:
         out.append(launch("_combine_kernel", c["combine_warps"], 1, HAS_SINK=sink, BLOCK_H=c["COMBINE_BLOCK_H"],
                           **pdl))

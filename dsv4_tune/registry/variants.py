@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from dsv4_tune.registry.arch import arch_problems
 from dsv4_tune.registry.intmath import cdiv, next_pow2
-from dsv4_tune.registry.launches import PDL_KEY, WS_SUB
+from dsv4_tune.registry.launches import PDL_KEY, WS_PERSIST_KEY, WS_SUB
 from dsv4_tune.registry.workload import Plan, Workload
 
 BLOCK_H_CHOICES = (16, 32, 64)
@@ -30,6 +30,9 @@ GTA_SPLIT_K_CHOICES = (1, 2, 3, 4, 8)
 GTA_BLOCK_N_CHOICES = (32, 64)
 WS_BLOCK_N_CHOICES = (32, 64)  # ws_sm90: candidates per K tile
 WS_KSTAGES_CHOICES = (2, 3, 4)  # ws_sm90: K tiles in flight between the producer and the consumers
+# ws_sm90's optional PERSIST knob (registry.launches.WS_PERSIST_KEY) is swept without a split only:
+# split plans serve small T, where the items fit in one wave and the grid is the same either way.
+# Its split plans take the PDL knob as fused_splitk's do (the combine a programmatic dependent).
 WS_SPLIT_K_CHOICES = (1, *SPLIT_K_CHOICES)
 WS_SMEM_BYTES = 227 * 1024  # sm90's shared memory per block
 SMEM_BUDGET = 160 * 1024  # bytes of staged KV tiles + Q a config may ask for (gfx950 LDS, < sm90's 228 KiB)
@@ -46,8 +49,9 @@ def without_pdl(config: dict[str, int]) -> dict[str, int]:
 
 
 def without_combine(config: dict[str, int]) -> dict[str, int]:
-    """``config`` less the combine kernel's keys (a split merged in-kernel, or no split)."""
-    return {k: v for k, v in config.items() if k not in DEFAULT_COMBINE}
+    """``config`` less the combine kernel's keys and PDL, which launches that combine (a split
+    merged in-kernel, or no split)."""
+    return {k: v for k, v in config.items() if k not in DEFAULT_COMBINE and k != PDL_KEY}
 
 
 def _pow2_at_least_16(n: int) -> int:
@@ -138,6 +142,14 @@ def _ws_problems(w: Workload, c: dict[str, int]) -> list[str]:
         out.append(f"KSTAGES={c['KSTAGES']} not in {WS_KSTAGES_CHOICES}")
     if c["PIPE"] not in (0, 1):
         out.append(f"PIPE={c['PIPE']} not in (0, 1)")
+    if c.get(WS_PERSIST_KEY, 0) not in (0, 1):
+        out.append(f"{WS_PERSIST_KEY}={c[WS_PERSIST_KEY]} not in (0, 1)")
+    elif c.get(WS_PERSIST_KEY) and c["SPLIT_K"] != 1:
+        out.append(f"{WS_PERSIST_KEY}=1 needs SPLIT_K=1 (a split fills the SMs with items of its own)")
+    if c.get(PDL_KEY, 0) not in (0, 1):
+        out.append(f"{PDL_KEY}={c[PDL_KEY]} not in (0, 1)")
+    elif c.get(PDL_KEY) and c["SPLIT_K"] == 1:
+        out.append(f"{PDL_KEY}=1 needs SPLIT_K > 1 (it launches the combine as a programmatic dependent)")
     if c["STAGED"] not in (0, 1):
         out.append(f"STAGED={c['STAGED']} not in (0, 1)")
     elif c["STAGED"] and c["BLOCK_N"] != 2 * WS_SUB:
@@ -156,9 +168,10 @@ def _ws_space(w: Workload) -> Iterator[dict[str, int]]:
         base = {"BLOCK_N": bn, "KSTAGES": st, "STAGED": staged, "PIPE": pipe, "SPLIT_K": sk}
         if sk == 1:
             yield base
+            yield {**base, WS_PERSIST_KEY: 1}
         else:
-            for cb, cw in COMBINE_CHOICES:
-                yield {**base, "COMBINE_BLOCK_H": cb, "combine_warps": cw}
+            for (cb, cw), pdl in itertools.product(COMBINE_CHOICES, (0, 1)):
+                yield {**base, "COMBINE_BLOCK_H": cb, "combine_warps": cw, **({PDL_KEY: 1} if pdl else {})}
 
 
 def _ws_default(w: Workload) -> dict[str, int]:
@@ -268,7 +281,7 @@ VARIANTS: dict[str, Variant] = {
                 _gta_space, _gta_problems, _gta_default),
         Variant("ws_sm90", "CUDA sm90 only: warp-specialized (Gluon) gather + exact dequant into shared memory "
                 "beside wgmma attention, 64 heads per program (one pass or split-K + combine)",
-                _ws_space, _ws_problems, _ws_default),
+                _ws_space, _ws_problems, _ws_default, frozenset({WS_PERSIST_KEY, PDL_KEY})),
     )
 }
 

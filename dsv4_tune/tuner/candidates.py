@@ -5,7 +5,9 @@ registry, those of the other ops from the op registry.
 
 from __future__ import annotations
 
-from dsv4_tune.registry.launches import PDL_KEY
+import itertools
+
+from dsv4_tune.registry.launches import PDL_KEY, WS_PERSIST_KEY
 from dsv4_tune.registry.ops import get_op, op_neighbours
 from dsv4_tune.registry.variants import (
     BLOCK_H_CHOICES,
@@ -24,7 +26,6 @@ from dsv4_tune.registry.variants import (
     WS_SPLIT_K_CHOICES,
     plan_problems,
     without_combine,
-    without_pdl,
 )
 from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
 from dsv4_tune.serving.variants import variant_problem
@@ -63,11 +64,16 @@ def decode_coarse_candidates(w: Workload, arch: str | None = None) -> list[Plan]
     for bh, nw in ((64, 8), (32, 8), (16, 4)):
         plans.append(Plan.make("gather_attend", gta, BLOCK_H=bh, num_warps=nw))
     # The sm90 kernel: plain, with both pipelines (staged gathers, pipelined softmax), 32-token tiles;
-    # the pipelined one split 2-16 ways for small T (refinement reaches the other knobs).
+    # the pipelined one split 2-16 ways for small T, its combine plain or a programmatic dependent
+    # (refinement reaches the other knobs).
+    # Each unsplit one also persistent (a program per SM looping over the items).
     for bn, st, staged, pipe in ((64, 2, 0, 0), (64, 2, 1, 1), (32, 4, 0, 1)):
         plans.append(Plan.make("ws_sm90", BLOCK_N=bn, KSTAGES=st, STAGED=staged, PIPE=pipe, SPLIT_K=1))
-    for sk in (2, 4, 8, 16):
-        plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=1, PIPE=1, SPLIT_K=sk, **DEFAULT_COMBINE))
+        plans.append(Plan.make("ws_sm90", BLOCK_N=bn, KSTAGES=st, STAGED=staged, PIPE=pipe, SPLIT_K=1,
+                               **{WS_PERSIST_KEY: 1}))
+    for sk, pdl in itertools.product((2, 4, 8, 16), (0, 1)):
+        plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=1, PIPE=1, SPLIT_K=sk, **DEFAULT_COMBINE,
+                               **({PDL_KEY: 1} if pdl else {})))
     unique = list(dict.fromkeys(plans))
     return [p for p in unique if sweepable(w, p, arch)]
 
@@ -88,8 +94,9 @@ def _ordered_choices(variant: str) -> dict[str, tuple[int, ...]]:
 
 def neighbours(plan: Plan) -> list[Plan]:
     """Plans one step from ``plan``: one knob to an adjacent choice, or one paired knob set to
-    another choice, or PDL switched; a split-K plan also tries SPLIT_K = 1 (no combine) where its
-    variant allows (``refine_candidates`` drops the neighbours an arch cannot run)."""
+    another choice, or an optional switch (PDL, PERSIST) flipped; a split-K plan also tries
+    SPLIT_K = 1 (no combine) where its variant allows (``refine_candidates`` drops the neighbours an
+    arch cannot run)."""
     c = plan.as_dict()
     out = []
     for knob, choices in _ordered_choices(plan.variant).items():
@@ -102,8 +109,8 @@ def neighbours(plan: Plan) -> list[Plan]:
     for pair, choices in _PAIRS.items():
         if pair[0] in c:
             out += [{**c, pair[0]: a, pair[1]: b} for a, b in choices if (a, b) != (c[pair[0]], c[pair[1]])]
-    if PDL_KEY in VARIANTS[plan.variant].optional:  # toggled: absent (0) <-> 1
-        out.append(without_pdl(c) if c.get(PDL_KEY) else {**c, PDL_KEY: 1})
+    for key in sorted(VARIANTS[plan.variant].optional):  # toggled: absent (0) <-> 1
+        out.append({k: v for k, v in c.items() if k != key} if c.get(key) else {**c, key: 1})
     plans = []
     for cfg in out:
         if cfg.get("SPLIT_K") == 1:

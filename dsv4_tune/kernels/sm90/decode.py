@@ -1,7 +1,10 @@
 """Warp-specialized sparse FP8 decode for CUDA sm90 (Gluon): the ``ws_sm90`` variant.
 
-One program = (64 query heads, one query token, one split).  Three warpgroups share the work
-through shared memory and mbarriers:
+The work is one item per (64 query heads, query token, split); a program does items p, p + P, ...
+of a grid of P programs: one item each on the full grid, or (PERSIST) one program per SM looping
+over them, the producer gathering the next item's tiles while the consumers finish this one and WG0
+loading the next item's Q during its epilogue.  Three warpgroups share the work through shared
+memory and mbarriers, whose phases run on across items:
 
 - the **producer** (worker 1) walks the program's candidates, main scope then extra scope, in
   blocks of BLOCK_N tokens: it loads each sub-block's ids, gathers every token's 576 data bytes
@@ -9,7 +12,8 @@ through shared memory and mbarriers:
   dequantizes the NoPE bytes exactly into bf16 (bit placement, then two bf16 multiplies: 2^120 and
   the UE8M0 scale) and stores the 512-column bf16 K tile into a 128-byte-swizzled shared buffer
   (KSTAGES buffers), with a 0 / -inf bias per token for the invalid ones;
-- **WG0** (the default partition) computes S = Q K^T from shared memory (wgmma), the online
+- **WG0** (the default partition) loads Q into shared memory (cp.async: one round trip, under the
+  producer's first gathers), computes S = Q K^T from shared memory (wgmma), the online
   softmax, hands P and the rescale factor to WG1 through shared memory, and accumulates
   O[:, :256] += P V with P from registers;
 - **WG1** (worker 0) rescales and accumulates O[:, 256:] from the shared P.
@@ -28,6 +32,8 @@ whether this Triton offers it); Gluon does not run on the interpreter.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from triton.experimental import gluon
@@ -81,6 +87,13 @@ def _dequant_pair(x, c, s):
 
 
 @gluon.jit
+def _launch_dependents():
+    """Let the programmatic dependent launch after this kernel (the split's combine) start now."""
+    gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [], dtype=gl.int32,
+                              is_pure=False, pack=1)
+
+
+@gluon.jit
 def _dequant_group(x, scale_byte):
     """[SUB, 16] u32 (64 FP8 bytes per token) and the tokens' scale bytes -> [SUB, 32] u32 bf16x2."""
     s = (scale_byte << 7) | (scale_byte << 23)  # bf16(2^(byte-127)) twice; 255 is inf, as in the reference
@@ -96,6 +109,12 @@ def _sub_ids(idx_row, s_ik, k0, hi, SUB: gl.constexpr, GATHER: gl.constexpr):
     """Slot ids of candidates [k0, k0 + SUB); -1 for those at or past ``hi``."""
     ks = k0 + gl.arange(0, SUB, layout=gl.SliceLayout(1, GATHER))
     return gl.load(idx_row + ks * s_ik, mask=ks < hi, other=-1)
+
+
+@gluon.jit
+def _cut_ids(idx, k0, hi, SUB: gl.constexpr, GATHER: gl.constexpr):
+    """:func:`_sub_ids`' ids of candidates [k0, k0 + SUB) with those at or past ``hi`` set to -1."""
+    return gl.where(k0 + gl.arange(0, SUB, layout=gl.SliceLayout(1, GATHER)) < hi, idx, -1)
 
 
 @gluon.jit
@@ -210,11 +229,12 @@ def _store_sub(kt, bias_ref, raw, ROPE: gl.constexpr):
 
 
 @gluon.jit
-def _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, hi, blk,
+def _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, cap, t, s_q, len_ptr, blk,
                    kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
-                   BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr):
-    """Fill K tiles with candidates [lo, hi) of one scope, from block number ``blk`` on; returns the
-    next block number.  Unstaged, each sub-block's bytes are loaded into registers one sub-block ahead
+                   HAS_LEN: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr,
+                   STAGED: gl.constexpr):
+    """Fill K tiles with candidates [lo, hi) of one scope (hi: ``cap`` cut at the row's length), from
+    block number ``blk`` on; returns the next block number.  Unstaged, each sub-block's bytes are loaded into registers one sub-block ahead
     of its conversion; staged (BLOCK_N = 2 SUB), the first sub-block of each block comes through
     registers and the second through the staging buffers (cp.async), each loaded a whole block
     ahead: twice the bytes in flight for the same registers."""
@@ -222,11 +242,16 @@ def _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, h
     GATHER: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])  # 16 B per thread and load
     ROPE: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [4, 1], [1, 0])  # a dequantized group's layout
     K32: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
-    n = gl.cdiv(gl.maximum(hi - lo, 0), BLOCK_N)
+    # The first ids are loaded up to ``cap`` and cut at the length after: both loads at once.
+    first = _sub_ids(idx_row, s_ik, lo, cap, SUB, GATHER)
+    second = _sub_ids(idx_row, s_ik, lo + SUB, cap, SUB, GATHER)
+    hi = _cut(lo, cap, t, s_q, len_ptr, HAS_LEN)
+    first = _cut_ids(first, lo, hi, SUB, GATHER)
+    second = _cut_ids(second, lo + SUB, hi, SUB, GATHER)
+    n = gl.cdiv(hi - lo, BLOCK_N)
     if STAGED:
-        regs = _gather_sub(kv_ptr, stride_page, page_size, n_slots, _sub_ids(idx_row, s_ik, lo, hi, SUB, GATHER),
-                           SUB, GATHER, ROPE)
-        staged = _sub_ids(idx_row, s_ik, lo + SUB, hi, SUB, GATHER)
+        regs = _gather_sub(kv_ptr, stride_page, page_size, n_slots, first, SUB, GATHER, ROPE)
+        staged = second
         _stage_sub(kv_ptr, stride_page, page_size, n_slots, staged, st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER, ROPE)
         ids0 = _sub_ids(idx_row, s_ik, lo + BLOCK_N, hi, SUB, GATHER)
         ids1 = _sub_ids(idx_row, s_ik, lo + BLOCK_N + SUB, hi, SUB, GATHER)
@@ -249,9 +274,8 @@ def _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, h
         async_copy.wait_group(0)  # the last (empty) copies land before the buffers are reused
     else:
         # The ids two sub-blocks ahead, the bytes one sub-block ahead of the conversion.
-        nxt = _gather_sub(kv_ptr, stride_page, page_size, n_slots, _sub_ids(idx_row, s_ik, lo, hi, SUB, GATHER),
-                          SUB, GATHER, ROPE)
-        ids = _sub_ids(idx_row, s_ik, lo + SUB, hi, SUB, GATHER)
+        nxt = _gather_sub(kv_ptr, stride_page, page_size, n_slots, first, SUB, GATHER, ROPE)
+        ids = second
         for i in range(n):
             ks = blk % KSTAGES
             for sub in gl.static_range(NSUB):  # static: shared-memory slices need constant offsets
@@ -269,23 +293,71 @@ def _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, h
 
 
 @gluon.jit
-def _producer(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, hi,
-              xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_row, x_s_ik, x_lo, x_hi,
-              kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
-              HAS_EXTRA: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr,
-              STAGED: gl.constexpr):
-    blk = _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, hi, gl.to_tensor(0),
-                         kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
-                         BLOCK_N, SUB, KSTAGES, STAGED)
-    if HAS_EXTRA:
-        _produce_scope(xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_row, x_s_ik, x_lo, x_hi, blk,
-                       kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
-                       BLOCK_N, SUB, KSTAGES, STAGED)
+def _my_items(n_items, PERSIST: gl.constexpr):
+    """This program's items as range(first, last, step): p, p + P, ... on a persistent grid of P
+    programs; else item p alone (a loop of one trip, which the compiler removes: no loop-carried
+    state, so no spills, in the one-item kernel)."""
+    first = gl.program_id(0)
+    if PERSIST:
+        last = n_items
+        step = gl.num_programs(0)
+    else:
+        last = first + 1
+        step = 1
+    return first, last, step
 
 
 @gluon.jit
-def _out_rows(head0, t, tb, ts, split, n_tok, h_q, s_ob, s_os, s_oh, s_lb, s_lh, ROWS: gl.constexpr):
-    """The program's heads in layout ``ROWS``: (heads, mask, out row offsets, LSE offsets, partial rows)."""
+def _item(item, geo, HAS_EXTRA: gl.constexpr):
+    """Work item ``item`` (head block fastest, then token, then split: the head blocks of a token run
+    side by side and share its K rows in L2): (first head, token, its batch row and position, split,
+    the split's candidates per scope as [lo, cap) before the length cut)."""
+    n_hb, n_tok, s_q, chunk, topk, x_topk = geo
+    head0 = (item % n_hb) * HEADS
+    rest = item // n_hb
+    t = (rest % n_tok).to(gl.int64)
+    split = rest // n_tok
+    # The split covers [main ; extra] concatenated.
+    k_start = split * chunk
+    k_end = k_start + chunk
+    cap = gl.maximum(gl.minimum(k_end, topk), k_start)
+    x_lo = gl.maximum(k_start - topk, 0)
+    x_cap = x_lo
+    if HAS_EXTRA:
+        x_cap = gl.maximum(gl.minimum(k_end - topk, x_topk), x_lo)
+    return head0, t, t // s_q, t % s_q, split, k_start, cap, x_lo, x_cap
+
+
+@gluon.jit
+def _producer(kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik,
+              xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik,
+              geo, n_items, len_ptr, xlen_ptr,
+              kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
+              HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr,
+              BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr,
+              PERSIST: gl.constexpr):
+    """Every item's K tiles, main scope then extra, through one ring: the gathers of the next item
+    start while the consumers finish this one."""
+    s_q = geo[2]
+    blk = gl.to_tensor(0)
+    first, item_end, step = _my_items(n_items, PERSIST)
+    for item in range(first, item_end, step):
+        _, t, tb, ts, _, lo, cap, x_lo, x_cap = _item(item, geo, HAS_EXTRA)
+        blk = _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_ptr + tb * s_ib + ts * s_is, s_ik, lo, cap,
+                             t, s_q, len_ptr, blk,
+                             kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
+                             HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED)
+        if HAS_EXTRA:
+            blk = _produce_scope(xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_ptr + tb * x_s_ib + ts * x_s_is,
+                                 x_s_ik, x_lo, x_cap, t, s_q, xlen_ptr, blk,
+                                 kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
+                                 X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED)
+
+
+@gluon.jit
+def _out_rows(head0, t, tb, ts, split, outs, ROWS: gl.constexpr):
+    """The item's heads in layout ``ROWS``: (heads, mask, out row offsets, LSE offsets, partial rows)."""
+    _, s_ob, s_os, s_oh, _, s_lb, s_lh, _, _, h_q, n_tok = outs
     heads = head0 + gl.arange(0, HEADS, layout=ROWS)
     out_rows = tb * ((s_ob // 512) * 512) + ts * ((s_os // 512) * 512) + heads.to(gl.int64) * ((s_oh // 512) * 512)
     lse_rows = tb * s_lb + heads.to(gl.int64) * s_lh + ts
@@ -294,27 +366,38 @@ def _out_rows(head0, t, tb, ts, split, n_tok, h_q, s_ob, s_os, s_oh, s_lb, s_lh,
 
 
 @gluon.jit
-def _pv_right(n_blocks, kbuf, p_smem, alpha_smem, scale_smem, k_ready, k_empty, p_ready, p_empty, done,
-              out_ptr, part_o_ptr, head0, t, tb, ts, split, n_tok, h_q, s_ob, s_os, s_oh,
-              SPLIT: gl.constexpr, KSTAGES: gl.constexpr):
-    """WG1: O[:, 256:] += P V[:, 256:] per block, then its half of the output."""
+def _pv_right(geo, n_items, len_ptr, xlen_ptr, outs, kbuf, p_smem, alpha_smem, scale_smem,
+              k_ready, k_empty, p_ready, p_empty, done, scale_empty,
+              SPLIT: gl.constexpr, KSTAGES: gl.constexpr, BLOCK_N: gl.constexpr,
+              HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr, PERSIST: gl.constexpr):
+    """WG1: per item, O[:, 256:] += P V[:, 256:] per block, then its half of the output."""
     O_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, DV, 16])
-    o = gl.zeros([HEADS, DV], gl.float32, layout=O_L)
-    for blk in range(n_blocks):
-        ks = blk % KSTAGES
-        mbarrier.wait(k_ready.index(ks), (blk // KSTAGES) & 1)
-        mbarrier.wait(p_ready, blk & 1)
-        alpha = alpha_smem.load(gl.SliceLayout(1, O_L))
-        o = o * alpha[:, None]
-        o = warpgroup_mma(p_smem, kbuf.index(ks).slice(DV, DV, dim=1), o, is_async=True)
-        o = warpgroup_mma_wait(0, deps=(o,))
-        mbarrier.arrive(p_empty)
-        mbarrier.arrive(k_empty.index(ks))
-    mbarrier.wait(done, 0)
-    scale = scale_smem.load(gl.SliceLayout(1, O_L))
-    _, hmask, out_rows, _, part_rows = _out_rows(head0, t, tb, ts, split, n_tok, h_q, s_ob, s_os, s_oh, 0, 0,
-                                                 gl.SliceLayout(1, O_L))
-    _store_half(o * scale[:, None], DV, out_ptr, out_rows, hmask, part_o_ptr, part_rows, SPLIT, O_L)
+    s_q = geo[2]
+    g = gl.to_tensor(0)  # K tiles consumed before this item (the ring's and P's phases run on)
+    it = gl.to_tensor(0)  # items done by this program
+    first, item_end, step = _my_items(n_items, PERSIST)
+    for item in range(first, item_end, step):
+        head0, t, tb, ts, split, lo, cap, x_lo, x_cap = _item(item, geo, HAS_EXTRA)
+        n_blocks = _n_blocks(lo, cap, x_lo, x_cap, t, s_q, len_ptr, xlen_ptr, HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N)
+        o = gl.zeros([HEADS, DV], gl.float32, layout=O_L)
+        for b in range(n_blocks):
+            blk = g + b
+            ks = blk % KSTAGES
+            mbarrier.wait(k_ready.index(ks), (blk // KSTAGES) & 1)
+            mbarrier.wait(p_ready, blk & 1)
+            alpha = alpha_smem.load(gl.SliceLayout(1, O_L))
+            o = o * alpha[:, None]
+            o = warpgroup_mma(p_smem, kbuf.index(ks).slice(DV, DV, dim=1), o, is_async=True)
+            o = warpgroup_mma_wait(0, deps=(o,))
+            mbarrier.arrive(p_empty)
+            mbarrier.arrive(k_empty.index(ks))
+        g += n_blocks
+        mbarrier.wait(done, it & 1)
+        scale = scale_smem.load(gl.SliceLayout(1, O_L))
+        mbarrier.arrive(scale_empty)
+        _, hmask, out_rows, _, part_rows = _out_rows(head0, t, tb, ts, split, outs, gl.SliceLayout(1, O_L))
+        _store_half(o * scale[:, None], DV, outs[0], out_rows, hmask, outs[7], part_rows, SPLIT, O_L)
+        it += 1
 
 
 @gluon.jit
@@ -364,92 +447,147 @@ def _hand_p(pb, alpha, p_smem, alpha_smem, p_ready, p_empty, blk):
 
 
 @gluon.jit
-def _softmax_pv_left(n_blocks, qk_scale, q_smem, kbuf, bias_buf, p_smem, alpha_smem, scale_smem,
-                     k_ready, k_empty, p_ready, p_empty, done,
-                     sink_ptr, lse_ptr, out_ptr, part_o_ptr, part_lse_ptr,
-                     head0, t, tb, ts, split, n_tok, h_q, s_ob, s_os, s_oh, s_lb, s_lh,
+def _load_q(q_ptr, q_smem, head0, tb, ts, h_q, s_qb, s_qs, s_qh):
+    """An item's Q rows into shared memory (rows past h_q zero, never stored): the whole [64, 512]
+    tile as one cp.async copy (one round trip, and no barrier between pieces), while the producer
+    gathers (wait with :func:`_q_landed`)."""
+    QLD: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+    qr = gl.arange(0, HEADS, layout=gl.SliceLayout(1, QLD))
+    qc = gl.arange(0, 512, layout=gl.SliceLayout(0, QLD))
+    q_rows = tb * ((s_qb // 8) * 8) + ts * ((s_qs // 8) * 8) + (head0 + qr).to(gl.int64) * ((s_qh // 8) * 8)
+    q_ok = ((head0 + qr)[:, None] < h_q) & (qc[None, :] >= 0)
+    async_copy.async_copy_global_to_shared(q_smem, q_ptr + q_rows[:, None] + qc[None, :], mask=q_ok)
+    async_copy.commit_group()
+
+
+@gluon.jit
+def _q_landed():
+    """Wait for :func:`_load_q`'s copies: every thread's rows are in before any wgmma reads the tile."""
+    async_copy.wait_group(0)
+    fence_async_shared()
+    gl.thread_barrier()
+
+
+@gluon.jit
+def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_qb, s_qs, s_qh, sink_ptr,
+                     q_smem, kbuf, bias_buf, p_smem, alpha_smem, scale_smem,
+                     k_ready, k_empty, p_ready, p_empty, done, scale_empty,
                      HAS_SINK: gl.constexpr, SPLIT: gl.constexpr, BLOCK_N: gl.constexpr, KSTAGES: gl.constexpr,
-                     PIPE: gl.constexpr):
-    """WG0: S = Q K^T, the online softmax, O[:, :256] += P V[:, :256]; then LSE, the output scale
-    (for WG1 too) and its half of the output."""
+                     PIPE: gl.constexpr, HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr,
+                     PERSIST: gl.constexpr):
+    """WG0, per item: S = Q K^T, the online softmax, O[:, :256] += P V[:, :256]; then LSE, the output
+    scale (for WG1 too) and its half of the output.  The next item's Q is loaded during the epilogue."""
     S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                   instr_shape=[16, BLOCK_N, 16])
     O_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, DV, 16])
     P_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=O_L, k_width=2)
-    m_i = gl.full([HEADS], -1.0e30, gl.float32, layout=gl.SliceLayout(1, S_L))  # finite: no inf - inf
-    l_i = gl.zeros([HEADS], gl.float32, layout=gl.SliceLayout(1, S_L))
-    o = gl.zeros([HEADS, DV], gl.float32, layout=O_L)
-    if PIPE:
-        # Software-pipelined: block b's QK^T is issued before block b-1's PV, and the softmax of b
-        # runs while the tensor cores do that PV.  Peeled: block 0's softmax, then b = 1.., then the last PV.
-        if n_blocks > 0:
-            mbarrier.wait(k_ready.index(0), 0)
-            s = _qk(q_smem, kbuf.index(0), BLOCK_N, S_L)
-            bias = bias_buf.index(0).load(gl.SliceLayout(0, S_L))
-            s = warpgroup_mma_wait(0, deps=(s,))
-            pb, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
-            _hand_p(pb, alpha, p_smem, alpha_smem, p_ready, p_empty, 0)
-            for blk in range(1, n_blocks):
-                ks = blk % KSTAGES
-                prev = (blk - 1) % KSTAGES
-                mbarrier.wait(k_ready.index(ks), (blk // KSTAGES) & 1)
+    s_q = geo[2]
+    h_q = outs[9]
+    first, item_end, step = _my_items(n_items, PERSIST)
+    g = gl.to_tensor(0)  # K tiles consumed before this item (the ring's and P's phases run on)
+    it = gl.to_tensor(0)  # items done by this program
+    at = _item(first, geo, HAS_EXTRA)  # the grid is never larger than the items
+    _load_q(q_ptr, q_smem, at[0], at[2], at[3], h_q, s_qb, s_qs, s_qh)
+    for item in range(first, item_end, step):
+        head0, t, tb, ts, split, lo, cap, x_lo, x_cap = _item(item, geo, HAS_EXTRA)
+        n_blocks = _n_blocks(lo, cap, x_lo, x_cap, t, s_q, len_ptr, xlen_ptr, HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N)
+        _q_landed()
+        m_i = gl.full([HEADS], -1.0e30, gl.float32, layout=gl.SliceLayout(1, S_L))  # finite: no inf - inf
+        l_i = gl.zeros([HEADS], gl.float32, layout=gl.SliceLayout(1, S_L))
+        o = gl.zeros([HEADS, DV], gl.float32, layout=O_L)
+        if PIPE:
+            # Software-pipelined: block b's QK^T is issued before block b-1's PV, and the softmax of b
+            # runs while the tensor cores do that PV.  Peeled: block 0's softmax, then b = 1.., then the last PV.
+            if n_blocks > 0:
+                ks = g % KSTAGES
+                mbarrier.wait(k_ready.index(ks), (g // KSTAGES) & 1)
                 s = _qk(q_smem, kbuf.index(ks), BLOCK_N, S_L)
-                o = _pv_left(o, alpha, pb, kbuf.index(prev), O_L, P_L)
                 bias = bias_buf.index(ks).load(gl.SliceLayout(0, S_L))
-                s = warpgroup_mma_wait(1, deps=(s,))
-                pb_new, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
+                s = warpgroup_mma_wait(0, deps=(s,))
+                pb, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
+                _hand_p(pb, alpha, p_smem, alpha_smem, p_ready, p_empty, g)
+                for b in range(1, n_blocks):
+                    blk = g + b
+                    ks = blk % KSTAGES
+                    prev = (blk - 1) % KSTAGES
+                    mbarrier.wait(k_ready.index(ks), (blk // KSTAGES) & 1)
+                    s = _qk(q_smem, kbuf.index(ks), BLOCK_N, S_L)
+                    o = _pv_left(o, alpha, pb, kbuf.index(prev), O_L, P_L)
+                    bias = bias_buf.index(ks).load(gl.SliceLayout(0, S_L))
+                    s = warpgroup_mma_wait(1, deps=(s,))
+                    pb_new, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
+                    o = warpgroup_mma_wait(0, deps=(o,))
+                    mbarrier.arrive(k_empty.index(prev))
+                    pb = pb_new
+                    _hand_p(pb, alpha, p_smem, alpha_smem, p_ready, p_empty, blk)
+                ks_last = (g + n_blocks - 1) % KSTAGES
+                o = _pv_left(o, alpha, pb, kbuf.index(ks_last), O_L, P_L)
                 o = warpgroup_mma_wait(0, deps=(o,))
-                mbarrier.arrive(k_empty.index(prev))
-                pb = pb_new
+                mbarrier.arrive(k_empty.index(ks_last))
+        else:
+            for b in range(n_blocks):
+                blk = g + b
+                ks = blk % KSTAGES
+                mbarrier.wait(k_ready.index(ks), (blk // KSTAGES) & 1)
+                kt = kbuf.index(ks)
+                s = _qk(q_smem, kt, BLOCK_N, S_L)
+                bias = bias_buf.index(ks).load(gl.SliceLayout(0, S_L))
+                s = warpgroup_mma_wait(0, deps=(s,))
+                pb, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
                 _hand_p(pb, alpha, p_smem, alpha_smem, p_ready, p_empty, blk)
-            last = (n_blocks - 1) % KSTAGES
-            o = _pv_left(o, alpha, pb, kbuf.index(last), O_L, P_L)
-            o = warpgroup_mma_wait(0, deps=(o,))
-            mbarrier.arrive(k_empty.index(last))
-    else:
-        for blk in range(n_blocks):
-            ks = blk % KSTAGES
-            mbarrier.wait(k_ready.index(ks), (blk // KSTAGES) & 1)
-            kt = kbuf.index(ks)
-            s = _qk(q_smem, kt, BLOCK_N, S_L)
-            bias = bias_buf.index(ks).load(gl.SliceLayout(0, S_L))
-            s = warpgroup_mma_wait(0, deps=(s,))
-            pb, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
-            _hand_p(pb, alpha, p_smem, alpha_smem, p_ready, p_empty, blk)
-            o = _pv_left(o, alpha, pb, kt, O_L, P_L)
-            o = warpgroup_mma_wait(0, deps=(o,))
-            mbarrier.arrive(k_empty.index(ks))
-    # The epilogue of the contract (attention_core.store_result), in this layout.
-    lonely = l_i == 0.0
-    safe_m = gl.where(lonely, 0.0, m_i)
-    l_safe = gl.where(lonely, 1.0, l_i)
-    lse = gl.where(lonely, float("inf"), (safe_m + gl.log2(l_safe)) * 0.6931471805599453)
-    heads, hm, _, lse_rows, part_rows = _out_rows(head0, t, tb, ts, split, n_tok, h_q, s_ob, s_os, s_oh, s_lb, s_lh,
-                                                  gl.SliceLayout(1, S_L))
-    if SPLIT:
-        scale = gl.where(lonely, 0.0, 1.0 / l_safe)
-        gl.store(part_lse_ptr + part_rows, lse, mask=hm)
-    else:
-        denom = l_i
-        if HAS_SINK:
-            sink = gl.load(sink_ptr + heads, mask=hm, other=float("-inf"))
-            denom = l_i + gl.exp2(gl.where(lonely, float("-inf"), sink * 1.4426950408889634 - safe_m))
-        scale = gl.where(lonely, 0.0, 1.0 / gl.where(lonely, 1.0, denom))
-        gl.store(lse_ptr + lse_rows, lse, mask=hm)
-    scale_smem.store(scale)
-    mbarrier.arrive(done)
-    o = o * gl.convert_layout(scale, gl.SliceLayout(1, O_L))[:, None]
-    _, hmask, out_rows, _, part_rows = _out_rows(head0, t, tb, ts, split, n_tok, h_q, s_ob, s_os, s_oh, s_lb, s_lh,
-                                                 gl.SliceLayout(1, O_L))
-    _store_half(o, 0, out_ptr, out_rows, hmask, part_o_ptr, part_rows, SPLIT, O_L)
+                o = _pv_left(o, alpha, pb, kt, O_L, P_L)
+                o = warpgroup_mma_wait(0, deps=(o,))
+                mbarrier.arrive(k_empty.index(ks))
+        g += n_blocks
+        # Q is read no more (every wgmma of the item is done): the next item's comes in meanwhile.
+        if item + step < item_end:
+            gl.thread_barrier()
+            at = _item(item + step, geo, HAS_EXTRA)
+            _load_q(q_ptr, q_smem, at[0], at[2], at[3], h_q, s_qb, s_qs, s_qh)
+        # The epilogue of the contract (attention_core.store_result), in this layout.
+        lonely = l_i == 0.0
+        safe_m = gl.where(lonely, 0.0, m_i)
+        l_safe = gl.where(lonely, 1.0, l_i)
+        lse = gl.where(lonely, float("inf"), (safe_m + gl.log2(l_safe)) * 0.6931471805599453)
+        heads, hm, _, lse_rows, part_rows = _out_rows(head0, t, tb, ts, split, outs, gl.SliceLayout(1, S_L))
+        if SPLIT:
+            scale = gl.where(lonely, 0.0, 1.0 / l_safe)
+            gl.store(outs[8] + part_rows, lse, mask=hm)
+        else:
+            denom = l_i
+            if HAS_SINK:
+                sink = gl.load(sink_ptr + heads, mask=hm, other=float("-inf"))
+                denom = l_i + gl.exp2(gl.where(lonely, float("-inf"), sink * 1.4426950408889634 - safe_m))
+            scale = gl.where(lonely, 0.0, 1.0 / gl.where(lonely, 1.0, denom))
+            gl.store(outs[4] + lse_rows, lse, mask=hm)
+        mbarrier.wait(scale_empty, (it & 1) ^ 1)  # WG1 has read the last item's
+        scale_smem.store(scale)
+        mbarrier.arrive(done)
+        o = o * gl.convert_layout(scale, gl.SliceLayout(1, O_L))[:, None]
+        _, hmask, out_rows, _, part_rows = _out_rows(head0, t, tb, ts, split, outs, gl.SliceLayout(1, O_L))
+        _store_half(o, 0, outs[0], out_rows, hmask, outs[7], part_rows, SPLIT, O_L)
+        it += 1
 
 
 @gluon.jit
-def _scope_range(lo, hi, t, s_q, len_ptr, HAS_LEN: gl.constexpr):
-    """[lo, hi) cut at the row's topk_length (its batch row is t // s_q)."""
+def _cut(lo, cap, t, s_q, len_ptr, HAS_LEN: gl.constexpr):
+    """The end of [lo, cap) cut at the row's topk_length (its batch row is t // s_q), never below
+    ``lo``.  Each partition loads the length itself, after its own first loads are under way: none
+    waits for a round trip before the others start."""
+    hi = cap
     if HAS_LEN:
         hi = gl.minimum(hi, gl.load(len_ptr + t // s_q))
-    return lo, gl.maximum(hi, lo)
+    return gl.maximum(hi, lo)
+
+
+@gluon.jit
+def _n_blocks(lo, cap, x_lo, x_cap, t, s_q, len_ptr, xlen_ptr, HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr,
+              X_HAS_LEN: gl.constexpr, BLOCK_N: gl.constexpr):
+    """How many K tiles the producer fills: each scope's candidates in blocks of BLOCK_N."""
+    n = gl.cdiv(_cut(lo, cap, t, s_q, len_ptr, HAS_LEN) - lo, BLOCK_N)
+    if HAS_EXTRA:
+        n += gl.cdiv(_cut(x_lo, x_cap, t, s_q, xlen_ptr, X_HAS_LEN) - x_lo, BLOCK_N)
+    return n
 
 
 @kernel(jit=gluon.jit)
@@ -459,15 +597,18 @@ def _ws_decode_kernel(
     xkv_ptr, x_stride_page, x_stride_page_h, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik, xlen_ptr,
     x_topk,
     sink_ptr, out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr,
-    n_tok, s_q, h_q, qk_scale, chunk,
+    n_tok, s_q, h_q, qk_scale, chunk, n_items,
     HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
     SPLIT: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr,
-    PIPE: gl.constexpr,
+    PIPE: gl.constexpr, PERSIST: gl.constexpr, PDL: gl.constexpr = False,
 ):
+    """Program p does items p, p + P, p + 2P, ... of the (head block, token, split) items, where P is
+    the grid: one item each on a full grid, a loop on a persistent one."""
+    if PDL:  # the combine launches now and waits (griddepcontrol.wait) for every partial
+        _launch_dependents()
     D: gl.constexpr = 512
     K_SL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
     VEC_SL: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
-    QLD: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
     kbuf = gl.allocate_shared_memory(gl.bfloat16, [KSTAGES, BLOCK_N, D], K_SL)
     bias_buf = gl.allocate_shared_memory(gl.float32, [KSTAGES, BLOCK_N], VEC_SL)
     q_smem = gl.allocate_shared_memory(gl.bfloat16, [HEADS, D], K_SL)
@@ -480,6 +621,7 @@ def _ws_decode_kernel(
     p_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     p_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     done = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    scale_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     # The producer's staging buffers (raw bytes of one sub-block; a token where unstaged).
     ST_ROWS: gl.constexpr = SUB if STAGED else 1
     PLAIN: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
@@ -494,55 +636,35 @@ def _ws_decode_kernel(
         mbarrier.init(k_empty.index(i), count=2)  # WG0 and WG1, once per block each
     mbarrier.init(p_ready, count=1)
     mbarrier.init(p_empty, count=1)
-    mbarrier.init(done, count=1)
-
-    head0 = gl.program_id(0) * HEADS
-    t = gl.program_id(1).to(gl.int64)
-    split = gl.program_id(2)
-    tb = t // s_q
-    ts = t % s_q
-    # Candidate ranges of this split, per scope (the split covers [main ; extra] concatenated).
-    k_start = split * chunk
-    k_end = k_start + chunk
-    lo, hi = _scope_range(k_start, gl.minimum(k_end, topk), t, s_q, len_ptr, HAS_LEN)
-    n_blocks = gl.cdiv(hi - lo, BLOCK_N)
-    x_lo = gl.maximum(k_start - topk, 0)
-    x_hi = x_lo
-    if HAS_EXTRA:
-        x_lo, x_hi = _scope_range(x_lo, gl.minimum(k_end - topk, x_topk), t, s_q, xlen_ptr, X_HAS_LEN)
-        n_blocks += gl.cdiv(x_hi - x_lo, BLOCK_N)
-
-    # Q rows of this program into shared memory (rows past h_q are zero, never stored).
-    qr = gl.arange(0, HEADS, layout=gl.SliceLayout(1, QLD))
-    qc = gl.arange(0, 64, layout=gl.SliceLayout(0, QLD))
-    q_rows = tb * ((s_qb // 8) * 8) + ts * ((s_qs // 8) * 8) + (head0 + qr).to(gl.int64) * ((s_qh // 8) * 8)
-    q_ok = (head0 + qr) < h_q
-    for j in gl.static_range(D // 64):
-        qt = gl.load(q_ptr + q_rows[:, None] + (j * 64 + qc)[None, :], mask=q_ok[:, None] & (qc[None, :] >= 0),
-                     other=0.0)
-        q_smem.slice(j * 64, 64, dim=1).store(qt)
-    fence_async_shared()
+    mbarrier.init(done, count=1)  # WG0, once per item: the output scale is in scale_smem
+    mbarrier.init(scale_empty, count=1)  # WG1, once per item: it has read the scale
+    fence_async_shared()  # the barrier inits, seen by every partition
     gl.thread_barrier()
 
-    idx_row = idx_ptr + tb * s_ib + ts * s_is
-    xidx_row = xidx_ptr + tb * x_s_ib + ts * x_s_is
-
+    geo = (gl.cdiv(h_q, HEADS), n_tok, s_q, chunk, topk, x_topk)  # what _item reads an item from
+    outs = (out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr, h_q, n_tok)
     gl.warp_specialize([
-        (_softmax_pv_left, (n_blocks, qk_scale, q_smem, kbuf, bias_buf, p_smem, alpha_smem, scale_smem,
-                            k_ready, k_empty, p_ready, p_empty, done,
-                            sink_ptr, lse_ptr, out_ptr, part_o_ptr, part_lse_ptr,
-                            head0, t, tb, ts, split, n_tok, h_q, s_ob, s_os, s_oh, s_lb, s_lh,
-                            HAS_SINK, SPLIT, BLOCK_N, KSTAGES, PIPE)),
-        (_pv_right, (n_blocks, kbuf, p_smem, alpha_smem, scale_smem, k_ready, k_empty, p_ready, p_empty, done,
-                     out_ptr, part_o_ptr, head0, t, tb, ts, split, n_tok, h_q, s_ob, s_os, s_oh, SPLIT, KSTAGES)),
-        (_producer, (kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, hi,
-                     xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_row, x_s_ik, x_lo, x_hi,
+        (_softmax_pv_left, (geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_qb, s_qs, s_qh, sink_ptr,
+                            q_smem, kbuf, bias_buf, p_smem, alpha_smem, scale_smem,
+                            k_ready, k_empty, p_ready, p_empty, done, scale_empty,
+                            HAS_SINK, SPLIT, BLOCK_N, KSTAGES, PIPE, HAS_LEN, HAS_EXTRA, X_HAS_LEN, PERSIST)),
+        (_pv_right, (geo, n_items, len_ptr, xlen_ptr, outs, kbuf, p_smem, alpha_smem, scale_smem,
+                     k_ready, k_empty, p_ready, p_empty, done, scale_empty,
+                     SPLIT, KSTAGES, BLOCK_N, HAS_LEN, HAS_EXTRA, X_HAS_LEN, PERSIST)),
+        (_producer, (kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik,
+                     xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik,
+                     geo, n_items, len_ptr, xlen_ptr,
                      kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
-                     HAS_EXTRA, BLOCK_N, SUB, KSTAGES, STAGED)),
+                     HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED, PERSIST)),
     ], [4, 4], [WG1_REGS, PRODUCER_REGS])
 
 
 _launch = Launcher(_ws_decode_kernel)
+
+
+@functools.cache
+def _multiprocessors(device: int) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def launch_ws_decode(
@@ -561,20 +683,27 @@ def launch_ws_decode(
     KSTAGES: int,
     STAGED: int,
     PIPE: int,
+    PERSIST: int,
     maxnreg: int,
+    pdl: bool = False,
 ) -> None:
-    """Launch the warp-specialized kernel (inputs already checked; e4m3fn pools).  ``partial`` as in
-    :func:`~dsv4_tune.kernels.fused_attention.launch_sparse_decode`: with ``split_k > 1`` the
-    combine kernel writes ``out`` / ``lse`` afterwards."""
+    """Launch the warp-specialized kernel (inputs already checked; e4m3fn pools): one program per
+    (64 heads, token, split) item, or with ``PERSIST`` one per SM looping over them.  ``partial`` as
+    in :func:`~dsv4_tune.kernels.fused_attention.launch_sparse_decode`: with ``split_k > 1`` the
+    combine kernel writes ``out`` / ``lse`` afterwards; ``pdl``: that combine is launched as a programmatic
+    dependent of this kernel (:func:`~dsv4_tune.kernels.combine.launch_combine` with ``pdl``), which
+    then lets it launch as it starts."""
     b, s_q, h_q, _ = q.shape
     n_tok = b * s_q
+    n_items = cdiv(h_q, HEADS.value) * n_tok * split_k
+    programs = min(n_items, _multiprocessors(q.device.index)) if PERSIST else n_items
     total = main[1].shape[2] + (extra[1].shape[2] if extra is not None else 0)
     _launch(
-        (cdiv(h_q, HEADS.value), n_tok, split_k),
+        (programs, 1, 1),
         *scopes_args(q, main, extra),
         *epilogue_args(attn_sink, out, lse, partial),
-        n_tok, s_q, h_q, sm_scale * LOG2E, split_chunk(total, split_k, BLOCK_N),
+        n_tok, s_q, h_q, sm_scale * LOG2E, split_chunk(total, split_k, BLOCK_N), n_items,
         *scope_flags(main, extra, attn_sink),
-        split_k > 1, BLOCK_N, SUB, KSTAGES, bool(STAGED), bool(PIPE),
+        split_k > 1, BLOCK_N, SUB, KSTAGES, bool(STAGED), bool(PIPE), bool(PERSIST), pdl,
         num_warps=4, num_stages=1, maxnreg=maxnreg,
     )
