@@ -239,17 +239,17 @@ def compare_point(
     if not variant_problem("ws_sm90", q.device):
         cands = ws_candidates(w)
         # A persistent grid loops over items only past one item per SM: checked at every T.
+        persistent = {p for p in cands if p.as_dict().get(WS_PERSIST_KEY)}
         ws_ref = ref
-        if ws_ref is None and any(p.as_dict().get(WS_PERSIST_KEY) for p in cands):
+        if ws_ref is None and persistent:
             ws_ref = sparse_decode_ref(q, main_s.kv_cache, main_s.indices, fp8=FP8, **kw)
         timed = []
         for p in cands:
             try:
-                us, status = measure(p, ws_ref if p.as_dict().get(WS_PERSIST_KEY) else ref)
+                us, status = measure(p, ws_ref if p in persistent else ref)
             except Exception as e:  # one config that fails to build or run costs its row, not the run
                 us, status = float("nan"), f"!!! {type(e).__name__}: {str(e)[:160]}"
             timed.append((us, status, p))
-        del ws_ref
         good = [r for r in timed if not r[1].startswith("!!!")]
         if good:  # the best of those that passed their check
             best = min(good, key=lambda r: r[0])

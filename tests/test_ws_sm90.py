@@ -159,7 +159,6 @@ def test_every_knob_against_the_reference(s_q, page, x_page, device, gen) -> Non
         case.check(plan)
 
 
-
 @pytest.mark.gpu
 @pytest.mark.gpu_only
 def test_a_persistent_grid_loops_over_the_items(monkeypatch, device, gen) -> None:

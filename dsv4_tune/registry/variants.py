@@ -101,14 +101,22 @@ def _split_problems(w: Workload, c: dict[str, int], allowed: tuple[int, ...], co
     return out
 
 
+def _switch(c: dict[str, int], key: str, out: list[str]) -> bool:
+    """Whether the on/off knob ``key`` is on (an optional one absent is off); a value other than 0
+    or 1 joins ``out`` as a problem."""
+    value = c.get(key, 0)
+    if value not in (0, 1):
+        out.append(f"{key}={value} not in (0, 1)")
+    return value == 1
+
+
 def _fused_problems(w: Workload, c: dict[str, int]) -> list[str]:
     return _attention_problems(w, c, BLOCK_N_CHOICES)
 
 
 def _fused_splitk_problems(w: Workload, c: dict[str, int]) -> list[str]:
     out = _attention_problems(w, c, BLOCK_N_CHOICES) + _split_problems(w, c, SPLIT_K_CHOICES)
-    if c.get(PDL_KEY, 0) not in (0, 1):
-        out.append(f"PDL={c[PDL_KEY]} not in (0, 1)")
+    _switch(c, PDL_KEY, out)
     return out
 
 
@@ -120,9 +128,7 @@ def _gta_problems(w: Workload, c: dict[str, int]) -> list[str]:
     out = _attention_problems(w, c, GTA_BLOCK_N_CHOICES) + _split_problems(w, c, GTA_SPLIT_K_CHOICES)
     if (c["BLOCK_TK"], c["gather_warps"]) not in GATHER_CHOICES:
         out.append(f"(BLOCK_TK, gather_warps)={(c['BLOCK_TK'], c['gather_warps'])} not in {GATHER_CHOICES}")
-    if c["ONE_LAUNCH"] not in (0, 1):
-        out.append(f"ONE_LAUNCH={c['ONE_LAUNCH']} not in (0, 1)")
-    elif c["ONE_LAUNCH"] and not w.dual:
+    if _switch(c, "ONE_LAUNCH", out) and not w.dual:
         out.append("ONE_LAUNCH=1 needs an extra scope")
     return out
 
@@ -140,19 +146,12 @@ def _ws_problems(w: Workload, c: dict[str, int]) -> list[str]:
         out.append(f"BLOCK_N={c['BLOCK_N']} not in {WS_BLOCK_N_CHOICES}")
     if c["KSTAGES"] not in WS_KSTAGES_CHOICES:
         out.append(f"KSTAGES={c['KSTAGES']} not in {WS_KSTAGES_CHOICES}")
-    if c["PIPE"] not in (0, 1):
-        out.append(f"PIPE={c['PIPE']} not in (0, 1)")
-    if c.get(WS_PERSIST_KEY, 0) not in (0, 1):
-        out.append(f"{WS_PERSIST_KEY}={c[WS_PERSIST_KEY]} not in (0, 1)")
-    elif c.get(WS_PERSIST_KEY) and c["SPLIT_K"] != 1:
+    _switch(c, "PIPE", out)
+    if _switch(c, WS_PERSIST_KEY, out) and c["SPLIT_K"] != 1:
         out.append(f"{WS_PERSIST_KEY}=1 needs SPLIT_K=1 (a split fills the SMs with items of its own)")
-    if c.get(PDL_KEY, 0) not in (0, 1):
-        out.append(f"{PDL_KEY}={c[PDL_KEY]} not in (0, 1)")
-    elif c.get(PDL_KEY) and c["SPLIT_K"] == 1:
+    if _switch(c, PDL_KEY, out) and c["SPLIT_K"] == 1:
         out.append(f"{PDL_KEY}=1 needs SPLIT_K > 1 (it launches the combine as a programmatic dependent)")
-    if c["STAGED"] not in (0, 1):
-        out.append(f"STAGED={c['STAGED']} not in (0, 1)")
-    elif c["STAGED"] and c["BLOCK_N"] != 2 * WS_SUB:
+    if _switch(c, "STAGED", out) and c["BLOCK_N"] != 2 * WS_SUB:
         out.append(f"STAGED=1 needs BLOCK_N={2 * WS_SUB} (a sub-block through registers, one through staging)")
     if not out and ws_smem_bytes(c) > WS_SMEM_BYTES:
         out.append(f"KSTAGES={c['KSTAGES']} x BLOCK_N={c['BLOCK_N']} K tiles + Q need {ws_smem_bytes(c)} B of shared "
