@@ -23,6 +23,7 @@ from dsv4_tune.policies.gpu import detect
 from dsv4_tune.policies.schema import load_policy
 from dsv4_tune.registry.ops import OPS
 from dsv4_tune.registry.variants import VARIANTS
+from dsv4_tune.runtime.workspace import Workspace
 from dsv4_tune.tuner import sweep as sweep_mod
 from dsv4_tune.tuner.grid import Grid, GridClass
 from dsv4_tune.tuner.inputs import INPUTS_VERSION, make_scope
@@ -93,6 +94,28 @@ def test_two_sweeps_share_one_store(tmp_path: Path) -> None:
     with sqlite3.connect(db) as conn:
         assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
         assert conn.execute("select count(*) from sweeps").fetchone()[0] == 2
+
+
+def test_the_check_fails_a_plan_that_reads_scratch_it_never_wrote(monkeypatch) -> None:
+    """The sweep's check gives a plan a workspace whose float buffers start as NaN (one call on the
+    interpreter; on a GPU a second call on the used workspace, poisoned again)."""
+    ws = Workspace(poisoned=True)
+    cpu = torch.device("cpu")
+    assert torch.isnan(ws.get("o", (2, 3), torch.float32, cpu)).all()
+    assert torch.isnan(ws.get("o", (5, 3), torch.float32, cpu)).all(), "a grown buffer starts poisoned too"
+    assert (ws.get("n", (4,), torch.int32, cpu, zeroed=True) == 0).all(), "counters start at zero"
+    case = GridClass(16, 64, 0, True, 64, 64).build_case(1, "cpu")
+    plan = Plan.make("fused", BLOCK_H=16, BLOCK_N=64, num_warps=4, num_stages=1)
+    assert case.check(plan)[0] == "ok"
+    run = type(case).run
+
+    def reads_unwritten(self, plan, ws, out) -> None:
+        run(self, plan, ws, out)
+        out[0].add_(ws.get("never_written", (1,), torch.float32, self.q.device).to(out[0].dtype))
+
+    monkeypatch.setattr(type(case), "run", reads_unwritten)
+    status, error, _ = case.check(plan)
+    assert status == "mismatch" and "NaN" in error, error
 
 
 def test_failing_candidates_are_rows_and_the_sweep_goes_on(tmp_path: Path, monkeypatch) -> None:

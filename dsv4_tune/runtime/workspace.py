@@ -30,7 +30,10 @@ class Workspace:
     would share partial buffers and counters (a counter left non-zero would spoil later calls);
     give each stream its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, poisoned: bool = False) -> None:
+        # poisoned (checks): every float buffer starts as NaN, as after :meth:`poison`, so a kernel that
+        # reads what it never wrote fails on its first call, with no call made to allocate first.
+        self.poisoned = poisoned
         self._buffers: dict[tuple, torch.Tensor] = {}  # (name, dtype, device) -> flat buffer
         self._retired: list[torch.Tensor] = []  # outgrown buffers a graph or replay may still use
         self.replays = ReplayIndex()
@@ -50,8 +53,13 @@ class Workspace:
             if buf is not None:
                 self._retired.append(buf)
             size = numel if buf is None else max(numel, 2 * buf.numel())
-            alloc = torch.zeros if zeroed else torch.empty
-            buf = self._buffers[key] = alloc(size, dtype=dtype, device=device)
+            if zeroed:
+                buf = torch.zeros(size, dtype=dtype, device=device)
+            elif self.poisoned and dtype.is_floating_point:
+                buf = torch.full((size,), float("nan"), dtype=dtype, device=device)
+            else:
+                buf = torch.empty(size, dtype=dtype, device=device)
+            self._buffers[key] = buf
         return buf[:numel].view(shape)
 
     def take(self, buffers: dict[str, tuple[tuple[int, ...], str]], name: str, device: torch.device, *,
