@@ -1,9 +1,12 @@
-"""The latency-floor benchmark's kernels run and give the right answers (``--smoke``: the Triton
-interpreter where there is no GPU), so the script a GPU visit relies on works before the visit."""
+"""The scripts a GPU visit relies on work before the visit (``--smoke``: the Triton interpreter where
+there is no GPU): the latency-floor benchmark's kernels give the right answers, the plan SASS reader
+counts round trips, and the kernel A/B runs each arm on its own files."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +42,28 @@ def test_plan_sass_counts_the_round_trips_a_loop_waits_for() -> None:
     ins = instructions(sass)
     assert main_loop(ins) == (0x20, 0x90)
     assert load_waves(ins) == [[0x20, 0x30], [0x50], [0x80]]
+
+
+def test_ab_kernels_runs_each_arm_on_its_own_files(tmp_path: Path) -> None:
+    """An arm whose combine doubles its output fails its check there and only there; the checkout's
+    kernels are left as they were."""
+    kernels = ROOT / "dsv4_tune" / "kernels"
+    before = (kernels / "combine.py").read_text()
+    for arm in ("good", "bad"):
+        shutil.copytree(kernels, tmp_path / arm / "dsv4_tune" / "kernels", ignore=shutil.ignore_patterns("__pycache__"))
+    bad = tmp_path / "bad" / "dsv4_tune" / "kernels" / "combine.py"
+    merged = "to_bf16_rne(acc * scale[:, None])"
+    assert merged in bad.read_text()
+    bad.write_text(bad.read_text().replace(merged, merged.replace("])", "] * 2)")))
+    split = json.dumps([["fused_splitk", {"BLOCK_H": 16, "BLOCK_N": 16, "SPLIT_K": 2, "COMBINE_BLOCK_H": 4,
+                                          "combine_warps": 4, "num_stages": 1, "num_warps": 4}]])
+    arms = ["--arm", f"good={tmp_path / 'good'}", "--arm", f"bad={tmp_path / 'bad'}"]
+    done = subprocess.run([sys.executable, "benchmarks/ab_kernels.py", "--smoke", "--rounds", "1", "--cases",
+                           "16:SWA 64:1", *arms, "--plans", split, "--out", str(tmp_path / "out")],
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    failed = [line for line in done.stdout.splitlines() if line.startswith("!!! ")]
+    assert failed and all(line.startswith("!!! bad: ") and "fused_splitk" in line for line in failed), done.stdout
+    assert (kernels / "combine.py").read_text() == before
+    assert list((tmp_path / "out").glob("ab_kernels-*.json"))

@@ -1,0 +1,205 @@
+"""A/B of kernel versions in one run on one GPU, where machine-to-machine variance cannot blur them.
+
+An arm is a folder of files that replace the package's (``git archive REV dsv4_tune/kernels | tar -x
+-C DIR`` makes one from a revision).  Each arm runs in a process of its own on a copy of the package
+with its files laid over it, so the checkout is never touched; the arms alternate for ``--rounds``
+rounds.  Per case, each plan (the policy's for the case, and any ``--plans``) is checked against the
+reference on fresh inputs (``bench_decode``'s: 576 MiB pools, random ids) and timed as the sweep
+times a plan (CUDA-graph replay after an L2 flush).  Prints each plan's mean time per arm and its
+ratio to the first arm, and the geomean ratios; saves JSON.  Exits 1 when a plan failed its check in
+any arm.
+
+    git archive main dsv4_tune/kernels | tar -x -C /tmp/ab/main
+    python benchmarks/ab_kernels.py --arm main=/tmp/ab/main --arm new=/tmp/ab/new \\
+        --cases "64:SWA 128:1" "128:SWA+C4 1152:4" [--policy FILE] [--plans JSON] [--rounds 2]
+    python benchmarks/ab_kernels.py --smoke --arm a=DIR --arm b=DIR   # the interpreter: checks only
+
+A case is ``HEADS:LAYER:T`` with a layer of ``bench_decode.LAYERS`` (``--smoke``: ``SMOKE_LAYERS``);
+``--plans`` is a JSON list of ``[variant, config]``, tried where the workload's rules allow them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = "dsv4_tune"
+MARK = "ab_kernels: "  # prefix of the child's result lines
+
+
+def _child(root: Path, args: argparse.Namespace) -> None:
+    """Run the cases with the package under ``root`` (one arm), one result line per (case, plan)."""
+    import torch
+
+    # Before the kernels are defined (benchmarks.common's rule): the interpreter for --smoke without a GPU.
+    os.environ.setdefault("TRITON_INTERPRET", "1" if args.smoke and not torch.cuda.is_available() else "0")
+    sys.path.insert(0, str(root))
+    import dsv4_tune  # first, from the arm's copy: its submodules follow it
+
+    if not Path(dsv4_tune.__file__).resolve().is_relative_to(root.resolve()):
+        raise SystemExit(f"the arm's package did not load: {dsv4_tune.__file__}")
+    sys.path.insert(1, str(ROOT))
+    from benchmarks.bench_decode import FP8, LAYERS, SM_SCALE, SMOKE_LAYERS, Scopes, check
+    from dsv4_tune import sparse_decode
+    from dsv4_tune.kernels.kv_layout import HEAD_DIM
+    from dsv4_tune.kernels.reference import sparse_decode_ref
+    from dsv4_tune.policies.dispatcher import Dispatcher, get_dispatcher
+    from dsv4_tune.registry.variants import plan_problems
+    from dsv4_tune.registry.workload import Plan
+    from dsv4_tune.runtime.target import interpreting
+    from dsv4_tune.runtime.workspace import Workspace
+    from dsv4_tune.serving.decode import workload_of
+    from dsv4_tune.tuner.inputs import make_query, make_sink
+    from dsv4_tune.tuner.measure import time_graph
+
+    timed = torch.cuda.is_available() and not interpreting()
+    device = "cuda" if timed else "cpu"
+    layers = {x.name: x for x in (SMOKE_LAYERS if args.smoke else LAYERS)}
+    dispatcher = Dispatcher.from_file(args.policy) if args.policy else get_dispatcher()
+    extra = [Plan.make(v, c) for v, c in json.loads(args.plans)] if args.plans else []
+    gen = torch.Generator().manual_seed(args.seed)
+    cases = [c.split(":") for c in args.cases]
+    scopes = Scopes(max(int(t) for _, _, t in cases), device, big=timed, gen=gen)
+    for h, name, t in cases:
+        h, t, layer = int(h), int(t), layers[name]
+        main = scopes.get(layer.main, False, t)
+        x = scopes.get(layer.extra, True, t) if layer.extra else None
+        q = make_query(t, 1, h, device=device, gen=gen)
+        kw: dict[str, Any] = {"topk_length": main.topk_length, "attn_sink": make_sink(h, kind="finite", device=device,
+                                                                                         gen=gen), "sm_scale": SM_SCALE}
+        if x is not None:
+            kw |= {"extra_k_cache": x.kv_cache, "extra_indices": x.indices, "extra_topk_length": x.topk_length}
+        w = workload_of(q, main.indices, main.topk_length, kw.get("extra_indices"), kw.get("extra_topk_length"),
+                        kw["attn_sink"])
+        ref = sparse_decode_ref(q, main.kv_cache, main.indices, fp8=FP8, **kw)
+        out = torch.empty(t, 1, h, HEAD_DIM, dtype=torch.bfloat16, device=device)
+        lse = torch.empty(t, h, 1, device=device)
+        plans = [dispatcher.lookup(w)] + [p for p in extra if not plan_problems(w, p)]
+        for plan in dict.fromkeys(plans):
+            row: dict[str, Any] = {"case": f"h{h} {name} T={t}", "plan": str(plan), "us": None}
+            out.fill_(float("nan"))
+            lse.fill_(float("nan"))
+            try:
+                call = partial(sparse_decode, q, main.kv_cache, main.indices, plan=plan, fp8=FP8, out=(out, lse),
+                               workspace=Workspace(), **kw)
+                call()
+                row["check"] = check(out, lse, ref)
+                if timed:
+                    row["us"] = time_graph(call)["median_us"]
+            except Exception as e:  # one plan that fails costs its row, not the run
+                row["check"] = f"!!! {type(e).__name__}: {str(e)[:200]}"
+            print(MARK + json.dumps(row), flush=True)
+
+
+def _arm_root(work: Path, name: str, files: Path) -> Path:
+    """A copy of the package with the arm's files laid over it."""
+    root = work / name
+    shutil.copytree(ROOT / PACKAGE, root / PACKAGE, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(files, root, dirs_exist_ok=True)
+    return root
+
+
+def _summary(arms: list[str], rows: dict[tuple[str, str], dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+    points, ratios, failed = [], {a: [] for a in arms[1:]}, []
+    for (case, plan), by_arm in rows.items():
+        point: dict[str, Any] = {"case": case, "plan": plan, "checks": "ok"}
+        for arm in arms:
+            runs = by_arm.get(arm, [])
+            if any(r.get("check") != "ok" for r in runs) or not runs:
+                point["checks"] = "FAILED"
+            bad = [r["check"] for r in runs if str(r.get("check", "")).startswith("!!!")]
+            failed += [f"{arm}: {case} {plan}: {b}" for b in bad[:1]]
+            us = [r["us"] for r in runs if r.get("us") is not None]
+            point[f"{arm}_us"] = statistics.mean(us) if us else None
+            point[f"{arm}_all_us"] = us
+        base = point[f"{arms[0]}_us"]
+        for arm in arms[1:]:
+            if base and point[f"{arm}_us"]:
+                point[f"{arm}/{arms[0]}"] = point[f"{arm}_us"] / base
+                ratios[arm].append(point[f"{arm}/{arms[0]}"])
+        points.append(point)
+    geo = {f"{a}/{arms[0]}": math.exp(statistics.mean(map(math.log, r))) for a, r in ratios.items() if r}
+    return {"points": points, "geomean": geo, "failed": failed}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arm", action="append", default=[], metavar="NAME=DIR", help="an arm (two or more)")
+    ap.add_argument("--cases", nargs="+", default=None, metavar="HEADS:LAYER:T")
+    ap.add_argument("--policy", type=Path, default=None, help="policy file (default: the shipped one of this GPU)")
+    ap.add_argument("--plans", default="", help='JSON list of [variant, config] tried beside the policy\'s')
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true", help="small layers; the Triton interpreter without a GPU")
+    ap.add_argument("--out", type=Path, default=None, help="folder of the JSON (default benchmarks/results/)")
+    ap.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.cases is None:
+        args.cases = ["16:SWA 64:1", "16:SWA+C128 128:2"] if args.smoke else ["64:SWA 128:1", "128:SWA+C4 1152:4"]
+    if args.child is not None:
+        _child(args.child, args)
+        return 0
+    arms: dict[str, Path] = {}
+    for spec in args.arm:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not Path(folder).is_dir():
+            ap.error(f"--arm: {spec!r} is not NAME=FOLDER with an existing folder")
+        arms[name] = Path(folder)
+    if len(arms) < 2:
+        ap.error("--arm: give two or more")
+    for c in args.cases:
+        parts = c.split(":")
+        if len(parts) != 3 or not parts[0].isdigit() or not parts[2].isdigit():
+            ap.error(f"--cases: {c!r} is not HEADS:LAYER:T")
+    if args.policy is not None and not args.policy.is_file():
+        ap.error(f"--policy: {args.policy} does not exist")
+    rows: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = {}
+    passthrough = ["--cases", *args.cases, "--plans", args.plans, "--seed", str(args.seed)]
+    passthrough += ["--policy", str(args.policy)] if args.policy else []
+    passthrough += ["--smoke"] if args.smoke else []
+    with tempfile.TemporaryDirectory(prefix="ab_kernels-") as tmp:
+        roots = {name: _arm_root(Path(tmp), name, files) for name, files in arms.items()}
+        names = list(arms)
+        for r in range(args.rounds):
+            for name in names if r % 2 == 0 else names[::-1]:
+                env = {**os.environ, "PYTHONPATH": str(roots[name]), "TRITON_CACHE_DIR": str(roots[name] / ".triton")}
+                done = subprocess.run([sys.executable, __file__, "--child", str(roots[name]), *passthrough],
+                                      env=env, capture_output=True, text=True)
+                got = [json.loads(line[len(MARK):]) for line in done.stdout.splitlines() if line.startswith(MARK)]
+                print(f"round {r + 1} {name}: {len(got)} plans (exit {done.returncode})", flush=True)
+                if done.returncode != 0:
+                    print(done.stderr[-2000:], file=sys.stderr)
+                for row in got:
+                    rows.setdefault((row["case"], row["plan"]), {}).setdefault(name, []).append(row)
+    summary = _summary(names, rows)
+    for p in summary["points"]:
+        cols = "  ".join(f"{a} {p[f'{a}_us']:.2f}" if p[f"{a}_us"] is not None else f"{a} -" for a in names)
+        rel = "  ".join(f"{a}/{names[0]} {p[f'{a}/{names[0]}']:.3f}" for a in names[1:] if f"{a}/{names[0]}" in p)
+        print(f"{p['case']} {p['plan']}: {cols}  {rel}  checks {p['checks']}")
+    for k, v in summary["geomean"].items():
+        print(f"geomean {k} {v:.3f}")
+    for f in summary["failed"]:
+        print(f"!!! {f}")
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.common import default_out_dir, device_record, result_name, save_results
+
+    payload = {"device": device_record(), "command": " ".join(sys.argv), "arms": {k: str(v) for k, v in arms.items()},
+               "rounds": args.rounds, **summary}
+    path = save_results(result_name("ab_kernels"), payload, args.out or default_out_dir(args.smoke))
+    print(f"saved {path}")
+    return 1 if summary["failed"] or not rows else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
