@@ -19,6 +19,11 @@ small-T plan's time compares directly with the floor of its shape.
   one program per SM (one wave), 2 and 4 per SM (more rows in flight per SM).
 - ``gather ... 16 rows``: the same with 16 rows a program (a split of 4 ways): whether fewer rows
   a program shorten its round trip, or only the trip itself counts.
+- ``gather async ...``: the same gathers by :mod:`benchmarks.gather_async` (CUDA sm90, Triton 3.6's
+  Gluon): every row of a program copied to shared memory by cp.async before any is waited for.  The
+  plain gather's row loads go to registers, and ptxas issues them a few at a time, each after the
+  one before is used (13 dependent waves for 64 rows a program, 3 for 16, in its Triton 3.6 SASS):
+  its 64-row time is that schedule's, the async one the memory's.
 - ``gather ... window``: each program's 64 rows consecutive slots at a random start, as a sliding
   window's tokens lie in its request's pages: what random placement (a TLB and DRAM page per row)
   costs beyond the same bytes in one place.  The timed decode cases place every scope's ids at
@@ -64,6 +69,12 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from dsv4_tune.env import interpreting
+from dsv4_tune.kernels.sm90 import GLUON_PROBLEM
+
+# The cp.async gather (Gluon: compiled, CUDA sm90, Triton 3.6's API) where it can run; why not, else.
+ASYNC_PROBLEM = "the interpreter runs no Gluon" if interpreting() else GLUON_PROBLEM
+if ASYNC_PROBLEM is None:
+    from benchmarks.gather_async import ROW_WORDS, gather_async_kernel
 
 ROW_BYTES = 576  # data bytes of one token in the DSV4 KV pool
 HEAD_BYTES, TAIL_BYTES = 512, 64  # a row loaded as two power-of-two tiles
@@ -194,10 +205,12 @@ def _chain_rows(pool: torch.Tensor, device: str, timed: bool, gen: torch.Generat
 
 
 def _gather(pool: torch.Tensor, programs: int, n: int, device: str,
-            gen: torch.Generator, window: bool = False) -> tuple[Callable[[], None], Callable[[str], None]]:
+            gen: torch.Generator, window: bool = False,
+            cp_async: bool = False) -> tuple[Callable[[], None], Callable[[str], None]]:
     """A launch of ``programs`` programs, each summing ``n`` random rows of ``pool`` (``window``: n
-    consecutive rows from a random start), and the check of its sums against torch's (after a
-    launch; its argument names the row in the message)."""
+    consecutive rows from a random start; ``cp_async``: by :mod:`benchmarks.gather_async`, words
+    through shared memory, where the plain kernel sums bytes from registers), and the check of its
+    sums against torch's (after a launch; its argument names the row in the message)."""
     n_rows = pool.numel() // ROW_BYTES
     if window:
         starts = torch.randint(0, n_rows - n + 1, (programs, 1), generator=gen, dtype=torch.int32)
@@ -208,23 +221,33 @@ def _gather(pool: torch.Tensor, programs: int, n: int, device: str,
     block = max(2, triton.next_power_of_2(n))
 
     def launch() -> None:
-        _gather_kernel[(programs,)](pool, ids, out, n, block, ROW_BYTES, HEAD_BYTES, TAIL_BYTES, num_warps=NUM_WARPS)
+        if cp_async:
+            gather_async_kernel[(programs,)](pool.view(torch.int32), ids, out, n, block, num_warps=4)
+        else:
+            _gather_kernel[(programs,)](pool, ids, out, n, block, ROW_BYTES, HEAD_BYTES, TAIL_BYTES,
+                                        num_warps=NUM_WARPS)
 
     def check(label: str) -> None:
-        ref = pool.view(n_rows, ROW_BYTES)[ids.long()].view(programs, n * ROW_BYTES).to(torch.int32)
-        ref = ref.sum(1, dtype=torch.int32)
+        if cp_async:  # int32 words, summed with wrap-around as the kernel does
+            ref = pool.view(torch.int32).view(n_rows, ROW_WORDS)[ids.long()].view(programs, n * ROW_WORDS)
+            ref = ((ref.to(torch.int64).sum(1) + 2**31) % 2**32 - 2**31).to(torch.int32)
+        else:
+            ref = pool.view(n_rows, ROW_BYTES)[ids.long()].view(programs, n * ROW_BYTES).to(torch.int32)
+            ref = ref.sum(1, dtype=torch.int32)
         assert torch.equal(out, ref), f"{label}: sums differ in {int((out != ref).sum())} programs"
 
     return launch, check
 
 
 def _gather_rows(pool: torch.Tensor, programs: list[tuple[str, int, int, bool]], device: str, timed: bool,
-                 gen: torch.Generator) -> list[dict[str, Any]]:
+                 gen: torch.Generator, cp_async: bool = False) -> list[dict[str, Any]]:
     """One ``gather`` row per (label, program count, rows a program, window): each program sums its
-    rows of the pool (random ones, or consecutive from a random start)."""
+    rows of the pool (random ones, or consecutive from a random start); ``cp_async``: rows ``gather
+    async ...`` of the cp.async kernel."""
     rows = []
     for label, p, n, window in programs:
-        fn, check = _gather(pool, p, n, device, gen, window)
+        fn, check = _gather(pool, p, n, device, gen, window, cp_async)
+        label = f"async {label}" if cp_async else label
         fn()
         check(f"gather {label}")
         t = _time(fn, timed)
@@ -283,6 +306,15 @@ def main() -> int:
     gathers += [("1 program 16 rows", 1, 16, False), ("1/SM 16 rows", sms, 16, False),
                 ("1 program window", 1, ROWS, True), ("1/SM window", sms, ROWS, True)]
     rows += _gather_rows(pool, gathers, device, timed, gen)
+    if ASYNC_PROBLEM is None:  # the same gathers, one wave of cp.async a program
+        try:
+            rows += _gather_rows(pool, [("1 program", 1, ROWS, False), ("1/SM", sms, ROWS, False),
+                                        ("1 program 16 rows", 1, 16, False), ("1/SM 16 rows", sms, 16, False)],
+                                 device, timed, gen, cp_async=True)
+        except Exception as e:  # costs these rows, not the run's others (a wrong sum says so here)
+            print(f"!!! cp.async gather rows: {type(e).__name__}: {str(e)[:300]}")
+    else:
+        print(f"no cp.async gather rows: {ASYNC_PROBLEM}")
     if args.smoke:  # bench_decode's per-shape floor: a masked tail (37 rows over the SMs) and a full program
         wave = WaveFloor(device, sms, gen, pool_rows=SMOKE_POOL_ROWS)
         for n in (37, 64 * sms):
@@ -297,6 +329,8 @@ def main() -> int:
                     "gather_48_rows_more_us": by["gather 1 program"] - by["gather 1 program 16 rows"],
                     "random_placement_us": by["gather 1 program"] - by["gather 1 program window"],
                     "graph_launch_us": by["empty"] - by[f"empty x{IN_GRAPH} (per launch)"]}
+        if "gather async 1 program" in by:
+            summary["async_48_rows_more_us"] = by["gather async 1 program"] - by["gather async 1 program 16 rows"]
     payload = {"device": device_record(), "sm_count": sms, "pool_bytes": pool.numel(), "row_bytes": ROW_BYTES,
                "rows_per_program": ROWS, "num_warps": NUM_WARPS, "timing": "tuner.measure.time_graph (median of 50)",
                "summary": summary, "rows": rows}
