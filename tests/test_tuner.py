@@ -118,6 +118,22 @@ def test_the_check_fails_a_plan_that_reads_scratch_it_never_wrote(monkeypatch) -
     assert status == "mismatch" and "NaN" in error, error
 
 
+def test_the_interpreter_times_a_just_checked_plan_by_its_checked_call(monkeypatch) -> None:
+    """On the interpreter the stand-in timing of a plan checked on the same inputs is that check's
+    call (one interpretation fewer); a plan not checked there is run once."""
+    case = GridClass(16, 64, 0, True, 64, 64).build_case(1, "cpu")
+    checked = Plan.make("fused", BLOCK_H=16, BLOCK_N=64, num_warps=4, num_stages=1)
+    other = Plan.make("fused", BLOCK_H=16, BLOCK_N=32, num_warps=4, num_stages=1)
+    assert case.check(checked)[0] == "ok"
+    us = case.checked_us[checked]
+    assert us > 0
+    timed = []
+    monkeypatch.setattr(type(case), "timer", lambda self, p: (lambda: timed.append(p)))
+    samples, flag = sweep_mod.time_plans(case, [checked, other], False, rounds=3, reps=10)
+    assert timed == [other] and samples[0] == [us] and len(samples[1]) == 1 and "not a real" in flag
+    assert checked not in case.checked_us, "a check's time stands in for one timing only"
+
+
 def test_failing_candidates_are_rows_and_the_sweep_goes_on(tmp_path: Path, monkeypatch) -> None:
     good = Plan.make("fused", BLOCK_H=16, BLOCK_N=64, num_warps=4, num_stages=1)
     bad = Plan.make("fused_splitk", good.as_dict(), SPLIT_K=17, COMBINE_BLOCK_H=8, combine_warps=4)

@@ -8,8 +8,9 @@ The sweep, the compile workers, ``verify-policy`` and the benchmarks use cases o
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -29,6 +30,9 @@ class Case(Protocol):
     """The inputs of one grid point, as the tuner uses them."""
 
     decode: bool  # a sparse-decode case: served from CUDA graphs, with eager plans chosen by host time
+    # Interpreter only: wall-clock us of each plan's checked call on these inputs, which the
+    # interpreter's stand-in "timing" reuses instead of interpreting the plan once more.
+    checked_us: dict[Plan, float]
 
     def check(self, plan: Plan) -> Check:
         """Run ``plan`` on poisoned outputs and compare with the reference; every failure is a status."""
@@ -68,6 +72,7 @@ class DecodeCase:
     ref: tuple[torch.Tensor, torch.Tensor]
     fp8: Fp8Flavour | Fp8Pair = "e4m3fn"
     decode: bool = True
+    checked_us: dict[Plan, float] = field(default_factory=dict)
 
     def run(self, plan: Plan, ws: Workspace, out: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         sparse_decode(self.q, self.main.kv_cache, self.main.indices, plan=plan, workspace=ws, out=out, fp8=self.fp8,
@@ -86,7 +91,10 @@ class DecodeCase:
                 ws.poison()
                 out[0].fill_(float("nan"))
                 out[1].fill_(float("nan"))
+            t0 = time.perf_counter()
             self.run(plan, ws, out)
+            if not self.q.is_cuda:
+                self.checked_us[plan] = (time.perf_counter() - t0) * 1e6
             problem = decode_mismatch(out[0], out[1], *self.ref)
             max_err = max_abs_error(out[0], self.ref[0])
         except Exception as err:
