@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -88,35 +89,57 @@ def _child(root: Path, args: argparse.Namespace) -> None:
         plans = [dispatcher.lookup(w)] + [p for p in extra if not plan_problems(w, p)]
         for plan in dict.fromkeys(plans):
             row: dict[str, Any] = {"case": f"h{h} {name} T={t}", "plan": str(plan), "us": None}
-            out.fill_(float("nan"))
-            lse.fill_(float("nan"))
             try:
+                # Checked as the sweep checks: scratch NaN from allocation, and on a GPU the checked call
+                # the second on a used workspace poisoned again (a plan must leave it fit for the next).
+                ws = Workspace(poisoned=True)
                 call = partial(sparse_decode, q, main.kv_cache, main.indices, plan=plan, fp8=FP8, out=(out, lse),
-                               workspace=Workspace(), **kw)
-                call()
+                               workspace=ws, **kw)
+                for _ in range(2 if timed else 1):
+                    ws.poison()
+                    out.fill_(float("nan"))
+                    lse.fill_(float("nan"))
+                    call()
                 row["check"] = check(out, lse, ref)
                 if timed:
-                    row["us"] = time_graph(call)["median_us"]
+                    t = time_graph(call)
+                    row["us"], row["graph"] = t["median_us"], t["graph"]
             except Exception as e:  # one plan that fails costs its row, not the run
                 row["check"] = f"!!! {type(e).__name__}: {str(e)[:200]}"
             print(MARK + json.dumps(row), flush=True)
 
 
-def _arm_root(work: Path, name: str, files: Path) -> Path:
-    """A copy of the package with the arm's files laid over it."""
-    root = work / name
+def _arm_problem(files: Path) -> str | None:
+    """Why the folder ``files`` cannot be an arm (None when it can): it must hold files under
+    ``dsv4_tune/`` (a folder of ``kernels/...`` alone would lay nothing over the package), and
+    not a reference of its own (each arm is checked against the checkout's)."""
+    ours = [p for p in (files / PACKAGE).rglob("*") if p.is_file()] if (files / PACKAGE).is_dir() else []
+    if not ours:
+        return f"no file under {files / PACKAGE} to lay over the package"
+    ref = files / PACKAGE / "kernels" / "reference.py"
+    if ref.is_file() and ref.read_bytes() != (ROOT / PACKAGE / "kernels" / "reference.py").read_bytes():
+        return f"{ref} differs from the checkout's: every arm is checked against the same reference"
+    return None
+
+
+def _arm_root(root: Path, files: Path) -> Path:
+    """A copy of the package at ``root`` with the arm's files laid over it."""
     shutil.copytree(ROOT / PACKAGE, root / PACKAGE, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(files, root, dirs_exist_ok=True)
     return root
 
 
-def _summary(arms: list[str], rows: dict[tuple[str, str], dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+def _summary(arms: list[str], rows: dict[tuple[str, str], dict[str, list[dict[str, Any]]]],
+             rounds: int) -> dict[str, Any]:
+    """Per (case, plan): each arm's mean time, checks and ratio to the first arm ("checks" FAILED
+    where any run failed or an arm missed a round); the geomean ratios; the failed checks."""
     points, ratios, failed = [], {a: [] for a in arms[1:]}, []
     for (case, plan), by_arm in rows.items():
         point: dict[str, Any] = {"case": case, "plan": plan, "checks": "ok"}
         for arm in arms:
             runs = by_arm.get(arm, [])
-            if any(r.get("check") != "ok" for r in runs) or not runs:
+            point[f"{arm}_checks"] = [r.get("check") for r in runs]
+            if any(r.get("check") != "ok" for r in runs) or len(runs) != rounds:
                 point["checks"] = "FAILED"
             bad = [r["check"] for r in runs if str(r.get("check", "")).startswith("!!!")]
             failed += [f"{arm}: {case} {plan}: {b}" for b in bad[:1]]
@@ -140,6 +163,7 @@ def main() -> int:
     ap.add_argument("--policy", type=Path, default=None, help="policy file (default: the shipped one of this GPU)")
     ap.add_argument("--plans", default="", help='JSON list of [variant, config] tried beside the policy\'s')
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--child-timeout", type=float, default=900.0, help="seconds an arm's run may take")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="small layers; the Triton interpreter without a GPU")
     ap.add_argument("--out", type=Path, default=None, help="folder of the JSON (default benchmarks/results/)")
@@ -153,11 +177,17 @@ def main() -> int:
     arms: dict[str, Path] = {}
     for spec in args.arm:
         name, sep, folder = spec.partition("=")
-        if not sep or not name or not Path(folder).is_dir():
-            ap.error(f"--arm: {spec!r} is not NAME=FOLDER with an existing folder")
+        if not sep or not re.fullmatch(r"[\w.-]+", name) or not Path(folder).is_dir():
+            ap.error(f"--arm: {spec!r} is not NAME=FOLDER (NAME of letters, digits, . _ -) with an existing folder")
+        if name in arms:
+            ap.error(f"--arm: {name!r} given twice")
+        if problem := _arm_problem(Path(folder)):
+            ap.error(f"--arm {name}: {problem}")
         arms[name] = Path(folder)
     if len(arms) < 2:
         ap.error("--arm: give two or more")
+    if args.rounds < 1:
+        ap.error("--rounds: at least 1")
     for c in args.cases:
         parts = c.split(":")
         if len(parts) != 3 or not parts[0].isdigit() or not parts[2].isdigit():
@@ -168,21 +198,29 @@ def main() -> int:
     passthrough = ["--cases", *args.cases, "--plans", args.plans, "--seed", str(args.seed)]
     passthrough += ["--policy", str(args.policy)] if args.policy else []
     passthrough += ["--smoke"] if args.smoke else []
+    names = list(arms)
+    crashed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="ab_kernels-") as tmp:
-        roots = {name: _arm_root(Path(tmp), name, files) for name, files in arms.items()}
-        names = list(arms)
+        roots = {name: _arm_root(Path(tmp) / f"arm{i}", files) for i, (name, files) in enumerate(arms.items())}
         for r in range(args.rounds):
-            for name in names if r % 2 == 0 else names[::-1]:
+            for name in names[r % len(names):] + names[:r % len(names)]:  # each arm first in turn
                 env = {**os.environ, "PYTHONPATH": str(roots[name]), "TRITON_CACHE_DIR": str(roots[name] / ".triton")}
-                done = subprocess.run([sys.executable, __file__, "--child", str(roots[name]), *passthrough],
-                                      env=env, capture_output=True, text=True)
-                got = [json.loads(line[len(MARK):]) for line in done.stdout.splitlines() if line.startswith(MARK)]
-                print(f"round {r + 1} {name}: {len(got)} plans (exit {done.returncode})", flush=True)
-                if done.returncode != 0:
-                    print(done.stderr[-2000:], file=sys.stderr)
+                try:
+                    done = subprocess.run([sys.executable, __file__, "--child", str(roots[name]), *passthrough],
+                                          env=env, capture_output=True, text=True, timeout=args.child_timeout)
+                    out, code, err = done.stdout, done.returncode, done.stderr
+                except subprocess.TimeoutExpired as e:
+                    out, code, err = e.stdout or "", "timeout", ""
+                    out = out.decode() if isinstance(out, bytes) else out
+                got = [json.loads(line[len(MARK):]) for line in out.splitlines() if line.startswith(MARK)]
+                print(f"round {r + 1} {name}: {len(got)} plans (exit {code})", flush=True)
+                if code != 0:
+                    crashed.append(f"{name}: round {r + 1} exited {code}: {(err.strip().splitlines() or [''])[-1]}")
+                    print(err[-2000:], file=sys.stderr)
                 for row in got:
                     rows.setdefault((row["case"], row["plan"]), {}).setdefault(name, []).append(row)
-    summary = _summary(names, rows)
+    summary = _summary(names, rows, args.rounds)
+    summary["failed"] += crashed
     for p in summary["points"]:
         cols = "  ".join(f"{a} {p[f'{a}_us']:.2f}" if p[f"{a}_us"] is not None else f"{a} -" for a in names)
         rel = "  ".join(f"{a}/{names[0]} {p[f'{a}/{names[0]}']:.3f}" for a in names[1:] if f"{a}/{names[0]}" in p)
@@ -198,7 +236,8 @@ def main() -> int:
                "rounds": args.rounds, **summary}
     path = save_results(result_name("ab_kernels"), payload, args.out or default_out_dir(args.smoke))
     print(f"saved {path}")
-    return 1 if summary["failed"] or not rows else 0
+    bad = summary["failed"] or not rows or any(p["checks"] != "ok" for p in summary["points"])
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

@@ -35,7 +35,12 @@ def kernels(path: Path) -> list[tuple[str, list[dict[str, str]]]]:
 
 
 def _count(ins: dict[str, str], key: str) -> int:
-    return int(ins.get(key) or 0)
+    """A sample count of the CSV ("1,234" and "3.0" read as numbers; empty as 0)."""
+    value = (ins.get(key) or "0").replace(",", "")
+    try:
+        return int(float(value))
+    except ValueError:
+        return 0
 
 
 def report(name: str, ins: list[dict[str, str]], top: int, step: int) -> str:
@@ -67,6 +72,8 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--step", type=int, default=100)
     args = ap.parse_args()
+    if args.step < 1 or args.top < 0:
+        ap.error("--step: at least 1; --top: at least 0")
     if not args.source_csv.is_file():
         ap.error(f"source_csv: {args.source_csv} does not exist")
     found = kernels(args.source_csv)

@@ -66,4 +66,35 @@ def test_ab_kernels_runs_each_arm_on_its_own_files(tmp_path: Path) -> None:
     failed = [line for line in done.stdout.splitlines() if line.startswith("!!! ")]
     assert failed and all(line.startswith("!!! bad: ") and "fused_splitk" in line for line in failed), done.stdout
     assert (kernels / "combine.py").read_text() == before
-    assert list((tmp_path / "out").glob("ab_kernels-*.json"))
+    (saved,) = (tmp_path / "out").glob("ab_kernels-*.json")
+    points = json.loads(saved.read_text())["points"]
+    assert len(points) == 2 and all(p["good_checks"] == ["ok"] for p in points), points
+    assert sorted(p["bad_checks"][0] == "ok" for p in points) == [False, True], "only the split plan fails in bad"
+    crashed = tmp_path / "crashed" / "dsv4_tune" / "kernels"
+    shutil.copytree(tmp_path / "good" / "dsv4_tune" / "kernels", crashed)
+    (crashed / "combine.py").write_text("this is not Python\n")
+    done = subprocess.run([sys.executable, "benchmarks/ab_kernels.py", "--smoke", "--rounds", "1", "--cases",
+                           "16:SWA 64:1", "--arm", f"good={tmp_path / 'good'}", "--arm",
+                           f"crashed={tmp_path / 'crashed'}", "--out", str(tmp_path / "out2")],
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1 and "!!! crashed: round 1 exited 1" in done.stdout, done.stdout[-2000:]
+
+
+def test_ab_kernels_refuses_arms_it_cannot_compare(tmp_path: Path) -> None:
+    """One line each: a name given twice, a folder with nothing under dsv4_tune/, an arm's own reference."""
+    good, flat, own_ref = tmp_path / "good", tmp_path / "flat", tmp_path / "ref"
+    (good / "dsv4_tune" / "kernels").mkdir(parents=True)
+    shutil.copy(ROOT / "dsv4_tune" / "kernels" / "combine.py", good / "dsv4_tune" / "kernels" / "combine.py")
+    (flat / "kernels").mkdir(parents=True)
+    (flat / "kernels" / "combine.py").write_text("")
+    (own_ref / "dsv4_tune" / "kernels").mkdir(parents=True)
+    (own_ref / "dsv4_tune" / "kernels" / "reference.py").write_text("# another reference\n")
+    for arms, says in (([f"a={good}", f"a={good}"], "given twice"), ([f"a={good}", f"b={flat}"], "no file under"),
+                       ([f"a={good}", f"b={own_ref}"], "same reference")):
+        done = subprocess.run([sys.executable, "benchmarks/ab_kernels.py", "--smoke",
+                               *[x for arm in arms for x in ("--arm", arm)]],
+                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                              timeout=120)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and says in lines[-1] and "Traceback" not in done.stderr, done.stderr
