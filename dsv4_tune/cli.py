@@ -771,7 +771,9 @@ def compile_check(
     write_rules: bool = typer.Option(False, "--write-rules", help="rewrite the registry's per-arch rules file"),
     as_json: bool = JSON,
 ) -> None:
-    """Cross-compile every kernel config for each arch (no GPU needed); exit 1 on any compile failure."""
+    """Cross-compile every kernel config for each arch (no GPU needed); exit 1 on any compile failure, and
+    with --policy on any kernel of a shipped plan that is unfit (spills past the budget, too much shared
+    memory, occupancy 0): a kernel change that spoils a shipped plan fails here."""
     from dsv4_tune.files import check_folder
     from dsv4_tune.tuner import compile_check as cc
 
@@ -795,6 +797,7 @@ def compile_check(
     if write_rules:
         console.print(f"wrote {cc.write_rules(rows)}", highlight=False)
     failed = [r for r in rows if r["status"] not in ("ok", "skipped")]
+    unfit = [r for r in rows if policy and r["status"] == "ok" and r["problems"]]
     skipped = [r for r in rows if r["status"] == "skipped"]
     for why in dict.fromkeys(r["error"] for r in skipped):
         err_console.print(f"skipped {sum(r['error'] == why for r in skipped)} kernels: {why}", highlight=False,
@@ -803,8 +806,9 @@ def compile_check(
         _print_json({"arches": arches, "kernels": len(targets), "sample": None if policy else sample,
                      "summary": cc.summary(rows, targets, arches),
                      "failed": [{"key": r["key"], "error": r["error"]} for r in failed],
+                     "unfit": [{"key": r["key"], "problems": r["problems"]} for r in unfit],
                      "skipped": [{"key": r["key"], "why": r["error"]} for r in skipped]})
-        if failed:
+        if failed or unfit:
             raise typer.Exit(1)
         return
     table = Table(title="valid configs per arch and variant" + sampled)
@@ -815,7 +819,9 @@ def compile_check(
     console.print(table)
     for r in failed[:10]:
         console.print(Text.assemble(("FAILED", "red"), f" {r['key']}: {r['error'][:300]}"))
-    if failed:
+    for r in unfit[:10]:
+        console.print(Text.assemble(("UNFIT", "red"), f" a shipped plan's {r['key']}: {'; '.join(r['problems'])}"))
+    if failed or unfit:
         raise typer.Exit(1)
 
 @command()

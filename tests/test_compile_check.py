@@ -134,3 +134,34 @@ def test_shipped_rules_name_their_toolchain() -> None:
     data = json.loads(arch_mod.ARCH_RULES_FILE.read_text())
     found = {rule_toolchain(p) for kernels in data["bad_kernels"].values() for ps in kernels.values() for p in ps}
     assert found and None not in found and found <= set(data["toolchains"])
+
+
+def test_a_shipped_plan_whose_kernel_became_unfit_fails_the_policy_check(monkeypatch) -> None:
+    """compile-check --policy exits 1 and names the kernel when one of a shipped plan's kernels now
+    spills past the budget (a kernel change the rules file does not know of yet); fine rows pass."""
+    from typer.testing import CliRunner
+
+    from dsv4_tune.cli import app
+    from dsv4_tune.policies.dispatcher import shipped_policies
+    from dsv4_tune.tuner import compile_check as cc
+
+    gfx950 = next(p for p in shipped_policies() if p.stem.startswith("gfx950"))
+
+    def fake(targets, jobs, on_row=None):
+        rows = [{"arch": a, "kernel": spec[0], "key": kernel_key(a, spec), "status": "ok", "error": None,
+                 "toolchain": "fake", "regs": 128, "sgprs": None, "spills": 0, "shared": 1024, "occupancy": 8}
+                for a, spec in targets]
+        return rows
+
+    monkeypatch.setattr(cc, "run_check", fake)
+    ok = CliRunner().invoke(app, ["compile-check", "--policy", str(gfx950), "--json"])
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["unfit"] == [], ok.output
+
+    def spilling(targets, jobs, on_row=None):
+        rows = fake(targets, jobs)
+        rows[0]["spills"] = 1000
+        return rows
+
+    monkeypatch.setattr(cc, "run_check", spilling)
+    bad = CliRunner().invoke(app, ["compile-check", "--policy", str(gfx950)], terminal_width=200)
+    assert bad.exit_code == 1 and "UNFIT" in bad.stdout and "spills 1000" in bad.stdout, bad.output
