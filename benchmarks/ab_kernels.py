@@ -4,8 +4,9 @@ An arm is a folder of files that replace the package's (``git archive REV dsv4_t
 -C DIR`` makes one from a revision).  Each arm runs in a process of its own on a copy of the package
 with its files laid over it, so the checkout is never touched; the arms alternate for ``--rounds``
 rounds.  Per case, each plan (the policy's for the case, and any ``--plans``) is checked against the
-reference on fresh inputs (``bench_decode``'s: 576 MiB pools, random ids) and timed as the sweep
-times a plan (CUDA-graph replay after an L2 flush).  Prints each plan's mean time per arm and its
+checkout's reference as the sweep checks a candidate (``tuner.cases.DecodeCase.check``) on
+``bench_decode``'s inputs (576 MiB pools, random ids) and timed as the sweep times a plan (CUDA-graph
+replay after an L2 flush).  Prints each plan's mean time per arm and its
 ratio to the first arm, and the geomean ratios; saves JSON.  Exits 1 when a plan failed its check in
 any arm.
 
@@ -30,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,17 +51,13 @@ def _child(root: Path, args: argparse.Namespace) -> None:
     if not Path(dsv4_tune.__file__).resolve().is_relative_to(root.resolve()):
         raise SystemExit(f"the arm's package did not load: {dsv4_tune.__file__}")
     sys.path.insert(1, str(ROOT))
-    from benchmarks.bench_decode import FP8, LAYERS, SM_SCALE, SMOKE_LAYERS, Scopes, check
-    from dsv4_tune import sparse_decode
-    from dsv4_tune.kernels.kv_layout import HEAD_DIM
+    from benchmarks.bench_decode import FP8, LAYERS, SMOKE_LAYERS, Scopes, point_inputs
     from dsv4_tune.kernels.reference import sparse_decode_ref
     from dsv4_tune.policies.dispatcher import Dispatcher, get_dispatcher
     from dsv4_tune.registry.variants import plan_problems
     from dsv4_tune.registry.workload import Plan
     from dsv4_tune.runtime.target import interpreting
-    from dsv4_tune.runtime.workspace import Workspace
-    from dsv4_tune.serving.decode import workload_of
-    from dsv4_tune.tuner.inputs import make_query, make_sink
+    from dsv4_tune.tuner.cases import DecodeCase
     from dsv4_tune.tuner.measure import time_graph
 
     timed = torch.cuda.is_available() and not interpreting()
@@ -73,39 +69,20 @@ def _child(root: Path, args: argparse.Namespace) -> None:
     cases = [c.split(":") for c in args.cases]
     scopes = Scopes(max(int(t) for _, _, t in cases), device, big=timed, gen=gen)
     for h, name, t in cases:
-        h, t, layer = int(h), int(t), layers[name]
-        main = scopes.get(layer.main, False, t)
-        x = scopes.get(layer.extra, True, t) if layer.extra else None
-        q = make_query(t, 1, h, device=device, gen=gen)
-        kw: dict[str, Any] = {"topk_length": main.topk_length, "attn_sink": make_sink(h, kind="finite", device=device,
-                                                                                         gen=gen), "sm_scale": SM_SCALE}
-        if x is not None:
-            kw |= {"extra_k_cache": x.kv_cache, "extra_indices": x.indices, "extra_topk_length": x.topk_length}
-        w = workload_of(q, main.indices, main.topk_length, kw.get("extra_indices"), kw.get("extra_topk_length"),
-                        kw["attn_sink"])
-        ref = sparse_decode_ref(q, main.kv_cache, main.indices, fp8=FP8, **kw)
-        out = torch.empty(t, 1, h, HEAD_DIM, dtype=torch.bfloat16, device=device)
-        lse = torch.empty(t, h, 1, device=device)
+        q, main, kw, w = point_inputs(int(h), layers[name], int(t), scopes, device, gen)
+        ref = sparse_decode_ref(q, main.kv_cache, main.indices, fp8=FP8, out_dtype=torch.float32, **kw)
+        case = DecodeCase(q, main, kw, ref, FP8)  # checked as the sweep checks its candidates
         plans = [dispatcher.lookup(w)] + [p for p in extra if not plan_problems(w, p)]
         for plan in dict.fromkeys(plans):
             row: dict[str, Any] = {"case": f"h{h} {name} T={t}", "plan": str(plan), "us": None}
-            try:
-                # Checked as the sweep checks: scratch NaN from allocation, and on a GPU the checked call
-                # the second on a used workspace poisoned again (a plan must leave it fit for the next).
-                ws = Workspace(poisoned=True)
-                call = partial(sparse_decode, q, main.kv_cache, main.indices, plan=plan, fp8=FP8, out=(out, lse),
-                               workspace=ws, **kw)
-                for _ in range(2 if timed else 1):
-                    ws.poison()
-                    out.fill_(float("nan"))
-                    lse.fill_(float("nan"))
-                    call()
-                row["check"] = check(out, lse, ref)
-                if timed:
-                    t = time_graph(call)
-                    row["us"], row["graph"] = t["median_us"], t["graph"]
-            except Exception as e:  # one plan that fails costs its row, not the run
-                row["check"] = f"!!! {type(e).__name__}: {str(e)[:200]}"
+            status, error, _ = case.check(plan)
+            row["check"] = "ok" if status == "ok" else f"!!! {status}: {(error or '')[:200]}"
+            if timed and status == "ok":
+                try:
+                    timing = time_graph(case.timer(plan))
+                    row["us"], row["graph"] = timing["median_us"], timing["graph"]
+                except Exception as e:  # one plan that fails costs its row, not the run
+                    row["check"] = f"!!! timing: {type(e).__name__}: {str(e)[:200]}"
             print(MARK + json.dumps(row), flush=True)
 
 

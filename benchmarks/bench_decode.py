@@ -119,6 +119,22 @@ class Scopes:
         return Scope(sc.kv_cache, sc.indices[:t], None if sc.topk_length is None else sc.topk_length[:t])
 
 
+def point_inputs(
+    h: int, layer: Layer, t: int, scopes: Scopes, device: str, gen: torch.Generator,
+) -> tuple[torch.Tensor, Scope, dict[str, Any], Workload]:
+    """The inputs of one (h_q, layer, T): the query, the main scope, the keyword arguments of
+    ``sparse_decode`` (lengths, the extra scope, a finite sink, the scale) and the workload."""
+    main = scopes.get(layer.main, False, t)
+    extra = scopes.get(layer.extra, True, t) if layer.extra else None
+    q = make_query(t, 1, h, device=device, gen=gen)
+    sink = make_sink(h, kind="finite", device=device, gen=gen)
+    kw: dict[str, Any] = {"topk_length": main.topk_length, "attn_sink": sink, "sm_scale": SM_SCALE}
+    if extra is not None:
+        kw |= {"extra_k_cache": extra.kv_cache, "extra_indices": extra.indices, "extra_topk_length": extra.topk_length}
+    w = workload_of(q, main.indices, main.topk_length, kw.get("extra_indices"), kw.get("extra_topk_length"), sink)
+    return q, main, kw, w
+
+
 def floor_us(t: int, h: int, total_topk: int, copy_gbps: float, tflops: float) -> float:
     """The physical floor: KV + q + out bytes at copy bandwidth, or the QK + PV FLOPs at matmul peak."""
     nbytes = t * total_topk * TOKEN_BYTES + 2 * (t * h * HEAD_DIM * 2)
@@ -141,16 +157,7 @@ def bench_workload(
     device: str, gen: torch.Generator,
 ) -> list[dict[str, Any]]:
     """Rows for one (h_q, layer, T): every requested variant at its default plan."""
-    main = scopes.get(layer.main, False, t)
-    extra = scopes.get(layer.extra, True, t) if layer.extra else None
-    q = make_query(t, 1, h, device=device, gen=gen)
-    sink = make_sink(h, kind="finite", device=device, gen=gen)
-    scope_kw = {"topk_length": main.topk_length, "attn_sink": sink, "sm_scale": SM_SCALE}
-    if extra is not None:
-        scope_kw |= {"extra_k_cache": extra.kv_cache, "extra_indices": extra.indices,
-                     "extra_topk_length": extra.topk_length}
-    w = workload_of(q, main.indices, main.topk_length, None if extra is None else extra.indices,
-                    None if extra is None else extra.topk_length, sink)
+    q, main, scope_kw, w = point_inputs(h, layer, t, scopes, device, gen)
     base = {"h_q": h, "layer": layer.name, "T": t, "total_topk": w.total_topk}
     if ceilings is not None:
         base["floor_us"] = floor_us(t, h, w.total_topk, ceilings["copy_gbps"], ceilings["bf16_tflops"])
@@ -206,14 +213,7 @@ def compare_point(
 ) -> dict[str, Any]:
     """One (h_q, layer, T) of the policy comparison: every plan checked (T <= 64) and timed on the same
     inputs; at small T also the latency floor of the shape (one wave touching its rows once)."""
-    main_s = scopes.get(layer.main, False, t)
-    extra = scopes.get(layer.extra, True, t) if layer.extra else None
-    q = make_query(t, 1, h, device="cuda", gen=gen)
-    sink = make_sink(h, kind="finite", device="cuda", gen=gen)
-    kw: dict[str, Any] = {"topk_length": main_s.topk_length, "attn_sink": sink, "sm_scale": SM_SCALE}
-    if extra is not None:
-        kw |= {"extra_k_cache": extra.kv_cache, "extra_indices": extra.indices, "extra_topk_length": extra.topk_length}
-    w = workload_of(q, main_s.indices, main_s.topk_length, kw.get("extra_indices"), kw.get("extra_topk_length"), sink)
+    q, main_s, kw, w = point_inputs(h, layer, t, scopes, "cuda", gen)
     fl = floor_us(t, h, w.total_topk, ceilings["copy_gbps"], ceilings["bf16_tflops"])
     ref = sparse_decode_ref(q, main_s.kv_cache, main_s.indices, fp8=FP8, **kw) if t <= COMPARE_CHECK_MAX_T else None
     out = torch.empty(t, 1, h, HEAD_DIM, dtype=torch.bfloat16, device="cuda")
