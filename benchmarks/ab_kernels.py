@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,13 @@ def _arm_root(root: Path, files: Path) -> Path:
     shutil.copytree(ROOT / PACKAGE, root / PACKAGE, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(files, root, dirs_exist_ok=True)
     return root
+
+
+def child_env(root: Path, environ: Mapping[str, str]) -> dict[str, str]:
+    """An arm's environment: its package copy first on the path, then what the path held (where the
+    device machine's wheels are), and a Triton cache of its own."""
+    path = os.pathsep.join(filter(None, [str(root), environ.get("PYTHONPATH", "")]))
+    return {**environ, "PYTHONPATH": path, "TRITON_CACHE_DIR": str(root / ".triton")}
 
 
 def _summary(arms: list[str], rows: dict[tuple[str, str], dict[str, list[dict[str, Any]]]],
@@ -181,7 +189,7 @@ def main() -> int:
         roots = {name: _arm_root(Path(tmp) / f"arm{i}", files) for i, (name, files) in enumerate(arms.items())}
         for r in range(args.rounds):
             for name in names[r % len(names):] + names[:r % len(names)]:  # each arm first in turn
-                env = {**os.environ, "PYTHONPATH": str(roots[name]), "TRITON_CACHE_DIR": str(roots[name] / ".triton")}
+                env = child_env(roots[name], os.environ)
                 try:
                     done = subprocess.run([sys.executable, __file__, "--child", str(roots[name]), *passthrough],
                                           env=env, capture_output=True, text=True, timeout=args.child_timeout)

@@ -81,6 +81,20 @@ def test_ab_kernels_runs_each_arm_on_its_own_files(tmp_path: Path) -> None:
     assert done.returncode == 1 and "!!! crashed: round 1 exited 1" in done.stdout, done.stdout[-2000:]
 
 
+def test_ab_kernels_arms_keep_the_path_they_were_given(tmp_path: Path) -> None:
+    """An arm's package copy comes first, and the path it was started with (where the device machine's
+    wheels are) stays after it."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from ab_kernels import child_env
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    env = child_env(tmp_path / "arm0", {"PYTHONPATH": f"/tmp/site{os.pathsep}/repo", "HOME": "/root"})
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(tmp_path / "arm0"), "/tmp/site", "/repo"]
+    assert env["HOME"] == "/root" and env["TRITON_CACHE_DIR"] == str(tmp_path / "arm0" / ".triton")
+    assert child_env(tmp_path, {})["PYTHONPATH"] == str(tmp_path)
+
+
 def test_ab_kernels_refuses_arms_it_cannot_compare(tmp_path: Path) -> None:
     """One line each: a name given twice, a folder with nothing under dsv4_tune/, an arm's own reference."""
     good, flat, own_ref = tmp_path / "good", tmp_path / "flat", tmp_path / "ref"
