@@ -23,13 +23,16 @@ from dsv4_tune.registry.intmath import cdiv
 from dsv4_tune.runtime.jit import Launcher, kernel
 
 SPLIT_K_MIN, SPLIT_K_MAX = 2, 16
+# Output columns a combine program merges: 512 / COMBINE_COLS programs a (token, head block), so
+# that a small batch's partials are read by many SMs at once rather than each by one.
+COMBINE_COLS: tl.constexpr = tl.constexpr(128)
 
 
 @triton.jit
 def merge_partials(
     part_o_ptr, part_lse_ptr, sink_ptr, out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh,
-    t, t_local, n_tok, s_q, h_q, split_k, heads,
-    HAS_SINK: tl.constexpr, BLOCK_H: tl.constexpr,
+    t, t_local, n_tok, s_q, h_q, split_k, heads, col0,
+    HAS_SINK: tl.constexpr, BLOCK_H: tl.constexpr, COLS: tl.constexpr = 512,
 ):
     """Merge the ``split_k`` partials of heads ``heads`` of token ``t`` (row ``t_local`` of the
     partial buffers) into the final O and LSE; shared by the combine kernel and the fused kernel's
@@ -38,7 +41,7 @@ def merge_partials(
     s_os = aligned(s_os, 512)
     s_oh = aligned(s_oh, 512)
     hmask = heads < h_q
-    cols = tl.arange(0, 512)
+    cols = col0 + tl.arange(0, COLS)
     m = tl.full([BLOCK_H], float("-inf"), tl.float32)
     for s in range(split_k):
         v = tl.load(part_lse_ptr + (s * n_tok + t_local) * h_q + heads, mask=hmask, other=float("inf"))
@@ -46,7 +49,7 @@ def merge_partials(
     lonely = m == float("-inf")
     safe_m = tl.where(lonely, 0.0, m)
     total = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, 512], tl.float32)
+    acc = tl.zeros([BLOCK_H, COLS], tl.float32)
     for s in range(split_k):
         row = (s * n_tok + t_local) * h_q + heads
         v = tl.load(part_lse_ptr + row, mask=hmask, other=float("inf"))
@@ -64,7 +67,8 @@ def merge_partials(
     ts = t % s_q
     optr = out_ptr + tb * s_ob + ts * s_os + heads[:, None].to(tl.int64) * s_oh + cols[None, :]
     tl.store(optr, to_bf16_rne(acc * scale[:, None]), mask=hmask[:, None])
-    tl.store(lse_ptr + tb * s_lb + heads.to(tl.int64) * s_lh + ts, lse, mask=hmask)
+    if col0 == 0:  # one program of the (token, head block) writes its LSE
+        tl.store(lse_ptr + tb * s_lb + heads.to(tl.int64) * s_lh + ts, lse, mask=hmask)
 
 
 @kernel
@@ -79,7 +83,8 @@ def _combine_kernel(
     heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     merge_partials(
         part_o_ptr, part_lse_ptr, sink_ptr, out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh,
-        t0 + t_local, t_local, n_tok, s_q, h_q, split_k, heads, HAS_SINK, BLOCK_H,
+        t0 + t_local, t_local, n_tok, s_q, h_q, split_k, heads, tl.program_id(2) * COMBINE_COLS, HAS_SINK, BLOCK_H,
+        COMBINE_COLS,
     )
 
 
@@ -106,7 +111,7 @@ def launch_combine(
     if not SPLIT_K_MIN <= split_k <= SPLIT_K_MAX:
         raise ValueError(f"split_k: expected {SPLIT_K_MIN}..{SPLIT_K_MAX}, got {split_k}")
     _launch_combine(
-        (n_tok, cdiv(h_q, BLOCK_H), 1),
+        (n_tok, cdiv(h_q, BLOCK_H), 512 // COMBINE_COLS),
         part_o, part_lse, attn_sink if attn_sink is not None else part_lse,
         out, out.stride(0), out.stride(1), out.stride(2), lse, lse.stride(0), lse.stride(1),
         t0, n_tok, s_q, h_q, split_k, attn_sink is not None, BLOCK_H, pdl,

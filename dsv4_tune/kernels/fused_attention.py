@@ -105,7 +105,7 @@ def _sparse_decode_kernel(
             tl.store(counter, 0)
             merge_partials(
                 part_o_ptr, part_lse_ptr, sink_ptr, out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh,
-                t, t, n_tok, s_q, h_q, tl.num_programs(2), head0 + tl.arange(0, BLOCK_H), HAS_SINK, BLOCK_H,
+                t, t, n_tok, s_q, h_q, tl.num_programs(2), head0 + tl.arange(0, BLOCK_H), 0, HAS_SINK, BLOCK_H,
             )
 
 
