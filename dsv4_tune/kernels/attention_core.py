@@ -144,10 +144,18 @@ def softmax_step(
     q0, q1, q2, q3, k0t, k1t, k2t, k3t, valid, m_i, l_i, a0, a1, a2, a3, qk_scale, DOT: tl.constexpr
 ):
     """One online-softmax update with a BLOCK_N-candidate tile (K = V), four column tiles."""
-    s = tl.dot(q0, tl.trans(k0t))
-    s = tl.dot(q1, tl.trans(k1t), acc=s)
-    s = tl.dot(q2, tl.trans(k2t), acc=s)
-    s = tl.dot(q3, tl.trans(k3t), acc=s) * qk_scale
+    BLOCK_H: tl.constexpr = q0.shape[0]
+    BLOCK_N: tl.constexpr = k0t.shape[0]
+    if BLOCK_H * BLOCK_N <= 512:
+        # Small tiles (small T): three independent MMA chains (16 + 8 + 8 k-steps) instead of one of 32,
+        # for the latency of a block; their accumulators cost a few registers at this size.
+        s = tl.dot(q0, tl.trans(k0t)) + tl.dot(q1, tl.trans(k1t)) + tl.dot(q2, tl.trans(k2t), acc=tl.dot(q3, tl.trans(k3t)))
+        s = s * qk_scale
+    else:
+        s = tl.dot(q0, tl.trans(k0t))
+        s = tl.dot(q1, tl.trans(k1t), acc=s)
+        s = tl.dot(q2, tl.trans(k2t), acc=s)
+        s = tl.dot(q3, tl.trans(k3t), acc=s) * qk_scale
     s = tl.where(valid[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     # Subtract a finite max: exp2(-inf - m) = 0 gives the -inf guards (alpha and p) for free, and
