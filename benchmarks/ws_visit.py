@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_decode import LAYERS, Scopes, check, floor_us
 from benchmarks.common import bf16_matmul_tflops, copy_bandwidth_gbps, device_record, print_table, save_results
+from benchmarks.ws_anatomy import patched_kernel
 from dsv4_tune import Plan, sparse_decode
 from dsv4_tune.kernels.reference import sparse_decode_ref
 from dsv4_tune.policies.dispatcher import get_dispatcher
@@ -48,22 +49,6 @@ def plans_for(t: int) -> list[Plan | None]:
     if t <= 64:
         out += [ws(64, 2, sk, st) for sk in (2, 4) for st in (0, 1)]
     return out
-
-
-def no_gather_kernel():
-    """A copy of the kernel module in which no candidate is valid: nothing is gathered, all else runs."""
-    import importlib.util
-    import tempfile
-
-    src = (Path(__file__).resolve().parents[1] / "dsv4_tune/kernels/sm90/decode.py").read_text()
-    old = "    return (idx >= 0) & (idx < n_slots)\n"
-    assert src.count(old) == 1
-    path = Path(tempfile.mkdtemp()) / "ws_no_gather.py"
-    path.write_text(src.replace(old, old.replace("(idx < n_slots)", "(idx < n_slots) & (idx < -1)")))
-    spec = importlib.util.spec_from_file_location("ws_no_gather", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def main() -> int:
@@ -114,7 +99,7 @@ def main() -> int:
             rows.append(row)
             print(row, flush=True)
         if t >= 256:  # the consumers' bound: the same kernel with every gather masked off
-            mod = no_gather_kernel()
+            mod = patched_kernel("no-gather")
             x_main = (main_s.kv_cache, main_s.indices, main_s.topk_length)
             x_extra = None if extra is None else (extra.kv_cache, extra.indices, extra.topk_length)
             for staged in (0, 1):

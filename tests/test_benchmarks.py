@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -112,3 +114,32 @@ def test_ab_kernels_refuses_arms_it_cannot_compare(tmp_path: Path) -> None:
                               timeout=120)
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and says in lines[-1] and "Traceback" not in done.stderr, done.stderr
+
+
+def test_ws_anatomy_fits_the_fixed_part_and_the_per_block_slope() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from ws_anatomy import DIAGNOSTICS, KERNEL, blocks, fit_blocks
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    # 128 main candidates then the extra scope's, each scope in whole 64-candidate tiles.
+    assert [blocks(n, 128, 64) for n in (0, 1, 64, 65, 128, 129, 640, 1152)] == [0, 1, 1, 2, 2, 3, 10, 18]
+    intercept, slope = fit_blocks([(1, 14.0), (2, 17.0), (10, 41.0), (18, 65.0)])
+    assert abs(intercept - 11.0) < 1e-9 and abs(slope - 3.0) < 1e-9
+    assert fit_blocks([(1, 14.0), (1, 15.0)]) is None
+    # Each diagnostic's edit point is in today's kernel exactly once: a kernel change that moves one
+    # fails here, not on the GPU.
+    src = KERNEL.read_text()
+    assert all(src.count(old) == 1 for old, _ in DIAGNOSTICS.values())
+
+
+def test_ws_anatomy_without_its_gpu_says_so_in_one_line(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the script would time")
+    done = subprocess.run([sys.executable, "benchmarks/ws_anatomy.py", "--out", str(tmp_path)], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    assert not list(tmp_path.iterdir()), "no result file from a run that timed nothing"
+    assert done.returncode == 2 and done.stderr == "", done.stderr[-2000:]
+    assert done.stdout.count("\n") == 1 and done.stdout.startswith("ws_anatomy: needs a CUDA sm90 GPU"), done.stdout

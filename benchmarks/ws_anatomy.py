@@ -1,0 +1,196 @@
+"""Where a ``ws_sm90`` item's time goes (issues 29 and 32), in one run on one GPU.
+
+One (64 heads, token) item of the warp-specialized kernel is a fixed part (launch, register split,
+Q load, epilogue) plus one part per BLOCK_N-candidate block.  The script times one-item plans
+against the candidates of every row (``--lengths``; all rows alike, main scope first, so 0 is the
+fixed part) and fits ``us = fixed + per_block x blocks`` over the lengths above 0.  Each point is
+timed twice:
+
+- ``random`` ids (as the sweep places them: every row a DRAM miss after the L2 flush) and ``hot``
+  ids (every row one of 64 slots: L2 hits after the first): how much of a block is the gather's
+  DRAM latency;
+- with ``--diag``, also on two copies of the kernel module patched for timing only (their numbers
+  are wrong, so they are not checked): ``no-gather`` (no candidate valid: nothing gathered, the
+  producer still converts and stores zero rows) and ``no-convert`` (the FP8 bytes stored as they
+  come, without the exact dequantization): how much of a block is the producer's conversion.
+
+At T = 1 an item is the whole kernel; at T = 256 (h128: 512 items, ~4 per SM) the fixed part is paid
+once a wave.  Times are graph replays after the L2 flush, as the sweep times plans.
+
+    python benchmarks/ws_anatomy.py [--cases 64:SWA+C4 1152:1 128:SWA+C4 1152:256] [--diag] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import math
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import device_record, print_table, result_name, save_results
+
+KERNEL = Path(__file__).resolve().parents[1] / "dsv4_tune" / "kernels" / "sm90" / "decode.py"
+# Timing-only edits of the kernel source: (what to replace, its replacement); each must occur once.
+DIAGNOSTICS = {
+    "no-gather": ("    return (idx >= 0) & (idx < n_slots)\n",
+                  "    return (idx >= 0) & (idx < n_slots) & (idx < -1)\n"),
+    "no-convert": ("    lo, hi = _dequant_pair(x, c, sb)\n    y = gl.join(lo, hi)",
+                   "    y = gl.join(x, x | sb)"),
+}
+HOT_SLOTS = 64
+ONE_ITEM = {"BLOCK_N": 64, "KSTAGES": 2, "PIPE": 0, "SPLIT_K": 1}  # + STAGED: the policies' long-item plans
+
+
+def patched_kernel(name: str) -> ModuleType:
+    """A copy of the ``ws_sm90`` kernel module with the diagnostic edit ``name`` (timing only)."""
+    old, new = DIAGNOSTICS[name]
+    src = KERNEL.read_text()
+    if src.count(old) != 1:
+        raise SystemExit(f"diagnostic {name}: the kernel source no longer has its edit point once")
+    path = Path(tempfile.mkdtemp()) / f"ws_{name.replace('-', '_')}.py"
+    path.write_text(src.replace(old, new))
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def blocks(length: int, main_topk: int, block_n: int) -> int:
+    """K tiles of a row with ``length`` candidates, the main scope's first (each scope rounds up)."""
+    main = min(length, main_topk)
+    return math.ceil(main / block_n) + math.ceil((length - main) / block_n)
+
+
+def fit_blocks(points: list[tuple[int, float]]) -> tuple[float, float] | None:
+    """Least-squares (intercept, slope) of us over blocks; None with fewer than two block counts."""
+    if len({b for b, _ in points}) < 2:
+        return None
+    n = len(points)
+    mb = sum(b for b, _ in points) / n
+    mu = sum(u for _, u in points) / n
+    slope = sum((b - mb) * (u - mu) for b, u in points) / sum((b - mb) ** 2 for b, _ in points)
+    return mu - slope * mb, slope
+
+
+def _timed(time_graph: Any, fn: Any, mod: ModuleType | None) -> float:
+    """Median us of ``fn``; with ``mod`` standing in for the kernel module while it is captured and
+    timed (the ws launcher imports that module at each call)."""
+    key = "dsv4_tune.kernels.sm90.decode"
+    saved = sys.modules.get(key)
+    if mod is not None:
+        sys.modules[key] = mod
+    try:
+        return time_graph(fn)["median_us"]
+    finally:
+        if saved is not None:
+            sys.modules[key] = saved
+        elif mod is not None:
+            sys.modules.pop(key, None)
+
+
+def _lengths(rows: int, n: int) -> Any:
+    """``topk_length`` of ``rows`` rows, each ``n``."""
+    import torch
+
+    return torch.full((rows,), n, dtype=torch.int32, device="cuda")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", nargs="+", default=["64:SWA+C4 1152:1", "128:SWA+C4 1152:256"], metavar="HEADS:LAYER:T")
+    ap.add_argument("--lengths", nargs="+", type=int, default=[0, 1, 64, 128, 640, 1152])
+    ap.add_argument("--staged", nargs="+", type=int, default=[0, 1], choices=[0, 1])
+    ap.add_argument("--diag", action="store_true", help="also the no-gather and no-convert kernels (timing only)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None, help="result folder (default benchmarks/results/)")
+    args = ap.parse_args()
+
+    import torch
+
+    from dsv4_tune.kernels.sm90 import GLUON_PROBLEM
+
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9 or GLUON_PROBLEM:
+        print(f"ws_anatomy: needs a CUDA sm90 GPU with Gluon ({GLUON_PROBLEM or 'no such GPU here'})")
+        return 2
+    from benchmarks.bench_decode import FP8, LAYERS, Scopes, point_inputs
+    from dsv4_tune.kernels.reference import sparse_decode_ref
+    from dsv4_tune.registry.workload import Plan
+    from dsv4_tune.tuner.cases import DecodeCase
+    from dsv4_tune.tuner.measure import time_graph
+
+    layers = {x.name: x for x in LAYERS}
+    cases = [c.split(":") for c in args.cases]
+    if bad := [c for c in args.cases if len(c.split(":")) != 3 or c.split(":")[1] not in layers]:
+        print(f"ws_anatomy: not HEADS:LAYER:T with a layer of {sorted(layers)}: {bad}")
+        return 2
+    kernels: dict[str, ModuleType | None] = {"main": None}
+    if args.diag:
+        kernels |= {name: patched_kernel(name) for name in DIAGNOSTICS}
+    gen = torch.Generator().manual_seed(args.seed)
+    scopes = Scopes(max(int(t) for _, _, t in cases), "cuda", big=True, gen=gen)
+    rows: list[dict[str, Any]] = []
+    failed = False
+    for h, name, t in cases:
+        layer = layers[name]
+        q, main, kw, _ = point_inputs(int(h), layer, int(t), scopes, "cuda", gen)
+        b, main_topk = q.shape[0], main.indices.shape[-1]
+        extra_topk = kw["extra_indices"].shape[-1] if "extra_indices" in kw else 0
+        for length in [n for n in args.lengths if n <= main_topk + extra_topk]:
+            for ids in ("random", "hot"):
+                kwn = dict(kw, topk_length=_lengths(b, min(length, main_topk)))
+                idx = main.indices
+                if ids == "hot":  # row k of every token: slot k % 64
+                    def hot(x: torch.Tensor) -> torch.Tensor:
+                        ar = torch.arange(x.shape[-1], device="cuda", dtype=x.dtype) % HOT_SLOTS
+                        return ar.expand_as(x).contiguous()
+                    idx = hot(idx)
+                    if extra_topk:
+                        kwn["extra_indices"] = hot(kw["extra_indices"])
+                if extra_topk:
+                    kwn["extra_topk_length"] = _lengths(b, max(length - main_topk, 0))
+                scope = dataclasses.replace(main, indices=idx, topk_length=kwn["topk_length"])
+                ref = sparse_decode_ref(q, scope.kv_cache, scope.indices, fp8=FP8, out_dtype=torch.float32, **kwn)
+                case = DecodeCase(q, scope, kwn, ref, FP8)
+                for staged in args.staged:
+                    plan = Plan.make("ws_sm90", ONE_ITEM | {"STAGED": staged})
+                    for kname, mod in kernels.items():
+                        row = {"case": f"h{h} {name} T={t}", "kernel": kname, "STAGED": staged, "ids": ids,
+                               "length": length, "blocks": blocks(length, main_topk, ONE_ITEM["BLOCK_N"]), "us": None,
+                               "check": "timing only"}
+                        if mod is None:
+                            status, error, _ = case.check(plan)
+                            row["check"] = "ok" if status == "ok" else f"!!! {status}: {(error or '')[:160]}"
+                            failed |= status != "ok"
+                        if row["check"] in ("ok", "timing only"):
+                            row["us"] = round(_timed(time_graph, case.timer(plan), mod), 2)
+                        rows.append(row)
+                        print(row, flush=True)
+            del ref
+        torch.cuda.empty_cache()
+    fits = []
+    for key in sorted({(r["case"], r["kernel"], r["STAGED"], r["ids"]) for r in rows}):
+        pts = [r for r in rows if (r["case"], r["kernel"], r["STAGED"], r["ids"]) == key and r["us"] is not None]
+        zero = [r["us"] for r in pts if r["length"] == 0]
+        fit = fit_blocks([(r["blocks"], r["us"]) for r in pts if r["length"] > 0])
+        fits.append(dict(zip(("case", "kernel", "STAGED", "ids"), key, strict=True))
+                    | {"fixed_us": zero[0] if zero else None, "per_block_us": None if fit is None else round(fit[1], 3),
+                       "intercept_us": None if fit is None else round(fit[0], 2)})
+    print_table(rows, ["case", "kernel", "STAGED", "ids", "length", "blocks", "us", "check"], "ws_sm90 item anatomy")
+    print_table(fits, ["case", "kernel", "STAGED", "ids", "fixed_us", "intercept_us", "per_block_us"],
+                "fixed part (length 0) and per-block slope (fit over lengths > 0)")
+    path = save_results(result_name("ws_anatomy"),
+                        {"device": device_record(), "command": sys.argv, "rows": rows, "fits": fits}, args.out)
+    print(f"saved {path}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
