@@ -9,10 +9,12 @@ timed twice:
 - ``random`` ids (as the sweep places them: every row a DRAM miss after the L2 flush) and ``hot``
   ids (every row one of 64 slots: L2 hits after the first): how much of a block is the gather's
   DRAM latency;
-- with ``--diag``, also on two copies of the kernel module patched for timing only (their numbers
-  are wrong, so they are not checked): ``no-gather`` (no candidate valid: nothing gathered, the
-  producer still converts and stores zero rows) and ``no-convert`` (the FP8 bytes stored as they
-  come, without the exact dequantization): how much of a block is the producer's conversion.
+- with ``--diag``, also on copies of the kernel module patched for timing only (their numbers are
+  wrong, so they are not checked; :data:`DIAGNOSTICS`): ``no-gather`` (nothing gathered, and the
+  compiler folds the conversion of the zero rows away: the producer stores zero tiles),
+  ``no-convert`` (the FP8 bytes stored as they come), ``no-produce`` (STAGED=0's producer keeps
+  only the ring's barriers: the consumers alone) and ``no-mma`` (no wgmma: the producer alone,
+  with the consumers' barriers and softmax): which side of the ring bounds a block.
 
 At T = 1 an item is the whole kernel; at T = 256 (h128: 512 items, ~4 per SM) the fixed part is paid
 once a wave.  Times are graph replays after the L2 flush, as the sweep times plans.
@@ -37,12 +39,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import device_record, print_table, result_name, save_results
 
 KERNEL = Path(__file__).resolve().parents[1] / "dsv4_tune" / "kernels" / "sm90" / "decode.py"
-# Timing-only edits of the kernel source: (what to replace, its replacement); each must occur once.
-DIAGNOSTICS = {
-    "no-gather": ("    return (idx >= 0) & (idx < n_slots)\n",
-                  "    return (idx >= 0) & (idx < n_slots) & (idx < -1)\n"),
-    "no-convert": ("    lo, hi = _dequant_pair(x, c, sb)\n    y = gl.join(lo, hi)",
-                   "    y = gl.join(x, x | sb)"),
+# Timing-only edits of the kernel source, each (what to replace, its replacement) occurring once.
+DIAGNOSTICS: dict[str, tuple[tuple[str, str], ...]] = {
+    # No candidate valid: nothing gathered; the conversion of the zero rows folds away too (Triton
+    # 3.6's SASS keeps 8 of 224 HMUL2): the producer stores zero tiles.
+    "no-gather": (("    return (idx >= 0) & (idx < n_slots)\n",
+                   "    return (idx >= 0) & (idx < n_slots) & (idx < -1)\n"),),
+    # The FP8 bytes stored as they come: no exact dequantization.
+    "no-convert": (("    lo, hi = _dequant_pair(x, c, sb)\n    y = gl.join(lo, hi)",
+                    "    y = gl.join(x, x | sb)"),),
+    # STAGED=0's producer only keeps the ring's barriers: no row gathered, converted or stored (the
+    # consumers read stale tiles): what the consumers alone take.
+    "no-produce": ((" " * 16 + "nxt = _gather_sub(kv_ptr, stride_page, page_size, n_slots, ids, SUB, GATHER, ROPE)\n",
+                    " " * 16 + "nxt = cur\n"),
+                   ("                _store_sub(kt, bias_buf.index(ks).slice(sub * SUB, SUB), cur, ROPE)\n", "")),
+    # No wgmma in either consumer (S and O stay zero; the softmax still runs): what the producer alone
+    # takes, with the consumers' barriers and softmax.
+    "no-mma": (("    return warpgroup_mma(q_smem, kt.permute((1, 0)), s, use_acc=False, is_async=True)",
+                "    return s"),
+               ("    return warpgroup_mma(gl.convert_layout(pb, P_L), kt.slice(0, DV, dim=1), o, is_async=True)",
+                "    return o"),
+               ("            o = warpgroup_mma(p_smem, kbuf.index(ks).slice(DV, DV, dim=1), o, is_async=True)",
+                "            o = o")),
 }
 HOT_SLOTS = 64
 ONE_ITEM = {"BLOCK_N": 64, "KSTAGES": 2, "PIPE": 0, "SPLIT_K": 1}  # + STAGED: the policies' long-item plans
@@ -50,12 +68,13 @@ ONE_ITEM = {"BLOCK_N": 64, "KSTAGES": 2, "PIPE": 0, "SPLIT_K": 1}  # + STAGED: t
 
 def patched_kernel(name: str) -> ModuleType:
     """A copy of the ``ws_sm90`` kernel module with the diagnostic edit ``name`` (timing only)."""
-    old, new = DIAGNOSTICS[name]
     src = KERNEL.read_text()
-    if src.count(old) != 1:
-        raise SystemExit(f"diagnostic {name}: the kernel source no longer has its edit point once")
+    for old, new in DIAGNOSTICS[name]:
+        if src.count(old) != 1:
+            raise SystemExit(f"diagnostic {name}: the kernel source no longer has its edit point once")
+        src = src.replace(old, new)
     path = Path(tempfile.mkdtemp()) / f"ws_{name.replace('-', '_')}.py"
-    path.write_text(src.replace(old, new))
+    path.write_text(src)
     spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
@@ -108,7 +127,7 @@ def main() -> int:
     ap.add_argument("--cases", nargs="+", default=["64:SWA+C4 1152:1", "128:SWA+C4 1152:256"], metavar="HEADS:LAYER:T")
     ap.add_argument("--lengths", nargs="+", type=int, default=[0, 1, 64, 128, 640, 1152])
     ap.add_argument("--staged", nargs="+", type=int, default=[0, 1], choices=[0, 1])
-    ap.add_argument("--diag", action="store_true", help="also the no-gather and no-convert kernels (timing only)")
+    ap.add_argument("--diag", action="store_true", help="also the diagnostic kernel copies (timing only)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="result folder (default benchmarks/results/)")
     args = ap.parse_args()
@@ -162,6 +181,8 @@ def main() -> int:
                 for staged in args.staged:
                     plan = Plan.make("ws_sm90", ONE_ITEM | {"STAGED": staged})
                     for kname, mod in kernels.items():
+                        if kname == "no-produce" and staged:  # its edit is STAGED=0's loop
+                            continue
                         row = {"case": f"h{h} {name} T={t}", "kernel": kname, "STAGED": staged, "ids": ids,
                                "length": length, "blocks": blocks(length, main_topk, ONE_ITEM["BLOCK_N"]), "us": None,
                                "check": "timing only"}

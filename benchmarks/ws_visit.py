@@ -1,6 +1,7 @@
 """The ws_sm90 kernel's first GPU visits (issue 29): a few configs beside the shipped policy and the
 floor on the issue's shapes, each checked against the reference, plus a diagnostic: the same kernel
-with every gather masked off (the producer still converts and stores; no KV bytes move), which says
+with every gather masked off (no KV bytes move; the compiler also folds the conversion of the zero
+rows away, so the producer only stores zero tiles), which says
 how fast the consumers and the conversion alone are.
 
     python benchmarks/ws_visit.py [--out DIR] [--quick]
