@@ -9,8 +9,10 @@
 #   bash benchmarks/resweep_variant.sh [VARIANT] [STORE]   (default ws_sm90, the store of this GPU)
 # One call of the device tool runs at most 10 minutes, hence phases (PHASE, default all):
 #   check  the tests and every config (~5 min);
-#   sweep  forget + resume + export + benchmark (~8 min; cut short, it resumes with
-#          STORE=<its sweep.sqlite, carried> FORGET=0 PHASE=sweep);
+#   sweep  forget + resume + export + verify-policy + benchmark (~8 min; cut short, it resumes with
+#          STORE=<its sweep.sqlite, carried> FORGET=0 PHASE=sweep). FORGET=0 on the committed store
+#          re-times only what changed: a resume forgets every variant whose kernel sources changed
+#          (after a change to shared kernel files that is every decode variant: ~7.5 min on an H100);
 #   quick  one short call when device time is scarce (QUICK_S seconds, default 540): the tests (ws_sm90's
 #          persistent-grid test first and on its own, where any failure or cut stops: a hang looks like
 #          a cut; then the rest, where a time-limit cut goes on and a failure stops), the shipped policy's plans and a few of the
@@ -18,7 +20,8 @@
 #          --policy SHIPPED --before SHIPPED, BENCH_ARGS e.g. "--quick --heads 64 128"), then the
 #          sweep for the time left unless a plan disagreed with the reference (each timed candidate is checked against the reference on the
 #          sweep's inputs; resume it later as above, export on any machine).
-# Results under $OUT: pytest.log, check_all_configs-*.json, sweep.{log,sqlite}, policy.json, bench_decode-*.
+# Results under $OUT: pytest.log, check_all_configs-*.json, sweep.{log,sqlite}, policy.json, verify-policy.log,
+# bench_decode-*.
 set -uo pipefail
 variant=${1:-ws_sm90}
 t0=$(date +%s)
@@ -84,6 +87,8 @@ PY
 [ "$phase" != quick ] || exit 0
 python3 -m dsv4_tune.cli export --db "$work/s.db" --out "$OUT/policy.json" 2>&1 | tail -1
 [ -f "$OUT/policy.json" ] || exit 5
+timeout "${VERIFY_LIMIT_S:-60}" python3 -m dsv4_tune.cli verify-policy "$OUT/policy.json" > "$OUT/verify-policy.log" 2>&1
+echo "verify-policy rc=$?"; tail -2 "$OUT/verify-policy.log"
 date -u +%FT%TZ
 timeout "${BENCH_LIMIT_S:-150}" python3 benchmarks/bench_decode.py --policy "$OUT/policy.json" --before "$shipped" \
   --out "$OUT" > "$OUT/bench.log" 2>&1
