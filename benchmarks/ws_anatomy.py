@@ -3,12 +3,12 @@
 One (64 heads, token) item of the warp-specialized kernel is a fixed part (launch, register split,
 Q load, epilogue) plus one part per BLOCK_N-candidate block.  The script times one-item plans
 against the candidates of every row (``--lengths``; all rows alike, main scope first, so 0 is the
-fixed part) and fits ``us = fixed + per_block x blocks`` over the lengths above 0.  Each point is
-timed twice:
+fixed part) and fits ``us = fixed + per_block x blocks`` over the lengths that fill whole blocks.
+Each point is timed twice:
 
-- ``random`` ids (as the sweep places them: every row a DRAM miss after the L2 flush) and ``hot``
-  ids (every row one of 64 slots: L2 hits after the first): how much of a block is the gather's
-  DRAM latency;
+- ``random`` ids (as the sweep places them: every row a DRAM miss after the L2 flush; 5% of them
+  invalid, never read) and ``hot`` ids (every row one of 64 slots, all valid: L2 hits after the
+  first): how much of a block is the gather's DRAM latency;
 - with ``--diag``, also on copies of the kernel module patched for timing only (their numbers are
   wrong, so they are not checked; :data:`DIAGNOSTICS`): ``no-gather`` (nothing gathered, and the
   compiler folds the conversion of the zero rows away: the producer stores zero tiles),
@@ -86,6 +86,12 @@ def blocks(length: int, main_topk: int, block_n: int) -> int:
     """K tiles of a row with ``length`` candidates, the main scope's first (each scope rounds up)."""
     main = min(length, main_topk)
     return math.ceil(main / block_n) + math.ceil((length - main) / block_n)
+
+
+def full_blocks(length: int, main_topk: int, block_n: int) -> bool:
+    """Whether every K tile of such a row is full (a row of 1 candidate gathers one row, not 64)."""
+    main = min(length, main_topk)
+    return main % block_n == 0 and (length - main) % block_n == 0
 
 
 def fit_blocks(points: list[tuple[int, float]]) -> tuple[float, float] | None:
@@ -184,7 +190,8 @@ def main() -> int:
                         if kname == "no-produce" and staged:  # its edit is STAGED=0's loop
                             continue
                         row = {"case": f"h{h} {name} T={t}", "kernel": kname, "STAGED": staged, "ids": ids,
-                               "length": length, "blocks": blocks(length, main_topk, ONE_ITEM["BLOCK_N"]), "us": None,
+                               "length": length, "blocks": blocks(length, main_topk, ONE_ITEM["BLOCK_N"]),
+                               "full_blocks": full_blocks(length, main_topk, ONE_ITEM["BLOCK_N"]), "us": None,
                                "check": "timing only"}
                         if mod is None:
                             status, error, _ = case.check(plan)
@@ -200,13 +207,13 @@ def main() -> int:
     for key in sorted({(r["case"], r["kernel"], r["STAGED"], r["ids"]) for r in rows}):
         pts = [r for r in rows if (r["case"], r["kernel"], r["STAGED"], r["ids"]) == key and r["us"] is not None]
         zero = [r["us"] for r in pts if r["length"] == 0]
-        fit = fit_blocks([(r["blocks"], r["us"]) for r in pts if r["length"] > 0])
+        fit = fit_blocks([(r["blocks"], r["us"]) for r in pts if r["length"] > 0 and r["full_blocks"]])
         fits.append(dict(zip(("case", "kernel", "STAGED", "ids"), key, strict=True))
                     | {"fixed_us": zero[0] if zero else None, "per_block_us": None if fit is None else round(fit[1], 3),
                        "intercept_us": None if fit is None else round(fit[0], 2)})
     print_table(rows, ["case", "kernel", "STAGED", "ids", "length", "blocks", "us", "check"], "ws_sm90 item anatomy")
     print_table(fits, ["case", "kernel", "STAGED", "ids", "fixed_us", "intercept_us", "per_block_us"],
-                "fixed part (length 0) and per-block slope (fit over lengths > 0)")
+                "fixed part (length 0) and per-block slope (fit over lengths of whole blocks)")
     path = save_results(result_name("ws_anatomy"),
                         {"device": device_record(), "command": sys.argv, "rows": rows, "fits": fits}, args.out)
     print(f"saved {path}")

@@ -119,7 +119,7 @@ def test_ab_kernels_refuses_arms_it_cannot_compare(tmp_path: Path) -> None:
 def test_ws_anatomy_fits_the_fixed_part_and_the_per_block_slope() -> None:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        from ws_anatomy import DIAGNOSTICS, KERNEL, blocks, fit_blocks
+        from ws_anatomy import DIAGNOSTICS, KERNEL, blocks, fit_blocks, full_blocks
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
     # 128 main candidates then the extra scope's, each scope in whole 64-candidate tiles.
@@ -127,6 +127,9 @@ def test_ws_anatomy_fits_the_fixed_part_and_the_per_block_slope() -> None:
     intercept, slope = fit_blocks([(1, 14.0), (2, 17.0), (10, 41.0), (18, 65.0)])
     assert abs(intercept - 11.0) < 1e-9 and abs(slope - 3.0) < 1e-9
     assert fit_blocks([(1, 14.0), (1, 15.0)]) is None
+    # Only rows of whole tiles enter the fit: 1 candidate is a 64-candidate tile's cost with 63 masked.
+    assert [full_blocks(n, 128, 64) for n in (0, 1, 64, 100, 128, 640, 1000, 1152)] == [
+        True, False, True, False, True, True, False, True]
     # Each diagnostic's edit point is in today's kernel exactly once: a kernel change that moves one
     # fails here, not on the GPU.
     src = KERNEL.read_text()
