@@ -20,6 +20,7 @@ At T = 1 an item is the whole kernel; at T = 256 (h128: 512 items, ~4 per SM) th
 once a wave.  Times are graph replays after the L2 flush, as the sweep times plans.
 
     python benchmarks/ws_anatomy.py [--cases 64:SWA+C4 1152:1 128:SWA+C4 1152:256] [--diag] [--out DIR]
+        [--staged 0 1] [--config '{"BLOCK_N": 32, "PIPE": 1}']   (knobs over the one-item plan)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import json
 import math
 import sys
 import tempfile
@@ -133,10 +135,22 @@ def main() -> int:
     ap.add_argument("--cases", nargs="+", default=["64:SWA+C4 1152:1", "128:SWA+C4 1152:256"], metavar="HEADS:LAYER:T")
     ap.add_argument("--lengths", nargs="+", type=int, default=[0, 1, 64, 128, 640, 1152])
     ap.add_argument("--staged", nargs="+", type=int, default=[0, 1], choices=[0, 1])
+    ap.add_argument("--config", type=json.loads, default={}, metavar="JSON",
+                    help='knobs laid over the one-item plan, e.g. \'{"BLOCK_N": 32, "PIPE": 1}\' (SPLIT_K stays 1)')
     ap.add_argument("--diag", action="store_true", help="also the diagnostic kernel copies (timing only)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="result folder (default benchmarks/results/)")
     args = ap.parse_args()
+
+    from dsv4_tune.registry.variants import plan_problems
+    from dsv4_tune.registry.workload import Plan, Workload
+
+    base = {k: v for k, v in args.config.items() if k != "SPLIT_K"}
+    for staged in args.staged:
+        plan = Plan.make("ws_sm90", ONE_ITEM | {"STAGED": staged} | base)
+        if bad := plan_problems(Workload(64, 128, 128, 1024), plan):
+            print(f"ws_anatomy: --config {json.dumps(args.config)} with STAGED={staged}: {bad[0]}")
+            return 2
 
     import torch
 
@@ -147,7 +161,6 @@ def main() -> int:
         return 2
     from benchmarks.bench_decode import FP8, LAYERS, Scopes, point_inputs
     from dsv4_tune.kernels.reference import sparse_decode_ref
-    from dsv4_tune.registry.workload import Plan
     from dsv4_tune.tuner.cases import DecodeCase
     from dsv4_tune.tuner.measure import time_graph
 
@@ -185,13 +198,13 @@ def main() -> int:
                 ref = sparse_decode_ref(q, scope.kv_cache, scope.indices, fp8=FP8, out_dtype=torch.float32, **kwn)
                 case = DecodeCase(q, scope, kwn, ref, FP8)
                 for staged in args.staged:
-                    plan = Plan.make("ws_sm90", ONE_ITEM | {"STAGED": staged})
+                    plan = Plan.make("ws_sm90", ONE_ITEM | {"STAGED": staged} | base)
                     for kname, mod in kernels.items():
                         if kname == "no-produce" and staged:  # its edit is STAGED=0's loop
                             continue
                         row = {"case": f"h{h} {name} T={t}", "kernel": kname, "STAGED": staged, "ids": ids,
-                               "length": length, "blocks": blocks(length, main_topk, ONE_ITEM["BLOCK_N"]),
-                               "full_blocks": full_blocks(length, main_topk, ONE_ITEM["BLOCK_N"]), "us": None,
+                               "length": length, "blocks": blocks(length, main_topk, plan["BLOCK_N"]),
+                               "full_blocks": full_blocks(length, main_topk, plan["BLOCK_N"]), "us": None,
                                "check": "timing only"}
                         if mod is None:
                             status, error, _ = case.check(plan)

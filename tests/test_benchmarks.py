@@ -146,3 +146,7 @@ def test_ws_anatomy_without_its_gpu_says_so_in_one_line(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir()), "no result file from a run that timed nothing"
     assert done.returncode == 2 and done.stderr == "", done.stderr[-2000:]
     assert done.stdout.count("\n") == 1 and done.stdout.startswith("ws_anatomy: needs a CUDA sm90 GPU"), done.stdout
+    done = subprocess.run([sys.executable, "benchmarks/ws_anatomy.py", "--config", '{"BLOCK_N": 16}', "--out",
+                           str(tmp_path)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout.count("\n") == 1 and "BLOCK_N=16 not in" in done.stdout, done.stdout
