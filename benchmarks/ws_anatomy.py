@@ -200,7 +200,7 @@ def main() -> int:
                 for staged in args.staged:
                     plan = Plan.make("ws_sm90", ONE_ITEM | {"STAGED": staged} | base)
                     for kname, mod in kernels.items():
-                        if kname == "no-produce" and staged:  # its edit is STAGED=0's loop
+                        if kname == "no-produce" and (staged or base.get("RING")):  # its edit: STAGED=0's loop
                             continue
                         row = {"case": f"h{h} {name} T={t}", "kernel": kname, "STAGED": staged, "ids": ids,
                                "length": length, "blocks": blocks(length, main_topk, plan["BLOCK_N"]),
