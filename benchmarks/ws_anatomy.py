@@ -107,9 +107,11 @@ def fit_blocks(points: list[tuple[int, float]]) -> tuple[float, float] | None:
     return mu - slope * mb, slope
 
 
-def _timed(time_graph: Any, fn: Any, mod: ModuleType | None) -> float:
+def _timed(fn: Any, mod: ModuleType | None) -> float:
     """Median us of ``fn``; with ``mod`` standing in for the kernel module while it is captured and
     timed (the ws launcher imports that module at each call)."""
+    from dsv4_tune.tuner.measure import time_graph
+
     key = "dsv4_tune.kernels.sm90.decode"
     saved = sys.modules.get(key)
     if mod is not None:
@@ -128,6 +130,14 @@ def _lengths(rows: int, n: int) -> Any:
     import torch
 
     return torch.full((rows,), n, dtype=torch.int32, device="cuda")
+
+
+def _hot(idx: Any) -> Any:
+    """Ids like ``idx`` with candidate k of every token at slot k % HOT_SLOTS (L2 hits after the first)."""
+    import torch
+
+    ar = torch.arange(idx.shape[-1], device=idx.device, dtype=idx.dtype) % HOT_SLOTS
+    return ar.expand_as(idx).contiguous()
 
 
 def main() -> int:
@@ -162,12 +172,11 @@ def main() -> int:
     from benchmarks.bench_decode import FP8, LAYERS, Scopes, point_inputs
     from dsv4_tune.kernels.reference import sparse_decode_ref
     from dsv4_tune.tuner.cases import DecodeCase
-    from dsv4_tune.tuner.measure import time_graph
 
     layers = {x.name: x for x in LAYERS}
     cases = [c.split(":") for c in args.cases]
-    if bad := [c for c in args.cases if len(c.split(":")) != 3 or c.split(":")[1] not in layers]:
-        print(f"ws_anatomy: not HEADS:LAYER:T with a layer of {sorted(layers)}: {bad}")
+    if bad := [c for c in cases if len(c) != 3 or not c[0].isdigit() or c[1] not in layers or not c[2].isdigit()]:
+        print(f"ws_anatomy: not HEADS:LAYER:T with a layer of {sorted(layers)}: {[':'.join(c) for c in bad]}")
         return 2
     kernels: dict[str, ModuleType | None] = {"main": None}
     if args.diag:
@@ -185,13 +194,10 @@ def main() -> int:
             for ids in ("random", "hot"):
                 kwn = dict(kw, topk_length=_lengths(b, min(length, main_topk)))
                 idx = main.indices
-                if ids == "hot":  # row k of every token: slot k % 64
-                    def hot(x: torch.Tensor) -> torch.Tensor:
-                        ar = torch.arange(x.shape[-1], device="cuda", dtype=x.dtype) % HOT_SLOTS
-                        return ar.expand_as(x).contiguous()
-                    idx = hot(idx)
+                if ids == "hot":
+                    idx = _hot(idx)
                     if extra_topk:
-                        kwn["extra_indices"] = hot(kw["extra_indices"])
+                        kwn["extra_indices"] = _hot(kw["extra_indices"])
                 if extra_topk:
                     kwn["extra_topk_length"] = _lengths(b, max(length - main_topk, 0))
                 scope = dataclasses.replace(main, indices=idx, topk_length=kwn["topk_length"])
@@ -211,7 +217,7 @@ def main() -> int:
                             row["check"] = "ok" if status == "ok" else f"!!! {status}: {(error or '')[:160]}"
                             failed |= status != "ok"
                         if row["check"] in ("ok", "timing only"):
-                            row["us"] = round(_timed(time_graph, case.timer(plan), mod), 2)
+                            row["us"] = round(_timed(case.timer(plan), mod), 2)
                         rows.append(row)
                         print(row, flush=True)
             del ref

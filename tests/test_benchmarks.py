@@ -86,11 +86,9 @@ def test_ab_kernels_runs_each_arm_on_its_own_files(tmp_path: Path) -> None:
 def test_ab_kernels_arms_keep_the_path_they_were_given(tmp_path: Path) -> None:
     """An arm's package copy comes first, and the path it was started with (where the device machine's
     wheels are) stays after it."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from ab_kernels import child_env
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.ab_kernels import child_env
+
     env = child_env(tmp_path / "arm0", {"PYTHONPATH": f"/tmp/site{os.pathsep}/repo", "HOME": "/root"})
     assert env["PYTHONPATH"].split(os.pathsep) == [str(tmp_path / "arm0"), "/tmp/site", "/repo"]
     assert env["HOME"] == "/root" and env["TRITON_CACHE_DIR"] == str(tmp_path / "arm0" / ".triton")
@@ -117,11 +115,9 @@ def test_ab_kernels_refuses_arms_it_cannot_compare(tmp_path: Path) -> None:
 
 
 def test_ws_anatomy_fits_the_fixed_part_and_the_per_block_slope() -> None:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from ws_anatomy import DIAGNOSTICS, KERNEL, blocks, fit_blocks, full_blocks
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.ws_anatomy import DIAGNOSTICS, KERNEL, blocks, fit_blocks, full_blocks
+
     # 128 main candidates then the extra scope's, each scope in whole 64-candidate tiles.
     assert [blocks(n, 128, 64) for n in (0, 1, 64, 65, 128, 129, 640, 1152)] == [0, 1, 1, 2, 2, 3, 10, 18]
     intercept, slope = fit_blocks([(1, 14.0), (2, 17.0), (10, 41.0), (18, 65.0)])
