@@ -295,8 +295,8 @@ def _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, c
 @gluon.jit
 def _my_items(n_items, PERSIST: gl.constexpr):
     """This program's items as range(first, last, step): p, p + P, ... on a persistent grid of P
-    programs; else item p alone (a loop of one trip, which the compiler removes: no loop-carried
-    state, so no spills, in the one-item kernel)."""
+    programs; else item p alone.  A loop of that one trip is not free (its bounds are runtime
+    values): the producer runs a lone item without one (see :func:`_producer`)."""
     first = gl.program_id(0)
     if PERSIST:
         last = n_items
