@@ -295,8 +295,8 @@ def _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, c
 @gluon.jit
 def _my_items(n_items, PERSIST: gl.constexpr):
     """This program's items as range(first, last, step): p, p + P, ... on a persistent grid of P
-    programs; else item p alone (a loop of one trip, which the compiler removes: no loop-carried
-    state, so no spills, in the one-item kernel)."""
+    programs; else item p alone.  A loop of that one trip is not free (its bounds are runtime
+    values): the producer runs a lone item without one (see :func:`_producer`)."""
     first = gl.program_id(0)
     if PERSIST:
         last = n_items
@@ -329,6 +329,27 @@ def _item(item, geo, HAS_EXTRA: gl.constexpr):
 
 
 @gluon.jit
+def _produce_item(item, blk, kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik,
+                  xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik,
+                  geo, len_ptr, xlen_ptr, kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
+                  HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr,
+                  BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr):
+    """One item's K tiles, main scope then extra, from ring block ``blk`` on; returns the next."""
+    s_q = geo[2]
+    _, t, tb, ts, _, lo, cap, x_lo, x_cap = _item(item, geo, HAS_EXTRA)
+    blk = _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_ptr + tb * s_ib + ts * s_is, s_ik, lo, cap,
+                         t, s_q, len_ptr, blk,
+                         kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
+                         HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED)
+    if HAS_EXTRA:
+        blk = _produce_scope(xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_ptr + tb * x_s_ib + ts * x_s_is,
+                             x_s_ik, x_lo, x_cap, t, s_q, xlen_ptr, blk,
+                             kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
+                             X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED)
+    return blk
+
+
+@gluon.jit
 def _producer(kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik,
               xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik,
               geo, n_items, len_ptr, xlen_ptr,
@@ -336,22 +357,24 @@ def _producer(kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik
               HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr,
               BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr,
               PERSIST: gl.constexpr):
-    """Every item's K tiles, main scope then extra, through one ring: the gathers of the next item
-    start while the consumers finish this one."""
-    s_q = geo[2]
-    blk = gl.to_tensor(0)
+    """Every item's K tiles through one ring: the gathers of the next item start while the consumers
+    finish this one.  One item is no loop at all: a loop of one trip (its bounds are runtime values)
+    still made ptxas keep loop state and spill the shared-memory base in ``STAGED``'s block loop."""
     first, item_end, step = _my_items(n_items, PERSIST)
-    for item in range(first, item_end, step):
-        _, t, tb, ts, _, lo, cap, x_lo, x_cap = _item(item, geo, HAS_EXTRA)
-        blk = _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_ptr + tb * s_ib + ts * s_is, s_ik, lo, cap,
-                             t, s_q, len_ptr, blk,
-                             kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
-                             HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED)
-        if HAS_EXTRA:
-            blk = _produce_scope(xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_ptr + tb * x_s_ib + ts * x_s_is,
-                                 x_s_ik, x_lo, x_cap, t, s_q, xlen_ptr, blk,
-                                 kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
-                                 X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED)
+    if PERSIST:
+        blk = gl.to_tensor(0)
+        for item in range(first, item_end, step):
+            blk = _produce_item(item, blk, kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik,
+                                xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik,
+                                geo, len_ptr, xlen_ptr, kbuf, bias_buf, k_ready, k_empty,
+                                st_a, st_b, st_c, st_rope, st_lo, st_hi,
+                                HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED)
+    else:
+        _produce_item(first, gl.to_tensor(0), kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik,
+                      xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik,
+                      geo, len_ptr, xlen_ptr, kbuf, bias_buf, k_ready, k_empty,
+                      st_a, st_b, st_c, st_rope, st_lo, st_hi,
+                      HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED)
 
 
 @gluon.jit
