@@ -436,6 +436,21 @@ def _store_half(o, C0: gl.constexpr, out_ptr, out_rows, hmask_rows, part_o_ptr, 
 
 
 @gluon.jit
+def _store_half_wide(o, C0: gl.constexpr, stage, head0, t, tb, ts, split, outs):
+    """Columns [C0, C0 + 256) of the item's final (bf16) output through ``stage``, a free [64, 256]
+    shared view (Q's buffer: read by no wgmma any more): written in the accumulator's layout, read
+    back 16 bytes a thread, stored one 512-byte row a warp and instruction (the accumulator's own
+    layout stores 4 bytes a thread: 64 stores a thread, two rows' halves of a sector each)."""
+    ST_L: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [4, 1], [1, 0])
+    stage.store(o.to(gl.bfloat16))
+    gl.thread_barrier()
+    y = stage.load(ST_L)
+    _, hmask, out_rows, _, _ = _out_rows(head0, t, tb, ts, split, outs, gl.SliceLayout(1, ST_L))
+    cols = C0 + gl.arange(0, DV, layout=gl.SliceLayout(0, ST_L))
+    gl.store(outs[0] + out_rows[:, None] + cols[None, :], y, mask=hmask[:, None] & (cols[None, :] >= 0))
+
+
+@gluon.jit
 def _softmax_block(s, bias, m_i, l_i, qk_scale):
     """One online-softmax step over a block of scores: (P as bf16, the rescale factor, new max, new sum)."""
     s = s * qk_scale + bias[None, :]
@@ -587,8 +602,11 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
         scale_smem.store(scale)
         mbarrier.arrive(done)
         o = o * gl.convert_layout(scale, gl.SliceLayout(1, O_L))[:, None]
-        _, hmask, out_rows, _, part_rows = _out_rows(head0, t, tb, ts, split, outs, gl.SliceLayout(1, O_L))
-        _store_half(o, 0, outs[0], out_rows, hmask, outs[7], part_rows, SPLIT, O_L)
+        if SPLIT or PERSIST or PIPE:  # fp32 partials; Q's buffer busy with the next item's Q; PIPE's registers
+            _, hmask, out_rows, _, part_rows = _out_rows(head0, t, tb, ts, split, outs, gl.SliceLayout(1, O_L))
+            _store_half(o, 0, outs[0], out_rows, hmask, outs[7], part_rows, SPLIT, O_L)
+        else:  # WG1 keeps the accumulator-layout stores: at its 160 registers the staging spills
+            _store_half_wide(o, 0, q_smem.slice(0, DV, dim=1), head0, t, tb, ts, split, outs)
         it += 1
 
 
