@@ -352,11 +352,11 @@ def _produce_item(item, blk, kv_ptr, stride_page, page_size, n_slots, idx_ptr, s
 @gluon.jit
 def _producer(kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik,
               xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik,
-              geo, n_items, len_ptr, xlen_ptr,
+              geo, n_items, len_ptr, xlen_ptr, outs, q_smem, out_ready,
               kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
               HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr,
               BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr,
-              PERSIST: gl.constexpr):
+              SPLIT: gl.constexpr, PERSIST: gl.constexpr):
     """Every item's K tiles through one ring: the gathers of the next item start while the consumers
     finish this one.  One item is no loop at all: a loop of one trip (its bounds are runtime values)
     still made ptxas keep loop state and spill the shared-memory base in ``STAGED``'s block loop."""
@@ -375,13 +375,19 @@ def _producer(kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik
                       geo, len_ptr, xlen_ptr, kbuf, bias_buf, k_ready, k_empty,
                       st_a, st_b, st_c, st_rope, st_lo, st_hi,
                       HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED)
+        if not SPLIT and not STAGED:  # WG1's half of the output, once it is in Q's buffer (STAGED: the
+            # flush's item values held over the block loop spilled 8 B there, 4-10% at 640+ candidates)
+            head0, t, tb, ts, split, _, _, _, _ = _item(first, geo, HAS_EXTRA)
+            mbarrier.wait(out_ready, 0)
+            _flush_half(DV, q_smem.slice(DV, DV, dim=1), head0, t, tb, ts, split, outs)
 
 
 @gluon.jit
-def _out_rows(head0, t, tb, ts, split, outs, ROWS: gl.constexpr):
-    """The item's heads in layout ``ROWS``: (heads, mask, out row offsets, LSE offsets, partial rows)."""
+def _out_rows(head0, t, tb, ts, split, outs, ROWS: gl.constexpr, N: gl.constexpr = HEADS):
+    """``N`` heads from ``head0`` in layout ``ROWS``: (heads, mask, out row offsets, LSE offsets,
+    partial rows)."""
     _, s_ob, s_os, s_oh, _, s_lb, s_lh, _, _, h_q, n_tok = outs
-    heads = head0 + gl.arange(0, HEADS, layout=ROWS)
+    heads = head0 + gl.arange(0, N, layout=ROWS)
     out_rows = tb * ((s_ob // 512) * 512) + ts * ((s_os // 512) * 512) + heads.to(gl.int64) * ((s_oh // 512) * 512)
     lse_rows = tb * s_lb + heads.to(gl.int64) * s_lh + ts
     part_rows = (split * n_tok + t) * h_q + heads
@@ -389,9 +395,9 @@ def _out_rows(head0, t, tb, ts, split, outs, ROWS: gl.constexpr):
 
 
 @gluon.jit
-def _pv_right(geo, n_items, len_ptr, xlen_ptr, outs, kbuf, p_smem, alpha_smem, scale_smem,
-              k_ready, k_empty, p_ready, p_empty, done, scale_empty,
-              SPLIT: gl.constexpr, KSTAGES: gl.constexpr, BLOCK_N: gl.constexpr,
+def _pv_right(geo, n_items, len_ptr, xlen_ptr, outs, q_smem, kbuf, p_smem, alpha_smem, scale_smem,
+              k_ready, k_empty, p_ready, p_empty, done, scale_empty, out_ready,
+              SPLIT: gl.constexpr, STAGED: gl.constexpr, KSTAGES: gl.constexpr, BLOCK_N: gl.constexpr,
               HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr, PERSIST: gl.constexpr):
     """WG1: per item, O[:, 256:] += P V[:, 256:] per block, then its half of the output."""
     O_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, DV, 16])
@@ -418,8 +424,14 @@ def _pv_right(geo, n_items, len_ptr, xlen_ptr, outs, kbuf, p_smem, alpha_smem, s
         mbarrier.wait(done, it & 1)
         scale = scale_smem.load(gl.SliceLayout(1, O_L))
         mbarrier.arrive(scale_empty)
-        _, hmask, out_rows, _, part_rows = _out_rows(head0, t, tb, ts, split, outs, gl.SliceLayout(1, O_L))
-        _store_half(o * scale[:, None], DV, outs[0], out_rows, hmask, outs[7], part_rows, SPLIT, O_L)
+        if SPLIT or PERSIST or STAGED:  # fp32 partials; Q's buffer busy with the next item's Q; STAGED: see
+            # _producer
+            _, hmask, out_rows, _, part_rows = _out_rows(head0, t, tb, ts, split, outs, gl.SliceLayout(1, O_L))
+            _store_half(o * scale[:, None], DV, outs[0], out_rows, hmask, outs[7], part_rows, SPLIT, O_L)
+        else:  # into Q's right half (WG0 waited on every QK^T before ``done``); the producer stores it:
+            # here the row offsets' registers beside the accumulator's 128 spilled at WG1's 160
+            q_smem.slice(DV, DV, dim=1).store((o * scale[:, None]).to(gl.bfloat16))
+            mbarrier.arrive(out_ready)
         it += 1
 
 
@@ -436,18 +448,19 @@ def _store_half(o, C0: gl.constexpr, out_ptr, out_rows, hmask_rows, part_o_ptr, 
 
 
 @gluon.jit
-def _store_half_wide(o, C0: gl.constexpr, stage, head0, t, tb, ts, split, outs):
-    """Columns [C0, C0 + 256) of the item's final (bf16) output through ``stage``, a free [64, 256]
-    shared view (Q's buffer: read by no wgmma any more): written in the accumulator's layout, read
-    back 16 bytes a thread, stored one 512-byte row a warp and instruction (the accumulator's own
-    layout stores 4 bytes a thread: 64 stores a thread, two rows' halves of a sector each)."""
+def _flush_half(C0: gl.constexpr, stage, head0, t, tb, ts, split, outs):
+    """Columns [C0, C0 + 256) of the item's final (bf16) output from ``stage`` (a [64, 256] shared
+    view the accumulator was written to): read back 16 bytes a thread, stored one 512-byte row a warp
+    and instruction (the accumulator's own layout stores 4 bytes a thread: 64 stores a thread, two
+    rows' halves of a sector each), 16 rows at a time so that a chunk's 16 registers and 4 row
+    offsets are all it holds."""
     ST_L: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [4, 1], [1, 0])
-    stage.store(o.to(gl.bfloat16))
-    gl.thread_barrier()
-    y = stage.load(ST_L)
-    _, hmask, out_rows, _, _ = _out_rows(head0, t, tb, ts, split, outs, gl.SliceLayout(1, ST_L))
+    CH: gl.constexpr = 16
     cols = C0 + gl.arange(0, DV, layout=gl.SliceLayout(0, ST_L))
-    gl.store(outs[0] + out_rows[:, None] + cols[None, :], y, mask=hmask[:, None] & (cols[None, :] >= 0))
+    for c in gl.static_range(HEADS // CH):
+        y = stage.slice(c * CH, CH, dim=0).load(ST_L)
+        _, hmask, out_rows, _, _ = _out_rows(head0 + c * CH, t, tb, ts, split, outs, gl.SliceLayout(1, ST_L), CH)
+        gl.store(outs[0] + out_rows[:, None] + cols[None, :], y, mask=hmask[:, None] & (cols[None, :] >= 0))
 
 
 @gluon.jit
@@ -605,8 +618,11 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
         if SPLIT or PERSIST or PIPE:  # fp32 partials; Q's buffer busy with the next item's Q; PIPE's registers
             _, hmask, out_rows, _, part_rows = _out_rows(head0, t, tb, ts, split, outs, gl.SliceLayout(1, O_L))
             _store_half(o, 0, outs[0], out_rows, hmask, outs[7], part_rows, SPLIT, O_L)
-        else:  # WG1 keeps the accumulator-layout stores: at its 160 registers the staging spills
-            _store_half_wide(o, 0, q_smem.slice(0, DV, dim=1), head0, t, tb, ts, split, outs)
+        else:  # through Q's left half (every wgmma of the item is done)
+            stage = q_smem.slice(0, DV, dim=1)
+            stage.store(o.to(gl.bfloat16))
+            gl.thread_barrier()
+            _flush_half(0, stage, head0, t, tb, ts, split, outs)
         it += 1
 
 
@@ -663,6 +679,7 @@ def _ws_decode_kernel(
     p_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     done = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     scale_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    out_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     # The producer's staging buffers (raw bytes of one sub-block; a token where unstaged).
     ST_ROWS: gl.constexpr = SUB if STAGED else 1
     PLAIN: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
@@ -679,6 +696,7 @@ def _ws_decode_kernel(
     mbarrier.init(p_empty, count=1)
     mbarrier.init(done, count=1)  # WG0, once per item: the output scale is in scale_smem
     mbarrier.init(scale_empty, count=1)  # WG1, once per item: it has read the scale
+    mbarrier.init(out_ready, count=1)  # WG1, once (a lone final item): its half is in Q's buffer
     fence_async_shared()  # the barrier inits, seen by every partition
     gl.thread_barrier()
 
@@ -689,14 +707,14 @@ def _ws_decode_kernel(
                             q_smem, kbuf, bias_buf, p_smem, alpha_smem, scale_smem,
                             k_ready, k_empty, p_ready, p_empty, done, scale_empty,
                             HAS_SINK, SPLIT, BLOCK_N, KSTAGES, PIPE, HAS_LEN, HAS_EXTRA, X_HAS_LEN, PERSIST)),
-        (_pv_right, (geo, n_items, len_ptr, xlen_ptr, outs, kbuf, p_smem, alpha_smem, scale_smem,
-                     k_ready, k_empty, p_ready, p_empty, done, scale_empty,
-                     SPLIT, KSTAGES, BLOCK_N, HAS_LEN, HAS_EXTRA, X_HAS_LEN, PERSIST)),
+        (_pv_right, (geo, n_items, len_ptr, xlen_ptr, outs, q_smem, kbuf, p_smem, alpha_smem, scale_smem,
+                     k_ready, k_empty, p_ready, p_empty, done, scale_empty, out_ready,
+                     SPLIT, STAGED, KSTAGES, BLOCK_N, HAS_LEN, HAS_EXTRA, X_HAS_LEN, PERSIST)),
         (_producer, (kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik,
                      xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik,
-                     geo, n_items, len_ptr, xlen_ptr,
+                     geo, n_items, len_ptr, xlen_ptr, outs, q_smem, out_ready,
                      kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
-                     HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED, PERSIST)),
+                     HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED, SPLIT, PERSIST)),
     ], [4, 4], [WG1_REGS, PRODUCER_REGS])
 
 
