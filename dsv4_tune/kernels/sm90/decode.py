@@ -18,6 +18,10 @@ memory and mbarriers, whose phases run on across items:
   O[:, :256] += P V with P from registers;
 - **WG1** (worker 0) rescales and accumulates O[:, 256:] from the shared P.
 
+A lone unsplit item's output leaves through Q's buffer (free once the item's QK^T are done), 16
+bytes a thread: WG0 stores its half itself; WG1 writes its half there and the producer, idle by
+then, stores it (WG1's 160 registers hold its accumulator and little else).
+
 K = V: the same tile serves QK^T and PV.  Invalid candidates (id -1, out of the pool, beyond the
 row's topk_length) get bias -inf and a zero K row, so unused slots are never read.  The epilogue
 follows the contract of :mod:`dsv4_tune.kernels.attention_core`: O = acc / (l + exp(sink - m)),
