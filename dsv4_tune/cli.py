@@ -800,6 +800,7 @@ def compile_check(
     failed = [r for r in rows if r["status"] not in ("ok", "skipped")]
     unfit = [r for r in rows if policy and r["status"] == "ok" and r["problems"]]
     skipped = [r for r in rows if r["status"] == "skipped"]
+    serialized = [r["key"] for r in rows if r.get("wgmma_serialized")]
     for why in dict.fromkeys(r["error"] for r in skipped):
         err_console.print(f"skipped {sum(r['error'] == why for r in skipped)} kernels: {why}", highlight=False,
                           markup=False)
@@ -809,7 +810,7 @@ def compile_check(
                      "failed": [{"key": r["key"], "error": r["error"]} for r in failed],
                      "unfit": [{"key": r["key"], "problems": r["problems"]} for r in unfit],
                      "skipped": [{"key": r["key"], "why": r["error"]} for r in skipped],
-                     "wgmma_serialized": [r["key"] for r in rows if r.get("wgmma_serialized")]})
+                     "wgmma_serialized": serialized})
         if failed or unfit:
             raise typer.Exit(1)
         return
@@ -823,7 +824,7 @@ def compile_check(
         console.print(Text.assemble(("FAILED", "red"), f" {r['key']}: {r['error'][:300]}"))
     for r in unfit[:10]:
         console.print(Text.assemble(("UNFIT", "red"), f" a shipped plan's {r['key']}: {'; '.join(r['problems'])}"))
-    if serialized := [r["key"] for r in rows if r.get("wgmma_serialized")]:
+    if serialized:
         console.print(f"{len(serialized)} kernels have every wgmma serialized by ptxas (C7513: a register an "
                       f"async wgmma uses is written before its wait), e.g. {serialized[0]}", highlight=False,
                       markup=False)
