@@ -565,16 +565,20 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
                     blk = g + b
                     ks = blk % KSTAGES
                     prev = (blk - 1) % KSTAGES
+                    # A register a non-wgmma instruction writes while an async wgmma reads it makes
+                    # ptxas serialize every wgmma (C7513): O's rescale and P's conversion come before
+                    # both are issued, and P's registers live (deps) until its PV is done.
+                    o = o * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
+                    pa = gl.convert_layout(pb, P_L)
                     mbarrier.wait(k_ready.index(ks), (blk // KSTAGES) & 1)
                     s = _qk(q_smem, kbuf.index(ks), BLOCK_N, S_L)
-                    o = _pv_left(o, alpha, pb, kbuf.index(prev), O_L, P_L)
+                    o = warpgroup_mma(pa, kbuf.index(prev).slice(0, DV, dim=1), o, is_async=True)
                     bias = bias_buf.index(ks).load(gl.SliceLayout(0, S_L))
                     s = warpgroup_mma_wait(1, deps=(s,))
-                    pb_new, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
-                    o = warpgroup_mma_wait(0, deps=(o,))
-                    mbarrier.arrive(k_empty.index(prev))
-                    pb = pb_new
+                    pb, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
                     _hand_p(pb, alpha, p_smem, alpha_smem, p_ready, p_empty, blk)
+                    o, pa = warpgroup_mma_wait(0, deps=(o, pa))
+                    mbarrier.arrive(k_empty.index(prev))
                 ks_last = (g + n_blocks - 1) % KSTAGES
                 o = _pv_left(o, alpha, pb, kbuf.index(ks_last), O_L, P_L)
                 o = warpgroup_mma_wait(0, deps=(o,))
