@@ -565,13 +565,13 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
                     blk = g + b
                     ks = blk % KSTAGES
                     prev = (blk - 1) % KSTAGES
-                    # A register a non-wgmma instruction writes while an async wgmma reads it makes
-                    # ptxas serialize every wgmma (C7513): O's rescale and P's conversion come before
-                    # both are issued, and P's registers live (deps) until its PV is done.
-                    o = o * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
-                    pa = gl.convert_layout(pb, P_L)
                     mbarrier.wait(k_ready.index(ks), (blk // KSTAGES) & 1)
                     s = _qk(q_smem, kbuf.index(ks), BLOCK_N, S_L)
+                    # A register a non-wgmma instruction writes while an async wgmma reads it makes
+                    # ptxas serialize every wgmma (C7513): P's registers stay live (deps) until its
+                    # PV is done, so the next softmax cannot reuse them.
+                    o = o * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
+                    pa = gl.convert_layout(pb, P_L)
                     o = warpgroup_mma(pa, kbuf.index(prev).slice(0, DV, dim=1), o, is_async=True)
                     s = warpgroup_mma_wait(1, deps=(s,))
                     bias = bias_buf.index(ks).load(gl.SliceLayout(0, S_L))
