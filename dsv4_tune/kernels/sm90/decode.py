@@ -557,8 +557,8 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
                 ks = g % KSTAGES
                 mbarrier.wait(k_ready.index(ks), (g // KSTAGES) & 1)
                 s = _qk(q_smem, kbuf.index(ks), BLOCK_N, S_L)
-                bias = bias_buf.index(ks).load(gl.SliceLayout(0, S_L))
                 s = warpgroup_mma_wait(0, deps=(s,))
+                bias = bias_buf.index(ks).load(gl.SliceLayout(0, S_L))
                 pb, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
                 _hand_p(pb, alpha, p_smem, alpha_smem, p_ready, p_empty, g)
                 for b in range(1, n_blocks):
