@@ -6,7 +6,8 @@ as the compile check builds it; use the GPU machine's Triton (``../shared/tools/
 for what runs there.  A *wave* is a run of global loads that are in flight together: it ends where
 an instruction reads a register one of its loads writes (the warp waits for the data there), and
 the next load starts a new wave, one more round trip.  Counted over the main loop (the longest
-backward branch), else the whole kernel.
+backward branch), else the whole kernel.  Also named: each loop with spill traffic (local loads and
+stores) inside, and a kernel whose wgmma ptxas serialized (its C7513 note).
 
     PY=$(bash ../shared/tools/device-toolchain)
     PYTHONPATH=$PWD $PY benchmarks/plan_sass.py OUT --workload 1 64 128 64 --lengths 1 1 \\
@@ -38,9 +39,28 @@ def instructions(sass: str) -> list[tuple[int, str]]:
 
 def main_loop(ins: list[tuple[int, str]]) -> tuple[int, int] | None:
     """[start, end] addresses of the longest backward branch's loop, None without one."""
-    loops = [(int(m.group(1), 16), addr) for addr, text in ins if (m := _BRANCH.search(text))
-             if int(m.group(1), 16) < addr]
-    return max(loops, key=lambda lo_hi: lo_hi[1] - lo_hi[0], default=None)
+    return max(loops(ins), key=lambda lo_hi: lo_hi[1] - lo_hi[0], default=None)
+
+
+def loops(ins: list[tuple[int, str]]) -> list[tuple[int, int]]:
+    """[start, end] addresses of every backward branch's loop, in address order.  A branch back from
+    past an EXIT is no loop: ptxas puts an mbarrier wait's retry after the function's end, and its
+    branch back would make the whole kernel one loop."""
+    exits = [addr for addr, text in ins if text.startswith("EXIT")]
+    return sorted((lo, hi) for hi, text in ins if (m := _BRANCH.search(text)) if (lo := int(m.group(1), 16)) < hi
+                  if not any(lo <= e <= hi for e in exits))
+
+
+def local_in_loops(ins: list[tuple[int, str]]) -> list[tuple[int, int, int]]:
+    """(start, end, local loads and stores) of each loop with spill traffic inside: a spill outside
+    every loop costs once, one inside costs every trip (a warp-specialized kernel's partitions are
+    loops of their own, so this names the partition that pays)."""
+    out = []
+    for lo, hi in loops(ins):
+        n = sum(1 for addr, text in ins if lo <= addr <= hi and text.split(" ", 1)[0].startswith(("LDL", "STL")))
+        if n:
+            out.append((lo, hi, n))
+    return out
 
 
 def _regs(operand: str) -> set[int]:
@@ -111,6 +131,11 @@ def main() -> None:
         where = f"main loop {loop[0]:#x}-{loop[1]:#x}" if loop else "whole kernel"
         print(f"{spec.key}: {usage['regs']} registers, {usage['spills']} B of spills; {where}: {len(waves)} load waves "
               f"({', '.join(str(len(wv)) for wv in waves)} loads)")
+        for lo, hi, n in local_in_loops(ins):
+            print(f"  loop {lo:#x}-{hi:#x}: {n} local loads / stores a trip")
+        if usage.get("wgmma_serialized"):
+            print("  ptxas serialized every wgmma (C7513): a register an async wgmma uses is written before "
+                  "its wait; name it in the wait's deps")
 
 
 if __name__ == "__main__":

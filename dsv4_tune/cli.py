@@ -807,7 +807,8 @@ def compile_check(
                      "summary": cc.summary(rows, targets, arches),
                      "failed": [{"key": r["key"], "error": r["error"]} for r in failed],
                      "unfit": [{"key": r["key"], "problems": r["problems"]} for r in unfit],
-                     "skipped": [{"key": r["key"], "why": r["error"]} for r in skipped]})
+                     "skipped": [{"key": r["key"], "why": r["error"]} for r in skipped],
+                     "wgmma_serialized": [r["key"] for r in rows if r.get("wgmma_serialized")]})
         if failed or unfit:
             raise typer.Exit(1)
         return
@@ -821,6 +822,10 @@ def compile_check(
         console.print(Text.assemble(("FAILED", "red"), f" {r['key']}: {r['error'][:300]}"))
     for r in unfit[:10]:
         console.print(Text.assemble(("UNFIT", "red"), f" a shipped plan's {r['key']}: {'; '.join(r['problems'])}"))
+    if serialized := [r["key"] for r in rows if r.get("wgmma_serialized")]:
+        console.print(f"{len(serialized)} kernels have every wgmma serialized by ptxas (C7513: a register an "
+                      f"async wgmma uses is written before its wait), e.g. {serialized[0]}", highlight=False,
+                      markup=False)
     if failed or unfit:
         raise typer.Exit(1)
 

@@ -46,6 +46,27 @@ def test_plan_sass_counts_the_round_trips_a_loop_waits_for() -> None:
     assert load_waves(ins) == [[0x20, 0x30], [0x50], [0x80]]
 
 
+def test_plan_sass_names_the_loops_that_pay_for_spills() -> None:
+    """A local load inside a loop is paid every trip and named with its loop; the one before the
+    loops is not counted."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.plan_sass import instructions, local_in_loops
+
+    sass = """
+        /*0010*/                   STL [R1], R2 ;
+        /*0020*/                   LDL R5, [R1] ;
+        /*0030*/                   IMAD R6, R5, 0x2, RZ ;
+        /*0040*/              @P1 BRA 0x30 ;
+        /*0050*/                   LDL.LU R7, [R1+0x4] ;
+        /*0060*/                   STL [R1+0x4], R8 ;
+        /*0070*/              @P2 BRA 0x50 ;
+        /*0080*/                   EXIT ;
+        /*0090*/                   SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [R3], R4 ;
+        /*00a0*/                   BRA 0x20 ;
+    """
+    assert local_in_loops(instructions(sass)) == [(0x50, 0x70, 2)]  # the retry past EXIT is no loop
+
+
 def test_ab_kernels_runs_each_arm_on_its_own_files(tmp_path: Path) -> None:
     """An arm whose combine doubles its output fails its check there and only there; the checkout's
     kernels are left as they were."""

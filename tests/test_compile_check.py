@@ -165,3 +165,39 @@ def test_a_shipped_plan_whose_kernel_became_unfit_fails_the_policy_check(monkeyp
     monkeypatch.setattr(cc, "run_check", spilling)
     bad = CliRunner().invoke(app, ["compile-check", "--policy", str(gfx950)], terminal_width=200)
     assert bad.exit_code == 1 and "UNFIT" in bad.stdout and "spills 1000" in bad.stdout, bad.output
+
+
+def test_ptxas_report_reads_registers_spills_and_serialized_wgmma() -> None:
+    """The note ptxas gives when it serializes every wgmma (a silent 10-20% on the warp-specialized
+    kernel's pipelined mode) is read as such; its absence, and output that says nothing, are not."""
+    from dsv4_tune.tuner.crosscompile import ptxas_report
+
+    plain = ("ptxas info    : Function properties for k\n    0 bytes stack frame, 12 bytes spill stores, "
+             "16 bytes spill loads\nptxas info    : Used 168 registers, used 4 barriers\n")
+    serialized = plain + ("ptxas info    : (C7513) Potential Performance Loss: wgmma.mma_async instructions "
+                          "are serialized due to non wgmma instructions defining input registers\n")
+    assert ptxas_report(plain) == (168, 12, False)
+    assert ptxas_report(serialized) == (168, 12, True)
+    assert ptxas_report("") == (None, None, False)
+
+
+def test_compile_check_names_kernels_whose_wgmma_ptxas_serialized(monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from dsv4_tune.cli import app
+    from dsv4_tune.policies.dispatcher import shipped_policies
+    from dsv4_tune.tuner import compile_check as cc
+
+    sm90 = next(p for p in shipped_policies() if p.stem.startswith("sm90"))
+
+    def fake(targets, jobs, on_row=None):
+        return [{"arch": a, "kernel": spec[0], "key": kernel_key(a, spec), "status": "ok", "error": None,
+                 "toolchain": "fake", "regs": 168, "sgprs": None, "spills": 0, "shared": 1024, "occupancy": 12,
+                 "wgmma_serialized": i == 0} for i, (a, spec) in enumerate(targets)]
+
+    monkeypatch.setattr(cc, "run_check", fake)
+    out = CliRunner().invoke(app, ["compile-check", "--policy", str(sm90), "--json"])
+    assert out.exit_code == 0, out.output
+    assert len(json.loads(out.stdout)["wgmma_serialized"]) == 1
+    text = CliRunner().invoke(app, ["compile-check", "--policy", str(sm90)], terminal_width=200)
+    assert text.exit_code == 0 and "1 kernels have every wgmma serialized by ptxas (C7513" in text.stdout, text.output

@@ -83,8 +83,22 @@ def _signature(fn, consts: dict) -> tuple[dict[str, str], dict]:
     return sig, attrs
 
 
-def _ptxas_usage(ptx: str) -> tuple[int | None, int | None]:
-    """(registers, spill-store bytes) from Triton's own ptxas, or (None, None) if it cannot say."""
+# ptxas's note that it serialized every wgmma of a function: a register an async wgmma reads (or
+# writes) is written by another instruction before the wgmma is waited for.  Correct, and much slower:
+# the MMAs of a warp-specialized pipeline no longer overlap anything.
+WGMMA_SERIALIZED = "C7513"
+
+
+def ptxas_report(stderr: str) -> tuple[int | None, int | None, bool]:
+    """(registers, spill-store bytes, whether ptxas serialized the wgmma) from ``ptxas -v`` output."""
+    regs = re.search(r"Used (\d+) registers", stderr)
+    spill = re.search(r"(\d+) bytes spill stores", stderr)
+    return (int(regs.group(1)) if regs else None, int(spill.group(1)) if spill else None,
+            WGMMA_SERIALIZED in stderr)
+
+
+def _ptxas_usage(ptx: str) -> tuple[int | None, int | None, bool | None]:
+    """:func:`ptxas_report` from Triton's own ptxas, or (None, None, None) if it cannot say."""
     try:
         from triton.backends.nvidia.compiler import get_ptxas
 
@@ -93,11 +107,9 @@ def _ptxas_usage(ptx: str) -> tuple[int | None, int | None]:
             f.flush()
             r = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", f.name, "-o", "/dev/null"],
                                capture_output=True, text=True, timeout=300)
-        regs = re.search(r"Used (\d+) registers", r.stderr)
-        spill = re.search(r"(\d+) bytes spill stores", r.stderr)
-        return (int(regs.group(1)) if regs else None, int(spill.group(1)) if spill else None)
+        return ptxas_report(r.stderr)
     except Exception:
-        return None, None
+        return None, None, None
 
 
 def _amd_usage(amdgcn: str, key: str) -> int | None:
@@ -135,12 +147,13 @@ def build(spec: KernelSpec):  # -> triton.compiler.CompiledKernel (its asm: ptx,
 
 
 def compile_kernel(spec: KernelSpec) -> dict:
-    """Compile ``spec`` for its arch; a row: status, error, registers, spills, shared, occupancy."""
+    """Compile ``spec`` for its arch; a row: status, error, registers, spills, shared, occupancy, and
+    (sm90) whether ptxas serialized its wgmma."""
     arch = spec.arch
     name, _, num_warps, num_stages = spec.launch
     row = {"arch": arch, "kernel": name, "key": spec.key, "num_warps": num_warps, "num_stages": num_stages,
            "toolchain": f"triton {triton.__version__}", "regs": None, "sgprs": None, "spills": None,
-           "shared": None, "occupancy": None}
+           "shared": None, "occupancy": None, "wgmma_serialized": None}
     if name in UNBUILDABLE:  # a Gluon kernel this Triton cannot build: no verdict, no rule
         return {**row, "status": "skipped", "error": UNBUILDABLE[name]}
     try:
@@ -149,15 +162,16 @@ def compile_kernel(spec: KernelSpec) -> dict:
         msg = [line for line in str(e).strip().splitlines() if line.strip()]
         return {**row, "status": "compile_error", "error": " | ".join(msg[-6:])[:2000]}
     shared = int(k.metadata.shared)
+    serialized = None
     if arch == "sm90":
-        regs, spill = _ptxas_usage(k.asm["ptx"])
+        regs, spill, serialized = _ptxas_usage(k.asm["ptx"])
         sgprs = None
     else:
         regs = _amd_usage(k.asm["amdgcn"], "vgpr_count")
         sgprs = _amd_usage(k.asm["amdgcn"], "sgpr_count")
         spill = _amd_usage(k.asm["amdgcn"], "vgpr_spill_count")
     row.update(status="ok", error=None, regs=regs, sgprs=sgprs, spills=spill, shared=shared,
-               occupancy=occupancy(arch, num_warps, shared, regs))
+               occupancy=occupancy(arch, num_warps, shared, regs), wgmma_serialized=serialized)
     return row
 
 
