@@ -478,6 +478,15 @@ def _softmax_block(s, bias, m_i, l_i, qk_scale):
 
 
 @gluon.jit
+def _q_at(q3, blk):
+    """Q's tile as the block loop's QK^T reads it: ``q3.index(blk >> 30)``, always index 0, but not a
+    constant to the compiler.  With a constant, LLVM hoists the 32 k-steps' wgmma descriptors out of
+    the loop, where they hold uniform and then ordinary registers for the whole loop: in a kernel
+    where two partitions do that (the seesaw), both spill hundreds of bytes."""
+    return q3.index(blk >> 30)
+
+
+@gluon.jit
 def _qk(q_smem, kt, BLOCK_N: gl.constexpr, S_L: gl.constexpr):
     """Start S = Q K^T of one K tile (async: wait with warpgroup_mma_wait)."""
     s = gl.zeros([HEADS, BLOCK_N], gl.float32, layout=S_L)
@@ -525,7 +534,7 @@ def _q_landed():
 
 @gluon.jit
 def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_qb, s_qs, s_qh, sink_ptr,
-                     q_smem, kbuf, bias_buf, p_smem, alpha_smem, scale_smem,
+                     q3, q_smem, kbuf, bias_buf, p_smem, alpha_smem, scale_smem,
                      k_ready, k_empty, p_ready, p_empty, done, scale_empty,
                      HAS_SINK: gl.constexpr, SPLIT: gl.constexpr, BLOCK_N: gl.constexpr, KSTAGES: gl.constexpr,
                      PIPE: gl.constexpr, HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr,
@@ -556,9 +565,9 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
             if n_blocks > 0:
                 ks = g % KSTAGES
                 mbarrier.wait(k_ready.index(ks), (g // KSTAGES) & 1)
-                s = _qk(q_smem, kbuf.index(ks), BLOCK_N, S_L)
-                bias = bias_buf.index(ks).load(gl.SliceLayout(0, S_L))
+                s = _qk(_q_at(q3, g), kbuf.index(ks), BLOCK_N, S_L)
                 s = warpgroup_mma_wait(0, deps=(s,))
+                bias = bias_buf.index(ks).load(gl.SliceLayout(0, S_L))
                 pb, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
                 _hand_p(pb, alpha, p_smem, alpha_smem, p_ready, p_empty, g)
                 for b in range(1, n_blocks):
@@ -566,15 +575,19 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
                     ks = blk % KSTAGES
                     prev = (blk - 1) % KSTAGES
                     mbarrier.wait(k_ready.index(ks), (blk // KSTAGES) & 1)
-                    s = _qk(q_smem, kbuf.index(ks), BLOCK_N, S_L)
-                    o = _pv_left(o, alpha, pb, kbuf.index(prev), O_L, P_L)
-                    bias = bias_buf.index(ks).load(gl.SliceLayout(0, S_L))
+                    s = _qk(_q_at(q3, blk), kbuf.index(ks), BLOCK_N, S_L)
+                    # A register a non-wgmma instruction writes while an async wgmma reads it makes
+                    # ptxas serialize every wgmma (C7513): P's registers stay live (deps) until its
+                    # PV is done, so the next softmax cannot reuse them.
+                    o = o * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
+                    pa = gl.convert_layout(pb, P_L)
+                    o = warpgroup_mma(pa, kbuf.index(prev).slice(0, DV, dim=1), o, is_async=True)
                     s = warpgroup_mma_wait(1, deps=(s,))
-                    pb_new, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
-                    o = warpgroup_mma_wait(0, deps=(o,))
-                    mbarrier.arrive(k_empty.index(prev))
-                    pb = pb_new
+                    bias = bias_buf.index(ks).load(gl.SliceLayout(0, S_L))
+                    pb, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
                     _hand_p(pb, alpha, p_smem, alpha_smem, p_ready, p_empty, blk)
+                    o, pa = warpgroup_mma_wait(0, deps=(o, pa))
+                    mbarrier.arrive(k_empty.index(prev))
                 ks_last = (g + n_blocks - 1) % KSTAGES
                 o = _pv_left(o, alpha, pb, kbuf.index(ks_last), O_L, P_L)
                 o = warpgroup_mma_wait(0, deps=(o,))
@@ -585,7 +598,7 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
                 ks = blk % KSTAGES
                 mbarrier.wait(k_ready.index(ks), (blk // KSTAGES) & 1)
                 kt = kbuf.index(ks)
-                s = _qk(q_smem, kt, BLOCK_N, S_L)
+                s = _qk(_q_at(q3, blk), kt, BLOCK_N, S_L)
                 bias = bias_buf.index(ks).load(gl.SliceLayout(0, S_L))
                 s = warpgroup_mma_wait(0, deps=(s,))
                 pb, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
@@ -672,7 +685,8 @@ def _ws_decode_kernel(
     VEC_SL: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
     kbuf = gl.allocate_shared_memory(gl.bfloat16, [KSTAGES, BLOCK_N, D], K_SL)
     bias_buf = gl.allocate_shared_memory(gl.float32, [KSTAGES, BLOCK_N], VEC_SL)
-    q_smem = gl.allocate_shared_memory(gl.bfloat16, [HEADS, D], K_SL)
+    q3 = gl.allocate_shared_memory(gl.bfloat16, [1, HEADS, D], K_SL)  # see _q_at
+    q_smem = q3.index(0)
     P_SL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=min(128, 2 * BLOCK_N), element_bitwidth=16, rank=2)
     p_smem = gl.allocate_shared_memory(gl.bfloat16, [HEADS, BLOCK_N], P_SL)
     alpha_smem = gl.allocate_shared_memory(gl.float32, [HEADS], VEC_SL)
@@ -708,7 +722,7 @@ def _ws_decode_kernel(
     outs = (out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr, h_q, n_tok)
     gl.warp_specialize([
         (_softmax_pv_left, (geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_qb, s_qs, s_qh, sink_ptr,
-                            q_smem, kbuf, bias_buf, p_smem, alpha_smem, scale_smem,
+                            q3, q_smem, kbuf, bias_buf, p_smem, alpha_smem, scale_smem,
                             k_ready, k_empty, p_ready, p_empty, done, scale_empty,
                             HAS_SINK, SPLIT, BLOCK_N, KSTAGES, PIPE, HAS_LEN, HAS_EXTRA, X_HAS_LEN, PERSIST)),
         (_pv_right, (geo, n_items, len_ptr, xlen_ptr, outs, q_smem, kbuf, p_smem, alpha_smem, scale_smem,
