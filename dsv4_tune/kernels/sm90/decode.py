@@ -437,7 +437,8 @@ def _pv_right(geo, n_items, len_ptr, xlen_ptr, outs, q_smem, kbuf, p_smem, alpha
             # here the row offsets' registers beside the accumulator's 128 spilled at WG1's 160
             q_smem.slice(DV, DV, dim=1).store((o * scale[:, None]).to(gl.bfloat16))
             item_slot.store(gl.full([1], item, gl.int32, layout=gl.BlockedLayout([1], [32], [4], [0])))
-            mbarrier.arrive(out_ready)
+            mbarrier.arrive(out_ready)  # one thread's release after a partition barrier (Triton 3.6's
+            # lowering): every thread's stores above are in when the producer's wait returns
         it += 1
 
 
