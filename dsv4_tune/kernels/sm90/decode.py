@@ -356,7 +356,7 @@ def _produce_item(item, blk, kv_ptr, stride_page, page_size, n_slots, idx_ptr, s
 @gluon.jit
 def _producer(kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik,
               xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik,
-              geo, n_items, len_ptr, xlen_ptr, outs, q_smem, out_ready,
+              geo, n_items, len_ptr, xlen_ptr, outs, q_smem, out_ready, item_slot,
               kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
               HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr,
               BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr,
@@ -379,10 +379,12 @@ def _producer(kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik
                       geo, len_ptr, xlen_ptr, kbuf, bias_buf, k_ready, k_empty,
                       st_a, st_b, st_c, st_rope, st_lo, st_hi,
                       HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED)
-        if not SPLIT and not STAGED:  # WG1's half of the output, once it is in Q's buffer (STAGED: the
-            # flush's item values held over the block loop spilled 8 B there, 4-10% at 640+ candidates)
-            head0, t, tb, ts, split, _, _, _, _ = _item(first, geo, HAS_EXTRA)
+        if not SPLIT:  # WG1's half of the output, once it is in Q's buffer
             mbarrier.wait(out_ready, 0)
+            # The item as WG1 left it in shared memory: computed from ``first`` here, its values were
+            # held over the block loop (an 8-B spill under STAGED, 4-10% slower at 640+ candidates).
+            one: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
+            head0, t, tb, ts, split, _, _, _, _ = _item(gl.max(item_slot.load(one), axis=0), geo, HAS_EXTRA)
             _flush_half(DV, q_smem.slice(DV, DV, dim=1), head0, t, tb, ts, split, outs)
 
 
@@ -400,7 +402,7 @@ def _out_rows(head0, t, tb, ts, split, outs, ROWS: gl.constexpr, N: gl.constexpr
 
 @gluon.jit
 def _pv_right(geo, n_items, len_ptr, xlen_ptr, outs, q_smem, kbuf, p_smem, alpha_smem, scale_smem,
-              k_ready, k_empty, p_ready, p_empty, done, scale_empty, out_ready,
+              k_ready, k_empty, p_ready, p_empty, done, scale_empty, out_ready, item_slot,
               SPLIT: gl.constexpr, STAGED: gl.constexpr, KSTAGES: gl.constexpr, BLOCK_N: gl.constexpr,
               HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr, PERSIST: gl.constexpr):
     """WG1: per item, O[:, 256:] += P V[:, 256:] per block, then its half of the output."""
@@ -428,14 +430,15 @@ def _pv_right(geo, n_items, len_ptr, xlen_ptr, outs, q_smem, kbuf, p_smem, alpha
         mbarrier.wait(done, it & 1)
         scale = scale_smem.load(gl.SliceLayout(1, O_L))
         mbarrier.arrive(scale_empty)
-        if SPLIT or PERSIST or STAGED:  # fp32 partials; Q's buffer busy with the next item's Q; STAGED: see
-            # _producer
+        if SPLIT or PERSIST:  # fp32 partials; Q's buffer busy with the next item's Q
             _, hmask, out_rows, _, part_rows = _out_rows(head0, t, tb, ts, split, outs, gl.SliceLayout(1, O_L))
             _store_half(o * scale[:, None], DV, outs[0], out_rows, hmask, outs[7], part_rows, SPLIT, O_L)
         else:  # into Q's right half (WG0 waited on every QK^T before ``done``); the producer stores it:
             # here the row offsets' registers beside the accumulator's 128 spilled at WG1's 160
             q_smem.slice(DV, DV, dim=1).store((o * scale[:, None]).to(gl.bfloat16))
-            mbarrier.arrive(out_ready)
+            item_slot.store(gl.full([1], item, gl.int32, layout=gl.BlockedLayout([1], [32], [4], [0])))
+            mbarrier.arrive(out_ready)  # one thread's release after a partition barrier (Triton 3.6's
+            # lowering): every thread's stores above are in when the producer's wait returns
         it += 1
 
 
@@ -698,6 +701,7 @@ def _ws_decode_kernel(
     done = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     scale_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     out_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    item_slot = gl.allocate_shared_memory(gl.int32, [1], VEC_SL)  # WG1's item, for the producer's store
     # The producer's staging buffers (raw bytes of one sub-block; a token where unstaged).
     ST_ROWS: gl.constexpr = SUB if STAGED else 1
     PLAIN: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
@@ -726,11 +730,11 @@ def _ws_decode_kernel(
                             k_ready, k_empty, p_ready, p_empty, done, scale_empty,
                             HAS_SINK, SPLIT, BLOCK_N, KSTAGES, PIPE, HAS_LEN, HAS_EXTRA, X_HAS_LEN, PERSIST)),
         (_pv_right, (geo, n_items, len_ptr, xlen_ptr, outs, q_smem, kbuf, p_smem, alpha_smem, scale_smem,
-                     k_ready, k_empty, p_ready, p_empty, done, scale_empty, out_ready,
+                     k_ready, k_empty, p_ready, p_empty, done, scale_empty, out_ready, item_slot,
                      SPLIT, STAGED, KSTAGES, BLOCK_N, HAS_LEN, HAS_EXTRA, X_HAS_LEN, PERSIST)),
         (_producer, (kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik,
                      xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik,
-                     geo, n_items, len_ptr, xlen_ptr, outs, q_smem, out_ready,
+                     geo, n_items, len_ptr, xlen_ptr, outs, q_smem, out_ready, item_slot,
                      kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
                      HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED, SPLIT, PERSIST)),
     ], [4, 4], [WG1_REGS, PRODUCER_REGS])
