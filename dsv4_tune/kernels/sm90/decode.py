@@ -360,7 +360,7 @@ def _producer(kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik
               kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
               HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr,
               BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr,
-              SPLIT: gl.constexpr, PERSIST: gl.constexpr):
+              FLUSH: gl.constexpr, PERSIST: gl.constexpr):
     """Every item's K tiles through one ring: the gathers of the next item start while the consumers
     finish this one.  One item is no loop at all: a loop of one trip (its bounds are runtime values)
     still made ptxas keep loop state and spill the shared-memory base in ``STAGED``'s block loop."""
@@ -379,7 +379,7 @@ def _producer(kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik
                       geo, len_ptr, xlen_ptr, kbuf, bias_buf, k_ready, k_empty,
                       st_a, st_b, st_c, st_rope, st_lo, st_hi,
                       HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED)
-        if not SPLIT:  # WG1's half of the output, once it is in Q's buffer
+        if FLUSH:  # WG1's half of the output, once it is in Q's buffer
             mbarrier.wait(out_ready, 0)
             # The item as WG1 left it in shared memory: computed from ``first`` here, its values were
             # held over the block loop (an 8-B spill under STAGED, 4-10% slower at 640+ candidates).
@@ -403,7 +403,7 @@ def _out_rows(head0, t, tb, ts, split, outs, ROWS: gl.constexpr, N: gl.constexpr
 @gluon.jit
 def _pv_right(geo, n_items, len_ptr, xlen_ptr, outs, q_smem, kbuf, p_smem, alpha_smem, scale_smem,
               k_ready, k_empty, p_ready, p_empty, done, scale_empty, out_ready, item_slot,
-              SPLIT: gl.constexpr, STAGED: gl.constexpr, KSTAGES: gl.constexpr, BLOCK_N: gl.constexpr,
+              SPLIT: gl.constexpr, FLUSH: gl.constexpr, KSTAGES: gl.constexpr, BLOCK_N: gl.constexpr,
               HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr, PERSIST: gl.constexpr):
     """WG1: per item, O[:, 256:] += P V[:, 256:] per block, then its half of the output."""
     O_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, DV, 16])
@@ -430,7 +430,7 @@ def _pv_right(geo, n_items, len_ptr, xlen_ptr, outs, q_smem, kbuf, p_smem, alpha
         mbarrier.wait(done, it & 1)
         scale = scale_smem.load(gl.SliceLayout(1, O_L))
         mbarrier.arrive(scale_empty)
-        if SPLIT or PERSIST:  # fp32 partials; Q's buffer busy with the next item's Q
+        if not FLUSH:  # fp32 partials, or Q's buffer busy with the next item's Q
             _, hmask, out_rows, _, part_rows = _out_rows(head0, t, tb, ts, split, outs, gl.SliceLayout(1, O_L))
             _store_half(o * scale[:, None], DV, outs[0], out_rows, hmask, outs[7], part_rows, SPLIT, O_L)
         else:  # into Q's right half (WG0 waited on every QK^T before ``done``); the producer stores it:
@@ -723,6 +723,9 @@ def _ws_decode_kernel(
     gl.thread_barrier()
 
     geo = (gl.cdiv(h_q, HEADS), n_tok, s_q, chunk, topk, x_topk)  # what _item reads an item from
+    # WG1's half of a lone final item goes through Q's right half and the producer (one condition for
+    # both sides: the producer waits on an ``out_ready`` only WG1 arrives on).
+    FLUSH: gl.constexpr = not SPLIT and not PERSIST
     outs = (out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr, h_q, n_tok)
     gl.warp_specialize([
         (_softmax_pv_left, (geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_qb, s_qs, s_qh, sink_ptr,
@@ -731,12 +734,12 @@ def _ws_decode_kernel(
                             HAS_SINK, SPLIT, BLOCK_N, KSTAGES, PIPE, HAS_LEN, HAS_EXTRA, X_HAS_LEN, PERSIST)),
         (_pv_right, (geo, n_items, len_ptr, xlen_ptr, outs, q_smem, kbuf, p_smem, alpha_smem, scale_smem,
                      k_ready, k_empty, p_ready, p_empty, done, scale_empty, out_ready, item_slot,
-                     SPLIT, STAGED, KSTAGES, BLOCK_N, HAS_LEN, HAS_EXTRA, X_HAS_LEN, PERSIST)),
+                     SPLIT, FLUSH, KSTAGES, BLOCK_N, HAS_LEN, HAS_EXTRA, X_HAS_LEN, PERSIST)),
         (_producer, (kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik,
                      xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik,
                      geo, n_items, len_ptr, xlen_ptr, outs, q_smem, out_ready, item_slot,
                      kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
-                     HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED, SPLIT, PERSIST)),
+                     HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED, FLUSH, PERSIST)),
     ], [4, 4], [WG1_REGS, PRODUCER_REGS])
 
 
