@@ -431,8 +431,7 @@ def _pv_right(geo, n_items, len_ptr, xlen_ptr, outs, q_smem, kbuf, p_smem, alpha
         scale = scale_smem.load(gl.SliceLayout(1, O_L))
         mbarrier.arrive(scale_empty)
         if not FLUSH:  # fp32 partials, or Q's buffer busy with the next item's Q
-            _, hmask, out_rows, _, part_rows = _out_rows(head0, t, tb, ts, split, outs, gl.SliceLayout(1, O_L))
-            _store_half(o * scale[:, None], DV, outs[0], out_rows, hmask, outs[7], part_rows, SPLIT, O_L)
+            _store_half(o * scale[:, None], DV, head0, t, tb, ts, split, outs, SPLIT, O_L)
         else:  # into Q's right half (WG0 waited on every QK^T before ``done``); the producer stores it:
             # here the row offsets' registers beside the accumulator's 128 spilled at WG1's 160
             q_smem.slice(DV, DV, dim=1).store((o * scale[:, None]).to(gl.bfloat16))
@@ -443,15 +442,26 @@ def _pv_right(geo, n_items, len_ptr, xlen_ptr, outs, q_smem, kbuf, p_smem, alpha
 
 
 @gluon.jit
-def _store_half(o, C0: gl.constexpr, out_ptr, out_rows, hmask_rows, part_o_ptr, part_rows,
-                SPLIT: gl.constexpr, O_L: gl.constexpr):
-    """Columns [C0, C0 + 256) of the program's output rows: bf16 final or fp32 partial."""
-    cols = C0 + gl.arange(0, DV, layout=gl.SliceLayout(0, O_L))
-    mask = hmask_rows[:, None] & (cols[None, :] >= 0)
+def _store_half(o, C0: gl.constexpr, head0, t, tb, ts, split, outs, SPLIT: gl.constexpr, O_L: gl.constexpr):
+    """Columns [C0, C0 + 256) of the item's output rows from the accumulator ``o`` (layout ``O_L``):
+    fp32 partial or bf16 final.  In the wgmma layout a thread holds 2 adjacent columns: 8-byte
+    stores of fp32 partials (converted, they spilled 256 B under Triton 3.6), but 4-byte stores of
+    bf16 (64 a thread), so the final output is converted first (a 2-KiB scratch and ``ldmatrix``)
+    to 8 adjacent columns a thread: 16-byte stores, 64 contiguous bytes a row and warp instruction."""
     if SPLIT:
-        gl.store(part_o_ptr + part_rows[:, None].to(gl.int64) * 512 + cols[None, :], o, mask=mask)
+        _, hmask, _, _, part_rows = _out_rows(head0, t, tb, ts, split, outs, gl.SliceLayout(1, O_L))
+        cols = C0 + gl.arange(0, DV, layout=gl.SliceLayout(0, O_L))
+        mask = hmask[:, None] & (cols[None, :] >= 0)
+        gl.store(outs[7] + part_rows[:, None].to(gl.int64) * 512 + cols[None, :], o, mask=mask)
     else:
-        gl.store(out_ptr + out_rows[:, None] + cols[None, :], o.to(gl.bfloat16), mask=mask)
+        W_L: gl.constexpr = gl.DistributedLinearLayout(  # the wgmma layout's rows per warp, 8 columns a thread
+            reg_bases=[[0, 1], [0, 2], [0, 4], [8, 0], [0, 32], [0, 64], [0, 128]],
+            lane_bases=[[0, 8], [0, 16], [1, 0], [2, 0], [4, 0]],
+            warp_bases=[[16, 0], [32, 0]], block_bases=[], shape=[HEADS, DV])
+        _, hmask, out_rows, _, _ = _out_rows(head0, t, tb, ts, split, outs, gl.SliceLayout(1, W_L))
+        cols = C0 + gl.arange(0, DV, layout=gl.SliceLayout(0, W_L))
+        mask = hmask[:, None] & (cols[None, :] >= 0)
+        gl.store(outs[0] + out_rows[:, None] + cols[None, :], gl.convert_layout(o.to(gl.bfloat16), W_L), mask=mask)
 
 
 @gluon.jit
@@ -636,8 +646,7 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
         mbarrier.arrive(done)
         o = o * gl.convert_layout(scale, gl.SliceLayout(1, O_L))[:, None]
         if SPLIT or PERSIST or PIPE:  # fp32 partials; Q's buffer busy with the next item's Q; PIPE's registers
-            _, hmask, out_rows, _, part_rows = _out_rows(head0, t, tb, ts, split, outs, gl.SliceLayout(1, O_L))
-            _store_half(o, 0, outs[0], out_rows, hmask, outs[7], part_rows, SPLIT, O_L)
+            _store_half(o, 0, head0, t, tb, ts, split, outs, SPLIT, O_L)
         else:  # through Q's left half (every wgmma of the item is done)
             stage = q_smem.slice(0, DV, dim=1)
             stage.store(o.to(gl.bfloat16))
