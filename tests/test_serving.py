@@ -243,15 +243,32 @@ def test_the_scratch_registry_names_what_the_launchers_take(plan: Plan, device, 
         math.prod(shape) for shape, _ in want.values())
 
 
-def test_a_reserved_workspace_never_grows(device, gen) -> None:
+def _split_policy(tmp_path: Path) -> Path:
+    """The H100 policy with split plans (runnable here) for h64's 128-candidate classes: 8 splits of
+    16 candidates up to T = 2, whose partials outgrow T = 4's 2 splits, then 2 (the shipped policies'
+    small-batch plans move with every sweep, and their ``ws_sm90`` plans cannot run here)."""
+    data = json.loads(next(p for p in shipped_policies() if p.stem == "sm90-h100").read_text())
+    cfg = {"BLOCK_H": 16, "COMBINE_BLOCK_H": 8, "combine_warps": 4, "num_stages": 1, "num_warps": 4}
+    for c in data["classes"]:
+        if (c["h_q"], c["topk_main"], c["topk_extra"]) == (64, 128, 0):
+            c["segments"] = [{"margin": 0.0, "max_tokens": m, "plan": {"variant": "fused_splitk",
+                                                                       "config": {**cfg, "SPLIT_K": k, "BLOCK_N": n}}}
+                             for m, k, n in ((2, 8, 16), (None, 2, 32))]
+    path = tmp_path / "splits.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_reserved_workspace_never_grows(tmp_path: Path, device, gen) -> None:
     """The scratch query's buffers, reserved up front, hold every later step of the policy's plans up
-    to the batch it was asked for; smaller steps reuse the same buffers."""
+    to the batch it was asked for, the largest at a segment's end below it (T = 2); smaller steps reuse
+    the same buffers."""
     from dsv4_tune.serving.memory import Workspace, scratch_buffers, scratch_bytes
 
-    d = Dispatcher(H100, "h100")
-    cases = [make_case(device, gen, b=t, s_q=1, h=64, topk=128, x_topk=0, sink="finite") for t in (4, 1, 3)]
+    d = Dispatcher(load_policy(_split_policy(tmp_path)), "h100")
+    cases = [make_case(device, gen, b=t, s_q=1, h=64, topk=128, x_topk=0, sink="finite") for t in (4, 2, 3)]
     buffers = scratch_buffers(4, dispatcher=d, workloads=[cases[0].workload])
-    assert scratch_bytes(buffers) > 0, "the H100 policy splits these small batches"
+    assert scratch_bytes(buffers) > 0, "these plans split"
     ws = Workspace()
     held = ws.reserve(buffers, device)
     assert held == scratch_bytes(buffers)
