@@ -135,9 +135,13 @@ def _gta_problems(w: Workload, c: dict[str, int]) -> list[str]:
 
 def ws_smem_bytes(c: dict[str, int]) -> int:
     """Shared memory of a ws_sm90 config: K tiles (bf16, 512 wide), Q (64 heads), P, biases, the
-    producer's staging of one sub-block (576 data + 8 scale bytes a token), barriers."""
+    producer's staging of one sub-block (576 data + 8 scale bytes a token), the 2-KiB scratch of each
+    consumer that converts its bf16 output for 16-byte stores (both persistent ones, a lone PIPE's WG0),
+    barriers and slots (within 500 B of Triton 3.6's figure for every config of 2026-12-06)."""
     staging = WS_SUB * 584 if c.get("STAGED") else 0
-    return (c["KSTAGES"] * c["BLOCK_N"] * (1024 + 4) + 64 * 1024 + 64 * c["BLOCK_N"] * 2 + staging + 1024)
+    converting = 0 if c["SPLIT_K"] > 1 else 2 if c.get(WS_PERSIST_KEY) else c.get("PIPE", 0)
+    return (c["KSTAGES"] * c["BLOCK_N"] * (1024 + 4) + 64 * 1024 + 64 * c["BLOCK_N"] * 2 + staging
+            + 2048 * converting + 1088)
 
 
 def _ws_problems(w: Workload, c: dict[str, int]) -> list[str]:
