@@ -547,8 +547,9 @@ def _q_landed():
 
 @gluon.jit
 def _next_q(item, step, item_end, geo, q_ptr, q_smem, h_q, s_qb, s_qs, s_qh, HAS_EXTRA: gl.constexpr):
-    """A persistent program's next item's Q, into Q's buffer as soon as this item's last QK^T is
-    waited for (under its last softmax, PV and epilogue); every WG0 thread's wgmma is done first."""
+    """A persistent program's next item's Q, into Q's buffer once this item's last QK^T is done and
+    its P handed to WG1 (issued under the last PV and the epilogue, not in front of WG1's last P);
+    every WG0 thread's wgmma on Q is done first."""
     if item + step < item_end:
         gl.thread_barrier()
         at = _item(item + step, geo, HAS_EXTRA)
@@ -590,12 +591,12 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
                 mbarrier.wait(k_ready.index(ks), (g // KSTAGES) & 1)
                 s = _qk(_q_at(q3, g), kbuf.index(ks), BLOCK_N, S_L)
                 s = warpgroup_mma_wait(0, deps=(s,))
-                if PERSIST:  # noqa: SIM102 (a constexpr if: no code at all without PERSIST)
-                    if n_blocks == 1:
-                        _next_q(item, step, item_end, geo, q_ptr, q_smem, h_q, s_qb, s_qs, s_qh, HAS_EXTRA)
                 bias = bias_buf.index(ks).load(gl.SliceLayout(0, S_L))
                 pb, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
                 _hand_p(pb, alpha, p_smem, alpha_smem, p_ready, p_empty, g)
+                if PERSIST:  # noqa: SIM102 (a constexpr if: no code at all without PERSIST)
+                    if n_blocks == 1:
+                        _next_q(item, step, item_end, geo, q_ptr, q_smem, h_q, s_qb, s_qs, s_qh, HAS_EXTRA)
                 for b in range(1, n_blocks):
                     blk = g + b
                     ks = blk % KSTAGES
@@ -609,12 +610,12 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
                     pa = gl.convert_layout(pb, P_L)
                     o = warpgroup_mma(pa, kbuf.index(prev).slice(0, DV, dim=1), o, is_async=True)
                     s = warpgroup_mma_wait(1, deps=(s,))
-                    if PERSIST:  # noqa: SIM102 (a constexpr if: no code at all without PERSIST)
-                        if b == n_blocks - 1:
-                            _next_q(item, step, item_end, geo, q_ptr, q_smem, h_q, s_qb, s_qs, s_qh, HAS_EXTRA)
                     bias = bias_buf.index(ks).load(gl.SliceLayout(0, S_L))
                     pb, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
                     _hand_p(pb, alpha, p_smem, alpha_smem, p_ready, p_empty, blk)
+                    if PERSIST:  # noqa: SIM102 (a constexpr if: no code at all without PERSIST)
+                        if b == n_blocks - 1:
+                            _next_q(item, step, item_end, geo, q_ptr, q_smem, h_q, s_qb, s_qs, s_qh, HAS_EXTRA)
                     o, pa = warpgroup_mma_wait(0, deps=(o, pa))
                     mbarrier.arrive(k_empty.index(prev))
                 ks_last = (g + n_blocks - 1) % KSTAGES
@@ -630,12 +631,12 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
                 s = _qk(_q_at(q3, blk), kt, BLOCK_N, S_L)
                 bias = bias_buf.index(ks).load(gl.SliceLayout(0, S_L))
                 s = warpgroup_mma_wait(0, deps=(s,))
-                if PERSIST:  # noqa: SIM102 (a constexpr if: no code at all without PERSIST)
-                    if b == n_blocks - 1:
-                        _next_q(item, step, item_end, geo, q_ptr, q_smem, h_q, s_qb, s_qs, s_qh, HAS_EXTRA)
                 pb, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
                 _hand_p(pb, alpha, p_smem, alpha_smem, p_ready, p_empty, blk)
                 o = _pv_left(o, alpha, pb, kt, O_L, P_L)
+                if PERSIST:  # noqa: SIM102 (a constexpr if: no code at all without PERSIST)
+                    if b == n_blocks - 1:  # Q is free (every QK^T done): under the last PV
+                        _next_q(item, step, item_end, geo, q_ptr, q_smem, h_q, s_qb, s_qs, s_qh, HAS_EXTRA)
                 o = warpgroup_mma_wait(0, deps=(o,))
                 mbarrier.arrive(k_empty.index(ks))
         g += n_blocks
