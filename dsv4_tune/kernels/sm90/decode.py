@@ -546,6 +546,17 @@ def _q_landed():
 
 
 @gluon.jit
+def _next_q(item, step, item_end, geo, q_ptr, q_smem, h_q, s_qb, s_qs, s_qh, HAS_EXTRA: gl.constexpr):
+    """A persistent program's next item's Q, into Q's buffer once this item's last QK^T is done and
+    its P handed to WG1 (issued under the last PV and the epilogue, not in front of WG1's last P);
+    every WG0 thread's wgmma on Q is done first."""
+    if item + step < item_end:
+        gl.thread_barrier()
+        at = _item(item + step, geo, HAS_EXTRA)
+        _load_q(q_ptr, q_smem, at[0], at[2], at[3], h_q, s_qb, s_qs, s_qh)
+
+
+@gluon.jit
 def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_qb, s_qs, s_qh, sink_ptr,
                      q3, q_smem, kbuf, bias_buf, p_smem, alpha_smem, scale_smem,
                      k_ready, k_empty, p_ready, p_empty, done, scale_empty,
@@ -583,6 +594,9 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
                 bias = bias_buf.index(ks).load(gl.SliceLayout(0, S_L))
                 pb, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
                 _hand_p(pb, alpha, p_smem, alpha_smem, p_ready, p_empty, g)
+                if PERSIST:  # noqa: SIM102 (a constexpr if: no code at all without PERSIST)
+                    if n_blocks == 1:
+                        _next_q(item, step, item_end, geo, q_ptr, q_smem, h_q, s_qb, s_qs, s_qh, HAS_EXTRA)
                 for b in range(1, n_blocks):
                     blk = g + b
                     ks = blk % KSTAGES
@@ -599,6 +613,9 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
                     bias = bias_buf.index(ks).load(gl.SliceLayout(0, S_L))
                     pb, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
                     _hand_p(pb, alpha, p_smem, alpha_smem, p_ready, p_empty, blk)
+                    if PERSIST:  # noqa: SIM102 (a constexpr if: no code at all without PERSIST)
+                        if b == n_blocks - 1:
+                            _next_q(item, step, item_end, geo, q_ptr, q_smem, h_q, s_qb, s_qs, s_qh, HAS_EXTRA)
                     o, pa = warpgroup_mma_wait(0, deps=(o, pa))
                     mbarrier.arrive(k_empty.index(prev))
                 ks_last = (g + n_blocks - 1) % KSTAGES
@@ -617,14 +634,15 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
                 pb, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
                 _hand_p(pb, alpha, p_smem, alpha_smem, p_ready, p_empty, blk)
                 o = _pv_left(o, alpha, pb, kt, O_L, P_L)
+                if PERSIST:  # noqa: SIM102 (a constexpr if: no code at all without PERSIST)
+                    if b == n_blocks - 1:  # Q is free (every QK^T done): under the last PV
+                        _next_q(item, step, item_end, geo, q_ptr, q_smem, h_q, s_qb, s_qs, s_qh, HAS_EXTRA)
                 o = warpgroup_mma_wait(0, deps=(o,))
                 mbarrier.arrive(k_empty.index(ks))
         g += n_blocks
-        # Q is read no more (every wgmma of the item is done): the next item's comes in meanwhile.
-        if item + step < item_end:
-            gl.thread_barrier()
-            at = _item(item + step, geo, HAS_EXTRA)
-            _load_q(q_ptr, q_smem, at[0], at[2], at[3], h_q, s_qb, s_qs, s_qh)
+        if PERSIST:  # noqa: SIM102 (a constexpr if: no code at all without PERSIST)
+            if n_blocks == 0:  # no QK^T read this item's Q: the next one's comes in now
+                _next_q(item, step, item_end, geo, q_ptr, q_smem, h_q, s_qb, s_qs, s_qh, HAS_EXTRA)
         # The epilogue of the contract (attention_core.store_result), in this layout.
         lonely = l_i == 0.0
         safe_m = gl.where(lonely, 0.0, m_i)
@@ -633,17 +651,19 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
         heads, hm, _, lse_rows, part_rows = _out_rows(head0, t, tb, ts, split, outs, gl.SliceLayout(1, S_L))
         if SPLIT:
             scale = gl.where(lonely, 0.0, 1.0 / l_safe)
-            gl.store(outs[8] + part_rows, lse, mask=hm)
         else:
             denom = l_i
             if HAS_SINK:
                 sink = gl.load(sink_ptr + heads, mask=hm, other=float("-inf"))
                 denom = l_i + gl.exp2(gl.where(lonely, float("-inf"), sink * 1.4426950408889634 - safe_m))
             scale = gl.where(lonely, 0.0, 1.0 / gl.where(lonely, 1.0, denom))
-            gl.store(outs[4] + lse_rows, lse, mask=hm)
         mbarrier.wait(scale_empty, (it & 1) ^ 1)  # WG1 has read the last item's
         scale_smem.store(scale)
-        mbarrier.arrive(done)
+        mbarrier.arrive(done)  # WG1's half waits on this: the LSE is stored after
+        if SPLIT:
+            gl.store(outs[8] + part_rows, lse, mask=hm)
+        else:
+            gl.store(outs[4] + lse_rows, lse, mask=hm)
         o = o * gl.convert_layout(scale, gl.SliceLayout(1, O_L))[:, None]
         if SPLIT or PERSIST or PIPE:  # fp32 partials; Q's buffer busy with the next item's Q; PIPE's registers
             _store_half(o, 0, head0, t, tb, ts, split, outs, SPLIT, O_L)
