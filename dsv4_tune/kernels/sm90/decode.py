@@ -606,7 +606,6 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
                     # A register a non-wgmma instruction writes while an async wgmma reads it makes
                     # ptxas serialize every wgmma (C7513): P's registers stay live (deps) until its
                     # PV is done, so the next softmax cannot reuse them.
-                    o = o * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
                     pa = gl.convert_layout(pb, P_L)
                     o = warpgroup_mma(pa, kbuf.index(prev).slice(0, DV, dim=1), o, is_async=True)
                     s = warpgroup_mma_wait(1, deps=(s,))
@@ -618,8 +617,12 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
                             _next_q(item, step, item_end, geo, q_ptr, q_smem, h_q, s_qb, s_qs, s_qh, HAS_EXTRA)
                     o, pa = warpgroup_mma_wait(0, deps=(o, pa))
                     mbarrier.arrive(k_empty.index(prev))
+                    # O rescaled for this block's PV (issued next trip) here, where WG0 waits for the next
+                    # tile anyway: written before QK^T's issue, ptxas slotted the 128 multiplies among its
+                    # k-steps and QK^T finished ~120 cycles later; block 0's zero O is not rescaled at all.
+                    o = o * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
                 ks_last = (g + n_blocks - 1) % KSTAGES
-                o = _pv_left(o, alpha, pb, kbuf.index(ks_last), O_L, P_L)
+                o = warpgroup_mma(gl.convert_layout(pb, P_L), kbuf.index(ks_last).slice(0, DV, dim=1), o, is_async=True)
                 o = warpgroup_mma_wait(0, deps=(o,))
                 mbarrier.arrive(k_empty.index(ks_last))
         else:
