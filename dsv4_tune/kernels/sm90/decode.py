@@ -233,11 +233,22 @@ def _store_sub(kt, bias_ref, raw, ROPE: gl.constexpr):
 
 
 @gluon.jit
-def _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, cap, t, s_q, len_ptr, blk,
+def _scope_head(idx_row, s_ik, lo, cap, t, s_q, len_ptr, HAS_LEN: gl.constexpr, SUB: gl.constexpr):
+    """A scope's first two sub-blocks of ids and its end (``cap`` cut at the row's length): the ids
+    are loaded up to ``cap`` and cut at the length after, so all three loads are in flight at once.
+    Loaded before the scope's turn, they wait in registers (one each a thread)."""
+    GATHER: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])
+    first = _sub_ids(idx_row, s_ik, lo, cap, SUB, GATHER)
+    second = _sub_ids(idx_row, s_ik, lo + SUB, cap, SUB, GATHER)
+    hi = _cut(lo, cap, t, s_q, len_ptr, HAS_LEN)
+    return first, second, hi
+
+
+@gluon.jit
+def _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head, blk,
                    kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
-                   HAS_LEN: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr,
-                   STAGED: gl.constexpr):
-    """Fill K tiles with candidates [lo, hi) of one scope (hi: ``cap`` cut at the row's length), from
+                   BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr):
+    """Fill K tiles with candidates [lo, hi) of one scope (``head``: :func:`_scope_head`'s), from
     block number ``blk`` on; returns the next block number.  Unstaged, each sub-block's bytes are loaded into registers one sub-block ahead
     of its conversion; staged (BLOCK_N = 2 SUB), the first sub-block of each block comes through
     registers and the second through the staging buffers (cp.async), each loaded a whole block
@@ -246,10 +257,7 @@ def _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, c
     GATHER: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])  # 16 B per thread and load
     ROPE: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [4, 1], [1, 0])  # a dequantized group's layout
     K32: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
-    # The first ids are loaded up to ``cap`` and cut at the length after: both loads at once.
-    first = _sub_ids(idx_row, s_ik, lo, cap, SUB, GATHER)
-    second = _sub_ids(idx_row, s_ik, lo + SUB, cap, SUB, GATHER)
-    hi = _cut(lo, cap, t, s_q, len_ptr, HAS_LEN)
+    first, second, hi = head
     first = _cut_ids(first, lo, hi, SUB, GATHER)
     second = _cut_ids(second, lo + SUB, hi, SUB, GATHER)
     n = gl.cdiv(hi - lo, BLOCK_N)
@@ -338,18 +346,23 @@ def _produce_item(item, blk, kv_ptr, stride_page, page_size, n_slots, idx_ptr, s
                   geo, len_ptr, xlen_ptr, kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
                   HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr,
                   BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr):
-    """One item's K tiles, main scope then extra, from ring block ``blk`` on; returns the next."""
+    """One item's K tiles, main scope then extra, from ring block ``blk`` on; returns the next.  The
+    extra scope's first ids and its length are loaded with the main scope's, not after its last tile:
+    its first gather then waits one round trip (the rows), not two."""
     s_q = geo[2]
     _, t, tb, ts, _, lo, cap, x_lo, x_cap = _item(item, geo, HAS_EXTRA)
-    blk = _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_ptr + tb * s_ib + ts * s_is, s_ik, lo, cap,
-                         t, s_q, len_ptr, blk,
-                         kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
-                         HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED)
+    idx_row = idx_ptr + tb * s_ib + ts * s_is
+    head = _scope_head(idx_row, s_ik, lo, cap, t, s_q, len_ptr, HAS_LEN, SUB)
     if HAS_EXTRA:
-        blk = _produce_scope(xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_ptr + tb * x_s_ib + ts * x_s_is,
-                             x_s_ik, x_lo, x_cap, t, s_q, xlen_ptr, blk,
+        x_idx_row = xidx_ptr + tb * x_s_ib + ts * x_s_is
+        x_head = _scope_head(x_idx_row, x_s_ik, x_lo, x_cap, t, s_q, xlen_ptr, X_HAS_LEN, SUB)
+    blk = _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head, blk,
+                         kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
+                         BLOCK_N, SUB, KSTAGES, STAGED)
+    if HAS_EXTRA:
+        blk = _produce_scope(xkv_ptr, x_stride_page, x_page_size, x_n_slots, x_idx_row, x_s_ik, x_lo, x_head, blk,
                              kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
-                             X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED)
+                             BLOCK_N, SUB, KSTAGES, STAGED)
     return blk
 
 
