@@ -233,11 +233,22 @@ def _store_sub(kt, bias_ref, raw, ROPE: gl.constexpr):
 
 
 @gluon.jit
-def _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, cap, t, s_q, len_ptr, blk,
+def _scope_head(idx_row, s_ik, lo, cap, t, s_q, len_ptr, HAS_LEN: gl.constexpr, SUB: gl.constexpr):
+    """A scope's first two sub-blocks of ids and its end (``cap`` cut at the row's length): the ids
+    are loaded up to ``cap`` and cut at the length after, so all three loads are in flight at once.
+    Loaded before the scope's turn, they wait in registers (one each a thread)."""
+    GATHER: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])
+    first = _sub_ids(idx_row, s_ik, lo, cap, SUB, GATHER)
+    second = _sub_ids(idx_row, s_ik, lo + SUB, cap, SUB, GATHER)
+    hi = _cut(lo, cap, t, s_q, len_ptr, HAS_LEN)
+    return first, second, hi
+
+
+@gluon.jit
+def _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head, blk,
                    kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
-                   HAS_LEN: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr,
-                   STAGED: gl.constexpr):
-    """Fill K tiles with candidates [lo, hi) of one scope (hi: ``cap`` cut at the row's length), from
+                   BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr):
+    """Fill K tiles with candidates [lo, hi) of one scope (``head``: :func:`_scope_head`'s), from
     block number ``blk`` on; returns the next block number.  Unstaged, each sub-block's bytes are loaded into registers one sub-block ahead
     of its conversion; staged (BLOCK_N = 2 SUB), the first sub-block of each block comes through
     registers and the second through the staging buffers (cp.async), each loaded a whole block
@@ -246,10 +257,7 @@ def _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, c
     GATHER: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])  # 16 B per thread and load
     ROPE: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [4, 1], [1, 0])  # a dequantized group's layout
     K32: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
-    # The first ids are loaded up to ``cap`` and cut at the length after: both loads at once.
-    first = _sub_ids(idx_row, s_ik, lo, cap, SUB, GATHER)
-    second = _sub_ids(idx_row, s_ik, lo + SUB, cap, SUB, GATHER)
-    hi = _cut(lo, cap, t, s_q, len_ptr, HAS_LEN)
+    first, second, hi = head
     first = _cut_ids(first, lo, hi, SUB, GATHER)
     second = _cut_ids(second, lo + SUB, hi, SUB, GATHER)
     n = gl.cdiv(hi - lo, BLOCK_N)
@@ -338,18 +346,23 @@ def _produce_item(item, blk, kv_ptr, stride_page, page_size, n_slots, idx_ptr, s
                   geo, len_ptr, xlen_ptr, kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
                   HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr,
                   BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr):
-    """One item's K tiles, main scope then extra, from ring block ``blk`` on; returns the next."""
+    """One item's K tiles, main scope then extra, from ring block ``blk`` on; returns the next.  The
+    extra scope's first ids and its length are loaded with the main scope's, not after its last tile:
+    its first gather then waits one round trip (the rows), not two."""
     s_q = geo[2]
     _, t, tb, ts, _, lo, cap, x_lo, x_cap = _item(item, geo, HAS_EXTRA)
-    blk = _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_ptr + tb * s_ib + ts * s_is, s_ik, lo, cap,
-                         t, s_q, len_ptr, blk,
-                         kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
-                         HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED)
+    idx_row = idx_ptr + tb * s_ib + ts * s_is
+    head = _scope_head(idx_row, s_ik, lo, cap, t, s_q, len_ptr, HAS_LEN, SUB)
     if HAS_EXTRA:
-        blk = _produce_scope(xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_ptr + tb * x_s_ib + ts * x_s_is,
-                             x_s_ik, x_lo, x_cap, t, s_q, xlen_ptr, blk,
+        x_idx_row = xidx_ptr + tb * x_s_ib + ts * x_s_is
+        x_head = _scope_head(x_idx_row, x_s_ik, x_lo, x_cap, t, s_q, xlen_ptr, X_HAS_LEN, SUB)
+    blk = _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head, blk,
+                         kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
+                         BLOCK_N, SUB, KSTAGES, STAGED)
+    if HAS_EXTRA:
+        blk = _produce_scope(xkv_ptr, x_stride_page, x_page_size, x_n_slots, x_idx_row, x_s_ik, x_lo, x_head, blk,
                              kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
-                             X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED)
+                             BLOCK_N, SUB, KSTAGES, STAGED)
     return blk
 
 
@@ -546,6 +559,17 @@ def _q_landed():
 
 
 @gluon.jit
+def _next_q(item, step, item_end, geo, q_ptr, q_smem, h_q, s_qb, s_qs, s_qh, HAS_EXTRA: gl.constexpr):
+    """A persistent program's next item's Q, into Q's buffer once this item's last QK^T is done and
+    its P handed to WG1 (issued under the last PV and the epilogue, not in front of WG1's last P);
+    every WG0 thread's wgmma on Q is done first."""
+    if item + step < item_end:
+        gl.thread_barrier()
+        at = _item(item + step, geo, HAS_EXTRA)
+        _load_q(q_ptr, q_smem, at[0], at[2], at[3], h_q, s_qb, s_qs, s_qh)
+
+
+@gluon.jit
 def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_qb, s_qs, s_qh, sink_ptr,
                      q3, q_smem, kbuf, bias_buf, p_smem, alpha_smem, scale_smem,
                      k_ready, k_empty, p_ready, p_empty, done, scale_empty,
@@ -583,6 +607,9 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
                 bias = bias_buf.index(ks).load(gl.SliceLayout(0, S_L))
                 pb, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
                 _hand_p(pb, alpha, p_smem, alpha_smem, p_ready, p_empty, g)
+                if PERSIST:  # noqa: SIM102 (a constexpr if: no code at all without PERSIST)
+                    if n_blocks == 1:
+                        _next_q(item, step, item_end, geo, q_ptr, q_smem, h_q, s_qb, s_qs, s_qh, HAS_EXTRA)
                 for b in range(1, n_blocks):
                     blk = g + b
                     ks = blk % KSTAGES
@@ -592,17 +619,23 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
                     # A register a non-wgmma instruction writes while an async wgmma reads it makes
                     # ptxas serialize every wgmma (C7513): P's registers stay live (deps) until its
                     # PV is done, so the next softmax cannot reuse them.
-                    o = o * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
                     pa = gl.convert_layout(pb, P_L)
                     o = warpgroup_mma(pa, kbuf.index(prev).slice(0, DV, dim=1), o, is_async=True)
                     s = warpgroup_mma_wait(1, deps=(s,))
                     bias = bias_buf.index(ks).load(gl.SliceLayout(0, S_L))
                     pb, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
                     _hand_p(pb, alpha, p_smem, alpha_smem, p_ready, p_empty, blk)
+                    if PERSIST:  # noqa: SIM102 (a constexpr if: no code at all without PERSIST)
+                        if b == n_blocks - 1:
+                            _next_q(item, step, item_end, geo, q_ptr, q_smem, h_q, s_qb, s_qs, s_qh, HAS_EXTRA)
                     o, pa = warpgroup_mma_wait(0, deps=(o, pa))
                     mbarrier.arrive(k_empty.index(prev))
+                    # O rescaled for this block's PV (issued next trip) here, where WG0 waits for the next
+                    # tile anyway: written before QK^T's issue, ptxas slotted the 128 multiplies among its
+                    # k-steps and QK^T finished ~120 cycles later; block 0's zero O is not rescaled at all.
+                    o = o * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
                 ks_last = (g + n_blocks - 1) % KSTAGES
-                o = _pv_left(o, alpha, pb, kbuf.index(ks_last), O_L, P_L)
+                o = warpgroup_mma(gl.convert_layout(pb, P_L), kbuf.index(ks_last).slice(0, DV, dim=1), o, is_async=True)
                 o = warpgroup_mma_wait(0, deps=(o,))
                 mbarrier.arrive(k_empty.index(ks_last))
         else:
@@ -617,14 +650,15 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
                 pb, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
                 _hand_p(pb, alpha, p_smem, alpha_smem, p_ready, p_empty, blk)
                 o = _pv_left(o, alpha, pb, kt, O_L, P_L)
+                if PERSIST:  # noqa: SIM102 (a constexpr if: no code at all without PERSIST)
+                    if b == n_blocks - 1:  # Q is free (every QK^T done): under the last PV
+                        _next_q(item, step, item_end, geo, q_ptr, q_smem, h_q, s_qb, s_qs, s_qh, HAS_EXTRA)
                 o = warpgroup_mma_wait(0, deps=(o,))
                 mbarrier.arrive(k_empty.index(ks))
         g += n_blocks
-        # Q is read no more (every wgmma of the item is done): the next item's comes in meanwhile.
-        if item + step < item_end:
-            gl.thread_barrier()
-            at = _item(item + step, geo, HAS_EXTRA)
-            _load_q(q_ptr, q_smem, at[0], at[2], at[3], h_q, s_qb, s_qs, s_qh)
+        if PERSIST:  # noqa: SIM102 (a constexpr if: no code at all without PERSIST)
+            if n_blocks == 0:  # no QK^T read this item's Q: the next one's comes in now
+                _next_q(item, step, item_end, geo, q_ptr, q_smem, h_q, s_qb, s_qs, s_qh, HAS_EXTRA)
         # The epilogue of the contract (attention_core.store_result), in this layout.
         lonely = l_i == 0.0
         safe_m = gl.where(lonely, 0.0, m_i)
@@ -633,17 +667,19 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
         heads, hm, _, lse_rows, part_rows = _out_rows(head0, t, tb, ts, split, outs, gl.SliceLayout(1, S_L))
         if SPLIT:
             scale = gl.where(lonely, 0.0, 1.0 / l_safe)
-            gl.store(outs[8] + part_rows, lse, mask=hm)
         else:
             denom = l_i
             if HAS_SINK:
                 sink = gl.load(sink_ptr + heads, mask=hm, other=float("-inf"))
                 denom = l_i + gl.exp2(gl.where(lonely, float("-inf"), sink * 1.4426950408889634 - safe_m))
             scale = gl.where(lonely, 0.0, 1.0 / gl.where(lonely, 1.0, denom))
-            gl.store(outs[4] + lse_rows, lse, mask=hm)
         mbarrier.wait(scale_empty, (it & 1) ^ 1)  # WG1 has read the last item's
         scale_smem.store(scale)
-        mbarrier.arrive(done)
+        mbarrier.arrive(done)  # WG1's half waits on this: the LSE is stored after
+        if SPLIT:
+            gl.store(outs[8] + part_rows, lse, mask=hm)
+        else:
+            gl.store(outs[4] + lse_rows, lse, mask=hm)
         o = o * gl.convert_layout(scale, gl.SliceLayout(1, O_L))[:, None]
         if SPLIT or PERSIST or PIPE:  # fp32 partials; Q's buffer busy with the next item's Q; PIPE's registers
             _store_half(o, 0, head0, t, tb, ts, split, outs, SPLIT, O_L)
