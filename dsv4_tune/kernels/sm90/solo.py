@@ -187,6 +187,8 @@ def _solo_decode_kernel(
 ):
     """Program p: output columns [256 (p % 2), +256) of item p // 2 (head block fastest, then token,
     then split, as the warp-specialized kernel orders them)."""
+    gl.static_assert(SUB == 32, "the gather layouts cover 32 rows")
+    gl.static_assert(BLOCK_N == 2 * SUB, "a tile is two sub-blocks (the copy groups and ids assume it)")
     if PDL:  # the combine launches now and waits (griddepcontrol.wait) for every partial
         _launch_dependents()
     GATHER: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])  # 16 B per thread and copy
@@ -235,6 +237,7 @@ def _solo_decode_kernel(
         c0, c1 = _tile_ids(j + 2, n_m, idx_row, s_ik, lo, hi, x_idx_row, x_s_ik, x_lo, x_hi,
                            HAS_EXTRA, BLOCK_N, SUB, GATHER)
         async_copy.wait_group(2)  # Q and tile j are in (tile j + 1's two groups may not be)
+        gl.thread_barrier()  # and every thread's copies seen: a scale word is copied by one of the 4 lanes that read it
         _to_k_tile(slot, a0, a1, kb, bias_buf, st_a, st_b, st_c, st_rope, st_lo, st_hi, BLOCK_N, SUB, GATHER, ROPE)
         fence_async_shared()
         gl.thread_barrier()  # the K tile and bias written, the raw slot read by every thread
