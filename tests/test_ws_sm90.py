@@ -151,22 +151,43 @@ def test_an_explicit_plan_where_it_cannot_run_is_refused(device, gen) -> None:
         sparse_decode(case.q, case.main.kv_cache, case.main.indices, plan=ws(), **case.kw)
 
 
-@pytest.mark.gpu
-@pytest.mark.gpu_only
-@pytest.mark.parametrize(("s_q", "page", "x_page"), [(3, 61, 2), (1, 2, 64), (2, 64, 61)])
-def test_every_knob_against_the_reference(s_q, page, x_page, device, gen) -> None:
-    if variant_problem("ws_sm90", torch.device(device)):
-        pytest.skip(variant_problem("ws_sm90", torch.device(device)))
+def _knob_case(device, gen, s_q: int, page: int, x_page: int):
+    """Three rows of lengths 0, 57 and 100 (+ random extra lengths), a row with no valid candidate."""
     case = make_case(device, gen, b=3, s_q=s_q, h=128, topk=100, page=page, x_topk=300, x_page=x_page,
                      length=[0, 57, 100], x_length="random")
     case.main.indices[0, 0] = -1  # a row with no valid candidate in either scope
     case.extra.indices[0, 0] = -1
     case.ref = sparse_decode_ref(case.q, case.main.kv_cache, case.main.indices, fp8="e4m3fn",
                                  out_dtype=torch.float32, **case.kw)
+    return case
+
+
+KNOB_CASES = [(3, 61, 2), (1, 2, 64), (2, 64, 61)]
+
+
+@pytest.mark.gpu
+@pytest.mark.gpu_only
+@pytest.mark.parametrize(("s_q", "page", "x_page"), KNOB_CASES)
+def test_every_knob_against_the_reference(s_q, page, x_page, device, gen) -> None:
+    if variant_problem("ws_sm90", torch.device(device)):
+        pytest.skip(variant_problem("ws_sm90", torch.device(device)))
+    case = _knob_case(device, gen, s_q, page, x_page)
     for plan in (ws(), ws(STAGED=1), ws(PIPE=1), ws(STAGED=1, PIPE=1), ws(BLOCK_N=32, KSTAGES=4, PIPE=1),
                  ws(SPLIT_K=3, STAGED=1, PIPE=1), ws(SPLIT_K=3, STAGED=1, PIPE=1, PDL=1),
-                 ws(BLOCK_N=32, KSTAGES=3, SPLIT_K=12),  # 13 steps of 32
-                 ws(SOLO=1), ws(SOLO=1, SPLIT_K=3), ws(SOLO=1, SPLIT_K=3, PDL=1), ws(SOLO=1, SPLIT_K=7)):
+                 ws(BLOCK_N=32, KSTAGES=3, SPLIT_K=12)):  # 13 steps of 32
+        case.check(plan)
+
+
+@pytest.mark.gpu
+@pytest.mark.gpu_only
+@pytest.mark.parametrize(("s_q", "page", "x_page"), KNOB_CASES)
+def test_the_one_warpgroup_kernel_against_the_reference(s_q, page, x_page, device, gen) -> None:
+    """SOLO: up to 2 main tiles and 5 extra tiles a row, so tiles come from either scope in every ring
+    position (a row of length 0 starts in the extra scope); split 7 ways, some splits have none."""
+    if variant_problem("ws_sm90", torch.device(device)):
+        pytest.skip(variant_problem("ws_sm90", torch.device(device)))
+    case = _knob_case(device, gen, s_q, page, x_page)
+    for plan in (ws(SOLO=1), ws(SOLO=1, SPLIT_K=3), ws(SOLO=1, SPLIT_K=3, PDL=1), ws(SOLO=1, SPLIT_K=7)):
         case.check(plan)
 
 
