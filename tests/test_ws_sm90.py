@@ -48,10 +48,13 @@ def test_only_sm90_may_run_it() -> None:
 def test_its_rules_name_the_knob_at_fault() -> None:
     assert plan_problems(W, ws()) == []
     assert ws_smem_bytes(ws(STAGED=1).as_dict()) < 227 * 1024 < ws_smem_bytes(ws(KSTAGES=3).as_dict())
+    assert ws_smem_bytes(ws(SOLO=1).as_dict()) == 206080  # Triton 3.6's figure for the one-warpgroup kernel
     cases = {ws(KSTAGES=3): "shared memory", ws(BLOCK_N=32, STAGED=1): "STAGED=1 needs BLOCK_N=64",
              ws(PIPE=2): "PIPE=2 not in", ws(BLOCK_N=16): "BLOCK_N=16 not in", ws(PDL=1): "PDL=1 needs SPLIT_K > 1",
              ws(PERSIST=2): "PERSIST=2 not in", ws(SPLIT_K=2, PERSIST=1): "PERSIST=1 needs SPLIT_K=1",
-             ws(SPLIT_K=5): "SPLIT_K=5 not in", ws(SPLIT_K=4): ""}
+             ws(SPLIT_K=5): "SPLIT_K=5 not in", ws(SPLIT_K=4): "", ws(SOLO=2): "SOLO=2 not in",
+             ws(SOLO=1, PIPE=1): "SOLO=1 needs BLOCK_N=64, KSTAGES=2, STAGED=0, PIPE=0",
+             ws(SOLO=1, PERSIST=1): "SOLO=1 needs", ws(SOLO=1, BLOCK_N=32): "SOLO=1 needs"}
     small = Workload(4, 64, 128, 0)  # 2 blocks of 64: SPLIT_K 4 exceeds them
     for plan, message in cases.items():
         problems = plan_problems(small if plan["SPLIT_K"] == 4 else W, plan)
@@ -63,6 +66,12 @@ def test_its_kernels_and_buffers() -> None:
     assert one[0] == "_ws_decode_kernel" and dict(one[1])["STAGED"] is True and dict(one[1])["PIPE"] is True
     names = [k[0] for k in plan_kernels(ws(SPLIT_K=4), W, "sm90")]
     assert names == ["_ws_decode_kernel", "_combine_kernel"]
+    solo, combine = plan_kernels(ws(SPLIT_K=4, SOLO=1, PDL=1), W, "sm90")
+    assert solo[0] == "_solo_decode_kernel" and solo[2:] == (4, 1)
+    assert set(dict(solo[1])) == {"HAS_LEN", "HAS_EXTRA", "X_HAS_LEN", "HAS_SINK", "SPLIT", "BLOCK_N", "SUB", "PDL"}
+    assert dict(solo[1])["SPLIT"] is True and dict(solo[1])["PDL"] is True
+    assert combine[0] == "_combine_kernel" and dict(combine[1])["PDL"] is True
+    assert plan_buffers(ws(SPLIT_K=4, SOLO=1), W) == plan_buffers(ws(SPLIT_K=4), W)
     assert plan_buffers(ws(), W) == {} and set(plan_buffers(ws(SPLIT_K=4), W)) == {"part_o", "part_lse"}
 
 
@@ -74,7 +83,7 @@ def test_neighbours_step_its_own_knobs() -> None:
     split = ws(SPLIT_K=2, PDL=1)  # its unsplit neighbour drops PDL with the combine
     assert any(p["SPLIT_K"] == 1 and not plan_problems(W, p) for p in neighbours(split))
     refused = [plan_problems(W, p) for p in found if plan_problems(W, p)]  # refine_candidates drops these
-    why = ("KSTAGES=3 x BLOCK_N=64", "STAGED=1 needs", "PDL=1 needs")
+    why = ("KSTAGES=3 x BLOCK_N=64", "STAGED=1 needs", "PDL=1 needs", "SOLO=1 needs")
     assert refused and all(ps[0].startswith(why) for ps in refused)
 
 
@@ -103,9 +112,10 @@ def test_where_gluon_is_there_it_still_needs_e4m3fn_pools_and_an_sm90_gpu(monkey
     assert "here tensors are on cpu" in variant_problem("ws_sm90", torch.device("cpu"))
 
 
-def test_the_compile_check_skips_a_kernel_this_triton_cannot_build(monkeypatch) -> None:
-    monkeypatch.setitem(catalog.UNBUILDABLE, "_ws_decode_kernel", "Triton 9.9's Gluon lacks it")
-    (launch,) = plan_kernels(ws(), W, "sm90")
+@pytest.mark.parametrize("solo", [0, 1])
+def test_the_compile_check_skips_a_kernel_this_triton_cannot_build(monkeypatch, solo) -> None:
+    (launch,) = plan_kernels(ws(SOLO=solo), W, "sm90")
+    monkeypatch.setitem(catalog.UNBUILDABLE, launch[0], "Triton 9.9's Gluon lacks it")
     row = compile_kernel(KernelSpec("sm90", launch))
     assert row["status"] == "skipped" and row["error"] == "Triton 9.9's Gluon lacks it" and problems_of(row) == []
 
@@ -141,21 +151,43 @@ def test_an_explicit_plan_where_it_cannot_run_is_refused(device, gen) -> None:
         sparse_decode(case.q, case.main.kv_cache, case.main.indices, plan=ws(), **case.kw)
 
 
-@pytest.mark.gpu
-@pytest.mark.gpu_only
-@pytest.mark.parametrize(("s_q", "page", "x_page"), [(3, 61, 2), (1, 2, 64), (2, 64, 61)])
-def test_every_knob_against_the_reference(s_q, page, x_page, device, gen) -> None:
-    if variant_problem("ws_sm90", torch.device(device)):
-        pytest.skip(variant_problem("ws_sm90", torch.device(device)))
+def _knob_case(device, gen, s_q: int, page: int, x_page: int):
+    """Three rows of lengths 0, 57 and 100 (+ random extra lengths), a row with no valid candidate."""
     case = make_case(device, gen, b=3, s_q=s_q, h=128, topk=100, page=page, x_topk=300, x_page=x_page,
                      length=[0, 57, 100], x_length="random")
     case.main.indices[0, 0] = -1  # a row with no valid candidate in either scope
     case.extra.indices[0, 0] = -1
     case.ref = sparse_decode_ref(case.q, case.main.kv_cache, case.main.indices, fp8="e4m3fn",
                                  out_dtype=torch.float32, **case.kw)
+    return case
+
+
+KNOB_CASES = [(3, 61, 2), (1, 2, 64), (2, 64, 61)]
+
+
+@pytest.mark.gpu
+@pytest.mark.gpu_only
+@pytest.mark.parametrize(("s_q", "page", "x_page"), KNOB_CASES)
+def test_every_knob_against_the_reference(s_q, page, x_page, device, gen) -> None:
+    if variant_problem("ws_sm90", torch.device(device)):
+        pytest.skip(variant_problem("ws_sm90", torch.device(device)))
+    case = _knob_case(device, gen, s_q, page, x_page)
     for plan in (ws(), ws(STAGED=1), ws(PIPE=1), ws(STAGED=1, PIPE=1), ws(BLOCK_N=32, KSTAGES=4, PIPE=1),
                  ws(SPLIT_K=3, STAGED=1, PIPE=1), ws(SPLIT_K=3, STAGED=1, PIPE=1, PDL=1),
                  ws(BLOCK_N=32, KSTAGES=3, SPLIT_K=12)):  # 13 steps of 32
+        case.check(plan)
+
+
+@pytest.mark.gpu
+@pytest.mark.gpu_only
+@pytest.mark.parametrize(("s_q", "page", "x_page"), KNOB_CASES)
+def test_the_one_warpgroup_kernel_against_the_reference(s_q, page, x_page, device, gen) -> None:
+    """SOLO: up to 2 main tiles and 5 extra tiles a row, so tiles come from either scope in every ring
+    position (a row of length 0 starts in the extra scope); split 6 ways (128 each), the last two have none."""
+    if variant_problem("ws_sm90", torch.device(device)):
+        pytest.skip(variant_problem("ws_sm90", torch.device(device)))
+    case = _knob_case(device, gen, s_q, page, x_page)
+    for plan in (ws(SOLO=1), ws(SOLO=1, SPLIT_K=3), ws(SOLO=1, SPLIT_K=3, PDL=1), ws(SOLO=1, SPLIT_K=6)):
         case.check(plan)
 
 

@@ -21,6 +21,10 @@ PDL_KEY = "PDL"
 # ws_sm90's optional knob (absent = 0): one program per SM looping over the (64 heads, token, split)
 # items, the producer running ahead into the next item; a constexpr of its own kernel.
 WS_PERSIST_KEY = "PERSIST"
+# ws_sm90's optional knob (absent = 0): no warp specialization, one warpgroup a program and two
+# programs an item (each computes one 256-column half of its output), for small T where a program's
+# fixed cost is the time; a kernel of its own (:mod:`dsv4_tune.kernels.sm90.solo`).
+WS_SOLO_KEY = "SOLO"
 WS_SUB = 32  # ws_sm90: tokens its producer gathers and converts at a time
 WS_MAXNREG = 168  # ws_sm90: registers per thread at entry (setmaxnreg then splits them 208 / 160 / 136)
 
@@ -63,6 +67,10 @@ def plan_kernels(plan: Plan, w: Workload, arch: str, fp8: Fp8Pair | None = None)
                                   BLOCK_TK=c["BLOCK_TK"]))
         out.append(launch("_gathered_attention_kernel", c["num_warps"], c["num_stages"], HAS_SINK=sink, SPLIT=split,
                           BLOCK_H=c["BLOCK_H"], BLOCK_N=c["BLOCK_N"], DOT="bf16"))
+    elif plan.variant == "ws_sm90" and c.get(WS_SOLO_KEY):
+        out.append(launch("_solo_decode_kernel", 4, 1, HAS_LEN=w.has_len_main, HAS_EXTRA=w.dual,
+                          X_HAS_LEN=w.dual and w.has_len_extra, HAS_SINK=sink, SPLIT=split, BLOCK_N=c["BLOCK_N"],
+                          SUB=WS_SUB, **pdl))
     elif plan.variant == "ws_sm90":
         out.append(launch("_ws_decode_kernel", 4, 1, HAS_LEN=w.has_len_main, HAS_EXTRA=w.dual,
                           X_HAS_LEN=w.dual and w.has_len_extra, HAS_SINK=sink, SPLIT=split, BLOCK_N=c["BLOCK_N"],

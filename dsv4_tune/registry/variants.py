@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from dsv4_tune.registry.arch import arch_problems
 from dsv4_tune.registry.intmath import cdiv, next_pow2
-from dsv4_tune.registry.launches import PDL_KEY, WS_PERSIST_KEY, WS_SUB
+from dsv4_tune.registry.launches import PDL_KEY, WS_PERSIST_KEY, WS_SOLO_KEY, WS_SUB
 from dsv4_tune.registry.workload import Plan, Workload
 
 BLOCK_H_CHOICES = (16, 32, 64)
@@ -33,6 +33,7 @@ WS_KSTAGES_CHOICES = (2, 3, 4)  # ws_sm90: K tiles in flight between the produce
 # ws_sm90's optional PERSIST knob (registry.launches.WS_PERSIST_KEY) is swept without a split only:
 # split plans serve small T, where the items fit in one wave and the grid is the same either way.
 # Its split plans take the PDL knob as fused_splitk's do (the combine a programmatic dependent).
+# Its optional SOLO knob (registry.launches.WS_SOLO_KEY) is swept on the default tiles, split or not.
 WS_SPLIT_K_CHOICES = (1, *SPLIT_K_CHOICES)
 WS_SMEM_BYTES = 227 * 1024  # sm90's shared memory per block
 SMEM_BUDGET = 160 * 1024  # bytes of staged KV tiles + Q a config may ask for (gfx950 LDS, < sm90's 228 KiB)
@@ -137,7 +138,10 @@ def ws_smem_bytes(c: dict[str, int]) -> int:
     """Shared memory of a ws_sm90 config: K tiles (bf16, 512 wide), Q (64 heads), P, biases, the
     producer's staging of one sub-block (576 data + 8 scale bytes a token), the 2-KiB scratch of each
     consumer that converts its bf16 output for 16-byte stores (both persistent ones, a lone PIPE's WG0),
-    barriers and slots (within 500 B of Triton 3.6's figure for every config of 2026-12-06)."""
+    barriers and slots (within 500 B of Triton 3.6's figure for every config of 2026-12-06).  SOLO:
+    Q, one K tile, its bias and two tiles of raw bytes (Triton 3.6's figure exactly)."""
+    if c.get(WS_SOLO_KEY):
+        return 64 * 1024 + c["BLOCK_N"] * (1024 + 4) + 2 * 2 * WS_SUB * 584
     staging = WS_SUB * 584 if c.get("STAGED") else 0
     converting = 0 if c["SPLIT_K"] > 1 else 2 if c.get(WS_PERSIST_KEY) else c.get("PIPE", 0)
     return (c["KSTAGES"] * c["BLOCK_N"] * (1024 + 4) + 64 * 1024 + 64 * c["BLOCK_N"] * 2 + staging
@@ -153,6 +157,10 @@ def _ws_problems(w: Workload, c: dict[str, int]) -> list[str]:
     _switch(c, "PIPE", out)
     if _switch(c, WS_PERSIST_KEY, out) and c["SPLIT_K"] != 1:
         out.append(f"{WS_PERSIST_KEY}=1 needs SPLIT_K=1 (a split fills the SMs with items of its own)")
+    solo_tiles = (c["BLOCK_N"], c["KSTAGES"], c["STAGED"], c["PIPE"], c.get(WS_PERSIST_KEY, 0))
+    if _switch(c, WS_SOLO_KEY, out) and solo_tiles != (2 * WS_SUB, 2, 0, 0, 0):
+        out.append(f"{WS_SOLO_KEY}=1 needs BLOCK_N={2 * WS_SUB}, KSTAGES=2, STAGED=0, PIPE=0 and no {WS_PERSIST_KEY} "
+                   "(one warpgroup does each tile in turn)")
     if _switch(c, PDL_KEY, out) and c["SPLIT_K"] == 1:
         out.append(f"{PDL_KEY}=1 needs SPLIT_K > 1 (it launches the combine as a programmatic dependent)")
     if _switch(c, "STAGED", out) and c["BLOCK_N"] != 2 * WS_SUB:
@@ -166,15 +174,21 @@ def _ws_problems(w: Workload, c: dict[str, int]) -> list[str]:
 
 
 def _ws_space(w: Workload) -> Iterator[dict[str, int]]:
-    for bn, st, staged, pipe, sk in itertools.product(WS_BLOCK_N_CHOICES, WS_KSTAGES_CHOICES, (0, 1), (0, 1),
-                                                      WS_SPLIT_K_CHOICES):
-        base = {"BLOCK_N": bn, "KSTAGES": st, "STAGED": staged, "PIPE": pipe, "SPLIT_K": sk}
-        if sk == 1:
+    def splits(base: dict[str, int]) -> Iterator[dict[str, int]]:
+        if base["SPLIT_K"] == 1:
             yield base
-            yield {**base, WS_PERSIST_KEY: 1}
         else:
             for (cb, cw), pdl in itertools.product(COMBINE_CHOICES, (0, 1)):
                 yield {**base, "COMBINE_BLOCK_H": cb, "combine_warps": cw, **({PDL_KEY: 1} if pdl else {})}
+
+    for bn, st, staged, pipe, sk in itertools.product(WS_BLOCK_N_CHOICES, WS_KSTAGES_CHOICES, (0, 1), (0, 1),
+                                                      WS_SPLIT_K_CHOICES):
+        base = {"BLOCK_N": bn, "KSTAGES": st, "STAGED": staged, "PIPE": pipe, "SPLIT_K": sk}
+        yield from splits(base)
+        if sk == 1:
+            yield {**base, WS_PERSIST_KEY: 1}
+    for sk in WS_SPLIT_K_CHOICES:
+        yield from splits({**_ws_default(w), "SPLIT_K": sk, WS_SOLO_KEY: 1})
 
 
 def _ws_default(w: Workload) -> dict[str, int]:
@@ -284,7 +298,7 @@ VARIANTS: dict[str, Variant] = {
                 _gta_space, _gta_problems, _gta_default),
         Variant("ws_sm90", "CUDA sm90 only: warp-specialized (Gluon) gather + exact dequant into shared memory "
                 "beside wgmma attention, 64 heads per program (one pass or split-K + combine)",
-                _ws_space, _ws_problems, _ws_default, frozenset({WS_PERSIST_KEY, PDL_KEY})),
+                _ws_space, _ws_problems, _ws_default, frozenset({WS_PERSIST_KEY, WS_SOLO_KEY, PDL_KEY})),
     )
 }
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 
-from dsv4_tune.registry.launches import PDL_KEY, WS_PERSIST_KEY
+from dsv4_tune.registry.launches import PDL_KEY, WS_PERSIST_KEY, WS_SOLO_KEY
 from dsv4_tune.registry.ops import get_op, op_neighbours
 from dsv4_tune.registry.variants import (
     BLOCK_H_CHOICES,
@@ -74,6 +74,12 @@ def decode_coarse_candidates(w: Workload, arch: str | None = None) -> list[Plan]
     for sk, pdl in itertools.product((2, 4, 8, 16), (0, 1)):
         plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=1, PIPE=1, SPLIT_K=sk, **DEFAULT_COMBINE,
                                **({PDL_KEY: 1} if pdl else {})))
+    # Its one-warpgroup kernel (two programs an item, for small T): alone and split 2-16 ways behind
+    # a programmatic-dependent combine.
+    plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=1, **{WS_SOLO_KEY: 1}))
+    for sk in (2, 4, 8, 16):
+        plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=sk, **DEFAULT_COMBINE,
+                               **{PDL_KEY: 1, WS_SOLO_KEY: 1}))
     unique = list(dict.fromkeys(plans))
     return [p for p in unique if sweepable(w, p, arch)]
 
@@ -94,7 +100,7 @@ def _ordered_choices(variant: str) -> dict[str, tuple[int, ...]]:
 
 def neighbours(plan: Plan) -> list[Plan]:
     """Plans one step from ``plan``: one knob to an adjacent choice, or one paired knob set to
-    another choice, or an optional switch (PDL, PERSIST) flipped; a split-K plan also tries
+    another choice, or an optional switch (PDL, PERSIST, SOLO) flipped; a split-K plan also tries
     SPLIT_K = 1 (no combine) where its variant allows (``refine_candidates`` drops the neighbours an
     arch cannot run)."""
     c = plan.as_dict()

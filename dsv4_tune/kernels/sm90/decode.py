@@ -201,9 +201,9 @@ def _stage_sub(kv_ptr, stride_page, page_size, n_slots, idx, st_a, st_b, st_c, s
 
 
 @gluon.jit
-def _read_stage(n_slots, idx, st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER: gl.constexpr, ROPE: gl.constexpr):
-    """The staged sub-block of ids ``idx`` in registers, as :func:`_gather_sub` returns it (waits for its copies)."""
-    async_copy.wait_group(0)
+def _staged(n_slots, idx, st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER: gl.constexpr, ROPE: gl.constexpr):
+    """A landed staged sub-block of ids ``idx`` in registers, as :func:`_gather_sub` returns it (each
+    thread reads back what it copied)."""
     sc_lo = st_lo.load(gl.SliceLayout(1, GATHER))
     sc_hi = st_hi.load(gl.SliceLayout(1, GATHER))
     return (st_a.slice(0, 16, dim=1).load(GATHER), st_a.slice(16, 16, dim=1).load(GATHER),
@@ -214,9 +214,16 @@ def _read_stage(n_slots, idx, st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER: g
 
 
 @gluon.jit
-def _store_sub(kt, bias_ref, raw, ROPE: gl.constexpr):
-    """Dequantize one gathered sub-block and store it, as one [SUB, 256] u32 tensor, into the u32
-    view ``kt`` of its K tile rows (one store: each shared-memory store costs the partition a barrier)."""
+def _read_stage(n_slots, idx, st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER: gl.constexpr, ROPE: gl.constexpr):
+    """The staged sub-block of ids ``idx`` in registers, as :func:`_gather_sub` returns it (waits for its copies)."""
+    async_copy.wait_group(0)
+    return _staged(n_slots, idx, st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER, ROPE)
+
+
+@gluon.jit
+def _dequant_sub(raw, ROPE: gl.constexpr):
+    """One gathered sub-block dequantized: its 8 column groups (7 NoPE, then RoPE) as [SUB, 32] u32
+    bf16x2 words in layout ``ROPE``, and its bias."""
     g0, g1, g2, g3, g4, g5, g6, rope, sc_lo, sc_hi, bias = raw
     d0 = gl.convert_layout(_dequant_group(g0, sc_lo & 0xFF), ROPE)
     d1 = gl.convert_layout(_dequant_group(g1, (sc_lo >> 8) & 0xFF), ROPE)
@@ -225,6 +232,14 @@ def _store_sub(kt, bias_ref, raw, ROPE: gl.constexpr):
     d4 = gl.convert_layout(_dequant_group(g4, sc_hi & 0xFF), ROPE)
     d5 = gl.convert_layout(_dequant_group(g5, (sc_hi >> 8) & 0xFF), ROPE)
     d6 = gl.convert_layout(_dequant_group(g6, (sc_hi >> 16) & 0xFF), ROPE)
+    return d0, d1, d2, d3, d4, d5, d6, rope, bias
+
+
+@gluon.jit
+def _store_sub(kt, bias_ref, raw, ROPE: gl.constexpr):
+    """Dequantize one gathered sub-block and store it, as one [SUB, 256] u32 tensor, into the u32
+    view ``kt`` of its K tile rows (one store: each shared-memory store costs the partition a barrier)."""
+    d0, d1, d2, d3, d4, d5, d6, rope, bias = _dequant_sub(raw, ROPE)
     # Groups 0..7 side by side: join adds a minor axis, so the last join is the group's top bit.
     y = gl.join(gl.join(gl.join(d0, d1), gl.join(d2, d3)), gl.join(gl.join(d4, d5), gl.join(d6, rope)))
     y = gl.reshape(gl.permute(y, (0, 4, 3, 2, 1)), [y.shape[0], 256])
@@ -455,7 +470,7 @@ def _pv_right(geo, n_items, len_ptr, xlen_ptr, outs, q_smem, kbuf, p_smem, alpha
 
 
 @gluon.jit
-def _store_half(o, C0: gl.constexpr, head0, t, tb, ts, split, outs, SPLIT: gl.constexpr, O_L: gl.constexpr):
+def _store_half(o, C0, head0, t, tb, ts, split, outs, SPLIT: gl.constexpr, O_L: gl.constexpr):
     """Columns [C0, C0 + 256) of the item's output rows from the accumulator ``o`` (layout ``O_L``):
     fp32 partial or bf16 final.  In the wgmma layout a thread holds 2 adjacent columns: 8-byte
     stores of fp32 partials (converted, they spilled 256 B under Triton 3.6), but 4-byte stores of

@@ -1,0 +1,314 @@
+"""Latency-first sparse FP8 decode for CUDA sm90 (Gluon): ``ws_sm90`` with ``SOLO`` = 1.
+
+At small T a warp-specialized program is mostly fixed cost (partition entry and exit, warpgroups
+waiting on each other, a cold 3-partition binary: ~7 us over an empty kernel for an item without
+candidates, H100).  Here one warpgroup does everything, in order, and the work is cut finer: a
+program computes one 256-column half of the output of one (64 heads, token, split) item, so an
+item is two programs that each gather the same rows (the second from L2) and compute the same
+S = Q K^T, and each keeps a [64, 256] fp32 accumulator (128 registers a thread).
+
+A program's critical path is two round trips before its first MMA: Q (cp.async), the first two
+tiles' ids and the rows' lengths are in flight together, then both tiles' rows (cp.async, raw
+bytes, 16 bytes a copy) are.  Each tile is then read back from shared memory, dequantized exactly
+(:func:`~dsv4_tune.kernels.sm90.decode._dequant_sub`) into two [64, 256] bf16 halves, and used for
+QK^T (both halves) and PV (this program's); its raw slot takes the rows of the tile two ahead,
+whose ids were loaded during the tile before.
+
+Results follow the same contract as the warp-specialized kernel (final bf16 O and LSE, or fp32
+partials for the common combine), so every ``ws_sm90`` plan is served either way.
+"""
+
+from __future__ import annotations
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
+
+from dsv4_tune.kernels.attention_core import LOG2E, epilogue_args, scope_flags, scopes_args
+from dsv4_tune.kernels.fused_attention import split_chunk
+from dsv4_tune.kernels.sm90.decode import (
+    DV,
+    HEADS,
+    _cut,
+    _cut_ids,
+    _dequant_sub,
+    _item,
+    _launch_dependents,
+    _load_q,
+    _out_rows,
+    _q_at,
+    _softmax_block,
+    _stage_sub,
+    _staged,
+    _store_half,
+    _sub_ids,
+    _valid,
+)
+from dsv4_tune.registry.intmath import cdiv
+from dsv4_tune.runtime.jit import Launcher, kernel
+
+RAW_TILES = gl.constexpr(2)  # tiles whose raw bytes are in flight at once
+
+
+@gluon.jit
+def _side_by_side(a, b, c, d):
+    """Four [SUB, 32] u32 column groups as one [SUB, 128] tensor, ``a`` leftmost (join adds a minor
+    axis, so the last join is the group's top bit)."""
+    y = gl.join(gl.join(a, b), gl.join(c, d))
+    return gl.reshape(gl.permute(y, (0, 3, 2, 1)), [y.shape[0], 4 * y.shape[1]])
+
+
+@gluon.jit
+def _clean(idx, n_slots):
+    """Slot ids with every unreadable one (id < 0 or outside the pool) as -1."""
+    return gl.where(_valid(idx, n_slots), idx, -1)
+
+
+@gluon.jit
+def _first_ids(idx_row, s_ik, lo, cap, x_idx_row, x_s_ik, x_lo, x_cap, t, s_q, len_ptr, xlen_ptr,
+               HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr,
+               BLOCK_N: gl.constexpr, SUB: gl.constexpr, GATHER: gl.constexpr):
+    """The ids of the program's first two tiles (main scope, then extra) and the scopes' ends, all
+    loaded at once: the main scope's first two tiles and the extra scope's first two are loaded up to
+    their caps, and picked and cut once the lengths are in.  Returns (tile 0's two sub-blocks of ids,
+    tile 1's, main end, extra end, main tiles)."""
+    m0 = _sub_ids(idx_row, s_ik, lo, cap, SUB, GATHER)
+    m1 = _sub_ids(idx_row, s_ik, lo + SUB, cap, SUB, GATHER)
+    m2 = _sub_ids(idx_row, s_ik, lo + 2 * SUB, cap, SUB, GATHER)
+    m3 = _sub_ids(idx_row, s_ik, lo + 3 * SUB, cap, SUB, GATHER)
+    hi = _cut(lo, cap, t, s_q, len_ptr, HAS_LEN)
+    x_hi = x_lo
+    if HAS_EXTRA:
+        x0 = _sub_ids(x_idx_row, x_s_ik, x_lo, x_cap, SUB, GATHER)
+        x1 = _sub_ids(x_idx_row, x_s_ik, x_lo + SUB, x_cap, SUB, GATHER)
+        x2 = _sub_ids(x_idx_row, x_s_ik, x_lo + 2 * SUB, x_cap, SUB, GATHER)
+        x3 = _sub_ids(x_idx_row, x_s_ik, x_lo + 3 * SUB, x_cap, SUB, GATHER)
+        x_hi = _cut(x_lo, x_cap, t, s_q, xlen_ptr, X_HAS_LEN)
+    n_m = gl.cdiv(hi - lo, BLOCK_N)
+    a0 = _cut_ids(m0, lo, hi, SUB, GATHER)
+    a1 = _cut_ids(m1, lo + SUB, hi, SUB, GATHER)
+    b0 = _cut_ids(m2, lo + 2 * SUB, hi, SUB, GATHER)
+    b1 = _cut_ids(m3, lo + 3 * SUB, hi, SUB, GATHER)
+    if HAS_EXTRA:
+        y0 = _cut_ids(x0, x_lo, x_hi, SUB, GATHER)
+        y1 = _cut_ids(x1, x_lo + SUB, x_hi, SUB, GATHER)
+        z0 = _cut_ids(x2, x_lo + 2 * SUB, x_hi, SUB, GATHER)
+        z1 = _cut_ids(x3, x_lo + 3 * SUB, x_hi, SUB, GATHER)
+        # Tile 1 is the main scope's second tile, or the extra scope's first (one main tile) or second.
+        b0 = gl.where(n_m > 1, b0, gl.where(n_m == 1, y0, z0))
+        b1 = gl.where(n_m > 1, b1, gl.where(n_m == 1, y1, z1))
+        a0 = gl.where(n_m > 0, a0, y0)
+        a1 = gl.where(n_m > 0, a1, y1)
+    return a0, a1, b0, b1, hi, x_hi, n_m
+
+
+@gluon.jit
+def _tile_ids(j, n_m, idx_row, s_ik, lo, hi, x_idx_row, x_s_ik, x_lo, x_hi,
+              HAS_EXTRA: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr, GATHER: gl.constexpr):
+    """The two sub-blocks of ids of tile ``j`` of the program: the main scope's tile j, or the extra
+    scope's tile j - n_m (-1 past the scope's end)."""
+    row = idx_row
+    stride = s_ik
+    k0 = lo + j * BLOCK_N
+    end = hi
+    if HAS_EXTRA:
+        main = j < n_m
+        row = gl.where(main, idx_row, x_idx_row)
+        stride = gl.where(main, s_ik, x_s_ik)
+        k0 = gl.where(main, k0, x_lo + (j - n_m) * BLOCK_N)
+        end = gl.where(main, hi, x_hi)
+    return _sub_ids(row, stride, k0, end, SUB, GATHER), _sub_ids(row, stride, k0 + SUB, end, SUB, GATHER)
+
+
+@gluon.jit
+def _issue_tile(j, n_m, ids0, ids1, slot, kv_ptr, stride_page, page_size, n_slots,
+                xkv_ptr, x_stride_page, x_page_size, x_n_slots, st_a, st_b, st_c, st_rope, st_lo, st_hi,
+                HAS_EXTRA: gl.constexpr, GATHER: gl.constexpr, ROPE: gl.constexpr):
+    """Start copying tile ``j``'s raw rows (ids ``ids0``, ``ids1``) into raw slot ``slot``: two
+    commit groups, one a sub-block.  Returns the ids with the unreadable ones as -1 (the bias of the
+    tile when it is read back)."""
+    kv = kv_ptr
+    sp = stride_page
+    ps = page_size
+    ns = n_slots
+    if HAS_EXTRA:
+        main = j < n_m
+        kv = gl.where(main, kv_ptr, xkv_ptr)
+        sp = gl.where(main, stride_page, x_stride_page)
+        ps = gl.where(main, page_size, x_page_size)
+        ns = gl.where(main, n_slots, x_n_slots)
+    i = slot * 2
+    _stage_sub(kv, sp, ps, ns, ids0, st_a.index(i), st_b.index(i), st_c.index(i), st_rope.index(i), st_lo.index(i),
+               st_hi.index(i), GATHER, ROPE)
+    _stage_sub(kv, sp, ps, ns, ids1, st_a.index(i + 1), st_b.index(i + 1), st_c.index(i + 1), st_rope.index(i + 1),
+               st_lo.index(i + 1), st_hi.index(i + 1), GATHER, ROPE)
+    return _clean(ids0, ns), _clean(ids1, ns)
+
+
+@gluon.jit
+def _to_k_tile(slot, ids0, ids1, kb, bias_buf, st_a, st_b, st_c, st_rope, st_lo, st_hi,
+               BLOCK_N: gl.constexpr, SUB: gl.constexpr, GATHER: gl.constexpr, ROPE: gl.constexpr):
+    """The landed raw tile in ``slot`` dequantized into the two [BLOCK_N, 256] bf16 halves ``kb``
+    (columns 0-255 and 256-511) and its bias into ``bias_buf``."""
+    K32: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
+    left = kb.index(0)._reinterpret(gl.uint32, [BLOCK_N, 128], K32)
+    right = kb.index(1)._reinterpret(gl.uint32, [BLOCK_N, 128], K32)
+    _sub_to_k(slot * 2, ids0, left.slice(0, SUB, dim=0), right.slice(0, SUB, dim=0), bias_buf.slice(0, SUB),
+              st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER, ROPE)
+    _sub_to_k(slot * 2 + 1, ids1, left.slice(SUB, SUB, dim=0), right.slice(SUB, SUB, dim=0), bias_buf.slice(SUB, SUB),
+              st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER, ROPE)
+
+
+@gluon.jit
+def _sub_to_k(i, ids, left, right, bias_ref, st_a, st_b, st_c, st_rope, st_lo, st_hi,
+              GATHER: gl.constexpr, ROPE: gl.constexpr):
+    """Raw sub-block ``i`` (ids ``ids``, already cleaned) dequantized into its rows of both halves."""
+    # ``_staged``'s bias reads cleaned ids: any id >= 0 is valid (n_slots: no bound).
+    raw = _staged(2147483647, ids, st_a.index(i), st_b.index(i), st_c.index(i), st_rope.index(i), st_lo.index(i),
+                  st_hi.index(i), GATHER, ROPE)
+    d0, d1, d2, d3, d4, d5, d6, rope, bias = _dequant_sub(raw, ROPE)
+    left.store(_side_by_side(d0, d1, d2, d3))
+    right.store(_side_by_side(d4, d5, d6, rope))
+    bias_ref.store(bias)
+
+
+@kernel(jit=gluon.jit)
+def _solo_decode_kernel(
+    q_ptr, s_qb, s_qs, s_qh,
+    kv_ptr, stride_page, stride_page_h, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik, len_ptr, topk,
+    xkv_ptr, x_stride_page, x_stride_page_h, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik, xlen_ptr,
+    x_topk,
+    sink_ptr, out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr,
+    n_tok, s_q, h_q, qk_scale, chunk,
+    HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
+    SPLIT: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr, PDL: gl.constexpr = False,
+):
+    """Program p: output columns [256 (p % 2), +256) of item p // 2 (head block fastest, then token,
+    then split, as the warp-specialized kernel orders them)."""
+    gl.static_assert(SUB == 32, "the gather layouts cover 32 rows")
+    gl.static_assert(BLOCK_N == 2 * SUB, "a tile is two sub-blocks (the copy groups and ids assume it)")
+    if PDL:  # the combine launches now and waits (griddepcontrol.wait) for every partial
+        _launch_dependents()
+    GATHER: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])  # 16 B per thread and copy
+    ROPE: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [4, 1], [1, 0])  # a dequantized group's layout
+    K_SL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    VEC_SL: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+    PLAIN: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+    S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                  instr_shape=[16, BLOCK_N, 16])
+    O_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, DV, 16])
+    P_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=O_L, k_width=2)
+    q3 = gl.allocate_shared_memory(gl.bfloat16, [1, HEADS, 2 * DV], K_SL)  # see _q_at
+    q_smem = q3.index(0)
+    kb = gl.allocate_shared_memory(gl.bfloat16, [2, BLOCK_N, DV], K_SL)  # the K tile's two column halves
+    bias_buf = gl.allocate_shared_memory(gl.float32, [BLOCK_N], VEC_SL)
+    SLOTS: gl.constexpr = 2 * RAW_TILES  # a raw tile's two sub-blocks, each piece of a row apart
+    st_a = gl.allocate_shared_memory(gl.uint32, [SLOTS, SUB, 64], PLAIN)
+    st_b = gl.allocate_shared_memory(gl.uint32, [SLOTS, SUB, 32], PLAIN)
+    st_c = gl.allocate_shared_memory(gl.uint32, [SLOTS, SUB, 16], PLAIN)
+    st_rope = gl.allocate_shared_memory(gl.uint32, [SLOTS, SUB, 32], PLAIN)
+    st_lo = gl.allocate_shared_memory(gl.uint32, [SLOTS, SUB], VEC_SL)
+    st_hi = gl.allocate_shared_memory(gl.uint32, [SLOTS, SUB], VEC_SL)
+
+    pid = gl.program_id(0)
+    half = pid % 2
+    geo = (gl.cdiv(h_q, HEADS), n_tok, s_q, chunk, topk, x_topk)
+    head0, t, tb, ts, split, lo, cap, x_lo, x_cap = _item(pid // 2, geo, HAS_EXTRA)
+    _load_q(q_ptr, q_smem, head0, tb, ts, h_q, s_qb, s_qs, s_qh)  # commit group 1
+    idx_row = idx_ptr + tb * s_ib + ts * s_is
+    x_idx_row = xidx_ptr + tb * x_s_ib + ts * x_s_is
+    a0, a1, b0, b1, hi, x_hi, n_m = _first_ids(idx_row, s_ik, lo, cap, x_idx_row, x_s_ik, x_lo, x_cap, t, s_q,
+                                               len_ptr, xlen_ptr, HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, GATHER)
+    n = n_m + gl.cdiv(x_hi - x_lo, BLOCK_N)
+    # Tiles 0 and 1 (groups 2-5; a tile past the last is all -1 ids: zero-filled, nothing read).
+    a0, a1 = _issue_tile(0, n_m, a0, a1, 0, kv_ptr, stride_page, page_size, n_slots, xkv_ptr, x_stride_page,
+                         x_page_size, x_n_slots, st_a, st_b, st_c, st_rope, st_lo, st_hi, HAS_EXTRA, GATHER, ROPE)
+    b0, b1 = _issue_tile(1, n_m, b0, b1, 1, kv_ptr, stride_page, page_size, n_slots, xkv_ptr, x_stride_page,
+                         x_page_size, x_n_slots, st_a, st_b, st_c, st_rope, st_lo, st_hi, HAS_EXTRA, GATHER, ROPE)
+
+    m_i = gl.full([HEADS], -1.0e30, gl.float32, layout=gl.SliceLayout(1, S_L))  # finite: no inf - inf
+    l_i = gl.zeros([HEADS], gl.float32, layout=gl.SliceLayout(1, S_L))
+    o = gl.zeros([HEADS, DV], gl.float32, layout=O_L)
+    for j in range(n):
+        slot = j % 2
+        # The ids of tile j + 2, loaded now and used after this tile's MMAs.
+        c0, c1 = _tile_ids(j + 2, n_m, idx_row, s_ik, lo, hi, x_idx_row, x_s_ik, x_lo, x_hi,
+                           HAS_EXTRA, BLOCK_N, SUB, GATHER)
+        async_copy.wait_group(2)  # Q and tile j are in (tile j + 1's two groups may not be)
+        gl.thread_barrier()  # and every thread's copies seen: a scale word is copied by one of the 4 lanes that read it
+        _to_k_tile(slot, a0, a1, kb, bias_buf, st_a, st_b, st_c, st_rope, st_lo, st_hi, BLOCK_N, SUB, GATHER, ROPE)
+        fence_async_shared()
+        gl.thread_barrier()  # the K tile and bias written, the raw slot read by every thread
+        s = gl.zeros([HEADS, BLOCK_N], gl.float32, layout=S_L)
+        q = _q_at(q3, j)
+        s = warpgroup_mma(q.slice(0, DV, dim=1), kb.index(0).permute((1, 0)), s, use_acc=False, is_async=True)
+        s = warpgroup_mma(q.slice(DV, DV, dim=1), kb.index(1).permute((1, 0)), s, is_async=True)
+        a0, a1 = _issue_tile(j + 2, n_m, c0, c1, slot, kv_ptr, stride_page, page_size, n_slots, xkv_ptr,
+                             x_stride_page, x_page_size, x_n_slots, st_a, st_b, st_c, st_rope, st_lo, st_hi,
+                             HAS_EXTRA, GATHER, ROPE)
+        bias = bias_buf.load(gl.SliceLayout(0, S_L))
+        s = warpgroup_mma_wait(0, deps=(s,))
+        pb, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
+        o = o * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
+        o = warpgroup_mma(gl.convert_layout(pb, P_L), kb.index(half), o, is_async=True)
+        o = warpgroup_mma_wait(0, deps=(o,))
+        gl.thread_barrier()  # every thread's MMAs done before the next tile overwrites the K tile
+        a0, a1, b0, b1 = b0, b1, a0, a1  # tile j + 1's ids first, then tile j + 2's
+    async_copy.wait_group(0)  # no copy outlives the program
+
+    # The epilogue of the contract (attention_core.store_result), in this layout.
+    lonely = l_i == 0.0
+    safe_m = gl.where(lonely, 0.0, m_i)
+    l_safe = gl.where(lonely, 1.0, l_i)
+    lse = gl.where(lonely, float("inf"), (safe_m + gl.log2(l_safe)) * 0.6931471805599453)
+    outs = (out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr, h_q, n_tok)
+    heads, hm, _, lse_rows, part_rows = _out_rows(head0, t, tb, ts, split, outs, gl.SliceLayout(1, S_L))
+    if SPLIT:
+        scale = gl.where(lonely, 0.0, 1.0 / l_safe)
+        gl.store(part_lse_ptr + part_rows, lse, mask=hm & (half == 0))
+    else:
+        denom = l_i
+        if HAS_SINK:
+            sink = gl.load(sink_ptr + heads, mask=hm, other=float("-inf"))
+            denom = l_i + gl.exp2(gl.where(lonely, float("-inf"), sink * 1.4426950408889634 - safe_m))
+        scale = gl.where(lonely, 0.0, 1.0 / gl.where(lonely, 1.0, denom))
+        gl.store(lse_ptr + lse_rows, lse, mask=hm & (half == 0))
+    o = o * gl.convert_layout(scale, gl.SliceLayout(1, O_L))[:, None]
+    _store_half(o, half * DV, head0, t, tb, ts, split, outs, SPLIT, O_L)
+
+
+_launch = Launcher(_solo_decode_kernel)
+
+
+def launch_solo_decode(
+    q: torch.Tensor,
+    main: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+    extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None,
+    attn_sink: torch.Tensor | None,
+    sm_scale: float,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    partial: tuple[torch.Tensor, torch.Tensor] | None,
+    *,
+    split_k: int,
+    BLOCK_N: int,
+    SUB: int,
+    pdl: bool = False,
+) -> None:
+    """Launch the one-warpgroup kernel (inputs already checked; e4m3fn pools): two programs per
+    (64 heads, token, split) item; arguments as :func:`~dsv4_tune.kernels.sm90.decode.launch_ws_decode`'s."""
+    b, s_q, h_q, _ = q.shape
+    n_tok = b * s_q
+    programs = 2 * cdiv(h_q, HEADS.value) * n_tok * split_k
+    total = main[1].shape[2] + (extra[1].shape[2] if extra is not None else 0)
+    _launch(
+        (programs, 1, 1),
+        *scopes_args(q, main, extra),
+        *epilogue_args(attn_sink, out, lse, partial),
+        n_tok, s_q, h_q, sm_scale * LOG2E, split_chunk(total, split_k, BLOCK_N),
+        *scope_flags(main, extra, attn_sink),
+        split_k > 1, BLOCK_N, SUB, pdl,
+        num_warps=4, num_stages=1,
+    )
