@@ -20,14 +20,11 @@ partials for the common combine), so every ``ws_sm90`` plan is served either way
 
 from __future__ import annotations
 
-import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
-from dsv4_tune.kernels.attention_core import LOG2E, epilogue_args, scope_flags, scopes_args
-from dsv4_tune.kernels.fused_attention import split_chunk
 from dsv4_tune.kernels.sm90.decode import (
     DV,
     HEADS,
@@ -46,7 +43,6 @@ from dsv4_tune.kernels.sm90.decode import (
     _sub_ids,
     _valid,
 )
-from dsv4_tune.registry.intmath import cdiv
 from dsv4_tune.runtime.jit import Launcher, kernel
 
 RAW_TILES = gl.constexpr(2)  # tiles whose raw bytes are in flight at once
@@ -279,36 +275,5 @@ def _solo_decode_kernel(
     _store_half(o, half * DV, head0, t, tb, ts, split, outs, SPLIT, O_L)
 
 
-_launch = Launcher(_solo_decode_kernel)
 
-
-def launch_solo_decode(
-    q: torch.Tensor,
-    main: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
-    extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None,
-    attn_sink: torch.Tensor | None,
-    sm_scale: float,
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    partial: tuple[torch.Tensor, torch.Tensor] | None,
-    *,
-    split_k: int,
-    BLOCK_N: int,
-    SUB: int,
-    pdl: bool = False,
-) -> None:
-    """Launch the one-warpgroup kernel (inputs already checked; e4m3fn pools): two programs per
-    (64 heads, token, split) item; arguments as :func:`~dsv4_tune.kernels.sm90.decode.launch_ws_decode`'s."""
-    b, s_q, h_q, _ = q.shape
-    n_tok = b * s_q
-    programs = 2 * cdiv(h_q, HEADS.value) * n_tok * split_k
-    total = main[1].shape[2] + (extra[1].shape[2] if extra is not None else 0)
-    _launch(
-        (programs, 1, 1),
-        *scopes_args(q, main, extra),
-        *epilogue_args(attn_sink, out, lse, partial),
-        n_tok, s_q, h_q, sm_scale * LOG2E, split_chunk(total, split_k, BLOCK_N),
-        *scope_flags(main, extra, attn_sink),
-        split_k > 1, BLOCK_N, SUB, pdl,
-        num_warps=4, num_stages=1,
-    )
+launch_solo = Launcher(_solo_decode_kernel)  # by :func:`~dsv4_tune.kernels.sm90.decode.launch_ws_decode`
