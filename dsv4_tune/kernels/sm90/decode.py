@@ -830,12 +830,12 @@ def launch_ws_decode(
     PERSIST: int,
     maxnreg: int,
     pdl: bool = False,
-    SOLO: int = 0,
+    solo: Launcher | None = None,
 ) -> None:
     """Launch the warp-specialized kernel (inputs already checked; e4m3fn pools): one program per
-    (64 heads, token, split) item, or with ``PERSIST`` one per SM looping over them; with ``SOLO``
-    the one-warpgroup kernel instead (:mod:`~dsv4_tune.kernels.sm90.solo`: two programs an item,
-    KSTAGES, STAGED, PIPE, PERSIST and ``maxnreg`` unused).  ``partial`` as
+    (64 heads, token, split) item, or with ``PERSIST`` one per SM looping over them; given ``solo``
+    (:data:`dsv4_tune.kernels.sm90.solo.launch_solo`), the one-warpgroup kernel instead: two
+    programs an item, KSTAGES, STAGED, PIPE, PERSIST and ``maxnreg`` unused.  ``partial`` as
     in :func:`~dsv4_tune.kernels.fused_attention.launch_sparse_decode`: with ``split_k > 1`` the
     combine kernel writes ``out`` / ``lse`` afterwards; ``pdl``: that combine is launched as a programmatic
     dependent of this kernel (:func:`~dsv4_tune.kernels.combine.launch_combine` with ``pdl``), which
@@ -847,10 +847,8 @@ def launch_ws_decode(
     args = (*scopes_args(q, main, extra), *epilogue_args(attn_sink, out, lse, partial),
             n_tok, s_q, h_q, sm_scale * LOG2E, split_chunk(total, split_k, BLOCK_N))
     flags = (*scope_flags(main, extra, attn_sink), split_k > 1, BLOCK_N, SUB)
-    if SOLO:
-        from dsv4_tune.kernels.sm90.solo import launch_solo  # it imports this module
-
-        launch_solo((2 * n_items, 1, 1), *args, *flags, pdl, num_warps=4, num_stages=1)
+    if solo is not None:
+        solo((2 * n_items, 1, 1), *args, *flags, pdl, num_warps=4, num_stages=1)
         return
     programs = min(n_items, _multiprocessors(q.device.index)) if PERSIST else n_items
     _launch((programs, 1, 1), *args, n_items, *flags, KSTAGES, bool(STAGED), bool(PIPE), bool(PERSIST), pdl,

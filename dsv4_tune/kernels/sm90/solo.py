@@ -276,4 +276,4 @@ def _solo_decode_kernel(
 
 
 
-launch_solo = Launcher(_solo_decode_kernel)  # by :func:`~dsv4_tune.kernels.sm90.decode.launch_ws_decode`
+launch_solo = Launcher(_solo_decode_kernel)  # for :func:`~dsv4_tune.kernels.sm90.decode.launch_ws_decode`'s ``solo``
