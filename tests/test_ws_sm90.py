@@ -103,6 +103,16 @@ def test_where_it_cannot_run_it_is_never_swept_and_says_why() -> None:
     assert variant_problem("fused", torch.device("cpu")) is None
 
 
+def test_its_one_warpgroup_plans_are_coarse_candidates_at_small_t_only(monkeypatch) -> None:
+    import dsv4_tune.tuner.candidates as candidates_mod
+
+    monkeypatch.setattr(candidates_mod, "variant_problem", lambda variant, *a: None)  # as under Triton 3.6
+    for t, expected in ((4, {1, 2, 4, 8, 16}), (64, {1, 2, 4, 8, 16}), (128, set())):
+        solo = [p for p in decode_coarse_candidates(Workload(t, 128, 128, 1024), "sm90") if p.as_dict().get("SOLO")]
+        assert {p["SPLIT_K"] for p in solo} == expected, t
+        assert all(bool(p.as_dict().get("PDL")) == (p["SPLIT_K"] > 1) for p in solo)
+
+
 def test_where_gluon_is_there_it_still_needs_e4m3fn_pools_and_an_sm90_gpu(monkeypatch) -> None:
     import dsv4_tune.serving.variants as variants_mod
 

@@ -31,6 +31,7 @@ from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
 from dsv4_tune.serving.variants import variant_problem
 
 REFINE_SEEDS = 2  # best plans per workload whose neighbourhoods a refine round measures
+SOLO_MAX_TOKENS = 64  # ws_sm90's SOLO plans are coarse candidates up to this T (refinement may reach them beyond)
 
 
 def coarse_candidates(w: Workload | OpWorkload, arch: str | None = None, limit: int | None = None) -> list[Plan]:
@@ -74,12 +75,13 @@ def decode_coarse_candidates(w: Workload, arch: str | None = None) -> list[Plan]
     for sk, pdl in itertools.product((2, 4, 8, 16), (0, 1)):
         plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=1, PIPE=1, SPLIT_K=sk, **DEFAULT_COMBINE,
                                **({PDL_KEY: 1} if pdl else {})))
-    # Its one-warpgroup kernel (two programs an item, for small T): alone and split 2-16 ways behind
-    # a programmatic-dependent combine.
-    plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=1, **{WS_SOLO_KEY: 1}))
-    for sk in (2, 4, 8, 16):
-        plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=sk, **DEFAULT_COMBINE,
-                               **{PDL_KEY: 1, WS_SOLO_KEY: 1}))
+    # Its one-warpgroup kernel (two programs an item, tiles in turn: for small T, where the SMs are
+    # not all busy): alone and split 2-16 ways behind a programmatic-dependent combine.
+    if w.total_tokens <= SOLO_MAX_TOKENS:
+        plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=1, **{WS_SOLO_KEY: 1}))
+        for sk in (2, 4, 8, 16):
+            plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=sk, **DEFAULT_COMBINE,
+                                   **{PDL_KEY: 1, WS_SOLO_KEY: 1}))
     unique = list(dict.fromkeys(plans))
     return [p for p in unique if sweepable(w, p, arch)]
 
