@@ -590,7 +590,7 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
                      k_ready, k_empty, p_ready, p_empty, done, scale_empty,
                      HAS_SINK: gl.constexpr, SPLIT: gl.constexpr, BLOCK_N: gl.constexpr, KSTAGES: gl.constexpr,
                      PIPE: gl.constexpr, HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr,
-                     PERSIST: gl.constexpr):
+                     PERSIST: gl.constexpr, FLUSH: gl.constexpr):
     """WG0, per item: S = Q K^T, the online softmax, O[:, :256] += P V[:, :256]; then LSE, the output
     scale (for WG1 too) and its half of the output.  The next item's Q is loaded during the epilogue."""
     S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -696,7 +696,7 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
         else:
             gl.store(outs[4] + lse_rows, lse, mask=hm)
         o = o * gl.convert_layout(scale, gl.SliceLayout(1, O_L))[:, None]
-        if SPLIT or PERSIST or PIPE:  # fp32 partials; Q's buffer busy with the next item's Q; PIPE's registers
+        if not FLUSH or PIPE:  # fp32 partials or Q's buffer busy with the next item's Q (see FLUSH); PIPE's registers
             _store_half(o, 0, head0, t, tb, ts, split, outs, SPLIT, O_L)
         else:  # through Q's left half (every wgmma of the item is done)
             stage = q_smem.slice(0, DV, dim=1)
@@ -783,15 +783,16 @@ def _ws_decode_kernel(
     gl.thread_barrier()
 
     geo = (gl.cdiv(h_q, HEADS), n_tok, s_q, chunk, topk, x_topk)  # what _item reads an item from
-    # WG1's half of a lone final item goes through Q's right half and the producer (one condition for
-    # both sides: the producer waits on an ``out_ready`` only WG1 arrives on).
+    # A lone final item's output goes through Q's buffer: WG1's half through its right half and the
+    # producer (one condition for both sides: the producer waits on an ``out_ready`` only WG1 arrives
+    # on), WG0's through its left half unless PIPE (whose WG0 lacks the registers for the read-back).
     FLUSH: gl.constexpr = not SPLIT and not PERSIST
     outs = (out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr, h_q, n_tok)
     gl.warp_specialize([
         (_softmax_pv_left, (geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_qb, s_qs, s_qh, sink_ptr,
                             q3, q_smem, kbuf, bias_buf, p_smem, alpha_smem, scale_smem,
                             k_ready, k_empty, p_ready, p_empty, done, scale_empty,
-                            HAS_SINK, SPLIT, BLOCK_N, KSTAGES, PIPE, HAS_LEN, HAS_EXTRA, X_HAS_LEN, PERSIST)),
+                            HAS_SINK, SPLIT, BLOCK_N, KSTAGES, PIPE, HAS_LEN, HAS_EXTRA, X_HAS_LEN, PERSIST, FLUSH)),
         (_pv_right, (geo, n_items, len_ptr, xlen_ptr, outs, q_smem, kbuf, p_smem, alpha_smem, scale_smem,
                      k_ready, k_empty, p_ready, p_empty, done, scale_empty, out_ready, item_slot,
                      SPLIT, FLUSH, KSTAGES, BLOCK_N, HAS_LEN, HAS_EXTRA, X_HAS_LEN, PERSIST)),
