@@ -53,7 +53,7 @@ from dsv4_tune.kernels.kv_layout import HEAD_DIM, TOKEN_BYTES, padded_page_bytes
 from dsv4_tune.kernels.reference import sparse_decode_ref
 from dsv4_tune.policies.baseline import plan_for, seed_decision
 from dsv4_tune.policies.dispatcher import Dispatcher, get_dispatcher
-from dsv4_tune.registry.launches import PDL_KEY, WS_PERSIST_KEY
+from dsv4_tune.registry.launches import PDL_KEY, WS_PERSIST_KEY, WS_SOLO_KEY
 from dsv4_tune.registry.variants import VARIANTS, plan_problems
 from dsv4_tune.registry.workload import Plan, Workload
 from dsv4_tune.runtime.workspace import Workspace
@@ -196,7 +196,8 @@ def bench_workload(
 
 def ws_candidates(w: Workload) -> list[Plan]:
     """A few ws_sm90 configs (both pipelines on and off, one grid and persistent; split 2-8 ways at
-    T <= 16, the combine launched plainly and as a programmatic dependent) valid for ``w``."""
+    T <= 16, the combine launched plainly and as a programmatic dependent; there also the
+    one-warpgroup kernel, unsplit and split 8 ways) valid for ``w``."""
     plans = [Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=st, PIPE=pi, SPLIT_K=1)
              for st in (0, 1) for pi in (0, 1)]
     plans += [Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=st, PIPE=pi, SPLIT_K=1, **{WS_PERSIST_KEY: 1})
@@ -204,6 +205,9 @@ def ws_candidates(w: Workload) -> list[Plan]:
     if w.total_tokens <= 16:
         plans += [Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=1, PIPE=1, SPLIT_K=sk, COMBINE_BLOCK_H=8,
                             combine_warps=4, **pdl) for sk in (2, 4, 8) for pdl in ({}, {PDL_KEY: 1})]
+        plans += [Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=1, **{WS_SOLO_KEY: 1}),
+                  Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=8, COMBINE_BLOCK_H=8,
+                            combine_warps=4, **{PDL_KEY: 1, WS_SOLO_KEY: 1})]
     return [p for p in plans if not plan_problems(w, p, "sm90")]
 
 
