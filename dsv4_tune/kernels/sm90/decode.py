@@ -470,6 +470,42 @@ def _pv_right(geo, n_items, len_ptr, xlen_ptr, outs, q_smem, kbuf, p_smem, alpha
 
 
 @gluon.jit
+def _sink_of(sink_ptr, heads, hm, HAS_SINK: gl.constexpr, SPLIT: gl.constexpr):
+    """The sinks of ``heads`` where the final output takes them (HAS_SINK, unsplit), else -inf."""
+    if HAS_SINK and not SPLIT:
+        return gl.load(sink_ptr + heads, mask=hm, other=float("-inf"))
+    return gl.full(heads.shape, float("-inf"), gl.float32, layout=heads.type.layout)
+
+
+@gluon.jit
+def _lse_and_scale(m_i, l_i, sink, HAS_SINK: gl.constexpr, SPLIT: gl.constexpr):
+    """The epilogue of the contract (attention_core.store_result) for rows of running max ``m_i``
+    and sum ``l_i``: (LSE without the sink, the factor O's accumulator is scaled by).  Split: the
+    partial's 1 / l; final: 1 / (l + exp(sink - m)); a lonely row: LSE +inf and factor 0."""
+    lonely = l_i == 0.0
+    safe_m = gl.where(lonely, 0.0, m_i)
+    l_safe = gl.where(lonely, 1.0, l_i)
+    lse = gl.where(lonely, float("inf"), (safe_m + gl.log2(l_safe)) * 0.6931471805599453)
+    if SPLIT:
+        scale = gl.where(lonely, 0.0, 1.0 / l_safe)
+    else:
+        denom = l_i
+        if HAS_SINK:
+            denom = l_i + gl.exp2(gl.where(lonely, float("-inf"), sink * 1.4426950408889634 - safe_m))
+        scale = gl.where(lonely, 0.0, 1.0 / gl.where(lonely, 1.0, denom))
+    return lse, scale
+
+
+@gluon.jit
+def _store_lse(lse, lse_rows, part_rows, outs, mask, SPLIT: gl.constexpr):
+    """The item's LSE: into the split's partial LSE, or the final one (offsets from :func:`_out_rows`)."""
+    if SPLIT:
+        gl.store(outs[8] + part_rows, lse, mask=mask)
+    else:
+        gl.store(outs[4] + lse_rows, lse, mask=mask)
+
+
+@gluon.jit
 def _store_half(o, C0, head0, t, tb, ts, split, outs, SPLIT: gl.constexpr, O_L: gl.constexpr):
     """Columns [C0, C0 + 256) of the item's output rows from the accumulator ``o`` (layout ``O_L``):
     fp32 partial or bf16 final.  In the wgmma layout a thread holds 2 adjacent columns: 8-byte
@@ -674,27 +710,12 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
         if PERSIST:  # noqa: SIM102 (a constexpr if: no code at all without PERSIST)
             if n_blocks == 0:  # no QK^T read this item's Q: the next one's comes in now
                 _next_q(item, step, item_end, geo, q_ptr, q_smem, h_q, s_qb, s_qs, s_qh, HAS_EXTRA)
-        # The epilogue of the contract (attention_core.store_result), in this layout.
-        lonely = l_i == 0.0
-        safe_m = gl.where(lonely, 0.0, m_i)
-        l_safe = gl.where(lonely, 1.0, l_i)
-        lse = gl.where(lonely, float("inf"), (safe_m + gl.log2(l_safe)) * 0.6931471805599453)
         heads, hm, _, lse_rows, part_rows = _out_rows(head0, t, tb, ts, split, outs, gl.SliceLayout(1, S_L))
-        if SPLIT:
-            scale = gl.where(lonely, 0.0, 1.0 / l_safe)
-        else:
-            denom = l_i
-            if HAS_SINK:
-                sink = gl.load(sink_ptr + heads, mask=hm, other=float("-inf"))
-                denom = l_i + gl.exp2(gl.where(lonely, float("-inf"), sink * 1.4426950408889634 - safe_m))
-            scale = gl.where(lonely, 0.0, 1.0 / gl.where(lonely, 1.0, denom))
+        lse, scale = _lse_and_scale(m_i, l_i, _sink_of(sink_ptr, heads, hm, HAS_SINK, SPLIT), HAS_SINK, SPLIT)
         mbarrier.wait(scale_empty, (it & 1) ^ 1)  # WG1 has read the last item's
         scale_smem.store(scale)
         mbarrier.arrive(done)  # WG1's half waits on this: the LSE is stored after
-        if SPLIT:
-            gl.store(outs[8] + part_rows, lse, mask=hm)
-        else:
-            gl.store(outs[4] + lse_rows, lse, mask=hm)
+        _store_lse(lse, lse_rows, part_rows, outs, hm, SPLIT)
         o = o * gl.convert_layout(scale, gl.SliceLayout(1, O_L))[:, None]
         if not FLUSH or PIPE:  # fp32 partials or Q's buffer busy with the next item's Q (see FLUSH); PIPE's registers
             _store_half(o, 0, head0, t, tb, ts, split, outs, SPLIT, O_L)

@@ -34,12 +34,15 @@ from dsv4_tune.kernels.sm90.decode import (
     _item,
     _launch_dependents,
     _load_q,
+    _lse_and_scale,
     _out_rows,
     _q_at,
+    _sink_of,
     _softmax_block,
     _stage_sub,
     _staged,
     _store_half,
+    _store_lse,
     _sub_ids,
     _valid,
 )
@@ -254,23 +257,10 @@ def _solo_decode_kernel(
         a0, a1, b0, b1 = b0, b1, a0, a1  # tile j + 1's ids first, then tile j + 2's
     async_copy.wait_group(0)  # no copy outlives the program
 
-    # The epilogue of the contract (attention_core.store_result), in this layout.
-    lonely = l_i == 0.0
-    safe_m = gl.where(lonely, 0.0, m_i)
-    l_safe = gl.where(lonely, 1.0, l_i)
-    lse = gl.where(lonely, float("inf"), (safe_m + gl.log2(l_safe)) * 0.6931471805599453)
     outs = (out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr, h_q, n_tok)
     heads, hm, _, lse_rows, part_rows = _out_rows(head0, t, tb, ts, split, outs, gl.SliceLayout(1, S_L))
-    if SPLIT:
-        scale = gl.where(lonely, 0.0, 1.0 / l_safe)
-        gl.store(part_lse_ptr + part_rows, lse, mask=hm & (half == 0))
-    else:
-        denom = l_i
-        if HAS_SINK:
-            sink = gl.load(sink_ptr + heads, mask=hm, other=float("-inf"))
-            denom = l_i + gl.exp2(gl.where(lonely, float("-inf"), sink * 1.4426950408889634 - safe_m))
-        scale = gl.where(lonely, 0.0, 1.0 / gl.where(lonely, 1.0, denom))
-        gl.store(lse_ptr + lse_rows, lse, mask=hm & (half == 0))
+    lse, scale = _lse_and_scale(m_i, l_i, _sink_of(sink_ptr, heads, hm, HAS_SINK, SPLIT), HAS_SINK, SPLIT)
+    _store_lse(lse, lse_rows, part_rows, outs, hm & (half == 0), SPLIT)  # both halves have it: one stores
     o = o * gl.convert_layout(scale, gl.SliceLayout(1, O_L))[:, None]
     _store_half(o, half * DV, head0, t, tb, ts, split, outs, SPLIT, O_L)
 
