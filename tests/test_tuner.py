@@ -526,4 +526,5 @@ def test_kernel_versions_follow_the_sources_each_variant_is_built_from(tmp_path:
         versions()
     assert {k for k in before if before[k] != after[k]} == set(VARIANTS)
     assert kv.variant_kernels("fused") == {"_sparse_decode_kernel"}
-    assert kv.variant_kernels("ws_sm90") == {"_ws_decode_kernel", "_solo_decode_kernel", "_combine_kernel"}
+    assert kv.variant_kernels("ws_sm90") == {"_ws_decode_kernel", "_solo_decode_kernel", "_solo_pipe_decode_kernel",
+                                            "_combine_kernel"}

@@ -48,13 +48,15 @@ def test_only_sm90_may_run_it() -> None:
 def test_its_rules_name_the_knob_at_fault() -> None:
     assert plan_problems(W, ws()) == []
     assert ws_smem_bytes(ws(STAGED=1).as_dict()) < 227 * 1024 < ws_smem_bytes(ws(KSTAGES=3).as_dict())
-    assert ws_smem_bytes(ws(SOLO=1).as_dict()) == 206080  # Triton 3.6's figure for the one-warpgroup kernel
+    # Triton 3.6's figures for the one-warpgroup kernels (64-token tiles; 32-token tiles, pipelined)
+    assert ws_smem_bytes(ws(SOLO=1).as_dict()) == 206080 and ws_smem_bytes(ws(SOLO=1, BLOCK_N=32).as_dict()) == 187392
+    assert plan_problems(W, ws(SOLO=1, BLOCK_N=32, SPLIT_K=8, PDL=1)) == []
     cases = {ws(KSTAGES=3): "shared memory", ws(BLOCK_N=32, STAGED=1): "STAGED=1 needs BLOCK_N=64",
              ws(PIPE=2): "PIPE=2 not in", ws(BLOCK_N=16): "BLOCK_N=16 not in", ws(PDL=1): "PDL=1 needs SPLIT_K > 1",
              ws(PERSIST=2): "PERSIST=2 not in", ws(SPLIT_K=2, PERSIST=1): "PERSIST=1 needs SPLIT_K=1",
              ws(SPLIT_K=5): "SPLIT_K=5 not in", ws(SPLIT_K=4): "", ws(SOLO=2): "SOLO=2 not in",
-             ws(SOLO=1, PIPE=1): "SOLO=1 needs BLOCK_N=64, KSTAGES=2, STAGED=0, PIPE=0",
-             ws(SOLO=1, PERSIST=1): "SOLO=1 needs", ws(SOLO=1, BLOCK_N=32): "SOLO=1 needs"}
+             ws(SOLO=1, PIPE=1): "SOLO=1 needs KSTAGES=2, STAGED=0, PIPE=0 and no PERSIST",
+             ws(SOLO=1, PERSIST=1): "SOLO=1 needs", ws(SOLO=1, KSTAGES=3): "SOLO=1 needs KSTAGES=2"}
     small = Workload(4, 64, 128, 0)  # 2 blocks of 64: SPLIT_K 4 exceeds them
     for plan, message in cases.items():
         problems = plan_problems(small if plan["SPLIT_K"] == 4 else W, plan)
@@ -72,6 +74,8 @@ def test_its_kernels_and_buffers() -> None:
     assert dict(solo[1])["SPLIT"] is True and dict(solo[1])["PDL"] is True
     assert combine[0] == "_combine_kernel" and dict(combine[1])["PDL"] is True
     assert plan_buffers(ws(SPLIT_K=4, SOLO=1), W) == plan_buffers(ws(SPLIT_K=4), W)
+    (pipe,) = plan_kernels(ws(SOLO=1, BLOCK_N=32), W, "sm90")
+    assert pipe[0] == "_solo_pipe_decode_kernel" and dict(pipe[1])["BLOCK_N"] == 32
     assert plan_buffers(ws(), W) == {} and set(plan_buffers(ws(SPLIT_K=4), W)) == {"part_o", "part_lse"}
 
 
@@ -109,7 +113,8 @@ def test_its_one_warpgroup_plans_are_coarse_candidates_at_small_t_only(monkeypat
     monkeypatch.setattr(candidates_mod, "variant_problem", lambda variant, *a: None)  # as under Triton 3.6
     for t, expected in ((4, {1, 2, 4, 8, 16}), (64, {1, 2, 4, 8, 16}), (128, set())):
         solo = [p for p in decode_coarse_candidates(Workload(t, 128, 128, 1024), "sm90") if p.as_dict().get("SOLO")]
-        assert {p["SPLIT_K"] for p in solo} == expected, t
+        for bn in (32, 64):
+            assert {p["SPLIT_K"] for p in solo if p["BLOCK_N"] == bn} == expected, (t, bn)
         assert all(bool(p.as_dict().get("PDL")) == (p["SPLIT_K"] > 1) for p in solo)
 
 
@@ -192,12 +197,14 @@ def test_every_knob_against_the_reference(s_q, page, x_page, device, gen) -> Non
 @pytest.mark.gpu_only
 @pytest.mark.parametrize(("s_q", "page", "x_page"), KNOB_CASES)
 def test_the_one_warpgroup_kernel_against_the_reference(s_q, page, x_page, device, gen) -> None:
-    """SOLO: up to 2 main tiles and 5 extra tiles a row, so tiles come from either scope in every ring
-    position (a row of length 0 starts in the extra scope); split 6 ways (128 each), the last two have none."""
+    """SOLO: up to 2 main tiles and 5 extra tiles a row (4 and 10 at 32 tokens), so tiles come from
+    either scope in every ring position (a row of length 0 starts in the extra scope); split 6 ways
+    (128 each) the last two splits have none, split 12 at 32 tokens five have none."""
     if variant_problem("ws_sm90", torch.device(device)):
         pytest.skip(variant_problem("ws_sm90", torch.device(device)))
     case = _knob_case(device, gen, s_q, page, x_page)
-    for plan in (ws(SOLO=1), ws(SOLO=1, SPLIT_K=3), ws(SOLO=1, SPLIT_K=3, PDL=1), ws(SOLO=1, SPLIT_K=6)):
+    for plan in (ws(SOLO=1), ws(SOLO=1, SPLIT_K=3), ws(SOLO=1, SPLIT_K=3, PDL=1), ws(SOLO=1, SPLIT_K=6),
+                 ws(SOLO=1, BLOCK_N=32), ws(SOLO=1, BLOCK_N=32, SPLIT_K=3, PDL=1), ws(SOLO=1, BLOCK_N=32, SPLIT_K=12)):
         case.check(plan)
 
 

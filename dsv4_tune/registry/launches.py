@@ -23,7 +23,8 @@ PDL_KEY = "PDL"
 WS_PERSIST_KEY = "PERSIST"
 # ws_sm90's optional knob (absent = 0): no warp specialization, one warpgroup a program and two
 # programs an item (each computes one 256-column half of its output), for small T where a program's
-# fixed cost is the time; a kernel of its own (:mod:`dsv4_tune.kernels.sm90.solo`).
+# fixed cost is the time; a kernel of its own per tile size (:mod:`dsv4_tune.kernels.sm90.solo`: at
+# BLOCK_N 32 the next tile's dequant runs under this tile's QK^T).
 WS_SOLO_KEY = "SOLO"
 WS_SUB = 32  # ws_sm90: tokens its producer gathers and converts at a time
 WS_MAXNREG = 168  # ws_sm90: registers per thread at entry (setmaxnreg then splits them 208 / 160 / 136)
@@ -68,7 +69,8 @@ def plan_kernels(plan: Plan, w: Workload, arch: str, fp8: Fp8Pair | None = None)
         out.append(launch("_gathered_attention_kernel", c["num_warps"], c["num_stages"], HAS_SINK=sink, SPLIT=split,
                           BLOCK_H=c["BLOCK_H"], BLOCK_N=c["BLOCK_N"], DOT="bf16"))
     elif plan.variant == "ws_sm90" and c.get(WS_SOLO_KEY):
-        out.append(launch("_solo_decode_kernel", 4, 1, HAS_LEN=w.has_len_main, HAS_EXTRA=w.dual,
+        name = "_solo_decode_kernel" if c["BLOCK_N"] == 2 * WS_SUB else "_solo_pipe_decode_kernel"
+        out.append(launch(name, 4, 1, HAS_LEN=w.has_len_main, HAS_EXTRA=w.dual,
                           X_HAS_LEN=w.dual and w.has_len_extra, HAS_SINK=sink, SPLIT=split, BLOCK_N=c["BLOCK_N"],
                           SUB=WS_SUB, **pdl))
     elif plan.variant == "ws_sm90":

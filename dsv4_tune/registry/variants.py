@@ -33,7 +33,7 @@ WS_KSTAGES_CHOICES = (2, 3, 4)  # ws_sm90: K tiles in flight between the produce
 # ws_sm90's optional PERSIST knob (registry.launches.WS_PERSIST_KEY) is swept without a split only:
 # split plans serve small T, where the items fit in one wave and the grid is the same either way.
 # Its split plans take the PDL knob as fused_splitk's do (the combine a programmatic dependent).
-# Its optional SOLO knob (registry.launches.WS_SOLO_KEY) is swept on the default tiles, split or not.
+# Its optional SOLO knob (registry.launches.WS_SOLO_KEY) is swept at both tile sizes, split or not.
 WS_SPLIT_K_CHOICES = (1, *SPLIT_K_CHOICES)
 WS_SMEM_BYTES = 227 * 1024  # sm90's shared memory per block
 SMEM_BUDGET = 160 * 1024  # bytes of staged KV tiles + Q a config may ask for (gfx950 LDS, < sm90's 228 KiB)
@@ -139,9 +139,10 @@ def ws_smem_bytes(c: dict[str, int]) -> int:
     producer's staging of one sub-block (576 data + 8 scale bytes a token), the 2-KiB scratch of each
     consumer that converts its bf16 output for 16-byte stores (both persistent ones, a lone PIPE's WG0),
     barriers and slots (within 500 B of Triton 3.6's figure for every config of 2026-12-06).  SOLO:
-    Q, one K tile, its bias and two tiles of raw bytes (Triton 3.6's figure exactly)."""
-    if c.get(WS_SOLO_KEY):
-        return 64 * 1024 + c["BLOCK_N"] * (1024 + 4) + 2 * 2 * WS_SUB * 584
+    Q, its K tiles with their biases and raw bytes (Triton 3.6's figure exactly)."""
+    if c.get(WS_SOLO_KEY):  # 64-token tiles: one K tile, two raw; 32-token tiles: two K tiles, three raw
+        k_tiles, raw_tiles = (1, 2) if c["BLOCK_N"] == 2 * WS_SUB else (2, 3)
+        return 64 * 1024 + k_tiles * c["BLOCK_N"] * (1024 + 4) + raw_tiles * c["BLOCK_N"] * 584
     staging = WS_SUB * 584 if c.get("STAGED") else 0
     converting = 0 if c["SPLIT_K"] > 1 else 2 if c.get(WS_PERSIST_KEY) else c.get("PIPE", 0)
     return (c["KSTAGES"] * c["BLOCK_N"] * (1024 + 4) + 64 * 1024 + 64 * c["BLOCK_N"] * 2 + staging
@@ -157,9 +158,9 @@ def _ws_problems(w: Workload, c: dict[str, int]) -> list[str]:
     _switch(c, "PIPE", out)
     if _switch(c, WS_PERSIST_KEY, out) and c["SPLIT_K"] != 1:
         out.append(f"{WS_PERSIST_KEY}=1 needs SPLIT_K=1 (a split fills the SMs with items of its own)")
-    solo_tiles = (c["BLOCK_N"], c["KSTAGES"], c["STAGED"], c["PIPE"], c.get(WS_PERSIST_KEY, 0))
-    if _switch(c, WS_SOLO_KEY, out) and solo_tiles != (2 * WS_SUB, 2, 0, 0, 0):
-        out.append(f"{WS_SOLO_KEY}=1 needs BLOCK_N={2 * WS_SUB}, KSTAGES=2, STAGED=0, PIPE=0 and no {WS_PERSIST_KEY} "
+    solo_knobs = (c["KSTAGES"], c["STAGED"], c["PIPE"], c.get(WS_PERSIST_KEY, 0))
+    if _switch(c, WS_SOLO_KEY, out) and solo_knobs != (2, 0, 0, 0):
+        out.append(f"{WS_SOLO_KEY}=1 needs KSTAGES=2, STAGED=0, PIPE=0 and no {WS_PERSIST_KEY} "
                    "(one warpgroup does each tile in turn)")
     if _switch(c, PDL_KEY, out) and c["SPLIT_K"] == 1:
         out.append(f"{PDL_KEY}=1 needs SPLIT_K > 1 (it launches the combine as a programmatic dependent)")
@@ -187,8 +188,8 @@ def _ws_space(w: Workload) -> Iterator[dict[str, int]]:
         yield from splits(base)
         if sk == 1:
             yield {**base, WS_PERSIST_KEY: 1}
-    for sk in WS_SPLIT_K_CHOICES:
-        yield from splits({**_ws_default(w), "SPLIT_K": sk, WS_SOLO_KEY: 1})
+    for bn, sk in itertools.product(WS_BLOCK_N_CHOICES, WS_SPLIT_K_CHOICES):
+        yield from splits({**_ws_default(w), "BLOCK_N": bn, "SPLIT_K": sk, WS_SOLO_KEY: 1})
 
 
 def _ws_default(w: Workload) -> dict[str, int]:

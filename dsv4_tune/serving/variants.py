@@ -147,7 +147,7 @@ def run_ws_sm90(x: DecodeInputs, cfg: dict[str, int], out: torch.Tensor, lse: to
     if (problem := variant_problem("ws_sm90", x.q.device, x.fp8)) is not None:
         raise ValueError(f"plan: {problem}")
     from dsv4_tune.kernels.sm90.decode import launch_ws_decode
-    from dsv4_tune.kernels.sm90.solo import launch_solo
+    from dsv4_tune.kernels.sm90.solo import solo_launcher
 
     sk = cfg["SPLIT_K"]
     partial = _partials(ws, sk, x.n_tok, x.q.shape[2], x.q.device) if sk > 1 else None
@@ -155,7 +155,7 @@ def run_ws_sm90(x: DecodeInputs, cfg: dict[str, int], out: torch.Tensor, lse: to
     launch_ws_decode(x.q, x.main, x.extra, x.attn_sink, x.sm_scale, out, lse, partial, split_k=sk,
                      BLOCK_N=cfg["BLOCK_N"], SUB=WS_SUB, KSTAGES=cfg["KSTAGES"], STAGED=cfg["STAGED"],
                      PIPE=cfg["PIPE"], PERSIST=cfg.get(WS_PERSIST_KEY, 0), maxnreg=WS_MAXNREG, pdl=pdl,
-                     solo=launch_solo if cfg.get(WS_SOLO_KEY) else None)
+                     solo=solo_launcher(cfg["BLOCK_N"]) if cfg.get(WS_SOLO_KEY) else None)
     if partial is not None:
         launch_combine(*partial, x.attn_sink, out, lse, s_q=x.q.shape[1],
                        BLOCK_H=cfg["COMBINE_BLOCK_H"], num_warps=cfg["combine_warps"], pdl=pdl)

@@ -78,10 +78,11 @@ def decode_coarse_candidates(w: Workload, arch: str | None = None) -> list[Plan]
     # Its one-warpgroup kernel (two programs an item, tiles in turn: for small T, where the SMs are
     # not all busy): alone and split 2-16 ways behind a programmatic-dependent combine.
     if w.total_tokens <= SOLO_MAX_TOKENS:
-        plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=1, **{WS_SOLO_KEY: 1}))
-        for sk in (2, 4, 8, 16):
-            plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=sk, **DEFAULT_COMBINE,
-                                   **{PDL_KEY: 1, WS_SOLO_KEY: 1}))
+        for bn in WS_BLOCK_N_CHOICES:
+            plans.append(Plan.make("ws_sm90", BLOCK_N=bn, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=1, **{WS_SOLO_KEY: 1}))
+            for sk in (2, 4, 8, 16):
+                plans.append(Plan.make("ws_sm90", BLOCK_N=bn, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=sk,
+                                       **DEFAULT_COMBINE, **{PDL_KEY: 1, WS_SOLO_KEY: 1}))
     unique = list(dict.fromkeys(plans))
     return [p for p in unique if sweepable(w, p, arch)]
 

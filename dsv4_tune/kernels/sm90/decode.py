@@ -856,7 +856,7 @@ def launch_ws_decode(
 ) -> None:
     """Launch the warp-specialized kernel (inputs already checked; e4m3fn pools): one program per
     (64 heads, token, split) item, or with ``PERSIST`` one per SM looping over them; given ``solo``
-    (:data:`dsv4_tune.kernels.sm90.solo.launch_solo`), the one-warpgroup kernel instead: two
+    (:func:`dsv4_tune.kernels.sm90.solo.solo_launcher`), the one-warpgroup kernel instead: two
     programs an item, KSTAGES, STAGED, PIPE, PERSIST and ``maxnreg`` unused.  ``partial`` as
     in :func:`~dsv4_tune.kernels.fused_attention.launch_sparse_decode`: with ``split_k > 1`` the
     combine kernel writes ``out`` / ``lse`` afterwards; ``pdl``: that combine is launched as a programmatic

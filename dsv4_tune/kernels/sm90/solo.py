@@ -104,10 +104,10 @@ def _first_ids(idx_row, s_ik, lo, cap, x_idx_row, x_s_ik, x_lo, x_cap, t, s_q, l
 
 
 @gluon.jit
-def _tile_ids(j, n_m, idx_row, s_ik, lo, hi, x_idx_row, x_s_ik, x_lo, x_hi,
-              HAS_EXTRA: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr, GATHER: gl.constexpr):
-    """The two sub-blocks of ids of tile ``j`` of the program: the main scope's tile j, or the extra
-    scope's tile j - n_m (-1 past the scope's end)."""
+def _tile_src(j, n_m, idx_row, s_ik, lo, hi, x_idx_row, x_s_ik, x_lo, x_hi,
+              HAS_EXTRA: gl.constexpr, BLOCK_N: gl.constexpr):
+    """Where tile ``j``'s ids are: the main scope's tile j, or the extra scope's tile j - n_m, as
+    (ids row, its stride, first candidate, the scope's end)."""
     row = idx_row
     stride = s_ik
     k0 = lo + j * BLOCK_N
@@ -118,16 +118,22 @@ def _tile_ids(j, n_m, idx_row, s_ik, lo, hi, x_idx_row, x_s_ik, x_lo, x_hi,
         stride = gl.where(main, s_ik, x_s_ik)
         k0 = gl.where(main, k0, x_lo + (j - n_m) * BLOCK_N)
         end = gl.where(main, hi, x_hi)
+    return row, stride, k0, end
+
+
+@gluon.jit
+def _tile_ids(j, n_m, idx_row, s_ik, lo, hi, x_idx_row, x_s_ik, x_lo, x_hi,
+              HAS_EXTRA: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr, GATHER: gl.constexpr):
+    """The two sub-blocks of ids of tile ``j`` of the program (-1 past its scope's end)."""
+    row, stride, k0, end = _tile_src(j, n_m, idx_row, s_ik, lo, hi, x_idx_row, x_s_ik, x_lo, x_hi, HAS_EXTRA, BLOCK_N)
     return _sub_ids(row, stride, k0, end, SUB, GATHER), _sub_ids(row, stride, k0 + SUB, end, SUB, GATHER)
 
 
 @gluon.jit
-def _issue_tile(j, n_m, ids0, ids1, slot, kv_ptr, stride_page, page_size, n_slots,
-                xkv_ptr, x_stride_page, x_page_size, x_n_slots, st_a, st_b, st_c, st_rope, st_lo, st_hi,
-                HAS_EXTRA: gl.constexpr, GATHER: gl.constexpr, ROPE: gl.constexpr):
-    """Start copying tile ``j``'s raw rows (ids ``ids0``, ``ids1``) into raw slot ``slot``: two
-    commit groups, one a sub-block.  Returns the ids with the unreadable ones as -1 (the bias of the
-    tile when it is read back)."""
+def _pool(j, n_m, kv_ptr, stride_page, page_size, n_slots, xkv_ptr, x_stride_page, x_page_size, x_n_slots,
+          HAS_EXTRA: gl.constexpr):
+    """Tile ``j``'s pool (the main scope's for j < n_m, else the extra scope's): (bytes, page stride,
+    page size, slots)."""
     kv = kv_ptr
     sp = stride_page
     ps = page_size
@@ -138,12 +144,30 @@ def _issue_tile(j, n_m, ids0, ids1, slot, kv_ptr, stride_page, page_size, n_slot
         sp = gl.where(main, stride_page, x_stride_page)
         ps = gl.where(main, page_size, x_page_size)
         ns = gl.where(main, n_slots, x_n_slots)
-    i = slot * 2
-    _stage_sub(kv, sp, ps, ns, ids0, st_a.index(i), st_b.index(i), st_c.index(i), st_rope.index(i), st_lo.index(i),
+    return kv, sp, ps, ns
+
+
+@gluon.jit
+def _issue_sub(i, ids, pool, st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER: gl.constexpr, ROPE: gl.constexpr):
+    """Start copying the raw rows of ``ids`` (in ``pool``) into raw slot ``i``: one commit group.
+    Returns the ids with the unreadable ones as -1 (the bias when the slot is read back)."""
+    kv, sp, ps, ns = pool
+    _stage_sub(kv, sp, ps, ns, ids, st_a.index(i), st_b.index(i), st_c.index(i), st_rope.index(i), st_lo.index(i),
                st_hi.index(i), GATHER, ROPE)
-    _stage_sub(kv, sp, ps, ns, ids1, st_a.index(i + 1), st_b.index(i + 1), st_c.index(i + 1), st_rope.index(i + 1),
-               st_lo.index(i + 1), st_hi.index(i + 1), GATHER, ROPE)
-    return _clean(ids0, ns), _clean(ids1, ns)
+    return _clean(ids, ns)
+
+
+@gluon.jit
+def _issue_tile(j, n_m, ids0, ids1, slot, kv_ptr, stride_page, page_size, n_slots,
+                xkv_ptr, x_stride_page, x_page_size, x_n_slots, st_a, st_b, st_c, st_rope, st_lo, st_hi,
+                HAS_EXTRA: gl.constexpr, GATHER: gl.constexpr, ROPE: gl.constexpr):
+    """Start copying tile ``j``'s raw rows (ids ``ids0``, ``ids1``) into raw slot ``slot``: two
+    commit groups, one a sub-block.  Returns the ids with the unreadable ones as -1."""
+    pool = _pool(j, n_m, kv_ptr, stride_page, page_size, n_slots, xkv_ptr, x_stride_page, x_page_size, x_n_slots,
+                 HAS_EXTRA)
+    a = _issue_sub(slot * 2, ids0, pool, st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER, ROPE)
+    b = _issue_sub(slot * 2 + 1, ids1, pool, st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER, ROPE)
+    return a, b
 
 
 @gluon.jit
@@ -171,6 +195,18 @@ def _sub_to_k(i, ids, left, right, bias_ref, st_a, st_b, st_c, st_rope, st_lo, s
     left.store(_side_by_side(d0, d1, d2, d3))
     right.store(_side_by_side(d4, d5, d6, rope))
     bias_ref.store(bias)
+
+
+@gluon.jit
+def _finish(o, m_i, l_i, half, head0, t, tb, ts, split, outs, sink_ptr, HAS_SINK: gl.constexpr, SPLIT: gl.constexpr,
+            S_L: gl.constexpr, O_L: gl.constexpr):
+    """The epilogue of the contract (attention_core.store_result) for output half ``half``: the LSE
+    (half 0 stores it), then O scaled and stored."""
+    heads, hm, _, lse_rows, part_rows = _out_rows(head0, t, tb, ts, split, outs, gl.SliceLayout(1, S_L))
+    lse, scale = _lse_and_scale(m_i, l_i, _sink_of(sink_ptr, heads, hm, HAS_SINK, SPLIT), HAS_SINK, SPLIT)
+    _store_lse(lse, lse_rows, part_rows, outs, hm & (half == 0), SPLIT)  # both halves have it: one stores
+    o = o * gl.convert_layout(scale, gl.SliceLayout(1, O_L))[:, None]
+    _store_half(o, half * DV, head0, t, tb, ts, split, outs, SPLIT, O_L)
 
 
 @kernel(jit=gluon.jit)
@@ -258,12 +294,145 @@ def _solo_decode_kernel(
     async_copy.wait_group(0)  # no copy outlives the program
 
     outs = (out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr, h_q, n_tok)
-    heads, hm, _, lse_rows, part_rows = _out_rows(head0, t, tb, ts, split, outs, gl.SliceLayout(1, S_L))
-    lse, scale = _lse_and_scale(m_i, l_i, _sink_of(sink_ptr, heads, hm, HAS_SINK, SPLIT), HAS_SINK, SPLIT)
-    _store_lse(lse, lse_rows, part_rows, outs, hm & (half == 0), SPLIT)  # both halves have it: one stores
-    o = o * gl.convert_layout(scale, gl.SliceLayout(1, O_L))[:, None]
-    _store_half(o, half * DV, head0, t, tb, ts, split, outs, SPLIT, O_L)
+    _finish(o, m_i, l_i, half, head0, t, tb, ts, split, outs, sink_ptr, HAS_SINK, SPLIT, S_L, O_L)
 
 
+@gluon.jit
+def _first_ids3(idx_row, s_ik, lo, cap, x_idx_row, x_s_ik, x_lo, x_cap, t, s_q, len_ptr, xlen_ptr,
+                HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr, SUB: gl.constexpr,
+                GATHER: gl.constexpr):
+    """:func:`_first_ids` for one-sub-block tiles: the ids of tiles 0, 1 and 2 (each scope's first
+    three loaded at once, picked and cut once the lengths are in), the scopes' ends and the main tiles."""
+    m0 = _sub_ids(idx_row, s_ik, lo, cap, SUB, GATHER)
+    m1 = _sub_ids(idx_row, s_ik, lo + SUB, cap, SUB, GATHER)
+    m2 = _sub_ids(idx_row, s_ik, lo + 2 * SUB, cap, SUB, GATHER)
+    hi = _cut(lo, cap, t, s_q, len_ptr, HAS_LEN)
+    x_hi = x_lo
+    if HAS_EXTRA:
+        x0 = _sub_ids(x_idx_row, x_s_ik, x_lo, x_cap, SUB, GATHER)
+        x1 = _sub_ids(x_idx_row, x_s_ik, x_lo + SUB, x_cap, SUB, GATHER)
+        x2 = _sub_ids(x_idx_row, x_s_ik, x_lo + 2 * SUB, x_cap, SUB, GATHER)
+        x_hi = _cut(x_lo, x_cap, t, s_q, xlen_ptr, X_HAS_LEN)
+    n_m = gl.cdiv(hi - lo, SUB)
+    a = _cut_ids(m0, lo, hi, SUB, GATHER)
+    b = _cut_ids(m1, lo + SUB, hi, SUB, GATHER)
+    c = _cut_ids(m2, lo + 2 * SUB, hi, SUB, GATHER)
+    if HAS_EXTRA:
+        y0 = _cut_ids(x0, x_lo, x_hi, SUB, GATHER)
+        y1 = _cut_ids(x1, x_lo + SUB, x_hi, SUB, GATHER)
+        y2 = _cut_ids(x2, x_lo + 2 * SUB, x_hi, SUB, GATHER)
+        # Tile k is the main scope's tile k, or the extra scope's tile k - n_m.
+        c = gl.where(n_m > 2, c, gl.where(n_m == 2, y0, gl.where(n_m == 1, y1, y2)))
+        b = gl.where(n_m > 1, b, gl.where(n_m == 1, y0, y1))
+        a = gl.where(n_m > 0, a, y0)
+    return a, b, c, hi, x_hi, n_m
 
-launch_solo = Launcher(_solo_decode_kernel)  # for :func:`~dsv4_tune.kernels.sm90.decode.launch_ws_decode`'s ``solo``
+
+@kernel(jit=gluon.jit)
+def _solo_pipe_decode_kernel(
+    q_ptr, s_qb, s_qs, s_qh,
+    kv_ptr, stride_page, stride_page_h, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik, len_ptr, topk,
+    xkv_ptr, x_stride_page, x_stride_page_h, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik, xlen_ptr,
+    x_topk,
+    sink_ptr, out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr,
+    n_tok, s_q, h_q, qk_scale, chunk,
+    HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
+    SPLIT: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr, PDL: gl.constexpr = False,
+):
+    """:func:`_solo_decode_kernel` on 32-token tiles, software-pipelined: two K tiles, so tile j + 1
+    is dequantized while tile j's QK^T runs on the tensor cores; three raw tiles in flight."""
+    gl.static_assert(SUB == 32, "the gather layouts cover 32 rows")
+    gl.static_assert(BLOCK_N == SUB, "a tile is one sub-block (the copy groups and ids assume it)")
+    if PDL:  # the combine launches now and waits (griddepcontrol.wait) for every partial
+        _launch_dependents()
+    GATHER: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])  # 16 B per thread and copy
+    ROPE: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [4, 1], [1, 0])  # a dequantized group's layout
+    K_SL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    K32: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
+    VEC_SL: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+    PLAIN: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+    S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                  instr_shape=[16, BLOCK_N, 16])
+    O_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, DV, 16])
+    P_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=O_L, k_width=2)
+    RAW: gl.constexpr = 3  # raw tiles in flight
+    q3 = gl.allocate_shared_memory(gl.bfloat16, [1, HEADS, 2 * DV], K_SL)  # see _q_at
+    q_smem = q3.index(0)
+    kb = gl.allocate_shared_memory(gl.bfloat16, [4, BLOCK_N, DV], K_SL)  # K tile b's halves: 2b (left), 2b + 1
+    kw = kb._reinterpret(gl.uint32, [4, BLOCK_N, DV // 2], K32)
+    bias_buf = gl.allocate_shared_memory(gl.float32, [2, BLOCK_N], VEC_SL)
+    st_a = gl.allocate_shared_memory(gl.uint32, [RAW, SUB, 64], PLAIN)
+    st_b = gl.allocate_shared_memory(gl.uint32, [RAW, SUB, 32], PLAIN)
+    st_c = gl.allocate_shared_memory(gl.uint32, [RAW, SUB, 16], PLAIN)
+    st_rope = gl.allocate_shared_memory(gl.uint32, [RAW, SUB, 32], PLAIN)
+    st_lo = gl.allocate_shared_memory(gl.uint32, [RAW, SUB], VEC_SL)
+    st_hi = gl.allocate_shared_memory(gl.uint32, [RAW, SUB], VEC_SL)
+
+    pid = gl.program_id(0)
+    half = pid % 2
+    geo = (gl.cdiv(h_q, HEADS), n_tok, s_q, chunk, topk, x_topk)
+    head0, t, tb, ts, split, lo, cap, x_lo, x_cap = _item(pid // 2, geo, HAS_EXTRA)
+    _load_q(q_ptr, q_smem, head0, tb, ts, h_q, s_qb, s_qs, s_qh)  # commit group 1
+    idx_row = idx_ptr + tb * s_ib + ts * s_is
+    x_idx_row = xidx_ptr + tb * x_s_ib + ts * x_s_is
+    a, b, c, hi, x_hi, n_m = _first_ids3(idx_row, s_ik, lo, cap, x_idx_row, x_s_ik, x_lo, x_cap, t, s_q, len_ptr,
+                                         xlen_ptr, HAS_LEN, HAS_EXTRA, X_HAS_LEN, SUB, GATHER)
+    n = n_m + gl.cdiv(x_hi - x_lo, BLOCK_N)
+    # Tiles 0-2 (groups 2-4; a tile past the last is all -1 ids: zero-filled, nothing read).
+    a = _issue_sub(0, a, _pool(0, n_m, kv_ptr, stride_page, page_size, n_slots, xkv_ptr, x_stride_page, x_page_size,
+                               x_n_slots, HAS_EXTRA), st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER, ROPE)
+    b = _issue_sub(1, b, _pool(1, n_m, kv_ptr, stride_page, page_size, n_slots, xkv_ptr, x_stride_page, x_page_size,
+                               x_n_slots, HAS_EXTRA), st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER, ROPE)
+    c = _issue_sub(2, c, _pool(2, n_m, kv_ptr, stride_page, page_size, n_slots, xkv_ptr, x_stride_page, x_page_size,
+                               x_n_slots, HAS_EXTRA), st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER, ROPE)
+    async_copy.wait_group(2)  # Q and tile 0
+    gl.thread_barrier()
+    _sub_to_k(0, a, kw.index(0), kw.index(1), bias_buf.index(0), st_a, st_b, st_c, st_rope, st_lo, st_hi,
+              GATHER, ROPE)
+    fence_async_shared()
+    gl.thread_barrier()
+
+    m_i = gl.full([HEADS], -1.0e30, gl.float32, layout=gl.SliceLayout(1, S_L))  # finite: no inf - inf
+    l_i = gl.zeros([HEADS], gl.float32, layout=gl.SliceLayout(1, S_L))
+    o = gl.zeros([HEADS, DV], gl.float32, layout=O_L)
+    for j in range(n):
+        cur = j % 2
+        nxt = 1 - cur
+        # The ids of tile j + 3, loaded now and used at this trip's end.
+        row, stride, k0, end = _tile_src(j + 3, n_m, idx_row, s_ik, lo, hi, x_idx_row, x_s_ik, x_lo, x_hi,
+                                         HAS_EXTRA, BLOCK_N)
+        d = _sub_ids(row, stride, k0, end, SUB, GATHER)
+        s = gl.zeros([HEADS, BLOCK_N], gl.float32, layout=S_L)
+        q = _q_at(q3, j)
+        s = warpgroup_mma(q.slice(0, DV, dim=1), kb.index(2 * cur).permute((1, 0)), s, use_acc=False, is_async=True)
+        s = warpgroup_mma(q.slice(DV, DV, dim=1), kb.index(2 * cur + 1).permute((1, 0)), s, is_async=True)
+        if j + 1 < n:  # tile j + 1 into the other K buffer while the tensor cores do this one's QK^T
+            async_copy.wait_group(1)  # tile j + 1 is in (tile j + 2's group may not be)
+            gl.thread_barrier()
+            _sub_to_k((j + 1) % RAW, b, kw.index(2 * nxt), kw.index(2 * nxt + 1), bias_buf.index(nxt),
+                      st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER, ROPE)
+        s = warpgroup_mma_wait(0, deps=(s,))
+        bias = bias_buf.index(cur).load(gl.SliceLayout(0, S_L))
+        pb, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
+        o = o * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
+        o = warpgroup_mma(gl.convert_layout(pb, P_L), kb.index(2 * cur + half), o, is_async=True)
+        o = warpgroup_mma_wait(0, deps=(o,))
+        # Tile j + 3 into tile j's raw slot (read back a trip ago).
+        d = _issue_sub(j % RAW, d, _pool(j + 3, n_m, kv_ptr, stride_page, page_size, n_slots, xkv_ptr, x_stride_page,
+                                         x_page_size, x_n_slots, HAS_EXTRA),
+                       st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER, ROPE)
+        fence_async_shared()
+        gl.thread_barrier()  # tile j + 1 seen by the next QK^T; this tile's MMAs done before it is overwritten
+        b, c = c, d
+    async_copy.wait_group(0)  # no copy outlives the program
+    outs = (out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr, h_q, n_tok)
+    _finish(o, m_i, l_i, half, head0, t, tb, ts, split, outs, sink_ptr, HAS_SINK, SPLIT, S_L, O_L)
+
+
+_LAUNCHERS = {64: Launcher(_solo_decode_kernel), 32: Launcher(_solo_pipe_decode_kernel)}
+
+
+def solo_launcher(block_n: int) -> Launcher:
+    """The one-warpgroup kernel for tiles of ``block_n`` tokens, as
+    :func:`~dsv4_tune.kernels.sm90.decode.launch_ws_decode` takes it (``solo``)."""
+    return _LAUNCHERS[block_n]
