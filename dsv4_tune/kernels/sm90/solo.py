@@ -7,12 +7,16 @@ program computes one 256-column half of the output of one (64 heads, token, spli
 item is two programs that each gather the same rows (the second from L2) and compute the same
 S = Q K^T, and each keeps a [64, 256] fp32 accumulator (128 registers a thread).
 
-A program's critical path is two round trips before its first MMA: Q (cp.async), the first two
-tiles' ids and the rows' lengths are in flight together, then both tiles' rows (cp.async, raw
+A program's critical path is two round trips before its first MMA: Q (cp.async), the first
+tiles' ids and the rows' lengths are in flight together, then those tiles' rows (cp.async, raw
 bytes, 16 bytes a copy) are.  Each tile is then read back from shared memory, dequantized exactly
-(:func:`~dsv4_tune.kernels.sm90.decode._dequant_sub`) into two [64, 256] bf16 halves, and used for
-QK^T (both halves) and PV (this program's); its raw slot takes the rows of the tile two ahead,
-whose ids were loaded during the tile before.
+(:func:`~dsv4_tune.kernels.sm90.decode._dequant_sub`) into two [BLOCK_N, 256] bf16 halves, and
+used for QK^T (both halves) and PV (this program's).  Two kernels, by tile size:
+
+- 64-token tiles (:func:`_solo_decode_kernel`): one K tile, two raw tiles in flight; each tile in
+  turn (dequant, QK^T, softmax, PV), its raw slot then taking the rows of the tile two ahead;
+- 32-token tiles (:func:`_solo_pipe_decode_kernel`): two K tiles, three raw tiles in flight; the
+  next tile is dequantized while this tile's QK^T runs on the tensor cores.
 
 Results follow the same contract as the warp-specialized kernel (final bf16 O and LSE, or fp32
 partials for the common combine), so every ``ws_sm90`` plan is served either way.
