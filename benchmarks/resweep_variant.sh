@@ -9,10 +9,12 @@
 #   bash benchmarks/resweep_variant.sh [VARIANT] [STORE]   (default ws_sm90, the store of this GPU)
 # One call of the device tool runs at most 10 minutes, hence phases (PHASE, default all):
 #   check  the tests and every config (~5 min);
-#   sweep  forget + resume + export + verify-policy + benchmark (~8 min; cut short, it resumes with
-#          STORE=<its sweep.sqlite, carried> FORGET=0 PHASE=sweep). FORGET=0 on the committed store
+#   sweep  forget + resume + export + verify-policy + benchmark (~8 min; cut short, it exports nothing
+#          and resumes with STORE=<its sweep.sqlite, carried> FORGET=0 PHASE=sweep). FORGET=0 on the committed store
 #          re-times only what changed: a resume forgets every variant whose kernel sources changed
 #          (after a change to shared kernel files that is every decode variant: ~7.5 min on an H100);
+#          FORGET=all forgets every variant of every op (a store whose sweep recorded no kernel versions,
+#          such as the H200's of 2026-12-05, cannot tell what changed);
 #   quick  one short call when device time is scarce (QUICK_S seconds, default 540): the tests (ws_sm90's
 #          persistent-grid test first and on its own, where any failure or cut stops: a hang looks like
 #          a cut; then the rest, where a time-limit cut goes on and a failure stops), the shipped policy's plans and a few of the
@@ -70,13 +72,18 @@ if [ "$phase" = quick ]; then
 fi
 
 cp "$store" "$work/s.db"
-[ "${FORGET:-1}" = 0 ] || python3 benchmarks/forget_variant.py "$work/s.db" "$variant"
+case "${FORGET:-1}" in
+  0) ;;
+  all) python3 benchmarks/forget_variant.py "$work/s.db" --all | tail -1;;
+  *) python3 benchmarks/forget_variant.py "$work/s.db" "$variant";;
+esac
 limit=${SWEEP_LIMIT_S:-330}
 [ "$phase" != quick ] || limit=$(( ${QUICK_S:-540} - $(elapsed) - 15 ))
 [ "$limit" -gt 30 ] || { echo "no time left for the sweep"; exit 0; }
 s0=$(date +%s)
 COLUMNS=120 timeout "$limit" python3 -m dsv4_tune.cli sweep --db "$work/s.db" --jobs 15 > "$OUT/sweep.log" 2>&1
-echo "sweep rc=$? in $(( $(date +%s) - s0 )) s (resumable: run again with STORE=\$OUT/sweep.sqlite FORGET=0)"
+src=$?
+echo "sweep rc=$src in $(( $(date +%s) - s0 )) s (resumable: run again with STORE=\$OUT/sweep.sqlite FORGET=0)"
 grep -v "│" "$OUT/sweep.log" | tail -3
 python3 - "$work/s.db" "$OUT/sweep.sqlite" <<'PY'
 import sqlite3, sys
@@ -85,6 +92,7 @@ src.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 src.backup(sqlite3.connect(sys.argv[2]))
 PY
 [ "$phase" != quick ] || exit 0
+[ "$src" -ne 124 ] || { echo "sweep cut at ${limit} s: nothing exported (resume it as above)"; exit 0; }
 python3 -m dsv4_tune.cli export --db "$work/s.db" --out "$OUT/policy.json" 2>&1 | tail -1
 [ -f "$OUT/policy.json" ] || exit 5
 timeout "${VERIFY_LIMIT_S:-60}" python3 -m dsv4_tune.cli verify-policy "$OUT/policy.json" > "$OUT/verify-policy.log" 2>&1

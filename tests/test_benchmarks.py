@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -167,3 +168,30 @@ def test_ws_anatomy_without_its_gpu_says_so_in_one_line(tmp_path: Path) -> None:
                            str(tmp_path)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 2 and done.stdout.count("\n") == 1 and "BLOCK_N=16 not in" in done.stdout, done.stdout
+
+
+def test_forget_variant_all_forgets_every_op_and_asks_for_one_target(tmp_path: Path) -> None:
+    """``forget_variant.py --all`` (a store that recorded no kernel versions) drops every decode and op
+    measurement and the winners, so a resume times everything again; a call naming both a variant and
+    ``--all``, or neither, is refused in one line."""
+    db = tmp_path / "s.db"
+    shutil.copy(ROOT / "benchmarks/results/sweep-sm90-h100.sqlite", db)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def forget(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "benchmarks/forget_variant.py", str(db), *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    def count(table: str) -> int:
+        with sqlite3.connect(db) as conn:
+            return conn.execute(f"select count(*) from {table}").fetchone()[0]
+
+    assert count("measurements") and count("winners")
+    for bad in (("ws_sm90", "--all"), (), ("--all", "--op", "compress")):
+        done = forget(*bad)
+        assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("forget_variant.py: error:")
+    assert count("measurements")
+    done = forget("--all")
+    assert done.returncode == 0, done.stderr
+    assert "qk_norm variant fused" in done.stdout and "ws_sm90" in done.stdout
+    assert count("measurements") == 0 and count("winners") == 0
