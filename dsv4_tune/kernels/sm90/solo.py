@@ -202,18 +202,42 @@ def _sub_to_k(i, ids, left, right, bias_ref, st_a, st_b, st_c, st_rope, st_lo, s
 
 
 @gluon.jit
-def _early_sink(sink_ptr, head0, h_q, HAS_SINK: gl.constexpr, SPLIT: gl.constexpr, S_L: gl.constexpr):
-    """The heads' sinks (:func:`~dsv4_tune.kernels.sm90.decode._sink_of`), loaded at the program's
-    start: in the epilogue the load waited a DRAM round trip (4% of a lone item's warp samples)."""
+def _raw_buffers(N: gl.constexpr, SUB: gl.constexpr):
+    """Shared memory for ``N`` raw sub-blocks (cp.async's destinations, read back by :func:`_staged`),
+    each piece of a row in a buffer of its own."""
+    PLAIN: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+    VEC_SL: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+    return (gl.allocate_shared_memory(gl.uint32, [N, SUB, 64], PLAIN),
+            gl.allocate_shared_memory(gl.uint32, [N, SUB, 32], PLAIN),
+            gl.allocate_shared_memory(gl.uint32, [N, SUB, 16], PLAIN),
+            gl.allocate_shared_memory(gl.uint32, [N, SUB, 32], PLAIN),
+            gl.allocate_shared_memory(gl.uint32, [N, SUB], VEC_SL),
+            gl.allocate_shared_memory(gl.uint32, [N, SUB], VEC_SL))
+
+
+@gluon.jit
+def _start(q_ptr, q_smem, s_qb, s_qs, s_qh, sink_ptr, idx_ptr, s_ib, s_is, xidx_ptr, x_s_ib, x_s_is,
+           h_q, n_tok, s_q, chunk, topk, x_topk, HAS_EXTRA: gl.constexpr, HAS_SINK: gl.constexpr,
+           SPLIT: gl.constexpr, S_L: gl.constexpr):
+    """A program's start: its item and output half (two programs an item), Q's copy issued (commit
+    group 1), the heads' sinks loaded (:func:`~dsv4_tune.kernels.sm90.decode._sink_of`; in the
+    epilogue the load waited a DRAM round trip, 4% of a lone item's warp samples).  Returns (half,
+    :func:`~dsv4_tune.kernels.sm90.decode._item`'s tuple, sinks, the item's ids rows)."""
+    pid = gl.program_id(0)
+    geo = (gl.cdiv(h_q, HEADS), n_tok, s_q, chunk, topk, x_topk)
+    at = _item(pid // 2, geo, HAS_EXTRA)
+    head0, _, tb, ts, _, _, _, _, _ = at
+    _load_q(q_ptr, q_smem, head0, tb, ts, h_q, s_qb, s_qs, s_qh)
     heads = head0 + gl.arange(0, HEADS, layout=gl.SliceLayout(1, S_L))
-    return _sink_of(sink_ptr, heads, heads < h_q, HAS_SINK, SPLIT)
+    sink = _sink_of(sink_ptr, heads, heads < h_q, HAS_SINK, SPLIT)
+    return pid % 2, at, sink, idx_ptr + tb * s_ib + ts * s_is, xidx_ptr + tb * x_s_ib + ts * x_s_is
 
 
 @gluon.jit
 def _finish(o, m_i, l_i, half, head0, t, tb, ts, split, outs, sink, HAS_SINK: gl.constexpr, SPLIT: gl.constexpr,
             S_L: gl.constexpr, O_L: gl.constexpr):
     """The epilogue of the contract (attention_core.store_result) for output half ``half``: the LSE
-    (half 0 stores it), then O scaled (by ``sink``, :func:`_early_sink`'s) and stored."""
+    (half 0 stores it), then O scaled (by ``sink``, :func:`_start`'s) and stored."""
     _, hm, _, lse_rows, part_rows = _out_rows(head0, t, tb, ts, split, outs, gl.SliceLayout(1, S_L))
     lse, scale = _lse_and_scale(m_i, l_i, sink, HAS_SINK, SPLIT)
     _store_lse(lse, lse_rows, part_rows, outs, hm & (half == 0), SPLIT)  # both halves have it: one stores
@@ -242,7 +266,6 @@ def _solo_decode_kernel(
     ROPE: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [4, 1], [1, 0])  # a dequantized group's layout
     K_SL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
     VEC_SL: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
-    PLAIN: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
     S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                   instr_shape=[16, BLOCK_N, 16])
     O_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, DV, 16])
@@ -251,22 +274,12 @@ def _solo_decode_kernel(
     q_smem = q3.index(0)
     kb = gl.allocate_shared_memory(gl.bfloat16, [2, BLOCK_N, DV], K_SL)  # the K tile's two column halves
     bias_buf = gl.allocate_shared_memory(gl.float32, [BLOCK_N], VEC_SL)
-    SLOTS: gl.constexpr = 2 * RAW_TILES  # a raw tile's two sub-blocks, each piece of a row apart
-    st_a = gl.allocate_shared_memory(gl.uint32, [SLOTS, SUB, 64], PLAIN)
-    st_b = gl.allocate_shared_memory(gl.uint32, [SLOTS, SUB, 32], PLAIN)
-    st_c = gl.allocate_shared_memory(gl.uint32, [SLOTS, SUB, 16], PLAIN)
-    st_rope = gl.allocate_shared_memory(gl.uint32, [SLOTS, SUB, 32], PLAIN)
-    st_lo = gl.allocate_shared_memory(gl.uint32, [SLOTS, SUB], VEC_SL)
-    st_hi = gl.allocate_shared_memory(gl.uint32, [SLOTS, SUB], VEC_SL)
+    st_a, st_b, st_c, st_rope, st_lo, st_hi = _raw_buffers(2 * RAW_TILES, SUB)  # a raw tile: two sub-blocks
 
-    pid = gl.program_id(0)
-    half = pid % 2
-    geo = (gl.cdiv(h_q, HEADS), n_tok, s_q, chunk, topk, x_topk)
-    head0, t, tb, ts, split, lo, cap, x_lo, x_cap = _item(pid // 2, geo, HAS_EXTRA)
-    _load_q(q_ptr, q_smem, head0, tb, ts, h_q, s_qb, s_qs, s_qh)  # commit group 1
-    sink = _early_sink(sink_ptr, head0, h_q, HAS_SINK, SPLIT, S_L)
-    idx_row = idx_ptr + tb * s_ib + ts * s_is
-    x_idx_row = xidx_ptr + tb * x_s_ib + ts * x_s_is
+    half, at, sink, idx_row, x_idx_row = _start(q_ptr, q_smem, s_qb, s_qs, s_qh, sink_ptr, idx_ptr, s_ib, s_is,
+                                               xidx_ptr, x_s_ib, x_s_is, h_q, n_tok, s_q, chunk, topk, x_topk,
+                                               HAS_EXTRA, HAS_SINK, SPLIT, S_L)
+    head0, t, tb, ts, split, lo, cap, x_lo, x_cap = at
     a0, a1, b0, b1, hi, x_hi, n_m = _first_ids(idx_row, s_ik, lo, cap, x_idx_row, x_s_ik, x_lo, x_cap, t, s_q,
                                                len_ptr, xlen_ptr, HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, GATHER)
     n = n_m + gl.cdiv(x_hi - x_lo, BLOCK_N)
@@ -363,7 +376,6 @@ def _solo_pipe_decode_kernel(
     K_SL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
     K32: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
     VEC_SL: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
-    PLAIN: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
     S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                   instr_shape=[16, BLOCK_N, 16])
     O_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, DV, 16])
@@ -374,21 +386,12 @@ def _solo_pipe_decode_kernel(
     kb = gl.allocate_shared_memory(gl.bfloat16, [4, BLOCK_N, DV], K_SL)  # K tile b's halves: 2b (left), 2b + 1
     kw = kb._reinterpret(gl.uint32, [4, BLOCK_N, DV // 2], K32)
     bias_buf = gl.allocate_shared_memory(gl.float32, [2, BLOCK_N], VEC_SL)
-    st_a = gl.allocate_shared_memory(gl.uint32, [RAW, SUB, 64], PLAIN)
-    st_b = gl.allocate_shared_memory(gl.uint32, [RAW, SUB, 32], PLAIN)
-    st_c = gl.allocate_shared_memory(gl.uint32, [RAW, SUB, 16], PLAIN)
-    st_rope = gl.allocate_shared_memory(gl.uint32, [RAW, SUB, 32], PLAIN)
-    st_lo = gl.allocate_shared_memory(gl.uint32, [RAW, SUB], VEC_SL)
-    st_hi = gl.allocate_shared_memory(gl.uint32, [RAW, SUB], VEC_SL)
+    st_a, st_b, st_c, st_rope, st_lo, st_hi = _raw_buffers(RAW, SUB)
 
-    pid = gl.program_id(0)
-    half = pid % 2
-    geo = (gl.cdiv(h_q, HEADS), n_tok, s_q, chunk, topk, x_topk)
-    head0, t, tb, ts, split, lo, cap, x_lo, x_cap = _item(pid // 2, geo, HAS_EXTRA)
-    _load_q(q_ptr, q_smem, head0, tb, ts, h_q, s_qb, s_qs, s_qh)  # commit group 1
-    sink = _early_sink(sink_ptr, head0, h_q, HAS_SINK, SPLIT, S_L)
-    idx_row = idx_ptr + tb * s_ib + ts * s_is
-    x_idx_row = xidx_ptr + tb * x_s_ib + ts * x_s_is
+    half, at, sink, idx_row, x_idx_row = _start(q_ptr, q_smem, s_qb, s_qs, s_qh, sink_ptr, idx_ptr, s_ib, s_is,
+                                               xidx_ptr, x_s_ib, x_s_is, h_q, n_tok, s_q, chunk, topk, x_topk,
+                                               HAS_EXTRA, HAS_SINK, SPLIT, S_L)
+    head0, t, tb, ts, split, lo, cap, x_lo, x_cap = at
     a, b, c, hi, x_hi, n_m = _first_ids3(idx_row, s_ik, lo, cap, x_idx_row, x_s_ik, x_lo, x_cap, t, s_q, len_ptr,
                                          xlen_ptr, HAS_LEN, HAS_EXTRA, X_HAS_LEN, SUB, GATHER)
     n = n_m + gl.cdiv(x_hi - x_lo, BLOCK_N)
