@@ -82,8 +82,8 @@ limit=${SWEEP_LIMIT_S:-330}
 [ "$limit" -gt 30 ] || { echo "no time left for the sweep"; exit 0; }
 s0=$(date +%s)
 COLUMNS=120 timeout "$limit" python3 -m dsv4_tune.cli sweep --db "$work/s.db" --jobs 15 > "$OUT/sweep.log" 2>&1
-src=$?
-echo "sweep rc=$src in $(( $(date +%s) - s0 )) s (resumable: run again with STORE=\$OUT/sweep.sqlite FORGET=0)"
+sweep_rc=$?
+echo "sweep rc=$sweep_rc in $(( $(date +%s) - s0 )) s (resumable: run again with STORE=\$OUT/sweep.sqlite FORGET=0)"
 grep -v "│" "$OUT/sweep.log" | tail -3
 python3 - "$work/s.db" "$OUT/sweep.sqlite" <<'PY'
 import sqlite3, sys
@@ -92,7 +92,7 @@ src.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 src.backup(sqlite3.connect(sys.argv[2]))
 PY
 [ "$phase" != quick ] || exit 0
-[ "$src" -ne 124 ] || { echo "sweep cut at ${limit} s: nothing exported (resume it as above)"; exit 0; }
+[ "$sweep_rc" -ne 124 ] || { echo "sweep cut at ${limit} s: nothing exported (resume it as above)"; exit 0; }
 python3 -m dsv4_tune.cli export --db "$work/s.db" --out "$OUT/policy.json" 2>&1 | tail -1
 [ -f "$OUT/policy.json" ] || exit 5
 timeout "${VERIFY_LIMIT_S:-60}" python3 -m dsv4_tune.cli verify-policy "$OUT/policy.json" > "$OUT/verify-policy.log" 2>&1
