@@ -37,7 +37,7 @@ def test_combine_any_split_count(split_k, device, gen) -> None:
     part_lse[torch.rand(part_lse.shape, generator=gen) < 0.25] = float("inf")  # empty splits
     part_lse[torch.rand(part_lse.shape, generator=gen) < 0.1] = float("-inf")
     part_lse[:, 1, :5] = float("inf")  # lonely rows: every split empty
-    part_o[torch.isinf(part_lse)] = float("nan")  # an empty split's output must never be read
+    part_o[torch.isinf(part_lse)] = float("nan")  # an empty split's rows (never written) must never reach the output
     sink = make_sink(h, kind="mixed" if split_k % 2 else "none", gen=gen)
     ref_o, ref_lse = combine_ref(part_o, part_lse, sink)
     out = nan_like((n_tok // s_q, s_q, h, 512), torch.bfloat16, device)

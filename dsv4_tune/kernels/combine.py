@@ -1,14 +1,15 @@
-"""Split-K combine: merge normalised partial outputs by their LSEs, apply the sink, any split_k.
+"""Split-K combine: merge normalised partial outputs by their LSEs, apply the sink, split_k 2-16.
 
 Inputs ``part_o [split_k, T, h, 512]`` fp32 and ``part_lse [split_k, T, h]`` fp32 (+inf or -inf
 for a split that saw no valid candidate).  With ``M = max`` of the finite LSEs and
 ``w_i = exp(lse_i - M)`` (0 for an empty split), ``S = sum w_i``: ``LSE = M + ln S``,
 ``O = sum (w_i / S) O_i / (1 + exp(sink - LSE))``; a row with ``S = 0`` gets O = 0, LSE = +inf.
-Grid ``(T, cdiv(h, BLOCK_H))``; two run-time loops over the splits (LSEs, then outputs), so
-split_k is an ordinary argument and any value works.  With ``PDL`` (CUDA sm90+) it is launched as
-a programmatic dependent of the split kernel, which lets it go as it starts: its programs become
-resident while the splits run and wait (``gdc_wait``) for their partials before reading them, so
-the second launch's latency overlaps the first kernel.
+Grid ``(T, cdiv(h, BLOCK_H), 512 / COMBINE_COLS)``; split_k is a run-time argument, at most
+SPLIT_K_MAX (every split's LSE is read as one [SPLIT_K_MAX, BLOCK_H] tile; :func:`launch_combine`
+and the registry's split choices keep to it), the partials in a run-time loop.  With ``PDL``
+(CUDA sm90+) it is launched as a programmatic dependent of the split kernel, which lets it go as
+it starts: its programs become resident while the splits run and wait (``gdc_wait``) for their
+partials before reading them, so the second launch's latency overlaps the first kernel.
 """
 
 from __future__ import annotations
@@ -26,41 +27,70 @@ SPLIT_K_MIN, SPLIT_K_MAX = 2, 16
 # Output columns a combine program merges: 512 / COMBINE_COLS programs a (token, head block), so
 # that a small batch's partials are read by many SMs at once rather than each by one.
 COMBINE_COLS: tl.constexpr = tl.constexpr(128)
+SPLITS: tl.constexpr = tl.constexpr(SPLIT_K_MAX)  # the LSE tile's rows: every split's, loaded at once
+
+
+@triton.jit
+def _split_part(part_o_ptr, part_lse_ptr, s, split_k, n_tok, t_local, h_q, heads, hmask, cols):
+    """Split ``s``'s LSE and partial rows of ``heads`` (+inf and zeros past the last split)."""
+    row = (s * n_tok + t_local) * h_q + heads
+    ok = hmask & (heads * 0 + s < split_k)  # a tensor (a scalar condition is no mask on the interpreter)
+    v = tl.load(part_lse_ptr + row, mask=ok, other=float("inf"))
+    o = tl.load(part_o_ptr + row[:, None] * 512 + cols[None, :], mask=ok[:, None], other=0.0)
+    return v, o
+
+
+@triton.jit
+def _weigh(v, o, safe_m, total, acc):
+    """One split merged in: weight exp(lse - M) (0 for an empty split, whose rows are dropped)."""
+    w = tl.where(tl.abs(v) < 1e30, tl.math.exp2((v - safe_m) * 1.4426950408889634), 0.0)
+    return total + w, acc + w[:, None] * tl.where((w > 0)[:, None], o, 0.0)
 
 
 @triton.jit
 def merge_partials(
     part_o_ptr, part_lse_ptr, sink_ptr, out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh,
     t, t_local, n_tok, s_q, h_q, split_k, heads, col0,
-    HAS_SINK: tl.constexpr, BLOCK_H: tl.constexpr, COLS: tl.constexpr = 512,
+    HAS_SINK: tl.constexpr, BLOCK_H: tl.constexpr, COLS: tl.constexpr = 512, GROUP: tl.constexpr = 1,
 ):
     """Merge the ``split_k`` partials of heads ``heads`` of token ``t`` (row ``t_local`` of the
-    partial buffers) into the final O and LSE; shared by the combine kernel and the fused kernel's
-    in-kernel combine."""
+    partial buffers) into the final O and LSE; shared by the combine kernel (``GROUP`` 4: four
+    splits' loads in flight at once) and the fused kernel's in-kernel combine (1: its registers
+    hold a whole [BLOCK_H, 512] row block a split)."""
     s_ob = aligned(s_ob, 512)  # outputs are contiguous (checked by the entry)
     s_os = aligned(s_os, 512)
     s_oh = aligned(s_oh, 512)
     hmask = heads < h_q
     cols = col0 + tl.arange(0, COLS)
-    m = tl.full([BLOCK_H], float("-inf"), tl.float32)
-    for s in range(split_k):
-        v = tl.load(part_lse_ptr + (s * n_tok + t_local) * h_q + heads, mask=hmask, other=float("inf"))
-        m = tl.maximum(m, tl.where(tl.abs(v) < 1e30, v, float("-inf")))
+    # Every split's LSE in one load (one round trip, where a loop waited one a split) for the max; the
+    # sinks with them (loaded after the merge, they cost one more).
+    if HAS_SINK:
+        sink = tl.load(sink_ptr + heads, mask=hmask, other=float("-inf"))
+    ss = tl.arange(0, SPLITS)
+    v_all = tl.load(part_lse_ptr + (ss[:, None] * n_tok + t_local) * h_q + heads[None, :],
+                    mask=(ss[:, None] < split_k) & hmask[None, :], other=float("inf"))
+    m = tl.max(tl.where(tl.abs(v_all) < 1e30, v_all, float("-inf")), axis=0)
     lonely = m == float("-inf")
     safe_m = tl.where(lonely, 0.0, m)
     total = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, COLS], tl.float32)
-    for s in range(split_k):
-        row = (s * n_tok + t_local) * h_q + heads
-        v = tl.load(part_lse_ptr + row, mask=hmask, other=float("inf"))
-        w = tl.where(tl.abs(v) < 1e30, tl.math.exp2((v - safe_m) * 1.4426950408889634), 0.0)
-        o = tl.load(part_o_ptr + row[:, None] * 512 + cols[None, :], mask=hmask[:, None] & (w > 0)[:, None], other=0.0)
-        total += w
-        acc += w[:, None] * o
+    # GROUP splits a trip, their LSEs (cache hits now) and partials all loaded before any is used: one
+    # round trip a trip (the loads do not wait for the weights; an empty split's rows, never written,
+    # are read and dropped by _weigh's where).
+    for s in range(0, split_k, GROUP):
+        v0, o0 = _split_part(part_o_ptr, part_lse_ptr, s, split_k, n_tok, t_local, h_q, heads, hmask, cols)
+        if GROUP == 4:
+            v1, o1 = _split_part(part_o_ptr, part_lse_ptr, s + 1, split_k, n_tok, t_local, h_q, heads, hmask, cols)
+            v2, o2 = _split_part(part_o_ptr, part_lse_ptr, s + 2, split_k, n_tok, t_local, h_q, heads, hmask, cols)
+            v3, o3 = _split_part(part_o_ptr, part_lse_ptr, s + 3, split_k, n_tok, t_local, h_q, heads, hmask, cols)
+        total, acc = _weigh(v0, o0, safe_m, total, acc)
+        if GROUP == 4:
+            total, acc = _weigh(v1, o1, safe_m, total, acc)
+            total, acc = _weigh(v2, o2, safe_m, total, acc)
+            total, acc = _weigh(v3, o3, safe_m, total, acc)
     lse = tl.where(lonely, float("inf"), safe_m + tl.log(tl.where(lonely, 1.0, total)))
     scale = tl.where(lonely, 0.0, 1.0 / tl.where(lonely, 1.0, total))
     if HAS_SINK:
-        sink = tl.load(sink_ptr + heads, mask=hmask, other=float("-inf"))
         sig = 1.0 / (1.0 + tl.math.exp2((sink - tl.where(lonely, 0.0, lse)) * 1.4426950408889634))
         scale = scale * sig
     tb = t // s_q
@@ -84,7 +114,7 @@ def _combine_kernel(
     merge_partials(
         part_o_ptr, part_lse_ptr, sink_ptr, out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh,
         t0 + t_local, t_local, n_tok, s_q, h_q, split_k, heads, tl.program_id(2) * COMBINE_COLS, HAS_SINK, BLOCK_H,
-        COMBINE_COLS,
+        COMBINE_COLS, 4,
     )
 
 
