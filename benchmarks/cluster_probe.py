@@ -1,0 +1,256 @@
+"""Probe (sm90, Gluon, Triton 3.6): can two CTAs of a cluster share a dequantized K tile?
+
+FlashMLA reaches 410 TFLOP/s at h128 (250 without it) by letting the two CTAs of a token's two
+64-head blocks each convert half of every K tile and write it into both CTAs' shared memory
+(``../shared/perf/README.md`` section 2).  ``ws_sm90``'s producer converts every tile once per
+head block and is the slower side of its pipeline (``docs/ws-sm90.md``), so this is issue 29's
+lever.  Gluon 3.6 has no cluster API; this probe checks, on the GPU, each piece a kernel needs:
+
+- a kernel compiled for one CTA launched in clusters of two (``cuLaunchKernelEx`` with the
+  cluster-dimension attribute; the product's direct launcher would add the attribute);
+- shared-memory addresses for inline PTX: ``global_smem`` (Triton's dynamic shared memory symbol)
+  plus each allocation's offset, read by running Triton's own allocation pass on the kernel's TTGIR
+  and baked in as constexprs (a second compile; the offsets cannot move since nothing that
+  allocates changes);
+- that a 128-byte-swizzled [64, 512] bf16 tile keeps each 256-column half contiguous (32 KiB), so
+  one bulk copy moves a half: ``cp.async.bulk.shared::cluster.shared::cta`` into the peer CTA with
+  ``complete_tx`` on the peer's mbarrier (which expected the bytes);
+- a remote ``mbarrier.arrive.release.cluster`` telling the peer that its half was read, so that
+  neither CTA overwrites or exits while the other still reads;
+- and what one exchange costs, over ITERS rounds in one launch.
+
+Each CTA writes its column half (values depend on the round), sends it, waits for the peer's half,
+checks the whole tile through a Gluon load (the layout a wgmma descriptor reads) and counts
+mismatches.  ``python benchmarks/cluster_probe.py [--out DIR]`` on an sm90 GPU; ``--xcompile DIR``
+cross-compiles on a CPU machine with the GPU machine's Triton (``PY=$(bash
+../shared/tools/device-toolchain)``) and writes PTX / SASS / ptxas output there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import re
+import tempfile
+from pathlib import Path
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier
+
+HALF = gl.constexpr(64 * 256 * 2)  # bytes of one 256-column half of a [64, 512] bf16 tile
+
+
+@gluon.jit
+def _asm(text: gl.constexpr, args):
+    """Inline PTX once per thread (``args``: tensors of one element a thread; ``$0`` its u32 result)."""
+    cons: gl.constexpr = "=r" + ",r" * len(args)
+    return gl.inline_asm_elementwise(text, cons, args, dtype=gl.uint32, is_pure=False, pack=1)
+
+
+# Thread 0 of the CTA (every thread runs the PTX below once; only thread 0 acts).
+_T0 = "{ .reg .pred p; .reg .u32 t, d, b; mov.u32 t, %tid.x; setp.eq.u32 p, t, 0; "
+# $1: my half's shared address, $2: the peer's rank, $3: my barrier ``ready``'s address.  The half
+# goes to the same place in the peer's tile; the peer's ``ready`` counts its bytes.
+_SEND = gl.constexpr(_T0 + "mapa.shared::cluster.u32 d, $1, $2; mapa.shared::cluster.u32 b, $3, $2; "
+         "@p cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes [d], [$1], 32768, [b]; "
+         "mov.u32 $0, 0; }")
+# $1: my barrier ``done``'s address, $2: the peer's rank: arrive on the peer's ``done``.
+_RELEASE = gl.constexpr(_T0 + "mapa.shared::cluster.u32 b, $1, $2; "
+            "@p mbarrier.arrive.release.cluster.shared::cluster.b64 _, [b]; mov.u32 $0, 0; }")
+_SYNC = gl.constexpr("barrier.cluster.arrive.release.aligned; barrier.cluster.wait.acquire.aligned; mov.u32 $0, $1;")
+_SMEM = gl.constexpr("mov.u32 $0, global_smem; // $1")
+
+
+@gluon.jit
+def _xover_probe(src_ptr, out_ptr, err_ptr, iters,
+                 TILE_OFF: gl.constexpr, READY_OFF: gl.constexpr, DONE_OFF: gl.constexpr,
+                 CHECK: gl.constexpr = True):
+    gl.static_assert(HALF == 32768)
+    K_SL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    K32: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
+    tile = gl.allocate_shared_memory(gl.bfloat16, [64, 512], K_SL)
+    ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    done = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    mbarrier.init(ready, count=1)
+    mbarrier.init(done, count=1)
+    fence_async_shared()
+    gl.thread_barrier()
+    ONE: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])  # one element a thread
+    HALF_L: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [4, 1], [1, 0])
+    FULL_L: gl.constexpr = gl.BlockedLayout([1, 4], [2, 16], [4, 1], [1, 0])
+    r = gl.arange(0, 64, layout=gl.SliceLayout(1, HALF_L))
+    c = gl.arange(0, 128, layout=gl.SliceLayout(0, HALF_L))
+    rf = gl.arange(0, 64, layout=gl.SliceLayout(1, FULL_L))
+    cf = gl.arange(0, 256, layout=gl.SliceLayout(0, FULL_L))
+    one = gl.arange(0, 128, layout=ONE).to(gl.uint32)
+    _asm(_SYNC, [one])  # both CTAs' barriers initialised before any remote operation
+    pid = gl.program_id(0)
+    rank = pid % 2
+    smem = _asm(_SMEM, [one])
+    peer = one * 0 + (rank ^ 1).to(gl.uint32)
+    mine = smem + TILE_OFF + rank.to(gl.uint32) * HALF
+    t32 = tile._reinterpret(gl.uint32, [64, 256], K32)
+    base = src_ptr + (pid // 2) * (64 * 256)
+    n_bad = gl.to_tensor(0)
+    x0 = gl.load(base + r[:, None] * 256 + rank * 128 + c[None, :])
+    for i in range(iters):
+        x = (x0 + i).to(gl.uint32, bitcast=True)
+        if rank == 0:
+            t32.slice(0, 128, dim=1).store(x)
+        else:
+            t32.slice(128, 128, dim=1).store(x)
+        fence_async_shared()  # my generic stores, before the async proxy reads them
+        gl.thread_barrier()
+        mbarrier.expect(ready, HALF)  # my arrival, and the peer's half to come
+        _asm(_SEND, [mine, peer, smem + READY_OFF])
+        mbarrier.wait(ready, i & 1)
+        if CHECK:  # without it a round is the exchange alone (its cost)
+            got = t32.load(FULL_L)
+            want = (gl.load(base + rf[:, None] * 256 + cf[None, :]) + i).to(gl.uint32, bitcast=True)
+            n_bad += gl.sum(gl.sum((got != want).to(gl.int32), axis=1), axis=0)
+        gl.thread_barrier()  # every thread has read the tile: the peer may send its next half
+        _asm(_RELEASE, [smem + DONE_OFF, peer])
+        mbarrier.wait(done, i & 1)  # the peer has my half: I may write it again (or exit)
+    gl.store(out_ptr + pid * (64 * 256) + rf[:, None] * 256 + cf[None, :], t32.load(FULL_L).to(gl.int32, bitcast=True))
+    gl.atomic_add(err_ptr, n_bad)
+
+
+def allocation_offsets(ttgir: str, capability: int = 90) -> dict[str, int]:
+    """Each ``local_alloc``'s offset in the dynamic shared memory, from Triton's own allocation pass
+    run on the compiled TTGIR (the pass the LLVM lowering runs next)."""
+    from triton._C.libtriton import ir, nvidia, passes
+
+    ctx = ir.context()
+    ir.load_dialects(ctx)
+    nvidia.load_dialects(ctx)
+    with tempfile.NamedTemporaryFile("w", suffix=".ttgir", delete=False) as f:
+        f.write(ttgir)
+    mod = ir.parse_mlir_module(f.name, ctx)
+    mod.context = ctx
+    pm = ir.pass_manager(ctx)
+    passes.ttgpuir.add_allocate_warp_groups(pm)
+    passes.convert.add_scf_to_cf(pm)
+    passes.gluon.add_inliner(pm)
+    nvidia.passes.ttgpuir.add_allocate_shared_memory_nv(pm, capability, 86)
+    pm.run(mod, "allocation_offsets")
+    found = re.findall(r"%(\w+) = ttg\.local_alloc \{allocation\.offset = (\d+) : i32\}", str(mod))
+    return {name: int(off) for name, off in found}
+
+
+def _offsets_constexprs(ttgir: str) -> dict[str, int]:
+    offs = allocation_offsets(ttgir)
+    return {"TILE_OFF": offs["tile"], "READY_OFF": offs["ready"], "DONE_OFF": offs["done"]}
+
+
+def xcompile(out: Path) -> None:
+    """Compile for sm90 on a machine without a GPU (both passes) and write what ptxas says."""
+    import subprocess
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    sig = {"src_ptr": "*i32", "out_ptr": "*i32", "err_ptr": "*i32", "iters": "i32",
+           "TILE_OFF": "constexpr", "READY_OFF": "constexpr", "DONE_OFF": "constexpr"}
+    attrs = {(i,): [["tt.divisibility", 16]] for i in range(3)}
+
+    def build(consts: dict[str, int]):
+        src = GluonASTSource(fn=_xover_probe, signature=sig, constexprs=consts, attrs=attrs)
+        return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+
+    first = build({"TILE_OFF": 0, "READY_OFF": 0, "DONE_OFF": 0})
+    consts = _offsets_constexprs(first.asm["ttgir"])
+    k = build(consts)
+    assert _offsets_constexprs(k.asm["ttgir"]) == consts, "the offsets moved between the two compiles"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "probe.ptx").write_text(k.asm["ptx"])
+    (out / "probe.cubin").write_bytes(k.asm["cubin"])
+    bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    sass = subprocess.run([str(bin_dir / "cuobjdump"), "--dump-sass", str(out / "probe.cubin")],
+                          capture_output=True, text=True).stdout
+    (out / "probe.sass").write_text(sass)
+    info = subprocess.run([str(bin_dir / "ptxas"), "-arch=sm_90a", "-v", str(out / "probe.ptx"), "-o",
+                           str(out / "ptxas.cubin")], capture_output=True, text=True)
+    print(consts, k.metadata.shared, "bytes of shared memory")
+    print((info.stderr + info.stdout).strip().splitlines()[-3:])
+    ops = [op for op in ("UBLKCP", "MAPA", "SYNCS", "UCGABAR", "CCTL") if op in sass]
+    print("SASS has", ops)
+
+
+_CLUSTER_DIMENSION = 4  # CUlaunchAttributeID
+
+
+def _launch_cluster(k, grid: int, args: list[int], stream: int) -> None:
+    """cuLaunchKernelEx of compiled kernel ``k`` on ``grid`` CTAs in clusters of two."""
+    from dsv4_tune.runtime.cuda_driver import _check, _driver, _LaunchAttribute, _LaunchConfig
+
+    lib = _driver()
+    values = (ctypes.c_uint64 * (len(args) + 2))(*args, 0, 0)  # + Triton's two scratch pointers
+    params = (ctypes.c_void_p * len(values))(*[ctypes.addressof(values) + 8 * i for i in range(len(values))])
+    attr = _LaunchAttribute(id=_CLUSTER_DIMENSION)
+    attr.value[0] = 2 | (1 << 32)  # x = 2, y = 1
+    attr.value[1] = 1  # z = 1
+    config = _LaunchConfig(grid, 1, 1, 32 * k.metadata.num_warps, 1, 1, k.metadata.shared,
+                           ctypes.c_void_p(stream), ctypes.pointer(attr), 1)
+    _check(lib, lib.cuLaunchKernelEx(ctypes.byref(config), ctypes.c_void_p(k.function), params, None),
+           "cuLaunchKernelEx")
+
+
+def run(out: Path, grid: int, check: bool = True) -> dict[str, object]:
+    import torch
+
+    src = torch.randint(0, 2**30, (grid // 2, 64, 256), dtype=torch.int32, device="cuda")
+    dst = torch.full((grid, 64, 256), -1, dtype=torch.int32, device="cuda")
+    err = torch.zeros(1, dtype=torch.int32, device="cuda")
+    first = _xover_probe.warmup(src, dst, err, 3, TILE_OFF=0, READY_OFF=0, DONE_OFF=0, CHECK=check, grid=(grid,),
+                                num_warps=4)
+    consts = _offsets_constexprs(first.asm["ttgir"])
+    k = _xover_probe.warmup(src, dst, err, 3, **consts, CHECK=check, grid=(grid,), num_warps=4)
+    assert _offsets_constexprs(k.asm["ttgir"]) == consts, "the offsets moved between the two compiles"
+    k._init_handles()
+    stream = torch.cuda.current_stream().cuda_stream
+    result: dict[str, object] = {"offsets": consts, "shared": k.metadata.shared, "grid": grid, "check": check,
+                                 "device": torch.cuda.get_device_name()}
+    timings = {}
+    for iters in (2, 2, 100, 1000):  # not 1: Triton specializes an int argument of 1 (the binary is iters's)
+        err.zero_()
+        dst.fill_(-1)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        _launch_cluster(k, grid, [src.data_ptr(), dst.data_ptr(), err.data_ptr(), iters], stream)
+        end.record()
+        torch.cuda.synchronize()
+        dt = start.elapsed_time(end) / 1e3
+        want = (src.repeat_interleave(2, dim=0) + (iters - 1))
+        final_ok = bool(torch.equal(dst, want))
+        timings[iters] = {"s": dt, "mismatches": int(err.item()), "final_tile_exact": final_ok}
+        print(f"iters {iters}: {dt * 1e6:.1f} us wall, mismatches {int(err.item())}, final tile exact {final_ok}")
+    per = (timings[1000]["s"] - timings[100]["s"]) / 900
+    result["timings"] = timings
+    result["us_per_exchange"] = per * 1e6
+    what = "write a half, 32 KiB to the peer, wait, read and check the tile, release" if check else \
+        "write a half, 32 KiB to the peer, wait, release"
+    print(f"grid {grid}: one round ({what}): {per * 1e6:.2f} us")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"cluster_probe-grid{grid}-check{int(check)}.json").write_text(json.dumps(result, indent=1, default=str))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("/tmp/cluster_probe"))
+    parser.add_argument("--grid", type=int, default=132, help="CTAs (even: clusters of two)")
+    parser.add_argument("--xcompile", type=Path, default=None, help="cross-compile into DIR (no GPU)")
+    args = parser.parse_args()
+    if args.xcompile is not None:
+        xcompile(args.xcompile)
+    else:
+        run(args.out, args.grid)
+        run(args.out, args.grid, check=False)
+
+
+if __name__ == "__main__":
+    main()
