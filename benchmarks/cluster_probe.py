@@ -6,12 +6,12 @@ FlashMLA reaches 410 TFLOP/s at h128 (250 without it) by letting the two CTAs of
 head block and is the slower side of its pipeline (``docs/ws-sm90.md``), so this is issue 29's
 lever.  Gluon 3.6 has no cluster API; this probe checks, on the GPU, each piece a kernel needs:
 
-- a kernel compiled for one CTA launched in clusters of two (``cuLaunchKernelEx`` with the
-  cluster-dimension attribute; the product's direct launcher would add the attribute);
+- a kernel compiled for one CTA launched in clusters of two (the product's
+  :class:`~dsv4_tune.runtime.jit.Launcher` with ``cluster=2``: Triton's launcher told the kernel
+  has two CTAs a cluster, :mod:`dsv4_tune.runtime.cluster`);
 - shared-memory addresses for inline PTX: ``global_smem`` (Triton's dynamic shared memory symbol)
-  plus each allocation's offset, read by running Triton's own allocation pass on the kernel's TTGIR
-  and baked in as constexprs (a second compile; the offsets cannot move since nothing that
-  allocates changes);
+  plus each allocation's offset (:func:`~dsv4_tune.runtime.cluster.shared_offsets`), baked in as
+  constexprs (a second compile; the offsets cannot move since nothing that allocates changes);
 - that a 128-byte-swizzled [64, 512] bf16 tile keeps each 256-column half contiguous (32 KiB), so
   one bulk copy moves a half: ``cp.async.bulk.shared::cluster.shared::cta`` into the peer CTA with
   ``complete_tx`` on the peer's mbarrier (which expected the bytes);
@@ -29,15 +29,18 @@ cross-compiles on a CPU machine with the GPU machine's Triton (``PY=$(bash
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
-import re
-import tempfile
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier
+
+from dsv4_tune.runtime.cluster import shared_offsets
+from dsv4_tune.runtime.jit import Launcher, kernel
 
 HALF = gl.constexpr(64 * 256 * 2)  # bytes of one 256-column half of a [64, 512] bf16 tile
 
@@ -63,7 +66,7 @@ _SYNC = gl.constexpr("barrier.cluster.arrive.release.aligned; barrier.cluster.wa
 _SMEM = gl.constexpr("mov.u32 $0, global_smem; // $1")
 
 
-@gluon.jit
+@kernel(jit=gluon.jit)
 def _xover_probe(src_ptr, out_ptr, err_ptr, iters,
                  TILE_OFF: gl.constexpr, READY_OFF: gl.constexpr, DONE_OFF: gl.constexpr,
                  CHECK: gl.constexpr = True):
@@ -117,30 +120,8 @@ def _xover_probe(src_ptr, out_ptr, err_ptr, iters,
     gl.atomic_add(err_ptr, n_bad)
 
 
-def allocation_offsets(ttgir: str, capability: int = 90) -> dict[str, int]:
-    """Each ``local_alloc``'s offset in the dynamic shared memory, from Triton's own allocation pass
-    run on the compiled TTGIR (the pass the LLVM lowering runs next)."""
-    from triton._C.libtriton import ir, nvidia, passes
-
-    ctx = ir.context()
-    ir.load_dialects(ctx)
-    nvidia.load_dialects(ctx)
-    with tempfile.NamedTemporaryFile("w", suffix=".ttgir", delete=False) as f:
-        f.write(ttgir)
-    mod = ir.parse_mlir_module(f.name, ctx)
-    mod.context = ctx
-    pm = ir.pass_manager(ctx)
-    passes.ttgpuir.add_allocate_warp_groups(pm)
-    passes.convert.add_scf_to_cf(pm)
-    passes.gluon.add_inliner(pm)
-    nvidia.passes.ttgpuir.add_allocate_shared_memory_nv(pm, capability, 86)
-    pm.run(mod, "allocation_offsets")
-    found = re.findall(r"%(\w+) = ttg\.local_alloc \{allocation\.offset = (\d+) : i32\}", str(mod))
-    return {name: int(off) for name, off in found}
-
-
 def _offsets_constexprs(ttgir: str) -> dict[str, int]:
-    offs = allocation_offsets(ttgir)
+    offs = shared_offsets(ttgir)
     return {"TILE_OFF": offs["tile"], "READY_OFF": offs["ready"], "DONE_OFF": offs["done"]}
 
 
@@ -179,38 +160,18 @@ def xcompile(out: Path) -> None:
     print("SASS has", ops)
 
 
-_CLUSTER_DIMENSION = 4  # CUlaunchAttributeID
-
-
-def _launch_cluster(k, grid: int, args: list[int], stream: int) -> None:
-    """cuLaunchKernelEx of compiled kernel ``k`` on ``grid`` CTAs in clusters of two."""
-    from dsv4_tune.runtime.cuda_driver import _check, _driver, _LaunchAttribute, _LaunchConfig
-
-    lib = _driver()
-    values = (ctypes.c_uint64 * (len(args) + 2))(*args, 0, 0)  # + Triton's two scratch pointers
-    params = (ctypes.c_void_p * len(values))(*[ctypes.addressof(values) + 8 * i for i in range(len(values))])
-    attr = _LaunchAttribute(id=_CLUSTER_DIMENSION)
-    attr.value[0] = 2 | (1 << 32)  # x = 2, y = 1
-    attr.value[1] = 1  # z = 1
-    config = _LaunchConfig(grid, 1, 1, 32 * k.metadata.num_warps, 1, 1, k.metadata.shared,
-                           ctypes.c_void_p(stream), ctypes.pointer(attr), 1)
-    _check(lib, lib.cuLaunchKernelEx(ctypes.byref(config), ctypes.c_void_p(k.function), params, None),
-           "cuLaunchKernelEx")
-
-
 def run(out: Path, grid: int, check: bool = True) -> dict[str, object]:
     import torch
 
     src = torch.randint(0, 2**30, (grid // 2, 64, 256), dtype=torch.int32, device="cuda")
     dst = torch.full((grid, 64, 256), -1, dtype=torch.int32, device="cuda")
     err = torch.zeros(1, dtype=torch.int32, device="cuda")
-    first = _xover_probe.warmup(src, dst, err, 3, TILE_OFF=0, READY_OFF=0, DONE_OFF=0, CHECK=check, grid=(grid,),
-                                num_warps=4)
-    consts = _offsets_constexprs(first.asm["ttgir"])
-    k = _xover_probe.warmup(src, dst, err, 3, **consts, CHECK=check, grid=(grid,), num_warps=4)
+    launch = Launcher(_xover_probe)
+    grid3 = (grid, 1, 1)
+    consts = _offsets_constexprs(launch.compile(grid3, src, dst, err, 3, 0, 0, 0, check, num_warps=4,
+                                                num_stages=1).asm["ttgir"])
+    k = launch.compile(grid3, src, dst, err, 3, *consts.values(), check, num_warps=4, num_stages=1)
     assert _offsets_constexprs(k.asm["ttgir"]) == consts, "the offsets moved between the two compiles"
-    k._init_handles()
-    stream = torch.cuda.current_stream().cuda_stream
     result: dict[str, object] = {"offsets": consts, "shared": k.metadata.shared, "grid": grid, "check": check,
                                  "device": torch.cuda.get_device_name()}
     timings = {}
@@ -220,7 +181,7 @@ def run(out: Path, grid: int, check: bool = True) -> dict[str, object]:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize()
         start.record()
-        _launch_cluster(k, grid, [src.data_ptr(), dst.data_ptr(), err.data_ptr(), iters], stream)
+        launch(grid3, src, dst, err, iters, *consts.values(), check, num_warps=4, num_stages=1, cluster=2)
         end.record()
         torch.cuda.synchronize()
         dt = start.elapsed_time(end) / 1e3
@@ -237,6 +198,37 @@ def run(out: Path, grid: int, check: bool = True) -> dict[str, object]:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"cluster_probe-grid{grid}-check{int(check)}.json").write_text(json.dumps(result, indent=1, default=str))
     return result
+
+
+def exchange_exactly(grid: int, iters: int) -> None:
+    """Assert that ``iters`` rounds on ``grid`` CTAs are exact through the Launcher's compile-first
+    call, its cached call, and a replay of a recorded call (the GPU test's body)."""
+    import torch
+
+    from dsv4_tune.runtime.recording import Recording, Replay
+
+    src = torch.randint(0, 2**30, (grid // 2, 64, 256), dtype=torch.int32, device="cuda")
+    want = src.repeat_interleave(2, dim=0) + (iters - 1)
+    launch = Launcher(_xover_probe)
+    grid3 = (grid, 1, 1)
+    consts = _offsets_constexprs(launch.compile(grid3, src, src, src, iters, 0, 0, 0, True, num_warps=4,
+                                                num_stages=1).asm["ttgir"])
+    for how in ("first", "cached", "replay"):
+        dst = torch.full((grid, 64, 256), -1, dtype=torch.int32, device="cuda")
+        err = torch.zeros(1, dtype=torch.int32, device="cuda")
+        args = (src, dst, err, iters, *consts.values(), True)
+        if how == "replay":
+            with Recording() as rec:
+                launch(grid3, *args, num_warps=4, num_stages=1, cluster=2)
+            replay = Replay.build(rec, [src, dst, err], [])
+            assert replay is not None and rec.complete, "a cluster launch is replayable"
+            dst.fill_(-1)
+            err.zero_()
+            replay([src.data_ptr(), dst.data_ptr(), err.data_ptr()])
+        else:
+            launch(grid3, *args, num_warps=4, num_stages=1, cluster=2)
+        torch.cuda.synchronize()
+        assert int(err.item()) == 0 and torch.equal(dst, want), f"{how}: the exchanged tiles differ"
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ import triton
 from triton import knobs
 
 from dsv4_tune.env import interpreting
+from dsv4_tune.runtime.cluster import clustered_metadata
 from dsv4_tune.runtime.cuda_driver import current_stream_getter
 from dsv4_tune.runtime.recording import RecordedLaunch, Recording
 
@@ -58,11 +59,13 @@ class Launcher:
 
     def __call__(
         self, grid: tuple[int, int, int], *args: object, num_warps: int, num_stages: int, launch_pdl: bool = False,
-        maxnreg: int | None = None,
+        maxnreg: int | None = None, cluster: int = 1,
     ) -> None:
         """``launch_pdl``: launch as a programmatic dependent of the kernel before it (see
         :func:`~dsv4_tune.runtime.target.pdl_enabled`; ignored by the interpreter); ``maxnreg``: the
-        register cap per thread at entry (CUDA; a warp-specialized kernel's setmaxnreg needs one)."""
+        register cap per thread at entry (CUDA; a warp-specialized kernel's setmaxnreg needs one);
+        ``cluster``: the grid's CTAs (``grid[0]`` a multiple of it) in clusters of that many (CUDA
+        sm90; :mod:`~dsv4_tune.runtime.cluster`)."""
         rec = Recording.current()
         if interpreting():
             if rec is not None:
@@ -84,22 +87,47 @@ class Launcher:
         key = (*[args[i] for i in self._const], num_warps, num_stages, launch_pdl, maxnreg, device, misaligned, wide)
         compiled = self._compiled.get(key)
         if compiled is None:
-            opts: dict[str, object] = {"launch_pdl": True} if launch_pdl else {}  # (Triton options only CUDA knows)
-            if maxnreg is not None:
-                opts["maxnreg"] = maxnreg
-            self._compiled[key] = self.fn[grid](*args, num_warps=num_warps, num_stages=num_stages, **opts)
+            if cluster == 1:  # compiled by its first launch
+                self._compiled[key] = self.fn[grid](*args, **self._options(num_warps, num_stages, launch_pdl, maxnreg))
+                if rec is not None:
+                    rec.complete = False
+                return
+            compiled = self.compile(grid, *args, num_warps=num_warps, num_stages=num_stages, launch_pdl=launch_pdl,
+                                    maxnreg=maxnreg)  # Triton's own first launch would not make clusters
+            self._compiled[key] = compiled
             if rec is not None:
                 rec.complete = False
-            return
         self.fast_launches += 1
         stream = _current_stream(device)
         enter, leave = _hook(knobs.runtime.launch_enter_hook), _hook(knobs.runtime.launch_exit_hook)
         meta = None if enter is None else compiled.launch_metadata(grid, stream, *args)  # type: ignore[attr-defined]
-        compiled.run(grid[0], grid[1], grid[2], stream, compiled.function,  # type: ignore[attr-defined]
-                     compiled.packed_metadata, meta, enter, leave, *call)  # type: ignore[attr-defined]
+        packed = compiled.packed_metadata if cluster == 1 else \
+            clustered_metadata(compiled.packed_metadata, cluster)  # type: ignore[attr-defined]
+        compiled.run(grid[0] // cluster, grid[1], grid[2], stream, compiled.function,  # type: ignore[attr-defined]
+                     packed, meta, enter, leave, *call)
         if rec is not None:
             rec.launches.append(RecordedLaunch(compiled, grid, call, [args[i] for i in self._tensors],
-                                               list(self._tensors)))
+                                               list(self._tensors), cluster))
+
+    def compile(
+        self, grid: tuple[int, int, int], *args: object, num_warps: int, num_stages: int, launch_pdl: bool = False,
+        maxnreg: int | None = None,
+    ) -> object:
+        """The compiled kernel for these arguments (Triton's ``CompiledKernel``, loaded), not launched:
+        what a kernel whose launch needs something of its compiled form (:mod:`~dsv4_tune.runtime.cluster`)
+        compiles first."""
+        compiled = self.fn.warmup(*args, grid=grid, **self._options(num_warps, num_stages, launch_pdl, maxnreg))
+        compiled._init_handles()  # type: ignore[attr-defined]
+        return compiled
+
+    @staticmethod
+    def _options(num_warps: int, num_stages: int, launch_pdl: bool, maxnreg: int | None) -> dict[str, object]:
+        opts: dict[str, object] = {"num_warps": num_warps, "num_stages": num_stages}
+        if launch_pdl:  # (Triton options only CUDA knows)
+            opts["launch_pdl"] = True
+        if maxnreg is not None:
+            opts["maxnreg"] = maxnreg
+        return opts
 
 
 def _hook(hook: object) -> object:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dsv4_tune.runtime.cluster import clustered_metadata
 from dsv4_tune.runtime.cuda_driver import current_stream_getter, direct_launch, direct_sequence
 
 _current_stream = current_stream_getter()
@@ -27,6 +28,7 @@ class RecordedLaunch:
     args: list
     tensors: list[object] = field(repr=False)  # the tensor objects behind the address slots
     slots: list[int] = field(repr=False)  # positions of the address slots in ``args``
+    cluster: int = 1  # CTAs a cluster (``grid`` counts CTAs): see :mod:`~dsv4_tune.runtime.cluster`
 
 
 class Recording:
@@ -57,16 +59,19 @@ class TritonLaunch:
     cannot be used): the recorded argument list with the address slots of ``patch`` replaced."""
 
     def __init__(self, compiled: object, grid: tuple[int, int, int], template: list,
-                 patch: list[tuple[int, int]]) -> None:
+                 patch: list[tuple[int, int]], cluster: int = 1) -> None:
         self.compiled, self.grid, self.template, self.patch = compiled, grid, template, patch
+        self.cluster = cluster
 
     def __call__(self, stream: int, ptrs: Sequence[int]) -> None:
         args = self.template.copy()
         for slot, j in self.patch:
             args[slot] = ptrs[j]
         c = self.compiled
-        c.run(self.grid[0], self.grid[1], self.grid[2], stream, c.function,  # type: ignore[attr-defined]
-              c.packed_metadata, None, None, None, *args)  # type: ignore[attr-defined]
+        packed = c.packed_metadata if self.cluster == 1 else \
+            clustered_metadata(c.packed_metadata, self.cluster)  # type: ignore[attr-defined]
+        c.run(self.grid[0] // self.cluster, self.grid[1], self.grid[2], stream, c.function,  # type: ignore[attr-defined]
+              packed, None, None, None, *args)
 
 
 class Replay:
@@ -121,8 +126,8 @@ class Replay:
                 if base is None:
                     return None
                 keep.append(base)
-            launches.append(direct_launch(r.compiled, device, r.grid, r.args, patch)
-                            or TritonLaunch(r.compiled, r.grid, r.args, patch))
+            direct = direct_launch(r.compiled, device, r.grid, r.args, patch) if r.cluster == 1 else None
+            launches.append(direct or TritonLaunch(r.compiled, r.grid, r.args, patch, r.cluster))
         return cls(device, launches, keep, tuple(aliases))
 
     def __call__(self, ptrs: Sequence[int]) -> None:
