@@ -56,11 +56,25 @@ def test_its_rules_name_the_knob_at_fault() -> None:
              ws(PERSIST=2): "PERSIST=2 not in", ws(SPLIT_K=2, PERSIST=1): "PERSIST=1 needs SPLIT_K=1",
              ws(SPLIT_K=5): "SPLIT_K=5 not in", ws(SPLIT_K=4): "", ws(SOLO=2): "SOLO=2 not in",
              ws(SOLO=1, PIPE=1): "SOLO=1 needs KSTAGES=2, STAGED=0, PIPE=0 and no PERSIST",
-             ws(SOLO=1, PERSIST=1): "SOLO=1 needs", ws(SOLO=1, KSTAGES=3): "SOLO=1 needs KSTAGES=2"}
+             ws(SOLO=1, PERSIST=1): "SOLO=1 needs", ws(SOLO=1, KSTAGES=3): "SOLO=1 needs KSTAGES=2",
+             ws(CROSS=2): "CROSS=2 not in", ws(CROSS=1, STAGED=1): "CROSS=1 needs h_q a multiple of 128",
+             ws(CROSS=1, SOLO=1): "CROSS=1 needs"}
     small = Workload(4, 64, 128, 0)  # 2 blocks of 64: SPLIT_K 4 exceeds them
     for plan, message in cases.items():
         problems = plan_problems(small if plan["SPLIT_K"] == 4 else W, plan)
         assert problems and message in problems[0], (plan, problems)
+    assert plan_problems(W, ws(CROSS=1, PERSIST=1)) == [] and plan_problems(W, ws(CROSS=1, SPLIT_K=4, PDL=1)) == []
+    assert "CROSS=1 needs h_q a multiple of 128" in plan_problems(Workload(64, 64, 128, 1024), ws(CROSS=1))[0]
+
+
+def test_its_cluster_mode_is_never_swept_until_a_gpu_has_checked_it() -> None:
+    """CROSS (two CTAs a cluster) is valid in an explicit plan, but no space holds it and no refine
+    step turns it on: a cluster kernel that deadlocked would hang a sweep."""
+    assert not any(p.as_dict().get("CROSS") for p in VARIANTS["ws_sm90"].space(W))
+    for plan in (ws(), ws(PERSIST=1), ws(SPLIT_K=4, COMBINE_BLOCK_H=8, combine_warps=4)):
+        assert not any(n.as_dict().get("CROSS") for n in neighbours(plan))
+    (one,) = plan_kernels(ws(CROSS=1), W, "sm90")
+    assert dict(one[1])["CROSS"] is True and "CROSS" not in dict(plan_kernels(ws(), W, "sm90")[0][1])
 
 
 def test_its_kernels_and_buffers() -> None:
@@ -226,4 +240,22 @@ def test_a_persistent_grid_loops_over_the_items(monkeypatch, device, gen) -> Non
                                  out_dtype=torch.float32, **case.kw)
     for plan in (ws(PERSIST=1), ws(STAGED=1, PIPE=1, PERSIST=1), ws(BLOCK_N=32, KSTAGES=4, PIPE=1, PERSIST=1),
                  ws(BLOCK_N=32, KSTAGES=3, PERSIST=1)):
+        case.check(plan)
+
+
+@pytest.mark.gpu
+@pytest.mark.gpu_only
+@pytest.mark.parametrize(("s_q", "page", "x_page"), KNOB_CASES)
+def test_two_ctas_of_a_cluster_share_each_tile(monkeypatch, s_q, page, x_page, device, gen) -> None:
+    """CROSS: each CTA of a token's pair converts half of every tile and sends it to the other; the
+    ring's hand-offs then span both CTAs (unsplit, split, PIPE, 32-token tiles, and a persistent grid
+    of 5 SMs, rounded down to 4 programs: two clusters looping over 9 item pairs)."""
+    if variant_problem("ws_sm90", torch.device(device)):
+        pytest.skip(variant_problem("ws_sm90", torch.device(device)))
+    import dsv4_tune.kernels.sm90.decode as ws_decode
+
+    monkeypatch.setattr(ws_decode, "_multiprocessors", lambda index: 5)
+    case = _knob_case(device, gen, s_q, page, x_page)
+    for plan in (ws(CROSS=1), ws(CROSS=1, PIPE=1), ws(CROSS=1, BLOCK_N=32, KSTAGES=4), ws(CROSS=1, SPLIT_K=3),
+                 ws(CROSS=1, SPLIT_K=3, PDL=1), ws(CROSS=1, PERSIST=1), ws(CROSS=1, BLOCK_N=32, KSTAGES=3, PERSIST=1)):
         case.check(plan)

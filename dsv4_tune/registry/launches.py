@@ -26,6 +26,11 @@ WS_PERSIST_KEY = "PERSIST"
 # fixed cost is the time; a kernel of its own per tile size (:mod:`dsv4_tune.kernels.sm90.solo`: at
 # BLOCK_N 32 the next tile's dequant runs under this tile's QK^T).
 WS_SOLO_KEY = "SOLO"
+# ws_sm90's optional knob (absent = 0): h_q a multiple of 128, the two items of a token's two head
+# blocks run as one cluster of two CTAs, each gathering and converting one 256-column half of every
+# K tile for both (FlashMLA's crossover; :mod:`dsv4_tune.runtime.cluster`).  Not in the swept space
+# until a GPU has checked and timed it (docs/ws-sm90.md).
+WS_CROSS_KEY = "CROSS"
 WS_SUB = 32  # ws_sm90: tokens its producer gathers and converts at a time
 WS_MAXNREG = 168  # ws_sm90: registers per thread at entry (setmaxnreg then splits them 208 / 160 / 136)
 
@@ -77,7 +82,8 @@ def plan_kernels(plan: Plan, w: Workload, arch: str, fp8: Fp8Pair | None = None)
         out.append(launch("_ws_decode_kernel", 4, 1, HAS_LEN=w.has_len_main, HAS_EXTRA=w.dual,
                           X_HAS_LEN=w.dual and w.has_len_extra, HAS_SINK=sink, SPLIT=split, BLOCK_N=c["BLOCK_N"],
                           SUB=WS_SUB, KSTAGES=c["KSTAGES"], STAGED=bool(c["STAGED"]),
-                          PIPE=bool(c["PIPE"]), PERSIST=bool(c.get(WS_PERSIST_KEY, 0)), **pdl))
+                          PIPE=bool(c["PIPE"]), PERSIST=bool(c.get(WS_PERSIST_KEY, 0)), **pdl,
+                          **({WS_CROSS_KEY: True} if c.get(WS_CROSS_KEY) else {})))
     if split and not inline:
         out.append(launch("_combine_kernel", c["combine_warps"], 1, HAS_SINK=sink, BLOCK_H=c["COMBINE_BLOCK_H"],
                           **pdl))

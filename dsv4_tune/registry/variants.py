@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from dsv4_tune.registry.arch import arch_problems
 from dsv4_tune.registry.intmath import cdiv, next_pow2
-from dsv4_tune.registry.launches import PDL_KEY, WS_PERSIST_KEY, WS_SOLO_KEY, WS_SUB
+from dsv4_tune.registry.launches import PDL_KEY, WS_CROSS_KEY, WS_PERSIST_KEY, WS_SOLO_KEY, WS_SUB
 from dsv4_tune.registry.workload import Plan, Workload
 
 BLOCK_H_CHOICES = (16, 32, 64)
@@ -34,6 +34,9 @@ WS_KSTAGES_CHOICES = (2, 3, 4)  # ws_sm90: K tiles in flight between the produce
 # split plans serve small T, where the items fit in one wave and the grid is the same either way.
 # Its split plans take the PDL knob as fused_splitk's do (the combine a programmatic dependent).
 # Its optional SOLO knob (registry.launches.WS_SOLO_KEY) is swept at both tile sizes, split or not.
+# Optional knobs a plan may name but no sweep tries (not in any space, never a refine step): CROSS,
+# until a GPU has checked it (a cluster kernel that deadlocked would hang a sweep).
+NOT_SWEPT = frozenset({WS_CROSS_KEY})
 WS_SPLIT_K_CHOICES = (1, *SPLIT_K_CHOICES)
 WS_SMEM_BYTES = 227 * 1024  # sm90's shared memory per block
 SMEM_BUDGET = 160 * 1024  # bytes of staged KV tiles + Q a config may ask for (gfx950 LDS, < sm90's 228 KiB)
@@ -162,6 +165,9 @@ def _ws_problems(w: Workload, c: dict[str, int]) -> list[str]:
     if _switch(c, WS_SOLO_KEY, out) and solo_knobs != (2, 0, 0, 0):
         out.append(f"{WS_SOLO_KEY}=1 needs KSTAGES=2, STAGED=0, PIPE=0 and no {WS_PERSIST_KEY} "
                    "(one warpgroup does each tile in turn)")
+    if _switch(c, WS_CROSS_KEY, out) and (w.h_q % 128 or c["STAGED"] or c.get(WS_SOLO_KEY)):
+        out.append(f"{WS_CROSS_KEY}=1 needs h_q a multiple of 128 (a token's head blocks in pairs), STAGED=0 "
+                   f"and no {WS_SOLO_KEY}")
     if _switch(c, PDL_KEY, out) and c["SPLIT_K"] == 1:
         out.append(f"{PDL_KEY}=1 needs SPLIT_K > 1 (it launches the combine as a programmatic dependent)")
     if _switch(c, "STAGED", out) and c["BLOCK_N"] != 2 * WS_SUB:
@@ -299,7 +305,7 @@ VARIANTS: dict[str, Variant] = {
                 _gta_space, _gta_problems, _gta_default),
         Variant("ws_sm90", "CUDA sm90 only: warp-specialized (Gluon) gather + exact dequant into shared memory "
                 "beside wgmma attention, 64 heads per program (one pass or split-K + combine)",
-                _ws_space, _ws_problems, _ws_default, frozenset({WS_PERSIST_KEY, WS_SOLO_KEY, PDL_KEY})),
+                _ws_space, _ws_problems, _ws_default, frozenset({WS_PERSIST_KEY, WS_SOLO_KEY, WS_CROSS_KEY, PDL_KEY})),
     )
 }
 

@@ -17,6 +17,7 @@ from dsv4_tune.registry.variants import (
     GATHER_CHOICES,
     GTA_BLOCK_N_CHOICES,
     GTA_SPLIT_K_CHOICES,
+    NOT_SWEPT,
     NUM_STAGES_CHOICES,
     NUM_WARPS_CHOICES,
     SPLIT_K_CHOICES,
@@ -103,9 +104,9 @@ def _ordered_choices(variant: str) -> dict[str, tuple[int, ...]]:
 
 def neighbours(plan: Plan) -> list[Plan]:
     """Plans one step from ``plan``: one knob to an adjacent choice, or one paired knob set to
-    another choice, or an optional switch (PDL, PERSIST, SOLO) flipped; a split-K plan also tries
-    SPLIT_K = 1 (no combine) where its variant allows (``refine_candidates`` drops the neighbours an
-    arch cannot run)."""
+    another choice, or an optional switch (PDL, PERSIST, SOLO; not those of ``NOT_SWEPT``) flipped; a
+    split-K plan also tries SPLIT_K = 1 (no combine) where its variant allows (``refine_candidates``
+    drops the neighbours an arch cannot run)."""
     c = plan.as_dict()
     out = []
     for knob, choices in _ordered_choices(plan.variant).items():
@@ -118,7 +119,7 @@ def neighbours(plan: Plan) -> list[Plan]:
     for pair, choices in _PAIRS.items():
         if pair[0] in c:
             out += [{**c, pair[0]: a, pair[1]: b} for a, b in choices if (a, b) != (c[pair[0]], c[pair[1]])]
-    for key in sorted(VARIANTS[plan.variant].optional):  # toggled: absent (0) <-> 1
+    for key in sorted(VARIANTS[plan.variant].optional - NOT_SWEPT):  # toggled: absent (0) <-> 1
         out.append({k: v for k, v in c.items() if k != key} if c.get(key) else {**c, key: 1})
     plans = []
     for cfg in out:

@@ -18,6 +18,14 @@ memory and mbarriers, whose phases run on across items:
   O[:, :256] += P V with P from registers;
 - **WG1** (worker 0) rescales and accumulates O[:, 256:] from the shared P.
 
+With CROSS (h_q a multiple of 128) the two items of a token's two head blocks run as one cluster of
+two CTAs: each producer gathers and converts one 256-column half of every tile (NoPE groups 0-3, or
+groups 4-6 and RoPE), stores it in its own tile and sends it into the peer's with one bulk copy that
+the peer's ``k_ready`` counts; ``k_empty`` counts both CTAs' consumers (each also arrives on the
+peer's), and every partition meets the peer's at its start and end (a cluster barrier).  Each
+producer then gathers and converts half as much: the side that sets the pace at h128.  Not yet
+checked on a GPU (``registry.variants.NOT_SWEPT``).
+
 A lone unsplit item's output leaves through Q's buffer (free once the item's QK^T are done), 16
 bytes a thread: WG0 stores its half itself; WG1 writes its half there and the producer, idle by
 then, stores it (WG1's 160 registers hold its accumulator and little else).
@@ -53,6 +61,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from dsv4_tune.kernels.attention_core import LOG2E, epilogue_args, scope_flags, scopes_args
 from dsv4_tune.kernels.fused_attention import split_chunk
 from dsv4_tune.registry.intmath import cdiv
+from dsv4_tune.runtime.cluster import shared_offsets
 from dsv4_tune.runtime.jit import Launcher, kernel
 
 HEADS = gl.constexpr(64)  # query heads per program: the M of every wgmma
@@ -95,6 +104,49 @@ def _launch_dependents():
     """Let the programmatic dependent launch after this kernel (the split's combine) start now."""
     gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // dummy $0", "=r", [], dtype=gl.int32,
                               is_pure=False, pack=1)
+
+
+# CROSS (h128): the two CTAs of a cluster (one token's two 64-head items) each gather and convert one
+# 256-column half of every K tile and send it into the other's tile (:mod:`dsv4_tune.runtime.cluster`:
+# inline PTX finds shared memory at ``global_smem`` plus an allocation's offset).  Every thread of a
+# partition runs each snippet once (a tensor of one element a thread); only its first thread acts.
+_FIRST_OF_WG = ("{ .reg .pred p; .reg .u32 t, d, b, r; mov.u32 t, %tid.x; and.b32 t, t, 127; setp.eq.u32 p, t, 0; "
+                "mov.u32 r, %cluster_ctarank; xor.b32 r, r, 1; mov.u32 b, global_smem; ")
+# $1 my half's offset in shared memory (the same place in the peer's tile), $2 my tile's k_ready's offset
+# (the peer's counts the bytes), $3 the bytes.  Offsets, not addresses: nothing the caller holds.
+_SEND_HALF = gl.constexpr(_FIRST_OF_WG + "add.u32 d, b, $1; add.u32 b, b, $2; mapa.shared::cluster.u32 t, d, r; "
+                          "mapa.shared::cluster.u32 b, b, r; "
+                          "@p cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes [t], [d], $3, [b]; "
+                          "mov.u32 $0, 0; }")
+# $1 the offset of a k_empty barrier: arrive on the peer's.
+_ARRIVE_PEER = gl.constexpr(_FIRST_OF_WG + "add.u32 b, b, $1; mapa.shared::cluster.u32 b, b, r; "
+                            "@p mbarrier.arrive.release.cluster.shared::cluster.b64 _, [b]; mov.u32 $0, 0; }")
+_CLUSTER_SYNC = gl.constexpr("barrier.cluster.arrive.release.aligned; barrier.cluster.wait.acquire.aligned; "
+                             "mov.u32 $0, $1;")
+
+
+@gluon.jit
+def _ptx(text: gl.constexpr, args):
+    """Inline PTX with side effects, once per thread (``args``: scalars, or one element a thread)."""
+    cons: gl.constexpr = "=r" + ",r" * len(args)
+    return gl.inline_asm_elementwise(text, cons, args, dtype=gl.uint32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _cluster_sync(CROSS: gl.constexpr):
+    """Under CROSS, every thread of both CTAs meets here: at each partition's start (the barriers'
+    inits are then seen by the peer) and end (no CTA leaves while the other may still write to it)."""
+    if CROSS:
+        _ptx(_CLUSTER_SYNC, [gl.arange(0, 128, layout=gl.BlockedLayout([1], [32], [4], [0]))])
+
+
+@gluon.jit
+def _release(k_empty, ks, CROSS: gl.constexpr, EMPTY_OFF: gl.constexpr):
+    """This warpgroup is done with K tile ``ks``: its producer may refill it, and under CROSS the
+    peer's producer (which writes its half into this CTA's tile) too."""
+    mbarrier.arrive(k_empty.index(ks))
+    if CROSS:
+        _ptx(_ARRIVE_PEER, [(EMPTY_OFF + ks * 8).to(gl.uint32)])
 
 
 @gluon.jit
@@ -320,6 +372,87 @@ def _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, h
 
 
 @gluon.jit
+def _gather_half(kv_ptr, stride_page, page_size, n_slots, idx,
+                 SUB: gl.constexpr, GATHER: gl.constexpr, ROPE: gl.constexpr, HALF: gl.constexpr):
+    """:func:`_gather_sub` for one 256-column half of the K tile: NoPE groups 0-3 and the first scale
+    word (HALF 0), or groups 4-6, the RoPE words and the second scale word (HALF 1)."""
+    valid, rows, r_rows, r_ok, words = _sub_addr(kv_ptr, stride_page, page_size, n_slots, idx, ROPE)
+    cols = gl.arange(0, 16, layout=gl.SliceLayout(0, GATHER))
+    p = rows[:, None] + cols[None, :]
+    m = valid[:, None] & (cols[None, :] >= 0)
+    if HALF == 0:
+        g0 = gl.load(p + 0 * 16, mask=m, other=0)
+        g1 = gl.load(p + 1 * 16, mask=m, other=0)
+        g2 = gl.load(p + 2 * 16, mask=m, other=0)
+        g3 = gl.load(p + 3 * 16, mask=m, other=0)
+        sc = gl.load(words, mask=valid, other=0)
+    else:
+        g0 = gl.load(p + 4 * 16, mask=m, other=0)
+        g1 = gl.load(p + 5 * 16, mask=m, other=0)
+        g2 = gl.load(p + 6 * 16, mask=m, other=0)
+        rcols = gl.arange(0, 32, layout=gl.SliceLayout(0, ROPE))
+        g3 = gl.load(r_rows[:, None] + 112 + rcols[None, :], mask=r_ok[:, None] & (rcols[None, :] >= 0), other=0)
+        sc = gl.load(words + 1, mask=valid, other=0)
+    return g0, g1, g2, g3, sc.to(gl.int32, bitcast=True), _bias(valid)
+
+
+@gluon.jit
+def _store_half_sub(kt, bias_ref, raw, ROPE: gl.constexpr, HALF: gl.constexpr):
+    """:func:`_store_sub` for one half: its four column groups as one [SUB, 128] u32 store into ``kt``
+    (the half's view of the sub-block's rows), and the bias (each CTA its own)."""
+    g0, g1, g2, g3, sc, bias = raw
+    d0 = gl.convert_layout(_dequant_group(g0, sc & 0xFF), ROPE)
+    d1 = gl.convert_layout(_dequant_group(g1, (sc >> 8) & 0xFF), ROPE)
+    d2 = gl.convert_layout(_dequant_group(g2, (sc >> 16) & 0xFF), ROPE)
+    if HALF == 0:  # noqa: SIM108 (a constexpr if: only one branch is compiled)
+        d3 = gl.convert_layout(_dequant_group(g3, (sc >> 24) & 0xFF), ROPE)
+    else:
+        d3 = g3  # RoPE: bf16 as stored
+    y = gl.join(gl.join(d0, d1), gl.join(d2, d3))
+    kt.store(gl.reshape(gl.permute(y, (0, 3, 2, 1)), [y.shape[0], 128]))
+    bias_ref.store(bias)
+
+
+@gluon.jit
+def _produce_scope_half(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head, blk,
+                        kbuf, bias_buf, k_ready, k_empty, BLOCK_N: gl.constexpr, SUB: gl.constexpr,
+                        KSTAGES: gl.constexpr, HALF: gl.constexpr, KBUF_OFF: gl.constexpr,
+                        READY_OFF: gl.constexpr):
+    """CROSS's :func:`_produce_scope` (unstaged): this CTA's half of every tile, stored in its own
+    tile and sent into the peer's (one bulk copy, counted by the peer's ``k_ready``, which expects
+    it); a tile is ready once this producer has arrived and the peer's half has landed."""
+    NSUB: gl.constexpr = BLOCK_N // SUB
+    GATHER: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])
+    ROPE: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [4, 1], [1, 0])
+    K32: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
+    HALF_BYTES: gl.constexpr = BLOCK_N * 512  # 256 bf16 columns: a contiguous range of the swizzled tile
+    first, second, hi = head
+    first = _cut_ids(first, lo, hi, SUB, GATHER)
+    second = _cut_ids(second, lo + SUB, hi, SUB, GATHER)
+    n = gl.cdiv(hi - lo, BLOCK_N)
+    nxt = _gather_half(kv_ptr, stride_page, page_size, n_slots, first, SUB, GATHER, ROPE, HALF)
+    ids = second
+    for i in range(n):
+        ks = blk % KSTAGES
+        for sub in gl.static_range(NSUB):
+            cur = nxt
+            nxt = _gather_half(kv_ptr, stride_page, page_size, n_slots, ids, SUB, GATHER, ROPE, HALF)
+            ids = _sub_ids(idx_row, s_ik, lo + i * BLOCK_N + (sub + 2) * SUB, hi, SUB, GATHER)
+            if sub == 0:  # both CTAs' consumers are done with this slot (k_empty counts all four)
+                mbarrier.wait(k_empty.index(ks), ((blk // KSTAGES) & 1) ^ 1)
+            kt = kbuf.index(ks)._reinterpret(gl.uint32, [BLOCK_N, 256], K32).slice(sub * SUB, SUB, dim=0)
+            _store_half_sub(kt.slice(HALF * 128, 128, dim=1), bias_buf.index(ks).slice(sub * SUB, SUB), cur, ROPE,
+                            HALF)
+        fence_async_shared()  # this half's stores, before the bulk copy reads them
+        gl.thread_barrier()
+        mbarrier.expect(k_ready.index(ks), HALF_BYTES)  # this producer's arrival; the peer's half to come
+        mine = (KBUF_OFF + ks * (2 * HALF_BYTES) + HALF * HALF_BYTES).to(gl.uint32)
+        _ptx(_SEND_HALF, [mine, (READY_OFF + ks * 8).to(gl.uint32), (ks * 0 + HALF_BYTES).to(gl.uint32)])
+        blk += 1
+    return blk
+
+
+@gluon.jit
 def _my_items(n_items, PERSIST: gl.constexpr):
     """This program's items as range(first, last, step): p, p + P, ... on a persistent grid of P
     programs; else item p alone.  A loop of that one trip is not free (its bounds are runtime
@@ -360,7 +493,8 @@ def _produce_item(item, blk, kv_ptr, stride_page, page_size, n_slots, idx_ptr, s
                   xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik,
                   geo, len_ptr, xlen_ptr, kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
                   HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr,
-                  BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr):
+                  BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr,
+                  CROSS: gl.constexpr, KBUF_OFF: gl.constexpr, READY_OFF: gl.constexpr):
     """One item's K tiles, main scope then extra, from ring block ``blk`` on; returns the next.  The
     extra scope's first ids and its length are loaded with the main scope's, not after its last tile:
     its first gather then waits one round trip (the rows), not two."""
@@ -371,11 +505,32 @@ def _produce_item(item, blk, kv_ptr, stride_page, page_size, n_slots, idx_ptr, s
     if HAS_EXTRA:
         x_idx_row = xidx_ptr + tb * x_s_ib + ts * x_s_is
         x_head = _scope_head(x_idx_row, x_s_ik, x_lo, x_cap, t, s_q, xlen_ptr, X_HAS_LEN, SUB)
-    blk = _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head, blk,
-                         kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
-                         BLOCK_N, SUB, KSTAGES, STAGED)
+    blk = _fill_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head, blk,
+                      kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
+                      BLOCK_N, SUB, KSTAGES, STAGED, CROSS, KBUF_OFF, READY_OFF)
     if HAS_EXTRA:
-        blk = _produce_scope(xkv_ptr, x_stride_page, x_page_size, x_n_slots, x_idx_row, x_s_ik, x_lo, x_head, blk,
+        blk = _fill_scope(xkv_ptr, x_stride_page, x_page_size, x_n_slots, x_idx_row, x_s_ik, x_lo, x_head, blk,
+                          kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
+                          BLOCK_N, SUB, KSTAGES, STAGED, CROSS, KBUF_OFF, READY_OFF)
+    return blk
+
+
+@gluon.jit
+def _fill_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head, blk,
+                kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
+                BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr,
+                CROSS: gl.constexpr, KBUF_OFF: gl.constexpr, READY_OFF: gl.constexpr):
+    """One scope's tiles: whole (:func:`_produce_scope`) or, under CROSS, this CTA's half of each
+    (the cluster's first CTA the left half, its second the right)."""
+    if CROSS:
+        if gl.program_id(0) % 2 == 0:
+            blk = _produce_scope_half(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head, blk,
+                                      kbuf, bias_buf, k_ready, k_empty, BLOCK_N, SUB, KSTAGES, 0, KBUF_OFF, READY_OFF)
+        else:
+            blk = _produce_scope_half(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head, blk,
+                                      kbuf, bias_buf, k_ready, k_empty, BLOCK_N, SUB, KSTAGES, 1, KBUF_OFF, READY_OFF)
+    else:
+        blk = _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head, blk,
                              kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
                              BLOCK_N, SUB, KSTAGES, STAGED)
     return blk
@@ -388,10 +543,12 @@ def _producer(kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik
               kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
               HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr,
               BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr,
-              FLUSH: gl.constexpr, PERSIST: gl.constexpr):
+              FLUSH: gl.constexpr, PERSIST: gl.constexpr, CROSS: gl.constexpr, KBUF_OFF: gl.constexpr,
+              READY_OFF: gl.constexpr):
     """Every item's K tiles through one ring: the gathers of the next item start while the consumers
     finish this one.  One item is no loop at all: a loop of one trip (its bounds are runtime values)
     still made ptxas keep loop state and spill the shared-memory base in ``STAGED``'s block loop."""
+    _cluster_sync(CROSS)
     first, item_end, step = _my_items(n_items, PERSIST)
     if PERSIST:
         blk = gl.to_tensor(0)
@@ -400,13 +557,13 @@ def _producer(kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik
                                 xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik,
                                 geo, len_ptr, xlen_ptr, kbuf, bias_buf, k_ready, k_empty,
                                 st_a, st_b, st_c, st_rope, st_lo, st_hi,
-                                HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED)
+                                HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED, CROSS, KBUF_OFF, READY_OFF)
     else:
         _produce_item(first, gl.to_tensor(0), kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik,
                       xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik,
                       geo, len_ptr, xlen_ptr, kbuf, bias_buf, k_ready, k_empty,
                       st_a, st_b, st_c, st_rope, st_lo, st_hi,
-                      HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED)
+                      HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED, CROSS, KBUF_OFF, READY_OFF)
         if FLUSH:  # WG1's half of the output, once it is in Q's buffer
             mbarrier.wait(out_ready, 0)
             # The item as WG1 left it in shared memory: computed from ``first`` here, its values were
@@ -414,6 +571,7 @@ def _producer(kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik
             one: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
             head0, t, tb, ts, split, _, _, _, _ = _item(gl.max(item_slot.load(one), axis=0), geo, HAS_EXTRA)
             _flush_half(DV, q_smem.slice(DV, DV, dim=1), head0, t, tb, ts, split, outs)
+    _cluster_sync(CROSS)
 
 
 @gluon.jit
@@ -432,9 +590,11 @@ def _out_rows(head0, t, tb, ts, split, outs, ROWS: gl.constexpr, N: gl.constexpr
 def _pv_right(geo, n_items, len_ptr, xlen_ptr, outs, q_smem, kbuf, p_smem, alpha_smem, scale_smem,
               k_ready, k_empty, p_ready, p_empty, done, scale_empty, out_ready, item_slot,
               SPLIT: gl.constexpr, FLUSH: gl.constexpr, KSTAGES: gl.constexpr, BLOCK_N: gl.constexpr,
-              HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr, PERSIST: gl.constexpr):
+              HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr, PERSIST: gl.constexpr,
+              CROSS: gl.constexpr, EMPTY_OFF: gl.constexpr):
     """WG1: per item, O[:, 256:] += P V[:, 256:] per block, then its half of the output."""
     O_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, DV, 16])
+    _cluster_sync(CROSS)
     s_q = geo[2]
     g = gl.to_tensor(0)  # K tiles consumed before this item (the ring's and P's phases run on)
     it = gl.to_tensor(0)  # items done by this program
@@ -453,7 +613,7 @@ def _pv_right(geo, n_items, len_ptr, xlen_ptr, outs, q_smem, kbuf, p_smem, alpha
             o = warpgroup_mma(p_smem, kbuf.index(ks).slice(DV, DV, dim=1), o, is_async=True)
             o = warpgroup_mma_wait(0, deps=(o,))
             mbarrier.arrive(p_empty)
-            mbarrier.arrive(k_empty.index(ks))
+            _release(k_empty, ks, CROSS, EMPTY_OFF)
         g += n_blocks
         mbarrier.wait(done, it & 1)
         scale = scale_smem.load(gl.SliceLayout(1, O_L))
@@ -467,6 +627,7 @@ def _pv_right(geo, n_items, len_ptr, xlen_ptr, outs, q_smem, kbuf, p_smem, alpha
             mbarrier.arrive(out_ready)  # one thread's release after a partition barrier (Triton 3.6's
             # lowering): every thread's stores above are in when the producer's wait returns
         it += 1
+    _cluster_sync(CROSS)
 
 
 @gluon.jit
@@ -626,7 +787,7 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
                      k_ready, k_empty, p_ready, p_empty, done, scale_empty,
                      HAS_SINK: gl.constexpr, SPLIT: gl.constexpr, BLOCK_N: gl.constexpr, KSTAGES: gl.constexpr,
                      PIPE: gl.constexpr, HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr,
-                     PERSIST: gl.constexpr, FLUSH: gl.constexpr):
+                     PERSIST: gl.constexpr, FLUSH: gl.constexpr, CROSS: gl.constexpr, EMPTY_OFF: gl.constexpr):
     """WG0, per item: S = Q K^T, the online softmax, O[:, :256] += P V[:, :256]; then LSE, the output
     scale (for WG1 too) and its half of the output.  The next item's Q is loaded during the epilogue."""
     S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -635,6 +796,7 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
     P_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=O_L, k_width=2)
     s_q = geo[2]
     h_q = outs[9]
+    _cluster_sync(CROSS)
     first, item_end, step = _my_items(n_items, PERSIST)
     g = gl.to_tensor(0)  # K tiles consumed before this item (the ring's and P's phases run on)
     it = gl.to_tensor(0)  # items done by this program
@@ -680,7 +842,7 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
                         if b == n_blocks - 1:
                             _next_q(item, step, item_end, geo, q_ptr, q_smem, h_q, s_qb, s_qs, s_qh, HAS_EXTRA)
                     o, pa = warpgroup_mma_wait(0, deps=(o, pa))
-                    mbarrier.arrive(k_empty.index(prev))
+                    _release(k_empty, prev, CROSS, EMPTY_OFF)
                     # O rescaled for this block's PV (issued next trip) here, where WG0 waits for the next
                     # tile anyway: written before QK^T's issue, ptxas slotted the 128 multiplies among its
                     # k-steps and QK^T finished ~120 cycles later; block 0's zero O is not rescaled at all.
@@ -688,7 +850,7 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
                 ks_last = (g + n_blocks - 1) % KSTAGES
                 o = warpgroup_mma(gl.convert_layout(pb, P_L), kbuf.index(ks_last).slice(0, DV, dim=1), o, is_async=True)
                 o = warpgroup_mma_wait(0, deps=(o,))
-                mbarrier.arrive(k_empty.index(ks_last))
+                _release(k_empty, ks_last, CROSS, EMPTY_OFF)
         else:
             for b in range(n_blocks):
                 blk = g + b
@@ -705,7 +867,7 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
                     if b == n_blocks - 1:  # Q is free (every QK^T done): under the last PV
                         _next_q(item, step, item_end, geo, q_ptr, q_smem, h_q, s_qb, s_qs, s_qh, HAS_EXTRA)
                 o = warpgroup_mma_wait(0, deps=(o,))
-                mbarrier.arrive(k_empty.index(ks))
+                _release(k_empty, ks, CROSS, EMPTY_OFF)
         g += n_blocks
         if PERSIST:  # noqa: SIM102 (a constexpr if: no code at all without PERSIST)
             if n_blocks == 0:  # no QK^T read this item's Q: the next one's comes in now
@@ -725,6 +887,7 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
             gl.thread_barrier()
             _flush_half(0, stage, head0, t, tb, ts, split, outs)
         it += 1
+    _cluster_sync(CROSS)
 
 
 @gluon.jit
@@ -758,7 +921,8 @@ def _ws_decode_kernel(
     n_tok, s_q, h_q, qk_scale, chunk, n_items,
     HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
     SPLIT: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr,
-    PIPE: gl.constexpr, PERSIST: gl.constexpr, PDL: gl.constexpr = False,
+    PIPE: gl.constexpr, PERSIST: gl.constexpr, PDL: gl.constexpr = False, CROSS: gl.constexpr = False,
+    KBUF_OFF: gl.constexpr = 0, READY_OFF: gl.constexpr = 0, EMPTY_OFF: gl.constexpr = 0,
 ):
     """Program p does items p, p + P, p + 2P, ... of the (head block, token, split) items, where P is
     the grid: one item each on a full grid, a loop on a persistent one."""
@@ -794,7 +958,10 @@ def _ws_decode_kernel(
     st_hi = gl.allocate_shared_memory(gl.uint32, [ST_ROWS], VEC_SL)
     for i in gl.static_range(KSTAGES):
         mbarrier.init(k_ready.index(i), count=1)  # the producer, once per block
-        mbarrier.init(k_empty.index(i), count=2)  # WG0 and WG1, once per block each
+        if CROSS:  # WG0 and WG1 of both CTAs (the peer's producer writes into this tile too)
+            mbarrier.init(k_empty.index(i), count=4)
+        else:  # WG0 and WG1, once per block each
+            mbarrier.init(k_empty.index(i), count=2)
     mbarrier.init(p_ready, count=1)
     mbarrier.init(p_empty, count=1)
     mbarrier.init(done, count=1)  # WG0, once per item: the output scale is in scale_smem
@@ -813,15 +980,17 @@ def _ws_decode_kernel(
         (_softmax_pv_left, (geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_qb, s_qs, s_qh, sink_ptr,
                             q3, q_smem, kbuf, bias_buf, p_smem, alpha_smem, scale_smem,
                             k_ready, k_empty, p_ready, p_empty, done, scale_empty,
-                            HAS_SINK, SPLIT, BLOCK_N, KSTAGES, PIPE, HAS_LEN, HAS_EXTRA, X_HAS_LEN, PERSIST, FLUSH)),
+                            HAS_SINK, SPLIT, BLOCK_N, KSTAGES, PIPE, HAS_LEN, HAS_EXTRA, X_HAS_LEN, PERSIST, FLUSH,
+                            CROSS, EMPTY_OFF)),
         (_pv_right, (geo, n_items, len_ptr, xlen_ptr, outs, q_smem, kbuf, p_smem, alpha_smem, scale_smem,
                      k_ready, k_empty, p_ready, p_empty, done, scale_empty, out_ready, item_slot,
-                     SPLIT, FLUSH, KSTAGES, BLOCK_N, HAS_LEN, HAS_EXTRA, X_HAS_LEN, PERSIST)),
+                     SPLIT, FLUSH, KSTAGES, BLOCK_N, HAS_LEN, HAS_EXTRA, X_HAS_LEN, PERSIST, CROSS, EMPTY_OFF)),
         (_producer, (kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik,
                      xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik,
                      geo, n_items, len_ptr, xlen_ptr, outs, q_smem, out_ready, item_slot,
                      kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
-                     HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED, FLUSH, PERSIST)),
+                     HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED, FLUSH, PERSIST, CROSS, KBUF_OFF,
+                     READY_OFF)),
     ], [4, 4], [WG1_REGS, PRODUCER_REGS])
 
 
@@ -853,6 +1022,7 @@ def launch_ws_decode(
     maxnreg: int,
     pdl: bool = False,
     solo: Launcher | None = None,
+    CROSS: int = 0,
 ) -> None:
     """Launch the warp-specialized kernel (inputs already checked; e4m3fn pools): one program per
     (64 heads, token, split) item, or with ``PERSIST`` one per SM looping over them; given ``solo``
@@ -861,7 +1031,9 @@ def launch_ws_decode(
     in :func:`~dsv4_tune.kernels.fused_attention.launch_sparse_decode`: with ``split_k > 1`` the
     combine kernel writes ``out`` / ``lse`` afterwards; ``pdl``: that combine is launched as a programmatic
     dependent of this kernel (:func:`~dsv4_tune.kernels.combine.launch_combine` with ``pdl``), which
-    then lets it launch as it starts."""
+    then lets it launch as it starts.  ``CROSS`` (h_q a multiple of 128, unstaged): the two items of a
+    token's two head blocks run as one cluster of two CTAs, each converting half of every K tile for
+    both (:mod:`dsv4_tune.runtime.cluster`)."""
     b, s_q, h_q, _ = q.shape
     n_tok = b * s_q
     n_items = cdiv(h_q, HEADS.value) * n_tok * split_k
@@ -873,5 +1045,27 @@ def launch_ws_decode(
         solo((2 * n_items, 1, 1), *args, *flags, pdl, num_warps=4, num_stages=1)
         return
     programs = min(n_items, _multiprocessors(q.device.index)) if PERSIST else n_items
-    _launch((programs, 1, 1), *args, n_items, *flags, KSTAGES, bool(STAGED), bool(PIPE), bool(PERSIST), pdl,
-            num_warps=4, num_stages=1, maxnreg=maxnreg)
+    knobs = (*flags, KSTAGES, bool(STAGED), bool(PIPE), bool(PERSIST), pdl)
+    if not CROSS:
+        _launch((programs, 1, 1), *args, n_items, *knobs, False, 0, 0, 0, num_warps=4, num_stages=1, maxnreg=maxnreg)
+        return
+    programs -= programs % 2  # whole clusters, each a token's two head blocks (items 2i and 2i + 1)
+    offsets = _cross_offsets(knobs, maxnreg, (programs, 1, 1), args, n_items)
+    _launch((programs, 1, 1), *args, n_items, *knobs, True, *offsets, num_warps=4, num_stages=1, maxnreg=maxnreg,
+            cluster=2)
+
+
+_CROSS_OFFSETS: dict[tuple, tuple[int, int, int]] = {}
+
+
+def _cross_offsets(knobs: tuple, maxnreg: int, grid: tuple[int, int, int], args: tuple, n_items: int
+                   ) -> tuple[int, int, int]:
+    """Where CROSS's inline PTX finds the K tiles, ``k_ready`` and ``k_empty`` in shared memory: from a
+    compile with zero offsets (nothing that allocates depends on them), once per config."""
+    key = (*knobs, maxnreg)
+    if key not in _CROSS_OFFSETS:
+        compiled = _launch.compile(grid, *args, n_items, *knobs, True, 0, 0, 0, num_warps=4, num_stages=1,
+                                   maxnreg=maxnreg)
+        at = shared_offsets(compiled.asm["ttgir"])  # type: ignore[attr-defined]
+        _CROSS_OFFSETS[key] = (at["kbuf"], at["k_ready"], at["k_empty"])
+    return _CROSS_OFFSETS[key]
