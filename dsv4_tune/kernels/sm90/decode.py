@@ -121,6 +121,7 @@ _SEND_HALF = gl.constexpr(_FIRST_OF_WG + "add.u32 d, b, $1; add.u32 b, b, $2; ma
 # $1 the offset of a k_empty barrier: arrive on the peer's.
 _ARRIVE_PEER = gl.constexpr(_FIRST_OF_WG + "add.u32 b, b, $1; mapa.shared::cluster.u32 b, b, r; "
                             "@p mbarrier.arrive.release.cluster.shared::cluster.b64 _, [b]; mov.u32 $0, 0; }")
+_INIT_FENCE = gl.constexpr("fence.mbarrier_init.release.cluster; mov.u32 $0, $1;")
 _CLUSTER_SYNC = gl.constexpr("barrier.cluster.arrive.release.aligned; barrier.cluster.wait.acquire.aligned; "
                              "mov.u32 $0, $1;")
 
@@ -967,6 +968,8 @@ def _ws_decode_kernel(
     mbarrier.init(done, count=1)  # WG0, once per item: the output scale is in scale_smem
     mbarrier.init(scale_empty, count=1)  # WG1, once per item: it has read the scale
     mbarrier.init(out_ready, count=1)  # WG1, once (a lone final item): its half is in Q's buffer
+    if CROSS:  # the inits, released to the cluster (the partitions' first cluster barrier acquires them)
+        _ptx(_INIT_FENCE, [gl.arange(0, 128, layout=gl.BlockedLayout([1], [32], [4], [0]))])
     fence_async_shared()  # the barrier inits, seen by every partition
     gl.thread_barrier()
 
@@ -1042,6 +1045,8 @@ def launch_ws_decode(
             n_tok, s_q, h_q, sm_scale * LOG2E, split_chunk(total, split_k, BLOCK_N))
     flags = (*scope_flags(main, extra, attn_sink), split_k > 1, BLOCK_N, SUB)
     if solo is not None:
+        if CROSS:
+            raise ValueError("CROSS=1 is a mode of the warp-specialized kernel, not of SOLO's")
         solo((2 * n_items, 1, 1), *args, *flags, pdl, num_warps=4, num_stages=1)
         return
     programs = min(n_items, _multiprocessors(q.device.index)) if PERSIST else n_items
@@ -1049,6 +1054,8 @@ def launch_ws_decode(
     if not CROSS:
         _launch((programs, 1, 1), *args, n_items, *knobs, False, 0, 0, 0, num_warps=4, num_stages=1, maxnreg=maxnreg)
         return
+    if h_q % 128 or STAGED:  # (the registry's rule too) else the pairs mix tokens: wrong, or a hang
+        raise ValueError(f"CROSS=1 needs h_q a multiple of 128 and STAGED=0, not h_q={h_q}, STAGED={STAGED}")
     programs -= programs % 2  # whole clusters, each a token's two head blocks (items 2i and 2i + 1)
     offsets = _cross_offsets(knobs, maxnreg, (programs, 1, 1), args, n_items)
     _launch((programs, 1, 1), *args, n_items, *knobs, True, *offsets, num_warps=4, num_stages=1, maxnreg=maxnreg,
