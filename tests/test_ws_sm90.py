@@ -67,7 +67,7 @@ def test_its_rules_name_the_knob_at_fault() -> None:
     assert "CROSS=1 needs h_q a multiple of 128" in plan_problems(Workload(64, 64, 128, 1024), ws(CROSS=1))[0]
 
 
-def test_its_cluster_mode_is_never_swept_until_a_gpu_has_checked_it() -> None:
+def test_its_cluster_mode_is_never_swept_until_a_gpu_has_checked_it(monkeypatch) -> None:
     """CROSS (two CTAs a cluster) is valid in an explicit plan, but no space holds it and no refine
     step turns it on: a cluster kernel that deadlocked would hang a sweep."""
     assert not any(p.as_dict().get("CROSS") for p in VARIANTS["ws_sm90"].space(W))
@@ -75,6 +75,30 @@ def test_its_cluster_mode_is_never_swept_until_a_gpu_has_checked_it() -> None:
         assert not any(n.as_dict().get("CROSS") for n in neighbours(plan))
     (one,) = plan_kernels(ws(CROSS=1), W, "sm90")
     assert dict(one[1])["CROSS"] is True and "CROSS" not in dict(plan_kernels(ws(), W, "sm90")[0][1])
+    import dsv4_tune.tuner.candidates as candidates_mod
+
+    monkeypatch.setattr(candidates_mod, "variant_problem", lambda variant, *a: None)  # as under Triton 3.6
+    coarse = decode_coarse_candidates(W, "sm90")
+    assert any(p.variant == "ws_sm90" for p in coarse) and not any(p.as_dict().get("CROSS") for p in coarse)
+
+
+def test_once_swept_its_cluster_mode_joins_h128_spaces_coarse_plans_and_refine_steps(monkeypatch) -> None:
+    """What taking CROSS out of NOT_SWEPT turns on: unstaged CROSS plans (plain, persistent, split) in
+    the space and the coarse stage of h_q % 128 == 0 workloads only, and the refine step that flips it."""
+    import dsv4_tune.registry.variants as variants_mod
+    import dsv4_tune.tuner.candidates as candidates_mod
+
+    monkeypatch.setattr(variants_mod, "NOT_SWEPT", frozenset())
+    monkeypatch.setattr(candidates_mod, "variant_problem", lambda variant, *a: None)  # as under Triton 3.6
+    space = [p.as_dict() for p in VARIANTS["ws_sm90"].space(W)]
+    cross = [c for c in space if c.get("CROSS")]
+    assert cross and all(c["STAGED"] == 0 for c in cross)
+    assert any(c.get("PERSIST") for c in cross) and any(c["SPLIT_K"] > 1 for c in cross)
+    h64 = Workload(64, 64, 128, 1024)
+    assert not any(p.as_dict().get("CROSS") for p in VARIANTS["ws_sm90"].space(h64))
+    assert any(p.as_dict().get("CROSS") for p in decode_coarse_candidates(W, "sm90"))
+    assert not any(p.as_dict().get("CROSS") for p in decode_coarse_candidates(h64, "sm90"))
+    assert any(n.as_dict().get("CROSS") for n in neighbours(ws()))
 
 
 def test_its_kernels_and_buffers() -> None:

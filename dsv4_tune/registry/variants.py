@@ -37,6 +37,11 @@ WS_KSTAGES_CHOICES = (2, 3, 4)  # ws_sm90: K tiles in flight between the produce
 # Optional knobs a plan may name but no sweep tries (not in any space, never a refine step): CROSS,
 # until a GPU has checked it (a cluster kernel that deadlocked would hang a sweep).
 NOT_SWEPT = frozenset({WS_CROSS_KEY})
+
+
+def sweeps(key: str) -> bool:
+    """Whether sweeps try the optional knob ``key`` (see ``NOT_SWEPT``)."""
+    return key not in NOT_SWEPT
 WS_SPLIT_K_CHOICES = (1, *SPLIT_K_CHOICES)
 WS_SMEM_BYTES = 227 * 1024  # sm90's shared memory per block
 SMEM_BUDGET = 160 * 1024  # bytes of staged KV tiles + Q a config may ask for (gfx950 LDS, < sm90's 228 KiB)
@@ -194,6 +199,10 @@ def _ws_space(w: Workload) -> Iterator[dict[str, int]]:
         yield from splits(base)
         if sk == 1:
             yield {**base, WS_PERSIST_KEY: 1}
+        if staged == 0 and w.h_q % 128 == 0 and sweeps(WS_CROSS_KEY):  # a token's head blocks in pairs
+            yield from splits({**base, WS_CROSS_KEY: 1})
+            if sk == 1:
+                yield {**base, WS_PERSIST_KEY: 1, WS_CROSS_KEY: 1}
     for bn, sk in itertools.product(WS_BLOCK_N_CHOICES, WS_SPLIT_K_CHOICES):
         yield from splits({**_ws_default(w), "BLOCK_N": bn, "SPLIT_K": sk, WS_SOLO_KEY: 1})
 

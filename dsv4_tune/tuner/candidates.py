@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 
-from dsv4_tune.registry.launches import PDL_KEY, WS_PERSIST_KEY, WS_SOLO_KEY
+from dsv4_tune.registry.launches import PDL_KEY, WS_CROSS_KEY, WS_PERSIST_KEY, WS_SOLO_KEY
 from dsv4_tune.registry.ops import get_op, op_neighbours
 from dsv4_tune.registry.variants import (
     BLOCK_H_CHOICES,
@@ -17,7 +17,6 @@ from dsv4_tune.registry.variants import (
     GATHER_CHOICES,
     GTA_BLOCK_N_CHOICES,
     GTA_SPLIT_K_CHOICES,
-    NOT_SWEPT,
     NUM_STAGES_CHOICES,
     NUM_WARPS_CHOICES,
     SPLIT_K_CHOICES,
@@ -26,6 +25,7 @@ from dsv4_tune.registry.variants import (
     WS_KSTAGES_CHOICES,
     WS_SPLIT_K_CHOICES,
     plan_problems,
+    sweeps,
     without_combine,
 )
 from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
@@ -76,6 +76,16 @@ def decode_coarse_candidates(w: Workload, arch: str | None = None) -> list[Plan]
     for sk, pdl in itertools.product((2, 4, 8, 16), (0, 1)):
         plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=1, PIPE=1, SPLIT_K=sk, **DEFAULT_COMBINE,
                                **({PDL_KEY: 1} if pdl else {})))
+    # At h_q % 128 == 0, each producer of a cluster of two converting half of every tile (CROSS), once
+    # sweeps try it: the unstaged tiles plain and persistent, and split for small T.
+    if w.h_q % 128 == 0 and sweeps(WS_CROSS_KEY):
+        for bn, st, pipe in ((64, 2, 0), (32, 4, 1)):
+            for persist in ({}, {WS_PERSIST_KEY: 1}):
+                plans.append(Plan.make("ws_sm90", BLOCK_N=bn, KSTAGES=st, STAGED=0, PIPE=pipe, SPLIT_K=1, **persist,
+                                       **{WS_CROSS_KEY: 1}))
+        for sk in (2, 4, 8):
+            plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=0, PIPE=1, SPLIT_K=sk, **DEFAULT_COMBINE,
+                                   **{PDL_KEY: 1, WS_CROSS_KEY: 1}))
     # Its one-warpgroup kernel (two programs an item, tiles in turn: for small T, where the SMs are
     # not all busy): alone and split 2-16 ways behind a programmatic-dependent combine.
     if w.total_tokens <= SOLO_MAX_TOKENS:
@@ -119,7 +129,7 @@ def neighbours(plan: Plan) -> list[Plan]:
     for pair, choices in _PAIRS.items():
         if pair[0] in c:
             out += [{**c, pair[0]: a, pair[1]: b} for a, b in choices if (a, b) != (c[pair[0]], c[pair[1]])]
-    for key in sorted(VARIANTS[plan.variant].optional - NOT_SWEPT):  # toggled: absent (0) <-> 1
+    for key in sorted(k for k in VARIANTS[plan.variant].optional if sweeps(k)):  # toggled: absent (0) <-> 1
         out.append({k: v for k, v in c.items() if k != key} if c.get(key) else {**c, key: 1})
     plans = []
     for cfg in out:
