@@ -39,7 +39,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier
 
-from dsv4_tune.runtime.cluster import shared_offsets
+from dsv4_tune.runtime.cluster import max_active_clusters, shared_offsets
 from dsv4_tune.runtime.jit import Launcher, kernel
 
 HALF = gl.constexpr(64 * 256 * 2)  # bytes of one 256-column half of a [64, 512] bf16 tile
@@ -211,8 +211,11 @@ def exchange_exactly(grid: int, iters: int) -> None:
     want = src.repeat_interleave(2, dim=0) + (iters - 1)
     launch = Launcher(_xover_probe)
     grid3 = (grid, 1, 1)
-    consts = _offsets_constexprs(launch.compile(grid3, src, src, src, iters, 0, 0, 0, True, num_warps=4,
-                                                num_stages=1).asm["ttgir"])
+    first = launch.compile(grid3, src, src, src, iters, 0, 0, 0, True, num_warps=4, num_stages=1)
+    consts = _offsets_constexprs(first.asm["ttgir"])
+    fit = max_active_clusters(first, 2)  # 64 KiB a CTA: up to three a SM, so 1-3 clusters a pair of SMs
+    sms = torch.cuda.get_device_properties(src.device).multi_processor_count
+    assert fit is not None and sms // 4 <= fit <= 2 * sms, f"{fit} clusters of two at once on {sms} SMs"
     for how in ("first", "cached", "replay"):
         dst = torch.full((grid, 64, 256), -1, dtype=torch.int32, device="cuda")
         err = torch.zeros(1, dtype=torch.int32, device="cuda")

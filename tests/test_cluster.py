@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from dsv4_tune.runtime.cluster import clustered_metadata, shared_offsets
+from dsv4_tune.runtime.cluster import clustered_metadata, max_active_clusters, shared_offsets
 
 gluon = pytest.importorskip("triton.experimental.gluon")  # (any Triton with Gluon: the test kernel is plain)
 
@@ -16,6 +16,14 @@ def test_clustered_metadata_only_rewrites_a_one_cta_kernels_count() -> None:
     for bad in [(4, 2, 1024), (4, 1), (4, 1, 1024, 0)]:
         with pytest.raises(ValueError, match="one-CTA"):
             clustered_metadata(bad, 2)
+
+
+def test_cluster_occupancy_is_unknown_where_the_driver_cannot_say() -> None:
+    class NotLoaded:  # a compiled kernel with no function handle (never loaded on a GPU)
+        metadata = None
+        function = None
+
+    assert max_active_clusters(NotLoaded(), 2) is None
 
 
 def test_shared_offsets_name_every_allocation_where_the_lowering_puts_it() -> None:

@@ -15,6 +15,7 @@ learn them and again with them (they do not move: nothing that allocates depends
 
 from __future__ import annotations
 
+import ctypes
 import re
 import tempfile
 from pathlib import Path
@@ -50,3 +51,27 @@ def shared_offsets(ttgir: str, capability: int = 90) -> dict[str, int]:
     pm.run(mod, "shared_offsets")
     found = re.findall(r"%(\w+) = ttg\.local_alloc \{allocation\.offset = (\d+) : i32\}", str(mod))
     return {name: int(off) for name, off in found}
+
+
+_CLUSTER_DIMENSION = 4  # CUlaunchAttributeID
+
+
+def max_active_clusters(compiled: object, cluster: int) -> int | None:
+    """How many clusters of ``cluster`` CTAs of ``compiled`` (a loaded Triton ``CompiledKernel``) the
+    GPU holds at once (``cuOccupancyMaxActiveClusters``): what a persistent grid of clusters should
+    not exceed, or its last clusters wait for a second wave.  None where the driver cannot say."""
+    from dsv4_tune.runtime.cuda_driver import _driver, _LaunchAttribute, _LaunchConfig
+
+    lib = _driver()
+    query = getattr(lib, "cuOccupancyMaxActiveClusters", None) if lib is not None else None
+    meta = getattr(compiled, "metadata", None)
+    if query is None or meta is None or not getattr(compiled, "function", None):
+        return None
+    attr = _LaunchAttribute(id=_CLUSTER_DIMENSION)
+    attr.value[0] = cluster | (1 << 32)  # x = cluster, y = 1
+    attr.value[1] = 1  # z = 1
+    config = _LaunchConfig(cluster, 1, 1, 32 * meta.num_warps, 1, 1, meta.shared, None, ctypes.pointer(attr), 1)
+    count = ctypes.c_int(0)
+    query.restype = ctypes.c_int
+    err = query(ctypes.byref(count), ctypes.c_void_p(compiled.function), ctypes.byref(config))
+    return count.value if err == 0 and count.value > 0 else None

@@ -61,7 +61,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from dsv4_tune.kernels.attention_core import LOG2E, epilogue_args, scope_flags, scopes_args
 from dsv4_tune.kernels.fused_attention import split_chunk
 from dsv4_tune.registry.intmath import cdiv
-from dsv4_tune.runtime.cluster import shared_offsets
+from dsv4_tune.runtime.cluster import max_active_clusters, shared_offsets
 from dsv4_tune.runtime.jit import Launcher, kernel
 
 HEADS = gl.constexpr(64)  # query heads per program: the M of every wgmma
@@ -1056,23 +1056,26 @@ def launch_ws_decode(
         return
     if h_q % 128 or STAGED:  # (the registry's rule too) else the pairs mix tokens: wrong, or a hang
         raise ValueError(f"CROSS=1 needs h_q a multiple of 128 and STAGED=0, not h_q={h_q}, STAGED={STAGED}")
+    offsets, clusters = _cross_offsets(knobs, maxnreg, (programs, 1, 1), args, n_items)
+    if PERSIST and clusters:  # no more clusters than fit at once: a persistent grid has no second wave
+        programs = min(programs, 2 * clusters)
     programs -= programs % 2  # whole clusters, each a token's two head blocks (items 2i and 2i + 1)
-    offsets = _cross_offsets(knobs, maxnreg, (programs, 1, 1), args, n_items)
     _launch((programs, 1, 1), *args, n_items, *knobs, True, *offsets, num_warps=4, num_stages=1, maxnreg=maxnreg,
             cluster=2)
 
 
-_CROSS_OFFSETS: dict[tuple, tuple[int, int, int]] = {}
+_CROSS_OFFSETS: dict[tuple, tuple[tuple[int, int, int], int | None]] = {}
 
 
 def _cross_offsets(knobs: tuple, maxnreg: int, grid: tuple[int, int, int], args: tuple, n_items: int
-                   ) -> tuple[int, int, int]:
-    """Where CROSS's inline PTX finds the K tiles, ``k_ready`` and ``k_empty`` in shared memory: from a
-    compile with zero offsets (nothing that allocates depends on them), once per config."""
-    key = (*knobs, maxnreg)
+                   ) -> tuple[tuple[int, int, int], int | None]:
+    """Where CROSS's inline PTX finds the K tiles, ``k_ready`` and ``k_empty`` in shared memory, and how
+    many of its clusters fit on the GPU at once: from a compile with zero offsets (nothing that
+    allocates depends on them: the same shared memory and registers), once per config."""
+    key = (*knobs, maxnreg, args[0].device.index)  # type: ignore[attr-defined]  (args[0]: q)
     if key not in _CROSS_OFFSETS:
         compiled = _launch.compile(grid, *args, n_items, *knobs, True, 0, 0, 0, num_warps=4, num_stages=1,
                                    maxnreg=maxnreg)
         at = shared_offsets(compiled.asm["ttgir"])  # type: ignore[attr-defined]
-        _CROSS_OFFSETS[key] = (at["kbuf"], at["k_ready"], at["k_empty"])
+        _CROSS_OFFSETS[key] = ((at["kbuf"], at["k_ready"], at["k_empty"]), max_active_clusters(compiled, 2))
     return _CROSS_OFFSETS[key]
