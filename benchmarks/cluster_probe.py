@@ -16,7 +16,8 @@ lever.  Gluon 3.6 has no cluster API; this probe checks, on the GPU, each piece 
   one bulk copy moves a half: ``cp.async.bulk.shared::cluster.shared::cta`` into the peer CTA with
   ``complete_tx`` on the peer's mbarrier (which expected the bytes);
 - a remote ``mbarrier.arrive.release.cluster`` telling the peer that its half was read, so that
-  neither CTA overwrites or exits while the other still reads;
+  neither CTA overwrites or exits while the other still reads (the PTX is the kernel's own,
+  :mod:`dsv4_tune.kernels.sm90.cluster`);
 - and what one exchange costs, over ITERS rounds in one launch.
 
 Each CTA writes its column half (values depend on the round), sends it, waits for the peer's half,
@@ -39,38 +40,17 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier
 
+from dsv4_tune.kernels.sm90.cluster import arrive_on_peer, cluster_sync, init_fence, send_to_peer
 from dsv4_tune.runtime.cluster import max_active_clusters, shared_offsets
 from dsv4_tune.runtime.jit import Launcher, kernel
 
 HALF = gl.constexpr(64 * 256 * 2)  # bytes of one 256-column half of a [64, 512] bf16 tile
 
 
-@gluon.jit
-def _asm(text: gl.constexpr, args):
-    """Inline PTX once per thread (``args``: tensors of one element a thread; ``$0`` its u32 result)."""
-    cons: gl.constexpr = "=r" + ",r" * len(args)
-    return gl.inline_asm_elementwise(text, cons, args, dtype=gl.uint32, is_pure=False, pack=1)
-
-
-# Thread 0 of the CTA (every thread runs the PTX below once; only thread 0 acts).
-_T0 = "{ .reg .pred p; .reg .u32 t, d, b; mov.u32 t, %tid.x; setp.eq.u32 p, t, 0; "
-# $1: my half's shared address, $2: the peer's rank, $3: my barrier ``ready``'s address.  The half
-# goes to the same place in the peer's tile; the peer's ``ready`` counts its bytes.
-_SEND = gl.constexpr(_T0 + "mapa.shared::cluster.u32 d, $1, $2; mapa.shared::cluster.u32 b, $3, $2; "
-         "@p cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes [d], [$1], 32768, [b]; "
-         "mov.u32 $0, 0; }")
-# $1: my barrier ``done``'s address, $2: the peer's rank: arrive on the peer's ``done``.
-_RELEASE = gl.constexpr(_T0 + "mapa.shared::cluster.u32 b, $1, $2; "
-            "@p mbarrier.arrive.release.cluster.shared::cluster.b64 _, [b]; mov.u32 $0, 0; }")
-_SYNC = gl.constexpr("barrier.cluster.arrive.release.aligned; barrier.cluster.wait.acquire.aligned; mov.u32 $0, $1;")
-_SMEM = gl.constexpr("mov.u32 $0, global_smem; // $1")
-
-
 @kernel(jit=gluon.jit)
 def _xover_probe(src_ptr, out_ptr, err_ptr, iters,
                  TILE_OFF: gl.constexpr, READY_OFF: gl.constexpr, DONE_OFF: gl.constexpr,
                  CHECK: gl.constexpr = True):
-    gl.static_assert(HALF == 32768)
     K_SL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
     K32: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
     tile = gl.allocate_shared_memory(gl.bfloat16, [64, 512], K_SL)
@@ -78,22 +58,18 @@ def _xover_probe(src_ptr, out_ptr, err_ptr, iters,
     done = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     mbarrier.init(ready, count=1)
     mbarrier.init(done, count=1)
+    init_fence()
     fence_async_shared()
     gl.thread_barrier()
-    ONE: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])  # one element a thread
     HALF_L: gl.constexpr = gl.BlockedLayout([1, 4], [4, 8], [4, 1], [1, 0])
     FULL_L: gl.constexpr = gl.BlockedLayout([1, 4], [2, 16], [4, 1], [1, 0])
     r = gl.arange(0, 64, layout=gl.SliceLayout(1, HALF_L))
     c = gl.arange(0, 128, layout=gl.SliceLayout(0, HALF_L))
     rf = gl.arange(0, 64, layout=gl.SliceLayout(1, FULL_L))
     cf = gl.arange(0, 256, layout=gl.SliceLayout(0, FULL_L))
-    one = gl.arange(0, 128, layout=ONE).to(gl.uint32)
-    _asm(_SYNC, [one])  # both CTAs' barriers initialised before any remote operation
+    cluster_sync()  # both CTAs' barriers initialised before any remote operation
     pid = gl.program_id(0)
-    rank = pid % 2
-    smem = _asm(_SMEM, [one])
-    peer = one * 0 + (rank ^ 1).to(gl.uint32)
-    mine = smem + TILE_OFF + rank.to(gl.uint32) * HALF
+    rank = pid % 2  # the CTA's rank in its cluster
     t32 = tile._reinterpret(gl.uint32, [64, 256], K32)
     base = src_ptr + (pid // 2) * (64 * 256)
     n_bad = gl.to_tensor(0)
@@ -107,14 +83,14 @@ def _xover_probe(src_ptr, out_ptr, err_ptr, iters,
         fence_async_shared()  # my generic stores, before the async proxy reads them
         gl.thread_barrier()
         mbarrier.expect(ready, HALF)  # my arrival, and the peer's half to come
-        _asm(_SEND, [mine, peer, smem + READY_OFF])
+        send_to_peer(TILE_OFF + rank * HALF, READY_OFF, HALF)
         mbarrier.wait(ready, i & 1)
         if CHECK:  # without it a round is the exchange alone (its cost)
             got = t32.load(FULL_L)
             want = (gl.load(base + rf[:, None] * 256 + cf[None, :]) + i).to(gl.uint32, bitcast=True)
             n_bad += gl.sum(gl.sum((got != want).to(gl.int32), axis=1), axis=0)
         gl.thread_barrier()  # every thread has read the tile: the peer may send its next half
-        _asm(_RELEASE, [smem + DONE_OFF, peer])
+        arrive_on_peer(DONE_OFF)
         mbarrier.wait(done, i & 1)  # the peer has my half: I may write it again (or exit)
     gl.store(out_ptr + pid * (64 * 256) + rf[:, None] * 256 + cf[None, :], t32.load(FULL_L).to(gl.int32, bitcast=True))
     gl.atomic_add(err_ptr, n_bad)
@@ -123,6 +99,13 @@ def _xover_probe(src_ptr, out_ptr, err_ptr, iters,
 def _offsets_constexprs(ttgir: str) -> dict[str, int]:
     offs = shared_offsets(ttgir)
     return {"TILE_OFF": offs["tile"], "READY_OFF": offs["ready"], "DONE_OFF": offs["done"]}
+
+
+def _offsets(launch: Launcher, grid3: tuple[int, int, int], src, dst, err,
+             check: bool) -> tuple[dict[str, int], object]:
+    """The kernel's offsets constexprs, and the compile with zero offsets they were read from."""
+    first = launch.compile(grid3, src, dst, err, 3, 0, 0, 0, check, num_warps=4, num_stages=1)
+    return _offsets_constexprs(first.asm["ttgir"]), first  # type: ignore[attr-defined]
 
 
 def xcompile(out: Path) -> None:
@@ -168,8 +151,7 @@ def run(out: Path, grid: int, check: bool = True) -> dict[str, object]:
     err = torch.zeros(1, dtype=torch.int32, device="cuda")
     launch = Launcher(_xover_probe)
     grid3 = (grid, 1, 1)
-    consts = _offsets_constexprs(launch.compile(grid3, src, dst, err, 3, 0, 0, 0, check, num_warps=4,
-                                                num_stages=1).asm["ttgir"])
+    consts, _ = _offsets(launch, grid3, src, dst, err, check)
     k = launch.compile(grid3, src, dst, err, 3, *consts.values(), check, num_warps=4, num_stages=1)
     assert _offsets_constexprs(k.asm["ttgir"]) == consts, "the offsets moved between the two compiles"
     result: dict[str, object] = {"offsets": consts, "shared": k.metadata.shared, "grid": grid, "check": check,
@@ -211,8 +193,7 @@ def exchange_exactly(grid: int, iters: int) -> None:
     want = src.repeat_interleave(2, dim=0) + (iters - 1)
     launch = Launcher(_xover_probe)
     grid3 = (grid, 1, 1)
-    first = launch.compile(grid3, src, src, src, iters, 0, 0, 0, True, num_warps=4, num_stages=1)
-    consts = _offsets_constexprs(first.asm["ttgir"])
+    consts, first = _offsets(launch, grid3, src, src, src, True)
     fit = max_active_clusters(first, 2)  # 64 KiB a CTA: up to three a SM, so 1-3 clusters a pair of SMs
     sms = torch.cuda.get_device_properties(src.device).multi_processor_count
     assert fit is not None and sms // 4 <= fit <= 2 * sms, f"{fit} clusters of two at once on {sms} SMs"

@@ -60,6 +60,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 from dsv4_tune.kernels.attention_core import LOG2E, epilogue_args, scope_flags, scopes_args
 from dsv4_tune.kernels.fused_attention import split_chunk
+from dsv4_tune.kernels.sm90.cluster import arrive_on_peer, cluster_sync, init_fence, send_to_peer
 from dsv4_tune.registry.intmath import cdiv
 from dsv4_tune.runtime.cluster import max_active_clusters, shared_offsets
 from dsv4_tune.runtime.jit import Launcher, kernel
@@ -106,39 +107,12 @@ def _launch_dependents():
                               is_pure=False, pack=1)
 
 
-# CROSS (h128): the two CTAs of a cluster (one token's two 64-head items) each gather and convert one
-# 256-column half of every K tile and send it into the other's tile (:mod:`dsv4_tune.runtime.cluster`:
-# inline PTX finds shared memory at ``global_smem`` plus an allocation's offset).  Every thread of a
-# partition runs each snippet once (a tensor of one element a thread); only its first thread acts.
-_FIRST_OF_WG = ("{ .reg .pred p; .reg .u32 t, d, b, r; mov.u32 t, %tid.x; and.b32 t, t, 127; setp.eq.u32 p, t, 0; "
-                "mov.u32 r, %cluster_ctarank; xor.b32 r, r, 1; mov.u32 b, global_smem; ")
-# $1 my half's offset in shared memory (the same place in the peer's tile), $2 my tile's k_ready's offset
-# (the peer's counts the bytes), $3 the bytes.  Offsets, not addresses: nothing the caller holds.
-_SEND_HALF = gl.constexpr(_FIRST_OF_WG + "add.u32 d, b, $1; add.u32 b, b, $2; mapa.shared::cluster.u32 t, d, r; "
-                          "mapa.shared::cluster.u32 b, b, r; "
-                          "@p cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes [t], [d], $3, [b]; "
-                          "mov.u32 $0, 0; }")
-# $1 the offset of a k_empty barrier: arrive on the peer's.
-_ARRIVE_PEER = gl.constexpr(_FIRST_OF_WG + "add.u32 b, b, $1; mapa.shared::cluster.u32 b, b, r; "
-                            "@p mbarrier.arrive.release.cluster.shared::cluster.b64 _, [b]; mov.u32 $0, 0; }")
-_INIT_FENCE = gl.constexpr("fence.mbarrier_init.release.cluster; mov.u32 $0, $1;")
-_CLUSTER_SYNC = gl.constexpr("barrier.cluster.arrive.release.aligned; barrier.cluster.wait.acquire.aligned; "
-                             "mov.u32 $0, $1;")
-
-
-@gluon.jit
-def _ptx(text: gl.constexpr, args):
-    """Inline PTX with side effects, once per thread (``args``: scalars, or one element a thread)."""
-    cons: gl.constexpr = "=r" + ",r" * len(args)
-    return gl.inline_asm_elementwise(text, cons, args, dtype=gl.uint32, is_pure=False, pack=1)
-
-
 @gluon.jit
 def _cluster_sync(CROSS: gl.constexpr):
     """Under CROSS, every thread of both CTAs meets here: at each partition's start (the barriers'
     inits are then seen by the peer) and end (no CTA leaves while the other may still write to it)."""
     if CROSS:
-        _ptx(_CLUSTER_SYNC, [gl.arange(0, 128, layout=gl.BlockedLayout([1], [32], [4], [0]))])
+        cluster_sync()
 
 
 @gluon.jit
@@ -147,7 +121,7 @@ def _release(k_empty, ks, CROSS: gl.constexpr, EMPTY_OFF: gl.constexpr):
     peer's producer (which writes its half into this CTA's tile) too."""
     mbarrier.arrive(k_empty.index(ks))
     if CROSS:
-        _ptx(_ARRIVE_PEER, [(EMPTY_OFF + ks * 8).to(gl.uint32)])
+        arrive_on_peer(EMPTY_OFF + ks * 8)
 
 
 @gluon.jit
@@ -447,8 +421,7 @@ def _produce_scope_half(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, 
         fence_async_shared()  # this half's stores, before the bulk copy reads them
         gl.thread_barrier()
         mbarrier.expect(k_ready.index(ks), HALF_BYTES)  # this producer's arrival; the peer's half to come
-        mine = (KBUF_OFF + ks * (2 * HALF_BYTES) + HALF * HALF_BYTES).to(gl.uint32)
-        _ptx(_SEND_HALF, [mine, (READY_OFF + ks * 8).to(gl.uint32), (ks * 0 + HALF_BYTES).to(gl.uint32)])
+        send_to_peer(KBUF_OFF + ks * (2 * HALF_BYTES) + HALF * HALF_BYTES, READY_OFF + ks * 8, HALF_BYTES)
         blk += 1
     return blk
 
@@ -969,7 +942,7 @@ def _ws_decode_kernel(
     mbarrier.init(scale_empty, count=1)  # WG1, once per item: it has read the scale
     mbarrier.init(out_ready, count=1)  # WG1, once (a lone final item): its half is in Q's buffer
     if CROSS:  # the inits, released to the cluster (the partitions' first cluster barrier acquires them)
-        _ptx(_INIT_FENCE, [gl.arange(0, 128, layout=gl.BlockedLayout([1], [32], [4], [0]))])
+        init_fence()
     fence_async_shared()  # the barrier inits, seen by every partition
     gl.thread_barrier()
 

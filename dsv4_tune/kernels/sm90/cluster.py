@@ -1,0 +1,69 @@
+"""Inline PTX for a kernel whose two CTAs of a cluster share shared memory (Gluon 3.6 has no cluster
+API; :mod:`dsv4_tune.runtime.cluster` launches such a kernel and finds the offsets it takes).
+
+Shared memory is named by its offset from Triton's ``global_smem``; the peer is the other CTA of a
+cluster of two.  Each function is called by every thread of a warpgroup (or of a 128-thread
+program) and acts once, through the group's first thread, except :func:`cluster_sync`, which every
+thread of both CTAs must reach.  ``ws_sm90``'s CROSS mode and ``benchmarks/cluster_probe.py`` use
+them.
+"""
+
+from __future__ import annotations
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+
+# A warpgroup's first thread (p), the peer's rank (r) and the shared-memory base (b).
+_FIRST_OF_WG = ("{ .reg .pred p; .reg .u32 t, d, b, r; mov.u32 t, %tid.x; and.b32 t, t, 127; setp.eq.u32 p, t, 0; "
+                "mov.u32 r, %cluster_ctarank; xor.b32 r, r, 1; mov.u32 b, global_smem; ")
+# $1 the offset of the bytes to send (they land at the same offset in the peer), $2 the offset of the
+# mbarrier whose twin in the peer counts them, $3 the bytes.
+_SEND = gl.constexpr(_FIRST_OF_WG + "add.u32 d, b, $1; add.u32 b, b, $2; mapa.shared::cluster.u32 t, d, r; "
+                     "mapa.shared::cluster.u32 b, b, r; "
+                     "@p cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes [t], [d], $3, [b]; "
+                     "mov.u32 $0, 0; }")
+# $1 the offset of an mbarrier: arrive on the peer's twin.
+_ARRIVE = gl.constexpr(_FIRST_OF_WG + "add.u32 b, b, $1; mapa.shared::cluster.u32 b, b, r; "
+                       "@p mbarrier.arrive.release.cluster.shared::cluster.b64 _, [b]; mov.u32 $0, 0; }")
+_INIT_FENCE = gl.constexpr("fence.mbarrier_init.release.cluster; mov.u32 $0, $1;")
+_SYNC = gl.constexpr("barrier.cluster.arrive.release.aligned; barrier.cluster.wait.acquire.aligned; "
+                     "mov.u32 $0, $1;")
+
+
+@gluon.jit
+def _ptx(text: gl.constexpr, args):
+    """Inline PTX with side effects, once per thread (``args``: scalars, or one element a thread)."""
+    cons: gl.constexpr = "=r" + ",r" * len(args)
+    return gl.inline_asm_elementwise(text, cons, args, dtype=gl.uint32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _lanes():
+    """One element a thread of a 4-warp group: what a snippet every thread must run is mapped over."""
+    return gl.arange(0, 128, layout=gl.BlockedLayout([1], [32], [4], [0]))
+
+
+@gluon.jit
+def cluster_sync():
+    """Every thread of both CTAs meets here (release, then acquire: what each did before is seen)."""
+    _ptx(_SYNC, [_lanes()])
+
+
+@gluon.jit
+def init_fence():
+    """This CTA's mbarrier inits, released to the cluster (the next :func:`cluster_sync` acquires them)."""
+    _ptx(_INIT_FENCE, [_lanes()])
+
+
+@gluon.jit
+def send_to_peer(offset, barrier_offset, nbytes):
+    """Copy ``nbytes`` at ``offset`` into the peer's shared memory at the same offset (one bulk copy),
+    counted by the peer's mbarrier at ``barrier_offset`` (which expects them)."""
+    _ptx(_SEND, [gl.to_tensor(offset).to(gl.uint32), gl.to_tensor(barrier_offset).to(gl.uint32),
+                 gl.to_tensor(nbytes).to(gl.uint32)])
+
+
+@gluon.jit
+def arrive_on_peer(barrier_offset):
+    """Arrive (release, cluster scope) on the peer's mbarrier at ``barrier_offset``."""
+    _ptx(_ARRIVE, [gl.to_tensor(barrier_offset).to(gl.uint32)])
