@@ -13,6 +13,7 @@ gluon = pytest.importorskip("triton.experimental.gluon")  # (any Triton with Glu
 
 def test_clustered_metadata_only_rewrites_a_one_cta_kernels_count() -> None:
     assert clustered_metadata((4, 1, 65560), 2) == (4, 2, 65560)
+    assert clustered_metadata((4, 1, 65560), 1) == (4, 1, 65560)
     for bad in [(4, 2, 1024), (4, 1), (4, 1, 1024, 0)]:
         with pytest.raises(ValueError, match="one-CTA"):
             clustered_metadata(bad, 2)

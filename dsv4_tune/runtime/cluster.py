@@ -23,7 +23,10 @@ from pathlib import Path
 
 def clustered_metadata(packed: tuple, cluster: int) -> tuple:
     """Triton 3.6's packed launch metadata ``(num_warps, num_ctas, shared)`` of a one-CTA kernel,
-    made to launch ``cluster`` CTAs a cluster (its launcher multiplies the grid by ``num_ctas``)."""
+    made to launch ``cluster`` CTAs a cluster (its launcher multiplies the grid by ``num_ctas``);
+    ``packed`` itself for a cluster of one."""
+    if cluster == 1:
+        return packed
     if len(packed) != 3 or packed[1] != 1:
         raise ValueError(f"not the packed metadata of a one-CTA kernel (num_warps, 1, shared): {packed}")
     return (packed[0], cluster, packed[2])

@@ -101,8 +101,7 @@ class Launcher:
         stream = _current_stream(device)
         enter, leave = _hook(knobs.runtime.launch_enter_hook), _hook(knobs.runtime.launch_exit_hook)
         meta = None if enter is None else compiled.launch_metadata(grid, stream, *args)  # type: ignore[attr-defined]
-        packed = compiled.packed_metadata if cluster == 1 else \
-            clustered_metadata(compiled.packed_metadata, cluster)  # type: ignore[attr-defined]
+        packed = clustered_metadata(compiled.packed_metadata, cluster)  # type: ignore[attr-defined]
         compiled.run(grid[0] // cluster, grid[1], grid[2], stream, compiled.function,  # type: ignore[attr-defined]
                      packed, meta, enter, leave, *call)
         if rec is not None:

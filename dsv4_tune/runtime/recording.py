@@ -68,8 +68,7 @@ class TritonLaunch:
         for slot, j in self.patch:
             args[slot] = ptrs[j]
         c = self.compiled
-        packed = c.packed_metadata if self.cluster == 1 else \
-            clustered_metadata(c.packed_metadata, self.cluster)  # type: ignore[attr-defined]
+        packed = clustered_metadata(c.packed_metadata, self.cluster)  # type: ignore[attr-defined]
         c.run(self.grid[0] // self.cluster, self.grid[1], self.grid[2], stream, c.function,  # type: ignore[attr-defined]
               packed, None, None, None, *args)
 
