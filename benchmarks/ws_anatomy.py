@@ -14,7 +14,8 @@ Each point is timed twice:
   compiler folds the conversion of the zero rows away: the producer stores zero tiles),
   ``no-convert`` (the FP8 bytes stored as they come), ``no-produce`` (STAGED=0's producer keeps
   only the ring's barriers: the consumers alone) and ``no-mma`` (no wgmma: the producer alone,
-  with the consumers' barriers and softmax): which side of the ring bounds a block.
+  with the consumers' barriers and softmax): which side of the ring bounds a block; under CROSS
+  also ``no-send`` (no rows sent to the peer) and ``no-couple`` (nor k_empty shared).
 
 At T = 1 an item is the whole kernel; at T = 256 (h128: 512 items, ~4 per SM) the fixed part is paid
 once a wave.  Times are graph replays after the L2 flush, as the sweep times plans.
@@ -41,6 +42,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import device_record, print_table, result_name, save_results
 
 KERNEL = Path(__file__).resolve().parents[1] / "dsv4_tune" / "kernels" / "sm90" / "decode.py"
+# CROSS's producer without its sends (the local arrive stays).
+_NO_SEND = (("        mbarrier.expect(k_ready.index(ks), 8 * PIECE + 4 * SUB)",
+             "        mbarrier.arrive(k_ready.index(ks))"),
+            ("            send_to_peer(KBUF_OFF + ks * (8 * BLOCK_BYTES) + c * BLOCK_BYTES + HALF * PIECE, "
+             "READY_OFF + ks * 8, PIECE)", "            pass"),
+            ("        send_to_peer(BIAS_OFF + ks * (4 * BLOCK_N) + HALF * (4 * SUB), READY_OFF + ks * 8, "
+             "4 * SUB)\n", ""))
 # Timing-only edits of the kernel source, each (what to replace, its replacement) occurring once.
 DIAGNOSTICS: dict[str, tuple[tuple[str, str], ...]] = {
     # No candidate valid: nothing gathered; the conversion of the zero rows folds away too (Triton
@@ -63,6 +71,14 @@ DIAGNOSTICS: dict[str, tuple[tuple[str, str], ...]] = {
                 "    return o"),
                ("            o = warpgroup_mma(p_smem, kbuf.index(ks).slice(DV, DV, dim=1), o, is_async=True)",
                 "            o = o")),
+    # CROSS: no rows sent to the peer (each CTA's consumers read its own rows and stale ones): the
+    # clustered ring without its DSMEM traffic.
+    "no-send": _NO_SEND,
+    # CROSS, no-send and no k_empty across the pair either: two CTAs that only share a cluster.
+    "no-couple": (*_NO_SEND,
+                  ("            mbarrier.init(k_empty.index(i), count=4)",
+                   "            mbarrier.init(k_empty.index(i), count=2)"),
+                  ("        arrive_on_peer(EMPTY_OFF + ks * 8)\n", "        pass\n")),
 }
 HOT_SLOTS = 64
 ONE_ITEM = {"BLOCK_N": 64, "KSTAGES": 2, "PIPE": 0, "SPLIT_K": 1}  # + STAGED: the policies' long-item plans
@@ -206,8 +222,10 @@ def main() -> int:
                 for staged in args.staged:
                     plan = Plan.make("ws_sm90", ONE_ITEM | {"STAGED": staged} | base)
                     for kname, mod in kernels.items():
-                        if kname == "no-produce" and (staged or base.get("RING")):  # its edit: STAGED=0's loop
-                            continue
+                        if kname == "no-produce" and (staged or base.get("RING") or base.get("CROSS")):
+                            continue  # its edit: STAGED=0's loop without CROSS
+                        if kname in ("no-send", "no-couple") and not base.get("CROSS"):
+                            continue  # their edits: CROSS's producer and ring
                         row = {"case": f"h{h} {name} T={t}", "kernel": kname, "STAGED": staged, "ids": ids,
                                "length": length, "blocks": blocks(length, main_topk, plan["BLOCK_N"]),
                                "full_blocks": full_blocks(length, main_topk, plan["BLOCK_N"]), "us": None,

@@ -58,7 +58,7 @@ def test_its_rules_name_the_knob_at_fault() -> None:
              ws(SOLO=1, PIPE=1): "SOLO=1 needs KSTAGES=2, STAGED=0, PIPE=0 and no PERSIST",
              ws(SOLO=1, PERSIST=1): "SOLO=1 needs", ws(SOLO=1, KSTAGES=3): "SOLO=1 needs KSTAGES=2",
              ws(CROSS=2): "CROSS=2 not in", ws(CROSS=1, STAGED=1): "CROSS=1 needs h_q a multiple of 128",
-             ws(CROSS=1, SOLO=1): "CROSS=1 needs"}
+             ws(CROSS=1, SOLO=1): "CROSS=1 needs", ws(CROSS=1, BLOCK_N=32, KSTAGES=4): "BLOCK_N=64 (a sub-block each)"}
     small = Workload(4, 64, 128, 0)  # 2 blocks of 64: SPLIT_K 4 exceeds them
     for plan, message in cases.items():
         problems = plan_problems(small if plan["SPLIT_K"] == 4 else W, plan)
@@ -271,8 +271,8 @@ def test_a_persistent_grid_loops_over_the_items(monkeypatch, device, gen) -> Non
 @pytest.mark.gpu_only
 @pytest.mark.parametrize(("s_q", "page", "x_page"), KNOB_CASES)
 def test_two_ctas_of_a_cluster_share_each_tile(monkeypatch, s_q, page, x_page, device, gen) -> None:
-    """CROSS: each CTA of a token's pair converts half of every tile and sends it to the other; the
-    ring's hand-offs then span both CTAs (unsplit, split, PIPE, 32-token tiles, and a persistent grid
+    """CROSS: each CTA of a token's pair converts half of every tile's rows and sends them to the other;
+    the ring's hand-offs then span both CTAs (unsplit, split, PIPE, and a persistent grid
     of 5 SMs, rounded down to 4 programs: two clusters looping over 9 item pairs)."""
     if variant_problem("ws_sm90", torch.device(device)):
         pytest.skip(variant_problem("ws_sm90", torch.device(device)))
@@ -280,6 +280,6 @@ def test_two_ctas_of_a_cluster_share_each_tile(monkeypatch, s_q, page, x_page, d
 
     monkeypatch.setattr(ws_decode, "_multiprocessors", lambda index: 5)
     case = _knob_case(device, gen, s_q, page, x_page)
-    for plan in (ws(CROSS=1), ws(CROSS=1, PIPE=1), ws(CROSS=1, BLOCK_N=32, KSTAGES=4), ws(CROSS=1, SPLIT_K=3),
-                 ws(CROSS=1, SPLIT_K=3, PDL=1), ws(CROSS=1, PERSIST=1), ws(CROSS=1, BLOCK_N=32, KSTAGES=3, PERSIST=1)):
+    for plan in (ws(CROSS=1), ws(CROSS=1, PIPE=1), ws(CROSS=1, SPLIT_K=3), ws(CROSS=1, SPLIT_K=3, PDL=1),
+                 ws(CROSS=1, PERSIST=1), ws(CROSS=1, PIPE=1, PERSIST=1)):
         case.check(plan)

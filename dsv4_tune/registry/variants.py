@@ -170,9 +170,10 @@ def _ws_problems(w: Workload, c: dict[str, int]) -> list[str]:
     if _switch(c, WS_SOLO_KEY, out) and solo_knobs != (2, 0, 0, 0):
         out.append(f"{WS_SOLO_KEY}=1 needs KSTAGES=2, STAGED=0, PIPE=0 and no {WS_PERSIST_KEY} "
                    "(one warpgroup does each tile in turn)")
-    if _switch(c, WS_CROSS_KEY, out) and (w.h_q % 128 or c["STAGED"] or c.get(WS_SOLO_KEY)):
-        out.append(f"{WS_CROSS_KEY}=1 needs h_q a multiple of 128 (a token's head blocks in pairs), STAGED=0 "
-                   f"and no {WS_SOLO_KEY}")
+    cross_knobs = (c["STAGED"], c.get(WS_SOLO_KEY, 0), c["BLOCK_N"])
+    if _switch(c, WS_CROSS_KEY, out) and (w.h_q % 128 or cross_knobs != (0, 0, 2 * WS_SUB)):
+        out.append(f"{WS_CROSS_KEY}=1 needs h_q a multiple of 128 (a token's head blocks in pairs), STAGED=0, "
+                   f"BLOCK_N={2 * WS_SUB} (a sub-block each) and no {WS_SOLO_KEY}")
     if _switch(c, PDL_KEY, out) and c["SPLIT_K"] == 1:
         out.append(f"{PDL_KEY}=1 needs SPLIT_K > 1 (it launches the combine as a programmatic dependent)")
     if _switch(c, "STAGED", out) and c["BLOCK_N"] != 2 * WS_SUB:

@@ -76,13 +76,12 @@ def decode_coarse_candidates(w: Workload, arch: str | None = None) -> list[Plan]
     for sk, pdl in itertools.product((2, 4, 8, 16), (0, 1)):
         plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=1, PIPE=1, SPLIT_K=sk, **DEFAULT_COMBINE,
                                **({PDL_KEY: 1} if pdl else {})))
-    # Each producer of a cluster of two converting half of every tile (CROSS; its rule keeps it to
+    # Each producer of a cluster of two converting half of every tile's rows (CROSS; its rule keeps it to
     # h_q % 128 == 0), once sweeps try it: the unstaged tiles plain and persistent, and split for small T.
     if sweeps(WS_CROSS_KEY):
-        for bn, st, pipe in ((64, 2, 0), (32, 4, 1)):
-            for persist in ({}, {WS_PERSIST_KEY: 1}):
-                plans.append(Plan.make("ws_sm90", BLOCK_N=bn, KSTAGES=st, STAGED=0, PIPE=pipe, SPLIT_K=1, **persist,
-                                       **{WS_CROSS_KEY: 1}))
+        for pipe, persist in itertools.product((0, 1), ({}, {WS_PERSIST_KEY: 1})):
+            plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=0, PIPE=pipe, SPLIT_K=1, **persist,
+                                   **{WS_CROSS_KEY: 1}))
         for sk in (2, 4, 8):
             plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=0, PIPE=1, SPLIT_K=sk, **DEFAULT_COMBINE,
                                    **{PDL_KEY: 1, WS_CROSS_KEY: 1}))

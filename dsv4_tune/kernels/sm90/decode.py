@@ -18,13 +18,15 @@ memory and mbarriers, whose phases run on across items:
   O[:, :256] += P V with P from registers;
 - **WG1** (worker 0) rescales and accumulates O[:, 256:] from the shared P.
 
-With CROSS (h_q a multiple of 128) the two items of a token's two head blocks run as one cluster of
-two CTAs: each producer gathers and converts one 256-column half of every tile (NoPE groups 0-3, or
-groups 4-6 and RoPE), stores it in its own tile and sends it into the peer's with one bulk copy that
-the peer's ``k_ready`` counts; ``k_empty`` counts both CTAs' consumers (each also arrives on the
-peer's), and every partition meets the peer's at its start and end (a cluster barrier).  Each
-producer then gathers and converts half as much: the side that sets the pace at h128.  Not yet
-checked on a GPU (``registry.variants.NOT_SWEPT``).
+With CROSS (h_q a multiple of 128, 64-token tiles) the two items of a token's two head blocks run
+as one cluster of two CTAs: each producer gathers and converts one 32-token sub-block of every tile
+(the first CTA rows 0-31, the second rows 32-63), stores it in its own tile and sends it into the
+peer's (a bulk copy per 128-byte column block, and one for the bias) that the peer's ``k_ready``
+counts; ``k_empty`` counts both CTAs' consumers (each also arrives on the peer's), and every
+partition meets the peer's at its start and end (a cluster barrier).  Each producer then waits for
+one round trip of rows a tile where it waited for two (at h128 the producer set the pace); by
+columns instead, each gathering half of every row, it waited for as many and was 7% slower.  Valid
+in explicit plans, not yet swept (``registry.variants.NOT_SWEPT``).
 
 A lone unsplit item's output leaves through Q's buffer (free once the item's QK^T are done), 16
 bytes a thread: WG0 stores its half itself; WG1 writes its half there and the producer, idle by
@@ -275,13 +277,19 @@ def _store_sub(kt, bias_ref, raw, ROPE: gl.constexpr):
 
 
 @gluon.jit
-def _scope_head(idx_row, s_ik, lo, cap, t, s_q, len_ptr, HAS_LEN: gl.constexpr, SUB: gl.constexpr):
+def _scope_head(idx_row, s_ik, lo, cap, t, s_q, len_ptr, HAS_LEN: gl.constexpr, SUB: gl.constexpr,
+                CROSS: gl.constexpr = False, BLOCK_N: gl.constexpr = 64):
     """A scope's first two sub-blocks of ids and its end (``cap`` cut at the row's length): the ids
     are loaded up to ``cap`` and cut at the length after, so all three loads are in flight at once.
-    Loaded before the scope's turn, they wait in registers (one each a thread)."""
+    Loaded before the scope's turn, they wait in registers (one each a thread).  Under CROSS, this
+    CTA's sub-blocks of the first two tiles (:func:`_produce_scope_rows`)."""
     GATHER: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])
-    first = _sub_ids(idx_row, s_ik, lo, cap, SUB, GATHER)
-    second = _sub_ids(idx_row, s_ik, lo + SUB, cap, SUB, GATHER)
+    NEXT: gl.constexpr = BLOCK_N if CROSS else SUB
+    own = lo
+    if CROSS:
+        own = lo + (gl.program_id(0) % 2) * SUB
+    first = _sub_ids(idx_row, s_ik, own, cap, SUB, GATHER)
+    second = _sub_ids(idx_row, s_ik, own + NEXT, cap, SUB, GATHER)
     hi = _cut(lo, cap, t, s_q, len_ptr, HAS_LEN)
     return first, second, hi
 
@@ -347,81 +355,41 @@ def _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, h
 
 
 @gluon.jit
-def _gather_half(kv_ptr, stride_page, page_size, n_slots, idx,
-                 SUB: gl.constexpr, GATHER: gl.constexpr, ROPE: gl.constexpr, HALF: gl.constexpr):
-    """:func:`_gather_sub` for one 256-column half of the K tile: NoPE groups 0-3 and the first scale
-    word (HALF 0), or groups 4-6, the RoPE words and the second scale word (HALF 1)."""
-    valid, rows, r_rows, r_ok, words = _sub_addr(kv_ptr, stride_page, page_size, n_slots, idx, ROPE)
-    cols = gl.arange(0, 16, layout=gl.SliceLayout(0, GATHER))
-    p = rows[:, None] + cols[None, :]
-    m = valid[:, None] & (cols[None, :] >= 0)
-    if HALF == 0:
-        g0 = gl.load(p + 0 * 16, mask=m, other=0)
-        g1 = gl.load(p + 1 * 16, mask=m, other=0)
-        g2 = gl.load(p + 2 * 16, mask=m, other=0)
-        g3 = gl.load(p + 3 * 16, mask=m, other=0)
-        sc = gl.load(words, mask=valid, other=0)
-    else:
-        g0 = gl.load(p + 4 * 16, mask=m, other=0)
-        g1 = gl.load(p + 5 * 16, mask=m, other=0)
-        g2 = gl.load(p + 6 * 16, mask=m, other=0)
-        rcols = gl.arange(0, 32, layout=gl.SliceLayout(0, ROPE))
-        g3 = gl.load(r_rows[:, None] + 112 + rcols[None, :], mask=r_ok[:, None] & (rcols[None, :] >= 0), other=0)
-        sc = gl.load(words + 1, mask=valid, other=0)
-    return g0, g1, g2, g3, sc.to(gl.int32, bitcast=True), _bias(valid)
-
-
-@gluon.jit
-def _store_half_sub(kt, bias_ref, raw, ROPE: gl.constexpr, HALF: gl.constexpr):
-    """:func:`_store_sub` for one half: its four column groups as one [SUB, 128] u32 store into ``kt``
-    (the half's view of the sub-block's rows), and the bias (each CTA its own)."""
-    g0, g1, g2, g3, sc, bias = raw
-    d0 = gl.convert_layout(_dequant_group(g0, sc & 0xFF), ROPE)
-    d1 = gl.convert_layout(_dequant_group(g1, (sc >> 8) & 0xFF), ROPE)
-    d2 = gl.convert_layout(_dequant_group(g2, (sc >> 16) & 0xFF), ROPE)
-    if HALF == 0:  # noqa: SIM108 (a constexpr if: only one branch is compiled)
-        d3 = gl.convert_layout(_dequant_group(g3, (sc >> 24) & 0xFF), ROPE)
-    else:
-        d3 = g3  # RoPE: bf16 as stored
-    y = gl.join(gl.join(d0, d1), gl.join(d2, d3))
-    kt.store(gl.reshape(gl.permute(y, (0, 3, 2, 1)), [y.shape[0], 128]))
-    bias_ref.store(bias)
-
-
-@gluon.jit
-def _produce_scope_half(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head, blk,
+def _produce_scope_rows(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head, blk,
                         kbuf, bias_buf, k_ready, k_empty, BLOCK_N: gl.constexpr, SUB: gl.constexpr,
                         KSTAGES: gl.constexpr, HALF: gl.constexpr, KBUF_OFF: gl.constexpr,
-                        READY_OFF: gl.constexpr):
-    """CROSS's :func:`_produce_scope` (unstaged): this CTA's half of every tile, stored in its own
-    tile and sent into the peer's (one bulk copy, counted by the peer's ``k_ready``, which expects
-    it); a tile is ready once this producer has arrived and the peer's half has landed."""
-    NSUB: gl.constexpr = BLOCK_N // SUB
+                        READY_OFF: gl.constexpr, BIAS_OFF: gl.constexpr):
+    """CROSS's :func:`_produce_scope` (unstaged, BLOCK_N = 2 SUB): this CTA's sub-block of every tile
+    (rows HALF * SUB on, every column), stored in its own tile and sent into the peer's, bias too (9
+    bulk copies: the rows' piece of each 128-byte column block of the swizzled tile, and their bias),
+    counted by the peer's ``k_ready``, which expects them.  One gather a tile where there were two:
+    the producer's round trips, not its bytes, set its pace."""
     GATHER: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])
     ROPE: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [4, 1], [1, 0])
     K32: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
-    HALF_BYTES: gl.constexpr = BLOCK_N * 512  # 256 bf16 columns: a contiguous range of the swizzled tile
-    first, second, hi = head
-    first = _cut_ids(first, lo, hi, SUB, GATHER)
-    second = _cut_ids(second, lo + SUB, hi, SUB, GATHER)
-    n = gl.cdiv(hi - lo, BLOCK_N)
-    nxt = _gather_half(kv_ptr, stride_page, page_size, n_slots, first, SUB, GATHER, ROPE, HALF)
+    BLOCK_BYTES: gl.constexpr = BLOCK_N * 128  # one 128-byte column block of a tile (8 a tile)
+    PIECE: gl.constexpr = SUB * 128  # this CTA's rows of one column block (whole 8-row swizzle atoms)
+    first, second, hi = head  # (:func:`_scope_head` loaded this CTA's rows: its first two sub-blocks)
+    own = lo + HALF * SUB
+    first = _cut_ids(first, own, hi, SUB, GATHER)
+    second = _cut_ids(second, own + BLOCK_N, hi, SUB, GATHER)
+    n = gl.cdiv(hi - lo, BLOCK_N)  # the peer's count too: both run every tile
+    nxt = _gather_sub(kv_ptr, stride_page, page_size, n_slots, first, SUB, GATHER, ROPE)
     ids = second
     for i in range(n):
         ks = blk % KSTAGES
-        for sub in gl.static_range(NSUB):
-            cur = nxt
-            nxt = _gather_half(kv_ptr, stride_page, page_size, n_slots, ids, SUB, GATHER, ROPE, HALF)
-            ids = _sub_ids(idx_row, s_ik, lo + i * BLOCK_N + (sub + 2) * SUB, hi, SUB, GATHER)
-            if sub == 0:  # both CTAs' consumers are done with this slot (k_empty counts all four)
-                mbarrier.wait(k_empty.index(ks), ((blk // KSTAGES) & 1) ^ 1)
-            kt = kbuf.index(ks)._reinterpret(gl.uint32, [BLOCK_N, 256], K32).slice(sub * SUB, SUB, dim=0)
-            _store_half_sub(kt.slice(HALF * 128, 128, dim=1), bias_buf.index(ks).slice(sub * SUB, SUB), cur, ROPE,
-                            HALF)
-        fence_async_shared()  # this half's stores, before the bulk copy reads them
+        cur = nxt
+        nxt = _gather_sub(kv_ptr, stride_page, page_size, n_slots, ids, SUB, GATHER, ROPE)
+        ids = _sub_ids(idx_row, s_ik, own + (i + 2) * BLOCK_N, hi, SUB, GATHER)
+        mbarrier.wait(k_empty.index(ks), ((blk // KSTAGES) & 1) ^ 1)  # both CTAs' consumers are done
+        kt = kbuf.index(ks)._reinterpret(gl.uint32, [BLOCK_N, 256], K32).slice(HALF * SUB, SUB, dim=0)
+        _store_sub(kt, bias_buf.index(ks).slice(HALF * SUB, SUB), cur, ROPE)
+        fence_async_shared()  # these stores, before the bulk copies read them
         gl.thread_barrier()
-        mbarrier.expect(k_ready.index(ks), HALF_BYTES)  # this producer's arrival; the peer's half to come
-        send_to_peer(KBUF_OFF + ks * (2 * HALF_BYTES) + HALF * HALF_BYTES, READY_OFF + ks * 8, HALF_BYTES)
+        mbarrier.expect(k_ready.index(ks), 8 * PIECE + 4 * SUB)  # this producer's arrival; the peer's rows to come
+        for c in gl.static_range(8):
+            send_to_peer(KBUF_OFF + ks * (8 * BLOCK_BYTES) + c * BLOCK_BYTES + HALF * PIECE, READY_OFF + ks * 8, PIECE)
+        send_to_peer(BIAS_OFF + ks * (4 * BLOCK_N) + HALF * (4 * SUB), READY_OFF + ks * 8, 4 * SUB)
         blk += 1
     return blk
 
@@ -468,24 +436,25 @@ def _produce_item(item, blk, kv_ptr, stride_page, page_size, n_slots, idx_ptr, s
                   geo, len_ptr, xlen_ptr, kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
                   HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr,
                   BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr,
-                  CROSS: gl.constexpr, KBUF_OFF: gl.constexpr, READY_OFF: gl.constexpr):
+                  CROSS: gl.constexpr, KBUF_OFF: gl.constexpr, READY_OFF: gl.constexpr,
+                BIAS_OFF: gl.constexpr):
     """One item's K tiles, main scope then extra, from ring block ``blk`` on; returns the next.  The
     extra scope's first ids and its length are loaded with the main scope's, not after its last tile:
     its first gather then waits one round trip (the rows), not two."""
     s_q = geo[2]
     _, t, tb, ts, _, lo, cap, x_lo, x_cap = _item(item, geo, HAS_EXTRA)
     idx_row = idx_ptr + tb * s_ib + ts * s_is
-    head = _scope_head(idx_row, s_ik, lo, cap, t, s_q, len_ptr, HAS_LEN, SUB)
+    head = _scope_head(idx_row, s_ik, lo, cap, t, s_q, len_ptr, HAS_LEN, SUB, CROSS, BLOCK_N)
     if HAS_EXTRA:
         x_idx_row = xidx_ptr + tb * x_s_ib + ts * x_s_is
-        x_head = _scope_head(x_idx_row, x_s_ik, x_lo, x_cap, t, s_q, xlen_ptr, X_HAS_LEN, SUB)
+        x_head = _scope_head(x_idx_row, x_s_ik, x_lo, x_cap, t, s_q, xlen_ptr, X_HAS_LEN, SUB, CROSS, BLOCK_N)
     blk = _fill_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head, blk,
                       kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
-                      BLOCK_N, SUB, KSTAGES, STAGED, CROSS, KBUF_OFF, READY_OFF)
+                      BLOCK_N, SUB, KSTAGES, STAGED, CROSS, KBUF_OFF, READY_OFF, BIAS_OFF)
     if HAS_EXTRA:
         blk = _fill_scope(xkv_ptr, x_stride_page, x_page_size, x_n_slots, x_idx_row, x_s_ik, x_lo, x_head, blk,
                           kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
-                          BLOCK_N, SUB, KSTAGES, STAGED, CROSS, KBUF_OFF, READY_OFF)
+                          BLOCK_N, SUB, KSTAGES, STAGED, CROSS, KBUF_OFF, READY_OFF, BIAS_OFF)
     return blk
 
 
@@ -493,16 +462,19 @@ def _produce_item(item, blk, kv_ptr, stride_page, page_size, n_slots, idx_ptr, s
 def _fill_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head, blk,
                 kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
                 BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr,
-                CROSS: gl.constexpr, KBUF_OFF: gl.constexpr, READY_OFF: gl.constexpr):
+                CROSS: gl.constexpr, KBUF_OFF: gl.constexpr, READY_OFF: gl.constexpr,
+                BIAS_OFF: gl.constexpr):
     """One scope's tiles: whole (:func:`_produce_scope`) or, under CROSS, this CTA's half of each
     (the cluster's first CTA the left half, its second the right)."""
     if CROSS:
         if gl.program_id(0) % 2 == 0:
-            blk = _produce_scope_half(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head, blk,
-                                      kbuf, bias_buf, k_ready, k_empty, BLOCK_N, SUB, KSTAGES, 0, KBUF_OFF, READY_OFF)
+            blk = _produce_scope_rows(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head, blk,
+                                      kbuf, bias_buf, k_ready, k_empty, BLOCK_N, SUB, KSTAGES, 0, KBUF_OFF, READY_OFF,
+                                      BIAS_OFF)
         else:
-            blk = _produce_scope_half(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head, blk,
-                                      kbuf, bias_buf, k_ready, k_empty, BLOCK_N, SUB, KSTAGES, 1, KBUF_OFF, READY_OFF)
+            blk = _produce_scope_rows(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head, blk,
+                                      kbuf, bias_buf, k_ready, k_empty, BLOCK_N, SUB, KSTAGES, 1, KBUF_OFF, READY_OFF,
+                                      BIAS_OFF)
     else:
         blk = _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head, blk,
                              kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
@@ -518,7 +490,7 @@ def _producer(kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik
               HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr,
               BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr,
               FLUSH: gl.constexpr, PERSIST: gl.constexpr, CROSS: gl.constexpr, KBUF_OFF: gl.constexpr,
-              READY_OFF: gl.constexpr):
+              READY_OFF: gl.constexpr, BIAS_OFF: gl.constexpr):
     """Every item's K tiles through one ring: the gathers of the next item start while the consumers
     finish this one.  One item is no loop at all: a loop of one trip (its bounds are runtime values)
     still made ptxas keep loop state and spill the shared-memory base in ``STAGED``'s block loop."""
@@ -531,13 +503,13 @@ def _producer(kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik
                                 xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik,
                                 geo, len_ptr, xlen_ptr, kbuf, bias_buf, k_ready, k_empty,
                                 st_a, st_b, st_c, st_rope, st_lo, st_hi,
-                                HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED, CROSS, KBUF_OFF, READY_OFF)
+                                HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED, CROSS, KBUF_OFF, READY_OFF, BIAS_OFF)
     else:
         _produce_item(first, gl.to_tensor(0), kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik,
                       xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik,
                       geo, len_ptr, xlen_ptr, kbuf, bias_buf, k_ready, k_empty,
                       st_a, st_b, st_c, st_rope, st_lo, st_hi,
-                      HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED, CROSS, KBUF_OFF, READY_OFF)
+                      HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED, CROSS, KBUF_OFF, READY_OFF, BIAS_OFF)
         if FLUSH:  # WG1's half of the output, once it is in Q's buffer
             mbarrier.wait(out_ready, 0)
             # The item as WG1 left it in shared memory: computed from ``first`` here, its values were
@@ -897,6 +869,7 @@ def _ws_decode_kernel(
     SPLIT: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr,
     PIPE: gl.constexpr, PERSIST: gl.constexpr, PDL: gl.constexpr = False, CROSS: gl.constexpr = False,
     KBUF_OFF: gl.constexpr = 0, READY_OFF: gl.constexpr = 0, EMPTY_OFF: gl.constexpr = 0,
+    BIAS_OFF: gl.constexpr = 0,
 ):
     """Program p does items p, p + P, p + 2P, ... of the (head block, token, split) items, where P is
     the grid: one item each on a full grid, a loop on a persistent one."""
@@ -966,7 +939,7 @@ def _ws_decode_kernel(
                      geo, n_items, len_ptr, xlen_ptr, outs, q_smem, out_ready, item_slot,
                      kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
                      HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED, FLUSH, PERSIST, CROSS, KBUF_OFF,
-                     READY_OFF)),
+                     READY_OFF, BIAS_OFF)),
     ], [4, 4], [WG1_REGS, PRODUCER_REGS])
 
 
@@ -1025,10 +998,11 @@ def launch_ws_decode(
     programs = min(n_items, _multiprocessors(q.device.index)) if PERSIST else n_items
     knobs = (*flags, KSTAGES, bool(STAGED), bool(PIPE), bool(PERSIST), pdl)
     if not CROSS:
-        _launch((programs, 1, 1), *args, n_items, *knobs, False, 0, 0, 0, num_warps=4, num_stages=1, maxnreg=maxnreg)
+        _launch((programs, 1, 1), *args, n_items, *knobs, False, 0, 0, 0, 0, num_warps=4, num_stages=1, maxnreg=maxnreg)
         return
-    if h_q % 128 or STAGED:  # (the registry's rule too) else the pairs mix tokens: wrong, or a hang
-        raise ValueError(f"CROSS=1 needs h_q a multiple of 128 and STAGED=0, not h_q={h_q}, STAGED={STAGED}")
+    if h_q % 128 or STAGED or BLOCK_N != 2 * SUB:  # (the registry's rule too) else wrong, or a hang
+        raise ValueError(f"CROSS=1 needs h_q a multiple of 128, STAGED=0 and BLOCK_N={2 * SUB}, not h_q={h_q}, "
+                         f"STAGED={STAGED}, BLOCK_N={BLOCK_N}")
     offsets, clusters = _cross_offsets(knobs, maxnreg, (programs, 1, 1), args, n_items)
     if PERSIST and clusters:  # no more clusters than fit at once: a persistent grid has no second wave
         programs = min(programs, 2 * clusters)
@@ -1037,18 +1011,18 @@ def launch_ws_decode(
             cluster=2)
 
 
-_CROSS_OFFSETS: dict[tuple, tuple[tuple[int, int, int], int | None]] = {}
+_CROSS_OFFSETS: dict[tuple, tuple[tuple[int, int, int, int], int | None]] = {}
 
 
 def _cross_offsets(knobs: tuple, maxnreg: int, grid: tuple[int, int, int], args: tuple, n_items: int
-                   ) -> tuple[tuple[int, int, int], int | None]:
+                   ) -> tuple[tuple[int, int, int, int], int | None]:
     """Where CROSS's inline PTX finds the K tiles, ``k_ready`` and ``k_empty`` in shared memory, and how
     many of its clusters fit on the GPU at once: from a compile with zero offsets (nothing that
     allocates depends on them: the same shared memory and registers), once per config."""
     key = (*knobs, maxnreg, args[0].device.index)  # type: ignore[attr-defined]  (args[0]: q)
     if key not in _CROSS_OFFSETS:
-        compiled = _launch.compile(grid, *args, n_items, *knobs, True, 0, 0, 0, num_warps=4, num_stages=1,
+        compiled = _launch.compile(grid, *args, n_items, *knobs, True, 0, 0, 0, 0, num_warps=4, num_stages=1,
                                    maxnreg=maxnreg)
         at = shared_offsets(compiled.asm["ttgir"])  # type: ignore[attr-defined]
-        _CROSS_OFFSETS[key] = ((at["kbuf"], at["k_ready"], at["k_empty"]), max_active_clusters(compiled, 2))
+        _CROSS_OFFSETS[key] = ((at["kbuf"], at["k_ready"], at["k_empty"], at["bias_buf"]), max_active_clusters(compiled, 2))
     return _CROSS_OFFSETS[key]
