@@ -15,7 +15,7 @@ lever.  Gluon 3.6 has no cluster API; this probe checks, on the GPU, each piece 
 - that a 128-byte-swizzled [64, 512] bf16 tile keeps each 256-column half contiguous (32 KiB), so
   one bulk copy moves a half: ``cp.async.bulk.shared::cluster.shared::cta`` into the peer CTA with
   ``complete_tx`` on the peer's mbarrier (which expected the bytes);
-- a remote ``mbarrier.arrive.release.cluster`` telling the peer that its half was read, so that
+- a remote ``mbarrier.arrive`` (release at CTA scope) telling the peer that its half was read, so that
   neither CTA overwrites or exits while the other still reads (the PTX is the kernel's own,
   :mod:`dsv4_tune.kernels.sm90.cluster`);
 - and what one exchange costs, over ITERS rounds in one launch.

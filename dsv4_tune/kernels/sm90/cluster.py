@@ -22,9 +22,11 @@ _SEND = gl.constexpr(_FIRST_OF_WG + "add.u32 d, b, $1; add.u32 b, b, $2; mapa.sh
                      "mapa.shared::cluster.u32 b, b, r; "
                      "@p cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes [t], [d], $3, [b]; "
                      "mov.u32 $0, 0; }")
-# $1 the offset of an mbarrier: arrive on the peer's twin.
+# $1 the offset of an mbarrier: arrive on the peer's twin.  Release at CTA scope (the default): what
+# it releases is this CTA's reads of a tile, done (wgmma waited) before the arrive; a cluster-scope
+# release is a MEMBAR.ALL.GPU in front of it (Triton 3.6), once a tile in each consumer of CROSS.
 _ARRIVE = gl.constexpr(_FIRST_OF_WG + "add.u32 b, b, $1; mapa.shared::cluster.u32 b, b, r; "
-                       "@p mbarrier.arrive.release.cluster.shared::cluster.b64 _, [b]; mov.u32 $0, 0; }")
+                       "@p mbarrier.arrive.shared::cluster.b64 _, [b]; mov.u32 $0, 0; }")
 _INIT_FENCE = gl.constexpr("fence.mbarrier_init.release.cluster; mov.u32 $0, $1;")
 _SYNC = gl.constexpr("barrier.cluster.arrive.release.aligned; barrier.cluster.wait.acquire.aligned; "
                      "mov.u32 $0, $1;")
@@ -65,5 +67,5 @@ def send_to_peer(offset, barrier_offset, nbytes):
 
 @gluon.jit
 def arrive_on_peer(barrier_offset):
-    """Arrive (release, cluster scope) on the peer's mbarrier at ``barrier_offset``."""
+    """Arrive on the peer's mbarrier at ``barrier_offset`` (release at CTA scope: for reads that are done)."""
     _ptx(_ARRIVE, [gl.to_tensor(barrier_offset).to(gl.uint32)])
