@@ -77,13 +77,14 @@ def decode_coarse_candidates(w: Workload, arch: str | None = None) -> list[Plan]
         plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=1, PIPE=1, SPLIT_K=sk, **DEFAULT_COMBINE,
                                **({PDL_KEY: 1} if pdl else {})))
     # Each producer of a cluster of two converting half of every tile's rows (CROSS; its rule keeps it to
-    # h_q % 128 == 0), once sweeps try it: the unstaged tiles plain and persistent, and split for small T.
+    # h_q % 128 == 0), once sweeps try it: plain and persistent, and split for small T; without PIPE,
+    # 1.4x slower with CROSS on an H100 (refinement may still try it).
     if sweeps(WS_CROSS_KEY):
-        for pipe, persist in itertools.product((0, 1), ({}, {WS_PERSIST_KEY: 1})):
-            plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=0, PIPE=pipe, SPLIT_K=1, **persist,
+        for persist in ({}, {WS_PERSIST_KEY: 1}):
+            plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=1, **persist,
                                    **{WS_CROSS_KEY: 1}))
         for sk in (2, 4, 8):
-            plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=0, PIPE=1, SPLIT_K=sk, **DEFAULT_COMBINE,
+            plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=sk, **DEFAULT_COMBINE,
                                    **{PDL_KEY: 1, WS_CROSS_KEY: 1}))
     # Its one-warpgroup kernel (two programs an item, tiles in turn: for small T, where the SMs are
     # not all busy): alone and split 2-16 ways behind a programmatic-dependent combine.
