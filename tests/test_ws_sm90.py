@@ -92,7 +92,7 @@ def test_once_swept_its_cluster_mode_joins_h128_spaces_coarse_plans_and_refine_s
     monkeypatch.setattr(candidates_mod, "variant_problem", lambda variant, *a: None)  # as under Triton 3.6
     space = [p.as_dict() for p in VARIANTS["ws_sm90"].space(W)]
     cross = [c for c in space if c.get("CROSS")]
-    assert cross and all(c["STAGED"] == 0 for c in cross)
+    assert cross and all(c["STAGED"] == 0 and c["BLOCK_N"] == 64 for c in cross)
     assert any(c.get("PERSIST") for c in cross) and any(c["SPLIT_K"] > 1 for c in cross)
     h64 = Workload(64, 64, 128, 1024)
     assert not any(p.as_dict().get("CROSS") for p in VARIANTS["ws_sm90"].space(h64))

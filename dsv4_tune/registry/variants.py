@@ -200,7 +200,7 @@ def _ws_space(w: Workload) -> Iterator[dict[str, int]]:
         yield from splits(base)
         if sk == 1:
             yield {**base, WS_PERSIST_KEY: 1}
-        if sweeps(WS_CROSS_KEY):  # (its rule keeps the unstaged ones at h_q % 128 == 0)
+        if sweeps(WS_CROSS_KEY):  # (its rule keeps the unstaged 64-token ones at h_q % 128 == 0)
             yield from splits({**base, WS_CROSS_KEY: 1})
             if sk == 1:
                 yield {**base, WS_PERSIST_KEY: 1, WS_CROSS_KEY: 1}

@@ -77,8 +77,8 @@ def decode_coarse_candidates(w: Workload, arch: str | None = None) -> list[Plan]
         plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=1, PIPE=1, SPLIT_K=sk, **DEFAULT_COMBINE,
                                **({PDL_KEY: 1} if pdl else {})))
     # Each producer of a cluster of two converting half of every tile's rows (CROSS; its rule keeps it to
-    # h_q % 128 == 0), once sweeps try it: plain and persistent, and split for small T; without PIPE,
-    # 1.4x slower with CROSS on an H100 (refinement may still try it).
+    # h_q % 128 == 0), once sweeps try it: plain and persistent, and split for small T; none with PIPE
+    # (CROSS + PIPE was 1.4x slower than CROSS on an H100; refinement may still try it).
     if sweeps(WS_CROSS_KEY):
         for persist in ({}, {WS_PERSIST_KEY: 1}):
             plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=1, **persist,

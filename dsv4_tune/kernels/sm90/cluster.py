@@ -22,9 +22,12 @@ _SEND = gl.constexpr(_FIRST_OF_WG + "add.u32 d, b, $1; add.u32 b, b, $2; mapa.sh
                      "mapa.shared::cluster.u32 b, b, r; "
                      "@p cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes [t], [d], $3, [b]; "
                      "mov.u32 $0, 0; }")
-# $1 the offset of an mbarrier: arrive on the peer's twin.  Release at CTA scope (the default): what
-# it releases is this CTA's reads of a tile, done (wgmma waited) before the arrive; a cluster-scope
-# release is a MEMBAR.ALL.GPU in front of it (Triton 3.6), once a tile in each consumer of CROSS.
+# $1 the offset of an mbarrier: arrive on the peer's twin.  Release at CTA scope (the default, as
+# CUTLASS's cluster barrier arrives): what it guards is this CTA's reads of a tile, complete (wgmma
+# waited) before the arrive is issued.  In PTX's memory model a CTA-scope release and the peer's
+# CTA-scope acquire do not synchronize (neither scope holds the other thread): the guarantee is the
+# hardware's.  A cluster-scope release is a MEMBAR.ALL.GPU in front of the arrive (ptxas 12.8, Triton
+# 3.6's), once a tile in each consumer of CROSS.
 _ARRIVE = gl.constexpr(_FIRST_OF_WG + "add.u32 b, b, $1; mapa.shared::cluster.u32 b, b, r; "
                        "@p mbarrier.arrive.shared::cluster.b64 _, [b]; mov.u32 $0, 0; }")
 _INIT_FENCE = gl.constexpr("fence.mbarrier_init.release.cluster; mov.u32 $0, $1;")

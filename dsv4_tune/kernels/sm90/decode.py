@@ -120,7 +120,8 @@ def _cluster_sync(CROSS: gl.constexpr):
 @gluon.jit
 def _release(k_empty, ks, CROSS: gl.constexpr, EMPTY_OFF: gl.constexpr):
     """This warpgroup is done with K tile ``ks``: its producer may refill it, and under CROSS the
-    peer's producer (which writes its half into this CTA's tile) too."""
+    peer's producer (which writes its rows into this CTA's tile) too.  The local arrive stays first:
+    its lowering's partition barrier is what puts every warp's finished wgmma before the remote one."""
     mbarrier.arrive(k_empty.index(ks))
     if CROSS:
         arrive_on_peer(EMPTY_OFF + ks * 8)
@@ -437,7 +438,7 @@ def _produce_item(item, blk, kv_ptr, stride_page, page_size, n_slots, idx_ptr, s
                   HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr,
                   BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr,
                   CROSS: gl.constexpr, KBUF_OFF: gl.constexpr, READY_OFF: gl.constexpr,
-                BIAS_OFF: gl.constexpr):
+                  BIAS_OFF: gl.constexpr):
     """One item's K tiles, main scope then extra, from ring block ``blk`` on; returns the next.  The
     extra scope's first ids and its length are loaded with the main scope's, not after its last tile:
     its first gather then waits one round trip (the rows), not two."""
@@ -464,8 +465,8 @@ def _fill_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head
                 BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr,
                 CROSS: gl.constexpr, KBUF_OFF: gl.constexpr, READY_OFF: gl.constexpr,
                 BIAS_OFF: gl.constexpr):
-    """One scope's tiles: whole (:func:`_produce_scope`) or, under CROSS, this CTA's half of each
-    (the cluster's first CTA the left half, its second the right)."""
+    """One scope's tiles: whole (:func:`_produce_scope`) or, under CROSS, this CTA's rows of each
+    (:func:`_produce_scope_rows`: the cluster's first CTA rows 0-31, its second rows 32-63)."""
     if CROSS:
         if gl.program_id(0) % 2 == 0:
             blk = _produce_scope_rows(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head, blk,
@@ -980,9 +981,9 @@ def launch_ws_decode(
     in :func:`~dsv4_tune.kernels.fused_attention.launch_sparse_decode`: with ``split_k > 1`` the
     combine kernel writes ``out`` / ``lse`` afterwards; ``pdl``: that combine is launched as a programmatic
     dependent of this kernel (:func:`~dsv4_tune.kernels.combine.launch_combine` with ``pdl``), which
-    then lets it launch as it starts.  ``CROSS`` (h_q a multiple of 128, unstaged): the two items of a
-    token's two head blocks run as one cluster of two CTAs, each converting half of every K tile for
-    both (:mod:`dsv4_tune.runtime.cluster`)."""
+    then lets it launch as it starts.  ``CROSS`` (h_q a multiple of 128, unstaged, BLOCK_N = 2 SUB): the
+    two items of a token's two head blocks run as one cluster of two CTAs, each converting one
+    sub-block of every K tile for both (:mod:`dsv4_tune.runtime.cluster`)."""
     b, s_q, h_q, _ = q.shape
     n_tok = b * s_q
     n_items = cdiv(h_q, HEADS.value) * n_tok * split_k
@@ -1016,7 +1017,8 @@ _CROSS_OFFSETS: dict[tuple, tuple[tuple[int, int, int, int], int | None]] = {}
 
 def _cross_offsets(knobs: tuple, maxnreg: int, grid: tuple[int, int, int], args: tuple, n_items: int
                    ) -> tuple[tuple[int, int, int, int], int | None]:
-    """Where CROSS's inline PTX finds the K tiles, ``k_ready`` and ``k_empty`` in shared memory, and how
+    """Where CROSS's inline PTX finds the K tiles, ``k_ready``, ``k_empty`` and the bias in shared memory
+    (the bulk copies need 16-byte alignment: checked), and how
     many of its clusters fit on the GPU at once: from a compile with zero offsets (nothing that
     allocates depends on them: the same shared memory and registers), once per config."""
     key = (*knobs, maxnreg, args[0].device.index)  # type: ignore[attr-defined]  (args[0]: q)
@@ -1024,5 +1026,9 @@ def _cross_offsets(knobs: tuple, maxnreg: int, grid: tuple[int, int, int], args:
         compiled = _launch.compile(grid, *args, n_items, *knobs, True, 0, 0, 0, 0, num_warps=4, num_stages=1,
                                    maxnreg=maxnreg)
         at = shared_offsets(compiled.asm["ttgir"])  # type: ignore[attr-defined]
-        _CROSS_OFFSETS[key] = ((at["kbuf"], at["k_ready"], at["k_empty"], at["bias_buf"]), max_active_clusters(compiled, 2))
+        offsets = (at["kbuf"], at["k_ready"], at["k_empty"], at["bias_buf"])
+        if offsets[0] % 1024 or offsets[3] % 16:  # the 128-byte swizzle's 1 KiB atoms; the bulk copies' 16 B
+            raise RuntimeError(f"CROSS: Triton placed the K tiles / bias at {offsets[0]} / {offsets[3]} B in "
+                               "shared memory, not 1024- / 16-byte aligned")
+        _CROSS_OFFSETS[key] = (offsets, max_active_clusters(compiled, 2))
     return _CROSS_OFFSETS[key]
