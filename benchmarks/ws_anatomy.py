@@ -43,12 +43,11 @@ from benchmarks.common import device_record, print_table, result_name, save_resu
 
 KERNEL = Path(__file__).resolve().parents[1] / "dsv4_tune" / "kernels" / "sm90" / "decode.py"
 # CROSS's producer without its sends (the local arrive stays).
-_NO_SEND = (("        mbarrier.expect(k_ready.index(ks), 8 * PIECE + 4 * SUB)",
-             "        mbarrier.arrive(k_ready.index(ks))"),
-            ("            send_to_peer(KBUF_OFF + ks * (8 * BLOCK_BYTES) + c * BLOCK_BYTES + HALF * PIECE, "
-             "READY_OFF + ks * 8, PIECE)", "            pass"),
-            ("        send_to_peer(BIAS_OFF + ks * (4 * BLOCK_N) + HALF * (4 * SUB), READY_OFF + ks * 8, "
-             "4 * SUB)\n", ""))
+_NO_SEND = (("    mbarrier.expect(k_ready.index(ks), 8 * PIECE + 4 * SUB)",
+             "    mbarrier.arrive(k_ready.index(ks))"),
+            ("        send_to_peer(KBUF_OFF + ks * (8 * BLOCK_BYTES) + c * BLOCK_BYTES + HALF * PIECE, "
+             "READY_OFF + ks * 8, PIECE)", "        pass"),
+            ("    send_to_peer(BIAS_OFF + ks * (4 * BLOCK_N) + HALF * (4 * SUB), READY_OFF + ks * 8, 4 * SUB)\n", ""))
 # Timing-only edits of the kernel source, each (what to replace, its replacement) occurring once.
 DIAGNOSTICS: dict[str, tuple[tuple[str, str], ...]] = {
     # No candidate valid: nothing gathered; the conversion of the zero rows folds away too (Triton
@@ -62,7 +61,7 @@ DIAGNOSTICS: dict[str, tuple[tuple[str, str], ...]] = {
     # consumers read stale tiles): what the consumers alone take.
     "no-produce": ((" " * 16 + "nxt = _gather_sub(kv_ptr, stride_page, page_size, n_slots, ids, SUB, GATHER, ROPE)\n",
                     " " * 16 + "nxt = cur\n"),
-                   ("                _store_sub(kt, bias_buf.index(ks).slice(sub * SUB, SUB), cur, ROPE)\n", "")),
+                   (" " * 16 + "_store_sub(kt, bias_buf.index(ks).slice((HALF + sub) * SUB, SUB), cur, ROPE)\n", "")),
     # No wgmma in either consumer (S and O stay zero; the softmax still runs): what the producer alone
     # takes, with the consumers' barriers and softmax.
     "no-mma": (("    return warpgroup_mma(q_smem, kt.permute((1, 0)), s, use_acc=False, is_async=True)",

@@ -283,7 +283,7 @@ def _scope_head(idx_row, s_ik, lo, cap, t, s_q, len_ptr, HAS_LEN: gl.constexpr, 
     """A scope's first two sub-blocks of ids and its end (``cap`` cut at the row's length): the ids
     are loaded up to ``cap`` and cut at the length after, so all three loads are in flight at once.
     Loaded before the scope's turn, they wait in registers (one each a thread).  Under CROSS, this
-    CTA's sub-blocks of the first two tiles (:func:`_produce_scope_rows`)."""
+    CTA's sub-blocks of the first two tiles (:func:`_produce_scope`)."""
     GATHER: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])
     NEXT: gl.constexpr = BLOCK_N if CROSS else SUB
     own = lo
@@ -298,20 +298,31 @@ def _scope_head(idx_row, s_ik, lo, cap, t, s_q, len_ptr, HAS_LEN: gl.constexpr, 
 @gluon.jit
 def _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head, blk,
                    kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
-                   BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr):
+                   BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr,
+                   CROSS: gl.constexpr = False, HALF: gl.constexpr = 0, KBUF_OFF: gl.constexpr = 0,
+                   READY_OFF: gl.constexpr = 0, BIAS_OFF: gl.constexpr = 0):
     """Fill K tiles with candidates [lo, hi) of one scope (``head``: :func:`_scope_head`'s), from
     block number ``blk`` on; returns the next block number.  Unstaged, each sub-block's bytes are loaded into registers one sub-block ahead
     of its conversion; staged (BLOCK_N = 2 SUB), the first sub-block of each block comes through
     registers and the second through the staging buffers (cp.async), each loaded a whole block
-    ahead: twice the bytes in flight for the same registers."""
+    ahead: twice the bytes in flight for the same registers.
+
+    Under CROSS (unstaged, BLOCK_N = 2 SUB) only this CTA's sub-block of every tile (rows HALF * SUB
+    on, every column), stored in its own tile and sent into the peer's, bias too (9 bulk copies: the
+    rows' piece of each 128-byte column block of the swizzled tile, and their bias), counted by the
+    peer's ``k_ready``, which expects them.  One gather a tile where there were two: the producer's
+    round trips, not its bytes, set its pace."""
     NSUB: gl.constexpr = BLOCK_N // SUB
     GATHER: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])  # 16 B per thread and load
     ROPE: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [4, 1], [1, 0])  # a dequantized group's layout
     K32: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
-    first, second, hi = head
-    first = _cut_ids(first, lo, hi, SUB, GATHER)
-    second = _cut_ids(second, lo + SUB, hi, SUB, GATHER)
-    n = gl.cdiv(hi - lo, BLOCK_N)
+    MINE: gl.constexpr = 1 if CROSS else NSUB  # this CTA's sub-blocks of a tile
+    STEP: gl.constexpr = BLOCK_N if CROSS else SUB  # from one of them to the next
+    own = lo + HALF * SUB  # this CTA's first candidate
+    first, second, hi = head  # (this CTA's first two sub-blocks)
+    first = _cut_ids(first, own, hi, SUB, GATHER)
+    second = _cut_ids(second, own + STEP, hi, SUB, GATHER)
+    n = gl.cdiv(hi - lo, BLOCK_N)  # (under CROSS the peer's count too: both run every tile)
     if STAGED:
         regs = _gather_sub(kv_ptr, stride_page, page_size, n_slots, first, SUB, GATHER, ROPE)
         staged = second
@@ -336,63 +347,40 @@ def _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, h
             blk += 1
         async_copy.wait_group(0)  # the last (empty) copies land before the buffers are reused
     else:
-        # The ids two sub-blocks ahead, the bytes one sub-block ahead of the conversion.
+        # The ids two of this CTA's sub-blocks ahead, the bytes one ahead of the conversion.
         nxt = _gather_sub(kv_ptr, stride_page, page_size, n_slots, first, SUB, GATHER, ROPE)
         ids = second
         for i in range(n):
             ks = blk % KSTAGES
-            for sub in gl.static_range(NSUB):  # static: shared-memory slices need constant offsets
+            for sub in gl.static_range(MINE):  # static: shared-memory slices need constant offsets
                 cur = nxt
                 nxt = _gather_sub(kv_ptr, stride_page, page_size, n_slots, ids, SUB, GATHER, ROPE)
-                ids = _sub_ids(idx_row, s_ik, lo + i * BLOCK_N + (sub + 2) * SUB, hi, SUB, GATHER)
-                if sub == 0:
+                ids = _sub_ids(idx_row, s_ik, own + i * BLOCK_N + (sub + 2) * STEP, hi, SUB, GATHER)
+                if sub == 0:  # under CROSS both CTAs' consumers are done with it
                     mbarrier.wait(k_empty.index(ks), ((blk // KSTAGES) & 1) ^ 1)
-                kt = kbuf.index(ks)._reinterpret(gl.uint32, [BLOCK_N, 256], K32).slice(sub * SUB, SUB, dim=0)
-                _store_sub(kt, bias_buf.index(ks).slice(sub * SUB, SUB), cur, ROPE)
-            fence_async_shared()
-            mbarrier.arrive(k_ready.index(ks))
+                kt = kbuf.index(ks)._reinterpret(gl.uint32, [BLOCK_N, 256], K32).slice((HALF + sub) * SUB, SUB, dim=0)
+                _store_sub(kt, bias_buf.index(ks).slice((HALF + sub) * SUB, SUB), cur, ROPE)
+            fence_async_shared()  # (under CROSS also before the bulk copies read the stores)
+            if CROSS:
+                _send_rows(ks, BLOCK_N, SUB, HALF, KBUF_OFF, READY_OFF, BIAS_OFF, k_ready)
+            else:
+                mbarrier.arrive(k_ready.index(ks))
             blk += 1
     return blk
 
 
 @gluon.jit
-def _produce_scope_rows(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head, blk,
-                        kbuf, bias_buf, k_ready, k_empty, BLOCK_N: gl.constexpr, SUB: gl.constexpr,
-                        KSTAGES: gl.constexpr, HALF: gl.constexpr, KBUF_OFF: gl.constexpr,
-                        READY_OFF: gl.constexpr, BIAS_OFF: gl.constexpr):
-    """CROSS's :func:`_produce_scope` (unstaged, BLOCK_N = 2 SUB): this CTA's sub-block of every tile
-    (rows HALF * SUB on, every column), stored in its own tile and sent into the peer's, bias too (9
-    bulk copies: the rows' piece of each 128-byte column block of the swizzled tile, and their bias),
-    counted by the peer's ``k_ready``, which expects them.  One gather a tile where there were two:
-    the producer's round trips, not its bytes, set its pace."""
-    GATHER: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])
-    ROPE: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [4, 1], [1, 0])
-    K32: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
+def _send_rows(ks, BLOCK_N: gl.constexpr, SUB: gl.constexpr, HALF: gl.constexpr, KBUF_OFF: gl.constexpr,
+               READY_OFF: gl.constexpr, BIAS_OFF: gl.constexpr, k_ready):
+    """CROSS: this producer's arrival on tile ``ks`` (expecting the peer's rows), and its own rows
+    and bias sent into the peer's tile, once every producer thread's stores are in."""
     BLOCK_BYTES: gl.constexpr = BLOCK_N * 128  # one 128-byte column block of a tile (8 a tile)
     PIECE: gl.constexpr = SUB * 128  # this CTA's rows of one column block (whole 8-row swizzle atoms)
-    first, second, hi = head  # (:func:`_scope_head` loaded this CTA's rows: its first two sub-blocks)
-    own = lo + HALF * SUB
-    first = _cut_ids(first, own, hi, SUB, GATHER)
-    second = _cut_ids(second, own + BLOCK_N, hi, SUB, GATHER)
-    n = gl.cdiv(hi - lo, BLOCK_N)  # the peer's count too: both run every tile
-    nxt = _gather_sub(kv_ptr, stride_page, page_size, n_slots, first, SUB, GATHER, ROPE)
-    ids = second
-    for i in range(n):
-        ks = blk % KSTAGES
-        cur = nxt
-        nxt = _gather_sub(kv_ptr, stride_page, page_size, n_slots, ids, SUB, GATHER, ROPE)
-        ids = _sub_ids(idx_row, s_ik, own + (i + 2) * BLOCK_N, hi, SUB, GATHER)
-        mbarrier.wait(k_empty.index(ks), ((blk // KSTAGES) & 1) ^ 1)  # both CTAs' consumers are done
-        kt = kbuf.index(ks)._reinterpret(gl.uint32, [BLOCK_N, 256], K32).slice(HALF * SUB, SUB, dim=0)
-        _store_sub(kt, bias_buf.index(ks).slice(HALF * SUB, SUB), cur, ROPE)
-        fence_async_shared()  # these stores, before the bulk copies read them
-        gl.thread_barrier()
-        mbarrier.expect(k_ready.index(ks), 8 * PIECE + 4 * SUB)  # this producer's arrival; the peer's rows to come
-        for c in gl.static_range(8):
-            send_to_peer(KBUF_OFF + ks * (8 * BLOCK_BYTES) + c * BLOCK_BYTES + HALF * PIECE, READY_OFF + ks * 8, PIECE)
-        send_to_peer(BIAS_OFF + ks * (4 * BLOCK_N) + HALF * (4 * SUB), READY_OFF + ks * 8, 4 * SUB)
-        blk += 1
-    return blk
+    gl.thread_barrier()
+    mbarrier.expect(k_ready.index(ks), 8 * PIECE + 4 * SUB)  # this producer's arrival; the peer's rows to come
+    for c in gl.static_range(8):
+        send_to_peer(KBUF_OFF + ks * (8 * BLOCK_BYTES) + c * BLOCK_BYTES + HALF * PIECE, READY_OFF + ks * 8, PIECE)
+    send_to_peer(BIAS_OFF + ks * (4 * BLOCK_N) + HALF * (4 * SUB), READY_OFF + ks * 8, 4 * SUB)
 
 
 @gluon.jit
@@ -465,17 +453,17 @@ def _fill_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head
                 BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr,
                 CROSS: gl.constexpr, KBUF_OFF: gl.constexpr, READY_OFF: gl.constexpr,
                 BIAS_OFF: gl.constexpr):
-    """One scope's tiles: whole (:func:`_produce_scope`) or, under CROSS, this CTA's rows of each
-    (:func:`_produce_scope_rows`: the cluster's first CTA rows 0-31, its second rows 32-63)."""
+    """One scope's tiles: whole, or under CROSS this CTA's rows of each (the cluster's first CTA rows
+    0-31, its second rows 32-63): :func:`_produce_scope`."""
     if CROSS:
         if gl.program_id(0) % 2 == 0:
-            blk = _produce_scope_rows(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head, blk,
-                                      kbuf, bias_buf, k_ready, k_empty, BLOCK_N, SUB, KSTAGES, 0, KBUF_OFF, READY_OFF,
-                                      BIAS_OFF)
+            blk = _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head, blk,
+                                 kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
+                                 BLOCK_N, SUB, KSTAGES, STAGED, True, 0, KBUF_OFF, READY_OFF, BIAS_OFF)
         else:
-            blk = _produce_scope_rows(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head, blk,
-                                      kbuf, bias_buf, k_ready, k_empty, BLOCK_N, SUB, KSTAGES, 1, KBUF_OFF, READY_OFF,
-                                      BIAS_OFF)
+            blk = _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head, blk,
+                                 kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
+                                 BLOCK_N, SUB, KSTAGES, STAGED, True, 1, KBUF_OFF, READY_OFF, BIAS_OFF)
     else:
         blk = _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head, blk,
                              kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
