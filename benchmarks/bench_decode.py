@@ -60,6 +60,7 @@ from dsv4_tune.runtime.workspace import Workspace
 from dsv4_tune.serving.decode import workload_of
 from dsv4_tune.serving.variants import variant_problem
 from dsv4_tune.tuner.inputs import TIMING_LENGTHS, Scope, make_query, make_scope, make_sink
+from dsv4_tune.tuner.measure import time_in_graph
 from dsv4_tune.tuner.tolerance import max_abs_error, mismatch
 
 FP8 = "e4m3fn"
@@ -223,13 +224,16 @@ def compare_point(
     out = torch.empty(t, 1, h, HEAD_DIM, dtype=torch.bfloat16, device="cuda")
     lse = torch.empty(t, h, 1, dtype=torch.float32, device="cuda")
 
-    def measure(plan: Plan, against: torch.Tensor | None = ref) -> tuple[float, str]:
+    def measure(plan: Plan, against: torch.Tensor | None = ref, in_graph: bool = False) -> tuple[float, str]:
         out.fill_(float("nan"))
         lse.fill_(float("nan"))
         fn = partial(sparse_decode, q, main_s.kv_cache, main_s.indices, plan=plan, fp8=FP8, out=(out, lse),
                      workspace=Workspace(), **kw)
         fn()
         status = check(out, lse, against) if against is not None else ""
+        if in_graph:  # what the call adds inside a step's graph (no graph launch of its own)
+            timing = time_in_graph(fn)
+            row["policy_in_graph_us"] = timing["median_us"] if timing else float("nan")
         return time_graph(fn)["median_us"], status
 
     row: dict[str, Any] = {"h_q": h, "layer": layer.name, "T": t, "total_topk": w.total_topk, "floor_us": fl,
@@ -238,7 +242,7 @@ def compare_point(
     seed = plan_for(seed_decision(t, w), w)
     for col, plan in (("policy", new.lookup(w)), ("before", before.lookup(w)), ("seed", seed)):
         row[f"{col}_plan"] = str(plan)
-        row[f"{col}_us"], status = measure(plan)
+        row[f"{col}_us"], status = measure(plan, in_graph=col == "policy" and t <= SMALL_T)
         checks.append(status)
     if not variant_problem("ws_sm90", q.device):
         cands = ws_candidates(w)
@@ -266,6 +270,7 @@ def compare_point(
     if t <= SMALL_T:
         row["latency_floor_us"] = wave.us(t * w.total_topk)
         row["x_small_floor"] = row["policy_us"] / max(fl, row["latency_floor_us"])
+        row["latency_floor_in_graph_us"] = wave.us(t * w.total_topk, in_graph=True)
     row["TFLOP/s"] = row["TFLOP"] / (row["policy_us"] * 1e-6)
     row["before/policy"] = row["before_us"] / row["policy_us"]
     row["seed/policy"] = row["seed_us"] / row["policy_us"]
@@ -287,6 +292,9 @@ def compare_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
     small = [r["x_small_floor"] for r in rows if "x_small_floor" in r]
     if small:  # T <= SMALL_T: time / max(floor, latency floor of the shape)
         out["policy_x_small_floor T<=16"] = geomean(small)
+    tiny = [r["policy_in_graph_us"] for r in rows if r["T"] <= 4 and "policy_in_graph_us" in r]
+    if tiny:  # issue 32's T <= 4 range, as a call inside a step's graph costs
+        out["policy_in_graph_us T<=4 min"], out["policy_in_graph_us T<=4 max"] = min(tiny), max(tiny)
     return out
 
 
@@ -333,7 +341,7 @@ def compare_main(args: argparse.Namespace) -> int:
     print(f"ceilings: copy {ceilings['copy_gbps']:.0f} GB/s, bf16 matmul {ceilings['bf16_tflops']:.0f} TFLOP/s; "
           f"new {new.source}; before {before.source}", flush=True)
     hs, ts = ((128,), (4, 64, 512)) if args.quick else ((64, 128), COMPARE_TS)
-    hs = tuple(args.heads or hs)
+    hs, ts = tuple(args.heads or hs), tuple(args.ts or ts)
     gen = torch.Generator().manual_seed(args.seed)
     scopes = Scopes(max(ts), "cuda", big=True, gen=gen, windows=args.windows)
     wave = WaveFloor("cuda", torch.cuda.get_device_properties(0).multi_processor_count, gen)
@@ -359,10 +367,12 @@ def compare_main(args: argparse.Namespace) -> int:
     path = save_results(name, payload, out_dir)
     png = compare_plot(rows, out_dir / f"{name}.png", f"{payload['device']['device']}: time / floor "
                        f"(policy = {Path(args.policy).name})")
-    print_table(rows, ["h_q", "layer", "T", "policy_us", "ws_us", "before_us", "seed_us", "floor_us", "x_floor",
-                       "latency_floor_us", "x_small_floor", "TFLOP/s", "before/policy", "seed/policy", "check"],
+    print_table(rows, ["h_q", "layer", "T", "policy_us", "policy_in_graph_us", "ws_us", "before_us", "seed_us",
+                       "floor_us", "x_floor", "latency_floor_us", "latency_floor_in_graph_us", "x_small_floor",
+                       "TFLOP/s", "before/policy", "seed/policy", "check"],
                 "policies side by side (us; x_floor, x_small_floor (T <= 16: time / max(floor, latency floor)) "
-                "and TFLOP/s of the new policy)")
+                "and TFLOP/s of the new policy; policy_in_graph_us (T <= 16): the call inside a graph of 20, "
+                "without a graph launch of its own)")
     print("\ngeomeans (over T >= 64 unless named): " + ", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
     print(f"saved {path}" + (f" and {png}" if png else ""))
     return 1 if failures else 0
@@ -376,6 +386,7 @@ def main() -> int:
     parser.add_argument("--policy", type=Path, default=None, help="compare this policy with --before and the seed")
     parser.add_argument("--before", type=Path, default=None, help="the policy to compare against (default: shipped)")
     parser.add_argument("--heads", type=int, nargs="+", default=None, help="h_q values of the comparison")
+    parser.add_argument("--ts", type=int, nargs="+", default=None, help="T values of the comparison")
     parser.add_argument("--windows", action="store_true",
                         help="main scopes' ids as sliding windows in their requests' pages (the sweep's: random)")
     args, timed = parse_gpu_args(parser)

@@ -7,6 +7,9 @@ small-T plan's time compares directly with the floor of its shape.
   plan pays per launch as the sweep times it (one graph per call).  ``empty x20 (per launch)``: 20
   of them in one graph, per launch: what a kernel costs inside a layer's graph, where serving runs
   decode (the difference is the graph's own launch, which every timed plan pays once).
+- ``... in graph``: the same launches timed as a call inside a step's graph (``tuner.measure.
+  time_in_graph``: 20 rounds of flush and call in one graph, each call between two event nodes), so
+  without a graph launch of their own: what a serving step pays for them.
 - ``1 launch``: one program that loads a value and stores it + 1: one cold round trip on top.
 - ``2 launches plain`` / ``PDL``: kernel B reads what kernel A wrote, as a combine reads the split
   kernel's partials; stream order vs a programmatic dependent launch (A calls
@@ -70,6 +73,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from dsv4_tune.env import interpreting
 from dsv4_tune.kernels.sm90 import GLUON_PROBLEM
+from dsv4_tune.tuner.measure import time_in_graph
 
 # The cp.async gather (Gluon: compiled, CUDA sm90, Triton 3.6's API) where it can run; why not, else.
 ASYNC_PROBLEM = "the interpreter runs no Gluon" if interpreting() else GLUON_PROBLEM
@@ -143,11 +147,14 @@ def _pdl_opts(pdl: bool) -> dict[str, bool]:
     return {"launch_pdl": True} if pdl and not interpreting() else {}
 
 
-def _time(fn: Callable[[], object], timed: bool) -> dict[str, Any]:
-    """Median / p20 / p80 us of ``fn`` as the sweep times it (after one checked run, done by the caller)."""
+def _time(fn: Callable[[], object], timed: bool, in_graph: bool = False) -> dict[str, Any]:
+    """Median / p20 / p80 us of ``fn`` as the sweep times it (after one checked run, done by the caller);
+    ``in_graph``: as a call inside a step's graph (``time_in_graph``: no graph launch of its own)."""
     if not timed:
         return {"us": None, "p20_us": None, "p80_us": None, "note": INTERPRETER_NOTE}
-    t = time_graph(fn)
+    t = time_in_graph(fn) if in_graph else time_graph(fn)
+    if t is None:
+        return {"us": None, "p20_us": None, "p80_us": None, "note": "not captured"}
     return {"us": t["median_us"], "p20_us": t["p20_us"], "p80_us": t["p80_us"], "note": "" if t["graph"] else "eager"}
 
 
@@ -171,11 +178,15 @@ def _launch_rows(device: str, timed: bool) -> list[dict[str, Any]]:
             empty()
 
     rows = []
-    for name, fn, launches in (("empty", empty, 1), ("1 launch", one, 1),
-                               ("2 launches plain", lambda: two(False), 2), ("2 launches PDL", lambda: two(True), 2),
-                               (f"empty x{IN_GRAPH} (per launch)", empties, IN_GRAPH)):
+    for name, fn, launches, in_graph in (
+            ("empty", empty, 1, False), ("1 launch", one, 1, False),
+            ("2 launches plain", lambda: two(False), 2, False), ("2 launches PDL", lambda: two(True), 2, False),
+            (f"empty x{IN_GRAPH} (per launch)", empties, IN_GRAPH, False),
+            ("empty in graph", empty, 1, True), ("1 launch in graph", one, 1, True),
+            ("2 launches plain in graph", lambda: two(False), 2, True),
+            ("2 launches PDL in graph", lambda: two(True), 2, True)):
         fn()
-        t = _time(fn, timed)
+        t = _time(fn, timed, in_graph)
         if fn is empties and t["us"] is not None:
             t = {k: (v / IN_GRAPH if k.endswith("us") and v is not None else v) for k, v in t.items()}
         rows.append({"what": name, "programs": 1, "launches": launches, **t})
@@ -260,6 +271,10 @@ def _gather_rows(pool: torch.Tensor, programs: list[tuple[str, int, int, bool]],
     return rows
 
 
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
 class WaveFloor:
     """The latency floor of a small-T shape: one wave (a program per SM) that touches its ``rows``
     KV rows once, ``ceil(rows / SMs)`` a program, from a 576 MiB pool, timed as the sweep times a
@@ -269,7 +284,7 @@ class WaveFloor:
     def __init__(self, device: str, sms: int, gen: torch.Generator, pool_rows: int = FULL_POOL_ROWS) -> None:
         self.device, self.sms, self.gen = device, sms, gen
         self.pool = torch.randint(0, 256, (pool_rows * ROW_BYTES,), generator=gen, dtype=torch.uint8).to(device)
-        self._us: dict[int, float] = {}
+        self._us: dict[tuple[int, bool], float] = {}
 
     def _wave(self, rows: int) -> tuple[Callable[[], None], Callable[[str], None]]:
         """One wave over ``rows`` random rows: its launch and its check."""
@@ -281,13 +296,15 @@ class WaveFloor:
         fn()
         check(f"wave over {rows} rows")
 
-    def us(self, rows: int) -> float:
-        """Median us of one wave gathering ``rows`` rows (cached per row count)."""
-        if rows not in self._us:
+    def us(self, rows: int, in_graph: bool = False) -> float:
+        """Median us of one wave gathering ``rows`` rows (cached per row count); ``in_graph``: as a
+        call inside a step's graph (``time_in_graph``; NaN if it cannot be captured)."""
+        if (rows, in_graph) not in self._us:
             fn, _ = self._wave(rows)
             fn()
-            self._us[rows] = time_graph(fn)["median_us"]
-        return self._us[rows]
+            t = time_in_graph(fn) if in_graph else time_graph(fn)
+            self._us[rows, in_graph] = t["median_us"] if t else math.nan
+        return self._us[rows, in_graph]
 
 
 def main() -> int:
@@ -333,7 +350,9 @@ def main() -> int:
                     "gather_wave_over_1_program_us": by["gather 1/SM"] - by["gather 1 program"],
                     "gather_48_rows_more_us": by["gather 1 program"] - by["gather 1 program 16 rows"],
                     "random_placement_us": by["gather 1 program"] - by["gather 1 program window"],
-                    "graph_launch_us": by["empty"] - by[f"empty x{IN_GRAPH} (per launch)"]}
+                    "graph_launch_us": by["empty"] - by[f"empty x{IN_GRAPH} (per launch)"],
+                    "empty_in_graph_us": by["empty in graph"],
+                    "second_launch_pdl_in_graph_us": _minus(by["2 launches PDL in graph"], by["1 launch in graph"])}
         if "gather async 1 program" in by:
             summary["async_48_rows_more_us"] = by["gather async 1 program"] - by["gather async 1 program 16 rows"]
     payload = {"device": device_record(), "sm_count": sms, "pool_bytes": pool.numel(), "row_bytes": ROW_BYTES,

@@ -93,6 +93,51 @@ def time_graph(
     return result
 
 
+def time_in_graph(
+    fn: Callable[[], object], *, calls: int = 20, replays: int = 3, flush_bytes: int = 256 * 2**20,
+    warmup: int = 5,
+) -> dict[str, Any] | None:
+    """Median / p20 / p80 µs that ``fn`` adds inside a graph holding more work, as in a serving step.
+
+    :func:`time_graph` replays a graph of one call, so each sample pays the graph's own launch
+    (~3 µs on Hopper: ``bench_latency_floor``'s ``graph_launch_us``), which a serving step pays once
+    for all its layers.  Here one graph holds ``calls`` rounds of (L2 flush, event, ``fn``, event),
+    the events as graph nodes (``external=True``), and each sample is one round's ``fn``: its
+    kernels' start in the graph, their run and the gaps between them.  ``calls * replays`` samples;
+    ``None`` when the graph cannot be captured (the caller keeps :func:`time_graph`'s number).
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    flush = torch.empty(flush_bytes, dtype=torch.uint8, device="cuda") if flush_bytes else None
+    starts = [torch.cuda.Event(enable_timing=True, external=True) for _ in range(calls)]
+    ends = [torch.cuda.Event(enable_timing=True, external=True) for _ in range(calls)]
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            for start, end in zip(starts, ends, strict=True):
+                if flush is not None:
+                    flush.zero_()
+                start.record()
+                fn()
+                end.record()
+    except Exception as exc:  # no in-graph number, the rest of the run goes on
+        print(f"warning: in-graph timing not captured ({type(exc).__name__}: {exc})")
+        torch.cuda.synchronize()
+        return None
+    samples: list[float] = []
+    for _ in range(replays):
+        graph.replay()
+        torch.cuda.synchronize()
+        samples += [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)]
+    del graph
+    return _summary(samples, graph=True)
+
+
 def interleaved_times(
     fns: list[Callable[[], object]], *, rounds: int = 3, reps: int = 10, flush_bytes: int = 256 * 2**20, seed: int = 0
 ) -> list[list[float]]:
