@@ -16,6 +16,11 @@ touches the shape's rows once) and time / max(floor, latency floor); JSON and a 
 
     python benchmarks/bench_decode.py [--quick] [--variants fused gather_attend]
     python benchmarks/bench_decode.py --policy NEW.json [--before OLD.json] [--quick]
+    python benchmarks/bench_decode.py --policy NEW.json --ts 1 4 16 --no-ws   # small T; no ws_sm90 column
+
+At T <= 16 the new policy's plan is also timed as a call inside a step's graph (``policy_in_graph_us``,
+``tuner.measure.time_in_graph``: no graph launch of its own, which a single-call replay pays), beside
+the latency floor timed the same way (``latency_floor_in_graph_us``).
     python benchmarks/bench_decode.py --smoke    # tiny shapes; Triton interpreter when there is no GPU
 """
 
@@ -214,7 +219,7 @@ def ws_candidates(w: Workload) -> list[Plan]:
 
 def compare_point(
     h: int, layer: Layer, t: int, scopes: Scopes, ceilings: dict[str, float], new: Dispatcher, before: Dispatcher,
-    gen: torch.Generator, wave: WaveFloor,
+    gen: torch.Generator, wave: WaveFloor, ws: bool = True,
 ) -> dict[str, Any]:
     """One (h_q, layer, T) of the policy comparison: every plan checked (T <= 64) and timed on the same
     inputs; at small T also the latency floor of the shape (one wave touching its rows once)."""
@@ -244,7 +249,7 @@ def compare_point(
         row[f"{col}_plan"] = str(plan)
         row[f"{col}_us"], status = measure(plan, in_graph=col == "policy" and t <= SMALL_T)
         checks.append(status)
-    if not variant_problem("ws_sm90", q.device):
+    if ws and not variant_problem("ws_sm90", q.device):
         cands = ws_candidates(w)
         # A persistent grid loops over items only past one item per SM: checked at every T.
         persistent = {p for p in cands if p.as_dict().get(WS_PERSIST_KEY)}
@@ -349,7 +354,7 @@ def compare_main(args: argparse.Namespace) -> int:
     for h in hs:
         for layer in LAYERS:
             for t in ts:
-                rows.append(compare_point(h, layer, t, scopes, ceilings, new, before, gen, wave))
+                rows.append(compare_point(h, layer, t, scopes, ceilings, new, before, gen, wave, ws=not args.no_ws))
                 r = rows[-1]
                 print(f"  h_q={h} {layer.name} T={t}: policy {r['policy_us']:.1f} us ({r['x_floor']:.2f}x floor, "
                       f"{r['TFLOP/s']:.0f} TFLOP/s), before {r['before_us']:.1f}, seed {r['seed_us']:.1f}"
@@ -387,6 +392,7 @@ def main() -> int:
     parser.add_argument("--before", type=Path, default=None, help="the policy to compare against (default: shipped)")
     parser.add_argument("--heads", type=int, nargs="+", default=None, help="h_q values of the comparison")
     parser.add_argument("--ts", type=int, nargs="+", default=None, help="T values of the comparison")
+    parser.add_argument("--no-ws", action="store_true", help="no column of ws_sm90's best config (compiles fewer)")
     parser.add_argument("--windows", action="store_true",
                         help="main scopes' ids as sliding windows in their requests' pages (the sweep's: random)")
     args, timed = parse_gpu_args(parser)
