@@ -5,10 +5,13 @@ The final stage re-times each changed workload's leaders side by side, so no sta
 
     python benchmarks/forget_variant.py STORE VARIANT [--op OP] [--sweep ID]   # then: dsv4-tune sweep --db STORE
     python benchmarks/forget_variant.py STORE --all [--sweep ID]
+    python benchmarks/forget_variant.py STORE --decode [--sweep ID]
 
 VARIANT is a decode variant, or with ``--op`` one of that op's (ops reuse names such as ``fused``).
 ``--all`` forgets every variant of every op: for a store whose sweep recorded no kernel versions
-(made before 2026-12-05 20:00, when a resume cannot tell what changed) after its kernels changed.
+(made before 2026-12-05 20:00, when a resume cannot tell what changed) after its kernels changed;
+``--decode`` every decode variant (such a store after a change to the decode kernels alone: the
+ops' rows stand).
 """
 
 from __future__ import annotations
@@ -25,17 +28,19 @@ def main() -> None:
     ap.add_argument("store")
     ap.add_argument("variant", nargs="?", default=None)
     ap.add_argument("--all", action="store_true", help="every variant of every op")
+    ap.add_argument("--decode", action="store_true", help="every decode variant (the ops' rows stand)")
     ap.add_argument("--op", choices=sorted(OPS), default=None, help="the op whose variant it is (default: decode)")
     ap.add_argument("--sweep", default=None, help="sweep id (default: the latest)")
     args = ap.parse_args()
-    if args.all == (args.variant is not None):
-        ap.error("name one VARIANT or --all")
-    if args.all and args.op:
-        ap.error("--all forgets every op's variants: no --op with it")
-    if args.all:
+    if args.all + args.decode + (args.variant is not None) != 1:
+        ap.error("name one VARIANT, or --all, or --decode")
+    if (args.all or args.decode) and args.op:
+        ap.error("--all and --decode name their variants: no --op with them")
+    if args.all or args.decode:
         targets = [(None, v) for v in sorted(VARIANTS)]
+    if args.all:
         targets += [(op, v) for op in sorted(OPS) for v in sorted(OPS[op].variants)]
-    else:
+    if args.variant is not None:
         known = sorted(OPS[args.op].variants) if args.op else sorted(VARIANTS)
         if args.variant not in known:
             ap.error(f"variant: unknown {args.variant!r} for {args.op or 'decode'}, expected one of {known}")

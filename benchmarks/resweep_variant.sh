@@ -14,7 +14,8 @@
 #          re-times only what changed: a resume forgets every variant whose kernel sources changed
 #          (after a change to shared kernel files that is every decode variant: ~7.5 min on an H100);
 #          FORGET=all forgets every variant of every op (a store whose sweep recorded no kernel versions,
-#          such as the H200's of 2026-12-05, cannot tell what changed);
+#          such as the H200's of 2026-12-05, cannot tell what changed); FORGET=decode every decode variant
+#          (such a store after changes to the decode kernels alone: the H200's since 2026-12-05);
 #   quick  one short call when device time is scarce (QUICK_S seconds, default 540): the tests (ws_sm90's
 #          persistent-grid test first and on its own, where any failure or cut stops: a hang looks like
 #          a cut; then the rest, where a time-limit cut goes on and a failure stops), the shipped policy's plans and a few of the
@@ -75,6 +76,7 @@ cp "$store" "$work/s.db"
 case "${FORGET:-1}" in
   0) ;;
   all) python3 benchmarks/forget_variant.py "$work/s.db" --all | tail -1;;
+  decode) python3 benchmarks/forget_variant.py "$work/s.db" --decode | tail -1;;
   *) python3 benchmarks/forget_variant.py "$work/s.db" "$variant";;
 esac
 limit=${SWEEP_LIMIT_S:-330}

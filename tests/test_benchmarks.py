@@ -195,3 +195,24 @@ def test_forget_variant_all_forgets_every_op_and_asks_for_one_target(tmp_path: P
     assert done.returncode == 0, done.stderr
     assert "qk_norm variant fused" in done.stdout and "ws_sm90" in done.stdout
     assert count("measurements") == 0 and count("winners") == 0
+
+
+def test_forget_variant_decode_keeps_the_ops_rows(tmp_path: Path) -> None:
+    """``forget_variant.py --decode`` (a store without kernel versions whose decode kernels alone
+    changed) drops every decode measurement and keeps the ops' (compress, qk_norm) rows."""
+    db = tmp_path / "s.db"
+    shutil.copy(ROOT / "benchmarks/results/sweep-sm90-h100.sqlite", db)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def rows(ops: bool) -> int:  # decode workloads are named by their heads (h64-..., h128-...)
+        with sqlite3.connect(db) as conn:
+            return conn.execute(f"select count(*) from measurements where workload {'not ' if ops else ''}like 'h%'"
+                                ).fetchone()[0]
+
+    ops_before = rows(ops=True)
+    assert ops_before and rows(ops=False)
+    done = subprocess.run([sys.executable, "benchmarks/forget_variant.py", str(db), "--decode"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "ws_sm90" in done.stdout and "qk_norm" not in done.stdout
+    assert rows(ops=False) == 0 and rows(ops=True) == ops_before
