@@ -18,9 +18,9 @@ touches the shape's rows once) and time / max(floor, latency floor); JSON and a 
     python benchmarks/bench_decode.py --policy NEW.json [--before OLD.json] [--quick]
     python benchmarks/bench_decode.py --policy NEW.json --ts 1 4 16 --no-ws   # small T; no ws_sm90 column
 
-At T <= 16 the new policy's plan is also timed as a call inside a step's graph (``policy_in_graph_us``,
-``tuner.measure.time_in_graph``: no graph launch of its own, which a single-call replay pays), beside
-the latency floor timed the same way (``latency_floor_in_graph_us``).
+At T <= 16 the new policy's plan is also timed as what it adds to a graph holding more work
+(``policy_in_graph_us``, ``tuner.measure.time_in_graph``: no graph launch of its own, which a
+single-call replay pays), beside the latency floor timed the same way (``latency_floor_in_graph_us``).
     python benchmarks/bench_decode.py --smoke    # tiny shapes; Triton interpreter when there is no GPU
 """
 
@@ -376,8 +376,8 @@ def compare_main(args: argparse.Namespace) -> int:
                        "floor_us", "x_floor", "latency_floor_us", "latency_floor_in_graph_us", "x_small_floor",
                        "TFLOP/s", "before/policy", "seed/policy", "check"],
                 "policies side by side (us; x_floor, x_small_floor (T <= 16: time / max(floor, latency floor)) "
-                "and TFLOP/s of the new policy; policy_in_graph_us (T <= 16): the call inside a graph of 20, "
-                "without a graph launch of its own)")
+                "and TFLOP/s of the new policy; policy_in_graph_us (T <= 16): what the call adds to a graph of "
+                "20, without a graph launch of its own)")
     print("\ngeomeans (over T >= 64 unless named): " + ", ".join(f"{k} {v:.2f}" for k, v in summary.items()))
     print(f"saved {path}" + (f" and {png}" if png else ""))
     return 1 if failures else 0

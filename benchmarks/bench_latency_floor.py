@@ -7,9 +7,9 @@ small-T plan's time compares directly with the floor of its shape.
   plan pays per launch as the sweep times it (one graph per call).  ``empty x20 (per launch)``: 20
   of them in one graph, per launch: what a kernel costs inside a layer's graph, where serving runs
   decode (the difference is the graph's own launch, which every timed plan pays once).
-- ``... in graph``: the same launches timed as a call inside a step's graph (``tuner.measure.
-  time_in_graph``: 20 rounds of flush and call in one graph, each call between two event nodes), so
-  without a graph launch of their own: what a serving step pays for them.
+- ``... in graph``: the same launches timed as what they add to a graph holding more work
+  (``tuner.measure.time_in_graph``: a graph of 20 rounds of flush and call against one of the
+  flushes alone), so without a graph launch of their own: what a serving step pays for them.
 - ``1 launch``: one program that loads a value and stores it + 1: one cold round trip on top.
 - ``2 launches plain`` / ``PDL``: kernel B reads what kernel A wrote, as a combine reads the split
   kernel's partials; stream order vs a programmatic dependent launch (A calls

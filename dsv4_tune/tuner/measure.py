@@ -94,17 +94,19 @@ def time_graph(
 
 
 def time_in_graph(
-    fn: Callable[[], object], *, calls: int = 20, replays: int = 3, flush_bytes: int = 256 * 2**20,
+    fn: Callable[[], object], *, calls: int = 20, replays: int = 15, flush_bytes: int = 256 * 2**20,
     warmup: int = 5,
 ) -> dict[str, Any] | None:
-    """Median / p20 / p80 µs that ``fn`` adds inside a graph holding more work, as in a serving step.
+    """Median / p20 / p80 µs that ``fn`` adds to a graph holding more work, as in a serving step.
 
     :func:`time_graph` replays a graph of one call, so each sample pays the graph's own launch
-    (~3 µs on Hopper: ``bench_latency_floor``'s ``graph_launch_us``), which a serving step pays once
-    for all its layers.  Here one graph holds ``calls`` rounds of (L2 flush, event, ``fn``, event),
-    the events as graph nodes (``external=True``), and each sample is one round's ``fn``: its
-    kernels' start in the graph, their run and the gaps between them.  ``calls * replays`` samples;
-    ``None`` when the graph cannot be captured (the caller keeps :func:`time_graph`'s number).
+    (~2.6-3 µs on Hopper: ``bench_latency_floor``'s ``graph_launch_us``), which a serving step pays
+    once for all its layers.  Here two graphs hold ``calls`` rounds each, one of (L2 flush, ``fn``)
+    and one of the flushes alone, replayed in turn; a sample is one pair's difference over
+    ``calls``: what ``fn`` adds between the kernels around it.  (Event nodes around each call in
+    one graph would say more per call, but they cost what they measure: an empty kernel read 3.0 µs
+    between two of them on an H200, 1.0 as one of 20 back to back.)  ``replays`` samples; ``None``
+    when a graph cannot be captured (the caller keeps :func:`time_graph`'s number).
     """
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -114,27 +116,33 @@ def time_in_graph(
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
     flush = torch.empty(flush_bytes, dtype=torch.uint8, device="cuda") if flush_bytes else None
-    starts = [torch.cuda.Event(enable_timing=True, external=True) for _ in range(calls)]
-    ends = [torch.cuda.Event(enable_timing=True, external=True) for _ in range(calls)]
-    graph = torch.cuda.CUDAGraph()
+    graphs = []
     try:
-        with torch.cuda.graph(graph):
-            for start, end in zip(starts, ends, strict=True):
-                if flush is not None:
-                    flush.zero_()
-                start.record()
-                fn()
-                end.record()
+        for with_fn in (True, False):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for _ in range(calls):
+                    if flush is not None:
+                        flush.zero_()
+                    if with_fn:
+                        fn()
+            graphs.append(graph)
     except Exception as exc:  # no in-graph number, the rest of the run goes on
         print(f"warning: in-graph timing not captured ({type(exc).__name__}: {exc})")
         torch.cuda.synchronize()
         return None
-    samples: list[float] = []
-    for _ in range(replays):
+    for graph in graphs:  # each graph's first replay uploads it
         graph.replay()
-        torch.cuda.synchronize()
-        samples += [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)]
-    del graph
+    torch.cuda.synchronize()
+    events = [[torch.cuda.Event(enable_timing=True) for _ in range(4)] for _ in range(replays)]
+    for ev in events:
+        for i, graph in enumerate(graphs):
+            ev[2 * i].record()
+            graph.replay()
+            ev[2 * i + 1].record()
+    torch.cuda.synchronize()
+    samples = [(ev[0].elapsed_time(ev[1]) - ev[2].elapsed_time(ev[3])) / calls for ev in events]
+    del graphs
     return _summary(samples, graph=True)
 
 
