@@ -18,9 +18,9 @@ from dsv4_tune.kernels.reference import sparse_decode_ref
 from dsv4_tune.kernels.sm90 import GLUON_PROBLEM, _gluon_problem
 from dsv4_tune.policies.dispatcher import Dispatcher
 from dsv4_tune.policies.schema import GpuSpec, PlanSpec, Policy, Provenance, Segment, WorkloadClass
-from dsv4_tune.registry.launches import plan_kernels
+from dsv4_tune.registry.launches import WS_CROSS_KEY, plan_kernels
 from dsv4_tune.registry.scratch import plan_buffers
-from dsv4_tune.registry.variants import VARIANTS, default_plan, plan_problems, ws_smem_bytes
+from dsv4_tune.registry.variants import VARIANTS, default_plan, plan_problems, sweeps, ws_smem_bytes
 from dsv4_tune.serving.variants import variant_problem
 from dsv4_tune.tuner.candidates import decode_coarse_candidates, neighbours
 from dsv4_tune.tuner.crosscompile import KernelSpec, compile_kernel, problems_of
@@ -67,9 +67,12 @@ def test_its_rules_name_the_knob_at_fault() -> None:
     assert "CROSS=1 needs h_q a multiple of 128" in plan_problems(Workload(64, 64, 128, 1024), ws(CROSS=1))[0]
 
 
-def test_its_cluster_mode_is_never_swept_until_a_gpu_has_checked_it(monkeypatch) -> None:
-    """CROSS (two CTAs a cluster) is valid in an explicit plan, but no space holds it and no refine
-    step turns it on: a cluster kernel that deadlocked would hang a sweep."""
+def test_a_knob_in_not_swept_is_valid_in_plans_but_never_swept(monkeypatch) -> None:
+    """A knob in NOT_SWEPT (CROSS was, until a GPU had run it: a cluster kernel that deadlocked would
+    hang a sweep) is valid in an explicit plan, but no space holds it and no refine step turns it on."""
+    import dsv4_tune.registry.variants as variants_mod
+
+    monkeypatch.setattr(variants_mod, "NOT_SWEPT", frozenset({WS_CROSS_KEY}))
     assert not any(p.as_dict().get("CROSS") for p in VARIANTS["ws_sm90"].space(W))
     for plan in (ws(), ws(PERSIST=1), ws(SPLIT_K=4, COMBINE_BLOCK_H=8, combine_warps=4)):
         assert not any(n.as_dict().get("CROSS") for n in neighbours(plan))
@@ -82,13 +85,13 @@ def test_its_cluster_mode_is_never_swept_until_a_gpu_has_checked_it(monkeypatch)
     assert any(p.variant == "ws_sm90" for p in coarse) and not any(p.as_dict().get("CROSS") for p in coarse)
 
 
-def test_once_swept_its_cluster_mode_joins_h128_spaces_coarse_plans_and_refine_steps(monkeypatch) -> None:
-    """What taking CROSS out of NOT_SWEPT turns on: unstaged CROSS plans (plain, persistent, split) in
-    the space and the coarse stage of h_q % 128 == 0 workloads only, and the refine step that flips it."""
-    import dsv4_tune.registry.variants as variants_mod
+def test_its_cluster_mode_is_swept_in_h128_spaces_coarse_plans_and_refine_steps(monkeypatch) -> None:
+    """CROSS is swept (since 2026-12-06, after GPU runs on an H100 and an H200): unstaged CROSS plans
+    (plain, persistent, split) in the space and the coarse stage of h_q % 128 == 0 workloads only,
+    and the refine step that flips it."""
     import dsv4_tune.tuner.candidates as candidates_mod
 
-    monkeypatch.setattr(variants_mod, "NOT_SWEPT", frozenset())
+    assert sweeps(WS_CROSS_KEY)
     monkeypatch.setattr(candidates_mod, "variant_problem", lambda variant, *a: None)  # as under Triton 3.6
     space = [p.as_dict() for p in VARIANTS["ws_sm90"].space(W)]
     cross = [c for c in space if c.get("CROSS")]
@@ -125,7 +128,7 @@ def test_neighbours_step_its_own_knobs() -> None:
     split = ws(SPLIT_K=2, PDL=1)  # its unsplit neighbour drops PDL with the combine
     assert any(p["SPLIT_K"] == 1 and not plan_problems(W, p) for p in neighbours(split))
     refused = [plan_problems(W, p) for p in found if plan_problems(W, p)]  # refine_candidates drops these
-    why = ("KSTAGES=3 x BLOCK_N=64", "STAGED=1 needs", "PDL=1 needs", "SOLO=1 needs")
+    why = ("KSTAGES=3 x BLOCK_N=64", "STAGED=1 needs", "PDL=1 needs", "SOLO=1 needs", "CROSS=1 needs")
     assert refused and all(ps[0].startswith(why) for ps in refused)
 
 

@@ -34,9 +34,10 @@ WS_KSTAGES_CHOICES = (2, 3, 4)  # ws_sm90: K tiles in flight between the produce
 # split plans serve small T, where the items fit in one wave and the grid is the same either way.
 # Its split plans take the PDL knob as fused_splitk's do (the combine a programmatic dependent).
 # Its optional SOLO knob (registry.launches.WS_SOLO_KEY) is swept at both tile sizes, split or not.
-# Optional knobs a plan may name but no sweep tries (not in any space, never a refine step): CROSS,
-# until a GPU has checked it (a cluster kernel that deadlocked would hang a sweep).
-NOT_SWEPT = frozenset({WS_CROSS_KEY})
+# Optional knobs a plan may name but no sweep tries (not in any space, never a refine step): a new
+# kernel mode until a GPU has run it (CROSS was, until 2026-12-06: a cluster kernel that deadlocked
+# would hang a sweep).  None today.
+NOT_SWEPT: frozenset[str] = frozenset()
 
 
 def sweeps(key: str) -> bool:
