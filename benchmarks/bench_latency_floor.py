@@ -27,6 +27,9 @@ small-T plan's time compares directly with the floor of its shape.
   plain gather's row loads go to registers, and ptxas issues them a few at a time, each after the
   one before is used (13 dependent waves for 64 rows a program, 3 for 16, in its Triton 3.6 SASS):
   its 64-row time is that schedule's, the async one the memory's.
+- ``empty 200 KiB ...``: an empty program holding 200 KiB of shared memory with 4 or 16 warps
+  (:mod:`benchmarks.big_cta`, Gluon), one program and one a SM, beside ``empty 1/SM``: what the size
+  of a CTA like ``ws_sm90``'s (206 KiB, 12 warps) costs a launch before it loads anything.
 - ``gather ... window``: each program's 64 rows consecutive slots at a random start, as a sliding
   window's tokens lie in its request's pages: what random placement (a TLB and DRAM page per row)
   costs beyond the same bytes in one place.  The timed decode cases place every scope's ids at
@@ -79,6 +82,7 @@ from dsv4_tune.tuner.measure import time_in_graph
 ASYNC_PROBLEM = "the interpreter runs no Gluon" if interpreting() else GLUON_PROBLEM
 if ASYNC_PROBLEM is None:
     try:  # async_copy is not among what the sm90 kernels' check looks for
+        from benchmarks.big_cta import big_cta_kernel
         from benchmarks.gather_async import ROW_WORDS, gather_async_kernel
     except Exception as e:
         ASYNC_PROBLEM = f"benchmarks.gather_async does not import: {type(e).__name__}: {e}"
@@ -193,6 +197,32 @@ def _launch_rows(device: str, timed: bool) -> list[dict[str, Any]]:
         if launches == 2:  # B must have read A's store: cnt = mid + 1 after every run, the last included
             c, m = int(cnt.item()), int(mid.item())
             assert c == m + 1, f"{name}: B read a stale value (cnt {c}, mid {m})"
+    return rows
+
+
+def _big_cta_rows(device: str, timed: bool, sms: int) -> list[dict[str, Any]]:
+    """Empty launches of CTAs as big as ``ws_sm90``'s (:mod:`benchmarks.big_cta`: 200 KiB of shared
+    memory, 4 or 16 warps), one program and one a SM, beside the plain empty kernel one a SM; single
+    call and in a graph."""
+    x = torch.zeros(1, dtype=torch.int32, device=device)
+    out = torch.full((sms * 256,), -1, dtype=torch.int32, device=device)
+    rows = []
+    for label, programs, warps in (("empty 1/SM", sms, 0), ("empty 200 KiB 4 warps", 1, 4),
+                                   ("empty 200 KiB 16 warps", 1, 16), ("empty 200 KiB 4 warps 1/SM", sms, 4),
+                                   ("empty 200 KiB 16 warps 1/SM", sms, 16)):
+        def fn(programs: int = programs, warps: int = warps) -> None:
+            if warps:
+                big_cta_kernel[(programs,)](out, 128, 64, 8, warps, num_warps=warps)
+            else:
+                _empty_kernel[(programs,)](x, num_warps=NUM_WARPS)
+
+        out.fill_(-1)
+        fn()
+        if warps:  # every program stored its 256 zeros
+            assert int(out[: programs * 256].abs().sum()) == 0, f"{label}: a program did not run through"
+        for in_graph in (False, True):
+            rows.append({"what": label + (" in graph" if in_graph else ""), "programs": programs, "launches": 1,
+                         **_time(fn, timed, in_graph)})
     return rows
 
 
@@ -335,8 +365,13 @@ def main() -> int:
         except Exception as e:  # costs these rows, not the run's others; the exit status says so
             print(f"!!! cp.async gather rows: {type(e).__name__}: {str(e)[:300]}")
             async_failed = True
+        try:  # CTAs as big as ws_sm90's, empty
+            rows += _big_cta_rows(device, timed, sms)
+        except Exception as e:
+            print(f"!!! big CTA rows: {type(e).__name__}: {str(e)[:300]}")
+            async_failed = True
     else:
-        print(f"no cp.async gather rows: {ASYNC_PROBLEM}")
+        print(f"no cp.async gather or big CTA rows: {ASYNC_PROBLEM}")
     if args.smoke:  # bench_decode's per-shape floor: a masked tail (37 rows over the SMs) and a full program
         wave = WaveFloor(device, sms, gen, pool_rows=SMOKE_POOL_ROWS)
         for n in (37, 64 * sms):
