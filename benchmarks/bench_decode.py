@@ -17,11 +17,11 @@ touches the shape's rows once) and time / max(floor, latency floor); JSON and a 
     python benchmarks/bench_decode.py [--quick] [--variants fused gather_attend]
     python benchmarks/bench_decode.py --policy NEW.json [--before OLD.json] [--quick]
     python benchmarks/bench_decode.py --policy NEW.json --ts 1 4 16 --no-ws   # small T; no ws_sm90 column
+    python benchmarks/bench_decode.py --smoke    # tiny shapes; Triton interpreter when there is no GPU
 
 At T <= 16 the new policy's plan is also timed as what it adds to a graph holding more work
 (``policy_in_graph_us``, ``tuner.measure.time_in_graph``: no graph launch of its own, which a
 single-call replay pays), beside the latency floor timed the same way (``latency_floor_in_graph_us``).
-    python benchmarks/bench_decode.py --smoke    # tiny shapes; Triton interpreter when there is no GPU
 """
 
 from __future__ import annotations
@@ -229,17 +229,20 @@ def compare_point(
     out = torch.empty(t, 1, h, HEAD_DIM, dtype=torch.bfloat16, device="cuda")
     lse = torch.empty(t, h, 1, dtype=torch.float32, device="cuda")
 
-    def measure(plan: Plan, against: torch.Tensor | None = ref, in_graph: bool = False) -> tuple[float, str]:
+    def measure(plan: Plan, against: torch.Tensor | None = ref, in_graph: bool = False
+                ) -> tuple[float, str, float | None]:
+        """(us, check status, ``in_graph``: us the call adds inside a step's graph (NaN if not captured))."""
         out.fill_(float("nan"))
         lse.fill_(float("nan"))
         fn = partial(sparse_decode, q, main_s.kv_cache, main_s.indices, plan=plan, fp8=FP8, out=(out, lse),
                      workspace=Workspace(), **kw)
         fn()
         status = check(out, lse, against) if against is not None else ""
-        if in_graph:  # what the call adds inside a step's graph (no graph launch of its own)
+        graph_us = None
+        if in_graph:
             timing = time_in_graph(fn)
-            row["policy_in_graph_us"] = timing["median_us"] if timing else float("nan")
-        return time_graph(fn)["median_us"], status
+            graph_us = timing["median_us"] if timing else float("nan")
+        return time_graph(fn)["median_us"], status, graph_us
 
     row: dict[str, Any] = {"h_q": h, "layer": layer.name, "T": t, "total_topk": w.total_topk, "floor_us": fl,
                            "TFLOP": 4 * t * h * w.total_topk * HEAD_DIM / 1e12}
@@ -247,7 +250,9 @@ def compare_point(
     seed = plan_for(seed_decision(t, w), w)
     for col, plan in (("policy", new.lookup(w)), ("before", before.lookup(w)), ("seed", seed)):
         row[f"{col}_plan"] = str(plan)
-        row[f"{col}_us"], status = measure(plan, in_graph=col == "policy" and t <= SMALL_T)
+        row[f"{col}_us"], status, graph_us = measure(plan, in_graph=col == "policy" and t <= SMALL_T)
+        if graph_us is not None:
+            row["policy_in_graph_us"] = graph_us
         checks.append(status)
     if ws and not variant_problem("ws_sm90", q.device):
         cands = ws_candidates(w)
@@ -259,7 +264,7 @@ def compare_point(
         timed = []
         for p in cands:
             try:
-                us, status = measure(p, ws_ref if p in persistent else ref)
+                us, status, _ = measure(p, ws_ref if p in persistent else ref)
             except Exception as e:  # one config that fails to build or run costs its row, not the run
                 us, status = float("nan"), f"!!! {type(e).__name__}: {str(e)[:160]}"
             timed.append((us, status, p))

@@ -332,8 +332,8 @@ class WaveFloor:
         if (rows, in_graph) not in self._us:
             fn, _ = self._wave(rows)
             fn()
-            t = time_in_graph(fn) if in_graph else time_graph(fn)
-            self._us[rows, in_graph] = t["median_us"] if t else math.nan
+            us = _time(fn, True, in_graph)["us"]
+            self._us[rows, in_graph] = math.nan if us is None else us
         return self._us[rows, in_graph]
 
 

@@ -170,17 +170,23 @@ def test_ws_anatomy_without_its_gpu_says_so_in_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2 and done.stdout.count("\n") == 1 and "BLOCK_N=16 not in" in done.stdout, done.stdout
 
 
+def _store_copy(tmp_path: Path) -> Path:
+    """A copy of the H100's committed sweep store to forget rows in."""
+    db = tmp_path / "s.db"
+    shutil.copy(ROOT / "benchmarks/results/sweep-sm90-h100.sqlite", db)
+    return db
+
+
+def _forget(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "benchmarks/forget_variant.py", str(db), *args], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+
+
 def test_forget_variant_all_forgets_every_op_and_asks_for_one_target(tmp_path: Path) -> None:
     """``forget_variant.py --all`` (a store that recorded no kernel versions) drops every decode and op
     measurement and the winners, so a resume times everything again; a call naming both a variant and
     ``--all``, or neither, is refused in one line."""
-    db = tmp_path / "s.db"
-    shutil.copy(ROOT / "benchmarks/results/sweep-sm90-h100.sqlite", db)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-
-    def forget(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "benchmarks/forget_variant.py", str(db), *args], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=120)
+    db = _store_copy(tmp_path)
 
     def count(table: str) -> int:
         with sqlite3.connect(db) as conn:
@@ -188,10 +194,10 @@ def test_forget_variant_all_forgets_every_op_and_asks_for_one_target(tmp_path: P
 
     assert count("measurements") and count("winners")
     for bad in (("ws_sm90", "--all"), (), ("--all", "--op", "compress")):
-        done = forget(*bad)
+        done = _forget(db, *bad)
         assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("forget_variant.py: error:")
     assert count("measurements")
-    done = forget("--all")
+    done = _forget(db, "--all")
     assert done.returncode == 0, done.stderr
     assert "qk_norm variant fused" in done.stdout and "ws_sm90" in done.stdout
     assert count("measurements") == 0 and count("winners") == 0
@@ -200,9 +206,7 @@ def test_forget_variant_all_forgets_every_op_and_asks_for_one_target(tmp_path: P
 def test_forget_variant_decode_keeps_the_ops_rows(tmp_path: Path) -> None:
     """``forget_variant.py --decode`` (a store without kernel versions whose decode kernels alone
     changed) drops every decode measurement and keeps the ops' (compress, qk_norm) rows."""
-    db = tmp_path / "s.db"
-    shutil.copy(ROOT / "benchmarks/results/sweep-sm90-h100.sqlite", db)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    db = _store_copy(tmp_path)
 
     def rows(ops: bool) -> int:  # decode workloads are named by their heads (h64-..., h128-...)
         with sqlite3.connect(db) as conn:
@@ -211,8 +215,7 @@ def test_forget_variant_decode_keeps_the_ops_rows(tmp_path: Path) -> None:
 
     ops_before = rows(ops=True)
     assert ops_before and rows(ops=False)
-    done = subprocess.run([sys.executable, "benchmarks/forget_variant.py", str(db), "--decode"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = _forget(db, "--decode")
     assert done.returncode == 0, done.stderr
     assert "ws_sm90" in done.stdout and "qk_norm" not in done.stdout
     assert rows(ops=False) == 0 and rows(ops=True) == ops_before

@@ -51,6 +51,18 @@ def _timed_replays(launch: Callable[[], object], flush_bytes: int, reps: int, cl
     return [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)]
 
 
+def _warm_up(fns: list[Callable[[], object]], times: int) -> None:
+    """Run each of ``fns`` ``times`` times on a side stream (PyTorch's recipe before a capture), then wait."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for fn in fns:
+            for _ in range(times):
+                fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+
+
 def time_eager(
     fn: Callable[[], object], *, flush_bytes: int = 256 * 2**20, reps: int = 50, warmup: int = 5,
     clean_flush: bool = False,
@@ -72,13 +84,7 @@ def time_graph(
     for ``fn`` to write back: ``benchmarks/bench_l2_flush.py``).  Falls back to eager timing
     (``"graph": False``) when capture fails, so one odd launcher does not lose the whole row.
     """
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # PyTorch's recipe: warm up off the capture stream
-        for _ in range(warmup):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
+    _warm_up([fn], warmup)
     graph = torch.cuda.CUDAGraph()
     try:
         with torch.cuda.graph(graph):
@@ -108,13 +114,7 @@ def time_in_graph(
     between two of them on an H200, 1.0 as one of 20 back to back.)  ``replays`` samples; ``None``
     when a graph cannot be captured (the caller keeps :func:`time_graph`'s number).
     """
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
+    _warm_up([fn], warmup)
     flush = torch.empty(flush_bytes, dtype=torch.uint8, device="cuda") if flush_bytes else None
     graphs = []
     try:
@@ -157,13 +157,7 @@ def interleaved_times(
     """
     import random
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for fn in fns:
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
+    _warm_up(fns, 1)
     runners: list[Callable[[], object]] = []
     graphs = []
     for fn in fns:
