@@ -70,41 +70,70 @@ def _clean(idx, n_slots):
 
 
 @gluon.jit
+def _pick(K: gl.constexpr, PER_TILE: gl.constexpr, n_m, main, x0, x1, x2, x3):
+    """Sub-block ``K`` (0-3) of a program whose tiles are ``PER_TILE`` sub-blocks: the main scope's
+    (``main``) while the main scope has more than K // PER_TILE tiles (``n_m``), else the extra
+    scope's sub-block K - PER_TILE * n_m (of ``x0``-``x3``)."""
+    xs = (x0, x1, x2, x3)
+    V: gl.constexpr = K // PER_TILE
+    gl.static_assert(V <= 2, "at most three tiles ahead")
+    if V == 0:
+        r = gl.where(n_m > 0, main, xs[K])
+    elif V == 1:
+        r = gl.where(n_m > 1, main, gl.where(n_m == 1, xs[K - PER_TILE], xs[K]))
+    else:
+        r = gl.where(n_m > 2, main, gl.where(n_m == 2, xs[K - 2 * PER_TILE], gl.where(n_m == 1, xs[K - PER_TILE], xs[K])))
+    return r
+
+
+@gluon.jit
 def _first_ids(idx_row, s_ik, lo, cap, x_idx_row, x_s_ik, x_lo, x_cap, t, s_q, len_ptr, xlen_ptr,
                HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr,
-               BLOCK_N: gl.constexpr, SUB: gl.constexpr, GATHER: gl.constexpr):
-    """The ids of the program's first two tiles (main scope, then extra) and the scopes' ends, all
-    loaded at once: the main scope's first two tiles and the extra scope's first two are loaded up to
-    their caps, and picked and cut once the lengths are in.  Returns (tile 0's two sub-blocks of ids,
-    tile 1's, main end, extra end, main tiles)."""
+               N: gl.constexpr, PER_TILE: gl.constexpr, SUB: gl.constexpr, GATHER: gl.constexpr):
+    """The program's first ``N`` (3 or 4) sub-blocks of ids, in tiles of ``PER_TILE`` sub-blocks (the
+    main scope's tiles, then the extra scope's), and the scopes' ends and the main scope's tiles, all
+    loaded at once: each scope's first N sub-blocks are loaded up to its cap, and picked and cut once
+    the lengths are in.  Returns (sub-blocks 0 to 3 (the fourth a copy of the third when N = 3), main
+    end, extra end, main tiles)."""
     m0 = _sub_ids(idx_row, s_ik, lo, cap, SUB, GATHER)
     m1 = _sub_ids(idx_row, s_ik, lo + SUB, cap, SUB, GATHER)
     m2 = _sub_ids(idx_row, s_ik, lo + 2 * SUB, cap, SUB, GATHER)
-    m3 = _sub_ids(idx_row, s_ik, lo + 3 * SUB, cap, SUB, GATHER)
+    m3 = m2
+    if N > 3:
+        m3 = _sub_ids(idx_row, s_ik, lo + 3 * SUB, cap, SUB, GATHER)
     hi = _cut(lo, cap, t, s_q, len_ptr, HAS_LEN)
     x_hi = x_lo
     if HAS_EXTRA:
         x0 = _sub_ids(x_idx_row, x_s_ik, x_lo, x_cap, SUB, GATHER)
         x1 = _sub_ids(x_idx_row, x_s_ik, x_lo + SUB, x_cap, SUB, GATHER)
         x2 = _sub_ids(x_idx_row, x_s_ik, x_lo + 2 * SUB, x_cap, SUB, GATHER)
-        x3 = _sub_ids(x_idx_row, x_s_ik, x_lo + 3 * SUB, x_cap, SUB, GATHER)
+        x3 = x2
+        if N > 3:
+            x3 = _sub_ids(x_idx_row, x_s_ik, x_lo + 3 * SUB, x_cap, SUB, GATHER)
         x_hi = _cut(x_lo, x_cap, t, s_q, xlen_ptr, X_HAS_LEN)
-    n_m = gl.cdiv(hi - lo, BLOCK_N)
-    a0 = _cut_ids(m0, lo, hi, SUB, GATHER)
-    a1 = _cut_ids(m1, lo + SUB, hi, SUB, GATHER)
-    b0 = _cut_ids(m2, lo + 2 * SUB, hi, SUB, GATHER)
-    b1 = _cut_ids(m3, lo + 3 * SUB, hi, SUB, GATHER)
+    n_m = gl.cdiv(hi - lo, PER_TILE * SUB)
+    a = _cut_ids(m0, lo, hi, SUB, GATHER)
+    b = _cut_ids(m1, lo + SUB, hi, SUB, GATHER)
+    c = _cut_ids(m2, lo + 2 * SUB, hi, SUB, GATHER)
+    d = c
+    if N > 3:
+        d = _cut_ids(m3, lo + 3 * SUB, hi, SUB, GATHER)
     if HAS_EXTRA:
         y0 = _cut_ids(x0, x_lo, x_hi, SUB, GATHER)
         y1 = _cut_ids(x1, x_lo + SUB, x_hi, SUB, GATHER)
-        z0 = _cut_ids(x2, x_lo + 2 * SUB, x_hi, SUB, GATHER)
-        z1 = _cut_ids(x3, x_lo + 3 * SUB, x_hi, SUB, GATHER)
-        # Tile 1 is the main scope's second tile, or the extra scope's first (one main tile) or second.
-        b0 = gl.where(n_m > 1, b0, gl.where(n_m == 1, y0, z0))
-        b1 = gl.where(n_m > 1, b1, gl.where(n_m == 1, y1, z1))
-        a0 = gl.where(n_m > 0, a0, y0)
-        a1 = gl.where(n_m > 0, a1, y1)
-    return a0, a1, b0, b1, hi, x_hi, n_m
+        y2 = _cut_ids(x2, x_lo + 2 * SUB, x_hi, SUB, GATHER)
+        y3 = y2
+        if N > 3:
+            y3 = _cut_ids(x3, x_lo + 3 * SUB, x_hi, SUB, GATHER)
+        c = _pick(2, PER_TILE, n_m, c, y0, y1, y2, y3)
+        if N > 3:
+            d = _pick(3, PER_TILE, n_m, d, y0, y1, y2, y3)
+            a = _pick(0, PER_TILE, n_m, a, y0, y1, y2, y3)
+            b = _pick(1, PER_TILE, n_m, b, y0, y1, y2, y3)
+        else:
+            b = _pick(1, PER_TILE, n_m, b, y0, y1, y2, y3)
+            a = _pick(0, PER_TILE, n_m, a, y0, y1, y2, y3)
+    return a, b, c, d, hi, x_hi, n_m
 
 
 @gluon.jit
@@ -281,7 +310,7 @@ def _solo_decode_kernel(
                                                HAS_EXTRA, HAS_SINK, SPLIT, S_L)
     head0, t, tb, ts, split, lo, cap, x_lo, x_cap = at
     a0, a1, b0, b1, hi, x_hi, n_m = _first_ids(idx_row, s_ik, lo, cap, x_idx_row, x_s_ik, x_lo, x_cap, t, s_q,
-                                               len_ptr, xlen_ptr, HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, GATHER)
+                                               len_ptr, xlen_ptr, HAS_LEN, HAS_EXTRA, X_HAS_LEN, 4, 2, SUB, GATHER)
     n = n_m + gl.cdiv(x_hi - x_lo, BLOCK_N)
     # Tiles 0 and 1 (groups 2-5; a tile past the last is all -1 ids: zero-filled, nothing read).
     a0, a1 = _issue_tile(0, n_m, a0, a1, 0, kv_ptr, stride_page, page_size, n_slots, xkv_ptr, x_stride_page,
@@ -323,37 +352,6 @@ def _solo_decode_kernel(
     _finish(o, m_i, l_i, half, head0, t, tb, ts, split, outs, sink, HAS_SINK, SPLIT, S_L, O_L)
 
 
-@gluon.jit
-def _first_ids3(idx_row, s_ik, lo, cap, x_idx_row, x_s_ik, x_lo, x_cap, t, s_q, len_ptr, xlen_ptr,
-                HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr, SUB: gl.constexpr,
-                GATHER: gl.constexpr):
-    """:func:`_first_ids` for one-sub-block tiles: the ids of tiles 0, 1 and 2 (each scope's first
-    three loaded at once, picked and cut once the lengths are in), the scopes' ends and the main tiles."""
-    m0 = _sub_ids(idx_row, s_ik, lo, cap, SUB, GATHER)
-    m1 = _sub_ids(idx_row, s_ik, lo + SUB, cap, SUB, GATHER)
-    m2 = _sub_ids(idx_row, s_ik, lo + 2 * SUB, cap, SUB, GATHER)
-    hi = _cut(lo, cap, t, s_q, len_ptr, HAS_LEN)
-    x_hi = x_lo
-    if HAS_EXTRA:
-        x0 = _sub_ids(x_idx_row, x_s_ik, x_lo, x_cap, SUB, GATHER)
-        x1 = _sub_ids(x_idx_row, x_s_ik, x_lo + SUB, x_cap, SUB, GATHER)
-        x2 = _sub_ids(x_idx_row, x_s_ik, x_lo + 2 * SUB, x_cap, SUB, GATHER)
-        x_hi = _cut(x_lo, x_cap, t, s_q, xlen_ptr, X_HAS_LEN)
-    n_m = gl.cdiv(hi - lo, SUB)
-    a = _cut_ids(m0, lo, hi, SUB, GATHER)
-    b = _cut_ids(m1, lo + SUB, hi, SUB, GATHER)
-    c = _cut_ids(m2, lo + 2 * SUB, hi, SUB, GATHER)
-    if HAS_EXTRA:
-        y0 = _cut_ids(x0, x_lo, x_hi, SUB, GATHER)
-        y1 = _cut_ids(x1, x_lo + SUB, x_hi, SUB, GATHER)
-        y2 = _cut_ids(x2, x_lo + 2 * SUB, x_hi, SUB, GATHER)
-        # Tile k is the main scope's tile k, or the extra scope's tile k - n_m.
-        c = gl.where(n_m > 2, c, gl.where(n_m == 2, y0, gl.where(n_m == 1, y1, y2)))
-        b = gl.where(n_m > 1, b, gl.where(n_m == 1, y0, y1))
-        a = gl.where(n_m > 0, a, y0)
-    return a, b, c, hi, x_hi, n_m
-
-
 @kernel(jit=gluon.jit)
 def _solo_pipe_decode_kernel(
     q_ptr, s_qb, s_qs, s_qh,
@@ -392,8 +390,8 @@ def _solo_pipe_decode_kernel(
                                                xidx_ptr, x_s_ib, x_s_is, h_q, n_tok, s_q, chunk, topk, x_topk,
                                                HAS_EXTRA, HAS_SINK, SPLIT, S_L)
     head0, t, tb, ts, split, lo, cap, x_lo, x_cap = at
-    a, b, c, hi, x_hi, n_m = _first_ids3(idx_row, s_ik, lo, cap, x_idx_row, x_s_ik, x_lo, x_cap, t, s_q, len_ptr,
-                                         xlen_ptr, HAS_LEN, HAS_EXTRA, X_HAS_LEN, SUB, GATHER)
+    a, b, c, _, hi, x_hi, n_m = _first_ids(idx_row, s_ik, lo, cap, x_idx_row, x_s_ik, x_lo, x_cap, t, s_q, len_ptr,
+                                           xlen_ptr, HAS_LEN, HAS_EXTRA, X_HAS_LEN, 3, 1, SUB, GATHER)
     n = n_m + gl.cdiv(x_hi - x_lo, BLOCK_N)
     # Tiles 0-2 (groups 2-4; a tile past the last is all -1 ids: zero-filled, nothing read).
     a = _issue_sub(0, a, _pool(0, n_m, kv_ptr, stride_page, page_size, n_slots, xkv_ptr, x_stride_page, x_page_size,
