@@ -87,6 +87,32 @@ def _pick(K: gl.constexpr, PER_TILE: gl.constexpr, n_m, main, x0, x1, x2, x3):
 
 
 @gluon.jit
+def _load_subs(idx_row, s_ik, lo, cap, N: gl.constexpr, SUB: gl.constexpr, GATHER: gl.constexpr):
+    """A scope's first ``N`` (3 or 4) sub-blocks of ids from ``lo``, loaded up to its cap (the fourth
+    a copy of the third when N = 3)."""
+    m0 = _sub_ids(idx_row, s_ik, lo, cap, SUB, GATHER)
+    m1 = _sub_ids(idx_row, s_ik, lo + SUB, cap, SUB, GATHER)
+    m2 = _sub_ids(idx_row, s_ik, lo + 2 * SUB, cap, SUB, GATHER)
+    m3 = m2
+    if N > 3:
+        m3 = _sub_ids(idx_row, s_ik, lo + 3 * SUB, cap, SUB, GATHER)
+    return m0, m1, m2, m3
+
+
+@gluon.jit
+def _cut_subs(m, lo, hi, N: gl.constexpr, SUB: gl.constexpr, GATHER: gl.constexpr):
+    """:func:`_load_subs`'s sub-blocks with every id at or past the scope's end ``hi`` as -1."""
+    m0, m1, m2, m3 = m
+    a = _cut_ids(m0, lo, hi, SUB, GATHER)
+    b = _cut_ids(m1, lo + SUB, hi, SUB, GATHER)
+    c = _cut_ids(m2, lo + 2 * SUB, hi, SUB, GATHER)
+    d = c
+    if N > 3:
+        d = _cut_ids(m3, lo + 3 * SUB, hi, SUB, GATHER)
+    return a, b, c, d
+
+
+@gluon.jit
 def _first_ids(idx_row, s_ik, lo, cap, x_idx_row, x_s_ik, x_lo, x_cap, t, s_q, len_ptr, xlen_ptr,
                HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr,
                N: gl.constexpr, PER_TILE: gl.constexpr, SUB: gl.constexpr, GATHER: gl.constexpr):
@@ -95,36 +121,16 @@ def _first_ids(idx_row, s_ik, lo, cap, x_idx_row, x_s_ik, x_lo, x_cap, t, s_q, l
     loaded at once: each scope's first N sub-blocks are loaded up to its cap, and picked and cut once
     the lengths are in.  Returns (sub-blocks 0 to 3 (the fourth a copy of the third when N = 3), main
     end, extra end, main tiles)."""
-    m0 = _sub_ids(idx_row, s_ik, lo, cap, SUB, GATHER)
-    m1 = _sub_ids(idx_row, s_ik, lo + SUB, cap, SUB, GATHER)
-    m2 = _sub_ids(idx_row, s_ik, lo + 2 * SUB, cap, SUB, GATHER)
-    m3 = m2
-    if N > 3:
-        m3 = _sub_ids(idx_row, s_ik, lo + 3 * SUB, cap, SUB, GATHER)
+    m = _load_subs(idx_row, s_ik, lo, cap, N, SUB, GATHER)
     hi = _cut(lo, cap, t, s_q, len_ptr, HAS_LEN)
     x_hi = x_lo
     if HAS_EXTRA:
-        x0 = _sub_ids(x_idx_row, x_s_ik, x_lo, x_cap, SUB, GATHER)
-        x1 = _sub_ids(x_idx_row, x_s_ik, x_lo + SUB, x_cap, SUB, GATHER)
-        x2 = _sub_ids(x_idx_row, x_s_ik, x_lo + 2 * SUB, x_cap, SUB, GATHER)
-        x3 = x2
-        if N > 3:
-            x3 = _sub_ids(x_idx_row, x_s_ik, x_lo + 3 * SUB, x_cap, SUB, GATHER)
+        x = _load_subs(x_idx_row, x_s_ik, x_lo, x_cap, N, SUB, GATHER)
         x_hi = _cut(x_lo, x_cap, t, s_q, xlen_ptr, X_HAS_LEN)
     n_m = gl.cdiv(hi - lo, PER_TILE * SUB)
-    a = _cut_ids(m0, lo, hi, SUB, GATHER)
-    b = _cut_ids(m1, lo + SUB, hi, SUB, GATHER)
-    c = _cut_ids(m2, lo + 2 * SUB, hi, SUB, GATHER)
-    d = c
-    if N > 3:
-        d = _cut_ids(m3, lo + 3 * SUB, hi, SUB, GATHER)
+    a, b, c, d = _cut_subs(m, lo, hi, N, SUB, GATHER)
     if HAS_EXTRA:
-        y0 = _cut_ids(x0, x_lo, x_hi, SUB, GATHER)
-        y1 = _cut_ids(x1, x_lo + SUB, x_hi, SUB, GATHER)
-        y2 = _cut_ids(x2, x_lo + 2 * SUB, x_hi, SUB, GATHER)
-        y3 = y2
-        if N > 3:
-            y3 = _cut_ids(x3, x_lo + 3 * SUB, x_hi, SUB, GATHER)
+        y0, y1, y2, y3 = _cut_subs(x, x_lo, x_hi, N, SUB, GATHER)
         c = _pick(2, PER_TILE, n_m, c, y0, y1, y2, y3)
         if N > 3:
             d = _pick(3, PER_TILE, n_m, d, y0, y1, y2, y3)
