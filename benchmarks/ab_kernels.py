@@ -6,9 +6,10 @@ with its files laid over it, so the checkout is never touched; the arms alternat
 rounds.  Per case, each plan (the policy's for the case, and any ``--plans``) is checked against the
 checkout's reference as the sweep checks a candidate (``tuner.cases.DecodeCase.check``) on
 ``bench_decode``'s inputs (576 MiB pools, random ids) and timed as the sweep times a plan (CUDA-graph
-replay after an L2 flush).  Prints each plan's mean time per arm and its
-ratio to the first arm, and the geomean ratios; saves JSON.  Exits 1 when a plan failed its check in
-any arm.
+replay after an L2 flush), or with ``--in-graph`` as what a call adds to a graph holding more work
+(``tuner.measure.time_in_graph``: a serving step's view, where a kernel follows another in the
+graph).  Prints each plan's mean time per arm and its ratio to the first arm, and the geomean
+ratios; saves JSON.  Exits 1 when a plan failed its check in any arm.
 
     git archive main dsv4_tune/kernels | tar -x -C /tmp/ab/main
     python benchmarks/ab_kernels.py --arm main=/tmp/ab/main --arm new=/tmp/ab/new \\
@@ -59,7 +60,7 @@ def _child(root: Path, args: argparse.Namespace) -> None:
     from dsv4_tune.registry.workload import Plan
     from dsv4_tune.runtime.target import interpreting
     from dsv4_tune.tuner.cases import DecodeCase
-    from dsv4_tune.tuner.measure import time_graph
+    from dsv4_tune.tuner.measure import time_graph, time_in_graph
 
     timed = torch.cuda.is_available() and not interpreting()
     device = "cuda" if timed else "cpu"
@@ -80,7 +81,9 @@ def _child(root: Path, args: argparse.Namespace) -> None:
             row["check"] = "ok" if status == "ok" else f"!!! {status}: {(error or '')[:200]}"
             if timed and status == "ok":
                 try:
-                    timing = time_graph(case.timer(plan))
+                    timing = (time_in_graph if args.in_graph else time_graph)(case.timer(plan))
+                    if timing is None:  # time_in_graph: no graph could be captured
+                        raise RuntimeError("no CUDA graph for the in-graph timing")
                     row["us"], row["graph"] = timing["median_us"], timing["graph"]
                 except Exception as e:  # one plan that fails costs its row, not the run
                     row["check"] = f"!!! timing: {type(e).__name__}: {str(e)[:200]}"
@@ -148,6 +151,8 @@ def main() -> int:
     ap.add_argument("--policy", type=Path, default=None, help="policy file (default: the shipped one of this GPU)")
     ap.add_argument("--plans", default="", help='JSON list of [variant, config] tried beside the policy\'s')
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--in-graph", action="store_true",
+                    help="time what a call adds to a graph holding more work (default: a single-call graph replay)")
     ap.add_argument("--child-timeout", type=float, default=900.0, help="seconds an arm's run may take")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="small layers; the Triton interpreter without a GPU")
@@ -183,6 +188,7 @@ def main() -> int:
     passthrough = ["--cases", *args.cases, "--plans", args.plans, "--seed", str(args.seed)]
     passthrough += ["--policy", str(args.policy)] if args.policy else []
     passthrough += ["--smoke"] if args.smoke else []
+    passthrough += ["--in-graph"] if args.in_graph else []
     names = list(arms)
     crashed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="ab_kernels-") as tmp:

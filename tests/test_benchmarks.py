@@ -70,7 +70,7 @@ def test_plan_sass_names_the_loops_that_pay_for_spills() -> None:
 
 def test_ab_kernels_runs_each_arm_on_its_own_files(tmp_path: Path) -> None:
     """An arm whose combine doubles its output fails its check there and only there; the checkout's
-    kernels are left as they were."""
+    kernels are left as they were (``--in-graph``, a timing option, reaches each arm's run)."""
     kernels = ROOT / "dsv4_tune" / "kernels"
     before = (kernels / "combine.py").read_text()
     for arm in ("good", "bad"):
@@ -83,7 +83,7 @@ def test_ab_kernels_runs_each_arm_on_its_own_files(tmp_path: Path) -> None:
                                           "combine_warps": 4, "num_stages": 1, "num_warps": 4}]])
     arms = ["--arm", f"good={tmp_path / 'good'}", "--arm", f"bad={tmp_path / 'bad'}"]
     done = subprocess.run([sys.executable, "benchmarks/ab_kernels.py", "--smoke", "--rounds", "1", "--cases",
-                           "16:SWA 64:1", *arms, "--plans", split, "--out", str(tmp_path / "out")],
+                           "16:SWA 64:1", *arms, "--plans", split, "--in-graph", "--out", str(tmp_path / "out")],
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
