@@ -131,6 +131,8 @@ def _first_ids(idx_row, s_ik, lo, cap, x_idx_row, x_s_ik, x_lo, x_cap, t, s_q, l
     a, b, c, d = _cut_subs(m, lo, hi, N, SUB, GATHER)
     if HAS_EXTRA:
         y0, y1, y2, y3 = _cut_subs(x, x_lo, x_hi, N, SUB, GATHER)
+        # In the order the two kernels had them before they shared this function: any other order
+        # gives different SASS (same results) for the two-scope kernels, unmeasured on a GPU.
         c = _pick(2, PER_TILE, n_m, c, y0, y1, y2, y3)
         if N > 3:
             d = _pick(3, PER_TILE, n_m, d, y0, y1, y2, y3)
