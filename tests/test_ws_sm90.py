@@ -8,6 +8,8 @@ import warnings
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import dsv4_tune.policies.dispatcher as dispatch_mod
 import dsv4_tune.serving.decode as decode_mod
@@ -286,3 +288,40 @@ def test_two_ctas_of_a_cluster_share_each_tile(monkeypatch, s_q, page, x_page, d
     for plan in (ws(CROSS=1), ws(CROSS=1, PIPE=1), ws(CROSS=1, SPLIT_K=3), ws(CROSS=1, SPLIT_K=3, PDL=1),
                  ws(CROSS=1, PERSIST=1), ws(CROSS=1, PIPE=1, PERSIST=1)):
         case.check(plan)
+
+
+@triton.jit
+def _late_copy(src, dst, n, WAIT_NS: tl.constexpr, BLOCK: tl.constexpr):
+    """Let a programmatic dependent start at once, then spin ``WAIT_NS`` ns before copying ``src`` into
+    ``dst``: a dependent that reads ``dst`` before waiting for this kernel reads it unwritten."""
+    tl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=tl.int32, is_pure=False,
+                              pack=1)
+    t0 = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64, is_pure=False, pack=1)
+    t = t0
+    while t - t0 < WAIT_NS:
+        t = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64, is_pure=False, pack=1)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(dst + offs, tl.load(src + offs, mask=offs < n), mask=offs < n)
+
+
+@pytest.mark.gpu
+@pytest.mark.gpu_only
+def test_launched_early_it_waits_for_the_kernel_that_writes_its_query(device, gen) -> None:
+    """Where PDL is on, the attention kernel is a programmatic dependent of whatever kernel precedes it
+    (its launch overlaps that kernel's end) and waits for it before its first global access: here that
+    kernel lets dependents start at once and writes Q 50 us later, so reading Q early reads NaN."""
+    from dsv4_tune.runtime.target import pdl_enabled
+
+    if variant_problem("ws_sm90", torch.device(device)) or not pdl_enabled(torch.device(device)):
+        pytest.skip(variant_problem("ws_sm90", torch.device(device)) or "PDL is off")
+    case = _knob_case(device, gen, 1, 64, 61)
+    real = case.q
+    for plan in (ws(), ws(SOLO=1), ws(SOLO=1, BLOCK_N=32, SPLIT_K=3, PDL=1), ws(CROSS=1), ws(STAGED=1, PIPE=1)):
+        case.q = torch.full_like(real, float("nan"))
+        case.run(plan)  # compiled and its workspace made before the timed order below
+        case.q.fill_(float("nan"))
+        out = torch.full((*real.shape[:3], 512), float("nan"), dtype=torch.bfloat16, device=device)
+        lse = torch.full((real.shape[0], real.shape[2], real.shape[1]), float("nan"), device=device)
+        _late_copy[(triton.cdiv(real.numel(), 4096),)](real, case.q, real.numel(), WAIT_NS=50_000, BLOCK=4096)
+        sparse_decode(case.q, case.main.kv_cache, case.main.indices, plan=plan, out=(out, lse), **case.kw)
+        check_against_reference(f"{plan} after a late writer", out, lse, *case.ref)

@@ -156,7 +156,7 @@ def run_ws_sm90(x: DecodeInputs, cfg: dict[str, int], out: torch.Tensor, lse: to
                      BLOCK_N=cfg["BLOCK_N"], SUB=WS_SUB, KSTAGES=cfg["KSTAGES"], STAGED=cfg["STAGED"],
                      PIPE=cfg["PIPE"], PERSIST=cfg.get(WS_PERSIST_KEY, 0), maxnreg=WS_MAXNREG, pdl=pdl,
                      solo=solo_launcher(cfg["BLOCK_N"]) if cfg.get(WS_SOLO_KEY) else None,
-                     CROSS=cfg.get(WS_CROSS_KEY, 0))
+                     CROSS=cfg.get(WS_CROSS_KEY, 0), wait=pdl_enabled(x.q.device))
     if partial is not None:
         launch_combine(*partial, x.attn_sink, out, lse, s_q=x.q.shape[1],
                        BLOCK_H=cfg["COMBINE_BLOCK_H"], num_warps=cfg["combine_warps"], pdl=pdl)

@@ -111,6 +111,15 @@ def _launch_dependents():
 
 
 @gluon.jit
+def _wait_primary():
+    """Wait here until the kernel this one was launched after (as its programmatic dependent) has
+    completed and its writes are visible; at once where it was not launched so.  Every global access
+    of a kernel launched with ``launch_pdl`` comes after it: its launch and its shared-memory set-up
+    overlap the previous kernel's end."""
+    gl.inline_asm_elementwise("griddepcontrol.wait; // dummy $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
 def _cluster_sync(CROSS: gl.constexpr):
     """Under CROSS, every thread of both CTAs meets here: at each partition's start (the barriers'
     inits are then seen by the peer) and end (no CTA leaves while the other may still write to it)."""
@@ -859,12 +868,15 @@ def _ws_decode_kernel(
     SPLIT: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr,
     PIPE: gl.constexpr, PERSIST: gl.constexpr, PDL: gl.constexpr = False, CROSS: gl.constexpr = False,
     KBUF_OFF: gl.constexpr = 0, READY_OFF: gl.constexpr = 0, EMPTY_OFF: gl.constexpr = 0,
-    BIAS_OFF: gl.constexpr = 0,
+    BIAS_OFF: gl.constexpr = 0, WAIT: gl.constexpr = False,
 ):
     """Program p does items p, p + P, p + 2P, ... of the (head block, token, split) items, where P is
-    the grid: one item each on a full grid, a loop on a persistent one."""
+    the grid: one item each on a full grid, a loop on a persistent one.  ``WAIT``: launched as the
+    programmatic dependent of the kernel before it (``_wait_primary`` first)."""
     if PDL:  # the combine launches now and waits (griddepcontrol.wait) for every partial
         _launch_dependents()
+    if WAIT:  # after the trigger: the combine, which waits for this whole kernel, launches sooner
+        _wait_primary()
     D: gl.constexpr = 512
     K_SL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
     VEC_SL: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
@@ -962,6 +974,7 @@ def launch_ws_decode(
     pdl: bool = False,
     solo: Launcher | None = None,
     CROSS: int = 0,
+    wait: bool = False,
 ) -> None:
     """Launch the warp-specialized kernel (inputs already checked; e4m3fn pools): one program per
     (64 heads, token, split) item, or with ``PERSIST`` one per SM looping over them; given ``solo``
@@ -972,7 +985,9 @@ def launch_ws_decode(
     dependent of this kernel (:func:`~dsv4_tune.kernels.combine.launch_combine` with ``pdl``), which
     then lets it launch as it starts.  ``CROSS`` (h_q a multiple of 128, unstaged, BLOCK_N = 2 SUB): the
     two items of a token's two head blocks run as one cluster of two CTAs, each converting one
-    sub-block of every K tile for both (:mod:`dsv4_tune.runtime.cluster`)."""
+    sub-block of every K tile for both (:mod:`dsv4_tune.runtime.cluster`).  ``wait``: this kernel is
+    launched as a programmatic dependent of the kernel before it (whatever that is), and waits for
+    it before its first global access: its launch overlaps that kernel's end."""
     b, s_q, h_q, _ = q.shape
     n_tok = b * s_q
     n_items = cdiv(h_q, HEADS.value) * n_tok * split_k
@@ -983,12 +998,13 @@ def launch_ws_decode(
     if solo is not None:
         if CROSS:
             raise ValueError("CROSS=1 is a mode of the warp-specialized kernel, not of SOLO's")
-        solo((2 * n_items, 1, 1), *args, *flags, pdl, num_warps=4, num_stages=1)
+        solo((2 * n_items, 1, 1), *args, *flags, pdl, wait, num_warps=4, num_stages=1, launch_pdl=wait)
         return
     programs = min(n_items, _multiprocessors(q.device.index)) if PERSIST else n_items
     knobs = (*flags, KSTAGES, bool(STAGED), bool(PIPE), bool(PERSIST), pdl)
     if not CROSS:
-        _launch((programs, 1, 1), *args, n_items, *knobs, False, 0, 0, 0, 0, num_warps=4, num_stages=1, maxnreg=maxnreg)
+        _launch((programs, 1, 1), *args, n_items, *knobs, False, 0, 0, 0, 0, wait, num_warps=4, num_stages=1,
+                maxnreg=maxnreg, launch_pdl=wait)
         return
     if h_q % 128 or STAGED or BLOCK_N != 2 * SUB:  # (the registry's rule too) else wrong, or a hang
         raise ValueError(f"CROSS=1 needs h_q a multiple of 128, STAGED=0 and BLOCK_N={2 * SUB}, not h_q={h_q}, "
@@ -997,8 +1013,8 @@ def launch_ws_decode(
     if PERSIST and clusters:  # no more clusters than fit at once: a persistent grid has no second wave
         programs = min(programs, 2 * clusters)
     programs -= programs % 2  # whole clusters, each a token's two head blocks (items 2i and 2i + 1)
-    _launch((programs, 1, 1), *args, n_items, *knobs, True, *offsets, num_warps=4, num_stages=1, maxnreg=maxnreg,
-            cluster=2)
+    _launch((programs, 1, 1), *args, n_items, *knobs, True, *offsets, wait, num_warps=4, num_stages=1,
+            maxnreg=maxnreg, cluster=2, launch_pdl=wait)
 
 
 _CROSS_OFFSETS: dict[tuple, tuple[tuple[int, int, int, int], int | None]] = {}

@@ -49,6 +49,7 @@ from dsv4_tune.kernels.sm90.decode import (
     _store_lse,
     _sub_ids,
     _valid,
+    _wait_primary,
 )
 from dsv4_tune.runtime.jit import Launcher, kernel
 
@@ -292,6 +293,7 @@ def _solo_decode_kernel(
     n_tok, s_q, h_q, qk_scale, chunk,
     HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
     SPLIT: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr, PDL: gl.constexpr = False,
+    WAIT: gl.constexpr = False,
 ):
     """Program p: output columns [256 (p % 2), +256) of item p // 2 (head block fastest, then token,
     then split, as the warp-specialized kernel orders them)."""
@@ -299,6 +301,8 @@ def _solo_decode_kernel(
     gl.static_assert(BLOCK_N == 2 * SUB, "a tile is two sub-blocks (the copy groups and ids assume it)")
     if PDL:  # the combine launches now and waits (griddepcontrol.wait) for every partial
         _launch_dependents()
+    if WAIT:  # launched as the programmatic dependent of the kernel before it (after the trigger, which is safe)
+        _wait_primary()
     GATHER: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])  # 16 B per thread and copy
     ROPE: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [4, 1], [1, 0])  # a dequantized group's layout
     K_SL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
@@ -370,6 +374,7 @@ def _solo_pipe_decode_kernel(
     n_tok, s_q, h_q, qk_scale, chunk,
     HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
     SPLIT: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr, PDL: gl.constexpr = False,
+    WAIT: gl.constexpr = False,
 ):
     """:func:`_solo_decode_kernel` on 32-token tiles, software-pipelined: two K tiles, so tile j + 1
     is dequantized while tile j's QK^T runs on the tensor cores; three raw tiles in flight."""
@@ -377,6 +382,8 @@ def _solo_pipe_decode_kernel(
     gl.static_assert(BLOCK_N == SUB, "a tile is one sub-block (the copy groups and ids assume it)")
     if PDL:  # the combine launches now and waits (griddepcontrol.wait) for every partial
         _launch_dependents()
+    if WAIT:  # launched as the programmatic dependent of the kernel before it (after the trigger, which is safe)
+        _wait_primary()
     GATHER: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])  # 16 B per thread and copy
     ROPE: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [4, 1], [1, 0])  # a dequantized group's layout
     K_SL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
