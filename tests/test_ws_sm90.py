@@ -10,6 +10,7 @@ import pytest
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents
 
 import dsv4_tune.policies.dispatcher as dispatch_mod
 import dsv4_tune.serving.decode as decode_mod
@@ -294,8 +295,7 @@ def test_two_ctas_of_a_cluster_share_each_tile(monkeypatch, s_q, page, x_page, d
 def _late_copy(src, dst, n, WAIT_NS: tl.constexpr, BLOCK: tl.constexpr):
     """Let a programmatic dependent start at once, then spin ``WAIT_NS`` ns before copying ``src`` into
     ``dst``: a dependent that reads ``dst`` before waiting for this kernel reads it unwritten."""
-    tl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=tl.int32, is_pure=False,
-                              pack=1)
+    gdc_launch_dependents()
     t0 = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64, is_pure=False, pack=1)
     t = t0
     while t - t0 < WAIT_NS:
