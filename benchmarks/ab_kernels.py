@@ -9,7 +9,10 @@ checkout's reference as the sweep checks a candidate (``tuner.cases.DecodeCase.c
 replay after an L2 flush), or with ``--in-graph`` as what a call adds to a graph holding more work
 (``tuner.measure.time_in_graph``: a serving step's view, where a kernel follows another in the
 graph).  Prints each plan's mean time per arm and its ratio to the first arm, and the geomean
-ratios; saves JSON.  Exits 1 when a plan failed its check in any arm.
+ratios; saves JSON.  Exits 1 when a plan failed its check in any arm.  Each arm's run prints its
+plans' times as it ends (``round R ARM: CASE PLAN: US``), and a run stopped by SIGTERM (``timeout``
+around it: a device visit's budget) still prints the summary of the runs that ended, marked as cut,
+and saves nothing.
 
     git archive main dsv4_tune/kernels | tar -x -C /tmp/ab/main
     python benchmarks/ab_kernels.py --arm main=/tmp/ab/main --arm new=/tmp/ab/new \\
@@ -28,6 +31,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -39,6 +43,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "dsv4_tune"
 MARK = "ab_kernels: "  # prefix of the child's result lines
+
+
+class _Cut(Exception):
+    """SIGTERM arrived: stop the rounds (the running arm's process is killed) and summarise."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise _Cut
 
 
 def _child(root: Path, args: argparse.Namespace) -> None:
@@ -118,17 +130,20 @@ def child_env(root: Path, environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def _summary(arms: list[str], rows: dict[tuple[str, str], dict[str, list[dict[str, Any]]]],
-             rounds: int) -> dict[str, Any]:
+             rounds: int | None) -> dict[str, Any]:
     """Per (case, plan): each arm's mean time, checks and ratio to the first arm ("checks" FAILED
-    where any run failed or an arm missed a round); the geomean ratios; the failed checks."""
+    where any run failed or an arm missed one of ``rounds`` rounds; None: a cut run, whose arms
+    ran what they ran); the geomean ratios; the failed checks."""
     points, ratios, failed = [], {a: [] for a in arms[1:]}, []
     for (case, plan), by_arm in rows.items():
         point: dict[str, Any] = {"case": case, "plan": plan, "checks": "ok"}
         for arm in arms:
             runs = by_arm.get(arm, [])
             point[f"{arm}_checks"] = [r.get("check") for r in runs]
-            if any(r.get("check") != "ok" for r in runs) or len(runs) != rounds:
+            if any(r.get("check") != "ok" for r in runs) or (rounds is not None and len(runs) != rounds):
                 point["checks"] = "FAILED"
+            elif not runs and point["checks"] == "ok":  # a cut run: this arm never reached the plan
+                point["checks"] = "cut"
             bad = [r["check"] for r in runs if str(r.get("check", "")).startswith("!!!")]
             failed += [f"{arm}: {case} {plan}: {b}" for b in bad[:1]]
             us = [r["us"] for r in runs if r.get("us") is not None]
@@ -191,26 +206,35 @@ def main() -> int:
     passthrough += ["--in-graph"] if args.in_graph else []
     names = list(arms)
     crashed: list[str] = []
+    cut, at = "", "before the first run"
+    signal.signal(signal.SIGTERM, _stop)
     with tempfile.TemporaryDirectory(prefix="ab_kernels-") as tmp:
-        roots = {name: _arm_root(Path(tmp) / f"arm{i}", files) for i, (name, files) in enumerate(arms.items())}
-        for r in range(args.rounds):
-            for name in names[r % len(names):] + names[:r % len(names)]:  # each arm first in turn
-                env = child_env(roots[name], os.environ)
-                try:
-                    done = subprocess.run([sys.executable, __file__, "--child", str(roots[name]), *passthrough],
-                                          env=env, capture_output=True, text=True, timeout=args.child_timeout)
-                    out, code, err = done.stdout, done.returncode, done.stderr
-                except subprocess.TimeoutExpired as e:
-                    out, code, err = e.stdout or "", "timeout", ""
-                    out = out.decode() if isinstance(out, bytes) else out
-                got = [json.loads(line[len(MARK):]) for line in out.splitlines() if line.startswith(MARK)]
-                print(f"round {r + 1} {name}: {len(got)} plans (exit {code})", flush=True)
-                if code != 0:
-                    crashed.append(f"{name}: round {r + 1} exited {code}: {(err.strip().splitlines() or [''])[-1]}")
-                    print(err[-2000:], file=sys.stderr)
-                for row in got:
-                    rows.setdefault((row["case"], row["plan"]), {}).setdefault(name, []).append(row)
-    summary = _summary(names, rows, args.rounds)
+        try:
+            roots = {name: _arm_root(Path(tmp) / f"arm{i}", files) for i, (name, files) in enumerate(arms.items())}
+            for r in range(args.rounds):
+                for name in names[r % len(names):] + names[:r % len(names)]:  # each arm first in turn
+                    at = f"in round {r + 1}'s run of {name}"
+                    env = child_env(roots[name], os.environ)
+                    try:
+                        done = subprocess.run([sys.executable, __file__, "--child", str(roots[name]), *passthrough],
+                                              env=env, capture_output=True, text=True, timeout=args.child_timeout)
+                        out, code, err = done.stdout, done.returncode, done.stderr
+                    except subprocess.TimeoutExpired as e:
+                        out, code, err = e.stdout or "", "timeout", ""
+                        out = out.decode() if isinstance(out, bytes) else out
+                    got = [json.loads(line[len(MARK):]) for line in out.splitlines() if line.startswith(MARK)]
+                    for row in got:
+                        rows.setdefault((row["case"], row["plan"]), {}).setdefault(name, []).append(row)
+                        us = "-" if row.get("us") is None else f"{row['us']:.2f} us"
+                        print(f"round {r + 1} {name}: {row['case']} {row['plan']}: {us} {row['check']}", flush=True)
+                    print(f"round {r + 1} {name}: {len(got)} plans (exit {code})", flush=True)
+                    if code != 0:
+                        crashed.append(f"{name}: round {r + 1} exited {code}: {(err.strip().splitlines() or [''])[-1]}")
+                        print(err[-2000:], file=sys.stderr)
+        except _Cut:  # subprocess.run has killed the running arm's process
+            cut = f"cut by SIGTERM {at}: the summary holds the runs that ended; nothing saved"
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    summary = _summary(names, rows, None if cut else args.rounds)
     summary["failed"] += crashed
     for p in summary["points"]:
         cols = "  ".join(f"{a} {p[f'{a}_us']:.2f}" if p[f"{a}_us"] is not None else f"{a} -" for a in names)
@@ -220,6 +244,9 @@ def main() -> int:
         print(f"geomean {k} {v:.3f}")
     for f in summary["failed"]:
         print(f"!!! {f}")
+    if cut:
+        print(f"!!! {cut}")
+        return 1
     sys.path.insert(0, str(ROOT))
     from benchmarks.common import default_out_dir, device_record, result_name, save_results
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -103,6 +104,31 @@ def test_ab_kernels_runs_each_arm_on_its_own_files(tmp_path: Path) -> None:
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 1 and "!!! crashed: round 1 exited 1" in done.stdout, done.stdout[-2000:]
+
+
+def test_ab_kernels_cut_by_sigterm_prints_what_ran_and_saves_nothing(tmp_path: Path) -> None:
+    """A device visit's ``timeout`` stops the run mid-round: the plans of the runs that ended are in
+    the log as they end, the summary follows, marked as cut, and no JSON is written."""
+    arm = tmp_path / "a" / "dsv4_tune" / "kernels"
+    shutil.copytree(ROOT / "dsv4_tune" / "kernels", arm, ignore=shutil.ignore_patterns("__pycache__"))
+    run = subprocess.Popen([sys.executable, "benchmarks/ab_kernels.py", "--smoke", "--rounds", "2", "--cases",
+                            "16:SWA 64:1", "--arm", f"a={tmp_path / 'a'}", "--arm", f"b={tmp_path / 'a'}",
+                            "--out", str(tmp_path / "out")],
+                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in run.stdout:  # the first arm's run has ended: stop the second one mid-run
+        seen.append(line)
+        if line.startswith("round 1 a: 1 plans"):
+            run.send_signal(signal.SIGTERM)
+            break
+    out, err = run.communicate(timeout=120)
+    log = "".join(seen) + out
+    assert run.returncode == 1, log + err[-2000:]
+    assert "round 1 a: h16 SWA 64 T=1 " in log and "!!! cut by SIGTERM in round 1's run of b" in log, log
+    summary = [line for line in out.splitlines() if line.startswith("h16 SWA 64 T=1 ")]
+    assert summary and summary[0].endswith("checks cut") and "Traceback" not in err, log + err[-2000:]
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.json"))
 
 
 def test_ab_kernels_arms_keep_the_path_they_were_given(tmp_path: Path) -> None:
