@@ -363,6 +363,7 @@ def compare_main(args: argparse.Namespace) -> int:
                 r = rows[-1]
                 print(f"  h_q={h} {layer.name} T={t}: policy {r['policy_us']:.1f} us ({r['x_floor']:.2f}x floor, "
                       f"{r['TFLOP/s']:.0f} TFLOP/s), before {r['before_us']:.1f}, seed {r['seed_us']:.1f}"
+                      + (f", in a graph {r['policy_in_graph_us']:.1f}" if "policy_in_graph_us" in r else "")
                       + (f", ws {r['ws_us']:.1f}" if "ws_us" in r else "") + f" {r['check']}", flush=True)
                 if "ws_all_us" in r:  # each ws config, in the log too (a run cut short saves no JSON)
                     print("    ws: " + "; ".join(f"{p} {us:.1f}" for p, us in r["ws_all_us"].items()), flush=True)
