@@ -207,7 +207,7 @@ def main() -> int:
     names = list(arms)
     crashed: list[str] = []
     cut, at = "", "before the first run"
-    signal.signal(signal.SIGTERM, _stop)
+    before = signal.signal(signal.SIGTERM, _stop)
     with tempfile.TemporaryDirectory(prefix="ab_kernels-") as tmp:
         try:
             roots = {name: _arm_root(Path(tmp) / f"arm{i}", files) for i, (name, files) in enumerate(arms.items())}
@@ -233,7 +233,7 @@ def main() -> int:
                         print(err[-2000:], file=sys.stderr)
         except _Cut:  # subprocess.run has killed the running arm's process
             cut = f"cut by SIGTERM {at}: the summary holds the runs that ended; nothing saved"
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, before)
     summary = _summary(names, rows, None if cut else args.rounds)
     summary["failed"] += crashed
     for p in summary["points"]:

@@ -27,7 +27,7 @@ from dsv4_tune.registry.variants import VARIANTS, default_plan, plan_problems, s
 from dsv4_tune.serving.variants import variant_problem
 from dsv4_tune.tuner.candidates import decode_coarse_candidates, neighbours
 from dsv4_tune.tuner.crosscompile import KernelSpec, compile_kernel, problems_of
-from tests.helpers import record_launched_variants
+from tests.helpers import nan_like, record_launched_variants
 from tests.test_sparse_decode import check_against_reference, make_case
 
 W = Workload(64, 128, 128, 1024)
@@ -318,10 +318,10 @@ def test_launched_early_it_waits_for_the_kernel_that_writes_its_query(device, ge
     real = case.q
     for plan in (ws(), ws(SOLO=1), ws(SOLO=1, BLOCK_N=32, SPLIT_K=3, PDL=1), ws(CROSS=1), ws(STAGED=1, PIPE=1)):
         case.q = torch.full_like(real, float("nan"))
-        case.run(plan)  # compiled and its workspace made before the timed order below
-        case.q.fill_(float("nan"))
-        out = torch.full((*real.shape[:3], 512), float("nan"), dtype=torch.bfloat16, device=device)
-        lse = torch.full((real.shape[0], real.shape[2], real.shape[1]), float("nan"), device=device)
+        case.run(plan)  # compiled before the order below (the run reads Q, never writes it)
+        # The outputs poisoned before the writer, so the writer is the kernel right before the call's.
+        out = nan_like((*real.shape[:3], 512), torch.bfloat16, device)
+        lse = nan_like((real.shape[0], real.shape[2], real.shape[1]), torch.float32, device)
         _late_copy[(triton.cdiv(real.numel(), 4096),)](real, case.q, real.numel(), WAIT_NS=50_000, BLOCK=4096)
         sparse_decode(case.q, case.main.kv_cache, case.main.indices, plan=plan, out=(out, lse), **case.kw)
         check_against_reference(f"{plan} after a late writer", out, lse, *case.ref)

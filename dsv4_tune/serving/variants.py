@@ -151,12 +151,13 @@ def run_ws_sm90(x: DecodeInputs, cfg: dict[str, int], out: torch.Tensor, lse: to
 
     sk = cfg["SPLIT_K"]
     partial = _partials(ws, sk, x.n_tok, x.q.shape[2], x.q.device) if sk > 1 else None
-    pdl = bool(cfg.get(PDL_KEY, 0)) and pdl_enabled(x.q.device)
+    chained = pdl_enabled(x.q.device)  # launched as the previous kernel's programmatic dependent
+    pdl = bool(cfg.get(PDL_KEY, 0)) and chained
     launch_ws_decode(x.q, x.main, x.extra, x.attn_sink, x.sm_scale, out, lse, partial, split_k=sk,
                      BLOCK_N=cfg["BLOCK_N"], SUB=WS_SUB, KSTAGES=cfg["KSTAGES"], STAGED=cfg["STAGED"],
                      PIPE=cfg["PIPE"], PERSIST=cfg.get(WS_PERSIST_KEY, 0), maxnreg=WS_MAXNREG, pdl=pdl,
                      solo=solo_launcher(cfg["BLOCK_N"]) if cfg.get(WS_SOLO_KEY) else None,
-                     CROSS=cfg.get(WS_CROSS_KEY, 0), wait=pdl_enabled(x.q.device))
+                     CROSS=cfg.get(WS_CROSS_KEY, 0), wait=chained)
     if partial is not None:
         launch_combine(*partial, x.attn_sink, out, lse, s_q=x.q.shape[1],
                        BLOCK_H=cfg["COMBINE_BLOCK_H"], num_warps=cfg["combine_warps"], pdl=pdl)
