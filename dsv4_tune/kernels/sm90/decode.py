@@ -343,14 +343,19 @@ def _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, h
             ks = blk % KSTAGES
             kt = kbuf.index(ks)._reinterpret(gl.uint32, [BLOCK_N, 256], K32)
             cur = regs
+            staged_next = ids1
+            # Every global load of the block issued at its start (the rows of the next block's first
+            # sub-block, the ids of both sub-blocks two blocks ahead): they share one scoreboard, so the
+            # first use of any waits for all.  Loaded after the staged copy (until 2026-12-07), the
+            # second ids added a round trip before each k_ready.
             regs = _gather_sub(kv_ptr, stride_page, page_size, n_slots, ids0, SUB, GATHER, ROPE)
             ids0 = _sub_ids(idx_row, s_ik, lo + (i + 2) * BLOCK_N, hi, SUB, GATHER)
+            ids1 = _sub_ids(idx_row, s_ik, lo + (i + 2) * BLOCK_N + SUB, hi, SUB, GATHER)
             mbarrier.wait(k_empty.index(ks), ((blk // KSTAGES) & 1) ^ 1)
             _store_sub(kt.slice(0, SUB, dim=0), bias_buf.index(ks).slice(0, SUB), cur, ROPE)
             cur = _read_stage(n_slots, staged, st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER, ROPE)
-            staged = ids1
+            staged = staged_next
             _stage_sub(kv_ptr, stride_page, page_size, n_slots, staged, st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER, ROPE)
-            ids1 = _sub_ids(idx_row, s_ik, lo + (i + 2) * BLOCK_N + SUB, hi, SUB, GATHER)
             _store_sub(kt.slice(SUB, SUB, dim=0), bias_buf.index(ks).slice(SUB, SUB), cur, ROPE)
             fence_async_shared()
             mbarrier.arrive(k_ready.index(ks))
