@@ -14,13 +14,15 @@ Each point is timed twice:
   compiler folds the conversion of the zero rows away: the producer stores zero tiles),
   ``no-convert`` (the FP8 bytes stored as they come), ``no-produce`` (STAGED=0's producer keeps
   only the ring's barriers: the consumers alone) and ``no-mma`` (no wgmma: the producer alone,
-  with the consumers' barriers and softmax): which side of the ring bounds a block; under CROSS
-  also ``no-send`` (no rows sent to the peer) and ``no-couple`` (nor k_empty shared).
+  with the consumers' barriers and softmax): which side of the ring bounds a block; ``no-out`` (no
+  output stored) and ``no-q`` (Q never read): what an item's own traffic costs; under CROSS also
+  ``no-send`` (no rows sent to the peer) and ``no-couple`` (nor k_empty shared).  ``--diag NAME
+  ...`` runs only those.
 
 At T = 1 an item is the whole kernel; at T = 256 (h128: 512 items, ~4 per SM) the fixed part is paid
 once a wave.  Times are graph replays after the L2 flush, as the sweep times plans.
 
-    python benchmarks/ws_anatomy.py [--cases 64:SWA+C4 1152:1 128:SWA+C4 1152:256] [--diag] [--out DIR]
+    python benchmarks/ws_anatomy.py [--cases 64:SWA+C4 1152:1 128:SWA+C4 1152:256] [--diag [NAME ...]] [--out DIR]
         [--staged 0 1] [--config '{"BLOCK_N": 32, "PIPE": 1}']   (knobs over the one-item plan)
 """
 
@@ -70,6 +72,15 @@ DIAGNOSTICS: dict[str, tuple[tuple[str, str], ...]] = {
                 "    return o"),
                ("            o = warpgroup_mma(p_smem, kbuf.index(ks).slice(DV, DV, dim=1), o, is_async=True)",
                 "            o = o")),
+    # No output stored (the final output's stores masked off, which lets the compiler drop its
+    # conversion too): what an item's output path costs.
+    "no-out": (("        mask = hmask[:, None] & (cols[None, :] >= 0)\n        gl.store(outs[0] + out_rows[:, None]",
+                "        mask = hmask[:, None] & (cols[None, :] < 0)\n        gl.store(outs[0] + out_rows[:, None]"),
+               ("gl.store(outs[0] + out_rows[:, None] + cols[None, :], y, mask=hmask[:, None] & (cols[None, :] >= 0))",
+                "gl.store(outs[0] + out_rows[:, None] + cols[None, :], y, mask=hmask[:, None] & (cols[None, :] < 0))")),
+    # Q never read (its copies masked off: zeros land in Q's buffer): what an item's Q load costs.
+    "no-q": (("q_ptr + q_rows[:, None] + qc[None, :], mask=q_ok)",
+              "q_ptr + q_rows[:, None] + qc[None, :], mask=q_ok & (qc[None, :] < 0))"),),
     # CROSS: no rows sent to the peer (each CTA's consumers read its own rows and stale ones): the
     # clustered ring without its DSMEM traffic.
     "no-send": _NO_SEND,
@@ -162,7 +173,8 @@ def main() -> int:
     ap.add_argument("--staged", nargs="+", type=int, default=[0, 1], choices=[0, 1])
     ap.add_argument("--config", type=json.loads, default={}, metavar="JSON",
                     help='knobs laid over the one-item plan, e.g. \'{"BLOCK_N": 32, "PIPE": 1}\' (SPLIT_K stays 1)')
-    ap.add_argument("--diag", action="store_true", help="also the diagnostic kernel copies (timing only)")
+    ap.add_argument("--diag", nargs="*", default=None, metavar="NAME", choices=sorted(DIAGNOSTICS),
+                    help="also the diagnostic kernel copies (timing only): these, or all of them without names")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="result folder (default benchmarks/results/)")
     args = ap.parse_args()
@@ -194,8 +206,8 @@ def main() -> int:
         print(f"ws_anatomy: not HEADS:LAYER:T with a layer of {sorted(layers)}: {[':'.join(c) for c in bad]}")
         return 2
     kernels: dict[str, ModuleType | None] = {"main": None}
-    if args.diag:
-        kernels |= {name: patched_kernel(name) for name in DIAGNOSTICS}
+    if args.diag is not None:
+        kernels |= {name: patched_kernel(name) for name in args.diag or DIAGNOSTICS}
     gen = torch.Generator().manual_seed(args.seed)
     scopes = Scopes(max(int(t) for _, _, t in cases), "cuda", big=True, gen=gen)
     rows: list[dict[str, Any]] = []
