@@ -245,3 +245,12 @@ def test_forget_variant_decode_keeps_the_ops_rows(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "ws_sm90" in done.stdout and "qk_norm" not in done.stdout
     assert rows(ops=False) == 0 and rows(ops=True) == ops_before
+
+
+def test_run_plans_names_a_bad_case_in_one_line() -> None:
+    """The profiling driver refuses a case it cannot read (or a machine without a GPU) with one line."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "benchmarks/run_plans.py", "--case", "64:SWA 99:8", "--plans", "[]"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout.count("\n") == 1 and "SWA 99" in done.stdout and not done.stderr

@@ -1,0 +1,64 @@
+"""Run decode plans on one benchmark point, checked, for a profiler to watch (``ncu``, ``nsys``).
+
+Each plan is checked against the reference on the point's inputs (those of ``bench_decode``), then
+called ``--calls`` times and synchronized: under ``ncu -k regex:KERNEL`` the first profiled launch is
+the check's, the rest the plain calls'.  Nothing is timed here; ``ncu_stalls.py`` reads the result.
+
+    ncu --clock-control none --section SourceCounters --warp-sampling-interval 0 -k regex:_ws_decode -c 1 \\
+        -o rep python benchmarks/run_plans.py --case "64:SWA 128:256" \\
+        --plans '[["ws_sm90", {"BLOCK_N": 64, "KSTAGES": 2, "PIPE": 0, "SPLIT_K": 1, "STAGED": 1, "PERSIST": 1}]]'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--case", required=True, metavar="HEADS:LAYER:T", help='e.g. "64:SWA 128:256"')
+    ap.add_argument("--plans", required=True, type=json.loads, metavar="JSON", help="a list of [variant, config]")
+    ap.add_argument("--calls", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=5)
+    args = ap.parse_args()
+
+    import torch
+
+    from benchmarks.bench_decode import FP8, LAYERS, Scopes, point_inputs
+    from dsv4_tune.kernels.reference import sparse_decode_ref
+    from dsv4_tune.registry.workload import Plan
+    from dsv4_tune.tuner.cases import DecodeCase
+
+    layers = {x.name: x for x in LAYERS}
+    parts = args.case.split(":")
+    if len(parts) != 3 or not parts[0].isdigit() or parts[1] not in layers or not parts[2].isdigit():
+        print(f"run_plans: --case {args.case!r} is not HEADS:LAYER:T with a layer of {sorted(layers)}")
+        return 2
+    if not torch.cuda.is_available():
+        print("run_plans: needs a GPU")
+        return 2
+    h, layer, t = int(parts[0]), layers[parts[1]], int(parts[2])
+    gen = torch.Generator().manual_seed(args.seed)
+    q, main_scope, kw, _ = point_inputs(h, layer, t, Scopes(t, "cuda", big=True, gen=gen), "cuda", gen)
+    ref = sparse_decode_ref(q, main_scope.kv_cache, main_scope.indices, fp8=FP8, out_dtype=torch.float32, **kw)
+    failed = False
+    for variant, config in args.plans:
+        plan = Plan.make(variant, config)
+        case = DecodeCase(q, main_scope, kw, ref, FP8)
+        status, error, _ = case.check(plan)
+        run = case.timer(plan)
+        for _ in range(args.calls):
+            run()
+        torch.cuda.synchronize()
+        print(f"{plan}: {status} {(error or '')[:160]}", flush=True)
+        failed |= status != "ok"
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
