@@ -94,10 +94,11 @@ HOT_SLOTS = 64
 ONE_ITEM = {"BLOCK_N": 64, "KSTAGES": 2, "PIPE": 0, "SPLIT_K": 1}  # + STAGED: the policies' long-item plans
 
 
-def patched_kernel(name: str) -> ModuleType:
-    """A copy of the ``ws_sm90`` kernel module with the diagnostic edit ``name`` (timing only)."""
+def patched_kernel(name: str, edits: tuple[tuple[str, str], ...] | None = None) -> ModuleType:
+    """A copy of the ``ws_sm90`` kernel module with the diagnostic edit ``name`` (timing only), or
+    with ``edits`` (each (what to replace, its replacement), occurring once) under that name."""
     src = KERNEL.read_text()
-    for old, new in DIAGNOSTICS[name]:
+    for old, new in DIAGNOSTICS[name] if edits is None else edits:
         if src.count(old) != 1:
             raise SystemExit(f"diagnostic {name}: the kernel source no longer has its edit point once")
         src = src.replace(old, new)

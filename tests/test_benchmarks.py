@@ -254,3 +254,36 @@ def test_run_plans_names_a_bad_case_in_one_line() -> None:
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stdout.count("\n") == 1 and "SWA 99" in done.stdout and not done.stderr
+
+
+def test_ws_trace_edits_apply_and_its_timelines_read_the_stamps() -> None:
+    """Each stamp's edit point is in today's kernel once, and a program's stamps (cycles from its
+    start, scaled by its own globaltimer pair) read back as us; unstamped slots (-1) are left out."""
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from benchmarks.ws_anatomy import KERNEL
+    from benchmarks.ws_trace import EDITS, SLOTS, summary, timelines
+
+    src = KERNEL.read_text()
+    assert all(src.count(old) == 1 for old, _ in EDITS)
+    stamps = torch.full((2, SLOTS), -1, dtype=torch.int64)
+    for p, scale in ((0, 1), (1, 2)):  # 2000 cycles of 1 or 2 ns each, WG0's end at 2000 cycles
+        stamps[p, 255], stamps[p, 254], stamps[p, 252], stamps[p, 253] = 1000, 0, 3000, 2000 * scale
+        stamps[p, 192], stamps[p, 193] = 1000, 1500  # item 0: producer start, end
+        stamps[p, 2], stamps[p, 6] = 1100, 1600  # item 0 tile 0: k_ready reached, passed
+    lines = timelines(stamps)
+    assert lines[0]["item 0: P end"] == 0.5 and lines[1]["item 0: P end"] == 1.0
+    assert lines[0]["item 0 tile 0: k_ready passed"] == 0.6 and "item 0: WG0 start" not in lines[0]
+    rows = {r["event"]: r for r in summary(lines)}
+    assert rows["item 0 tile 0: k_ready reached"]["programs"] == 2
+    assert rows["kernel end (WG0)"]["median_us"] == 4.0
+    assert next(iter(rows)) == "item 0: P start"
+
+
+def test_ws_trace_refuses_a_split_plan_in_one_line() -> None:
+    done = subprocess.run([sys.executable, "benchmarks/ws_trace.py", "--case", "64:SWA 128:64", "--config",
+                           '{"SPLIT_K": 2}'], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr == "", done.stderr[-2000:]
+    assert done.stdout.count("\n") == 1 and done.stdout.startswith("ws_trace: only an unsplit plan"), done.stdout
