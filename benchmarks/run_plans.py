@@ -1,8 +1,9 @@
 """Run decode plans on one benchmark point, checked, for a profiler to watch (``ncu``, ``nsys``).
 
-Each plan is checked against the reference on the point's inputs (those of ``bench_decode``), then
-called ``--calls`` times and synchronized: under ``ncu -k regex:KERNEL`` the first profiled launch is
-the check's, the rest the plain calls'.  Nothing is timed here; ``ncu_stalls.py`` reads the result.
+Each plan is checked against the reference on the point's inputs (those of ``bench_decode``), then,
+if right, called ``--calls`` times and synchronized: under ``ncu -k regex:KERNEL`` the first two
+profiled launches are the check's (on the GPU it calls twice), the rest the plain calls'.  Nothing is
+timed here; ``ncu_stalls.py`` reads the result.
 
     ncu --clock-control none --section SourceCounters --warp-sampling-interval 0 -k regex:_ws_decode -c 1 \\
         -o rep python benchmarks/run_plans.py --case "64:SWA 128:256" \\
@@ -51,10 +52,11 @@ def main() -> int:
         plan = Plan.make(variant, config)
         case = DecodeCase(q, main_scope, kw, ref, FP8)
         status, error, _ = case.check(plan)
-        run = case.timer(plan)
-        for _ in range(args.calls):
-            run()
-        torch.cuda.synchronize()
+        if status == "ok":
+            run = case.timer(plan)
+            for _ in range(args.calls):
+                run()
+            torch.cuda.synchronize()
         print(f"{plan}: {status} {(error or '')[:160]}", flush=True)
         failed |= status != "ok"
     return 1 if failed else 0

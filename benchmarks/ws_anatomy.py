@@ -72,8 +72,9 @@ DIAGNOSTICS: dict[str, tuple[tuple[str, str], ...]] = {
                 "    return o"),
                ("            o = warpgroup_mma(p_smem, kbuf.index(ks).slice(DV, DV, dim=1), o, is_async=True)",
                 "            o = o")),
-    # No output stored (the final output's stores masked off, which lets the compiler drop its
-    # conversion too): what an item's output path costs.
+    # No output stored (the final output's stores masked off; the compiler drops the read-backs
+    # before them, not the bf16 conversion or a lone item's staging in Q's buffer): a lower bound on
+    # what an item's output path costs.
     "no-out": (("        mask = hmask[:, None] & (cols[None, :] >= 0)\n        gl.store(outs[0] + out_rows[:, None]",
                 "        mask = hmask[:, None] & (cols[None, :] < 0)\n        gl.store(outs[0] + out_rows[:, None]"),
                ("gl.store(outs[0] + out_rows[:, None] + cols[None, :], y, mask=hmask[:, None] & (cols[None, :] >= 0))",

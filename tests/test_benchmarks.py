@@ -266,24 +266,35 @@ def test_ws_trace_edits_apply_and_its_timelines_read_the_stamps() -> None:
     from benchmarks.ws_trace import EDITS, SLOTS, summary, timelines
 
     src = KERNEL.read_text()
-    assert all(src.count(old) == 1 for old, _ in EDITS)
-    stamps = torch.full((2, SLOTS), -1, dtype=torch.int64)
-    for p, scale in ((0, 1), (1, 2)):  # 2000 cycles of 1 or 2 ns each, WG0's end at 2000 cycles
-        stamps[p, 255], stamps[p, 254], stamps[p, 252], stamps[p, 253] = 1000, 0, 3000, 2000 * scale
+    for old, new in EDITS:  # in order, as the patch applies them: each still there once, and Python after
+        assert src.count(old) == 1, old
+        src = src.replace(old, new)
+    compile(src, "ws_trace-patched", "exec")
+    stamps = torch.full((3, SLOTS), -1, dtype=torch.int64)
+    for p, (scale, span) in enumerate(((1, 2000), (2, 2000), (2, 4000))):  # ns a cycle; cycles to WG0's end
+        stamps[p, 255], stamps[p, 254], stamps[p, 252], stamps[p, 253] = 1000, 0, 1000 + span, span * scale
         stamps[p, 192], stamps[p, 193] = 1000, 1500  # item 0: producer start, end
-        stamps[p, 2], stamps[p, 6] = 1100, 1600  # item 0 tile 0: k_ready reached, passed
-    lines = timelines(stamps)
-    assert lines[0]["item 0: P end"] == 0.5 and lines[1]["item 0: P end"] == 1.0
-    assert lines[0]["item 0 tile 0: k_ready passed"] == 0.6 and "item 0: WG0 start" not in lines[0]
+        stamps[p, 2], stamps[p, 6] = 1100, 1600 + p  # item 0 tile 0: k_ready reached, passed
+    lines = timelines(stamps)  # at the median rate, 2 ns a cycle
+    assert [e["item 0: P end"] for e in lines] == [1.0, 1.0, 1.0]
+    assert lines[0]["item 0 tile 0: k_ready passed"] == 1.2 and "item 0: WG0 start" not in lines[0]
     rows = {r["event"]: r for r in summary(lines)}
-    assert rows["item 0 tile 0: k_ready reached"]["programs"] == 2
-    assert rows["kernel end (WG0)"]["median_us"] == 4.0
+    assert rows["item 0 tile 0: k_ready reached"]["programs"] == 3
+    assert rows["item 0 tile 0: k_ready passed"]["median_us"] == 1.202
+    assert rows["kernel end (WG0)"]["median_us"] == 4.0 and rows["kernel end (WG0)"]["p90_us"] == 4.0
     assert next(iter(rows)) == "item 0: P start"
 
 
-def test_ws_trace_refuses_a_split_plan_in_one_line() -> None:
-    done = subprocess.run([sys.executable, "benchmarks/ws_trace.py", "--case", "64:SWA 128:64", "--config",
-                           '{"SPLIT_K": 2}'], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and done.stderr == "", done.stderr[-2000:]
-    assert done.stdout.count("\n") == 1 and done.stdout.startswith("ws_trace: only an unsplit plan"), done.stdout
+def test_ws_trace_refuses_what_it_cannot_trace_in_one_line() -> None:
+    """A split or PIPE plan, and (here, without an sm90 GPU) a plan it could trace."""
+    import torch
+
+    cases = [('{"SPLIT_K": 2}', "ws_trace: only an unsplit plan"), ('{"PIPE": 1}', "ws_trace: only an unsplit plan")]
+    if not torch.cuda.is_available():
+        cases.append(('{"PERSIST": 1}', "ws_trace: needs a CUDA sm90 GPU"))
+    for config, says in cases:
+        done = subprocess.run([sys.executable, "benchmarks/ws_trace.py", "--case", "64:SWA 128:64", "--config",
+                               config], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and done.stderr == "", done.stderr[-2000:]
+        assert done.stdout.count("\n") == 1 and done.stdout.startswith(says), done.stdout
