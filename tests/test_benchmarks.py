@@ -274,13 +274,13 @@ def test_ws_trace_edits_apply_and_its_timelines_read_the_stamps() -> None:
     for p, (scale, span) in enumerate(((1, 2000), (2, 2000), (2, 4000))):  # ns a cycle; cycles to WG0's end
         stamps[p, 255], stamps[p, 254], stamps[p, 252], stamps[p, 253] = 1000, 0, 1000 + span, span * scale
         stamps[p, 192], stamps[p, 193] = 1000, 1500  # item 0: producer start, end
-        stamps[p, 2], stamps[p, 6] = 1100, 1600 + p  # item 0 tile 0: k_ready reached, passed
+        stamps[p, 2], stamps[p, 6] = 1100, 1600 + 100 * p  # item 0 tile 0: k_ready reached, passed
     lines = timelines(stamps)  # at the median rate, 2 ns a cycle
     assert [e["item 0: P end"] for e in lines] == [1.0, 1.0, 1.0]
     assert lines[0]["item 0 tile 0: k_ready passed"] == 1.2 and "item 0: WG0 start" not in lines[0]
     rows = {r["event"]: r for r in summary(lines)}
     assert rows["item 0 tile 0: k_ready reached"]["programs"] == 3
-    assert rows["item 0 tile 0: k_ready passed"]["median_us"] == 1.202
+    assert rows["item 0 tile 0: k_ready passed"]["median_us"] == 1.4
     assert rows["kernel end (WG0)"]["median_us"] == 4.0 and rows["kernel end (WG0)"]["p90_us"] == 4.0
     assert next(iter(rows)) == "item 0: P start"
 
