@@ -7,7 +7,9 @@ for what runs there.  A *wave* is a run of global loads that are in flight toget
 an instruction reads a register one of its loads writes (the warp waits for the data there), and
 the next load starts a new wave, one more round trip.  Counted over the main loop (the longest
 backward branch), else the whole kernel.  Also named: each loop with spill traffic (local loads and
-stores) inside, and a kernel whose wgmma ptxas serialized (its C7513 note).
+stores) inside, and a kernel whose wgmma ptxas serialized (its C7513 note).  Beside each kernel's
+``.sass``, a ``.sb.txt`` lists every instruction that sets, reads or waits for a scoreboard (from
+the encodings' control bits): which loads share one, and where a warp waits for them.
 
     PY=$(bash ../shared/tools/device-toolchain)
     PYTHONPATH=$PWD $PY benchmarks/plan_sass.py OUT --workload 1 64 128 64 --lengths 1 1 \\
@@ -27,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 _INSTR = re.compile(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
+_HI = re.compile(r"^\s*/\* (0x[0-9a-f]{16}) \*/\s*$")
 _PRED = re.compile(r"^@!?U?P[T0-9]+\s+")
 _BRANCH = re.compile(r"BRA\s+(?:`\()?(?:0x)?([0-9a-f]+)")
 
@@ -35,6 +38,35 @@ def instructions(sass: str) -> list[tuple[int, str]]:
     """(address, instruction text without its predicate) of each SASS instruction."""
     return [(int(m.group(1), 16), _PRED.sub("", m.group(2)).strip()) for m in map(_INSTR.match, sass.splitlines())
             if m]
+
+
+def control(hi: int) -> tuple[int, int, int]:
+    """(write scoreboard, read scoreboard, wait mask) of an instruction, from the high word of its
+    encoding (Volta on: bits 41-63 hold stall, yield, write and read scoreboard, wait mask, reuse);
+    scoreboard 7 is none.  A variable-latency instruction (a load, MUFU, ...) sets its write
+    scoreboard until its result is in; an instruction waits for every scoreboard in its mask."""
+    c = hi >> 41
+    return (c >> 5) & 7, (c >> 8) & 7, (c >> 11) & 0x3F
+
+
+def scoreboards(sass: str) -> list[str]:
+    """The lines of ``cuobjdump --dump-sass`` output (with encodings) whose instruction sets, reads or
+    waits for a scoreboard, each as ``ADDRESS  W5 R1 wait{0,5}  INSTRUCTION``: which loads share a
+    scoreboard, and where a warp waits for them (the first use of one load waits for all of its
+    scoreboard's loads issued before)."""
+    lines = sass.splitlines()
+    out = []
+    for i, line in enumerate(lines[:-1]):
+        m, hi = re.search(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", line), _HI.match(lines[i + 1])
+        if not m or not hi:
+            continue
+        write, read, wait = control(int(hi.group(1), 16))
+        tags = [f"W{write}"] * (write != 7) + [f"R{read}"] * (read != 7)
+        if wait:
+            tags.append("wait{" + ",".join(str(b) for b in range(6) if wait >> b & 1) + "}")
+        if tags:
+            out.append(f"{int(m.group(1), 16):06x}  {' '.join(tags):<16} {m.group(2)}")
+    return out
 
 
 def main_loop(ins: list[tuple[int, str]]) -> tuple[int, int] | None:
@@ -124,6 +156,7 @@ def main() -> None:
         sass = subprocess.run([os.fspath(tools / "cuobjdump"), "--dump-sass", os.fspath(path.with_suffix(".cubin"))],
                               capture_output=True, text=True, check=True).stdout
         path.with_suffix(".sass").write_text(sass)
+        path.with_suffix(".sb.txt").write_text("\n".join(scoreboards(sass)) + "\n")
         ins = instructions(sass)
         loop = main_loop(ins)
         body = [x for x in ins if loop is None or loop[0] <= x[0] <= loop[1]]

@@ -298,3 +298,28 @@ def test_ws_trace_refuses_what_it_cannot_trace_in_one_line() -> None:
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and done.stderr == "", done.stderr[-2000:]
         assert done.stdout.count("\n") == 1 and done.stdout.startswith(says), done.stdout
+
+
+def test_plan_sass_reads_the_scoreboards_from_the_encodings() -> None:
+    """Control bits of four instructions of a Triton 3.6 sm90 kernel: a load that sets scoreboard 5,
+    its first use waiting for it, a shared-memory load (sets 4, its operands read when 1 clears) and
+    cp.async's commit (sets 0); an instruction with none is left out."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.plan_sass import control, scoreboards
+
+    assert control(0x000F62000C1E1900) == (5, 7, 0)
+    assert control(0x020FE2000BF06270) == (7, 7, 0b100000)
+    assert control(0x0003280000000C00) == (4, 1, 0)
+    sass = """
+        /*4810*/                   LDGDEPBAR ;                                  /* 0x00000000000079af */
+                                                                                /* 0x000e220000000000 */
+        /*4840*/              @!P3 LDG.E R95, desc[UR14][R14.64] ;              /* 0x0000000e0e5fb981 */
+                                                                                /* 0x000f62000c1e1900 */
+        /*4850*/                   MOV R2, RZ ;                                 /* 0x000000ff00027202 */
+                                                                                /* 0x000fe20000000f00 */
+        /*4c70*/                   ISETP.GE.AND P0, PT, R95, UR25, PT ;         /* 0x0000001f5f007c0c */
+                                                                                /* 0x020fe2000bf06270 */
+    """
+    assert scoreboards(sass) == ["004810  W0               LDGDEPBAR",
+                                 "004840  W5               @!P3 LDG.E R95, desc[UR14][R14.64]",
+                                 "004c70  wait{5}          ISETP.GE.AND P0, PT, R95, UR25, PT"]
