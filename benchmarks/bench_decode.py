@@ -64,6 +64,7 @@ from dsv4_tune.registry.workload import Plan, Workload
 from dsv4_tune.runtime.workspace import Workspace
 from dsv4_tune.serving.decode import workload_of
 from dsv4_tune.serving.variants import variant_problem
+from dsv4_tune.tuner.cases import DecodeCase
 from dsv4_tune.tuner.inputs import TIMING_LENGTHS, Scope, make_query, make_scope, make_sink
 from dsv4_tune.tuner.measure import time_in_graph
 from dsv4_tune.tuner.tolerance import max_abs_error, mismatch
@@ -139,6 +140,25 @@ def point_inputs(
         kw |= {"extra_k_cache": extra.kv_cache, "extra_indices": extra.indices, "extra_topk_length": extra.topk_length}
     w = workload_of(q, main.indices, main.topk_length, kw.get("extra_indices"), kw.get("extra_topk_length"), sink)
     return q, main, kw, w
+
+
+def parse_point(text: str) -> tuple[int, Layer, int] | None:
+    """``HEADS:LAYER:T`` with a layer of :data:`LAYERS` (e.g. ``64:SWA 128:256``) as (h_q, layer, T);
+    None where the text is not one."""
+    parts = text.split(":")
+    layers = {x.name: x for x in LAYERS}
+    if len(parts) != 3 or not parts[0].isdigit() or parts[1] not in layers or not parts[2].isdigit():
+        return None
+    return int(parts[0]), layers[parts[1]], int(parts[2])
+
+
+def point_case(h: int, layer: Layer, t: int, seed: int) -> DecodeCase:
+    """One point's inputs (:func:`point_inputs`, on a GPU, with scopes of its own) and their reference,
+    as the tuner's case: what a script that checks and runs plans on one point needs."""
+    gen = torch.Generator().manual_seed(seed)
+    q, main, kw, _ = point_inputs(h, layer, t, Scopes(t, "cuda", big=True, gen=gen), "cuda", gen)
+    ref = sparse_decode_ref(q, main.kv_cache, main.indices, fp8=FP8, out_dtype=torch.float32, **kw)
+    return DecodeCase(q, main, kw, ref, FP8)
 
 
 def floor_us(t: int, h: int, total_topk: int, copy_gbps: float, tflops: float) -> float:

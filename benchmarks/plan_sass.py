@@ -57,7 +57,7 @@ def scoreboards(sass: str) -> list[str]:
     lines = sass.splitlines()
     out = []
     for i, line in enumerate(lines[:-1]):
-        m, hi = re.search(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", line), _HI.match(lines[i + 1])
+        m, hi = _INSTR.match(line), _HI.match(lines[i + 1])
         if not m or not hi:
             continue
         write, read, wait = control(int(hi.group(1), 16))

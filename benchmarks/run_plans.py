@@ -30,27 +30,19 @@ def main() -> int:
 
     import torch
 
-    from benchmarks.bench_decode import FP8, LAYERS, Scopes, point_inputs
-    from dsv4_tune.kernels.reference import sparse_decode_ref
+    from benchmarks.bench_decode import LAYERS, parse_point, point_case
     from dsv4_tune.registry.workload import Plan
-    from dsv4_tune.tuner.cases import DecodeCase
 
-    layers = {x.name: x for x in LAYERS}
-    parts = args.case.split(":")
-    if len(parts) != 3 or not parts[0].isdigit() or parts[1] not in layers or not parts[2].isdigit():
-        print(f"run_plans: --case {args.case!r} is not HEADS:LAYER:T with a layer of {sorted(layers)}")
+    if (point := parse_point(args.case)) is None:
+        print(f"run_plans: --case {args.case!r} is not HEADS:LAYER:T with a layer of {sorted(x.name for x in LAYERS)}")
         return 2
     if not torch.cuda.is_available():
         print("run_plans: needs a GPU")
         return 2
-    h, layer, t = int(parts[0]), layers[parts[1]], int(parts[2])
-    gen = torch.Generator().manual_seed(args.seed)
-    q, main_scope, kw, _ = point_inputs(h, layer, t, Scopes(t, "cuda", big=True, gen=gen), "cuda", gen)
-    ref = sparse_decode_ref(q, main_scope.kv_cache, main_scope.indices, fp8=FP8, out_dtype=torch.float32, **kw)
+    case = point_case(*point, args.seed)
     failed = False
     for variant, config in args.plans:
         plan = Plan.make(variant, config)
-        case = DecodeCase(q, main_scope, kw, ref, FP8)
         status, error, _ = case.check(plan)
         if status == "ok":
             run = case.timer(plan)

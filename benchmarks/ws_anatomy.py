@@ -35,6 +35,8 @@ import json
 import math
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -135,22 +137,29 @@ def fit_blocks(points: list[tuple[int, float]]) -> tuple[float, float] | None:
     return mu - slope * mb, slope
 
 
-def _timed(fn: Any, mod: ModuleType | None) -> float:
-    """Median us of ``fn``; with ``mod`` standing in for the kernel module while it is captured and
-    timed (the ws launcher imports that module at each call)."""
-    from dsv4_tune.tuner.measure import time_graph
-
+@contextmanager
+def kernel_module(mod: ModuleType | None) -> Iterator[None]:
+    """With ``mod`` (a :func:`patched_kernel`) standing in for the kernel module, which the ws
+    launcher imports at each call; None: the module as it is."""
     key = "dsv4_tune.kernels.sm90.decode"
     saved = sys.modules.get(key)
     if mod is not None:
         sys.modules[key] = mod
     try:
-        return time_graph(fn)["median_us"]
+        yield
     finally:
         if saved is not None:
             sys.modules[key] = saved
         elif mod is not None:
             sys.modules.pop(key, None)
+
+
+def _timed(fn: Any, mod: ModuleType | None) -> float:
+    """Median us of ``fn``, with ``mod`` standing in for the kernel module while it is captured and timed."""
+    from dsv4_tune.tuner.measure import time_graph
+
+    with kernel_module(mod):
+        return time_graph(fn)["median_us"]
 
 
 def _lengths(rows: int, n: int) -> Any:
@@ -198,25 +207,24 @@ def main() -> int:
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9 or GLUON_PROBLEM:
         print(f"ws_anatomy: needs a CUDA sm90 GPU with Gluon ({GLUON_PROBLEM or 'no such GPU here'})")
         return 2
-    from benchmarks.bench_decode import FP8, LAYERS, Scopes, point_inputs
+    from benchmarks.bench_decode import FP8, LAYERS, Scopes, parse_point, point_inputs
     from dsv4_tune.kernels.reference import sparse_decode_ref
     from dsv4_tune.tuner.cases import DecodeCase
 
-    layers = {x.name: x for x in LAYERS}
-    cases = [c.split(":") for c in args.cases]
-    if bad := [c for c in cases if len(c) != 3 or not c[0].isdigit() or c[1] not in layers or not c[2].isdigit()]:
-        print(f"ws_anatomy: not HEADS:LAYER:T with a layer of {sorted(layers)}: {[':'.join(c) for c in bad]}")
+    points = [parse_point(c) for c in args.cases]
+    if bad := [c for c, p in zip(args.cases, points, strict=True) if p is None]:
+        print(f"ws_anatomy: not HEADS:LAYER:T with a layer of {sorted(x.name for x in LAYERS)}: {bad}")
         return 2
     kernels: dict[str, ModuleType | None] = {"main": None}
     if args.diag is not None:
         kernels |= {name: patched_kernel(name) for name in args.diag or DIAGNOSTICS}
     gen = torch.Generator().manual_seed(args.seed)
-    scopes = Scopes(max(int(t) for _, _, t in cases), "cuda", big=True, gen=gen)
+    scopes = Scopes(max(t for _, _, t in points), "cuda", big=True, gen=gen)
     rows: list[dict[str, Any]] = []
     failed = False
-    for h, name, t in cases:
-        layer = layers[name]
-        q, main, kw, _ = point_inputs(int(h), layer, int(t), scopes, "cuda", gen)
+    for h, layer, t in points:
+        name = layer.name
+        q, main, kw, _ = point_inputs(h, layer, t, scopes, "cuda", gen)
         b, main_topk = q.shape[0], main.indices.shape[-1]
         extra_topk = kw["extra_indices"].shape[-1] if "extra_indices" in kw else 0
         for length in [n for n in args.lengths if n <= main_topk + extra_topk]:

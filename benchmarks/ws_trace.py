@@ -31,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import device_record, result_name, save_results
-from benchmarks.ws_anatomy import ONE_ITEM, _timed, patched_kernel
+from benchmarks.ws_anatomy import ONE_ITEM, _timed, kernel_module, patched_kernel
 
 SLOTS = 256  # int64 stamps a program
 ITEMS, TILES = 8, 4  # stamped at most
@@ -172,34 +172,18 @@ def main() -> int:
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9 or GLUON_PROBLEM:
         print(f"ws_trace: needs a CUDA sm90 GPU with Gluon ({GLUON_PROBLEM or 'no such GPU here'})")
         return 2
-    from benchmarks.bench_decode import FP8, LAYERS, Scopes, point_inputs
-    from dsv4_tune.kernels.reference import sparse_decode_ref
-    from dsv4_tune.tuner.cases import DecodeCase
+    from benchmarks.bench_decode import LAYERS, parse_point, point_case
 
-    layers = {x.name: x for x in LAYERS}
-    parts = args.case.split(":")
-    if len(parts) != 3 or not parts[0].isdigit() or parts[1] not in layers or not parts[2].isdigit():
-        print(f"ws_trace: --case {args.case!r} is not HEADS:LAYER:T with a layer of {sorted(layers)}")
+    if (point := parse_point(args.case)) is None:
+        print(f"ws_trace: --case {args.case!r} is not HEADS:LAYER:T with a layer of {sorted(x.name for x in LAYERS)}")
         return 2
-    h, layer, t = int(parts[0]), layers[parts[1]], int(parts[2])
-    gen = torch.Generator().manual_seed(args.seed)
-    q, main_scope, kw, _ = point_inputs(h, layer, t, Scopes(t, "cuda", big=True, gen=gen), "cuda", gen)
-    ref = sparse_decode_ref(q, main_scope.kv_cache, main_scope.indices, fp8=FP8, out_dtype=torch.float32, **kw)
+    case = point_case(*point, args.seed)
     mod = patched_kernel("trace", EDITS)
-    grid = q.shape[0] * q.shape[1] * -(-h // 64)  # at most one program an item
+    grid = case.q.shape[0] * case.q.shape[1] * -(-point[0] // 64)  # at most one program an item
     stamps = torch.full((grid, SLOTS), -1, dtype=torch.int64, device="cuda")
     mod.TRACE[:] = [stamps]
-    case = DecodeCase(q, main_scope, kw, ref, FP8)
-    key = "dsv4_tune.kernels.sm90.decode"
-    saved = sys.modules.get(key)
-    sys.modules[key] = mod
-    try:
+    with kernel_module(mod):
         status, error, _ = case.check(plan)
-    finally:
-        if saved is not None:
-            sys.modules[key] = saved
-        else:
-            sys.modules.pop(key, None)
     if status != "ok":
         print(f"ws_trace: {plan} on the traced kernel: {status}: {(error or '')[:200]}")
         return 1

@@ -323,3 +323,12 @@ def test_plan_sass_reads_the_scoreboards_from_the_encodings() -> None:
     assert scoreboards(sass) == ["004810  W0               LDGDEPBAR",
                                  "004840  W5               @!P3 LDG.E R95, desc[UR14][R14.64]",
                                  "004c70  wait{5}          ISETP.GE.AND P0, PT, R95, UR25, PT"]
+
+
+def test_parse_point_reads_heads_layer_and_t() -> None:
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.bench_decode import parse_point
+
+    h, layer, t = parse_point("128:SWA+C4 640:256")
+    assert (h, layer.name, layer.extra, t) == (128, "SWA+C4 640", (512, 64), 256)
+    assert [parse_point(x) for x in ("64:SWA 99:8", "64:SWA 128", "x:SWA 128:1", "64:SWA 128:-1")] == [None] * 4
