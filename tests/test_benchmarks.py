@@ -256,6 +256,23 @@ def test_run_plans_names_a_bad_case_in_one_line() -> None:
     assert done.stdout.count("\n") == 1 and "SWA 99" in done.stdout and not done.stderr
 
 
+def test_bench_cold_refuses_in_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    """A case it cannot read, a missing policy and (here, without a GPU) any run: one line, exit 2, no file."""
+    import torch
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    runs = [(["--cases", "64:SWA 99:8"], "'64:SWA 99:8' is not HEADS:LAYER:T"),
+            (["--policy", str(tmp_path / "none.json")], "--policy")]
+    if not torch.cuda.is_available():
+        runs.append(([], "bench_cold: needs a CUDA GPU"))
+    for argv, message in runs:
+        done = subprocess.run([sys.executable, "benchmarks/bench_cold.py", *argv, "--out", str(tmp_path / "out")],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and not done.stderr, done.stdout + done.stderr
+        assert done.stdout.count("\n") == 1 and message in done.stdout, done.stdout
+    assert not (tmp_path / "out").exists()
+
+
 def test_ws_trace_edits_apply_and_its_timelines_read_the_stamps() -> None:
     """Each stamp's edit point is in today's kernel once, and a program's stamps (cycles from its
     start, scaled by its own globaltimer pair) read back as us; unstamped slots (-1) are left out."""
