@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,29 +35,14 @@ Step = Callable[[], object]
 
 
 def graph_us(steps: Sequence[Step], reps: int) -> float:
-    """Median us of one replay of a CUDA graph holding ``steps`` in order (run once first, outside the
-    graph, on a side stream: what capture needs)."""
-    import torch
+    """Median us of one replay of a CUDA graph holding ``steps`` in order (``time_graph`` with no flush
+    between replays: each difference below puts its own flush inside the graph)."""
+    from dsv4_tune.tuner.measure import time_graph
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for step in steps:
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for step in steps:
-            step()
-    times = []
-    for _ in range(reps + 3):  # the first three: warm-up
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
-    return statistics.median(times[3:])
+    timing = time_graph(lambda: [step() for step in steps], flush_bytes=0, reps=reps)
+    if not timing["graph"]:  # eager calls would add their launches to every difference
+        raise RuntimeError("no CUDA graph could be captured")
+    return timing["median_us"]
 
 
 def breakdown(call: Step, warm_up: Step | None, reps: int) -> dict[str, float]:
