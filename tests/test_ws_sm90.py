@@ -54,8 +54,6 @@ def test_its_rules_name_the_knob_at_fault() -> None:
     # Triton 3.6's figures for the one-warpgroup kernels (64-token tiles; 32-token tiles, pipelined)
     assert ws_smem_bytes(ws(SOLO=1).as_dict()) == 206080 and ws_smem_bytes(ws(SOLO=1, BLOCK_N=32).as_dict()) == 187392
     assert plan_problems(W, ws(SOLO=1, BLOCK_N=32, SPLIT_K=8, PDL=1)) == []
-    assert plan_problems(W, ws(SOLO=1, DUO=1, SPLIT_K=8, PDL=1)) == []
-    assert ws_smem_bytes(ws(SOLO=1, DUO=1).as_dict()) == 210204  # Triton 3.6's figure, unsplit
     cases = {ws(KSTAGES=3): "shared memory", ws(BLOCK_N=32, STAGED=1): "STAGED=1 needs BLOCK_N=64",
              ws(PIPE=2): "PIPE=2 not in", ws(BLOCK_N=16): "BLOCK_N=16 not in", ws(PDL=1): "PDL=1 needs SPLIT_K > 1",
              ws(PERSIST=2): "PERSIST=2 not in", ws(SPLIT_K=2, PERSIST=1): "PERSIST=1 needs SPLIT_K=1",
@@ -63,9 +61,7 @@ def test_its_rules_name_the_knob_at_fault() -> None:
              ws(SOLO=1, PIPE=1): "SOLO=1 needs KSTAGES=2, STAGED=0, PIPE=0 and no PERSIST",
              ws(SOLO=1, PERSIST=1): "SOLO=1 needs", ws(SOLO=1, KSTAGES=3): "SOLO=1 needs KSTAGES=2",
              ws(CROSS=2): "CROSS=2 not in", ws(CROSS=1, STAGED=1): "CROSS=1 needs h_q a multiple of 128",
-             ws(CROSS=1, SOLO=1): "CROSS=1 needs", ws(CROSS=1, BLOCK_N=32, KSTAGES=4): "BLOCK_N=64 (a sub-block each)",
-             ws(DUO=1): "DUO=1 needs SOLO=1 and BLOCK_N=64", ws(DUO=1, SOLO=1, BLOCK_N=32): "DUO=1 needs",
-             ws(DUO=2, SOLO=1): "DUO=2 not in"}
+             ws(CROSS=1, SOLO=1): "CROSS=1 needs", ws(CROSS=1, BLOCK_N=32, KSTAGES=4): "BLOCK_N=64 (a sub-block each)"}
     small = Workload(4, 64, 128, 0)  # 2 blocks of 64: SPLIT_K 4 exceeds them
     for plan, message in cases.items():
         problems = plan_problems(small if plan["SPLIT_K"] == 4 else W, plan)
@@ -122,9 +118,6 @@ def test_its_kernels_and_buffers() -> None:
     assert dict(solo[1])["SPLIT"] is True and dict(solo[1])["PDL"] is True
     assert combine[0] == "_combine_kernel" and dict(combine[1])["PDL"] is True
     assert plan_buffers(ws(SPLIT_K=4, SOLO=1), W) == plan_buffers(ws(SPLIT_K=4), W)
-    duo, _ = plan_kernels(ws(SPLIT_K=4, SOLO=1, DUO=1, PDL=1), W, "sm90")
-    assert duo[0] == "_duo_decode_kernel" and duo[1:] == solo[1:]  # SOLO's constexprs, warps and stages
-    assert catalog.OPTIONS["_duo_decode_kernel"]["maxnreg"] * 2 * 128 <= 65536  # two warpgroups' registers
     (pipe,) = plan_kernels(ws(SOLO=1, BLOCK_N=32), W, "sm90")
     assert pipe[0] == "_solo_pipe_decode_kernel" and dict(pipe[1])["BLOCK_N"] == 32
     assert plan_buffers(ws(), W) == {} and set(plan_buffers(ws(SPLIT_K=4), W)) == {"part_o", "part_lse"}
@@ -165,8 +158,7 @@ def test_its_one_warpgroup_plans_are_coarse_candidates_at_small_t_only(monkeypat
     for t, expected in ((4, {1, 2, 4, 8, 16}), (64, {1, 2, 4, 8, 16}), (128, set())):
         solo = [p for p in decode_coarse_candidates(Workload(t, 128, 128, 1024), "sm90") if p.as_dict().get("SOLO")]
         for bn in (32, 64):
-            pair = [p for p in solo if p["BLOCK_N"] == bn and not p.as_dict().get("DUO")]
-            assert {p["SPLIT_K"] for p in pair} == expected, (t, bn)
+            assert {p["SPLIT_K"] for p in solo if p["BLOCK_N"] == bn} == expected, (t, bn)
         assert all(bool(p.as_dict().get("PDL")) == (p["SPLIT_K"] > 1) for p in solo)
 
 
@@ -179,9 +171,9 @@ def test_where_gluon_is_there_it_still_needs_e4m3fn_pools_and_an_sm90_gpu(monkey
     assert "here tensors are on cpu" in variant_problem("ws_sm90", torch.device("cpu"))
 
 
-@pytest.mark.parametrize("knobs", [{}, {"SOLO": 1}, {"SOLO": 1, "DUO": 1}])
-def test_the_compile_check_skips_a_kernel_this_triton_cannot_build(monkeypatch, knobs) -> None:
-    (launch,) = plan_kernels(ws(**knobs), W, "sm90")
+@pytest.mark.parametrize("solo", [0, 1])
+def test_the_compile_check_skips_a_kernel_this_triton_cannot_build(monkeypatch, solo) -> None:
+    (launch,) = plan_kernels(ws(SOLO=solo), W, "sm90")
     monkeypatch.setitem(catalog.UNBUILDABLE, launch[0], "Triton 9.9's Gluon lacks it")
     row = compile_kernel(KernelSpec("sm90", launch))
     assert row["status"] == "skipped" and row["error"] == "Triton 9.9's Gluon lacks it" and problems_of(row) == []
@@ -262,20 +254,6 @@ def test_the_one_warpgroup_kernel_against_the_reference(s_q, page, x_page, devic
 
 @pytest.mark.gpu
 @pytest.mark.gpu_only
-@pytest.mark.parametrize(("s_q", "page", "x_page"), KNOB_CASES)
-def test_the_two_warpgroup_kernel_against_the_reference(s_q, page, x_page, device, gen) -> None:
-    """DUO: the one-warpgroup test's rows (tiles from either scope, a row starting in the extra scope,
-    empty splits), each tile now two warpgroups' sub-blocks behind two mbarriers (a hang shows as a
-    timeout)."""
-    if variant_problem("ws_sm90", torch.device(device)):
-        pytest.skip(variant_problem("ws_sm90", torch.device(device)))
-    case = _knob_case(device, gen, s_q, page, x_page)
-    for plan in (ws(SOLO=1, DUO=1), ws(SOLO=1, DUO=1, SPLIT_K=3, PDL=1), ws(SOLO=1, DUO=1, SPLIT_K=6)):
-        case.check(plan)
-
-
-@pytest.mark.gpu
-@pytest.mark.gpu_only
 def test_a_persistent_grid_loops_over_the_items(monkeypatch, device, gen) -> None:
     """PERSIST=1 on 5 programs: each does 3-4 of the 18 (head block, token) items, rows with no
     candidate among them, so the ring, P and output hand-offs run on across items."""
@@ -340,8 +318,7 @@ def test_launched_early_it_waits_for_the_kernel_that_writes_its_query(device, ge
         pytest.skip(variant_problem("ws_sm90", torch.device(device)) or "PDL is off")
     case = _knob_case(device, gen, 1, 64, 61)
     real = case.q
-    for plan in (ws(), ws(SOLO=1), ws(SOLO=1, BLOCK_N=32, SPLIT_K=3, PDL=1), ws(CROSS=1), ws(STAGED=1, PIPE=1),
-                 ws(SOLO=1, DUO=1)):
+    for plan in (ws(), ws(SOLO=1), ws(SOLO=1, BLOCK_N=32, SPLIT_K=3, PDL=1), ws(CROSS=1), ws(STAGED=1, PIPE=1)):
         case.q = torch.full_like(real, float("nan"))
         case.run(plan)  # compiled before the order below (the run reads Q, never writes it)
         # The outputs poisoned before the writer, so the writer is the kernel right before the call's.

@@ -15,7 +15,7 @@ from dsv4_tune.kernels.fused_attention import _sparse_decode_kernel
 from dsv4_tune.kernels.gather_dequant import _gather_dequant_dual_kernel, _gather_dequant_kernel
 from dsv4_tune.kernels.gathered_attention import _gathered_attention_kernel
 from dsv4_tune.kernels.sm90 import GLUON_PROBLEM
-from dsv4_tune.registry.launches import WS_DUO_MAXNREG, WS_MAXNREG
+from dsv4_tune.registry.launches import WS_MAXNREG
 
 KERNELS = {fn.fn.__name__: fn for fn in (_sparse_decode_kernel, _combine_kernel, _gather_dequant_kernel,
                                          _gather_dequant_dual_kernel, _gathered_attention_kernel)}
@@ -27,15 +27,13 @@ POINTER_TYPES = {
 for _family in (compressor, qk_norm):
     KERNELS.update(_family.KERNELS)
     POINTER_TYPES.update(_family.POINTER_TYPES)
-OPTIONS: dict[str, dict[str, int]] = {"_ws_decode_kernel": {"maxnreg": WS_MAXNREG},
-                                      "_duo_decode_kernel": {"maxnreg": WS_DUO_MAXNREG}}
+OPTIONS: dict[str, dict[str, int]] = {"_ws_decode_kernel": {"maxnreg": WS_MAXNREG}}
 UNBUILDABLE: dict[str, str] = {}
 if GLUON_PROBLEM is None:
     from dsv4_tune.kernels.sm90.decode import _ws_decode_kernel
-    from dsv4_tune.kernels.sm90.solo import _duo_decode_kernel, _solo_decode_kernel, _solo_pipe_decode_kernel
+    from dsv4_tune.kernels.sm90.solo import _solo_decode_kernel, _solo_pipe_decode_kernel
 
-    KERNELS.update({fn.fn.__name__: fn for fn in (_ws_decode_kernel, _solo_decode_kernel, _solo_pipe_decode_kernel,
-                                                  _duo_decode_kernel)})
+    KERNELS.update({fn.fn.__name__: fn for fn in (_ws_decode_kernel, _solo_decode_kernel, _solo_pipe_decode_kernel)})
 else:
-    UNBUILDABLE.update(dict.fromkeys(("_ws_decode_kernel", "_solo_decode_kernel", "_solo_pipe_decode_kernel",
-                                      "_duo_decode_kernel"), GLUON_PROBLEM))
+    UNBUILDABLE.update(dict.fromkeys(("_ws_decode_kernel", "_solo_decode_kernel", "_solo_pipe_decode_kernel"),
+                                     GLUON_PROBLEM))

@@ -26,11 +26,6 @@ WS_PERSIST_KEY = "PERSIST"
 # fixed cost is the time; a kernel of its own per tile size (:mod:`dsv4_tune.kernels.sm90.solo`: at
 # BLOCK_N 32 the next tile's dequant runs under this tile's QK^T).
 WS_SOLO_KEY = "SOLO"
-# ws_sm90's optional knob (absent = 0) with SOLO and BLOCK_N 64: SOLO's two programs of an item as
-# the two warpgroups of one program, sharing Q and the K tile, each gathering and converting one
-# 32-token sub-block of every tile (half the bytes and conversions a warpgroup; one program an item).
-WS_DUO_KEY = "DUO"
-WS_DUO_MAXNREG = 252  # DUO: registers per thread at entry; setmaxnreg then gives the warpgroups 256 and 248
 # ws_sm90's optional knob (absent = 0): h_q a multiple of 128, the two items of a token's two head
 # blocks run as one cluster of two CTAs, each gathering and converting one 256-column half of every
 # K tile for both (FlashMLA's crossover; :mod:`dsv4_tune.runtime.cluster`).  Not in the swept space
@@ -80,8 +75,6 @@ def plan_kernels(plan: Plan, w: Workload, arch: str, fp8: Fp8Pair | None = None)
                           BLOCK_H=c["BLOCK_H"], BLOCK_N=c["BLOCK_N"], DOT="bf16"))
     elif plan.variant == "ws_sm90" and c.get(WS_SOLO_KEY):
         name = "_solo_decode_kernel" if c["BLOCK_N"] == 2 * WS_SUB else "_solo_pipe_decode_kernel"
-        if c.get(WS_DUO_KEY):
-            name = "_duo_decode_kernel"
         out.append(launch(name, 4, 1, HAS_LEN=w.has_len_main, HAS_EXTRA=w.dual,
                           X_HAS_LEN=w.dual and w.has_len_extra, HAS_SINK=sink, SPLIT=split, BLOCK_N=c["BLOCK_N"],
                           SUB=WS_SUB, **pdl))

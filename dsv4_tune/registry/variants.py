@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from dsv4_tune.registry.arch import arch_problems
 from dsv4_tune.registry.intmath import cdiv, next_pow2
-from dsv4_tune.registry.launches import PDL_KEY, WS_CROSS_KEY, WS_DUO_KEY, WS_PERSIST_KEY, WS_SOLO_KEY, WS_SUB
+from dsv4_tune.registry.launches import PDL_KEY, WS_CROSS_KEY, WS_PERSIST_KEY, WS_SOLO_KEY, WS_SUB
 from dsv4_tune.registry.workload import Plan, Workload
 
 BLOCK_H_CHOICES = (16, 32, 64)
@@ -36,9 +36,8 @@ WS_KSTAGES_CHOICES = (2, 3, 4)  # ws_sm90: K tiles in flight between the produce
 # Its optional SOLO knob (registry.launches.WS_SOLO_KEY) is swept at both tile sizes, split or not.
 # Optional knobs a plan may name but no sweep tries (not in any space, never a refine step): a new
 # kernel mode until a GPU has run it (CROSS was, until 2026-12-06: a cluster kernel that deadlocked
-# would hang a sweep).  DUO (registry.launches.WS_DUO_KEY: SOLO's two programs of an item as one
-# program's two warpgroups, synchronised by mbarriers) until its first GPU run.
-NOT_SWEPT: frozenset[str] = frozenset({WS_DUO_KEY})
+# would hang a sweep).  None today.
+NOT_SWEPT: frozenset[str] = frozenset()
 
 
 def sweeps(key: str) -> bool:
@@ -152,10 +151,7 @@ def ws_smem_bytes(c: dict[str, int]) -> int:
     Q, its K tiles with their biases and raw bytes (Triton 3.6's figure exactly)."""
     if c.get(WS_SOLO_KEY):  # 64-token tiles: one K tile, two raw; 32-token tiles: two K tiles, three raw
         k_tiles, raw_tiles = (1, 2) if c["BLOCK_N"] == 2 * WS_SUB else (2, 3)
-        # DUO: its mbarriers, warp-specialization captures and (unsplit) output scratch, 4,124 B at most
-        # (Triton 3.6: 206,460 B split, 210,204 unsplit)
-        duo = 4124 if c.get(WS_DUO_KEY) else 0
-        return 64 * 1024 + k_tiles * c["BLOCK_N"] * (1024 + 4) + raw_tiles * c["BLOCK_N"] * 584 + duo
+        return 64 * 1024 + k_tiles * c["BLOCK_N"] * (1024 + 4) + raw_tiles * c["BLOCK_N"] * 584
     staging = WS_SUB * 584 if c.get("STAGED") else 0
     converting = 0 if c["SPLIT_K"] > 1 else 2 if c.get(WS_PERSIST_KEY) else c.get("PIPE", 0)
     return (c["KSTAGES"] * c["BLOCK_N"] * (1024 + 4) + 64 * 1024 + 64 * c["BLOCK_N"] * 2 + staging
@@ -175,8 +171,6 @@ def _ws_problems(w: Workload, c: dict[str, int]) -> list[str]:
     if _switch(c, WS_SOLO_KEY, out) and solo_knobs != (2, 0, 0, 0):
         out.append(f"{WS_SOLO_KEY}=1 needs KSTAGES=2, STAGED=0, PIPE=0 and no {WS_PERSIST_KEY} "
                    "(one warpgroup does each tile in turn)")
-    if _switch(c, WS_DUO_KEY, out) and (c.get(WS_SOLO_KEY) != 1 or c["BLOCK_N"] != 2 * WS_SUB):
-        out.append(f"{WS_DUO_KEY}=1 needs {WS_SOLO_KEY}=1 and BLOCK_N={2 * WS_SUB} (a sub-block a warpgroup)")
     cross_knobs = (c["STAGED"], c.get(WS_SOLO_KEY, 0), c["BLOCK_N"])
     if _switch(c, WS_CROSS_KEY, out) and (w.h_q % 128 or cross_knobs != (0, 0, 2 * WS_SUB)):
         out.append(f"{WS_CROSS_KEY}=1 needs h_q a multiple of 128 (a token's head blocks in pairs), STAGED=0, "
@@ -213,8 +207,6 @@ def _ws_space(w: Workload) -> Iterator[dict[str, int]]:
                 yield {**base, WS_PERSIST_KEY: 1, WS_CROSS_KEY: 1}
     for bn, sk in itertools.product(WS_BLOCK_N_CHOICES, WS_SPLIT_K_CHOICES):
         yield from splits({**_ws_default(w), "BLOCK_N": bn, "SPLIT_K": sk, WS_SOLO_KEY: 1})
-        if bn == 2 * WS_SUB and sweeps(WS_DUO_KEY):
-            yield from splits({**_ws_default(w), "BLOCK_N": bn, "SPLIT_K": sk, WS_SOLO_KEY: 1, WS_DUO_KEY: 1})
 
 
 def _ws_default(w: Workload) -> dict[str, int]:
@@ -324,8 +316,7 @@ VARIANTS: dict[str, Variant] = {
                 _gta_space, _gta_problems, _gta_default),
         Variant("ws_sm90", "CUDA sm90 only: warp-specialized (Gluon) gather + exact dequant into shared memory "
                 "beside wgmma attention, 64 heads per program (one pass or split-K + combine)",
-                _ws_space, _ws_problems, _ws_default,
-                frozenset({WS_PERSIST_KEY, WS_SOLO_KEY, WS_DUO_KEY, WS_CROSS_KEY, PDL_KEY})),
+                _ws_space, _ws_problems, _ws_default, frozenset({WS_PERSIST_KEY, WS_SOLO_KEY, WS_CROSS_KEY, PDL_KEY})),
     )
 }
 

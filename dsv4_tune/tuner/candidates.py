@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 
-from dsv4_tune.registry.launches import PDL_KEY, WS_CROSS_KEY, WS_DUO_KEY, WS_PERSIST_KEY, WS_SOLO_KEY, WS_SUB
+from dsv4_tune.registry.launches import PDL_KEY, WS_CROSS_KEY, WS_PERSIST_KEY, WS_SOLO_KEY
 from dsv4_tune.registry.ops import get_op, op_neighbours
 from dsv4_tune.registry.variants import (
     BLOCK_H_CHOICES,
@@ -94,14 +94,6 @@ def decode_coarse_candidates(w: Workload, arch: str | None = None) -> list[Plan]
             for sk in (2, 4, 8, 16):
                 plans.append(Plan.make("ws_sm90", BLOCK_N=bn, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=sk,
                                        **DEFAULT_COMBINE, **{PDL_KEY: 1, WS_SOLO_KEY: 1}))
-        # SOLO's pair as one program (DUO, 64-token tiles): half the programs, so splits up to 16 fit
-        # one wave at twice SOLO's T.
-        if sweeps(WS_DUO_KEY):
-            duo = {WS_SOLO_KEY: 1, WS_DUO_KEY: 1}
-            plans.append(Plan.make("ws_sm90", BLOCK_N=2 * WS_SUB, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=1, **duo))
-            for sk in (4, 8, 12, 16):
-                plans.append(Plan.make("ws_sm90", BLOCK_N=2 * WS_SUB, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=sk,
-                                       **DEFAULT_COMBINE, **{PDL_KEY: 1}, **duo))
     unique = list(dict.fromkeys(plans))
     return [p for p in unique if sweepable(w, p, arch)]
 

@@ -65,7 +65,6 @@ from dsv4_tune.kernels.attention_core import LOG2E, epilogue_args, scope_flags, 
 from dsv4_tune.kernels.fused_attention import split_chunk
 from dsv4_tune.kernels.sm90.cluster import arrive_on_peer, cluster_sync, init_fence, send_to_peer
 from dsv4_tune.registry.intmath import cdiv
-from dsv4_tune.registry.launches import WS_DUO_MAXNREG
 from dsv4_tune.runtime.cluster import max_active_clusters, shared_offsets
 from dsv4_tune.runtime.jit import Launcher, kernel
 
@@ -700,13 +699,12 @@ def _hand_p(pb, alpha, p_smem, alpha_smem, p_ready, p_empty, blk):
 
 
 @gluon.jit
-def _load_q(q_ptr, q_smem, head0, tb, ts, h_q, s_qb, s_qs, s_qh, ROWS: gl.constexpr = HEADS):
+def _load_q(q_ptr, q_smem, head0, tb, ts, h_q, s_qb, s_qs, s_qh):
     """An item's Q rows into shared memory (rows past h_q zero, never stored): the whole [64, 512]
-    tile (or its ``ROWS`` rows from ``head0`` into a ``ROWS``-row view) as one cp.async copy (one
-    round trip, and no barrier between pieces), while the producer gathers (wait with
-    :func:`_q_landed`)."""
+    tile as one cp.async copy (one round trip, and no barrier between pieces), while the producer
+    gathers (wait with :func:`_q_landed`)."""
     QLD: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
-    qr = gl.arange(0, ROWS, layout=gl.SliceLayout(1, QLD))
+    qr = gl.arange(0, HEADS, layout=gl.SliceLayout(1, QLD))
     qc = gl.arange(0, 512, layout=gl.SliceLayout(0, QLD))
     q_rows = tb * ((s_qb // 8) * 8) + ts * ((s_qs // 8) * 8) + (head0 + qr).to(gl.int64) * ((s_qh // 8) * 8)
     q_ok = ((head0 + qr)[:, None] < h_q) & (qc[None, :] >= 0)
@@ -982,13 +980,11 @@ def launch_ws_decode(
     solo: Launcher | None = None,
     CROSS: int = 0,
     wait: bool = False,
-    duo: bool = False,
 ) -> None:
     """Launch the warp-specialized kernel (inputs already checked; e4m3fn pools): one program per
     (64 heads, token, split) item, or with ``PERSIST`` one per SM looping over them; given ``solo``
     (:func:`dsv4_tune.kernels.sm90.solo.solo_launcher`), the one-warpgroup kernel instead: two
-    programs an item (``duo``: ``solo`` is the two-warpgroup kernel, one program an item), KSTAGES,
-    STAGED, PIPE, PERSIST and ``maxnreg`` unused.  ``partial`` as
+    programs an item, KSTAGES, STAGED, PIPE, PERSIST and ``maxnreg`` unused.  ``partial`` as
     in :func:`~dsv4_tune.kernels.fused_attention.launch_sparse_decode`: with ``split_k > 1`` the
     combine kernel writes ``out`` / ``lse`` afterwards; ``pdl``: that combine is launched as a programmatic
     dependent of this kernel (:func:`~dsv4_tune.kernels.combine.launch_combine` with ``pdl``), which
@@ -1007,11 +1003,7 @@ def launch_ws_decode(
     if solo is not None:
         if CROSS:
             raise ValueError("CROSS=1 is a mode of the warp-specialized kernel, not of SOLO's")
-        if duo:
-            solo((n_items, 1, 1), *args, *flags, pdl, wait, num_warps=4, num_stages=1, maxnreg=WS_DUO_MAXNREG,
-                 launch_pdl=wait)
-        else:
-            solo((2 * n_items, 1, 1), *args, *flags, pdl, wait, num_warps=4, num_stages=1, launch_pdl=wait)
+        solo((2 * n_items, 1, 1), *args, *flags, pdl, wait, num_warps=4, num_stages=1, launch_pdl=wait)
         return
     programs = min(n_items, _multiprocessors(q.device.index)) if PERSIST else n_items
     knobs = (*flags, KSTAGES, bool(STAGED), bool(PIPE), bool(PERSIST), pdl)

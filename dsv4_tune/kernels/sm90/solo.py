@@ -18,12 +18,6 @@ used for QK^T (both halves) and PV (this program's).  Two kernels, by tile size:
 - 32-token tiles (:func:`_solo_pipe_decode_kernel`): two K tiles, three raw tiles in flight; the
   next tile is dequantized while this tile's QK^T runs on the tensor cores.
 
-DUO (:func:`_duo_decode_kernel`, 64-token tiles) runs an item's two programs as the two warpgroups
-of one: they share Q (each copies half of its rows) and the K tile, and each gathers and
-dequantizes one 32-token sub-block of every tile, so a warpgroup moves and converts half of what a
-SOLO program does and an item takes one program, not two; two mbarriers a tile (both sub-blocks
-in; both PVs done) stand in for SOLO's thread barriers.
-
 Results follow the same contract as the warp-specialized kernel (final bf16 O and LSE, or fp32
 partials for the common combine), so every ``ws_sm90`` plan is served either way.
 """
@@ -33,12 +27,7 @@ from __future__ import annotations
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
-from triton.experimental.gluon.language.nvidia.hopper import (
-    fence_async_shared,
-    mbarrier,
-    warpgroup_mma,
-    warpgroup_mma_wait,
-)
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
 from dsv4_tune.kernels.sm90.decode import (
     DV,
@@ -65,9 +54,6 @@ from dsv4_tune.kernels.sm90.decode import (
 from dsv4_tune.runtime.jit import Launcher, kernel
 
 RAW_TILES = gl.constexpr(2)  # tiles whose raw bytes are in flight at once
-PART0 = gl.constexpr(0)  # DUO's warpgroups (:func:`_duo_part`)
-PART1 = gl.constexpr(1)
-DUO_REGS = gl.constexpr(248)  # the worker warpgroup (setmaxnreg gives the default 2 x WS_DUO_MAXNREG - this)
 
 
 @gluon.jit
@@ -473,141 +459,10 @@ def _solo_pipe_decode_kernel(
     _finish(o, m_i, l_i, half, head0, t, tb, ts, split, outs, sink, HAS_SINK, SPLIT, S_L, O_L)
 
 
-@gluon.jit
-def _duo_part(PART: gl.constexpr, common, HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr,
-              HAS_SINK: gl.constexpr, SPLIT: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr):
-    """Warpgroup ``PART`` of a DUO program: :func:`_solo_decode_kernel`'s loop for output half
-    ``PART``, where this warpgroup copies Q's rows [32 PART, +32) and, of every tile, gathers and
-    dequantizes only sub-block ``PART`` (rows [32 PART, +32) of the shared K tile): ``k_ready``
-    (count 2) says both sub-blocks are in, ``k_free`` (count 2) that both warpgroups' PV of the
-    tile are done, so the next tile may be written."""
-    GATHER: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])  # 16 B per thread and copy
-    ROPE: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [4, 1], [1, 0])  # a dequantized group's layout
-    K32: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
-    S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                  instr_shape=[16, BLOCK_N, 16])
-    O_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, DV, 16])
-    P_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=O_L, k_width=2)
-    (q_ptr, s_qb, s_qs, s_qh, kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik, len_ptr,
-     xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik, xlen_ptr,
-     sink_ptr, outs, geo, qk_scale, q3, kb, bias_buf, k_ready, k_free, st_a, st_b, st_c, st_rope, st_lo, st_hi) = common
-    ROWS: gl.constexpr = HEADS // 2
-    h_q = outs[9]
-    at = _item(gl.program_id(0), geo, HAS_EXTRA)
-    head0, t, tb, ts, split, lo, cap, x_lo, x_cap = at
-    _load_q(q_ptr, q3.index(0).slice(PART * ROWS, ROWS, dim=0), head0 + PART * ROWS, tb, ts, h_q, s_qb, s_qs,
-            s_qh, ROWS)
-    heads = head0 + gl.arange(0, HEADS, layout=gl.SliceLayout(1, S_L))
-    sink = _sink_of(sink_ptr, heads, heads < h_q, HAS_SINK, SPLIT)
-    idx_row = idx_ptr + tb * s_ib + ts * s_is
-    x_idx_row = xidx_ptr + tb * x_s_ib + ts * x_s_is
-    a0, a1, b0, b1, hi, x_hi, n_m = _first_ids(idx_row, s_ik, lo, cap, x_idx_row, x_s_ik, x_lo, x_cap, t, geo[2],
-                                               len_ptr, xlen_ptr, HAS_LEN, HAS_EXTRA, X_HAS_LEN, 4, 2, SUB, GATHER)
-    if PART == 0:
-        a = a0
-        b = b0
-    else:
-        a = a1
-        b = b1
-    n = n_m + gl.cdiv(x_hi - x_lo, BLOCK_N)
-    # Tiles 0 and 1, this warpgroup's sub-block of each (one commit group a tile, after Q's).
-    a = _issue_sub(PART, a, _pool(0, n_m, kv_ptr, stride_page, page_size, n_slots, xkv_ptr, x_stride_page,
-                                  x_page_size, x_n_slots, HAS_EXTRA), st_a, st_b, st_c, st_rope, st_lo, st_hi,
-                   GATHER, ROPE)
-    b = _issue_sub(2 + PART, b, _pool(1, n_m, kv_ptr, stride_page, page_size, n_slots, xkv_ptr, x_stride_page,
-                                      x_page_size, x_n_slots, HAS_EXTRA), st_a, st_b, st_c, st_rope, st_lo, st_hi,
-                   GATHER, ROPE)
-    left = kb.index(0)._reinterpret(gl.uint32, [BLOCK_N, 128], K32).slice(PART * SUB, SUB, dim=0)
-    right = kb.index(1)._reinterpret(gl.uint32, [BLOCK_N, 128], K32).slice(PART * SUB, SUB, dim=0)
-
-    m_i = gl.full([HEADS], -1.0e30, gl.float32, layout=gl.SliceLayout(1, S_L))  # finite: no inf - inf
-    l_i = gl.zeros([HEADS], gl.float32, layout=gl.SliceLayout(1, S_L))
-    o = gl.zeros([HEADS, DV], gl.float32, layout=O_L)
-    for j in range(n):
-        slot = j % 2
-        # This warpgroup's ids of tile j + 2, loaded now and used after this tile's MMAs.
-        row, stride, k0, end = _tile_src(j + 2, n_m, idx_row, s_ik, lo, hi, x_idx_row, x_s_ik, x_lo, x_hi,
-                                         HAS_EXTRA, BLOCK_N)
-        c = _sub_ids(row, stride, k0 + PART * SUB, end, SUB, GATHER)
-        async_copy.wait_group(1)  # Q's rows and tile j's sub-block are in (tile j + 1's may not be)
-        gl.thread_barrier()  # and every thread's copies seen: a scale word is copied by one of the 4 lanes that read it
-        if j > 0:
-            mbarrier.wait(k_free, (j - 1) & 1)  # both warpgroups' PV of tile j - 1 done
-        _sub_to_k(2 * slot + PART, a, left, right, bias_buf.slice(PART * SUB, SUB), st_a, st_b, st_c, st_rope,
-                  st_lo, st_hi, GATHER, ROPE)
-        fence_async_shared()
-        gl.thread_barrier()  # the sub-block and bias written, the raw slot read by every thread
-        mbarrier.arrive(k_ready)
-        mbarrier.wait(k_ready, j & 1)  # the other sub-block (and, for tile 0, the other rows of Q) too
-        s = gl.zeros([HEADS, BLOCK_N], gl.float32, layout=S_L)
-        q = _q_at(q3, j)
-        s = warpgroup_mma(q.slice(0, DV, dim=1), kb.index(0).permute((1, 0)), s, use_acc=False, is_async=True)
-        s = warpgroup_mma(q.slice(DV, DV, dim=1), kb.index(1).permute((1, 0)), s, is_async=True)
-        a = _issue_sub(2 * slot + PART, c, _pool(j + 2, n_m, kv_ptr, stride_page, page_size, n_slots, xkv_ptr,
-                                                 x_stride_page, x_page_size, x_n_slots, HAS_EXTRA),
-                       st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER, ROPE)
-        bias = bias_buf.load(gl.SliceLayout(0, S_L))
-        s = warpgroup_mma_wait(0, deps=(s,))
-        pb, alpha, m_i, l_i = _softmax_block(s, bias, m_i, l_i, qk_scale)
-        o = o * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
-        o = warpgroup_mma(gl.convert_layout(pb, P_L), kb.index(PART), o, is_async=True)
-        o = warpgroup_mma_wait(0, deps=(o,))
-        mbarrier.arrive(k_free)  # (after a partition barrier: every warp's MMAs are done)
-        a, b = b, a  # tile j + 1's ids first, then tile j + 2's
-    async_copy.wait_group(0)  # no copy outlives the program
-    _finish(o, m_i, l_i, PART, head0, t, tb, ts, split, outs, sink, HAS_SINK, SPLIT, S_L, O_L)
-
-
-@kernel(jit=gluon.jit)
-def _duo_decode_kernel(
-    q_ptr, s_qb, s_qs, s_qh,
-    kv_ptr, stride_page, stride_page_h, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik, len_ptr, topk,
-    xkv_ptr, x_stride_page, x_stride_page_h, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik, xlen_ptr,
-    x_topk,
-    sink_ptr, out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr,
-    n_tok, s_q, h_q, qk_scale, chunk,
-    HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
-    SPLIT: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr, PDL: gl.constexpr = False,
-    WAIT: gl.constexpr = False,
-):
-    """Program p: item p (head block fastest, then token, then split), as :func:`_solo_decode_kernel`'s
-    two programs of it in one: two warpgroups (:func:`_duo_part`), one an output half each, sharing
-    Q and the K tile, each gathering and dequantizing half of every tile."""
-    gl.static_assert(SUB == 32, "the gather layouts cover 32 rows")
-    gl.static_assert(BLOCK_N == 2 * SUB, "a tile is two sub-blocks, one a warpgroup")
-    if PDL:  # the combine launches now and waits (griddepcontrol.wait) for every partial
-        _launch_dependents()
-    if WAIT:  # launched as the programmatic dependent of the kernel before it (after the trigger, which is safe)
-        _wait_primary()
-    K_SL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-    VEC_SL: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
-    q3 = gl.allocate_shared_memory(gl.bfloat16, [1, HEADS, 2 * DV], K_SL)  # see _q_at
-    kb = gl.allocate_shared_memory(gl.bfloat16, [2, BLOCK_N, DV], K_SL)  # the K tile's two column halves
-    bias_buf = gl.allocate_shared_memory(gl.float32, [BLOCK_N], VEC_SL)
-    st_a, st_b, st_c, st_rope, st_lo, st_hi = _raw_buffers(2 * RAW_TILES, SUB)  # slot 2 r + w: warpgroup w's
-    k_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    k_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    mbarrier.init(k_ready, count=2)  # each warpgroup, once a tile: its sub-block is in
-    mbarrier.init(k_free, count=2)  # each warpgroup, once a tile: its PV is done
-    fence_async_shared()  # the barrier inits, seen by both partitions
-    gl.thread_barrier()
-    geo = (gl.cdiv(h_q, HEADS), n_tok, s_q, chunk, topk, x_topk)  # what _item reads an item from
-    outs = (out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr, h_q, n_tok)
-    common = (q_ptr, s_qb, s_qs, s_qh, kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik, len_ptr,
-              xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik, xlen_ptr,
-              sink_ptr, outs, geo, qk_scale, q3, kb, bias_buf, k_ready, k_free, st_a, st_b, st_c, st_rope, st_lo,
-              st_hi)
-    gl.warp_specialize([
-        (_duo_part, (PART0, common, HAS_LEN, HAS_EXTRA, X_HAS_LEN, HAS_SINK, SPLIT, BLOCK_N, SUB)),
-        (_duo_part, (PART1, common, HAS_LEN, HAS_EXTRA, X_HAS_LEN, HAS_SINK, SPLIT, BLOCK_N, SUB)),
-    ], [4], [DUO_REGS])
-
-
 _LAUNCHERS = {64: Launcher(_solo_decode_kernel), 32: Launcher(_solo_pipe_decode_kernel)}
-_DUO = Launcher(_duo_decode_kernel)
 
 
-def solo_launcher(block_n: int, duo: bool = False) -> Launcher:
-    """The one-warpgroup kernel for tiles of ``block_n`` tokens, or (``duo``, 64-token tiles) the
-    two-warpgroup one, as :func:`~dsv4_tune.kernels.sm90.decode.launch_ws_decode` takes it (``solo``)."""
-    return _DUO if duo else _LAUNCHERS[block_n]
+def solo_launcher(block_n: int) -> Launcher:
+    """The one-warpgroup kernel for tiles of ``block_n`` tokens, as
+    :func:`~dsv4_tune.kernels.sm90.decode.launch_ws_decode` takes it (``solo``)."""
+    return _LAUNCHERS[block_n]
