@@ -77,12 +77,12 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None, help="result folder (default benchmarks/results/)")
     args = ap.parse_args()
 
-    from benchmarks.bench_decode import LAYERS, parse_point
+    from benchmarks.bench_decode import parse_point, point_form
 
     points = [parse_point(text) for text in args.cases]
     if None in points:
         bad = args.cases[points.index(None)]
-        print(f"bench_cold: --cases {bad!r} is not HEADS:LAYER:T with a layer of {sorted(x.name for x in LAYERS)}")
+        print(f"bench_cold: --cases {bad!r} is not {point_form()}")
         return 2
     if args.policy is not None and not args.policy.is_file():
         print(f"bench_cold: --policy {args.policy} does not exist")

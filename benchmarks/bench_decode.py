@@ -152,6 +152,11 @@ def parse_point(text: str) -> tuple[int, Layer, int] | None:
     return int(parts[0]), layers[parts[1]], int(parts[2])
 
 
+def point_form() -> str:
+    """What :func:`parse_point` reads, for a one-line refusal of a text it cannot."""
+    return f"HEADS:LAYER:T with a layer of {sorted(x.name for x in LAYERS)}"
+
+
 def point_case(h: int, layer: Layer, t: int, seed: int) -> DecodeCase:
     """One point's inputs (:func:`point_inputs`, on a GPU, with scopes of its own) and their reference,
     as the tuner's case: what a script that checks and runs plans on one point needs."""

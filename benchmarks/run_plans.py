@@ -30,11 +30,11 @@ def main() -> int:
 
     import torch
 
-    from benchmarks.bench_decode import LAYERS, parse_point, point_case
+    from benchmarks.bench_decode import parse_point, point_case, point_form
     from dsv4_tune.registry.workload import Plan
 
     if (point := parse_point(args.case)) is None:
-        print(f"run_plans: --case {args.case!r} is not HEADS:LAYER:T with a layer of {sorted(x.name for x in LAYERS)}")
+        print(f"run_plans: --case {args.case!r} is not {point_form()}")
         return 2
     if not torch.cuda.is_available():
         print("run_plans: needs a GPU")

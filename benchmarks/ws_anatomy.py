@@ -207,13 +207,13 @@ def main() -> int:
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9 or GLUON_PROBLEM:
         print(f"ws_anatomy: needs a CUDA sm90 GPU with Gluon ({GLUON_PROBLEM or 'no such GPU here'})")
         return 2
-    from benchmarks.bench_decode import FP8, LAYERS, Scopes, parse_point, point_inputs
+    from benchmarks.bench_decode import FP8, Scopes, parse_point, point_form, point_inputs
     from dsv4_tune.kernels.reference import sparse_decode_ref
     from dsv4_tune.tuner.cases import DecodeCase
 
     points = [parse_point(c) for c in args.cases]
     if bad := [c for c, p in zip(args.cases, points, strict=True) if p is None]:
-        print(f"ws_anatomy: not HEADS:LAYER:T with a layer of {sorted(x.name for x in LAYERS)}: {bad}")
+        print(f"ws_anatomy: not {point_form()}: {bad}")
         return 2
     kernels: dict[str, ModuleType | None] = {"main": None}
     if args.diag is not None:

@@ -172,10 +172,10 @@ def main() -> int:
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9 or GLUON_PROBLEM:
         print(f"ws_trace: needs a CUDA sm90 GPU with Gluon ({GLUON_PROBLEM or 'no such GPU here'})")
         return 2
-    from benchmarks.bench_decode import LAYERS, parse_point, point_case
+    from benchmarks.bench_decode import parse_point, point_case, point_form
 
     if (point := parse_point(args.case)) is None:
-        print(f"ws_trace: --case {args.case!r} is not HEADS:LAYER:T with a layer of {sorted(x.name for x in LAYERS)}")
+        print(f"ws_trace: --case {args.case!r} is not {point_form()}")
         return 2
     case = point_case(*point, args.seed)
     mod = patched_kernel("trace", EDITS)
