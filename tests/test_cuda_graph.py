@@ -147,3 +147,15 @@ def test_in_graph_timing_replays_its_rounds_once_a_sample(device) -> None:
     assert t is not None and t["graph"] and t["reps"] == 3
     assert int(counter.item()) == 2 + 4 + 3 * 4  # the warm-up, the upload replay, 3 replays of 4 rounds
     assert t["p20_us"] <= t["median_us"] <= t["p80_us"] < 1e3
+
+
+def test_interleaved_in_graph_times_each_call_in_every_round(device) -> None:
+    """``interleaved_in_graph`` gives each function a round's samples in each round, and runs each
+    exactly as often as its own in-graph timings do (warm-up, upload replay, timed replays)."""
+    from dsv4_tune.tuner.measure import interleaved_in_graph
+
+    counters = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(2)]
+    samples = interleaved_in_graph([lambda c=c: c.add_(1) for c in counters], rounds=2, replays=3)
+    assert [len(s) for s in samples] == [6, 6]
+    assert all(0 < x < 1e3 for s in samples for x in s), samples
+    assert [int(c.item()) for c in counters] == [2 * (1 + 20 + 3 * 20)] * 2

@@ -114,6 +114,15 @@ def time_in_graph(
     between two of them on an H200, 1.0 as one of 20 back to back.)  ``replays`` samples; ``None``
     when a graph cannot be captured (the caller keeps :func:`time_graph`'s number).
     """
+    samples = in_graph_samples(fn, calls=calls, replays=replays, flush_bytes=flush_bytes, warmup=warmup)
+    return None if samples is None else _summary([s / 1e3 for s in samples], graph=True)
+
+
+def in_graph_samples(
+    fn: Callable[[], object], *, calls: int = 20, replays: int = 15, flush_bytes: int = 256 * 2**20,
+    warmup: int = 5,
+) -> list[float] | None:
+    """The µs samples of :func:`time_in_graph` (one a pair of replays), ``None`` without a graph."""
     _warm_up([fn], warmup)
     flush = torch.empty(flush_bytes, dtype=torch.uint8, device="cuda") if flush_bytes else None
     graphs = []
@@ -141,9 +150,9 @@ def time_in_graph(
             graph.replay()
             ev[2 * i + 1].record()
     torch.cuda.synchronize()
-    samples = [(ev[0].elapsed_time(ev[1]) - ev[2].elapsed_time(ev[3])) / calls for ev in events]
+    samples = [(ev[0].elapsed_time(ev[1]) - ev[2].elapsed_time(ev[3])) / calls * 1e3 for ev in events]
     del graphs
-    return _summary(samples, graph=True)
+    return samples
 
 
 def interleaved_times(
@@ -178,6 +187,24 @@ def interleaved_times(
         for i in order:
             samples[i].extend(t * 1e3 for t in _timed_replays(runners[i], flush_bytes, reps))
     del graphs
+    return samples
+
+
+def interleaved_in_graph(
+    fns: list[Callable[[], object]], *, rounds: int = 3, replays: int = 10, seed: int = 0
+) -> list[list[float]]:
+    """What each of ``fns`` adds to a graph holding more work (:func:`in_graph_samples`), measured
+    in ``rounds`` rounds in a fresh random order each, as :func:`interleaved_times` does for
+    single-call replays; a function whose graph cannot be captured gets no samples."""
+    import random
+
+    samples: list[list[float]] = [[] for _ in fns]
+    order = list(range(len(fns)))
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for i in order:
+            samples[i].extend(in_graph_samples(fns[i], replays=replays, warmup=1) or [])
     return samples
 
 
