@@ -21,7 +21,7 @@ from dsv4_tune.kernels.reference import sparse_decode_ref
 from dsv4_tune.kernels.sm90 import GLUON_PROBLEM, _gluon_problem
 from dsv4_tune.policies.dispatcher import Dispatcher
 from dsv4_tune.policies.schema import GpuSpec, PlanSpec, Policy, Provenance, Segment, WorkloadClass
-from dsv4_tune.registry.launches import WS_CROSS_KEY, plan_kernels
+from dsv4_tune.registry.launches import WS_CROSS_KEY, WS_HEADS32_KEY, plan_kernels
 from dsv4_tune.registry.scratch import plan_buffers
 from dsv4_tune.registry.variants import VARIANTS, default_plan, plan_problems, sweeps, ws_smem_bytes
 from dsv4_tune.serving.variants import variant_problem
@@ -61,7 +61,8 @@ def test_its_rules_name_the_knob_at_fault() -> None:
              ws(SOLO=1, PIPE=1): "SOLO=1 needs KSTAGES=2, STAGED=0, PIPE=0 and no PERSIST",
              ws(SOLO=1, PERSIST=1): "SOLO=1 needs", ws(SOLO=1, KSTAGES=3): "SOLO=1 needs KSTAGES=2",
              ws(CROSS=2): "CROSS=2 not in", ws(CROSS=1, STAGED=1): "CROSS=1 needs h_q a multiple of 128",
-             ws(CROSS=1, SOLO=1): "CROSS=1 needs", ws(CROSS=1, BLOCK_N=32, KSTAGES=4): "BLOCK_N=64 (a sub-block each)"}
+             ws(CROSS=1, SOLO=1): "CROSS=1 needs", ws(CROSS=1, BLOCK_N=32, KSTAGES=4): "BLOCK_N=64 (a sub-block each)",
+             ws(HEADS32=1): "HEADS32=1 needs SOLO=1", ws(SOLO=1, HEADS32=2): "HEADS32=2 not in"}
     small = Workload(4, 64, 128, 0)  # 2 blocks of 64: SPLIT_K 4 exceeds them
     for plan, message in cases.items():
         problems = plan_problems(small if plan["SPLIT_K"] == 4 else W, plan)
@@ -86,6 +87,17 @@ def test_a_knob_in_not_swept_is_valid_in_plans_but_never_swept(monkeypatch) -> N
     monkeypatch.setattr(candidates_mod, "variant_problem", lambda variant, *a: None)  # as under Triton 3.6
     coarse = decode_coarse_candidates(W, "sm90")
     assert any(p.variant == "ws_sm90" for p in coarse) and not any(p.as_dict().get("CROSS") for p in coarse)
+
+
+def test_its_32_head_programs_are_valid_in_plans_and_not_yet_swept() -> None:
+    """HEADS32 (SOLO's programs of 32 query heads) is a plan knob with a kernel of its own (HB=32),
+    in NOT_SWEPT until a GPU has timed it: no space holds it, no refine step turns it on."""
+    assert not sweeps(WS_HEADS32_KEY)
+    assert plan_problems(W, ws(SOLO=1, HEADS32=1)) == [] == plan_problems(W, ws(SOLO=1, BLOCK_N=32, HEADS32=1))
+    assert not any(p.as_dict().get(WS_HEADS32_KEY) for p in VARIANTS["ws_sm90"].space(W))
+    assert not any(n.as_dict().get(WS_HEADS32_KEY) for n in neighbours(ws(SOLO=1)))
+    (one,) = plan_kernels(ws(SOLO=1, HEADS32=1), W, "sm90")
+    assert dict(one[1])["HB"] == 32 and "HB" not in dict(plan_kernels(ws(SOLO=1), W, "sm90")[0][1])
 
 
 def test_its_cluster_mode_is_swept_in_h128_spaces_coarse_plans_and_refine_steps(monkeypatch) -> None:
@@ -210,9 +222,9 @@ def test_an_explicit_plan_where_it_cannot_run_is_refused(device, gen) -> None:
         sparse_decode(case.q, case.main.kv_cache, case.main.indices, plan=ws(), **case.kw)
 
 
-def _knob_case(device, gen, s_q: int, page: int, x_page: int):
+def _knob_case(device, gen, s_q: int, page: int, x_page: int, h: int = 128):
     """Three rows of lengths 0, 57 and 100 (+ random extra lengths), a row with no valid candidate."""
-    case = make_case(device, gen, b=3, s_q=s_q, h=128, topk=100, page=page, x_topk=300, x_page=x_page,
+    case = make_case(device, gen, b=3, s_q=s_q, h=h, topk=100, page=page, x_topk=300, x_page=x_page,
                      length=[0, 57, 100], x_length="random")
     case.main.indices[0, 0] = -1  # a row with no valid candidate in either scope
     case.extra.indices[0, 0] = -1
@@ -249,6 +261,20 @@ def test_the_one_warpgroup_kernel_against_the_reference(s_q, page, x_page, devic
     case = _knob_case(device, gen, s_q, page, x_page)
     for plan in (ws(SOLO=1), ws(SOLO=1, SPLIT_K=3), ws(SOLO=1, SPLIT_K=3, PDL=1), ws(SOLO=1, SPLIT_K=6),
                  ws(SOLO=1, BLOCK_N=32), ws(SOLO=1, BLOCK_N=32, SPLIT_K=3, PDL=1), ws(SOLO=1, BLOCK_N=32, SPLIT_K=12)):
+        case.check(plan)
+
+
+@pytest.mark.gpu
+@pytest.mark.gpu_only
+@pytest.mark.parametrize(("s_q", "page", "x_page", "h"), [(*KNOB_CASES[0], 128), (*KNOB_CASES[1], 40)])
+def test_its_32_head_programs_against_the_reference(s_q, page, x_page, h, device, gen) -> None:
+    """HEADS32: the knob cases with programs of 32 query heads (the wgmma's other 32 rows never
+    loaded, never stored); h_q = 40 leaves a last block of 8 heads."""
+    if variant_problem("ws_sm90", torch.device(device)):
+        pytest.skip(variant_problem("ws_sm90", torch.device(device)))
+    case = _knob_case(device, gen, s_q, page, x_page, h=h)
+    for plan in (ws(SOLO=1, HEADS32=1), ws(SOLO=1, SPLIT_K=3, PDL=1, HEADS32=1),
+                 ws(SOLO=1, BLOCK_N=32, HEADS32=1), ws(SOLO=1, BLOCK_N=32, SPLIT_K=12, PDL=1, HEADS32=1)):
         case.check(plan)
 
 

@@ -31,6 +31,11 @@ WS_SOLO_KEY = "SOLO"
 # K tile for both (FlashMLA's crossover; :mod:`dsv4_tune.runtime.cluster`).  Not in the swept space
 # until a GPU has checked and timed it (docs/ws-sm90.md).
 WS_CROSS_KEY = "CROSS"
+# ws_sm90's optional knob (absent = 0), with SOLO only: a program takes 32 query heads, not 64 (the
+# wgmma's other 32 rows are zeros never loaded), so its Q costs half the bytes before the first MMA
+# and an item's head block is two programs' worth; for small T, where the SMs are not all busy and a
+# program's own loads are its time.
+WS_HEADS32_KEY = "HEADS32"
 WS_SUB = 32  # ws_sm90: tokens its producer gathers and converts at a time
 WS_MAXNREG = 168  # ws_sm90: registers per thread at entry (setmaxnreg then splits them 208 / 160 / 136)
 
@@ -77,7 +82,7 @@ def plan_kernels(plan: Plan, w: Workload, arch: str, fp8: Fp8Pair | None = None)
         name = "_solo_decode_kernel" if c["BLOCK_N"] == 2 * WS_SUB else "_solo_pipe_decode_kernel"
         out.append(launch(name, 4, 1, HAS_LEN=w.has_len_main, HAS_EXTRA=w.dual,
                           X_HAS_LEN=w.dual and w.has_len_extra, HAS_SINK=sink, SPLIT=split, BLOCK_N=c["BLOCK_N"],
-                          SUB=WS_SUB, **pdl))
+                          SUB=WS_SUB, **pdl, **({"HB": 32} if c.get(WS_HEADS32_KEY) else {})))
     elif plan.variant == "ws_sm90":
         out.append(launch("_ws_decode_kernel", 4, 1, HAS_LEN=w.has_len_main, HAS_EXTRA=w.dual,
                           X_HAS_LEN=w.dual and w.has_len_extra, HAS_SINK=sink, SPLIT=split, BLOCK_N=c["BLOCK_N"],

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from dsv4_tune.registry.arch import arch_problems
 from dsv4_tune.registry.intmath import cdiv, next_pow2
-from dsv4_tune.registry.launches import PDL_KEY, WS_CROSS_KEY, WS_PERSIST_KEY, WS_SOLO_KEY, WS_SUB
+from dsv4_tune.registry.launches import PDL_KEY, WS_CROSS_KEY, WS_HEADS32_KEY, WS_PERSIST_KEY, WS_SOLO_KEY, WS_SUB
 from dsv4_tune.registry.workload import Plan, Workload
 
 BLOCK_H_CHOICES = (16, 32, 64)
@@ -33,11 +33,12 @@ WS_KSTAGES_CHOICES = (2, 3, 4)  # ws_sm90: K tiles in flight between the produce
 # ws_sm90's optional PERSIST knob (registry.launches.WS_PERSIST_KEY) is swept without a split only:
 # split plans serve small T, where the items fit in one wave and the grid is the same either way.
 # Its split plans take the PDL knob as fused_splitk's do (the combine a programmatic dependent).
-# Its optional SOLO knob (registry.launches.WS_SOLO_KEY) is swept at both tile sizes, split or not.
+# Its optional SOLO knob (registry.launches.WS_SOLO_KEY) is swept at both tile sizes, split or not,
+# and with it HEADS32 (registry.launches.WS_HEADS32_KEY: 32 query heads a program).
 # Optional knobs a plan may name but no sweep tries (not in any space, never a refine step): a new
 # kernel mode until a GPU has run it (CROSS was, until 2026-12-06: a cluster kernel that deadlocked
-# would hang a sweep).  None today.
-NOT_SWEPT: frozenset[str] = frozenset()
+# would hang a sweep).  HEADS32 (2026-12-07) until a GPU has checked and timed it.
+NOT_SWEPT: frozenset[str] = frozenset({WS_HEADS32_KEY})
 
 
 def sweeps(key: str) -> bool:
@@ -175,6 +176,8 @@ def _ws_problems(w: Workload, c: dict[str, int]) -> list[str]:
     if _switch(c, WS_CROSS_KEY, out) and (w.h_q % 128 or cross_knobs != (0, 0, 2 * WS_SUB)):
         out.append(f"{WS_CROSS_KEY}=1 needs h_q a multiple of 128 (a token's head blocks in pairs), STAGED=0, "
                    f"BLOCK_N={2 * WS_SUB} (a sub-block each) and no {WS_SOLO_KEY}")
+    if _switch(c, WS_HEADS32_KEY, out) and not c.get(WS_SOLO_KEY):
+        out.append(f"{WS_HEADS32_KEY}=1 needs {WS_SOLO_KEY}=1 (a one-warpgroup program's Q rows)")
     if _switch(c, PDL_KEY, out) and c["SPLIT_K"] == 1:
         out.append(f"{PDL_KEY}=1 needs SPLIT_K > 1 (it launches the combine as a programmatic dependent)")
     if _switch(c, "STAGED", out) and c["BLOCK_N"] != 2 * WS_SUB:
@@ -207,6 +210,8 @@ def _ws_space(w: Workload) -> Iterator[dict[str, int]]:
                 yield {**base, WS_PERSIST_KEY: 1, WS_CROSS_KEY: 1}
     for bn, sk in itertools.product(WS_BLOCK_N_CHOICES, WS_SPLIT_K_CHOICES):
         yield from splits({**_ws_default(w), "BLOCK_N": bn, "SPLIT_K": sk, WS_SOLO_KEY: 1})
+        if sweeps(WS_HEADS32_KEY):
+            yield from splits({**_ws_default(w), "BLOCK_N": bn, "SPLIT_K": sk, WS_SOLO_KEY: 1, WS_HEADS32_KEY: 1})
 
 
 def _ws_default(w: Workload) -> dict[str, int]:
@@ -316,7 +321,8 @@ VARIANTS: dict[str, Variant] = {
                 _gta_space, _gta_problems, _gta_default),
         Variant("ws_sm90", "CUDA sm90 only: warp-specialized (Gluon) gather + exact dequant into shared memory "
                 "beside wgmma attention, 64 heads per program (one pass or split-K + combine)",
-                _ws_space, _ws_problems, _ws_default, frozenset({WS_PERSIST_KEY, WS_SOLO_KEY, WS_CROSS_KEY, PDL_KEY})),
+                _ws_space, _ws_problems, _ws_default,
+                frozenset({WS_PERSIST_KEY, WS_SOLO_KEY, WS_CROSS_KEY, WS_HEADS32_KEY, PDL_KEY})),
     )
 }
 

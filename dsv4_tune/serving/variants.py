@@ -18,7 +18,15 @@ from dsv4_tune.kernels.gathered_attention import launch_gathered_attention
 from dsv4_tune.kernels.sm90 import GLUON_PROBLEM
 from dsv4_tune.registry.arch import INLINE_MERGE_AMD, WS_SM90_ONLY
 from dsv4_tune.registry.buckets import GATHER_BUFFER_BYTES
-from dsv4_tune.registry.launches import PDL_KEY, WS_CROSS_KEY, WS_MAXNREG, WS_PERSIST_KEY, WS_SOLO_KEY, WS_SUB
+from dsv4_tune.registry.launches import (
+    PDL_KEY,
+    WS_CROSS_KEY,
+    WS_HEADS32_KEY,
+    WS_MAXNREG,
+    WS_PERSIST_KEY,
+    WS_SOLO_KEY,
+    WS_SUB,
+)
 from dsv4_tune.registry.layout import HEAD_DIM, Fp8Pair
 from dsv4_tune.registry.scratch import counter_buffer, gather_buffers, gather_tokens, partial_buffers
 from dsv4_tune.runtime.target import dot_dtype, fp8_mode, on_amd, pdl_enabled
@@ -157,7 +165,7 @@ def run_ws_sm90(x: DecodeInputs, cfg: dict[str, int], out: torch.Tensor, lse: to
                      BLOCK_N=cfg["BLOCK_N"], SUB=WS_SUB, KSTAGES=cfg["KSTAGES"], STAGED=cfg["STAGED"],
                      PIPE=cfg["PIPE"], PERSIST=cfg.get(WS_PERSIST_KEY, 0), maxnreg=WS_MAXNREG, pdl=pdl,
                      solo=solo_launcher(cfg["BLOCK_N"]) if cfg.get(WS_SOLO_KEY) else None,
-                     CROSS=cfg.get(WS_CROSS_KEY, 0), wait=chained)
+                     CROSS=cfg.get(WS_CROSS_KEY, 0), wait=chained, solo_heads=32 if cfg.get(WS_HEADS32_KEY) else 64)
     if partial is not None:
         launch_combine(*partial, x.attn_sink, out, lse, s_q=x.q.shape[1],
                        BLOCK_H=cfg["COMBINE_BLOCK_H"], num_warps=cfg["combine_warps"], pdl=pdl)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 
-from dsv4_tune.registry.launches import PDL_KEY, WS_CROSS_KEY, WS_PERSIST_KEY, WS_SOLO_KEY
+from dsv4_tune.registry.launches import PDL_KEY, WS_CROSS_KEY, WS_HEADS32_KEY, WS_PERSIST_KEY, WS_SOLO_KEY
 from dsv4_tune.registry.ops import get_op, op_neighbours
 from dsv4_tune.registry.variants import (
     BLOCK_H_CHOICES,
@@ -88,12 +88,15 @@ def decode_coarse_candidates(w: Workload, arch: str | None = None) -> list[Plan]
                                    **{PDL_KEY: 1, WS_CROSS_KEY: 1}))
     # Its one-warpgroup kernel (two programs an item, tiles in turn: for small T, where the SMs are
     # not all busy): alone and split 2-16 ways behind a programmatic-dependent combine.
+    # With HEADS32 too (32 query heads a program) once sweeps try it.
     if w.total_tokens <= SOLO_MAX_TOKENS:
-        for bn in WS_BLOCK_N_CHOICES:
-            plans.append(Plan.make("ws_sm90", BLOCK_N=bn, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=1, **{WS_SOLO_KEY: 1}))
+        heads = ({}, {WS_HEADS32_KEY: 1}) if sweeps(WS_HEADS32_KEY) else ({},)
+        for bn, h32 in itertools.product(WS_BLOCK_N_CHOICES, heads):
+            plans.append(Plan.make("ws_sm90", BLOCK_N=bn, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=1,
+                                   **{WS_SOLO_KEY: 1}, **h32))
             for sk in (2, 4, 8, 16):
                 plans.append(Plan.make("ws_sm90", BLOCK_N=bn, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=sk,
-                                       **DEFAULT_COMBINE, **{PDL_KEY: 1, WS_SOLO_KEY: 1}))
+                                       **DEFAULT_COMBINE, **{PDL_KEY: 1, WS_SOLO_KEY: 1}, **h32))
     unique = list(dict.fromkeys(plans))
     return [p for p in unique if sweepable(w, p, arch)]
 

@@ -414,12 +414,13 @@ def _my_items(n_items, PERSIST: gl.constexpr):
 
 
 @gluon.jit
-def _item(item, geo, HAS_EXTRA: gl.constexpr):
+def _item(item, geo, HAS_EXTRA: gl.constexpr, HB: gl.constexpr = HEADS):
     """Work item ``item`` (head block fastest, then token, then split: the head blocks of a token run
     side by side and share its K rows in L2): (first head, token, its batch row and position, split,
-    the split's candidates per scope as [lo, cap) before the length cut)."""
+    the split's candidates per scope as [lo, cap) before the length cut).  ``HB`` heads a block
+    (``geo``'s count of blocks is cdiv(h_q, HB))."""
     n_hb, n_tok, s_q, chunk, topk, x_topk = geo
-    head0 = (item % n_hb) * HEADS
+    head0 = (item % n_hb) * HB
     rest = item // n_hb
     t = (rest % n_tok).to(gl.int64)
     split = rest // n_tok
@@ -526,14 +527,14 @@ def _producer(kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik
 
 @gluon.jit
 def _out_rows(head0, t, tb, ts, split, outs, ROWS: gl.constexpr, N: gl.constexpr = HEADS):
-    """``N`` heads from ``head0`` in layout ``ROWS``: (heads, mask, out row offsets, LSE offsets,
-    partial rows)."""
-    _, s_ob, s_os, s_oh, _, s_lb, s_lh, _, _, h_q, n_tok = outs
+    """``N`` heads from ``head0`` in layout ``ROWS``: (heads, mask (heads below ``outs``' last entry,
+    the program's end of heads), out row offsets, LSE offsets, partial rows)."""
+    _, s_ob, s_os, s_oh, _, s_lb, s_lh, _, _, h_q, n_tok, h_end = outs
     heads = head0 + gl.arange(0, N, layout=ROWS)
     out_rows = tb * ((s_ob // 512) * 512) + ts * ((s_os // 512) * 512) + heads.to(gl.int64) * ((s_oh // 512) * 512)
     lse_rows = tb * s_lb + heads.to(gl.int64) * s_lh + ts
     part_rows = (split * n_tok + t) * h_q + heads
-    return heads, heads < h_q, out_rows, lse_rows, part_rows
+    return heads, heads < h_end, out_rows, lse_rows, part_rows
 
 
 @gluon.jit
@@ -931,7 +932,7 @@ def _ws_decode_kernel(
     # producer (one condition for both sides: the producer waits on an ``out_ready`` only WG1 arrives
     # on), WG0's through its left half unless PIPE (whose WG0 lacks the registers for the read-back).
     FLUSH: gl.constexpr = not SPLIT and not PERSIST
-    outs = (out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr, h_q, n_tok)
+    outs = (out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr, h_q, n_tok, h_q)
     gl.warp_specialize([
         (_softmax_pv_left, (geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_qb, s_qs, s_qh, sink_ptr,
                             q3, q_smem, kbuf, bias_buf, p_smem, alpha_smem, scale_smem,
@@ -980,6 +981,7 @@ def launch_ws_decode(
     solo: Launcher | None = None,
     CROSS: int = 0,
     wait: bool = False,
+    solo_heads: int = 64,
 ) -> None:
     """Launch the warp-specialized kernel (inputs already checked; e4m3fn pools): one program per
     (64 heads, token, split) item, or with ``PERSIST`` one per SM looping over them; given ``solo``
@@ -992,7 +994,9 @@ def launch_ws_decode(
     two items of a token's two head blocks run as one cluster of two CTAs, each converting one
     sub-block of every K tile for both (:mod:`dsv4_tune.runtime.cluster`).  ``wait``: this kernel is
     launched as a programmatic dependent of the kernel before it (whatever that is), and waits for
-    it before its first global access: its launch overlaps that kernel's end."""
+    it before its first global access: its launch overlaps that kernel's end.  ``solo_heads`` (64 or
+    32): the query heads of one of ``solo``'s programs (32: half of Q's bytes a program, twice the
+    programs)."""
     b, s_q, h_q, _ = q.shape
     n_tok = b * s_q
     n_items = cdiv(h_q, HEADS.value) * n_tok * split_k
@@ -1003,7 +1007,10 @@ def launch_ws_decode(
     if solo is not None:
         if CROSS:
             raise ValueError("CROSS=1 is a mode of the warp-specialized kernel, not of SOLO's")
-        solo((2 * n_items, 1, 1), *args, *flags, pdl, wait, num_warps=4, num_stages=1, launch_pdl=wait)
+        if solo_heads not in (32, HEADS.value):
+            raise ValueError(f"solo_heads={solo_heads} not in (32, {HEADS.value})")
+        n_solo = cdiv(h_q, solo_heads) * n_tok * split_k
+        solo((2 * n_solo, 1, 1), *args, *flags, pdl, wait, solo_heads, num_warps=4, num_stages=1, launch_pdl=wait)
         return
     programs = min(n_items, _multiprocessors(q.device.index)) if PERSIST else n_items
     knobs = (*flags, KSTAGES, bool(STAGED), bool(PIPE), bool(PERSIST), pdl)

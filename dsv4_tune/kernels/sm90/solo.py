@@ -256,19 +256,24 @@ def _raw_buffers(N: gl.constexpr, SUB: gl.constexpr):
 @gluon.jit
 def _start(q_ptr, q_smem, s_qb, s_qs, s_qh, sink_ptr, idx_ptr, s_ib, s_is, xidx_ptr, x_s_ib, x_s_is,
            h_q, n_tok, s_q, chunk, topk, x_topk, HAS_EXTRA: gl.constexpr, HAS_SINK: gl.constexpr,
-           SPLIT: gl.constexpr, S_L: gl.constexpr):
+           SPLIT: gl.constexpr, S_L: gl.constexpr, HB: gl.constexpr):
     """A program's start: its item and output half (two programs an item), Q's copy issued (commit
-    group 1), the heads' sinks loaded (:func:`~dsv4_tune.kernels.sm90.decode._sink_of`; in the
-    epilogue the load waited a DRAM round trip, 4% of a lone item's warp samples).  Returns (half,
-    :func:`~dsv4_tune.kernels.sm90.decode._item`'s tuple, sinks, the item's ids rows)."""
+    group 1; of ``HB`` heads, the tile's other rows zero and never read from memory), the heads' sinks
+    loaded (:func:`~dsv4_tune.kernels.sm90.decode._sink_of`; in the epilogue the load waited a DRAM
+    round trip, 4% of a lone item's warp samples).  Returns (half,
+    :func:`~dsv4_tune.kernels.sm90.decode._item`'s tuple, sinks, the item's ids rows, the program's end
+    of heads)."""
     pid = gl.program_id(0)
-    geo = (gl.cdiv(h_q, HEADS), n_tok, s_q, chunk, topk, x_topk)
-    at = _item(pid // 2, geo, HAS_EXTRA)
+    geo = (gl.cdiv(h_q, HB), n_tok, s_q, chunk, topk, x_topk)
+    at = _item(pid // 2, geo, HAS_EXTRA, HB)
     head0, _, tb, ts, _, _, _, _, _ = at
-    _load_q(q_ptr, q_smem, head0, tb, ts, h_q, s_qb, s_qs, s_qh)
+    h_end = h_q
+    if HB != HEADS:  # (at 64 heads the bound is h_q itself: the SASS of before)
+        h_end = gl.minimum(h_q, head0 + HB)
+    _load_q(q_ptr, q_smem, head0, tb, ts, h_end, s_qb, s_qs, s_qh)
     heads = head0 + gl.arange(0, HEADS, layout=gl.SliceLayout(1, S_L))
-    sink = _sink_of(sink_ptr, heads, heads < h_q, HAS_SINK, SPLIT)
-    return pid % 2, at, sink, idx_ptr + tb * s_ib + ts * s_is, xidx_ptr + tb * x_s_ib + ts * x_s_is
+    sink = _sink_of(sink_ptr, heads, heads < h_end, HAS_SINK, SPLIT)
+    return pid % 2, at, sink, idx_ptr + tb * s_ib + ts * s_is, xidx_ptr + tb * x_s_ib + ts * x_s_is, h_end
 
 
 @gluon.jit
@@ -293,10 +298,10 @@ def _solo_decode_kernel(
     n_tok, s_q, h_q, qk_scale, chunk,
     HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
     SPLIT: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr, PDL: gl.constexpr = False,
-    WAIT: gl.constexpr = False,
+    WAIT: gl.constexpr = False, HB: gl.constexpr = 64,
 ):
     """Program p: output columns [256 (p % 2), +256) of item p // 2 (head block fastest, then token,
-    then split, as the warp-specialized kernel orders them)."""
+    then split, as the warp-specialized kernel orders them), an item ``HB`` (64 or 32) query heads."""
     gl.static_assert(SUB == 32, "the gather layouts cover 32 rows")
     gl.static_assert(BLOCK_N == 2 * SUB, "a tile is two sub-blocks (the copy groups and ids assume it)")
     if PDL:  # the combine launches now and waits (griddepcontrol.wait) for every partial
@@ -317,9 +322,9 @@ def _solo_decode_kernel(
     bias_buf = gl.allocate_shared_memory(gl.float32, [BLOCK_N], VEC_SL)
     st_a, st_b, st_c, st_rope, st_lo, st_hi = _raw_buffers(2 * RAW_TILES, SUB)  # a raw tile: two sub-blocks
 
-    half, at, sink, idx_row, x_idx_row = _start(q_ptr, q_smem, s_qb, s_qs, s_qh, sink_ptr, idx_ptr, s_ib, s_is,
-                                               xidx_ptr, x_s_ib, x_s_is, h_q, n_tok, s_q, chunk, topk, x_topk,
-                                               HAS_EXTRA, HAS_SINK, SPLIT, S_L)
+    half, at, sink, idx_row, x_idx_row, h_end = _start(q_ptr, q_smem, s_qb, s_qs, s_qh, sink_ptr, idx_ptr, s_ib,
+                                                      s_is, xidx_ptr, x_s_ib, x_s_is, h_q, n_tok, s_q, chunk, topk,
+                                                      x_topk, HAS_EXTRA, HAS_SINK, SPLIT, S_L, HB)
     head0, t, tb, ts, split, lo, cap, x_lo, x_cap = at
     a0, a1, b0, b1, hi, x_hi, n_m = _first_ids(idx_row, s_ik, lo, cap, x_idx_row, x_s_ik, x_lo, x_cap, t, s_q,
                                                len_ptr, xlen_ptr, HAS_LEN, HAS_EXTRA, X_HAS_LEN, 4, 2, SUB, GATHER)
@@ -360,7 +365,7 @@ def _solo_decode_kernel(
         a0, a1, b0, b1 = b0, b1, a0, a1  # tile j + 1's ids first, then tile j + 2's
     async_copy.wait_group(0)  # no copy outlives the program
 
-    outs = (out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr, h_q, n_tok)
+    outs = (out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr, h_q, n_tok, h_end)
     _finish(o, m_i, l_i, half, head0, t, tb, ts, split, outs, sink, HAS_SINK, SPLIT, S_L, O_L)
 
 
@@ -374,7 +379,7 @@ def _solo_pipe_decode_kernel(
     n_tok, s_q, h_q, qk_scale, chunk,
     HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
     SPLIT: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr, PDL: gl.constexpr = False,
-    WAIT: gl.constexpr = False,
+    WAIT: gl.constexpr = False, HB: gl.constexpr = 64,
 ):
     """:func:`_solo_decode_kernel` on 32-token tiles, software-pipelined: two K tiles, so tile j + 1
     is dequantized while tile j's QK^T runs on the tensor cores; three raw tiles in flight."""
@@ -401,9 +406,9 @@ def _solo_pipe_decode_kernel(
     bias_buf = gl.allocate_shared_memory(gl.float32, [2, BLOCK_N], VEC_SL)
     st_a, st_b, st_c, st_rope, st_lo, st_hi = _raw_buffers(RAW, SUB)
 
-    half, at, sink, idx_row, x_idx_row = _start(q_ptr, q_smem, s_qb, s_qs, s_qh, sink_ptr, idx_ptr, s_ib, s_is,
-                                               xidx_ptr, x_s_ib, x_s_is, h_q, n_tok, s_q, chunk, topk, x_topk,
-                                               HAS_EXTRA, HAS_SINK, SPLIT, S_L)
+    half, at, sink, idx_row, x_idx_row, h_end = _start(q_ptr, q_smem, s_qb, s_qs, s_qh, sink_ptr, idx_ptr, s_ib,
+                                                      s_is, xidx_ptr, x_s_ib, x_s_is, h_q, n_tok, s_q, chunk, topk,
+                                                      x_topk, HAS_EXTRA, HAS_SINK, SPLIT, S_L, HB)
     head0, t, tb, ts, split, lo, cap, x_lo, x_cap = at
     a, b, c, _, hi, x_hi, n_m = _first_ids(idx_row, s_ik, lo, cap, x_idx_row, x_s_ik, x_lo, x_cap, t, s_q, len_ptr,
                                            xlen_ptr, HAS_LEN, HAS_EXTRA, X_HAS_LEN, 3, 1, SUB, GATHER)
@@ -455,7 +460,7 @@ def _solo_pipe_decode_kernel(
         gl.thread_barrier()  # tile j + 1 seen by the next QK^T; this tile's MMAs done before it is overwritten
         b, c = c, d
     async_copy.wait_group(0)  # no copy outlives the program
-    outs = (out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr, h_q, n_tok)
+    outs = (out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr, h_q, n_tok, h_end)
     _finish(o, m_i, l_i, half, head0, t, tb, ts, split, outs, sink, HAS_SINK, SPLIT, S_L, O_L)
 
 
