@@ -89,13 +89,25 @@ def test_a_knob_in_not_swept_is_valid_in_plans_but_never_swept(monkeypatch) -> N
     assert any(p.variant == "ws_sm90" for p in coarse) and not any(p.as_dict().get("CROSS") for p in coarse)
 
 
-def test_its_32_head_programs_are_valid_in_plans_and_not_yet_swept() -> None:
-    """HEADS32 (SOLO's programs of 32 query heads) is a plan knob with a kernel of its own (HB=32),
-    in NOT_SWEPT until a GPU has timed it: no space holds it, no refine step turns it on."""
-    assert not sweeps(WS_HEADS32_KEY)
+def test_its_32_head_programs_are_swept_with_its_one_warpgroup_kernel_only(monkeypatch) -> None:
+    """HEADS32 (SOLO's programs of 32 query heads, a kernel of its own: HB=32) is swept since an H100
+    ran it (2026-12-07): in the space and the small-T coarse stage beside every SOLO plan and nowhere
+    else, and a refine step turns it on or off (a ws plan without SOLO that turns it on is refused)."""
+    import dsv4_tune.tuner.candidates as candidates_mod
+
+    assert sweeps(WS_HEADS32_KEY)
     assert plan_problems(W, ws(SOLO=1, HEADS32=1)) == [] == plan_problems(W, ws(SOLO=1, BLOCK_N=32, HEADS32=1))
-    assert not any(p.as_dict().get(WS_HEADS32_KEY) for p in VARIANTS["ws_sm90"].space(W))
-    assert not any(n.as_dict().get(WS_HEADS32_KEY) for n in neighbours(ws(SOLO=1)))
+    space = [p.as_dict() for p in VARIANTS["ws_sm90"].space(W)]
+    h32 = [c for c in space if c.get(WS_HEADS32_KEY)]
+    assert h32 and all(c.get("SOLO") for c in h32)
+    assert len(h32) == sum(1 for c in space if c.get("SOLO") and not c.get(WS_HEADS32_KEY))
+    assert any(n.as_dict().get(WS_HEADS32_KEY) for n in neighbours(ws(SOLO=1)))
+    assert any(not n.as_dict().get(WS_HEADS32_KEY) for n in neighbours(ws(SOLO=1, HEADS32=1)))
+    monkeypatch.setattr(candidates_mod, "variant_problem", lambda variant, *a: None)  # as under Triton 3.6
+    coarse = [p.as_dict() for p in decode_coarse_candidates(Workload(4, 64, 128, 1024), "sm90")]
+    assert sum(1 for c in coarse if c.get(WS_HEADS32_KEY)) == sum(1 for c in coarse if c.get("SOLO")) // 2
+    big_t = decode_coarse_candidates(Workload(256, 64, 128, 1024), "sm90")
+    assert not any(p.as_dict().get(WS_HEADS32_KEY) for p in big_t)
     (one,) = plan_kernels(ws(SOLO=1, HEADS32=1), W, "sm90")
     assert dict(one[1])["HB"] == 32 and "HB" not in dict(plan_kernels(ws(SOLO=1), W, "sm90")[0][1])
 
@@ -143,7 +155,8 @@ def test_neighbours_step_its_own_knobs() -> None:
     split = ws(SPLIT_K=2, PDL=1)  # its unsplit neighbour drops PDL with the combine
     assert any(p["SPLIT_K"] == 1 and not plan_problems(W, p) for p in neighbours(split))
     refused = [plan_problems(W, p) for p in found if plan_problems(W, p)]  # refine_candidates drops these
-    why = ("KSTAGES=3 x BLOCK_N=64", "STAGED=1 needs", "PDL=1 needs", "SOLO=1 needs", "CROSS=1 needs")
+    why = ("KSTAGES=3 x BLOCK_N=64", "STAGED=1 needs", "PDL=1 needs", "SOLO=1 needs", "CROSS=1 needs",
+           "HEADS32=1 needs")
     assert refused and all(ps[0].startswith(why) for ps in refused)
 
 

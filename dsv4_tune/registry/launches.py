@@ -34,7 +34,8 @@ WS_CROSS_KEY = "CROSS"
 # ws_sm90's optional knob (absent = 0), with SOLO only: a program takes 32 query heads, not 64 (the
 # wgmma's other 32 rows are zeros never loaded), so its Q costs half the bytes before the first MMA
 # and an item's head block is two programs' worth; for small T, where the SMs are not all busy and a
-# program's own loads are its time.
+# program's own loads are its time (H100, in a graph: 4-7% faster where an item's programs are few;
+# slower where they no longer fit one wave: the sweep decides).
 WS_HEADS32_KEY = "HEADS32"
 WS_SUB = 32  # ws_sm90: tokens its producer gathers and converts at a time
 WS_MAXNREG = 168  # ws_sm90: registers per thread at entry (setmaxnreg then splits them 208 / 160 / 136)

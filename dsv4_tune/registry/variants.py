@@ -37,8 +37,8 @@ WS_KSTAGES_CHOICES = (2, 3, 4)  # ws_sm90: K tiles in flight between the produce
 # and with it HEADS32 (registry.launches.WS_HEADS32_KEY: 32 query heads a program).
 # Optional knobs a plan may name but no sweep tries (not in any space, never a refine step): a new
 # kernel mode until a GPU has run it (CROSS was, until 2026-12-06: a cluster kernel that deadlocked
-# would hang a sweep).  HEADS32 (2026-12-07) until a GPU has checked and timed it.
-NOT_SWEPT: frozenset[str] = frozenset({WS_HEADS32_KEY})
+# would hang a sweep; HEADS32 was, until an H100 had checked and timed it on 2026-12-07).  None today.
+NOT_SWEPT: frozenset[str] = frozenset()
 
 
 def sweeps(key: str) -> bool:
