@@ -164,8 +164,6 @@ def interleaved_times(
     Each function is captured once in a CUDA graph (eagerly timed if capture fails) after a warm-up
     on a side stream; every replay follows an L2 flush.
     """
-    import random
-
     _warm_up(fns, 1)
     runners: list[Callable[[], object]] = []
     graphs = []
@@ -179,13 +177,8 @@ def interleaved_times(
         except Exception:  # capture failed: time it eagerly
             torch.cuda.synchronize()
             runners.append(fn)
-    samples: list[list[float]] = [[] for _ in fns]
-    order = list(range(len(fns)))
-    rng = random.Random(seed)
-    for _ in range(rounds):
-        rng.shuffle(order)
-        for i in order:
-            samples[i].extend(t * 1e3 for t in _timed_replays(runners[i], flush_bytes, reps))
+    samples = _in_rounds(len(fns), rounds, seed,
+                         lambda i: [t * 1e3 for t in _timed_replays(runners[i], flush_bytes, reps)])
     del graphs
     return samples
 
@@ -196,15 +189,20 @@ def interleaved_in_graph(
     """What each of ``fns`` adds to a graph holding more work (:func:`in_graph_samples`), measured
     in ``rounds`` rounds in a fresh random order each, as :func:`interleaved_times` does for
     single-call replays; a function whose graph cannot be captured gets no samples."""
+    return _in_rounds(len(fns), rounds, seed, lambda i: in_graph_samples(fns[i], replays=replays, warmup=1) or [])
+
+
+def _in_rounds(n: int, rounds: int, seed: int, sample: Callable[[int], list[float]]) -> list[list[float]]:
+    """``sample(i)`` for i < ``n`` in ``rounds`` rounds, a fresh random order each, gathered per i."""
     import random
 
-    samples: list[list[float]] = [[] for _ in fns]
-    order = list(range(len(fns)))
+    samples: list[list[float]] = [[] for _ in range(n)]
+    order = list(range(n))
     rng = random.Random(seed)
     for _ in range(rounds):
         rng.shuffle(order)
         for i in order:
-            samples[i].extend(in_graph_samples(fns[i], replays=replays, warmup=1) or [])
+            samples[i].extend(sample(i))
     return samples
 
 
