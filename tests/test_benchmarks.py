@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,9 @@ def test_ab_kernels_cut_by_sigterm_prints_what_ran_and_saves_nothing(tmp_path: P
     for line in run.stdout:  # the first arm's run has ended: stop the second one mid-run
         seen.append(line)
         if line.startswith("round 1 a: 1 plans"):
+            # b's child is starting (a Python importing torch: ~2 s); half a second keeps the
+            # signal from landing between the two runs on a loaded machine (it once did, under a compile)
+            time.sleep(0.5)
             run.send_signal(signal.SIGTERM)
             break
     out, err = run.communicate(timeout=120)
