@@ -21,7 +21,7 @@ from dsv4_tune.kernels.reference import sparse_decode_ref
 from dsv4_tune.kernels.sm90 import GLUON_PROBLEM, _gluon_problem
 from dsv4_tune.policies.dispatcher import Dispatcher
 from dsv4_tune.policies.schema import GpuSpec, PlanSpec, Policy, Provenance, Segment, WorkloadClass
-from dsv4_tune.registry.launches import WS_CROSS_KEY, WS_HEADS32_KEY, plan_kernels
+from dsv4_tune.registry.launches import WS_CROSS_KEY, WS_HEADS32_KEY, WS_MERGE_KEY, plan_kernels
 from dsv4_tune.registry.scratch import plan_buffers
 from dsv4_tune.registry.variants import VARIANTS, default_plan, plan_problems, sweeps, ws_smem_bytes
 from dsv4_tune.serving.variants import variant_problem
@@ -145,6 +145,34 @@ def test_its_kernels_and_buffers() -> None:
     (pipe,) = plan_kernels(ws(SOLO=1, BLOCK_N=32), W, "sm90")
     assert pipe[0] == "_solo_pipe_decode_kernel" and dict(pipe[1])["BLOCK_N"] == 32
     assert plan_buffers(ws(), W) == {} and set(plan_buffers(ws(SPLIT_K=4), W)) == {"part_o", "part_lse"}
+
+
+def merged(**cfg: int) -> Plan:
+    """A MERGE plan: split 2 whose pair merges in the kernel (no combine keys)."""
+    return Plan.make("ws_sm90", {"BLOCK_N": 64, "KSTAGES": 2, "STAGED": 0, "PIPE": 0, "SPLIT_K": 2, "MERGE": 1, **cfg})
+
+
+def test_its_split_pair_merge_is_an_explicit_plan_until_a_gpu_has_run_it() -> None:
+    """MERGE (split 2 as one cluster of two CTAs merging over DSMEM): valid at any h_q, staged or not;
+    its rule names the knobs it cannot take; one kernel, no combine, no partial buffers, 672 B more
+    shared memory; and no sweep tries it while it is in NOT_SWEPT (it has not run on a GPU yet)."""
+    assert plan_problems(W, merged()) == [] == plan_problems(Workload(64, 64, 128, 1024), merged(STAGED=1))
+    cases = {merged(SPLIT_K=3): "MERGE=1 needs SPLIT_K=2", merged(BLOCK_N=32): "MERGE=1 needs",
+             merged(KSTAGES=3): "MERGE=1 needs", merged(PIPE=1): "MERGE=1 needs", merged(PERSIST=1): "MERGE=1 needs",
+             merged(CROSS=1): "MERGE=1 needs", merged(SOLO=1): "MERGE=1 needs", merged(PDL=1): "MERGE=1 needs",
+             merged(COMBINE_BLOCK_H=8, combine_warps=4): "the in-kernel combine takes no combine config",
+             merged(MERGE=2): "MERGE=2 not in", merged(SPLIT_K=1): "MERGE=1 needs SPLIT_K=2"}
+    for plan, message in cases.items():
+        assert any(message in p for p in plan_problems(W, plan)), (plan, plan_problems(W, plan))
+    (one,) = plan_kernels(merged(), W, "sm90")
+    assert one[0] == "_ws_decode_kernel" and dict(one[1])["MERGE"] is True and dict(one[1])["SPLIT"] is True
+    assert "MERGE" not in dict(plan_kernels(ws(SPLIT_K=2), W, "sm90")[0][1])
+    assert plan_buffers(merged(), W) == {}
+    assert ws_smem_bytes(merged().as_dict()) == ws_smem_bytes(ws(SPLIT_K=2).as_dict()) + 672
+    assert not sweeps(WS_MERGE_KEY)
+    assert not any(p.as_dict().get(WS_MERGE_KEY) for p in VARIANTS["ws_sm90"].space(W))
+    assert not any(n.as_dict().get(WS_MERGE_KEY) for n in neighbours(ws(SPLIT_K=2)))
+    assert all("COMBINE_BLOCK_H" not in n.as_dict() for n in neighbours(merged()) if n.as_dict().get(WS_MERGE_KEY))
 
 
 def test_neighbours_step_its_own_knobs() -> None:
@@ -328,6 +356,23 @@ def test_two_ctas_of_a_cluster_share_each_tile(monkeypatch, s_q, page, x_page, d
     for plan in (ws(CROSS=1), ws(CROSS=1, PIPE=1), ws(CROSS=1, SPLIT_K=3), ws(CROSS=1, SPLIT_K=3, PDL=1),
                  ws(CROSS=1, PERSIST=1), ws(CROSS=1, PIPE=1, PERSIST=1)):
         case.check(plan)
+
+
+@pytest.mark.gpu
+@pytest.mark.gpu_only
+@pytest.mark.parametrize(("s_q", "page", "x_page"), KNOB_CASES)
+def test_a_split_pair_merges_in_a_cluster(s_q, page, x_page, device, gen) -> None:
+    """MERGE: an item's two splits run as one cluster of two CTAs and merge over DSMEM, each CTA
+    finalizing one half of the columns (rows whose second split is empty, a row with no valid
+    candidate, +-inf sinks); the output is split 2 with its combine's, bit for bit."""
+    if variant_problem("ws_sm90", torch.device(device)):
+        pytest.skip(variant_problem("ws_sm90", torch.device(device)))
+    case = _knob_case(device, gen, s_q, page, x_page)
+    for plan in (merged(), merged(STAGED=1)):
+        case.check(plan)
+        out, _ = case.run(plan)
+        combined, _ = case.run(ws(SPLIT_K=2, STAGED=plan["STAGED"]))
+        assert torch.equal(out, combined), plan
 
 
 @triton.jit

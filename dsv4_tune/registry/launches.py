@@ -37,6 +37,11 @@ WS_CROSS_KEY = "CROSS"
 # program's own loads are its time (H100, in a graph: 4-7% faster where an item's programs are few;
 # slower where they no longer fit one wave: the sweep decides).
 WS_HEADS32_KEY = "HEADS32"
+# ws_sm90's optional knob (absent = 0), with SPLIT_K 2 only: an item's two splits run as one cluster of
+# two CTAs and merge over DSMEM (each finalizes one 256-column half of the output from both splits'
+# normalised partials), so no partials go through global memory and no combine kernel runs.  Not in
+# the swept space until a GPU has checked and timed it (docs/ws-sm90-cluster-merge.md).
+WS_MERGE_KEY = "MERGE"
 WS_SUB = 32  # ws_sm90: tokens its producer gathers and converts at a time
 WS_MAXNREG = 168  # ws_sm90: registers per thread at entry (setmaxnreg then splits them 208 / 160 / 136)
 
@@ -89,8 +94,9 @@ def plan_kernels(plan: Plan, w: Workload, arch: str, fp8: Fp8Pair | None = None)
                           X_HAS_LEN=w.dual and w.has_len_extra, HAS_SINK=sink, SPLIT=split, BLOCK_N=c["BLOCK_N"],
                           SUB=WS_SUB, KSTAGES=c["KSTAGES"], STAGED=bool(c["STAGED"]),
                           PIPE=bool(c["PIPE"]), PERSIST=bool(c.get(WS_PERSIST_KEY, 0)), **pdl,
-                          **({WS_CROSS_KEY: True} if c.get(WS_CROSS_KEY) else {})))
-    if split and not inline:
+                          **({WS_CROSS_KEY: True} if c.get(WS_CROSS_KEY) else {}),
+                          **({WS_MERGE_KEY: True} if c.get(WS_MERGE_KEY) else {})))
+    if split and not inline and not c.get(WS_MERGE_KEY):
         out.append(launch("_combine_kernel", c["combine_warps"], 1, HAS_SINK=sink, BLOCK_H=c["COMBINE_BLOCK_H"],
                           **pdl))
     return out

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dsv4_tune.registry.buckets import GATHER_BUFFER_BYTES, token_ranges
 from dsv4_tune.registry.intmath import cdiv
+from dsv4_tune.registry.launches import WS_MERGE_KEY
 from dsv4_tune.registry.layout import HEAD_DIM
 from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
 
@@ -48,7 +49,7 @@ def plan_buffers(plan: Plan, w: Workload | OpWorkload) -> dict[str, Buffer]:
             return pooled_buffer(w.rows, w.params_dict["head_dim"])
         return {}
     t, h, sk = w.total_tokens, w.h_q, c.get("SPLIT_K", 1)
-    if plan.variant == "fused_splitk" or (plan.variant == "ws_sm90" and sk > 1):
+    if plan.variant == "fused_splitk" or (plan.variant == "ws_sm90" and sk > 1 and not c.get(WS_MERGE_KEY)):
         return partial_buffers(sk, t, h)
     if plan.variant == "fused_splitk_inline":
         return {**partial_buffers(sk, t, h), **counter_buffer(t, h, c["BLOCK_H"])}

@@ -16,7 +16,15 @@ from dataclasses import dataclass
 
 from dsv4_tune.registry.arch import arch_problems
 from dsv4_tune.registry.intmath import cdiv, next_pow2
-from dsv4_tune.registry.launches import PDL_KEY, WS_CROSS_KEY, WS_HEADS32_KEY, WS_PERSIST_KEY, WS_SOLO_KEY, WS_SUB
+from dsv4_tune.registry.launches import (
+    PDL_KEY,
+    WS_CROSS_KEY,
+    WS_HEADS32_KEY,
+    WS_MERGE_KEY,
+    WS_PERSIST_KEY,
+    WS_SOLO_KEY,
+    WS_SUB,
+)
 from dsv4_tune.registry.workload import Plan, Workload
 
 BLOCK_H_CHOICES = (16, 32, 64)
@@ -37,8 +45,9 @@ WS_KSTAGES_CHOICES = (2, 3, 4)  # ws_sm90: K tiles in flight between the produce
 # and with it HEADS32 (registry.launches.WS_HEADS32_KEY: 32 query heads a program).
 # Optional knobs a plan may name but no sweep tries (not in any space, never a refine step): a new
 # kernel mode until a GPU has run it (CROSS was, until 2026-12-06: a cluster kernel that deadlocked
-# would hang a sweep; HEADS32 was, until an H100 had checked and timed it on 2026-12-07).  None today.
-NOT_SWEPT: frozenset[str] = frozenset()
+# would hang a sweep; HEADS32 was, until an H100 had checked and timed it on 2026-12-07).  MERGE (the
+# split pair's DSMEM merge, 2026-12-07) has not run on a GPU yet.
+NOT_SWEPT: frozenset[str] = frozenset({WS_MERGE_KEY})
 
 
 def sweeps(key: str) -> bool:
@@ -155,8 +164,9 @@ def ws_smem_bytes(c: dict[str, int]) -> int:
         return 64 * 1024 + k_tiles * c["BLOCK_N"] * (1024 + 4) + raw_tiles * c["BLOCK_N"] * 584
     staging = WS_SUB * 584 if c.get("STAGED") else 0
     converting = 0 if c["SPLIT_K"] > 1 else 2 if c.get(WS_PERSIST_KEY) else c.get("PIPE", 0)
+    merge = 672 if c.get(WS_MERGE_KEY) else 0  # both splits' LSEs and two barriers, as Triton 3.6 places them
     return (c["KSTAGES"] * c["BLOCK_N"] * (1024 + 4) + 64 * 1024 + 64 * c["BLOCK_N"] * 2 + staging
-            + 2048 * converting + 1088)
+            + 2048 * converting + 1088 + merge)
 
 
 def _ws_problems(w: Workload, c: dict[str, int]) -> list[str]:
@@ -176,6 +186,13 @@ def _ws_problems(w: Workload, c: dict[str, int]) -> list[str]:
     if _switch(c, WS_CROSS_KEY, out) and (w.h_q % 128 or cross_knobs != (0, 0, 2 * WS_SUB)):
         out.append(f"{WS_CROSS_KEY}=1 needs h_q a multiple of 128 (a token's head blocks in pairs), STAGED=0, "
                    f"BLOCK_N={2 * WS_SUB} (a sub-block each) and no {WS_SOLO_KEY}")
+    merge_knobs = (c["SPLIT_K"], c["BLOCK_N"], c["KSTAGES"], c["PIPE"], c.get(WS_PERSIST_KEY, 0),
+                   c.get(WS_CROSS_KEY, 0), c.get(WS_SOLO_KEY, 0), c.get(PDL_KEY, 0))
+    merge = _switch(c, WS_MERGE_KEY, out)
+    if merge and merge_knobs != (2, 2 * WS_SUB, 2, 0, 0, 0, 0, 0):
+        out.append(f"{WS_MERGE_KEY}=1 needs SPLIT_K=2, BLOCK_N={2 * WS_SUB}, KSTAGES=2 (a K stage holds a half "
+                   f"of the output in fp32), PIPE=0 and no {WS_PERSIST_KEY}, {WS_CROSS_KEY}, {WS_SOLO_KEY} or "
+                   f"{PDL_KEY} (no combine to launch)")
     if _switch(c, WS_HEADS32_KEY, out) and not c.get(WS_SOLO_KEY):
         out.append(f"{WS_HEADS32_KEY}=1 needs {WS_SOLO_KEY}=1 (a one-warpgroup program's Q rows)")
     if _switch(c, PDL_KEY, out) and c["SPLIT_K"] == 1:
@@ -186,7 +203,7 @@ def _ws_problems(w: Workload, c: dict[str, int]) -> list[str]:
         out.append(f"KSTAGES={c['KSTAGES']} x BLOCK_N={c['BLOCK_N']} K tiles + Q need {ws_smem_bytes(c)} B of shared "
                    f"memory, over sm90's {WS_SMEM_BYTES}")
     if c["BLOCK_N"] in WS_BLOCK_N_CHOICES:
-        out += _split_problems(w, c, WS_SPLIT_K_CHOICES)
+        out += _split_problems(w, c, WS_SPLIT_K_CHOICES, combine_kernel=not merge)
     return out
 
 
@@ -204,6 +221,8 @@ def _ws_space(w: Workload) -> Iterator[dict[str, int]]:
         yield from splits(base)
         if sk == 1:
             yield {**base, WS_PERSIST_KEY: 1}
+        if sweeps(WS_MERGE_KEY) and (bn, st, pipe, sk) == (2 * WS_SUB, 2, 0, 2):
+            yield {**base, WS_MERGE_KEY: 1}
         if sweeps(WS_CROSS_KEY):  # (its rule keeps the unstaged 64-token ones at h_q % 128 == 0)
             yield from splits({**base, WS_CROSS_KEY: 1})
             if sk == 1:
@@ -322,7 +341,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("ws_sm90", "CUDA sm90 only: warp-specialized (Gluon) gather + exact dequant into shared memory "
                 "beside wgmma attention, 64 heads per program (one pass or split-K + combine)",
                 _ws_space, _ws_problems, _ws_default,
-                frozenset({WS_PERSIST_KEY, WS_SOLO_KEY, WS_CROSS_KEY, WS_HEADS32_KEY, PDL_KEY})),
+                frozenset({WS_PERSIST_KEY, WS_SOLO_KEY, WS_CROSS_KEY, WS_HEADS32_KEY, WS_MERGE_KEY, PDL_KEY})),
     )
 }
 

@@ -23,6 +23,7 @@ from dsv4_tune.registry.launches import (
     WS_CROSS_KEY,
     WS_HEADS32_KEY,
     WS_MAXNREG,
+    WS_MERGE_KEY,
     WS_PERSIST_KEY,
     WS_SOLO_KEY,
     WS_SUB,
@@ -158,14 +159,16 @@ def run_ws_sm90(x: DecodeInputs, cfg: dict[str, int], out: torch.Tensor, lse: to
     from dsv4_tune.kernels.sm90.solo import solo_launcher
 
     sk = cfg["SPLIT_K"]
-    partial = _partials(ws, sk, x.n_tok, x.q.shape[2], x.q.device) if sk > 1 else None
+    merge = cfg.get(WS_MERGE_KEY, 0)  # (the splits merge in the kernel: no partials, no combine)
+    partial = _partials(ws, sk, x.n_tok, x.q.shape[2], x.q.device) if sk > 1 and not merge else None
     chained = pdl_enabled(x.q.device)  # launched as the previous kernel's programmatic dependent
     pdl = bool(cfg.get(PDL_KEY, 0)) and chained
     launch_ws_decode(x.q, x.main, x.extra, x.attn_sink, x.sm_scale, out, lse, partial, split_k=sk,
                      BLOCK_N=cfg["BLOCK_N"], SUB=WS_SUB, KSTAGES=cfg["KSTAGES"], STAGED=cfg["STAGED"],
                      PIPE=cfg["PIPE"], PERSIST=cfg.get(WS_PERSIST_KEY, 0), maxnreg=WS_MAXNREG, pdl=pdl,
                      solo=solo_launcher(cfg["BLOCK_N"]) if cfg.get(WS_SOLO_KEY) else None,
-                     CROSS=cfg.get(WS_CROSS_KEY, 0), wait=chained, solo_heads=32 if cfg.get(WS_HEADS32_KEY) else 64)
+                     CROSS=cfg.get(WS_CROSS_KEY, 0), wait=chained, solo_heads=32 if cfg.get(WS_HEADS32_KEY) else 64,
+                     MERGE=merge)
     if partial is not None:
         launch_combine(*partial, x.attn_sink, out, lse, s_q=x.q.shape[1],
                        BLOCK_H=cfg["COMBINE_BLOCK_H"], num_warps=cfg["combine_warps"], pdl=pdl)

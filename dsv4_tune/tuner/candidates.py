@@ -7,7 +7,14 @@ from __future__ import annotations
 
 import itertools
 
-from dsv4_tune.registry.launches import PDL_KEY, WS_CROSS_KEY, WS_HEADS32_KEY, WS_PERSIST_KEY, WS_SOLO_KEY
+from dsv4_tune.registry.launches import (
+    PDL_KEY,
+    WS_CROSS_KEY,
+    WS_HEADS32_KEY,
+    WS_MERGE_KEY,
+    WS_PERSIST_KEY,
+    WS_SOLO_KEY,
+)
 from dsv4_tune.registry.ops import get_op, op_neighbours
 from dsv4_tune.registry.variants import (
     BLOCK_H_CHOICES,
@@ -136,7 +143,7 @@ def neighbours(plan: Plan) -> list[Plan]:
         out.append({k: v for k, v in c.items() if k != key} if c.get(key) else {**c, key: 1})
     plans = []
     for cfg in out:
-        if cfg.get("SPLIT_K") == 1:
+        if cfg.get("SPLIT_K") == 1 or cfg.get(WS_MERGE_KEY):  # (MERGE: the splits merge in the kernel)
             cfg = without_combine(cfg)
         elif cfg.get("SPLIT_K", 1) > 1 and "COMBINE_BLOCK_H" not in cfg and plan.variant in ("gather_attend",
                                                                                                "ws_sm90"):

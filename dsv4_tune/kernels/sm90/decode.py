@@ -120,10 +120,13 @@ def _wait_primary():
 
 
 @gluon.jit
-def _cluster_sync(CROSS: gl.constexpr):
-    """Under CROSS, every thread of both CTAs meets here: at each partition's start (the barriers'
-    inits are then seen by the peer) and end (no CTA leaves while the other may still write to it)."""
+def _cluster_sync(CROSS: gl.constexpr, MERGE: gl.constexpr = False):
+    """Under CROSS or MERGE, every thread of both CTAs meets here: at each partition's start (the
+    barriers' inits are then seen by the peer) and end (no CTA leaves while the other may still write
+    to it or read from it)."""
     if CROSS:
+        cluster_sync()
+    if MERGE:
         cluster_sync()
 
 
@@ -135,6 +138,77 @@ def _release(k_empty, ks, CROSS: gl.constexpr, EMPTY_OFF: gl.constexpr):
     mbarrier.arrive(k_empty.index(ks))
     if CROSS:
         arrive_on_peer(EMPTY_OFF + ks * 8)
+
+
+@gluon.jit
+def _wait_free(k_empty, s, n, KSTAGES: gl.constexpr):
+    """Wait until both consumers have released the last fill of K stage ``s`` of an item of ``n``
+    tiles (what the producer's next refill of it would wait for); at once if it was never filled."""
+    fills = (n + (KSTAGES - 1) - s) // KSTAGES
+    mbarrier.wait(k_empty.index(s), (fills & 1) ^ 1)
+
+
+@gluon.jit
+def _merge_half(o, C: gl.constexpr, q_smem, out_ready, kbuf, k_empty, n_blocks, r_free, KSTAGES: gl.constexpr,
+                KBUF_OFF: gl.constexpr, XLSE_OFF: gl.constexpr, MREADY_OFF: gl.constexpr):
+    """MERGE, a consumer's normalised partial ``o`` of column half ``C`` (fp32): the CTA of rank C
+    finalizes that half, so there it goes into Q's buffer (free: every QK^T is done) for this CTA's
+    producer; the other rank sends it into the peer's K stage ``rank`` (from its own, once both of its
+    consumers are done with that stage and the peer's producer has freed its twin), with this CTA's
+    LSE, one bulk copy each, counted by the peer's ``m_ready``."""
+    F32_SL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
+    HALF_BYTES: gl.constexpr = HEADS * DV * 4
+    rank = gl.program_id(0) % 2
+    if rank == C:
+        q_smem._reinterpret(gl.float32, [HEADS, DV], F32_SL).store(o)
+        mbarrier.arrive(out_ready)  # (after a partition barrier, as Triton 3.6 lowers it)
+    else:
+        _wait_free(k_empty, rank, n_blocks, KSTAGES)
+        kbuf.index(rank)._reinterpret(gl.float32, [HEADS, DV], F32_SL).store(o)
+        fence_async_shared()  # the stores, seen by the bulk copy (the async proxy)
+        gl.thread_barrier()
+        mbarrier.wait(r_free, 0)
+        send_to_peer(KBUF_OFF + rank * HALF_BYTES, MREADY_OFF, HALF_BYTES)
+        send_to_peer(XLSE_OFF + rank * (HEADS * 4), MREADY_OFF, HEADS * 4)
+
+
+@gluon.jit
+def _merge_out(own, peer, xlse, rank, head0, t, tb, ts, outs, sink_ptr, HAS_SINK: gl.constexpr):
+    """MERGE, this CTA's producer: its column half of the final output (rank 0 the first 256, rank 1
+    the rest) from both splits' normalised partials of it (``own``: this split's, in Q's buffer;
+    ``peer``: the other's, received) and their LSEs, merged as the combine merges them (the same
+    operations in the same order, split 0's term first), 16 rows at a time; rank 0 stores the LSE."""
+    ML: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+    LR: gl.constexpr = gl.SliceLayout(1, ML)
+    CH: gl.constexpr = 16
+    cols = rank * DV + gl.arange(0, DV, layout=gl.SliceLayout(0, ML))
+    for c in gl.static_range(HEADS // CH):
+        v0 = xlse.index(0).slice(c * CH, CH).load(LR)
+        v1 = xlse.index(1).slice(c * CH, CH).load(LR)
+        mine = own.slice(c * CH, CH, dim=0).load(ML)
+        theirs = peer.slice(c * CH, CH, dim=0).load(ML)
+        o0 = gl.where(rank == 0, mine, theirs)
+        o1 = gl.where(rank == 0, theirs, mine)
+        ok0 = gl.abs(v0) < 1e30
+        ok1 = gl.abs(v1) < 1e30
+        m = gl.maximum(gl.where(ok0, v0, float("-inf")), gl.where(ok1, v1, float("-inf")))
+        lonely = m == float("-inf")
+        safe_m = gl.where(lonely, 0.0, m)
+        w0 = gl.where(ok0, gl.exp2((v0 - safe_m) * 1.4426950408889634), 0.0)
+        w1 = gl.where(ok1, gl.exp2((v1 - safe_m) * 1.4426950408889634), 0.0)
+        total = w0 + w1
+        acc = w0[:, None] * gl.where((w0 > 0)[:, None], o0, 0.0)
+        acc = acc + w1[:, None] * gl.where((w1 > 0)[:, None], o1, 0.0)
+        lse = gl.where(lonely, float("inf"), safe_m + gl.log(gl.where(lonely, 1.0, total)))
+        scale = gl.where(lonely, 0.0, 1.0 / gl.where(lonely, 1.0, total))
+        heads, hm, out_rows, lse_rows, _ = _out_rows(head0 + c * CH, t, tb, ts, 0, outs, LR, CH)
+        if HAS_SINK:
+            sink = gl.load(sink_ptr + heads, mask=hm, other=float("-inf"))
+            scale = scale * (1.0 / (1.0 + gl.exp2((sink - gl.where(lonely, 0.0, lse)) * 1.4426950408889634)))
+        gl.store(outs[0] + out_rows[:, None] + cols[None, :], (acc * scale[:, None]).to(gl.bfloat16),
+                 mask=hm[:, None] & (cols[None, :] >= 0))
+        if rank == 0:
+            gl.store(outs[4] + lse_rows, lse, mask=hm)
 
 
 @gluon.jit
@@ -399,11 +473,14 @@ def _send_rows(ks, BLOCK_N: gl.constexpr, SUB: gl.constexpr, HALF: gl.constexpr,
 
 
 @gluon.jit
-def _my_items(n_items, PERSIST: gl.constexpr):
+def _my_items(n_items, PERSIST: gl.constexpr, MERGE: gl.constexpr = False):
     """This program's items as range(first, last, step): p, p + P, ... on a persistent grid of P
-    programs; else item p alone.  A loop of that one trip is not free (its bounds are runtime
+    programs; else item p alone, or under MERGE (split 2 in clusters of two) the split p % 2 of
+    pair p // 2 (items are split-slowest).  A loop of that one trip is not free (its bounds are runtime
     values): the producer runs a lone item without one (see :func:`_producer`)."""
     first = gl.program_id(0)
+    if MERGE:
+        first = first // 2 + (first % 2) * (n_items // 2)
     if PERSIST:
         last = n_items
         step = gl.num_programs(0)
@@ -495,12 +572,14 @@ def _producer(kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik
               HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr,
               BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr,
               FLUSH: gl.constexpr, PERSIST: gl.constexpr, CROSS: gl.constexpr, KBUF_OFF: gl.constexpr,
-              READY_OFF: gl.constexpr, BIAS_OFF: gl.constexpr):
+              READY_OFF: gl.constexpr, BIAS_OFF: gl.constexpr, xlse, m_ready, sink_ptr, HAS_SINK: gl.constexpr,
+              MERGE: gl.constexpr, RFREE_OFF: gl.constexpr):
     """Every item's K tiles through one ring: the gathers of the next item start while the consumers
     finish this one.  One item is no loop at all: a loop of one trip (its bounds are runtime values)
-    still made ptxas keep loop state and spill the shared-memory base in ``STAGED``'s block loop."""
-    _cluster_sync(CROSS)
-    first, item_end, step = _my_items(n_items, PERSIST)
+    still made ptxas keep loop state and spill the shared-memory base in ``STAGED``'s block loop.
+    Under MERGE it then frees the K stage the peer's half lands in and merges this CTA's half."""
+    _cluster_sync(CROSS, MERGE)
+    first, item_end, step = _my_items(n_items, PERSIST, MERGE)
     if PERSIST:
         blk = gl.to_tensor(0)
         for item in range(first, item_end, step):
@@ -510,11 +589,25 @@ def _producer(kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik
                                 st_a, st_b, st_c, st_rope, st_lo, st_hi,
                                 HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED, CROSS, KBUF_OFF, READY_OFF, BIAS_OFF)
     else:
-        _produce_item(first, gl.to_tensor(0), kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik,
-                      xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik,
-                      geo, len_ptr, xlen_ptr, kbuf, bias_buf, k_ready, k_empty,
-                      st_a, st_b, st_c, st_rope, st_lo, st_hi,
-                      HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED, CROSS, KBUF_OFF, READY_OFF, BIAS_OFF)
+        n = _produce_item(first, gl.to_tensor(0), kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik,
+                          xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik,
+                          geo, len_ptr, xlen_ptr, kbuf, bias_buf, k_ready, k_empty,
+                          st_a, st_b, st_c, st_rope, st_lo, st_hi,
+                          HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED, CROSS, KBUF_OFF, READY_OFF,
+                          BIAS_OFF)
+        if MERGE:
+            rank = gl.program_id(0) % 2
+            _wait_free(k_empty, 1 - rank, n, KSTAGES)  # the stage the peer's half lands in
+            mbarrier.expect(m_ready, HEADS * DV * 4 + HEADS * 4)  # this arrival; the peer's half and LSE to come
+            arrive_on_peer(RFREE_OFF)  # (CTA scope: the stage's reads are done)
+            mbarrier.wait(out_ready, 0)  # this CTA's own half (and LSE, stored before WG0's ``done``)
+            mbarrier.wait(m_ready, 0)
+            F32_SL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
+            me, _, _ = _my_items(n_items, PERSIST, MERGE)  # (recomputed: not held over the block loop)
+            head0, t, tb, ts, _, _, _, _, _ = _item(me, geo, HAS_EXTRA)
+            _merge_out(q_smem._reinterpret(gl.float32, [HEADS, DV], F32_SL),
+                       kbuf.index(1 - rank)._reinterpret(gl.float32, [HEADS, DV], F32_SL),
+                       xlse, rank, head0, t, tb, ts, outs, sink_ptr, HAS_SINK)
         if FLUSH:  # WG1's half of the output, once it is in Q's buffer
             mbarrier.wait(out_ready, 0)
             # The item as WG1 left it in shared memory: computed from ``first`` here, its values were
@@ -522,7 +615,7 @@ def _producer(kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik
             one: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
             head0, t, tb, ts, split, _, _, _, _ = _item(gl.max(item_slot.load(one), axis=0), geo, HAS_EXTRA)
             _flush_half(DV, q_smem.slice(DV, DV, dim=1), head0, t, tb, ts, split, outs)
-    _cluster_sync(CROSS)
+    _cluster_sync(CROSS, MERGE)
 
 
 @gluon.jit
@@ -542,14 +635,15 @@ def _pv_right(geo, n_items, len_ptr, xlen_ptr, outs, q_smem, kbuf, p_smem, alpha
               k_ready, k_empty, p_ready, p_empty, done, scale_empty, out_ready, item_slot,
               SPLIT: gl.constexpr, FLUSH: gl.constexpr, KSTAGES: gl.constexpr, BLOCK_N: gl.constexpr,
               HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr, PERSIST: gl.constexpr,
-              CROSS: gl.constexpr, EMPTY_OFF: gl.constexpr):
+              CROSS: gl.constexpr, EMPTY_OFF: gl.constexpr, r_free, MERGE: gl.constexpr, KBUF_OFF: gl.constexpr,
+              XLSE_OFF: gl.constexpr, MREADY_OFF: gl.constexpr):
     """WG1: per item, O[:, 256:] += P V[:, 256:] per block, then its half of the output."""
     O_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, DV, 16])
-    _cluster_sync(CROSS)
+    _cluster_sync(CROSS, MERGE)
     s_q = geo[2]
     g = gl.to_tensor(0)  # K tiles consumed before this item (the ring's and P's phases run on)
     it = gl.to_tensor(0)  # items done by this program
-    first, item_end, step = _my_items(n_items, PERSIST)
+    first, item_end, step = _my_items(n_items, PERSIST, MERGE)
     for item in range(first, item_end, step):
         head0, t, tb, ts, split, lo, cap, x_lo, x_cap = _item(item, geo, HAS_EXTRA)
         n_blocks = _n_blocks(lo, cap, x_lo, x_cap, t, s_q, len_ptr, xlen_ptr, HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N)
@@ -569,7 +663,10 @@ def _pv_right(geo, n_items, len_ptr, xlen_ptr, outs, q_smem, kbuf, p_smem, alpha
         mbarrier.wait(done, it & 1)
         scale = scale_smem.load(gl.SliceLayout(1, O_L))
         mbarrier.arrive(scale_empty)
-        if not FLUSH:  # fp32 partials, or Q's buffer busy with the next item's Q
+        if MERGE:
+            _merge_half(o * scale[:, None], 1, q_smem, out_ready, kbuf, k_empty, n_blocks, r_free, KSTAGES,
+                        KBUF_OFF, XLSE_OFF, MREADY_OFF)
+        elif not FLUSH:  # fp32 partials, or Q's buffer busy with the next item's Q
             _store_half(o * scale[:, None], DV, head0, t, tb, ts, split, outs, SPLIT, O_L)
         else:  # into Q's right half (WG0 waited on every QK^T before ``done``); the producer stores it:
             # here the row offsets' registers beside the accumulator's 128 spilled at WG1's 160
@@ -578,7 +675,7 @@ def _pv_right(geo, n_items, len_ptr, xlen_ptr, outs, q_smem, kbuf, p_smem, alpha
             mbarrier.arrive(out_ready)  # one thread's release after a partition barrier (Triton 3.6's
             # lowering): every thread's stores above are in when the producer's wait returns
         it += 1
-    _cluster_sync(CROSS)
+    _cluster_sync(CROSS, MERGE)
 
 
 @gluon.jit
@@ -738,7 +835,9 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
                      k_ready, k_empty, p_ready, p_empty, done, scale_empty,
                      HAS_SINK: gl.constexpr, SPLIT: gl.constexpr, BLOCK_N: gl.constexpr, KSTAGES: gl.constexpr,
                      PIPE: gl.constexpr, HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr,
-                     PERSIST: gl.constexpr, FLUSH: gl.constexpr, CROSS: gl.constexpr, EMPTY_OFF: gl.constexpr):
+                     PERSIST: gl.constexpr, FLUSH: gl.constexpr, CROSS: gl.constexpr, EMPTY_OFF: gl.constexpr,
+                     xlse, r_free, out_ready, MERGE: gl.constexpr, KBUF_OFF: gl.constexpr, XLSE_OFF: gl.constexpr,
+                     MREADY_OFF: gl.constexpr):
     """WG0, per item: S = Q K^T, the online softmax, O[:, :256] += P V[:, :256]; then LSE, the output
     scale (for WG1 too) and its half of the output.  The next item's Q is loaded during the epilogue."""
     S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -747,8 +846,8 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
     P_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=O_L, k_width=2)
     s_q = geo[2]
     h_q = outs[9]
-    _cluster_sync(CROSS)
-    first, item_end, step = _my_items(n_items, PERSIST)
+    _cluster_sync(CROSS, MERGE)
+    first, item_end, step = _my_items(n_items, PERSIST, MERGE)
     g = gl.to_tensor(0)  # K tiles consumed before this item (the ring's and P's phases run on)
     it = gl.to_tensor(0)  # items done by this program
     at = _item(first, geo, HAS_EXTRA)  # the grid is never larger than the items
@@ -827,10 +926,17 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
         lse, scale = _lse_and_scale(m_i, l_i, _sink_of(sink_ptr, heads, hm, HAS_SINK, SPLIT), HAS_SINK, SPLIT)
         mbarrier.wait(scale_empty, (it & 1) ^ 1)  # WG1 has read the last item's
         scale_smem.store(scale)
+        if MERGE:  # this split's LSE, for this CTA's merge and the peer's (sent with a half of O)
+            xlse.index(gl.program_id(0) % 2).store(lse)
+            fence_async_shared()
         mbarrier.arrive(done)  # WG1's half waits on this: the LSE is stored after
-        _store_lse(lse, lse_rows, part_rows, outs, hm, SPLIT)
+        if not MERGE:
+            _store_lse(lse, lse_rows, part_rows, outs, hm, SPLIT)
         o = o * gl.convert_layout(scale, gl.SliceLayout(1, O_L))[:, None]
-        if not FLUSH or PIPE:  # fp32 partials or Q's buffer busy with the next item's Q (see FLUSH); PIPE's registers
+        if MERGE:
+            _merge_half(o, 0, q_smem, out_ready, kbuf, k_empty, n_blocks, r_free, KSTAGES, KBUF_OFF, XLSE_OFF,
+                        MREADY_OFF)
+        elif not FLUSH or PIPE:  # fp32 partials or Q's buffer busy with the next item's Q (see FLUSH); PIPE's registers
             _store_half(o, 0, head0, t, tb, ts, split, outs, SPLIT, O_L)
         else:  # through Q's left half (every wgmma of the item is done)
             stage = q_smem.slice(0, DV, dim=1)
@@ -838,7 +944,7 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
             gl.thread_barrier()
             _flush_half(0, stage, head0, t, tb, ts, split, outs)
         it += 1
-    _cluster_sync(CROSS)
+    _cluster_sync(CROSS, MERGE)
 
 
 @gluon.jit
@@ -874,11 +980,14 @@ def _ws_decode_kernel(
     SPLIT: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr, KSTAGES: gl.constexpr, STAGED: gl.constexpr,
     PIPE: gl.constexpr, PERSIST: gl.constexpr, PDL: gl.constexpr = False, CROSS: gl.constexpr = False,
     KBUF_OFF: gl.constexpr = 0, READY_OFF: gl.constexpr = 0, EMPTY_OFF: gl.constexpr = 0,
-    BIAS_OFF: gl.constexpr = 0, WAIT: gl.constexpr = False,
+    BIAS_OFF: gl.constexpr = 0, WAIT: gl.constexpr = False, MERGE: gl.constexpr = False,
+    XLSE_OFF: gl.constexpr = 0, MREADY_OFF: gl.constexpr = 0, RFREE_OFF: gl.constexpr = 0,
 ):
     """Program p does items p, p + P, p + 2P, ... of the (head block, token, split) items, where P is
     the grid: one item each on a full grid, a loop on a persistent one.  ``WAIT``: launched as the
-    programmatic dependent of the kernel before it (``_wait_primary`` first)."""
+    programmatic dependent of the kernel before it (``_wait_primary`` first).  ``MERGE`` (split 2,
+    clusters of two): the two splits of an item merge over DSMEM, each CTA finalizing one half of the
+    columns (no partials in global memory, no combine); ``*_OFF``: where the inline PTX finds things."""
     if PDL:  # the combine launches now and waits (griddepcontrol.wait) for every partial
         _launch_dependents()
     if WAIT:  # after the trigger: the combine, which waits for this whole kernel, launches sooner
@@ -902,6 +1011,14 @@ def _ws_decode_kernel(
     scale_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     out_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     item_slot = gl.allocate_shared_memory(gl.int32, [1], VEC_SL)  # WG1's item, for the producer's store
+    if MERGE:  # both splits' LSEs (slot = split), the peer's half and LSE landed, the peer's landing stage free
+        xlse = gl.allocate_shared_memory(gl.float32, [2, HEADS], VEC_SL)  # (a view's layout: 1-D)
+        m_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        r_free = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    else:  # never used: no shared memory of their own
+        xlse = scale_smem
+        m_ready = out_ready
+        r_free = out_ready
     # The producer's staging buffers (raw bytes of one sub-block; a token where unstaged).
     ST_ROWS: gl.constexpr = SUB if STAGED else 1
     PLAIN: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
@@ -921,8 +1038,13 @@ def _ws_decode_kernel(
     mbarrier.init(p_empty, count=1)
     mbarrier.init(done, count=1)  # WG0, once per item: the output scale is in scale_smem
     mbarrier.init(scale_empty, count=1)  # WG1, once per item: it has read the scale
-    mbarrier.init(out_ready, count=1)  # WG1, once (a lone final item): its half is in Q's buffer
+    mbarrier.init(out_ready, count=1)  # WG1, once (a lone final item; MERGE: the keeping warpgroup)
+    if MERGE:
+        mbarrier.init(m_ready, count=1)  # this CTA's producer (expecting the peer's bytes)
+        mbarrier.init(r_free, count=1)  # the peer's producer
     if CROSS:  # the inits, released to the cluster (the partitions' first cluster barrier acquires them)
+        init_fence()
+    if MERGE:
         init_fence()
     fence_async_shared()  # the barrier inits, seen by every partition
     gl.thread_barrier()
@@ -938,16 +1060,17 @@ def _ws_decode_kernel(
                             q3, q_smem, kbuf, bias_buf, p_smem, alpha_smem, scale_smem,
                             k_ready, k_empty, p_ready, p_empty, done, scale_empty,
                             HAS_SINK, SPLIT, BLOCK_N, KSTAGES, PIPE, HAS_LEN, HAS_EXTRA, X_HAS_LEN, PERSIST, FLUSH,
-                            CROSS, EMPTY_OFF)),
+                            CROSS, EMPTY_OFF, xlse, r_free, out_ready, MERGE, KBUF_OFF, XLSE_OFF, MREADY_OFF)),
         (_pv_right, (geo, n_items, len_ptr, xlen_ptr, outs, q_smem, kbuf, p_smem, alpha_smem, scale_smem,
                      k_ready, k_empty, p_ready, p_empty, done, scale_empty, out_ready, item_slot,
-                     SPLIT, FLUSH, KSTAGES, BLOCK_N, HAS_LEN, HAS_EXTRA, X_HAS_LEN, PERSIST, CROSS, EMPTY_OFF)),
+                     SPLIT, FLUSH, KSTAGES, BLOCK_N, HAS_LEN, HAS_EXTRA, X_HAS_LEN, PERSIST, CROSS, EMPTY_OFF,
+                     r_free, MERGE, KBUF_OFF, XLSE_OFF, MREADY_OFF)),
         (_producer, (kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik,
                      xkv_ptr, x_stride_page, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik,
                      geo, n_items, len_ptr, xlen_ptr, outs, q_smem, out_ready, item_slot,
                      kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
                      HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED, FLUSH, PERSIST, CROSS, KBUF_OFF,
-                     READY_OFF, BIAS_OFF)),
+                     READY_OFF, BIAS_OFF, xlse, m_ready, sink_ptr, HAS_SINK, MERGE, RFREE_OFF)),
     ], [4, 4], [WG1_REGS, PRODUCER_REGS])
 
 
@@ -982,6 +1105,7 @@ def launch_ws_decode(
     CROSS: int = 0,
     wait: bool = False,
     solo_heads: int = 64,
+    MERGE: int = 0,
 ) -> None:
     """Launch the warp-specialized kernel (inputs already checked; e4m3fn pools): one program per
     (64 heads, token, split) item, or with ``PERSIST`` one per SM looping over them; given ``solo``
@@ -996,7 +1120,8 @@ def launch_ws_decode(
     launched as a programmatic dependent of the kernel before it (whatever that is), and waits for
     it before its first global access: its launch overlaps that kernel's end.  ``solo_heads`` (64 or
     32): the query heads of one of ``solo``'s programs (32: half of Q's bytes a program, twice the
-    programs)."""
+    programs).  ``MERGE`` (split_k 2, BLOCK_N 64, KSTAGES 2, no PIPE, PERSIST, CROSS, solo or pdl; no
+    ``partial``): an item's two splits as one cluster of two CTAs merging over DSMEM (no combine)."""
     b, s_q, h_q, _ = q.shape
     n_tok = b * s_q
     n_items = cdiv(h_q, HEADS.value) * n_tok * split_k
@@ -1014,6 +1139,15 @@ def launch_ws_decode(
         return
     programs = min(n_items, _multiprocessors(q.device.index)) if PERSIST else n_items
     knobs = (*flags, KSTAGES, bool(STAGED), bool(PIPE), bool(PERSIST), pdl)
+    if MERGE:
+        if (split_k, BLOCK_N, KSTAGES, PIPE, PERSIST, CROSS, pdl, partial) != (2, 2 * SUB, 2, 0, 0, 0, False, None):
+            raise ValueError(f"MERGE=1 needs split_k=2, BLOCK_N={2 * SUB}, KSTAGES=2, PIPE=0, PERSIST=0, CROSS=0, no "
+                             f"pdl and no partial buffers, not split_k={split_k}, BLOCK_N={BLOCK_N}, KSTAGES={KSTAGES}, "
+                             f"PIPE={PIPE}, PERSIST={PERSIST}, CROSS={CROSS}, pdl={pdl}")
+        (kbuf, xlse, m_ready, r_free), _ = _cluster_offsets(knobs, maxnreg, (n_items, 1, 1), args, n_items, True)
+        _launch((n_items, 1, 1), *args, n_items, *knobs, False, kbuf, 0, 0, 0, wait, True, xlse, m_ready, r_free,
+                num_warps=4, num_stages=1, maxnreg=maxnreg, cluster=2, launch_pdl=wait)
+        return
     if not CROSS:
         _launch((programs, 1, 1), *args, n_items, *knobs, False, 0, 0, 0, 0, wait, num_warps=4, num_stages=1,
                 maxnreg=maxnreg, launch_pdl=wait)
@@ -1021,7 +1155,7 @@ def launch_ws_decode(
     if h_q % 128 or STAGED or BLOCK_N != 2 * SUB:  # (the registry's rule too) else wrong, or a hang
         raise ValueError(f"CROSS=1 needs h_q a multiple of 128, STAGED=0 and BLOCK_N={2 * SUB}, not h_q={h_q}, "
                          f"STAGED={STAGED}, BLOCK_N={BLOCK_N}")
-    offsets, clusters = _cross_offsets(knobs, maxnreg, (programs, 1, 1), args, n_items)
+    offsets, clusters = _cluster_offsets(knobs, maxnreg, (programs, 1, 1), args, n_items, False)
     if PERSIST and clusters:  # no more clusters than fit at once: a persistent grid has no second wave
         programs = min(programs, 2 * clusters)
     programs -= programs % 2  # whole clusters, each a token's two head blocks (items 2i and 2i + 1)
@@ -1029,23 +1163,26 @@ def launch_ws_decode(
             maxnreg=maxnreg, cluster=2, launch_pdl=wait)
 
 
-_CROSS_OFFSETS: dict[tuple, tuple[tuple[int, int, int, int], int | None]] = {}
+_CLUSTER_OFFSETS: dict[tuple, tuple[tuple[int, int, int, int], int | None]] = {}
 
 
-def _cross_offsets(knobs: tuple, maxnreg: int, grid: tuple[int, int, int], args: tuple, n_items: int
-                   ) -> tuple[tuple[int, int, int, int], int | None]:
-    """Where CROSS's inline PTX finds the K tiles, ``k_ready``, ``k_empty`` and the bias in shared memory
-    (the bulk copies need 16-byte alignment: checked), and how
-    many of its clusters fit on the GPU at once: from a compile with zero offsets (nothing that
-    allocates depends on them: the same shared memory and registers), once per config."""
-    key = (*knobs, maxnreg, args[0].device.index)  # type: ignore[attr-defined]  (args[0]: q)
-    if key not in _CROSS_OFFSETS:
-        compiled = _launch.compile(grid, *args, n_items, *knobs, True, 0, 0, 0, 0, num_warps=4, num_stages=1,
-                                   maxnreg=maxnreg)
+def _cluster_offsets(knobs: tuple, maxnreg: int, grid: tuple[int, int, int], args: tuple, n_items: int, merge: bool
+                     ) -> tuple[tuple[int, int, int, int], int | None]:
+    """Where the inline PTX of CROSS (``merge`` False) finds the K tiles, ``k_ready``, ``k_empty`` and
+    the bias in shared memory, or MERGE's the K tiles, both splits' LSEs, ``m_ready`` and ``r_free``
+    (the bulk copies need 16-byte alignment: checked), and how many of its clusters fit on the GPU at
+    once: from a compile with zero offsets (nothing that allocates depends on them: the same shared
+    memory and registers), once per config."""
+    key = (*knobs, maxnreg, merge, args[0].device.index)  # type: ignore[attr-defined]  (args[0]: q)
+    if key not in _CLUSTER_OFFSETS:
+        mode = (False, 0, 0, 0, 0, False, True, 0, 0, 0) if merge else (True, 0, 0, 0, 0)
+        compiled = _launch.compile(grid, *args, n_items, *knobs, *mode, num_warps=4, num_stages=1, maxnreg=maxnreg)
         at = shared_offsets(compiled.asm["ttgir"])  # type: ignore[attr-defined]
-        offsets = (at["kbuf"], at["k_ready"], at["k_empty"], at["bias_buf"])
-        if offsets[0] % 1024 or offsets[3] % 16:  # the 128-byte swizzle's 1 KiB atoms; the bulk copies' 16 B
-            raise RuntimeError(f"CROSS: Triton placed the K tiles / bias at {offsets[0]} / {offsets[3]} B in "
-                               "shared memory, not 1024- / 16-byte aligned")
-        _CROSS_OFFSETS[key] = (offsets, max_active_clusters(compiled, 2))
-    return _CROSS_OFFSETS[key]
+        names = ("kbuf", "xlse", "m_ready", "r_free") if merge else ("kbuf", "k_ready", "k_empty", "bias_buf")
+        offsets = tuple(at[n] for n in names)
+        sent = offsets[1] if merge else offsets[3]  # (the LSEs, the bias: copied by the bulk engine)
+        if offsets[0] % 1024 or sent % 16:  # the 128-byte swizzle's 1 KiB atoms; the bulk copies' 16 B
+            raise RuntimeError(f"{'MERGE' if merge else 'CROSS'}: Triton placed the K tiles / {names[1 if merge else 3]} "
+                               f"at {offsets[0]} / {sent} B in shared memory, not 1024- / 16-byte aligned")
+        _CLUSTER_OFFSETS[key] = (offsets, max_active_clusters(compiled, 2))  # type: ignore[assignment]
+    return _CLUSTER_OFFSETS[key]
