@@ -64,10 +64,11 @@ EDITS: tuple[tuple[str, str], ...] = (
     ("        mbarrier.arrive(done)  # WG1's half waits on this: the LSE is stored after\n",
      "        mbarrier.arrive(done)  # WG1's half waits on this: the LSE is stored after\n"
      f"        _stamp(outs, {_WG0} + 14, it < 8)\n"),
-    ("            _flush_half(0, stage, head0, t, tb, ts, split, outs)\n        it += 1\n    _cluster_sync(CROSS)\n",
+    ("            _flush_half(0, stage, head0, t, tb, ts, split, outs)\n        it += 1\n"
+     "    _cluster_sync(CROSS, MERGE)\n",
      "            _flush_half(0, stage, head0, t, tb, ts, split, outs)\n"
      f"        _stamp(outs, {_WG0} + 15, it < 8)\n        it += 1\n"
-     "    _stamp(outs, 252)\n    _stamp(outs, 253, None, True)\n    _cluster_sync(CROSS)\n"),
+     "    _stamp(outs, 252)\n    _stamp(outs, 253, None, True)\n    _cluster_sync(CROSS, MERGE)\n"),
     ("            mbarrier.wait(p_ready, blk & 1)\n",
      f"            mbarrier.wait(p_ready, blk & 1)\n            _stamp(outs, {_WG1} + 1 + b, (it < 8) & (b < 4))\n"),
     ("        mbarrier.wait(done, it & 1)\n",
@@ -78,10 +79,10 @@ EDITS: tuple[tuple[str, str], ...] = (
     ("            blk = _produce_item(item, blk, ",
      "            _stamp(outs, 192 + 2 * ((item - first) // step), (item - first) // step < 8)\n"
      "            blk = _produce_item(item, blk, "),
-    ("READY_OFF, BIAS_OFF)\n    else:\n        _produce_item(first, ",
+    ("READY_OFF, BIAS_OFF)\n    else:\n        n = _produce_item(first, ",
      "READY_OFF, BIAS_OFF)\n"
      "            _stamp(outs, 193 + 2 * ((item - first) // step), (item - first) // step < 8)\n"
-     "    else:\n        _stamp(outs, 192)\n        _produce_item(first, "),
+     "    else:\n        _stamp(outs, 192)\n        n = _produce_item(first, "),
     ("        if FLUSH:  # WG1's half of the output, once it is in Q's buffer\n",
      "        _stamp(outs, 193)\n        if FLUSH:  # WG1's half of the output, once it is in Q's buffer\n"),
     ("*epilogue_args(attn_sink, out, lse, partial),",
