@@ -30,6 +30,11 @@ _SEND = gl.constexpr(_FIRST_OF_WG + "add.u32 d, b, $1; add.u32 b, b, $2; mapa.sh
 # 3.6's), once a tile in each consumer of CROSS.
 _ARRIVE = gl.constexpr(_FIRST_OF_WG + "add.u32 b, b, $1; mapa.shared::cluster.u32 b, b, r; "
                        "@p mbarrier.arrive.shared::cluster.b64 _, [b]; mov.u32 $0, 0; }")
+# The same, released at cluster scope: what it guards is ordered before the peer's acquire by PTX's
+# memory model itself (MERGE's once-an-item ``r_free``, where the peer's bulk copy overwrites a stage
+# this CTA's wgmma read).
+_ARRIVE_CLUSTER = gl.constexpr(_FIRST_OF_WG + "add.u32 b, b, $1; mapa.shared::cluster.u32 b, b, r; "
+                               "@p mbarrier.arrive.release.cluster.shared::cluster.b64 _, [b]; mov.u32 $0, 0; }")
 _INIT_FENCE = gl.constexpr("fence.mbarrier_init.release.cluster; mov.u32 $0, $1;")
 _SYNC = gl.constexpr("barrier.cluster.arrive.release.aligned; barrier.cluster.wait.acquire.aligned; "
                      "mov.u32 $0, $1;")
@@ -69,6 +74,10 @@ def send_to_peer(offset, barrier_offset, nbytes):
 
 
 @gluon.jit
-def arrive_on_peer(barrier_offset):
-    """Arrive on the peer's mbarrier at ``barrier_offset`` (release at CTA scope: for reads that are done)."""
-    _ptx(_ARRIVE, [gl.to_tensor(barrier_offset).to(gl.uint32)])
+def arrive_on_peer(barrier_offset, CLUSTER_SCOPE: gl.constexpr = False):
+    """Arrive on the peer's mbarrier at ``barrier_offset`` (release at CTA scope: for reads that are
+    done; ``CLUSTER_SCOPE``: at cluster scope, a fence ptxas puts in front)."""
+    if CLUSTER_SCOPE:
+        _ptx(_ARRIVE_CLUSTER, [gl.to_tensor(barrier_offset).to(gl.uint32)])
+    else:
+        _ptx(_ARRIVE, [gl.to_tensor(barrier_offset).to(gl.uint32)])

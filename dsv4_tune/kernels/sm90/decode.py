@@ -197,7 +197,10 @@ def _merge_out(own, peer, xlse, rank, head0, t, tb, ts, outs, sink_ptr, HAS_SINK
         w0 = gl.where(ok0, gl.exp2((v0 - safe_m) * 1.4426950408889634), 0.0)
         w1 = gl.where(ok1, gl.exp2((v1 - safe_m) * 1.4426950408889634), 0.0)
         total = w0 + w1
-        acc = w0[:, None] * gl.where((w0 > 0)[:, None], o0, 0.0)
+        # From zero, a term at a time, as the combine sums (fma(w1, o1, fma(w0, o0, 0))): started from the
+        # first product, ptxas fuses the other one and rounds differently (one fp32 ulp, a helper's read)
+        acc = gl.zeros([CH, DV], gl.float32, layout=ML)
+        acc = acc + w0[:, None] * gl.where((w0 > 0)[:, None], o0, 0.0)
         acc = acc + w1[:, None] * gl.where((w1 > 0)[:, None], o1, 0.0)
         lse = gl.where(lonely, float("inf"), safe_m + gl.log(gl.where(lonely, 1.0, total)))
         scale = gl.where(lonely, 0.0, 1.0 / gl.where(lonely, 1.0, total))
@@ -599,7 +602,8 @@ def _producer(kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik
             rank = gl.program_id(0) % 2
             _wait_free(k_empty, 1 - rank, n, KSTAGES)  # the stage the peer's half lands in
             mbarrier.expect(m_ready, HEADS * DV * 4 + HEADS * 4)  # this arrival; the peer's half and LSE to come
-            arrive_on_peer(RFREE_OFF)  # (CTA scope: the stage's reads are done)
+            arrive_on_peer(RFREE_OFF, True)  # released at cluster scope: the peer's copy overwrites what
+            # this CTA's wgmma read (once an item, so the fence costs nothing that matters)
             mbarrier.wait(out_ready, 0)  # this CTA's own half (and LSE, stored before WG0's ``done``)
             mbarrier.wait(m_ready, 0)
             F32_SL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
@@ -1132,6 +1136,8 @@ def launch_ws_decode(
     if solo is not None:
         if CROSS:
             raise ValueError("CROSS=1 is a mode of the warp-specialized kernel, not of SOLO's")
+        if MERGE:
+            raise ValueError("MERGE=1 is a mode of the warp-specialized kernel, not of SOLO's")
         if solo_heads not in (32, HEADS.value):
             raise ValueError(f"solo_heads={solo_heads} not in (32, {HEADS.value})")
         n_solo = cdiv(h_q, solo_heads) * n_tok * split_k
