@@ -173,6 +173,19 @@ def test_its_split_pair_merge_is_an_explicit_plan_until_a_gpu_has_run_it() -> No
     assert not any(p.as_dict().get(WS_MERGE_KEY) for p in VARIANTS["ws_sm90"].space(W))
     assert not any(n.as_dict().get(WS_MERGE_KEY) for n in neighbours(ws(SPLIT_K=2)))
     assert all("COMBINE_BLOCK_H" not in n.as_dict() for n in neighbours(merged()) if n.as_dict().get(WS_MERGE_KEY))
+    import dsv4_tune.registry.variants as variants_mod
+    import dsv4_tune.tuner.candidates as candidates_mod
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(candidates_mod, "variant_problem", lambda variant, *a: None)  # as under Triton 3.6
+        assert not any(p.as_dict().get(WS_MERGE_KEY) for p in decode_coarse_candidates(W, "sm90"))
+        mp.setattr(variants_mod, "NOT_SWEPT", frozenset())  # once a GPU has run it: one line to sweep it
+        space = [c for c in (p.as_dict() for p in VARIANTS["ws_sm90"].space(W)) if c.get(WS_MERGE_KEY)]
+        assert len(space) == 2 and all(plan_problems(W, Plan.make("ws_sm90", c)) == [] for c in space)
+        coarse = [p for p in decode_coarse_candidates(W, "sm90") if p.as_dict().get(WS_MERGE_KEY)]
+        assert len(coarse) == 2
+        turned_on = [n for n in neighbours(ws(SPLIT_K=2, PDL=1)) if n.as_dict().get(WS_MERGE_KEY)]
+        assert turned_on and all(plan_problems(W, n) == [] for n in turned_on)
 
 
 def test_neighbours_step_its_own_knobs() -> None:

@@ -93,6 +93,12 @@ def decode_coarse_candidates(w: Workload, arch: str | None = None) -> list[Plan]
         for sk in (2, 4, 8):
             plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=sk, **DEFAULT_COMBINE,
                                    **{PDL_KEY: 1, WS_CROSS_KEY: 1}))
+    # An item's two splits merging over DSMEM in a cluster of two (MERGE), once sweeps try it: staged and
+    # not (for T = 16-64, where split 2's combine gives back what the split saves; docs/ws-sm90.md).
+    if sweeps(WS_MERGE_KEY):
+        for staged in (0, 1):
+            plans.append(Plan.make("ws_sm90", BLOCK_N=64, KSTAGES=2, STAGED=staged, PIPE=0, SPLIT_K=2,
+                                   **{WS_MERGE_KEY: 1}))
     # Its one-warpgroup kernel (two programs an item, tiles in turn: for small T, where the SMs are
     # not all busy): alone and split 2-16 ways behind a programmatic-dependent combine.
     # With HEADS32 too (32 query heads a program) once sweeps try it.
