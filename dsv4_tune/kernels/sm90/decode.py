@@ -149,6 +149,21 @@ def _wait_free(k_empty, s, n, KSTAGES: gl.constexpr):
 
 
 @gluon.jit
+def _pair_rank():
+    """This CTA's rank in its cluster of two (a 1-D grid in clusters of two along x: CTAs 2j and
+    2j + 1): under CROSS its half of every tile's rows, under MERGE its split (:func:`_my_items`)."""
+    return gl.program_id(0) % 2
+
+
+@gluon.jit
+def _f32_half(buf):
+    """MERGE: a 64-KiB shared buffer (Q's, or a K stage of 64 tokens) as one [64, 256] fp32 half of
+    an item's output (the same view on both CTAs: a bulk copy moves it verbatim)."""
+    F32_SL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
+    return buf._reinterpret(gl.float32, [HEADS, DV], F32_SL)
+
+
+@gluon.jit
 def _merge_half(o, C: gl.constexpr, q_smem, out_ready, kbuf, k_empty, n_blocks, r_free, KSTAGES: gl.constexpr,
                 KBUF_OFF: gl.constexpr, XLSE_OFF: gl.constexpr, MREADY_OFF: gl.constexpr):
     """MERGE, a consumer's normalised partial ``o`` of column half ``C`` (fp32): the CTA of rank C
@@ -156,15 +171,14 @@ def _merge_half(o, C: gl.constexpr, q_smem, out_ready, kbuf, k_empty, n_blocks, 
     producer; the other rank sends it into the peer's K stage ``rank`` (from its own, once both of its
     consumers are done with that stage and the peer's producer has freed its twin), with this CTA's
     LSE, one bulk copy each, counted by the peer's ``m_ready``."""
-    F32_SL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
     HALF_BYTES: gl.constexpr = HEADS * DV * 4
-    rank = gl.program_id(0) % 2
+    rank = _pair_rank()
     if rank == C:
-        q_smem._reinterpret(gl.float32, [HEADS, DV], F32_SL).store(o)
+        _f32_half(q_smem).store(o)
         mbarrier.arrive(out_ready)  # (after a partition barrier, as Triton 3.6 lowers it)
     else:
         _wait_free(k_empty, rank, n_blocks, KSTAGES)
-        kbuf.index(rank)._reinterpret(gl.float32, [HEADS, DV], F32_SL).store(o)
+        _f32_half(kbuf.index(rank)).store(o)
         fence_async_shared()  # the stores, seen by the bulk copy (the async proxy)
         gl.thread_barrier()
         mbarrier.wait(r_free, 0)
@@ -375,7 +389,7 @@ def _scope_head(idx_row, s_ik, lo, cap, t, s_q, len_ptr, HAS_LEN: gl.constexpr, 
     NEXT: gl.constexpr = BLOCK_N if CROSS else SUB
     own = lo
     if CROSS:
-        own = lo + (gl.program_id(0) % 2) * SUB
+        own = lo + _pair_rank() * SUB
     first = _sub_ids(idx_row, s_ik, own, cap, SUB, GATHER)
     second = _sub_ids(idx_row, s_ik, own + NEXT, cap, SUB, GATHER)
     hi = _cut(lo, cap, t, s_q, len_ptr, HAS_LEN)
@@ -552,7 +566,7 @@ def _fill_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head
     """One scope's tiles: whole, or under CROSS this CTA's rows of each (the cluster's first CTA rows
     0-31, its second rows 32-63): :func:`_produce_scope`."""
     if CROSS:
-        if gl.program_id(0) % 2 == 0:
+        if _pair_rank() == 0:
             blk = _produce_scope(kv_ptr, stride_page, page_size, n_slots, idx_row, s_ik, lo, head, blk,
                                  kbuf, bias_buf, k_ready, k_empty, st_a, st_b, st_c, st_rope, st_lo, st_hi,
                                  BLOCK_N, SUB, KSTAGES, STAGED, True, 0, KBUF_OFF, READY_OFF, BIAS_OFF)
@@ -599,19 +613,17 @@ def _producer(kv_ptr, stride_page, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik
                           HAS_LEN, HAS_EXTRA, X_HAS_LEN, BLOCK_N, SUB, KSTAGES, STAGED, CROSS, KBUF_OFF, READY_OFF,
                           BIAS_OFF)
         if MERGE:
-            rank = gl.program_id(0) % 2
+            rank = _pair_rank()
             _wait_free(k_empty, 1 - rank, n, KSTAGES)  # the stage the peer's half lands in
             mbarrier.expect(m_ready, HEADS * DV * 4 + HEADS * 4)  # this arrival; the peer's half and LSE to come
             arrive_on_peer(RFREE_OFF, True)  # released at cluster scope: the peer's copy overwrites what
             # this CTA's wgmma read (once an item, so the fence costs nothing that matters)
             mbarrier.wait(out_ready, 0)  # this CTA's own half (and LSE, stored before WG0's ``done``)
             mbarrier.wait(m_ready, 0)
-            F32_SL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
             me, _, _ = _my_items(n_items, PERSIST, MERGE)  # (recomputed: not held over the block loop)
             head0, t, tb, ts, _, _, _, _, _ = _item(me, geo, HAS_EXTRA)
-            _merge_out(q_smem._reinterpret(gl.float32, [HEADS, DV], F32_SL),
-                       kbuf.index(1 - rank)._reinterpret(gl.float32, [HEADS, DV], F32_SL),
-                       xlse, rank, head0, t, tb, ts, outs, sink_ptr, HAS_SINK)
+            _merge_out(_f32_half(q_smem), _f32_half(kbuf.index(1 - rank)), xlse, rank, head0, t, tb, ts, outs,
+                       sink_ptr, HAS_SINK)
         if FLUSH:  # WG1's half of the output, once it is in Q's buffer
             mbarrier.wait(out_ready, 0)
             # The item as WG1 left it in shared memory: computed from ``first`` here, its values were
@@ -931,7 +943,7 @@ def _softmax_pv_left(geo, n_items, len_ptr, xlen_ptr, outs, qk_scale, q_ptr, s_q
         mbarrier.wait(scale_empty, (it & 1) ^ 1)  # WG1 has read the last item's
         scale_smem.store(scale)
         if MERGE:  # this split's LSE, for this CTA's merge and the peer's (sent with a half of O)
-            xlse.index(gl.program_id(0) % 2).store(lse)
+            xlse.index(_pair_rank()).store(lse)
             fence_async_shared()
         mbarrier.arrive(done)  # WG1's half waits on this: the LSE is stored after
         if not MERGE:
