@@ -159,7 +159,7 @@ def test_its_split_pair_merge_is_an_explicit_plan_until_a_gpu_has_run_it() -> No
     assert plan_problems(W, merged()) == [] == plan_problems(Workload(64, 64, 128, 1024), merged(STAGED=1))
     cases = {merged(SPLIT_K=3): "MERGE=1 needs SPLIT_K=2", merged(BLOCK_N=32): "MERGE=1 needs",
              merged(KSTAGES=3): "MERGE=1 needs", merged(PIPE=1): "MERGE=1 needs", merged(PERSIST=1): "MERGE=1 needs",
-             merged(CROSS=1): "MERGE=1 needs", merged(SOLO=1): "MERGE=1 needs", merged(PDL=1): "MERGE=1 needs",
+             merged(CROSS=1): "MERGE=1 needs", merged(PDL=1): "MERGE=1 needs",
              merged(COMBINE_BLOCK_H=8, combine_warps=4): "the in-kernel combine takes no combine config",
              merged(MERGE=2): "MERGE=2 not in", merged(SPLIT_K=1): "MERGE=1 needs SPLIT_K=2"}
     for plan, message in cases.items():
@@ -181,11 +181,58 @@ def test_its_split_pair_merge_is_an_explicit_plan_until_a_gpu_has_run_it() -> No
         assert not any(p.as_dict().get(WS_MERGE_KEY) for p in decode_coarse_candidates(W, "sm90"))
         mp.setattr(variants_mod, "NOT_SWEPT", frozenset())  # once a GPU has run it: one line to sweep it
         space = [c for c in (p.as_dict() for p in VARIANTS["ws_sm90"].space(W)) if c.get(WS_MERGE_KEY)]
-        assert len(space) == 2 and all(plan_problems(W, Plan.make("ws_sm90", c)) == [] for c in space)
+        assert len([c for c in space if not c.get("SOLO")]) == 2
+        assert all(plan_problems(W, Plan.make("ws_sm90", c)) == [] for c in space)
         coarse = [p for p in decode_coarse_candidates(W, "sm90") if p.as_dict().get(WS_MERGE_KEY)]
-        assert len(coarse) == 2
+        assert len([p for p in coarse if not p.as_dict().get("SOLO")]) == 2
         turned_on = [n for n in neighbours(ws(SPLIT_K=2, PDL=1)) if n.as_dict().get(WS_MERGE_KEY)]
         assert turned_on and all(plan_problems(W, n) == [] for n in turned_on)
+
+
+def solo_merged(**cfg: int) -> Plan:
+    """A SOLO MERGE plan: split 4 at 32-token tiles, the splits of each output half one cluster."""
+    return merged(**{"BLOCK_N": 32, "SPLIT_K": 4, "SOLO": 1, **cfg})
+
+
+def test_its_one_warpgroup_kernel_merges_splits_in_clusters_of_2_to_8() -> None:
+    """SOLO's MERGE: an item's 2, 3, 4 or 8 splits of each output half as one cluster, each CTA
+    finalizing every SPLIT_K-th 32-column block (what it receives fits its Q buffer: not 6, 12 or 16);
+    either tile size, 32 or 64 heads; no PDL (no combine), no combine keys, no partial buffers; the
+    kernel takes the cluster size; every split's LSE and a barrier in shared memory.  Swept with the
+    other MERGE once out of NOT_SWEPT: in the space (every size), the coarse stage (2, 4, 8) and the
+    refine steps."""
+    for cfg in ({}, {"BLOCK_N": 64}, {"SPLIT_K": 2}, {"SPLIT_K": 3, "HEADS32": 1}, {"SPLIT_K": 8, "BLOCK_N": 64}):
+        assert plan_problems(W, solo_merged(**cfg)) == [], cfg
+    for cfg, message in (({"SPLIT_K": 6}, "MERGE=1 needs SPLIT_K in (2, 3, 4, 8) with SOLO=1"),
+                         ({"SPLIT_K": 16}, "MERGE=1 needs SPLIT_K in"), ({"PDL": 1}, "MERGE=1 needs SPLIT_K in"),
+                         ({"COMBINE_BLOCK_H": 8, "combine_warps": 4}, "the in-kernel combine takes no combine config"),
+                         ({"SPLIT_K": 1}, "MERGE=1 needs"), ({"KSTAGES": 3}, "SOLO=1 needs KSTAGES=2")):
+        problems = plan_problems(W, solo_merged(**cfg))
+        assert any(message in p for p in problems), (cfg, problems)
+    (one,) = plan_kernels(solo_merged(), W, "sm90")
+    assert one[0] == "_solo_pipe_decode_kernel" and dict(one[1])["MERGE"] == 4 and dict(one[1])["SPLIT"] is True
+    assert dict(plan_kernels(solo_merged(BLOCK_N=64, SPLIT_K=8), W, "sm90")[0][1])["MERGE"] == 8
+    assert plan_buffers(solo_merged(), W) == {}
+    solo_split = ws(SOLO=1, BLOCK_N=32, SPLIT_K=4).as_dict()
+    assert ws_smem_bytes(solo_merged().as_dict()) == ws_smem_bytes(solo_split) + 4 * 256 + 8
+    assert not any(n.as_dict().get(WS_MERGE_KEY) for n in neighbours(ws(SOLO=1, BLOCK_N=32, SPLIT_K=4, PDL=1)))
+    import dsv4_tune.registry.variants as variants_mod
+    import dsv4_tune.tuner.candidates as candidates_mod
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(candidates_mod, "variant_problem", lambda variant, *a: None)  # as under Triton 3.6
+        mp.setattr(variants_mod, "NOT_SWEPT", frozenset())
+        space = [c for c in (p.as_dict() for p in VARIANTS["ws_sm90"].space(W)) if c.get(WS_MERGE_KEY)]
+        space = [c for c in space if c.get("SOLO")]
+        assert {(c["BLOCK_N"], c["SPLIT_K"], c.get("HEADS32", 0)) for c in space} == {
+            (bn, sk, h) for bn in (32, 64) for sk in (2, 3, 4, 8) for h in (0, 1)}
+        coarse = [p for p in decode_coarse_candidates(W, "sm90") if p.as_dict().get(WS_MERGE_KEY)]
+        coarse = [p for p in coarse if p.as_dict().get("SOLO")]
+        assert {(p["BLOCK_N"], p["SPLIT_K"]) for p in coarse} == {(bn, sk) for bn in (32, 64) for sk in (2, 4, 8)}
+        turned_on = [n for n in neighbours(ws(SOLO=1, BLOCK_N=32, SPLIT_K=4, PDL=1)) if n.as_dict().get(WS_MERGE_KEY)]
+        assert turned_on and all(plan_problems(W, n) == [] for n in turned_on)
+        turned_off = [n for n in neighbours(solo_merged()) if not n.as_dict().get(WS_MERGE_KEY) and n["SPLIT_K"] == 4]
+        assert turned_off and all(plan_problems(W, n) == [] for n in turned_off)
 
 
 def test_neighbours_step_its_own_knobs() -> None:
@@ -385,6 +432,25 @@ def test_a_split_pair_merges_in_a_cluster(s_q, page, x_page, device, gen) -> Non
         case.check(plan)
         out, _ = case.run(plan)
         combined, _ = case.run(ws(SPLIT_K=2, STAGED=plan["STAGED"]))
+        assert torch.equal(out, combined), plan
+
+
+@pytest.mark.gpu
+@pytest.mark.gpu_only
+@pytest.mark.parametrize(("s_q", "page", "x_page"), KNOB_CASES)
+def test_the_one_warpgroup_kernel_merges_its_splits_in_a_cluster(s_q, page, x_page, device, gen) -> None:
+    """SOLO's MERGE: the splits of each output half run as one cluster of 2, 3, 4 or 8 CTAs and merge
+    over DSMEM (split 8 of 400 candidates at 64 tokens: the last split has none; rows with no valid
+    candidate, +-inf sinks); the output is the same split with the combine's, bit for bit."""
+    if variant_problem("ws_sm90", torch.device(device)):
+        pytest.skip(variant_problem("ws_sm90", torch.device(device)))
+    case = _knob_case(device, gen, s_q, page, x_page)
+    for plan in (solo_merged(), solo_merged(SPLIT_K=2, BLOCK_N=64), solo_merged(SPLIT_K=3, HEADS32=1),
+                 solo_merged(SPLIT_K=8, BLOCK_N=64, HEADS32=1)):
+        case.check(plan)
+        out, _ = case.run(plan)
+        cfg = {k: v for k, v in plan.as_dict().items() if k != WS_MERGE_KEY}
+        combined, _ = case.run(Plan.make("ws_sm90", {**cfg, "COMBINE_BLOCK_H": 8, "combine_warps": 4}))
         assert torch.equal(out, combined), plan
 
 

@@ -37,11 +37,16 @@ WS_CROSS_KEY = "CROSS"
 # program's own loads are its time (H100, in a graph: 4-7% faster where an item's programs are few;
 # slower where they no longer fit one wave: the sweep decides).
 WS_HEADS32_KEY = "HEADS32"
-# ws_sm90's optional knob (absent = 0), with SPLIT_K 2 only: an item's two splits run as one cluster of
-# two CTAs and merge over DSMEM (each finalizes one 256-column half of the output from both splits'
-# normalised partials), so no partials go through global memory and no combine kernel runs.  Not in
-# the swept space until a GPU has checked and timed it (docs/ws-sm90-cluster-merge.md).
+# ws_sm90's optional knob (absent = 0): an item's splits run as one cluster of CTAs and merge over
+# DSMEM, so no partials go through global memory and no combine kernel runs.  The warp-specialized
+# kernel: SPLIT_K 2, each CTA finalizing one 256-column half of the output from both splits'
+# normalised partials (docs/ws-sm90-cluster-merge.md); SOLO's: SPLIT_K in WS_SOLO_MERGE_SPLITS, each
+# CTA finalizing every SPLIT_K-th 32-column block of its program's half.  Not in the swept space until
+# a GPU has checked and timed it.
 WS_MERGE_KEY = "MERGE"
+# SOLO's MERGE cluster sizes: those whose 32-column blocks a CTA receives from its peers fit its Q
+# buffer (64 KiB: at most 8 blocks).
+WS_SOLO_MERGE_SPLITS = (2, 3, 4, 8)
 WS_SUB = 32  # ws_sm90: tokens its producer gathers and converts at a time
 WS_MAXNREG = 168  # ws_sm90: registers per thread at entry (setmaxnreg then splits them 208 / 160 / 136)
 
@@ -88,7 +93,8 @@ def plan_kernels(plan: Plan, w: Workload, arch: str, fp8: Fp8Pair | None = None)
         name = "_solo_decode_kernel" if c["BLOCK_N"] == 2 * WS_SUB else "_solo_pipe_decode_kernel"
         out.append(launch(name, 4, 1, HAS_LEN=w.has_len_main, HAS_EXTRA=w.dual,
                           X_HAS_LEN=w.dual and w.has_len_extra, HAS_SINK=sink, SPLIT=split, BLOCK_N=c["BLOCK_N"],
-                          SUB=WS_SUB, **pdl, **({"HB": 32} if c.get(WS_HEADS32_KEY) else {})))
+                          SUB=WS_SUB, **pdl, **({"HB": 32} if c.get(WS_HEADS32_KEY) else {}),
+                          **({WS_MERGE_KEY: c["SPLIT_K"]} if c.get(WS_MERGE_KEY) else {})))
     elif plan.variant == "ws_sm90":
         out.append(launch("_ws_decode_kernel", 4, 1, HAS_LEN=w.has_len_main, HAS_EXTRA=w.dual,
                           X_HAS_LEN=w.dual and w.has_len_extra, HAS_SINK=sink, SPLIT=split, BLOCK_N=c["BLOCK_N"],

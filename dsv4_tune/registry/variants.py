@@ -23,6 +23,7 @@ from dsv4_tune.registry.launches import (
     WS_MERGE_KEY,
     WS_PERSIST_KEY,
     WS_SOLO_KEY,
+    WS_SOLO_MERGE_SPLITS,
     WS_SUB,
 )
 from dsv4_tune.registry.workload import Plan, Workload
@@ -46,7 +47,8 @@ WS_KSTAGES_CHOICES = (2, 3, 4)  # ws_sm90: K tiles in flight between the produce
 # Optional knobs a plan may name but no sweep tries (not in any space, never a refine step): a new
 # kernel mode until a GPU has run it (CROSS was, until 2026-12-06: a cluster kernel that deadlocked
 # would hang a sweep; HEADS32 was, until an H100 had checked and timed it on 2026-12-07).  MERGE (the
-# split pair's DSMEM merge, 2026-12-07) has not run on a GPU yet.
+# splits' DSMEM merge: the split pair of the warp-specialized kernel, 2026-12-07, and SOLO's clusters
+# of 2-8, 2026-12-07) has not run on a GPU yet.
 NOT_SWEPT: frozenset[str] = frozenset({WS_MERGE_KEY})
 
 
@@ -158,10 +160,12 @@ def ws_smem_bytes(c: dict[str, int]) -> int:
     producer's staging of one sub-block (576 data + 8 scale bytes a token), the 2-KiB scratch of each
     consumer that converts its bf16 output for 16-byte stores (both persistent ones, a lone PIPE's WG0),
     barriers and slots (within 500 B of Triton 3.6's figure for every config of 2026-12-06).  SOLO:
-    Q, its K tiles with their biases and raw bytes (Triton 3.6's figure exactly)."""
+    Q, its K tiles with their biases and raw bytes, under MERGE every split's LSE and a barrier
+    (Triton 3.6's figure exactly)."""
     if c.get(WS_SOLO_KEY):  # 64-token tiles: one K tile, two raw; 32-token tiles: two K tiles, three raw
         k_tiles, raw_tiles = (1, 2) if c["BLOCK_N"] == 2 * WS_SUB else (2, 3)
-        return 64 * 1024 + k_tiles * c["BLOCK_N"] * (1024 + 4) + raw_tiles * c["BLOCK_N"] * 584
+        merge = 256 * c["SPLIT_K"] + 8 if c.get(WS_MERGE_KEY) else 0
+        return 64 * 1024 + k_tiles * c["BLOCK_N"] * (1024 + 4) + raw_tiles * c["BLOCK_N"] * 584 + merge
     staging = WS_SUB * 584 if c.get("STAGED") else 0
     converting = 0 if c["SPLIT_K"] > 1 else 2 if c.get(WS_PERSIST_KEY) else c.get("PIPE", 0)
     merge = 672 if c.get(WS_MERGE_KEY) else 0  # both splits' LSEs and two barriers, as Triton 3.6 places them
@@ -187,12 +191,16 @@ def _ws_problems(w: Workload, c: dict[str, int]) -> list[str]:
         out.append(f"{WS_CROSS_KEY}=1 needs h_q a multiple of 128 (a token's head blocks in pairs), STAGED=0, "
                    f"BLOCK_N={2 * WS_SUB} (a sub-block each) and no {WS_SOLO_KEY}")
     merge_knobs = (c["SPLIT_K"], c["BLOCK_N"], c["KSTAGES"], c["PIPE"], c.get(WS_PERSIST_KEY, 0),
-                   c.get(WS_CROSS_KEY, 0), c.get(WS_SOLO_KEY, 0), c.get(PDL_KEY, 0))
+                   c.get(WS_CROSS_KEY, 0), c.get(PDL_KEY, 0))
     merge = _switch(c, WS_MERGE_KEY, out)
-    if merge and merge_knobs != (2, 2 * WS_SUB, 2, 0, 0, 0, 0, 0):
+    if merge and c.get(WS_SOLO_KEY):
+        if c["SPLIT_K"] not in WS_SOLO_MERGE_SPLITS or c.get(PDL_KEY, 0):
+            out.append(f"{WS_MERGE_KEY}=1 needs SPLIT_K in {WS_SOLO_MERGE_SPLITS} with {WS_SOLO_KEY}=1 (the 32-column "
+                       f"blocks a CTA receives fit its Q buffer) and no {PDL_KEY} (no combine to launch)")
+    elif merge and merge_knobs != (2, 2 * WS_SUB, 2, 0, 0, 0, 0):
         out.append(f"{WS_MERGE_KEY}=1 needs SPLIT_K=2, BLOCK_N={2 * WS_SUB}, KSTAGES=2 (a K stage holds a half "
-                   f"of the output in fp32), PIPE=0 and no {WS_PERSIST_KEY}, {WS_CROSS_KEY}, {WS_SOLO_KEY} or "
-                   f"{PDL_KEY} (no combine to launch)")
+                   f"of the output in fp32), PIPE=0 and no {WS_PERSIST_KEY}, {WS_CROSS_KEY} or {PDL_KEY} (no combine "
+                   f"to launch), or {WS_SOLO_KEY}=1")
     if _switch(c, WS_HEADS32_KEY, out) and not c.get(WS_SOLO_KEY):
         out.append(f"{WS_HEADS32_KEY}=1 needs {WS_SOLO_KEY}=1 (a one-warpgroup program's Q rows)")
     if _switch(c, PDL_KEY, out) and c["SPLIT_K"] == 1:
@@ -231,6 +239,9 @@ def _ws_space(w: Workload) -> Iterator[dict[str, int]]:
         yield from splits({**_ws_default(w), "BLOCK_N": bn, "SPLIT_K": sk, WS_SOLO_KEY: 1})
         if sweeps(WS_HEADS32_KEY):
             yield from splits({**_ws_default(w), "BLOCK_N": bn, "SPLIT_K": sk, WS_SOLO_KEY: 1, WS_HEADS32_KEY: 1})
+        if sweeps(WS_MERGE_KEY) and sk in WS_SOLO_MERGE_SPLITS:
+            for h32 in ({}, {WS_HEADS32_KEY: 1}) if sweeps(WS_HEADS32_KEY) else ({},):
+                yield {**_ws_default(w), "BLOCK_N": bn, "SPLIT_K": sk, WS_SOLO_KEY: 1, WS_MERGE_KEY: 1, **h32}
 
 
 def _ws_default(w: Workload) -> dict[str, int]:

@@ -101,7 +101,8 @@ def decode_coarse_candidates(w: Workload, arch: str | None = None) -> list[Plan]
                                    **{WS_MERGE_KEY: 1}))
     # Its one-warpgroup kernel (two programs an item, tiles in turn: for small T, where the SMs are
     # not all busy): alone and split 2-16 ways behind a programmatic-dependent combine.
-    # With HEADS32 too (32 query heads a program) once sweeps try it.
+    # With HEADS32 too (32 query heads a program) once sweeps try it, and split 2-8 ways merging
+    # over DSMEM in clusters (MERGE) once sweeps try that.
     if w.total_tokens <= SOLO_MAX_TOKENS:
         heads = ({}, {WS_HEADS32_KEY: 1}) if sweeps(WS_HEADS32_KEY) else ({},)
         for bn, h32 in itertools.product(WS_BLOCK_N_CHOICES, heads):
@@ -110,6 +111,9 @@ def decode_coarse_candidates(w: Workload, arch: str | None = None) -> list[Plan]
             for sk in (2, 4, 8, 16):
                 plans.append(Plan.make("ws_sm90", BLOCK_N=bn, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=sk,
                                        **DEFAULT_COMBINE, **{PDL_KEY: 1, WS_SOLO_KEY: 1}, **h32))
+            for sk in (2, 4, 8) if sweeps(WS_MERGE_KEY) else ():
+                plans.append(Plan.make("ws_sm90", BLOCK_N=bn, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=sk,
+                                       **{WS_SOLO_KEY: 1, WS_MERGE_KEY: 1}, **h32))
     unique = list(dict.fromkeys(plans))
     return [p for p in unique if sweepable(w, p, arch)]
 

@@ -1,11 +1,11 @@
-"""Inline PTX for a kernel whose two CTAs of a cluster share shared memory (Gluon 3.6 has no cluster
+"""Inline PTX for a kernel whose CTAs of a cluster share shared memory (Gluon 3.6 has no cluster
 API; :mod:`dsv4_tune.runtime.cluster` launches such a kernel and finds the offsets it takes).
 
 Shared memory is named by its offset from Triton's ``global_smem``; the peer is the other CTA of a
-cluster of two.  Each function is called by every thread of a warpgroup (or of a 128-thread
-program) and acts once, through the group's first thread, except :func:`cluster_sync`, which every
-thread of both CTAs must reach.  ``ws_sm90``'s CROSS mode and ``benchmarks/cluster_probe.py`` use
-them.
+cluster of two (:func:`send_to` names any CTA of a larger cluster by its rank).  Each function is
+called by every thread of a warpgroup (or of a 128-thread program) and acts once, through the
+group's first thread, except :func:`cluster_sync`, which every thread of every CTA of the cluster
+must reach.  ``ws_sm90``'s CROSS and MERGE modes and ``benchmarks/cluster_probe.py`` use them.
 """
 
 from __future__ import annotations
@@ -22,6 +22,13 @@ _SEND = gl.constexpr(_FIRST_OF_WG + "add.u32 d, b, $1; add.u32 b, b, $2; mapa.sh
                      "mapa.shared::cluster.u32 b, b, r; "
                      "@p cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes [t], [d], $3, [b]; "
                      "mov.u32 $0, 0; }")
+# $1 the offset of the bytes to send, $2 where they land in the CTA of rank $5, $3 the offset of the
+# mbarrier there that counts them, $4 the bytes.
+_SEND_TO = gl.constexpr("{ .reg .pred p; .reg .u32 t, s, d, b; mov.u32 t, %tid.x; and.b32 t, t, 127; "
+                        "setp.eq.u32 p, t, 0; mov.u32 b, global_smem; add.u32 s, b, $1; add.u32 d, b, $2; "
+                        "add.u32 b, b, $3; mapa.shared::cluster.u32 d, d, $5; mapa.shared::cluster.u32 b, b, $5; "
+                        "@p cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes [d], [s], $4, [b]; "
+                        "mov.u32 $0, 0; }")
 # $1 the offset of an mbarrier: arrive on the peer's twin.  Release at CTA scope (the default, as
 # CUTLASS's cluster barrier arrives): what it guards is this CTA's reads of a tile, complete (wgmma
 # waited) before the arrive is issued.  In PTX's memory model a CTA-scope release and the peer's
@@ -71,6 +78,15 @@ def send_to_peer(offset, barrier_offset, nbytes):
     counted by the peer's mbarrier at ``barrier_offset`` (which expects them)."""
     _ptx(_SEND, [gl.to_tensor(offset).to(gl.uint32), gl.to_tensor(barrier_offset).to(gl.uint32),
                  gl.to_tensor(nbytes).to(gl.uint32)])
+
+
+@gluon.jit
+def send_to(offset, dst_offset, barrier_offset, nbytes, rank):
+    """Copy ``nbytes`` at ``offset`` into the shared memory of the cluster's CTA ``rank`` at
+    ``dst_offset`` (one bulk copy), counted by that CTA's mbarrier at ``barrier_offset``."""
+    _ptx(_SEND_TO, [gl.to_tensor(offset).to(gl.uint32), gl.to_tensor(dst_offset).to(gl.uint32),
+                    gl.to_tensor(barrier_offset).to(gl.uint32), gl.to_tensor(nbytes).to(gl.uint32),
+                    gl.to_tensor(rank).to(gl.uint32)])
 
 
 @gluon.jit

@@ -65,6 +65,7 @@ from dsv4_tune.kernels.attention_core import LOG2E, epilogue_args, scope_flags, 
 from dsv4_tune.kernels.fused_attention import split_chunk
 from dsv4_tune.kernels.sm90.cluster import arrive_on_peer, cluster_sync, init_fence, send_to_peer
 from dsv4_tune.registry.intmath import cdiv
+from dsv4_tune.registry.launches import WS_SOLO_MERGE_SPLITS
 from dsv4_tune.runtime.cluster import max_active_clusters, shared_offsets
 from dsv4_tune.runtime.jit import Launcher, kernel
 
@@ -1148,12 +1149,16 @@ def launch_ws_decode(
     if solo is not None:
         if CROSS:
             raise ValueError("CROSS=1 is a mode of the warp-specialized kernel, not of SOLO's")
-        if MERGE:
-            raise ValueError("MERGE=1 is a mode of the warp-specialized kernel, not of SOLO's")
         if solo_heads not in (32, HEADS.value):
             raise ValueError(f"solo_heads={solo_heads} not in (32, {HEADS.value})")
-        n_solo = cdiv(h_q, solo_heads) * n_tok * split_k
-        solo((2 * n_solo, 1, 1), *args, *flags, pdl, wait, solo_heads, num_warps=4, num_stages=1, launch_pdl=wait)
+        grid = (2 * cdiv(h_q, solo_heads) * n_tok * split_k, 1, 1)
+        if MERGE:  # (the registry's rule too) else wrong, or a hang
+            if split_k not in WS_SOLO_MERGE_SPLITS or pdl or partial is not None:
+                raise ValueError(f"MERGE=1 with SOLO needs split_k in {WS_SOLO_MERGE_SPLITS}, no pdl and no partial "
+                                 f"buffers, not split_k={split_k}, pdl={pdl}")
+            _solo_merge(solo, grid, args, flags, wait, solo_heads, split_k)
+            return
+        solo(grid, *args, *flags, pdl, wait, solo_heads, num_warps=4, num_stages=1, launch_pdl=wait)
         return
     programs = min(n_items, _multiprocessors(q.device.index)) if PERSIST else n_items
     knobs = (*flags, KSTAGES, bool(STAGED), bool(PIPE), bool(PERSIST), pdl)
@@ -1181,26 +1186,45 @@ def launch_ws_decode(
             maxnreg=maxnreg, cluster=2, launch_pdl=wait)
 
 
-_CLUSTER_OFFSETS: dict[tuple, tuple[tuple[int, int, int, int], int | None]] = {}
+_CLUSTER_OFFSETS: dict[tuple, tuple[tuple[int, ...], int | None]] = {}
 
 
 def _cluster_offsets(knobs: tuple, maxnreg: int, grid: tuple[int, int, int], args: tuple, n_items: int, merge: bool
-                     ) -> tuple[tuple[int, int, int, int], int | None]:
+                     ) -> tuple[tuple[int, ...], int | None]:
     """Where the inline PTX of CROSS (``merge`` False) finds the K tiles, ``k_ready``, ``k_empty`` and
-    the bias in shared memory, or MERGE's the K tiles, both splits' LSEs, ``m_ready`` and ``r_free``
-    (the bulk copies need 16-byte alignment: checked), and how many of its clusters fit on the GPU at
-    once: from a compile with zero offsets (nothing that allocates depends on them: the same shared
-    memory and registers), once per config."""
-    key = (*knobs, maxnreg, merge, args[0].device.index)  # type: ignore[attr-defined]  (args[0]: q)
+    the bias in shared memory, or MERGE's the K tiles, both splits' LSEs, ``m_ready`` and ``r_free``,
+    and how many of its clusters fit on the GPU at once (:func:`_offsets_of`)."""
+    mode = (False, 0, 0, 0, 0, False, True, 0, 0, 0) if merge else (True, 0, 0, 0, 0)
+    names = ("kbuf", "xlse", "m_ready", "r_free") if merge else ("kbuf", "k_ready", "k_empty", "bias_buf")
+    # (the LSEs, the bias: copied by the bulk engine)
+    aligned = (1024, 16, 8, 8) if merge else (1024, 8, 8, 16)
+    return _offsets_of(_launch, (*knobs, maxnreg, merge, args[0].device.index), grid,  # type: ignore[attr-defined]
+                       (*args, n_items, *knobs, *mode), names, aligned, 2, maxnreg)
+
+
+def _offsets_of(launcher: Launcher, key: tuple, grid: tuple[int, int, int], call: tuple, names: tuple[str, ...],
+                aligned: tuple[int, ...], cluster: int, maxnreg: int | None) -> tuple[tuple[int, ...], int | None]:
+    """The shared-memory offsets of the allocations ``names`` of ``launcher``'s kernel (each a multiple
+    of its ``aligned``: 1024 for a tile in the 128-byte swizzle's 1-KiB atoms, 16 for a bulk copy's
+    source or destination: checked) and how many clusters of ``cluster`` CTAs fit on the GPU at once:
+    from a compile of ``call`` (the arguments with zero offsets: nothing that allocates depends on
+    them, so the same shared memory and registers), once per ``key``."""
     if key not in _CLUSTER_OFFSETS:
-        mode = (False, 0, 0, 0, 0, False, True, 0, 0, 0) if merge else (True, 0, 0, 0, 0)
-        compiled = _launch.compile(grid, *args, n_items, *knobs, *mode, num_warps=4, num_stages=1, maxnreg=maxnreg)
+        compiled = launcher.compile(grid, *call, num_warps=4, num_stages=1, maxnreg=maxnreg)
         at = shared_offsets(compiled.asm["ttgir"])  # type: ignore[attr-defined]
-        names = ("kbuf", "xlse", "m_ready", "r_free") if merge else ("kbuf", "k_ready", "k_empty", "bias_buf")
         offsets = tuple(at[n] for n in names)
-        sent = offsets[1] if merge else offsets[3]  # (the LSEs, the bias: copied by the bulk engine)
-        if offsets[0] % 1024 or sent % 16:  # the 128-byte swizzle's 1 KiB atoms; the bulk copies' 16 B
-            raise RuntimeError(f"{'MERGE' if merge else 'CROSS'}: Triton placed the K tiles / {names[1 if merge else 3]} "
-                               f"at {offsets[0]} / {sent} B in shared memory, not 1024- / 16-byte aligned")
-        _CLUSTER_OFFSETS[key] = (offsets, max_active_clusters(compiled, 2))  # type: ignore[assignment]
+        wrong = [f"{n} at {o} B (not a multiple of {a})" for n, o, a in zip(names, offsets, aligned, strict=True) if o % a]
+        if wrong:
+            raise RuntimeError(f"{launcher.fn.__name__}: Triton placed {', '.join(wrong)} in shared memory")
+        _CLUSTER_OFFSETS[key] = (offsets, max_active_clusters(compiled, cluster))
     return _CLUSTER_OFFSETS[key]
+
+
+def _solo_merge(solo: Launcher, grid: tuple[int, int, int], args: tuple, flags: tuple, wait: bool, solo_heads: int,
+                split_k: int) -> None:
+    """Launch SOLO's MERGE: an item's ``split_k`` splits of each output half as one cluster."""
+    head = (*args, *flags, False, wait, solo_heads, split_k)
+    key = (solo.fn.__name__, *flags, wait, solo_heads, split_k, args[0].device.index)  # type: ignore[attr-defined]
+    offsets, _ = _offsets_of(solo, key, grid, (*head, 0, 0, 0, 0), ("kb", "q3", "xlse", "m_ready"), (1024, 1024, 16, 8),
+                             split_k, None)
+    solo(grid, *head, *offsets, num_warps=4, num_stages=1, launch_pdl=wait, cluster=split_k)

@@ -27,8 +27,14 @@ from __future__ import annotations
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
-from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
 
+from dsv4_tune.kernels.sm90.cluster import cluster_sync, init_fence, send_to
 from dsv4_tune.kernels.sm90.decode import (
     DV,
     HEADS,
@@ -54,6 +60,9 @@ from dsv4_tune.kernels.sm90.decode import (
 from dsv4_tune.runtime.jit import Launcher, kernel
 
 RAW_TILES = gl.constexpr(2)  # tiles whose raw bytes are in flight at once
+# MERGE: a program's 256 output columns as 32-column blocks, 8 KiB of fp32 each (the blocks of a
+# [64, 256] fp32 tile in a 128-byte swizzle lie one after another: each is that swizzle's [64, 32] tile).
+NBLK = gl.constexpr(8)
 
 
 @gluon.jit
@@ -256,16 +265,23 @@ def _raw_buffers(N: gl.constexpr, SUB: gl.constexpr):
 @gluon.jit
 def _start(q_ptr, q_smem, s_qb, s_qs, s_qh, sink_ptr, idx_ptr, s_ib, s_is, xidx_ptr, x_s_ib, x_s_is,
            h_q, n_tok, s_q, chunk, topk, x_topk, HAS_EXTRA: gl.constexpr, HAS_SINK: gl.constexpr,
-           SPLIT: gl.constexpr, S_L: gl.constexpr, HB: gl.constexpr):
+           SPLIT: gl.constexpr, S_L: gl.constexpr, HB: gl.constexpr, MERGE: gl.constexpr = 0):
     """A program's start: its item and output half (two programs an item), Q's copy issued (commit
     group 1; of ``HB`` heads, the tile's other rows zero and never read from memory), the heads' sinks
     loaded (:func:`~dsv4_tune.kernels.sm90.decode._sink_of`; in the epilogue the load waited a DRAM
     round trip, 4% of a lone item's warp samples).  Returns (half,
     :func:`~dsv4_tune.kernels.sm90.decode._item`'s tuple, sinks, the item's ids rows, the program's end
-    of heads)."""
+    of heads).  ``MERGE`` (an item's splits in a cluster of that many CTAs): program p is split
+    p % MERGE of output half (p // MERGE) % 2 of (head block, token) p // (2 MERGE)."""
     pid = gl.program_id(0)
     geo = (gl.cdiv(h_q, HB), n_tok, s_q, chunk, topk, x_topk)
-    at = _item(pid // 2, geo, HAS_EXTRA, HB)
+    if MERGE:
+        rest = pid // MERGE
+        at = _item((pid % MERGE) * (geo[0] * n_tok) + rest // 2, geo, HAS_EXTRA, HB)
+        half = rest % 2
+    else:
+        at = _item(pid // 2, geo, HAS_EXTRA, HB)
+        half = pid % 2
     head0, _, tb, ts, _, _, _, _, _ = at
     h_end = h_q
     if HB != HEADS:  # (at 64 heads the bound is h_q itself: the SASS of before)
@@ -273,7 +289,7 @@ def _start(q_ptr, q_smem, s_qb, s_qs, s_qh, sink_ptr, idx_ptr, s_ib, s_is, xidx_
     _load_q(q_ptr, q_smem, head0, tb, ts, h_end, s_qb, s_qs, s_qh)
     heads = head0 + gl.arange(0, HEADS, layout=gl.SliceLayout(1, S_L))
     sink = _sink_of(sink_ptr, heads, heads < h_end, HAS_SINK, SPLIT)
-    return pid % 2, at, sink, idx_ptr + tb * s_ib + ts * s_is, xidx_ptr + tb * x_s_ib + ts * x_s_is, h_end
+    return half, at, sink, idx_ptr + tb * s_ib + ts * s_is, xidx_ptr + tb * x_s_ib + ts * x_s_is, h_end
 
 
 @gluon.jit
@@ -288,6 +304,99 @@ def _finish(o, m_i, l_i, half, head0, t, tb, ts, split, outs, sink, HAS_SINK: gl
     _store_half(o, half * DV, head0, t, tb, ts, split, outs, SPLIT, O_L)
 
 
+@gluon.jit
+def _merge_buffers(MERGE: gl.constexpr):
+    """MERGE: every split's LSE (slot = split) and the barrier that counts what the peers send; the
+    barrier initialised and its init released to the cluster (the merge's first cluster barrier
+    acquires it)."""
+    VEC_SL: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+    xlse = gl.allocate_shared_memory(gl.float32, [MERGE, HEADS], VEC_SL)
+    m_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    mbarrier.init(m_ready, count=1)  # this CTA's arrival (with the bytes it expects)
+    init_fence()
+    return xlse, m_ready
+
+
+@gluon.jit
+def _weight(xlse, s: gl.constexpr, safe_m, LR: gl.constexpr):
+    """MERGE: split ``s``'s weight exp(lse - M) (0 for a split without candidates), as the combine's."""
+    v = xlse.index(s).load(LR)
+    return gl.where(gl.abs(v) < 1e30, gl.exp2((v - safe_m) * 1.4426950408889634), 0.0)
+
+
+@gluon.jit
+def _merge_splits(o, m_i, l_i, kb, q3, xlse, m_ready, half, head0, t, tb, ts, split, outs, sink_ptr,
+                  HAS_SINK: gl.constexpr, MERGE: gl.constexpr, O_L: gl.constexpr, S_L: gl.constexpr,
+                  OWN_OFF: gl.constexpr, RECV_OFF: gl.constexpr, XLSE_OFF: gl.constexpr, MREADY_OFF: gl.constexpr):
+    """MERGE: the ``MERGE`` splits of an output half, one cluster, merged over DSMEM (no partials in
+    global memory, no combine).  Each CTA writes its normalised partial (fp32, into its K tiles: 64
+    KiB) and LSE; after a cluster barrier (every Q buffer free) it sends each peer the 32-column
+    blocks that peer finalizes (block b to rank b % MERGE) into the peer's Q buffer, and its LSE to
+    every peer; it then merges its own blocks from all splits as the combine merges them (the same
+    operations in the same order, split 0's term first) and stores them as bf16, rank 0 of half 0
+    the LSE.  A last cluster barrier keeps every CTA until no copy reads from it."""
+    BLOCK_BYTES: gl.constexpr = HEADS * 32 * 4
+    PER: gl.constexpr = (NBLK + MERGE - 1) // MERGE  # the most blocks a CTA finalizes: a peer's receive slots
+    F32_SL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
+    rank = split  # (the cluster's CTA p % MERGE: _start)
+    lse, scale = _lse_and_scale(m_i, l_i, m_i, HAS_SINK, True)
+    kb._reinterpret(gl.float32, [HEADS, DV], F32_SL).store(o * gl.convert_layout(scale, gl.SliceLayout(1, O_L))[:, None])
+    xlse.index(rank).store(lse)
+    fence_async_shared()  # the stores, seen by the bulk copies (the async proxy)
+    gl.thread_barrier()
+    nb = (NBLK - rank + MERGE - 1) // MERGE  # this CTA's blocks: rank, rank + MERGE, ...
+    mbarrier.expect(m_ready, (MERGE - 1) * (PER * BLOCK_BYTES + HEADS * 4), pred=nb == PER)
+    if NBLK % MERGE:
+        mbarrier.expect(m_ready, (MERGE - 1) * ((PER - 1) * BLOCK_BYTES + HEADS * 4), pred=nb != PER)
+    cluster_sync()  # every partial written, every Q buffer read for the last time
+    for k in gl.static_range(1, MERGE):
+        peer = (rank + k) % MERGE
+        me = rank - (rank > peer).to(gl.int32)  # this CTA among the peer's senders
+        for j in gl.static_range(PER):
+            b = peer + j * MERGE
+            if b < NBLK:
+                send_to(OWN_OFF + b * BLOCK_BYTES, RECV_OFF + (me * PER + j) * BLOCK_BYTES, MREADY_OFF, BLOCK_BYTES,
+                        peer)
+        send_to(XLSE_OFF + rank * (HEADS * 4), XLSE_OFF + rank * (HEADS * 4), MREADY_OFF, HEADS * 4, peer)
+    mbarrier.wait(m_ready, 0)
+
+    ML: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])
+    LR: gl.constexpr = gl.SliceLayout(1, ML)
+    own = kb._reinterpret(gl.float32, [NBLK, HEADS, 32], F32_SL)
+    recv = q3._reinterpret(gl.float32, [NBLK, HEADS, 32], F32_SL)
+    heads, hm, out_rows, lse_rows, _ = _out_rows(head0, t, tb, ts, 0, outs, LR)
+    m = gl.full([HEADS], float("-inf"), gl.float32, layout=LR)
+    for s in gl.static_range(MERGE):
+        v = xlse.index(s).load(LR)
+        m = gl.maximum(m, gl.where(gl.abs(v) < 1e30, v, float("-inf")))
+    lonely = m == float("-inf")
+    safe_m = gl.where(lonely, 0.0, m)
+    total = gl.zeros([HEADS], gl.float32, layout=LR)
+    for s in gl.static_range(MERGE):
+        total = total + _weight(xlse, s, safe_m, LR)
+    lse = gl.where(lonely, float("inf"), safe_m + gl.log(gl.where(lonely, 1.0, total)))
+    scale = gl.where(lonely, 0.0, 1.0 / gl.where(lonely, 1.0, total))
+    if HAS_SINK:
+        sink = gl.load(sink_ptr + heads, mask=hm, other=float("-inf"))
+        scale = scale * (1.0 / (1.0 + gl.exp2((sink - gl.where(lonely, 0.0, lse)) * 1.4426950408889634)))
+    gl.store(outs[4] + lse_rows, lse, mask=hm & (rank == 0) & (half == 0))
+    for j in gl.static_range(PER):
+        b = rank + j * MERGE
+        if b < NBLK:
+            acc = gl.zeros([HEADS, 32], gl.float32, layout=ML)
+            for s in gl.static_range(MERGE):
+                if rank == s:  # noqa: SIM108 (a run-time branch: one of the two loads, not both)
+                    x = own.index(b).load(ML)
+                else:  # (slot: the sender's place among this CTA's peers, then the block's)
+                    x = recv.index((s - (rank < s).to(gl.int32)) * PER + j).load(ML)
+                w = _weight(xlse, s, safe_m, LR)  # (as the sum had it: the same operations)
+                acc = acc + w[:, None] * gl.where((w > 0)[:, None], x, 0.0)
+            cols = half * DV + b * 32 + gl.arange(0, 32, layout=gl.SliceLayout(0, ML))
+            gl.store(outs[0] + out_rows[:, None] + cols[None, :], (acc * scale[:, None]).to(gl.bfloat16),
+                     mask=hm[:, None] & (cols[None, :] >= 0))
+    cluster_sync()  # no CTA leaves while a peer's copy may still read its shared memory
+
+
 @kernel(jit=gluon.jit)
 def _solo_decode_kernel(
     q_ptr, s_qb, s_qs, s_qh,
@@ -298,7 +407,8 @@ def _solo_decode_kernel(
     n_tok, s_q, h_q, qk_scale, chunk,
     HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
     SPLIT: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr, PDL: gl.constexpr = False,
-    WAIT: gl.constexpr = False, HB: gl.constexpr = 64,
+    WAIT: gl.constexpr = False, HB: gl.constexpr = 64, MERGE: gl.constexpr = 0, OWN_OFF: gl.constexpr = 0,
+    RECV_OFF: gl.constexpr = 0, XLSE_OFF: gl.constexpr = 0, MREADY_OFF: gl.constexpr = 0,
 ):
     """Program p: output columns [256 (p % 2), +256) of item p // 2 (head block fastest, then token,
     then split, as the warp-specialized kernel orders them), an item ``HB`` (64 or 32) query heads."""
@@ -321,10 +431,12 @@ def _solo_decode_kernel(
     kb = gl.allocate_shared_memory(gl.bfloat16, [2, BLOCK_N, DV], K_SL)  # the K tile's two column halves
     bias_buf = gl.allocate_shared_memory(gl.float32, [BLOCK_N], VEC_SL)
     st_a, st_b, st_c, st_rope, st_lo, st_hi = _raw_buffers(2 * RAW_TILES, SUB)  # a raw tile: two sub-blocks
+    if MERGE:
+        xlse, m_ready = _merge_buffers(MERGE)
 
     half, at, sink, idx_row, x_idx_row, h_end = _start(q_ptr, q_smem, s_qb, s_qs, s_qh, sink_ptr, idx_ptr, s_ib,
                                                       s_is, xidx_ptr, x_s_ib, x_s_is, h_q, n_tok, s_q, chunk, topk,
-                                                      x_topk, HAS_EXTRA, HAS_SINK, SPLIT, S_L, HB)
+                                                      x_topk, HAS_EXTRA, HAS_SINK, SPLIT, S_L, HB, MERGE)
     head0, t, tb, ts, split, lo, cap, x_lo, x_cap = at
     a0, a1, b0, b1, hi, x_hi, n_m = _first_ids(idx_row, s_ik, lo, cap, x_idx_row, x_s_ik, x_lo, x_cap, t, s_q,
                                                len_ptr, xlen_ptr, HAS_LEN, HAS_EXTRA, X_HAS_LEN, 4, 2, SUB, GATHER)
@@ -366,7 +478,11 @@ def _solo_decode_kernel(
     async_copy.wait_group(0)  # no copy outlives the program
 
     outs = (out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr, h_q, n_tok, h_end)
-    _finish(o, m_i, l_i, half, head0, t, tb, ts, split, outs, sink, HAS_SINK, SPLIT, S_L, O_L)
+    if MERGE:
+        _merge_splits(o, m_i, l_i, kb, q3, xlse, m_ready, half, head0, t, tb, ts, split, outs, sink_ptr, HAS_SINK,
+                      MERGE, O_L, S_L, OWN_OFF, RECV_OFF, XLSE_OFF, MREADY_OFF)
+    else:
+        _finish(o, m_i, l_i, half, head0, t, tb, ts, split, outs, sink, HAS_SINK, SPLIT, S_L, O_L)
 
 
 @kernel(jit=gluon.jit)
@@ -379,7 +495,8 @@ def _solo_pipe_decode_kernel(
     n_tok, s_q, h_q, qk_scale, chunk,
     HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
     SPLIT: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr, PDL: gl.constexpr = False,
-    WAIT: gl.constexpr = False, HB: gl.constexpr = 64,
+    WAIT: gl.constexpr = False, HB: gl.constexpr = 64, MERGE: gl.constexpr = 0, OWN_OFF: gl.constexpr = 0,
+    RECV_OFF: gl.constexpr = 0, XLSE_OFF: gl.constexpr = 0, MREADY_OFF: gl.constexpr = 0,
 ):
     """:func:`_solo_decode_kernel` on 32-token tiles, software-pipelined: two K tiles, so tile j + 1
     is dequantized while tile j's QK^T runs on the tensor cores; three raw tiles in flight."""
@@ -405,10 +522,12 @@ def _solo_pipe_decode_kernel(
     kw = kb._reinterpret(gl.uint32, [4, BLOCK_N, DV // 2], K32)
     bias_buf = gl.allocate_shared_memory(gl.float32, [2, BLOCK_N], VEC_SL)
     st_a, st_b, st_c, st_rope, st_lo, st_hi = _raw_buffers(RAW, SUB)
+    if MERGE:
+        xlse, m_ready = _merge_buffers(MERGE)
 
     half, at, sink, idx_row, x_idx_row, h_end = _start(q_ptr, q_smem, s_qb, s_qs, s_qh, sink_ptr, idx_ptr, s_ib,
                                                       s_is, xidx_ptr, x_s_ib, x_s_is, h_q, n_tok, s_q, chunk, topk,
-                                                      x_topk, HAS_EXTRA, HAS_SINK, SPLIT, S_L, HB)
+                                                      x_topk, HAS_EXTRA, HAS_SINK, SPLIT, S_L, HB, MERGE)
     head0, t, tb, ts, split, lo, cap, x_lo, x_cap = at
     a, b, c, _, hi, x_hi, n_m = _first_ids(idx_row, s_ik, lo, cap, x_idx_row, x_s_ik, x_lo, x_cap, t, s_q, len_ptr,
                                            xlen_ptr, HAS_LEN, HAS_EXTRA, X_HAS_LEN, 3, 1, SUB, GATHER)
@@ -461,7 +580,11 @@ def _solo_pipe_decode_kernel(
         b, c = c, d
     async_copy.wait_group(0)  # no copy outlives the program
     outs = (out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr, h_q, n_tok, h_end)
-    _finish(o, m_i, l_i, half, head0, t, tb, ts, split, outs, sink, HAS_SINK, SPLIT, S_L, O_L)
+    if MERGE:
+        _merge_splits(o, m_i, l_i, kb, q3, xlse, m_ready, half, head0, t, tb, ts, split, outs, sink_ptr, HAS_SINK,
+                      MERGE, O_L, S_L, OWN_OFF, RECV_OFF, XLSE_OFF, MREADY_OFF)
+    else:
+        _finish(o, m_i, l_i, half, head0, t, tb, ts, split, outs, sink, HAS_SINK, SPLIT, S_L, O_L)
 
 
 _LAUNCHERS = {64: Launcher(_solo_decode_kernel), 32: Launcher(_solo_pipe_decode_kernel)}
