@@ -45,6 +45,9 @@ _ARRIVE_CLUSTER = gl.constexpr(_FIRST_OF_WG + "add.u32 b, b, $1; mapa.shared::cl
 _INIT_FENCE = gl.constexpr("fence.mbarrier_init.release.cluster; mov.u32 $0, $1;")
 _SYNC = gl.constexpr("barrier.cluster.arrive.release.aligned; barrier.cluster.wait.acquire.aligned; "
                      "mov.u32 $0, $1;")
+# The same meeting without the release (whose MEMBAR.ALL.GPU waits for this thread's global stores).
+_SYNC_RELAXED = gl.constexpr("barrier.cluster.arrive.relaxed.aligned; barrier.cluster.wait.acquire.aligned; "
+                             "mov.u32 $0, $1;")
 
 
 @gluon.jit
@@ -61,9 +64,13 @@ def _lanes():
 
 
 @gluon.jit
-def cluster_sync():
-    """Every thread of both CTAs meets here (release, then acquire: what each did before is seen)."""
-    _ptx(_SYNC, [_lanes()])
+def cluster_sync(RELEASE: gl.constexpr = True):
+    """Every thread of every CTA of the cluster meets here (release, then acquire: what each did
+    before is seen); without ``RELEASE`` a meeting only (nothing written before is waited for)."""
+    if RELEASE:
+        _ptx(_SYNC, [_lanes()])
+    else:
+        _ptx(_SYNC_RELAXED, [_lanes()])
 
 
 @gluon.jit

@@ -394,7 +394,9 @@ def _merge_splits(o, m_i, l_i, kb, q3, xlse, m_ready, half, head0, t, tb, ts, sp
             cols = half * DV + b * 32 + gl.arange(0, 32, layout=gl.SliceLayout(0, ML))
             gl.store(outs[0] + out_rows[:, None] + cols[None, :], (acc * scale[:, None]).to(gl.bfloat16),
                      mask=hm[:, None] & (cols[None, :] >= 0))
-    cluster_sync()  # no CTA leaves while a peer's copy may still read its shared memory
+    # No CTA leaves while a peer's copy may still read its shared memory (every CTA has had what it was
+    # sent): a meeting only, not a release, which would wait for the output's stores.
+    cluster_sync(False)
 
 
 @kernel(jit=gluon.jit)
