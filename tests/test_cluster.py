@@ -69,3 +69,24 @@ def test_a_one_cta_kernel_runs_in_clusters_of_two_through_the_launcher_and_a_rep
     from benchmarks.cluster_probe import exchange_exactly
 
     exchange_exactly(grid=8, iters=3)
+
+
+def test_a_launch_that_leaves_trailing_constexprs_out_takes_their_defaults() -> None:
+    """A constexpr added with a default (SOLO's MERGE and its offsets, 2026-12-07) leaves every call
+    that does not name it valid: the Launcher's cache key and compiled launch read every parameter,
+    so it completes the call with the defaults (a call that leaves out one without a default is an
+    error naming the kernel)."""
+    import triton.language as tl
+
+    from dsv4_tune.runtime.jit import Launcher, kernel
+
+    @kernel
+    def _k(x_ptr, n, A: tl.constexpr, B: tl.constexpr = 0, C: tl.constexpr = 7):
+        tl.store(x_ptr + tl.arange(0, 16), tl.zeros([16], tl.float32) + A + B + C + n, mask=tl.arange(0, 16) < n)
+
+    launcher = Launcher(_k)
+    assert launcher.complete(("x", 3, 1)) == ("x", 3, 1, 0, 7)
+    assert launcher.complete(("x", 3, 1, 2)) == ("x", 3, 1, 2, 7)
+    with pytest.raises(TypeError, match="2 arguments, but 5 parameters"):
+        launcher.complete(("x", 3))
+

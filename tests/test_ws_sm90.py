@@ -430,9 +430,9 @@ def test_a_split_pair_merges_in_a_cluster(s_q, page, x_page, device, gen) -> Non
     case = _knob_case(device, gen, s_q, page, x_page)
     for plan in (merged(), merged(STAGED=1)):
         case.check(plan)
-        out, _ = case.run(plan)
-        combined, _ = case.run(ws(SPLIT_K=2, STAGED=plan["STAGED"]))
-        assert torch.equal(out, combined), plan
+        out, lse = case.run(plan)
+        combined, combined_lse = case.run(ws(SPLIT_K=2, STAGED=plan["STAGED"]))
+        assert torch.equal(out, combined) and torch.equal(lse, combined_lse), plan
 
 
 @pytest.mark.gpu
@@ -448,10 +448,10 @@ def test_the_one_warpgroup_kernel_merges_its_splits_in_a_cluster(s_q, page, x_pa
     for plan in (solo_merged(), solo_merged(SPLIT_K=2, BLOCK_N=64), solo_merged(SPLIT_K=3, HEADS32=1),
                  solo_merged(SPLIT_K=8, BLOCK_N=64, HEADS32=1)):
         case.check(plan)
-        out, _ = case.run(plan)
+        out, lse = case.run(plan)
         cfg = {k: v for k, v in plan.as_dict().items() if k != WS_MERGE_KEY}
-        combined, _ = case.run(Plan.make("ws_sm90", {**cfg, "COMBINE_BLOCK_H": 8, "combine_warps": 4}))
-        assert torch.equal(out, combined), plan
+        combined, combined_lse = case.run(Plan.make("ws_sm90", {**cfg, "COMBINE_BLOCK_H": 8, "combine_warps": 4}))
+        assert torch.equal(out, combined) and torch.equal(lse, combined_lse), plan
 
 
 @triton.jit

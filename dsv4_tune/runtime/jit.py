@@ -52,6 +52,7 @@ class Launcher:
         self.fn = fn
         params = list(inspect.signature(getattr(fn, "fn", fn)).parameters.values())
         self._const = [i for i, p in enumerate(params) if "constexpr" in str(p.annotation)]
+        self._defaults = [p.default for p in params]  # (what a call that leaves trailing constexprs out means)
         self._compiled: dict[tuple, object] = {}
         self._tensors: list[int] | None = None  # positions of the tensor arguments (fixed per kernel)
         self._ints: list[int] = []  # positions of the int scalar arguments
@@ -66,6 +67,8 @@ class Launcher:
         register cap per thread at entry (CUDA; a warp-specialized kernel's setmaxnreg needs one);
         ``cluster``: the grid's CTAs (``grid[0]`` a multiple of it) in clusters of that many (CUDA
         sm90; :mod:`~dsv4_tune.runtime.cluster`)."""
+        if len(args) < len(self._defaults):
+            args = self.complete(args)
         rec = Recording.current()
         if interpreting():
             if rec is not None:
@@ -108,6 +111,16 @@ class Launcher:
             rec.launches.append(RecordedLaunch(compiled, grid, call, [args[i] for i in self._tensors],
                                                list(self._tensors), cluster))
 
+    def complete(self, args: tuple) -> tuple:
+        """``args`` with the kernel's defaults for the trailing parameters they leave out (a new
+        constexpr with a default leaves every existing call as it was: the cache key and the compiled
+        launch read every parameter)."""
+        missing = self._defaults[len(args):]
+        if any(d is inspect.Parameter.empty for d in missing):
+            raise TypeError(f"{getattr(self.fn, '__name__', self.fn)}: {len(args)} arguments, but "
+                            f"{len(self._defaults)} parameters and not every one left out has a default")
+        return (*args, *missing)
+
     def compile(
         self, grid: tuple[int, int, int], *args: object, num_warps: int, num_stages: int, launch_pdl: bool = False,
         maxnreg: int | None = None,
@@ -115,6 +128,8 @@ class Launcher:
         """The compiled kernel for these arguments (Triton's ``CompiledKernel``, loaded), not launched:
         what a kernel whose launch needs something of its compiled form (:mod:`~dsv4_tune.runtime.cluster`)
         compiles first."""
+        if len(args) < len(self._defaults):
+            args = self.complete(args)
         compiled = self.fn.warmup(*args, grid=grid, **self._options(num_warps, num_stages, launch_pdl, maxnreg))
         compiled._init_handles()  # type: ignore[attr-defined]
         return compiled
