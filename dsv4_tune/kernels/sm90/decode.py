@@ -125,9 +125,7 @@ def _cluster_sync(CROSS: gl.constexpr, MERGE: gl.constexpr = False):
     """Under CROSS or MERGE, every thread of both CTAs meets here: at each partition's start (the
     barriers' inits are then seen by the peer) and end (no CTA leaves while the other may still write
     to it or read from it)."""
-    if CROSS:
-        cluster_sync()
-    if MERGE:
+    if CROSS or MERGE:
         cluster_sync()
 
 
@@ -188,6 +186,28 @@ def _merge_half(o, C: gl.constexpr, q_smem, out_ready, kbuf, k_empty, n_blocks, 
 
 
 @gluon.jit
+def _split_weight(v, safe_m):
+    """A split's weight in a merge of splits of LSE ``v`` (max of the finite ones ``safe_m``, 0 where
+    none is): exp(v - M), 0 for a split without candidates (LSE +-inf), as the combine's ``_weigh``."""
+    return gl.where(gl.abs(v) < 1e30, gl.exp2((v - safe_m) * 1.4426950408889634), 0.0)
+
+
+@gluon.jit
+def _merged_lse(total, lonely, safe_m):
+    """A merge's LSE and the factor its weighted sum is scaled by (1 / the weights' ``total``), as the
+    combine's; a row no split saw (``lonely``): LSE +inf and 0."""
+    lse = gl.where(lonely, float("inf"), safe_m + gl.log(gl.where(lonely, 1.0, total)))
+    return lse, gl.where(lonely, 0.0, 1.0 / gl.where(lonely, 1.0, total))
+
+
+@gluon.jit
+def _sink_share(lse, lonely, sink_ptr, heads, hm):
+    """What a merged row keeps beside its sink (the combine's factor): 1 / (1 + exp(sink - LSE))."""
+    sink = gl.load(sink_ptr + heads, mask=hm, other=float("-inf"))
+    return 1.0 / (1.0 + gl.exp2((sink - gl.where(lonely, 0.0, lse)) * 1.4426950408889634))
+
+
+@gluon.jit
 def _merge_out(own, peer, xlse, rank, head0, t, tb, ts, outs, sink_ptr, HAS_SINK: gl.constexpr):
     """MERGE, this CTA's producer: its column half of the final output (rank 0 the first 256, rank 1
     the rest) from both splits' normalised partials of it (``own``: this split's, in Q's buffer;
@@ -209,20 +229,18 @@ def _merge_out(own, peer, xlse, rank, head0, t, tb, ts, outs, sink_ptr, HAS_SINK
         m = gl.maximum(gl.where(ok0, v0, float("-inf")), gl.where(ok1, v1, float("-inf")))
         lonely = m == float("-inf")
         safe_m = gl.where(lonely, 0.0, m)
-        w0 = gl.where(ok0, gl.exp2((v0 - safe_m) * 1.4426950408889634), 0.0)
-        w1 = gl.where(ok1, gl.exp2((v1 - safe_m) * 1.4426950408889634), 0.0)
+        w0 = _split_weight(v0, safe_m)
+        w1 = _split_weight(v1, safe_m)
         total = w0 + w1
         # From zero, a term at a time, as the combine sums (fma(w1, o1, fma(w0, o0, 0))): started from the
         # first product, ptxas fuses the other one and rounds differently (one fp32 ulp, a helper's read)
         acc = gl.zeros([CH, DV], gl.float32, layout=ML)
         acc = acc + w0[:, None] * gl.where((w0 > 0)[:, None], o0, 0.0)
         acc = acc + w1[:, None] * gl.where((w1 > 0)[:, None], o1, 0.0)
-        lse = gl.where(lonely, float("inf"), safe_m + gl.log(gl.where(lonely, 1.0, total)))
-        scale = gl.where(lonely, 0.0, 1.0 / gl.where(lonely, 1.0, total))
+        lse, scale = _merged_lse(total, lonely, safe_m)
         heads, hm, out_rows, lse_rows, _ = _out_rows(head0 + c * CH, t, tb, ts, 0, outs, LR, CH)
         if HAS_SINK:
-            sink = gl.load(sink_ptr + heads, mask=hm, other=float("-inf"))
-            scale = scale * (1.0 / (1.0 + gl.exp2((sink - gl.where(lonely, 0.0, lse)) * 1.4426950408889634)))
+            scale = scale * _sink_share(lse, lonely, sink_ptr, heads, hm)
         gl.store(outs[0] + out_rows[:, None] + cols[None, :], (acc * scale[:, None]).to(gl.bfloat16),
                  mask=hm[:, None] & (cols[None, :] >= 0))
         if rank == 0:
@@ -1059,9 +1077,7 @@ def _ws_decode_kernel(
     if MERGE:
         mbarrier.init(m_ready, count=1)  # this CTA's producer (expecting the peer's bytes)
         mbarrier.init(r_free, count=1)  # the peer's producer
-    if CROSS:  # the inits, released to the cluster (the partitions' first cluster barrier acquires them)
-        init_fence()
-    if MERGE:
+    if CROSS or MERGE:  # the inits, released to the cluster (the partitions' first cluster barrier acquires them)
         init_fence()
     fence_async_shared()  # the barrier inits, seen by every partition
     gl.thread_barrier()
@@ -1137,8 +1153,10 @@ def launch_ws_decode(
     launched as a programmatic dependent of the kernel before it (whatever that is), and waits for
     it before its first global access: its launch overlaps that kernel's end.  ``solo_heads`` (64 or
     32): the query heads of one of ``solo``'s programs (32: half of Q's bytes a program, twice the
-    programs).  ``MERGE`` (split_k 2, BLOCK_N 64, KSTAGES 2, no PIPE, PERSIST, CROSS, solo or pdl; no
-    ``partial``): an item's two splits as one cluster of two CTAs merging over DSMEM (no combine)."""
+    programs).  ``MERGE`` (no ``pdl``, no ``partial``): an item's splits as one cluster merging over
+    DSMEM (no combine): the warp-specialized kernel's two (split_k 2, BLOCK_N 64, KSTAGES 2, no PIPE,
+    PERSIST or CROSS), or ``solo``'s split_k (:data:`~dsv4_tune.registry.launches.WS_SOLO_MERGE_SPLITS`)
+    of each output half."""
     b, s_q, h_q, _ = q.shape
     n_tok = b * s_q
     n_items = cdiv(h_q, HEADS.value) * n_tok * split_k

@@ -45,10 +45,13 @@ from dsv4_tune.kernels.sm90.decode import (
     _launch_dependents,
     _load_q,
     _lse_and_scale,
+    _merged_lse,
     _out_rows,
     _q_at,
     _sink_of,
+    _sink_share,
     _softmax_block,
+    _split_weight,
     _stage_sub,
     _staged,
     _store_half,
@@ -318,13 +321,6 @@ def _merge_buffers(MERGE: gl.constexpr):
 
 
 @gluon.jit
-def _weight(xlse, s: gl.constexpr, safe_m, LR: gl.constexpr):
-    """MERGE: split ``s``'s weight exp(lse - M) (0 for a split without candidates), as the combine's."""
-    v = xlse.index(s).load(LR)
-    return gl.where(gl.abs(v) < 1e30, gl.exp2((v - safe_m) * 1.4426950408889634), 0.0)
-
-
-@gluon.jit
 def _merge_splits(o, m_i, l_i, kb, q3, xlse, m_ready, half, head0, t, tb, ts, split, outs, sink_ptr,
                   HAS_SINK: gl.constexpr, MERGE: gl.constexpr, O_L: gl.constexpr, S_L: gl.constexpr,
                   OWN_OFF: gl.constexpr, RECV_OFF: gl.constexpr, XLSE_OFF: gl.constexpr, MREADY_OFF: gl.constexpr):
@@ -373,12 +369,10 @@ def _merge_splits(o, m_i, l_i, kb, q3, xlse, m_ready, half, head0, t, tb, ts, sp
     safe_m = gl.where(lonely, 0.0, m)
     total = gl.zeros([HEADS], gl.float32, layout=LR)
     for s in gl.static_range(MERGE):
-        total = total + _weight(xlse, s, safe_m, LR)
-    lse = gl.where(lonely, float("inf"), safe_m + gl.log(gl.where(lonely, 1.0, total)))
-    scale = gl.where(lonely, 0.0, 1.0 / gl.where(lonely, 1.0, total))
+        total = total + _split_weight(xlse.index(s).load(LR), safe_m)
+    lse, scale = _merged_lse(total, lonely, safe_m)
     if HAS_SINK:
-        sink = gl.load(sink_ptr + heads, mask=hm, other=float("-inf"))
-        scale = scale * (1.0 / (1.0 + gl.exp2((sink - gl.where(lonely, 0.0, lse)) * 1.4426950408889634)))
+        scale = scale * _sink_share(lse, lonely, sink_ptr, heads, hm)
     gl.store(outs[4] + lse_rows, lse, mask=hm & (rank == 0) & (half == 0))
     for j in gl.static_range(PER):
         b = rank + j * MERGE
@@ -389,7 +383,7 @@ def _merge_splits(o, m_i, l_i, kb, q3, xlse, m_ready, half, head0, t, tb, ts, sp
                     x = own.index(b).load(ML)
                 else:  # (slot: the sender's place among this CTA's peers, then the block's)
                     x = recv.index((s - (rank < s).to(gl.int32)) * PER + j).load(ML)
-                w = _weight(xlse, s, safe_m, LR)  # (as the sum had it: the same operations)
+                w = _split_weight(xlse.index(s).load(LR), safe_m)  # (as the sum had it: the same operations)
                 acc = acc + w[:, None] * gl.where((w > 0)[:, None], x, 0.0)
             cols = half * DV + b * 32 + gl.arange(0, 32, layout=gl.SliceLayout(0, ML))
             gl.store(outs[0] + out_rows[:, None] + cols[None, :], (acc * scale[:, None]).to(gl.bfloat16),
