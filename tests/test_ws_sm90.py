@@ -23,7 +23,7 @@ from dsv4_tune.policies.dispatcher import Dispatcher
 from dsv4_tune.policies.schema import GpuSpec, PlanSpec, Policy, Provenance, Segment, WorkloadClass
 from dsv4_tune.registry.launches import WS_CROSS_KEY, WS_HEADS32_KEY, WS_MERGE_KEY, plan_kernels
 from dsv4_tune.registry.scratch import plan_buffers
-from dsv4_tune.registry.variants import VARIANTS, default_plan, plan_problems, sweeps, ws_smem_bytes
+from dsv4_tune.registry.variants import VARIANTS, default_plan, plan_problems, sweeps, swept_modes, ws_smem_bytes
 from dsv4_tune.serving.variants import variant_problem
 from dsv4_tune.tuner.candidates import decode_coarse_candidates, neighbours
 from dsv4_tune.tuner.crosscompile import KernelSpec, compile_kernel, problems_of
@@ -152,10 +152,11 @@ def merged(**cfg: int) -> Plan:
     return Plan.make("ws_sm90", {"BLOCK_N": 64, "KSTAGES": 2, "STAGED": 0, "PIPE": 0, "SPLIT_K": 2, "MERGE": 1, **cfg})
 
 
-def test_its_split_pair_merge_is_an_explicit_plan_until_a_gpu_has_run_it() -> None:
+def test_its_split_pair_merge_is_swept() -> None:
     """MERGE (split 2 as one cluster of two CTAs merging over DSMEM): valid at any h_q, staged or not;
     its rule names the knobs it cannot take; one kernel, no combine, no partial buffers, 672 B more
-    shared memory; and no sweep tries it while it is in NOT_SWEPT (it has not run on a GPU yet)."""
+    shared memory; swept since an H100 ran it exact (2026-12-07): in the space and the coarse stage
+    staged and not, and a refine step turns it on from a split-2 plan (its combine keys dropped)."""
     assert plan_problems(W, merged()) == [] == plan_problems(Workload(64, 64, 128, 1024), merged(STAGED=1))
     cases = {merged(SPLIT_K=3): "MERGE=1 needs SPLIT_K=2", merged(BLOCK_N=32): "MERGE=1 needs",
              merged(KSTAGES=3): "MERGE=1 needs", merged(PIPE=1): "MERGE=1 needs", merged(PERSIST=1): "MERGE=1 needs",
@@ -169,24 +170,19 @@ def test_its_split_pair_merge_is_an_explicit_plan_until_a_gpu_has_run_it() -> No
     assert "MERGE" not in dict(plan_kernels(ws(SPLIT_K=2), W, "sm90")[0][1])
     assert plan_buffers(merged(), W) == {}
     assert ws_smem_bytes(merged().as_dict()) == ws_smem_bytes(ws(SPLIT_K=2).as_dict()) + 672
-    assert not sweeps(WS_MERGE_KEY)
-    assert not any(p.as_dict().get(WS_MERGE_KEY) for p in VARIANTS["ws_sm90"].space(W))
-    assert not any(n.as_dict().get(WS_MERGE_KEY) for n in neighbours(ws(SPLIT_K=2)))
+    assert sweeps(WS_MERGE_KEY)
+    space = [c for c in (p.as_dict() for p in VARIANTS["ws_sm90"].space(W)) if c.get(WS_MERGE_KEY)]
+    assert sorted(c["STAGED"] for c in space) == [0, 1] and not any(c.get("SOLO") for c in space)
+    assert all(plan_problems(W, Plan.make("ws_sm90", c)) == [] for c in space)
+    turned_on = [n for n in neighbours(ws(SPLIT_K=2, PDL=1)) if n.as_dict().get(WS_MERGE_KEY)]
+    assert turned_on and all(plan_problems(W, n) == [] for n in turned_on)
     assert all("COMBINE_BLOCK_H" not in n.as_dict() for n in neighbours(merged()) if n.as_dict().get(WS_MERGE_KEY))
-    import dsv4_tune.registry.variants as variants_mod
     import dsv4_tune.tuner.candidates as candidates_mod
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(candidates_mod, "variant_problem", lambda variant, *a: None)  # as under Triton 3.6
-        assert not any(p.as_dict().get(WS_MERGE_KEY) for p in decode_coarse_candidates(W, "sm90"))
-        mp.setattr(variants_mod, "NOT_SWEPT", frozenset())  # once a GPU has run it: one line to sweep it
-        space = [c for c in (p.as_dict() for p in VARIANTS["ws_sm90"].space(W)) if c.get(WS_MERGE_KEY)]
-        assert len([c for c in space if not c.get("SOLO")]) == 2
-        assert all(plan_problems(W, Plan.make("ws_sm90", c)) == [] for c in space)
-        coarse = [p for p in decode_coarse_candidates(W, "sm90") if p.as_dict().get(WS_MERGE_KEY)]
-        assert len([p for p in coarse if not p.as_dict().get("SOLO")]) == 2
-        turned_on = [n for n in neighbours(ws(SPLIT_K=2, PDL=1)) if n.as_dict().get(WS_MERGE_KEY)]
-        assert turned_on and all(plan_problems(W, n) == [] for n in turned_on)
+        coarse = [p.as_dict() for p in decode_coarse_candidates(W, "sm90") if p.as_dict().get(WS_MERGE_KEY)]
+        assert sorted(c["STAGED"] for c in coarse) == [0, 1] and not any(c.get("SOLO") for c in coarse)
 
 
 def solo_merged(**cfg: int) -> Plan:
@@ -198,9 +194,10 @@ def test_its_one_warpgroup_kernel_merges_splits_in_clusters_of_2_to_8() -> None:
     """SOLO's MERGE: an item's 2, 3, 4 or 8 splits of each output half as one cluster, each CTA
     finalizing every SPLIT_K-th 32-column block (what it receives fits its Q buffer: not 6, 12 or 16);
     either tile size, 32 or 64 heads; no PDL (no combine), no combine keys, no partial buffers; the
-    kernel takes the cluster size; every split's LSE and a barrier in shared memory.  Swept with the
-    other MERGE once out of NOT_SWEPT: in the space (every size), the coarse stage (2, 4, 8) and the
-    refine steps."""
+    kernel takes the cluster size; every split's LSE and a barrier in shared memory.  A plan may name
+    it; no sweep tries it (``swept_modes``: exact on an H100 and slower than the same split with its
+    PDL combine, 2026-12-07): not in the space or the coarse stage, and no refine step turns it on,
+    while one from an explicit SOLO MERGE plan turns it off."""
     for cfg in ({}, {"BLOCK_N": 64}, {"SPLIT_K": 2}, {"SPLIT_K": 3, "HEADS32": 1}, {"SPLIT_K": 8, "BLOCK_N": 64}):
         assert plan_problems(W, solo_merged(**cfg)) == [], cfg
     for cfg, message in (({"SPLIT_K": 6}, "MERGE=1 needs SPLIT_K in (2, 3, 4, 8) with SOLO=1"),
@@ -215,24 +212,18 @@ def test_its_one_warpgroup_kernel_merges_splits_in_clusters_of_2_to_8() -> None:
     assert plan_buffers(solo_merged(), W) == {}
     solo_split = ws(SOLO=1, BLOCK_N=32, SPLIT_K=4).as_dict()
     assert ws_smem_bytes(solo_merged().as_dict()) == ws_smem_bytes(solo_split) + 4 * 256 + 8
-    assert not any(n.as_dict().get(WS_MERGE_KEY) for n in neighbours(ws(SOLO=1, BLOCK_N=32, SPLIT_K=4, PDL=1)))
-    import dsv4_tune.registry.variants as variants_mod
+    assert sweeps(WS_MERGE_KEY) and not swept_modes(solo_merged().as_dict()) and swept_modes(merged().as_dict())
+    assert not any(p.as_dict().get(WS_MERGE_KEY) and p.as_dict().get("SOLO") for p in VARIANTS["ws_sm90"].space(W))
+    for plan in (ws(SOLO=1, BLOCK_N=32, SPLIT_K=4, PDL=1), merged(), solo_merged()):
+        assert not any(n.as_dict().get(WS_MERGE_KEY) and n.as_dict().get("SOLO") for n in neighbours(plan)), plan
+    turned_off = [n for n in neighbours(solo_merged()) if n["SPLIT_K"] == 4 and n.as_dict().get("SOLO")]
+    assert turned_off and all(plan_problems(W, n) == [] for n in turned_off)
     import dsv4_tune.tuner.candidates as candidates_mod
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(candidates_mod, "variant_problem", lambda variant, *a: None)  # as under Triton 3.6
-        mp.setattr(variants_mod, "NOT_SWEPT", frozenset())
-        space = [c for c in (p.as_dict() for p in VARIANTS["ws_sm90"].space(W)) if c.get(WS_MERGE_KEY)]
-        space = [c for c in space if c.get("SOLO")]
-        assert {(c["BLOCK_N"], c["SPLIT_K"], c.get("HEADS32", 0)) for c in space} == {
-            (bn, sk, h) for bn in (32, 64) for sk in (2, 3, 4, 8) for h in (0, 1)}
-        coarse = [p for p in decode_coarse_candidates(W, "sm90") if p.as_dict().get(WS_MERGE_KEY)]
-        coarse = [p for p in coarse if p.as_dict().get("SOLO")]
-        assert {(p["BLOCK_N"], p["SPLIT_K"]) for p in coarse} == {(bn, sk) for bn in (32, 64) for sk in (2, 4, 8)}
-        turned_on = [n for n in neighbours(ws(SOLO=1, BLOCK_N=32, SPLIT_K=4, PDL=1)) if n.as_dict().get(WS_MERGE_KEY)]
-        assert turned_on and all(plan_problems(W, n) == [] for n in turned_on)
-        turned_off = [n for n in neighbours(solo_merged()) if not n.as_dict().get(WS_MERGE_KEY) and n["SPLIT_K"] == 4]
-        assert turned_off and all(plan_problems(W, n) == [] for n in turned_off)
+        coarse = [p.as_dict() for p in decode_coarse_candidates(Workload(4, 64, 128, 0), "sm90")]
+        assert any(c.get("SOLO") for c in coarse) and not any(c.get("SOLO") and c.get(WS_MERGE_KEY) for c in coarse)
 
 
 def test_neighbours_step_its_own_knobs() -> None:
@@ -244,7 +235,7 @@ def test_neighbours_step_its_own_knobs() -> None:
     assert any(p["SPLIT_K"] == 1 and not plan_problems(W, p) for p in neighbours(split))
     refused = [plan_problems(W, p) for p in found if plan_problems(W, p)]  # refine_candidates drops these
     why = ("KSTAGES=3 x BLOCK_N=64", "STAGED=1 needs", "PDL=1 needs", "SOLO=1 needs", "CROSS=1 needs",
-           "HEADS32=1 needs")
+           "HEADS32=1 needs", "MERGE=1 needs")
     assert refused and all(ps[0].startswith(why) for ps in refused)
 
 

@@ -43,18 +43,25 @@ WS_KSTAGES_CHOICES = (2, 3, 4)  # ws_sm90: K tiles in flight between the produce
 # split plans serve small T, where the items fit in one wave and the grid is the same either way.
 # Its split plans take the PDL knob as fused_splitk's do (the combine a programmatic dependent).
 # Its optional SOLO knob (registry.launches.WS_SOLO_KEY) is swept at both tile sizes, split or not,
-# and with it HEADS32 (registry.launches.WS_HEADS32_KEY: 32 query heads a program).
+# and with it HEADS32 (registry.launches.WS_HEADS32_KEY: 32 query heads a program).  MERGE
+# (registry.launches.WS_MERGE_KEY) is swept in its warp-specialized mode (split 2, staged or not), not
+# in SOLO's (``swept_modes``).
 # Optional knobs a plan may name but no sweep tries (not in any space, never a refine step): a new
 # kernel mode until a GPU has run it (CROSS was, until 2026-12-06: a cluster kernel that deadlocked
-# would hang a sweep; HEADS32 was, until an H100 had checked and timed it on 2026-12-07).  MERGE (the
-# splits' DSMEM merge: the split pair of the warp-specialized kernel, 2026-12-07, and SOLO's clusters
-# of 2-8, 2026-12-07) has not run on a GPU yet.
-NOT_SWEPT: frozenset[str] = frozenset({WS_MERGE_KEY})
+# would hang a sweep; HEADS32 and MERGE were, until an H100 had checked and timed them on 2026-12-07).
+NOT_SWEPT: frozenset[str] = frozenset()
 
 
 def sweeps(key: str) -> bool:
     """Whether sweeps try the optional knob ``key`` (see ``NOT_SWEPT``)."""
     return key not in NOT_SWEPT
+
+
+def swept_modes(config: dict[str, int]) -> bool:
+    """Whether sweeps try ``config``'s combination of modes: all but SOLO's MERGE (its splits merged
+    over DSMEM in clusters of 2-8), which an H100 ran exact and slower than the same split with its
+    PDL combine at every T it timed (2026-12-07, in a graph: 1.01-1.46x); a plan may still name it."""
+    return not (config.get(WS_SOLO_KEY) and config.get(WS_MERGE_KEY))
 WS_SPLIT_K_CHOICES = (1, *SPLIT_K_CHOICES)
 WS_SMEM_BYTES = 227 * 1024  # sm90's shared memory per block
 SMEM_BUDGET = 160 * 1024  # bytes of staged KV tiles + Q a config may ask for (gfx950 LDS, < sm90's 228 KiB)
@@ -239,9 +246,6 @@ def _ws_space(w: Workload) -> Iterator[dict[str, int]]:
         yield from splits({**_ws_default(w), "BLOCK_N": bn, "SPLIT_K": sk, WS_SOLO_KEY: 1})
         if sweeps(WS_HEADS32_KEY):
             yield from splits({**_ws_default(w), "BLOCK_N": bn, "SPLIT_K": sk, WS_SOLO_KEY: 1, WS_HEADS32_KEY: 1})
-        if sweeps(WS_MERGE_KEY) and sk in WS_SOLO_MERGE_SPLITS:
-            for h32 in ({}, {WS_HEADS32_KEY: 1}) if sweeps(WS_HEADS32_KEY) else ({},):
-                yield {**_ws_default(w), "BLOCK_N": bn, "SPLIT_K": sk, WS_SOLO_KEY: 1, WS_MERGE_KEY: 1, **h32}
 
 
 def _ws_default(w: Workload) -> dict[str, int]:

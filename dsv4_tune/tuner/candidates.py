@@ -33,6 +33,7 @@ from dsv4_tune.registry.variants import (
     WS_SPLIT_K_CHOICES,
     plan_problems,
     sweeps,
+    swept_modes,
     without_combine,
 )
 from dsv4_tune.registry.workload import OpWorkload, Plan, Workload
@@ -101,8 +102,7 @@ def decode_coarse_candidates(w: Workload, arch: str | None = None) -> list[Plan]
                                    **{WS_MERGE_KEY: 1}))
     # Its one-warpgroup kernel (two programs an item, tiles in turn: for small T, where the SMs are
     # not all busy): alone and split 2-16 ways behind a programmatic-dependent combine.
-    # With HEADS32 too (32 query heads a program) once sweeps try it, and split 2-8 ways merging
-    # over DSMEM in clusters (MERGE) once sweeps try that.
+    # With HEADS32 too (32 query heads a program) once sweeps try it; not its MERGE (``swept_modes``).
     if w.total_tokens <= SOLO_MAX_TOKENS:
         heads = ({}, {WS_HEADS32_KEY: 1}) if sweeps(WS_HEADS32_KEY) else ({},)
         for bn, h32 in itertools.product(WS_BLOCK_N_CHOICES, heads):
@@ -111,9 +111,6 @@ def decode_coarse_candidates(w: Workload, arch: str | None = None) -> list[Plan]
             for sk in (2, 4, 8, 16):
                 plans.append(Plan.make("ws_sm90", BLOCK_N=bn, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=sk,
                                        **DEFAULT_COMBINE, **{PDL_KEY: 1, WS_SOLO_KEY: 1}, **h32))
-            for sk in (2, 4, 8) if sweeps(WS_MERGE_KEY) else ():
-                plans.append(Plan.make("ws_sm90", BLOCK_N=bn, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=sk,
-                                       **{WS_SOLO_KEY: 1, WS_MERGE_KEY: 1}, **h32))
     unique = list(dict.fromkeys(plans))
     return [p for p in unique if sweepable(w, p, arch)]
 
@@ -134,7 +131,8 @@ def _ordered_choices(variant: str) -> dict[str, tuple[int, ...]]:
 
 def neighbours(plan: Plan) -> list[Plan]:
     """Plans one step from ``plan``: one knob to an adjacent choice, or one paired knob set to
-    another choice, or an optional switch (PDL, PERSIST, SOLO; not those of ``NOT_SWEPT``) flipped; a
+    another choice, or an optional switch (PDL, PERSIST, SOLO; not those of ``NOT_SWEPT``) flipped (no
+    combination of modes sweeps leave out: ``swept_modes``); a
     split-K plan also tries SPLIT_K = 1 (no combine) where its variant allows (``refine_candidates``
     drops the neighbours an arch cannot run)."""
     c = plan.as_dict()
@@ -152,7 +150,7 @@ def neighbours(plan: Plan) -> list[Plan]:
     for key in sorted(k for k in VARIANTS[plan.variant].optional if sweeps(k)):  # toggled: absent (0) <-> 1
         out.append({k: v for k, v in c.items() if k != key} if c.get(key) else {**c, key: 1})
     plans = []
-    for cfg in out:
+    for cfg in filter(swept_modes, out):
         if cfg.get("SPLIT_K") == 1 or cfg.get(WS_MERGE_KEY):  # (MERGE: the splits merge in the kernel)
             cfg = without_combine(cfg)
         elif cfg.get("SPLIT_K", 1) > 1 and "COMBINE_BLOCK_H" not in cfg and plan.variant in ("gather_attend",
