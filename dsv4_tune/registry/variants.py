@@ -62,6 +62,8 @@ def swept_modes(config: dict[str, int]) -> bool:
     over DSMEM in clusters of 2-8), which an H100 ran exact and slower than the same split with its
     PDL combine at every T it timed (2026-12-07, in a graph: 1.01-1.46x); a plan may still name it."""
     return not (config.get(WS_SOLO_KEY) and config.get(WS_MERGE_KEY))
+
+
 WS_SPLIT_K_CHOICES = (1, *SPLIT_K_CHOICES)
 WS_SMEM_BYTES = 227 * 1024  # sm90's shared memory per block
 SMEM_BUDGET = 160 * 1024  # bytes of staged KV tiles + Q a config may ask for (gfx950 LDS, < sm90's 228 KiB)
