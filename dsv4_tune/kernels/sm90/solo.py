@@ -679,6 +679,8 @@ def _solo_overlap_decode_kernel(
     m_i = gl.full([HEADS], -1.0e30, gl.float32, layout=gl.SliceLayout(1, S_L))  # finite: no inf - inf
     l_i = gl.zeros([HEADS], gl.float32, layout=gl.SliceLayout(1, S_L))
     pb, _, m_i, l_i = _softmax_block(s, bias_buf.index(0).load(gl.SliceLayout(0, S_L)), m_i, l_i, qk_scale)
+    m_i = gl.where(n > 0, m_i, -1.0e30)  # a program without tiles: as if tile 0's S was never (a non-finite Q)
+    l_i = gl.where(n > 0, l_i, 0.0)
     fence_async_shared()
     gl.thread_barrier()  # K tile 1 written, raw slot 1 read by every thread
     e = _issue_sub(1, e, _pool(4, n_m, kv_ptr, stride_page, page_size, n_slots, xkv_ptr, x_stride_page, x_page_size,
