@@ -21,7 +21,7 @@ from dsv4_tune.kernels.reference import sparse_decode_ref
 from dsv4_tune.kernels.sm90 import GLUON_PROBLEM, _gluon_problem
 from dsv4_tune.policies.dispatcher import Dispatcher
 from dsv4_tune.policies.schema import GpuSpec, PlanSpec, Policy, Provenance, Segment, WorkloadClass
-from dsv4_tune.registry.launches import WS_CROSS_KEY, WS_HEADS32_KEY, WS_MERGE_KEY, WS_OVERLAP_KEY, plan_kernels
+from dsv4_tune.registry.launches import WS_CROSS_KEY, WS_HEADS32_KEY, WS_MERGE_KEY, plan_kernels
 from dsv4_tune.registry.scratch import plan_buffers
 from dsv4_tune.registry.variants import VARIANTS, default_plan, plan_problems, sweeps, swept_modes, ws_smem_bytes
 from dsv4_tune.serving.variants import variant_problem
@@ -54,7 +54,6 @@ def test_its_rules_name_the_knob_at_fault() -> None:
     # Triton 3.6's figures for the one-warpgroup kernels (64-token tiles; 32-token tiles, pipelined)
     assert ws_smem_bytes(ws(SOLO=1).as_dict()) == 206080 and ws_smem_bytes(ws(SOLO=1, BLOCK_N=32).as_dict()) == 187392
     assert plan_problems(W, ws(SOLO=1, BLOCK_N=32, SPLIT_K=8, PDL=1)) == []
-    assert ws_smem_bytes(ws(SOLO=1, BLOCK_N=32, OVERLAP=1).as_dict()) == 220544  # (a third K tile, the sums)
     cases = {ws(KSTAGES=3): "shared memory", ws(BLOCK_N=32, STAGED=1): "STAGED=1 needs BLOCK_N=64",
              ws(PIPE=2): "PIPE=2 not in", ws(BLOCK_N=16): "BLOCK_N=16 not in", ws(PDL=1): "PDL=1 needs SPLIT_K > 1",
              ws(PERSIST=2): "PERSIST=2 not in", ws(SPLIT_K=2, PERSIST=1): "PERSIST=1 needs SPLIT_K=1",
@@ -63,10 +62,7 @@ def test_its_rules_name_the_knob_at_fault() -> None:
              ws(SOLO=1, PERSIST=1): "SOLO=1 needs", ws(SOLO=1, KSTAGES=3): "SOLO=1 needs KSTAGES=2",
              ws(CROSS=2): "CROSS=2 not in", ws(CROSS=1, STAGED=1): "CROSS=1 needs h_q a multiple of 128",
              ws(CROSS=1, SOLO=1): "CROSS=1 needs", ws(CROSS=1, BLOCK_N=32, KSTAGES=4): "BLOCK_N=64 (a sub-block each)",
-             ws(HEADS32=1): "HEADS32=1 needs SOLO=1", ws(SOLO=1, HEADS32=2): "HEADS32=2 not in",
-             ws(OVERLAP=1): "OVERLAP=1 needs SOLO=1, BLOCK_N=32", ws(SOLO=1, OVERLAP=1): "OVERLAP=1 needs",
-             ws(SOLO=1, BLOCK_N=32, OVERLAP=2): "OVERLAP=2 not in",
-             ws(SOLO=1, BLOCK_N=32, SPLIT_K=2, MERGE=1, OVERLAP=1): "OVERLAP=1 needs SOLO=1, BLOCK_N=32 (three K"}
+             ws(HEADS32=1): "HEADS32=1 needs SOLO=1", ws(SOLO=1, HEADS32=2): "HEADS32=2 not in"}
     small = Workload(4, 64, 128, 0)  # 2 blocks of 64: SPLIT_K 4 exceeds them
     for plan, message in cases.items():
         problems = plan_problems(small if plan["SPLIT_K"] == 4 else W, plan)
@@ -114,40 +110,6 @@ def test_its_32_head_programs_are_swept_with_its_one_warpgroup_kernel_only(monke
     assert not any(p.as_dict().get(WS_HEADS32_KEY) for p in big_t)
     (one,) = plan_kernels(ws(SOLO=1, HEADS32=1), W, "sm90")
     assert dict(one[1])["HB"] == 32 and "HB" not in dict(plan_kernels(ws(SOLO=1), W, "sm90")[0][1])
-
-
-def test_its_overlapped_one_warpgroup_kernel_is_a_plan_to_name_until_a_gpu_has_run_it(monkeypatch) -> None:
-    """OVERLAP (SOLO's three-K-tile kernel at 32-token tiles) is valid in an explicit plan, launches a
-    kernel of its own, and no sweep tries it yet; once swept, it is the twin of every 32-token SOLO
-    plan of the space and the small-T coarse stage, and a refine step flips it."""
-    import dsv4_tune.registry.variants as variants_mod
-    import dsv4_tune.tuner.candidates as candidates_mod
-
-    plan = ws(SOLO=1, BLOCK_N=32, OVERLAP=1)
-    assert plan_problems(W, plan) == [] == plan_problems(W, ws(SOLO=1, BLOCK_N=32, SPLIT_K=4, PDL=1, OVERLAP=1,
-                                                                   HEADS32=1))
-    (one,) = plan_kernels(plan, W, "sm90")
-    assert one[0] == "_solo_overlap_decode_kernel" and dict(one[1])["BLOCK_N"] == 32
-    assert plan_kernels(ws(SOLO=1, BLOCK_N=32), W, "sm90")[0][0] == "_solo_pipe_decode_kernel"
-    monkeypatch.setattr(candidates_mod, "variant_problem", lambda variant, *a: None)  # as under Triton 3.6
-    small = Workload(4, 64, 128, 1024)
-    assert not sweeps(WS_OVERLAP_KEY)
-    assert not any(p.as_dict().get(WS_OVERLAP_KEY) for p in VARIANTS["ws_sm90"].space(W))
-    assert not any(p.as_dict().get(WS_OVERLAP_KEY) for p in decode_coarse_candidates(small, "sm90"))
-    assert not any(n.as_dict().get(WS_OVERLAP_KEY) for n in neighbours(ws(SOLO=1, BLOCK_N=32)))
-    monkeypatch.setattr(variants_mod, "NOT_SWEPT", frozenset())
-    space = [p.as_dict() for p in VARIANTS["ws_sm90"].space(W)]
-    overlapped = [c for c in space if c.get(WS_OVERLAP_KEY)]
-    solo32 = [c for c in space if c.get("SOLO") and c["BLOCK_N"] == 32 and not c.get(WS_OVERLAP_KEY)]
-    assert overlapped and all(c.get("SOLO") and c["BLOCK_N"] == 32 for c in overlapped)
-    assert len(overlapped) == len(solo32)  # (each of the plain and the 32-head plans has its twin)
-    coarse = [p.as_dict() for p in decode_coarse_candidates(small, "sm90")]
-    assert {c["SPLIT_K"] for c in coarse if c.get(WS_OVERLAP_KEY)} == {1, 2, 4, 8, 16}
-    assert all(c["BLOCK_N"] == 32 for c in coarse if c.get(WS_OVERLAP_KEY))
-    assert not any(p.as_dict().get(WS_OVERLAP_KEY) for p in decode_coarse_candidates(Workload(256, 64, 128, 1024),
-                                                                                        "sm90"))
-    assert any(n.as_dict().get(WS_OVERLAP_KEY) and not plan_problems(W, n) for n in neighbours(ws(SOLO=1, BLOCK_N=32)))
-    assert any(not n.as_dict().get(WS_OVERLAP_KEY) for n in neighbours(plan))
 
 
 def test_its_cluster_mode_is_swept_in_h128_spaces_coarse_plans_and_refine_steps(monkeypatch) -> None:
@@ -405,22 +367,6 @@ def test_its_32_head_programs_against_the_reference(s_q, page, x_page, h, device
     case = _knob_case(device, gen, s_q, page, x_page, h=h)
     for plan in (ws(SOLO=1, HEADS32=1), ws(SOLO=1, SPLIT_K=3, PDL=1, HEADS32=1),
                  ws(SOLO=1, BLOCK_N=32, HEADS32=1), ws(SOLO=1, BLOCK_N=32, SPLIT_K=12, PDL=1, HEADS32=1)):
-        case.check(plan)
-
-
-@pytest.mark.gpu
-@pytest.mark.gpu_only
-@pytest.mark.parametrize(("s_q", "page", "x_page", "h"), [(*KNOB_CASES[0], 128), (*KNOB_CASES[1], 40),
-                                                          (*KNOB_CASES[2], 64)])
-def test_its_overlapped_one_warpgroup_kernel_against_the_reference(s_q, page, x_page, h, device, gen) -> None:
-    """OVERLAP: up to 14 tiles a row (the steady state: a tile converted two ahead of its PV, copies
-    five ahead), rows of 0-2 tiles (split 12: some splits have none), 32-head programs."""
-    if variant_problem("ws_sm90", torch.device(device)):
-        pytest.skip(variant_problem("ws_sm90", torch.device(device)))
-    case = _knob_case(device, gen, s_q, page, x_page, h=h)
-    for plan in (ws(SOLO=1, BLOCK_N=32, OVERLAP=1), ws(SOLO=1, BLOCK_N=32, SPLIT_K=3, PDL=1, OVERLAP=1),
-                 ws(SOLO=1, BLOCK_N=32, SPLIT_K=12, OVERLAP=1), ws(SOLO=1, BLOCK_N=32, HEADS32=1, OVERLAP=1),
-                 ws(SOLO=1, BLOCK_N=32, SPLIT_K=6, PDL=1, HEADS32=1, OVERLAP=1)):
         case.check(plan)
 
 

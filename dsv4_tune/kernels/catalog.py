@@ -31,14 +31,9 @@ OPTIONS: dict[str, dict[str, int]] = {"_ws_decode_kernel": {"maxnreg": WS_MAXNRE
 UNBUILDABLE: dict[str, str] = {}
 if GLUON_PROBLEM is None:
     from dsv4_tune.kernels.sm90.decode import _ws_decode_kernel
-    from dsv4_tune.kernels.sm90.solo import (
-        _solo_decode_kernel,
-        _solo_overlap_decode_kernel,
-        _solo_pipe_decode_kernel,
-    )
+    from dsv4_tune.kernels.sm90.solo import _solo_decode_kernel, _solo_pipe_decode_kernel
 
-    KERNELS.update({fn.fn.__name__: fn for fn in (_ws_decode_kernel, _solo_decode_kernel, _solo_pipe_decode_kernel,
-                                                  _solo_overlap_decode_kernel)})
+    KERNELS.update({fn.fn.__name__: fn for fn in (_ws_decode_kernel, _solo_decode_kernel, _solo_pipe_decode_kernel)})
 else:
-    UNBUILDABLE.update(dict.fromkeys(("_ws_decode_kernel", "_solo_decode_kernel", "_solo_pipe_decode_kernel",
-                                      "_solo_overlap_decode_kernel"), GLUON_PROBLEM))
+    UNBUILDABLE.update(dict.fromkeys(("_ws_decode_kernel", "_solo_decode_kernel", "_solo_pipe_decode_kernel"),
+                                     GLUON_PROBLEM))

@@ -37,11 +37,6 @@ WS_CROSS_KEY = "CROSS"
 # program's own loads are its time (H100, in a graph: 4-7% faster where an item's programs are few;
 # slower where they no longer fit one wave: the sweep decides).
 WS_HEADS32_KEY = "HEADS32"
-# ws_sm90's optional knob (absent = 0), with SOLO at 32-token tiles only: three K tiles, so the
-# tensor cores run tile j + 1's QK^T and tile j's PV while the warps convert tile j + 2 and do tile
-# j + 1's softmax (the plain 32-token kernel runs only the QK^T under the next tile's conversion); for
-# programs of several tiles, where a tile's issue work and its MMAs run in turn.
-WS_OVERLAP_KEY = "OVERLAP"
 # ws_sm90's optional knob (absent = 0): an item's splits run as one cluster of CTAs and merge over
 # DSMEM, so no partials go through global memory and no combine kernel runs.  The warp-specialized
 # kernel: SPLIT_K 2, each CTA finalizing one 256-column half of the output from both splits'
@@ -95,8 +90,7 @@ def plan_kernels(plan: Plan, w: Workload, arch: str, fp8: Fp8Pair | None = None)
         out.append(launch("_gathered_attention_kernel", c["num_warps"], c["num_stages"], HAS_SINK=sink, SPLIT=split,
                           BLOCK_H=c["BLOCK_H"], BLOCK_N=c["BLOCK_N"], DOT="bf16"))
     elif plan.variant == "ws_sm90" and c.get(WS_SOLO_KEY):
-        name = ("_solo_decode_kernel" if c["BLOCK_N"] == 2 * WS_SUB else
-                "_solo_overlap_decode_kernel" if c.get(WS_OVERLAP_KEY) else "_solo_pipe_decode_kernel")
+        name = "_solo_decode_kernel" if c["BLOCK_N"] == 2 * WS_SUB else "_solo_pipe_decode_kernel"
         out.append(launch(name, 4, 1, HAS_LEN=w.has_len_main, HAS_EXTRA=w.dual,
                           X_HAS_LEN=w.dual and w.has_len_extra, HAS_SINK=sink, SPLIT=split, BLOCK_N=c["BLOCK_N"],
                           SUB=WS_SUB, **pdl, **({"HB": 32} if c.get(WS_HEADS32_KEY) else {}),

@@ -21,7 +21,6 @@ from dsv4_tune.registry.launches import (
     WS_CROSS_KEY,
     WS_HEADS32_KEY,
     WS_MERGE_KEY,
-    WS_OVERLAP_KEY,
     WS_PERSIST_KEY,
     WS_SOLO_KEY,
     WS_SOLO_MERGE_SPLITS,
@@ -50,8 +49,7 @@ WS_KSTAGES_CHOICES = (2, 3, 4)  # ws_sm90: K tiles in flight between the produce
 # Optional knobs a plan may name but no sweep tries (not in any space, never a refine step): a new
 # kernel mode until a GPU has run it (CROSS was, until 2026-12-06: a cluster kernel that deadlocked
 # would hang a sweep; HEADS32 and MERGE were, until an H100 had checked and timed them on 2026-12-07).
-# OVERLAP (registry.launches.WS_OVERLAP_KEY: SOLO's three-K-tile kernel) is, until a GPU has run it.
-NOT_SWEPT: frozenset[str] = frozenset({WS_OVERLAP_KEY})
+NOT_SWEPT: frozenset[str] = frozenset()
 
 
 def sweeps(key: str) -> bool:
@@ -171,13 +169,12 @@ def ws_smem_bytes(c: dict[str, int]) -> int:
     producer's staging of one sub-block (576 data + 8 scale bytes a token), the 2-KiB scratch of each
     consumer that converts its bf16 output for 16-byte stores (both persistent ones, a lone PIPE's WG0),
     barriers and slots (within 500 B of Triton 3.6's figure for every config of 2026-12-06).  SOLO:
-    Q, its K tiles with their biases and raw bytes, under MERGE every split's LSE and a barrier, under
-    OVERLAP a third K tile and a buffer for the softmax's sums (Triton 3.6's figure exactly)."""
+    Q, its K tiles with their biases and raw bytes, under MERGE every split's LSE and a barrier
+    (Triton 3.6's figure exactly)."""
     if c.get(WS_SOLO_KEY):  # 64-token tiles: one K tile, two raw; 32-token tiles: two K tiles, three raw
         k_tiles, raw_tiles = (1, 2) if c["BLOCK_N"] == 2 * WS_SUB else (2, 3)
         merge = 256 * c["SPLIT_K"] + 8 if c.get(WS_MERGE_KEY) else 0
-        overlap = c["BLOCK_N"] * (1024 + 4) + 256 if c.get(WS_OVERLAP_KEY) else 0  # a third K tile, the sums' buffer
-        return 64 * 1024 + k_tiles * c["BLOCK_N"] * (1024 + 4) + raw_tiles * c["BLOCK_N"] * 584 + merge + overlap
+        return 64 * 1024 + k_tiles * c["BLOCK_N"] * (1024 + 4) + raw_tiles * c["BLOCK_N"] * 584 + merge
     staging = WS_SUB * 584 if c.get("STAGED") else 0
     converting = 0 if c["SPLIT_K"] > 1 else 2 if c.get(WS_PERSIST_KEY) else c.get("PIPE", 0)
     merge = 672 if c.get(WS_MERGE_KEY) else 0  # both splits' LSEs and two barriers, as Triton 3.6 places them
@@ -215,9 +212,6 @@ def _ws_problems(w: Workload, c: dict[str, int]) -> list[str]:
                    f"to launch), or {WS_SOLO_KEY}=1")
     if _switch(c, WS_HEADS32_KEY, out) and not c.get(WS_SOLO_KEY):
         out.append(f"{WS_HEADS32_KEY}=1 needs {WS_SOLO_KEY}=1 (a one-warpgroup program's Q rows)")
-    if _switch(c, WS_OVERLAP_KEY, out) and (not c.get(WS_SOLO_KEY) or c["BLOCK_N"] != WS_SUB or merge):
-        out.append(f"{WS_OVERLAP_KEY}=1 needs {WS_SOLO_KEY}=1, BLOCK_N={WS_SUB} (three K tiles of 32 tokens) and no "
-                   f"{WS_MERGE_KEY}")
     if _switch(c, PDL_KEY, out) and c["SPLIT_K"] == 1:
         out.append(f"{PDL_KEY}=1 needs SPLIT_K > 1 (it launches the combine as a programmatic dependent)")
     if _switch(c, "STAGED", out) and c["BLOCK_N"] != 2 * WS_SUB:
@@ -252,11 +246,8 @@ def _ws_space(w: Workload) -> Iterator[dict[str, int]]:
                 yield {**base, WS_PERSIST_KEY: 1, WS_CROSS_KEY: 1}
     for bn, sk in itertools.product(WS_BLOCK_N_CHOICES, WS_SPLIT_K_CHOICES):
         yield from splits({**_ws_default(w), "BLOCK_N": bn, "SPLIT_K": sk, WS_SOLO_KEY: 1})
-        twins = [{WS_HEADS32_KEY: 1}] if sweeps(WS_HEADS32_KEY) else []
-        if sweeps(WS_OVERLAP_KEY) and bn == WS_SUB:
-            twins += [{WS_OVERLAP_KEY: 1}, {WS_HEADS32_KEY: 1, WS_OVERLAP_KEY: 1}]
-        for twin in twins:
-            yield from splits({**_ws_default(w), "BLOCK_N": bn, "SPLIT_K": sk, WS_SOLO_KEY: 1, **twin})
+        if sweeps(WS_HEADS32_KEY):
+            yield from splits({**_ws_default(w), "BLOCK_N": bn, "SPLIT_K": sk, WS_SOLO_KEY: 1, WS_HEADS32_KEY: 1})
 
 
 def _ws_default(w: Workload) -> dict[str, int]:
@@ -367,8 +358,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("ws_sm90", "CUDA sm90 only: warp-specialized (Gluon) gather + exact dequant into shared memory "
                 "beside wgmma attention, 64 heads per program (one pass or split-K + combine)",
                 _ws_space, _ws_problems, _ws_default,
-                frozenset({WS_PERSIST_KEY, WS_SOLO_KEY, WS_CROSS_KEY, WS_HEADS32_KEY, WS_MERGE_KEY, WS_OVERLAP_KEY,
-                           PDL_KEY})),
+                frozenset({WS_PERSIST_KEY, WS_SOLO_KEY, WS_CROSS_KEY, WS_HEADS32_KEY, WS_MERGE_KEY, PDL_KEY})),
     )
 }
 

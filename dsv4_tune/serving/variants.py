@@ -24,7 +24,6 @@ from dsv4_tune.registry.launches import (
     WS_HEADS32_KEY,
     WS_MAXNREG,
     WS_MERGE_KEY,
-    WS_OVERLAP_KEY,
     WS_PERSIST_KEY,
     WS_SOLO_KEY,
     WS_SUB,
@@ -164,11 +163,10 @@ def run_ws_sm90(x: DecodeInputs, cfg: dict[str, int], out: torch.Tensor, lse: to
     partial = _partials(ws, sk, x.n_tok, x.q.shape[2], x.q.device) if sk > 1 and not merge else None
     chained = pdl_enabled(x.q.device)  # launched as the previous kernel's programmatic dependent
     pdl = bool(cfg.get(PDL_KEY, 0)) and chained
-    solo = solo_launcher(cfg["BLOCK_N"], bool(cfg.get(WS_OVERLAP_KEY))) if cfg.get(WS_SOLO_KEY) else None
     launch_ws_decode(x.q, x.main, x.extra, x.attn_sink, x.sm_scale, out, lse, partial, split_k=sk,
                      BLOCK_N=cfg["BLOCK_N"], SUB=WS_SUB, KSTAGES=cfg["KSTAGES"], STAGED=cfg["STAGED"],
                      PIPE=cfg["PIPE"], PERSIST=cfg.get(WS_PERSIST_KEY, 0), maxnreg=WS_MAXNREG, pdl=pdl,
-                     solo=solo,
+                     solo=solo_launcher(cfg["BLOCK_N"]) if cfg.get(WS_SOLO_KEY) else None,
                      CROSS=cfg.get(WS_CROSS_KEY, 0), wait=chained, solo_heads=32 if cfg.get(WS_HEADS32_KEY) else 64,
                      MERGE=merge)
     if partial is not None:

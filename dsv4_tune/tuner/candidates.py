@@ -12,10 +12,8 @@ from dsv4_tune.registry.launches import (
     WS_CROSS_KEY,
     WS_HEADS32_KEY,
     WS_MERGE_KEY,
-    WS_OVERLAP_KEY,
     WS_PERSIST_KEY,
     WS_SOLO_KEY,
-    WS_SUB,
 )
 from dsv4_tune.registry.ops import get_op, op_neighbours
 from dsv4_tune.registry.variants import (
@@ -104,19 +102,15 @@ def decode_coarse_candidates(w: Workload, arch: str | None = None) -> list[Plan]
                                    **{WS_MERGE_KEY: 1}))
     # Its one-warpgroup kernel (two programs an item, tiles in turn: for small T, where the SMs are
     # not all busy): alone and split 2-16 ways behind a programmatic-dependent combine.
-    # With HEADS32 too (32 query heads a program) and, at 32-token tiles, OVERLAP (three K tiles) once
-    # sweeps try them; not its MERGE (``swept_modes``).
+    # With HEADS32 too (32 query heads a program) once sweeps try it; not its MERGE (``swept_modes``).
     if w.total_tokens <= SOLO_MAX_TOKENS:
         heads = ({}, {WS_HEADS32_KEY: 1}) if sweeps(WS_HEADS32_KEY) else ({},)
-        overlap = ({}, {WS_OVERLAP_KEY: 1}) if sweeps(WS_OVERLAP_KEY) else ({},)
-        for bn, h32, ov in itertools.product(WS_BLOCK_N_CHOICES, heads, overlap):
-            if ov and bn != WS_SUB:
-                continue
+        for bn, h32 in itertools.product(WS_BLOCK_N_CHOICES, heads):
             plans.append(Plan.make("ws_sm90", BLOCK_N=bn, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=1,
-                                   **{WS_SOLO_KEY: 1}, **h32, **ov))
+                                   **{WS_SOLO_KEY: 1}, **h32))
             for sk in (2, 4, 8, 16):
                 plans.append(Plan.make("ws_sm90", BLOCK_N=bn, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=sk,
-                                       **DEFAULT_COMBINE, **{PDL_KEY: 1, WS_SOLO_KEY: 1}, **h32, **ov))
+                                       **DEFAULT_COMBINE, **{PDL_KEY: 1, WS_SOLO_KEY: 1}, **h32))
     unique = list(dict.fromkeys(plans))
     return [p for p in unique if sweepable(w, p, arch)]
 

@@ -11,15 +11,12 @@ A program's critical path is two round trips before its first MMA: Q (cp.async),
 tiles' ids and the rows' lengths are in flight together, then those tiles' rows (cp.async, raw
 bytes, 16 bytes a copy) are.  Each tile is then read back from shared memory, dequantized exactly
 (:func:`~dsv4_tune.kernels.sm90.decode._dequant_sub`) into two [BLOCK_N, 256] bf16 halves, and
-used for QK^T (both halves) and PV (this program's).  Three kernels:
+used for QK^T (both halves) and PV (this program's).  Two kernels, by tile size:
 
 - 64-token tiles (:func:`_solo_decode_kernel`): one K tile, two raw tiles in flight; each tile in
   turn (dequant, QK^T, softmax, PV), its raw slot then taking the rows of the tile two ahead;
 - 32-token tiles (:func:`_solo_pipe_decode_kernel`): two K tiles, three raw tiles in flight; the
-  next tile is dequantized while this tile's QK^T runs on the tensor cores;
-- 32-token tiles, ``OVERLAP`` (:func:`_solo_overlap_decode_kernel`): three K tiles; the tile two
-  ahead is dequantized and the next tile's softmax done while the tensor cores run the next tile's
-  QK^T and this tile's PV.
+  next tile is dequantized while this tile's QK^T runs on the tensor cores.
 
 Results follow the same contract as the warp-specialized kernel (final bf16 O and LSE, or fp32
 partials for the common combine), so every ``ws_sm90`` plan is served either way.
@@ -586,151 +583,10 @@ def _solo_pipe_decode_kernel(
         _finish(o, m_i, l_i, half, head0, t, tb, ts, split, outs, sink, HAS_SINK, SPLIT, S_L, O_L)
 
 
-@gluon.jit
-def _ids_of(j, n_m, idx_row, s_ik, lo, hi, x_idx_row, x_s_ik, x_lo, x_hi,
-            HAS_EXTRA: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr, GATHER: gl.constexpr):
-    """The ids of one-sub-block tile ``j`` of the program (-1 past its scope's end)."""
-    row, stride, k0, end = _tile_src(j, n_m, idx_row, s_ik, lo, hi, x_idx_row, x_s_ik, x_lo, x_hi, HAS_EXTRA, BLOCK_N)
-    return _sub_ids(row, stride, k0, end, SUB, GATHER)
+_LAUNCHERS = {64: Launcher(_solo_decode_kernel), 32: Launcher(_solo_pipe_decode_kernel)}
 
 
-@gluon.jit
-def _qk_start(q3, j, kb, b, BLOCK_N: gl.constexpr, S_L: gl.constexpr):
-    """Start S = Q K^T of the tile in K buffer ``b`` (both column halves; async)."""
-    s = gl.zeros([HEADS, BLOCK_N], gl.float32, layout=S_L)
-    q = _q_at(q3, j)
-    s = warpgroup_mma(q.slice(0, DV, dim=1), kb.index(2 * b).permute((1, 0)), s, use_acc=False, is_async=True)
-    return warpgroup_mma(q.slice(DV, DV, dim=1), kb.index(2 * b + 1).permute((1, 0)), s, is_async=True)
-
-
-@kernel(jit=gluon.jit)
-def _solo_overlap_decode_kernel(
-    q_ptr, s_qb, s_qs, s_qh,
-    kv_ptr, stride_page, stride_page_h, page_size, n_slots, idx_ptr, s_ib, s_is, s_ik, len_ptr, topk,
-    xkv_ptr, x_stride_page, x_stride_page_h, x_page_size, x_n_slots, xidx_ptr, x_s_ib, x_s_is, x_s_ik, xlen_ptr,
-    x_topk,
-    sink_ptr, out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr,
-    n_tok, s_q, h_q, qk_scale, chunk,
-    HAS_LEN: gl.constexpr, HAS_EXTRA: gl.constexpr, X_HAS_LEN: gl.constexpr, HAS_SINK: gl.constexpr,
-    SPLIT: gl.constexpr, BLOCK_N: gl.constexpr, SUB: gl.constexpr, PDL: gl.constexpr = False,
-    WAIT: gl.constexpr = False, HB: gl.constexpr = 64,
-):
-    """:func:`_solo_pipe_decode_kernel` with its tensor-core work under its issue work: three K tiles,
-    so while tile j + 1's QK^T and then tile j's PV run on the tensor cores, the warps convert tile
-    j + 2 and then do tile j + 1's softmax; three raw tiles in flight, five tiles ahead of the PV,
-    and each tile's ids loaded a trip before its copies start."""
-    gl.static_assert(SUB == 32, "the gather layouts cover 32 rows")
-    gl.static_assert(BLOCK_N == SUB, "a tile is one sub-block (the copy groups and ids assume it)")
-    if PDL:  # the combine launches now and waits (griddepcontrol.wait) for every partial
-        _launch_dependents()
-    if WAIT:  # launched as the programmatic dependent of the kernel before it (after the trigger, which is safe)
-        _wait_primary()
-    GATHER: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [4, 1], [1, 0])  # 16 B per thread and copy
-    ROPE: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [4, 1], [1, 0])  # a dequantized group's layout
-    K_SL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-    K32: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=32, rank=2)
-    VEC_SL: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
-    S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                  instr_shape=[16, BLOCK_N, 16])
-    O_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, DV, 16])
-    P_L: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=O_L, k_width=2)
-    NB: gl.constexpr = 3  # K tiles, and raw tiles in flight: tile t in K buffer and raw slot t % 3
-    q3 = gl.allocate_shared_memory(gl.bfloat16, [1, HEADS, 2 * DV], K_SL)  # see _q_at
-    q_smem = q3.index(0)
-    kb = gl.allocate_shared_memory(gl.bfloat16, [2 * NB, BLOCK_N, DV], K_SL)  # K tile b's halves: 2b (left), 2b + 1
-    kw = kb._reinterpret(gl.uint32, [2 * NB, BLOCK_N, DV // 2], K32)
-    bias_buf = gl.allocate_shared_memory(gl.float32, [NB, BLOCK_N], VEC_SL)
-    l_buf = gl.allocate_shared_memory(gl.float32, [HEADS], VEC_SL)  # written, never read: see the loop
-    st_a, st_b, st_c, st_rope, st_lo, st_hi = _raw_buffers(NB, SUB)
-
-    half, at, sink, idx_row, x_idx_row, h_end = _start(q_ptr, q_smem, s_qb, s_qs, s_qh, sink_ptr, idx_ptr, s_ib,
-                                                      s_is, xidx_ptr, x_s_ib, x_s_is, h_q, n_tok, s_q, chunk, topk,
-                                                      x_topk, HAS_EXTRA, HAS_SINK, SPLIT, S_L, HB)
-    head0, t, tb, ts, split, lo, cap, x_lo, x_cap = at
-    a, b, c, _, hi, x_hi, n_m = _first_ids(idx_row, s_ik, lo, cap, x_idx_row, x_s_ik, x_lo, x_cap, t, s_q, len_ptr,
-                                           xlen_ptr, HAS_LEN, HAS_EXTRA, X_HAS_LEN, 3, 1, SUB, GATHER)
-    n = n_m + gl.cdiv(x_hi - x_lo, BLOCK_N)
-    # Tiles 0-2 (groups 2-4; a tile past the last is all -1 ids: zero-filled, nothing read), then the
-    # ids of tiles 3-5 (their loads in flight while the rows land).
-    a = _issue_sub(0, a, _pool(0, n_m, kv_ptr, stride_page, page_size, n_slots, xkv_ptr, x_stride_page, x_page_size,
-                               x_n_slots, HAS_EXTRA), st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER, ROPE)
-    b = _issue_sub(1, b, _pool(1, n_m, kv_ptr, stride_page, page_size, n_slots, xkv_ptr, x_stride_page, x_page_size,
-                               x_n_slots, HAS_EXTRA), st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER, ROPE)
-    c = _issue_sub(2, c, _pool(2, n_m, kv_ptr, stride_page, page_size, n_slots, xkv_ptr, x_stride_page, x_page_size,
-                               x_n_slots, HAS_EXTRA), st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER, ROPE)
-    d = _ids_of(3, n_m, idx_row, s_ik, lo, hi, x_idx_row, x_s_ik, x_lo, x_hi, HAS_EXTRA, BLOCK_N, SUB, GATHER)
-    e = _ids_of(4, n_m, idx_row, s_ik, lo, hi, x_idx_row, x_s_ik, x_lo, x_hi, HAS_EXTRA, BLOCK_N, SUB, GATHER)
-    f = _ids_of(5, n_m, idx_row, s_ik, lo, hi, x_idx_row, x_s_ik, x_lo, x_hi, HAS_EXTRA, BLOCK_N, SUB, GATHER)
-    async_copy.wait_group(2)  # Q and tile 0
-    gl.thread_barrier()
-    _sub_to_k(0, a, kw.index(0), kw.index(1), bias_buf.index(0), st_a, st_b, st_c, st_rope, st_lo, st_hi,
-              GATHER, ROPE)
-    fence_async_shared()
-    gl.thread_barrier()  # K tile 0 written, raw slot 0 read by every thread
-    d = _issue_sub(0, d, _pool(3, n_m, kv_ptr, stride_page, page_size, n_slots, xkv_ptr, x_stride_page, x_page_size,
-                               x_n_slots, HAS_EXTRA), st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER, ROPE)
-    s = _qk_start(q3, 0, kb, 0, BLOCK_N, S_L)
-    if n > 1:  # tile 1 converted under tile 0's QK^T
-        async_copy.wait_group(2)  # tile 1 is in (tiles 2 and 3 may not be)
-        gl.thread_barrier()
-        _sub_to_k(1, b, kw.index(2), kw.index(3), bias_buf.index(1), st_a, st_b, st_c, st_rope, st_lo, st_hi,
-                  GATHER, ROPE)
-    s = warpgroup_mma_wait(0, deps=(s,))
-    m_i = gl.full([HEADS], -1.0e30, gl.float32, layout=gl.SliceLayout(1, S_L))  # finite: no inf - inf
-    l_i = gl.zeros([HEADS], gl.float32, layout=gl.SliceLayout(1, S_L))
-    pb, _, m_i, l_i = _softmax_block(s, bias_buf.index(0).load(gl.SliceLayout(0, S_L)), m_i, l_i, qk_scale)
-    m_i = gl.where(n > 0, m_i, -1.0e30)  # a program without tiles: as if tile 0's S was never (a non-finite Q)
-    l_i = gl.where(n > 0, l_i, 0.0)
-    fence_async_shared()
-    gl.thread_barrier()  # K tile 1 written, raw slot 1 read by every thread
-    e = _issue_sub(1, e, _pool(4, n_m, kv_ptr, stride_page, page_size, n_slots, xkv_ptr, x_stride_page, x_page_size,
-                               x_n_slots, HAS_EXTRA), st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER, ROPE)
-
-    o = gl.zeros([HEADS, DV], gl.float32, layout=O_L)
-    for j in range(n):
-        # Invariant: P of tile j in ``pb``, O scaled to its max; tile j + 1 converted (if any); the
-        # cleaned ids of tiles j + 2, j + 3, j + 4 in c, d, e; tile j + 5's ids in f.
-        g = _ids_of(j + 6, n_m, idx_row, s_ik, lo, hi, x_idx_row, x_s_ik, x_lo, x_hi, HAS_EXTRA, BLOCK_N, SUB, GATHER)
-        cur = j % NB
-        if j + 1 < n:
-            nxt = (j + 1) % NB
-            sn = _qk_start(q3, j, kb, nxt, BLOCK_N, S_L)  # first, so that its wait leaves the PV running
-            pa = gl.convert_layout(pb, P_L)  # (kept, untouched, until the PV's wait)
-            o = warpgroup_mma(pa, kb.index(2 * cur + half), o, is_async=True)
-            bias = bias_buf.index(nxt).load(gl.SliceLayout(0, S_L))  # (before the conversion's stores: no barrier)
-            if j + 2 < n:  # tile j + 2 into the K buffer of tile j - 1 (its MMAs waited a trip ago)
-                far = (j + 2) % NB
-                async_copy.wait_group(2)  # tile j + 2 is in (tiles j + 3 and j + 4 may not be)
-                gl.thread_barrier()
-                _sub_to_k(far, c, kw.index(2 * far), kw.index(2 * far + 1), bias_buf.index(far),
-                          st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER, ROPE)
-            sn = warpgroup_mma_wait(1, deps=(sn,))  # tile j + 1's S; the PV may run on
-            pb, alpha, m_i, l_i = _softmax_block(sn, bias, m_i, l_i, qk_scale)
-            # The sum stored (a shared-memory access ptxas keeps on its side of the wait): the softmax
-            # runs under the PV, not after its wait.
-            l_buf.store(l_i)
-            o, pa = warpgroup_mma_wait(0, deps=(o, pa))
-            o = o * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
-        else:
-            o = warpgroup_mma(gl.convert_layout(pb, P_L), kb.index(2 * cur + half), o, is_async=True)
-            o = warpgroup_mma_wait(0, deps=(o,))
-        fence_async_shared()
-        gl.thread_barrier()  # tile j + 2 seen by the next QK^T, its raw slot read by every thread
-        # Tile j + 5 into that raw slot (a tile past the last: zero-filled, a group all the same).
-        f = _issue_sub((j + 2) % NB, f, _pool(j + 5, n_m, kv_ptr, stride_page, page_size, n_slots, xkv_ptr,
-                                             x_stride_page, x_page_size, x_n_slots, HAS_EXTRA),
-                       st_a, st_b, st_c, st_rope, st_lo, st_hi, GATHER, ROPE)
-        c, d, e, f = d, e, f, g
-    async_copy.wait_group(0)  # no copy outlives the program
-    outs = (out_ptr, s_ob, s_os, s_oh, lse_ptr, s_lb, s_lh, part_o_ptr, part_lse_ptr, h_q, n_tok, h_end)
-    _finish(o, m_i, l_i, half, head0, t, tb, ts, split, outs, sink, HAS_SINK, SPLIT, S_L, O_L)
-
-
-_LAUNCHERS = {(64, False): Launcher(_solo_decode_kernel), (32, False): Launcher(_solo_pipe_decode_kernel),
-              (32, True): Launcher(_solo_overlap_decode_kernel)}
-
-
-def solo_launcher(block_n: int, overlap: bool = False) -> Launcher:
-    """The one-warpgroup kernel for tiles of ``block_n`` tokens (``overlap``: the three-K-tile one of
-    32-token tiles), as :func:`~dsv4_tune.kernels.sm90.decode.launch_ws_decode` takes it (``solo``)."""
-    return _LAUNCHERS[block_n, overlap]
+def solo_launcher(block_n: int) -> Launcher:
+    """The one-warpgroup kernel for tiles of ``block_n`` tokens, as
+    :func:`~dsv4_tune.kernels.sm90.decode.launch_ws_decode` takes it (``solo``)."""
+    return _LAUNCHERS[block_n]
