@@ -105,7 +105,8 @@ def test_its_32_head_programs_are_swept_with_its_one_warpgroup_kernel_only(monke
     assert any(not n.as_dict().get(WS_HEADS32_KEY) for n in neighbours(ws(SOLO=1, HEADS32=1)))
     monkeypatch.setattr(candidates_mod, "variant_problem", lambda variant, *a: None)  # as under Triton 3.6
     coarse = [p.as_dict() for p in decode_coarse_candidates(Workload(4, 64, 128, 1024), "sm90")]
-    assert sum(1 for c in coarse if c.get(WS_HEADS32_KEY)) == sum(1 for c in coarse if c.get("SOLO")) // 2
+    solo_split = [c for c in coarse if c.get("SOLO") and not c.get(WS_MERGE_KEY)]  # (its MERGE: 64 heads only)
+    assert sum(1 for c in coarse if c.get(WS_HEADS32_KEY)) == len(solo_split) // 2
     big_t = decode_coarse_candidates(Workload(256, 64, 128, 1024), "sm90")
     assert not any(p.as_dict().get(WS_HEADS32_KEY) for p in big_t)
     (one,) = plan_kernels(ws(SOLO=1, HEADS32=1), W, "sm90")
@@ -171,8 +172,9 @@ def test_its_split_pair_merge_is_swept() -> None:
     assert plan_buffers(merged(), W) == {}
     assert ws_smem_bytes(merged().as_dict()) == ws_smem_bytes(ws(SPLIT_K=2).as_dict()) + 672
     assert sweeps(WS_MERGE_KEY)
-    space = [c for c in (p.as_dict() for p in VARIANTS["ws_sm90"].space(W)) if c.get(WS_MERGE_KEY)]
-    assert sorted(c["STAGED"] for c in space) == [0, 1] and not any(c.get("SOLO") for c in space)
+    space = [c for c in (p.as_dict() for p in VARIANTS["ws_sm90"].space(W))
+             if c.get(WS_MERGE_KEY) and not c.get("SOLO")]
+    assert sorted(c["STAGED"] for c in space) == [0, 1]
     assert all(plan_problems(W, Plan.make("ws_sm90", c)) == [] for c in space)
     turned_on = [n for n in neighbours(ws(SPLIT_K=2, PDL=1)) if n.as_dict().get(WS_MERGE_KEY)]
     assert turned_on and all(plan_problems(W, n) == [] for n in turned_on)
@@ -181,8 +183,9 @@ def test_its_split_pair_merge_is_swept() -> None:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(candidates_mod, "variant_problem", lambda variant, *a: None)  # as under Triton 3.6
-        coarse = [p.as_dict() for p in decode_coarse_candidates(W, "sm90") if p.as_dict().get(WS_MERGE_KEY)]
-        assert sorted(c["STAGED"] for c in coarse) == [0, 1] and not any(c.get("SOLO") for c in coarse)
+        coarse = [p.as_dict() for p in decode_coarse_candidates(W, "sm90") if p.as_dict().get(WS_MERGE_KEY)
+                  and not p.as_dict().get("SOLO")]
+        assert sorted(c["STAGED"] for c in coarse) == [0, 1]
 
 
 def solo_merged(**cfg: int) -> Plan:
@@ -190,14 +193,15 @@ def solo_merged(**cfg: int) -> Plan:
     return merged(**{"BLOCK_N": 32, "SPLIT_K": 4, "SOLO": 1, **cfg})
 
 
-def test_its_one_warpgroup_kernel_merges_splits_in_clusters_of_2_to_8() -> None:
+def test_its_one_warpgroup_kernel_merges_splits_in_clusters_of_2_to_8_swept_at_2_and_3() -> None:
     """SOLO's MERGE: an item's 2, 3, 4 or 8 splits of each output half as one cluster, each CTA
     finalizing every SPLIT_K-th 32-column block (what it receives fits its Q buffer: not 6, 12 or 16);
     either tile size, 32 or 64 heads; no PDL (no combine), no combine keys, no partial buffers; the
     kernel takes the cluster size; every split's LSE and a barrier in shared memory.  A plan may name
-    it; no sweep tries it (``swept_modes``: exact on an H100 and slower than the same split with its
-    PDL combine, 2026-12-07): not in the space or the coarse stage, and no refine step turns it on,
-    while one from an explicit SOLO MERGE plan turns it off."""
+    any of them; sweeps try clusters of 2 and 3 only (``swept_modes``: on an H100 they beat the shipped
+    plan at T = 16, clusters of 4 lost everywhere): in the space (both tile sizes, 32 or 64 heads), the
+    small-T coarse stage (64 heads) and the refine steps, which never make a cluster of 4 or 8 and
+    turn an explicit one off."""
     for cfg in ({}, {"BLOCK_N": 64}, {"SPLIT_K": 2}, {"SPLIT_K": 3, "HEADS32": 1}, {"SPLIT_K": 8, "BLOCK_N": 64}):
         assert plan_problems(W, solo_merged(**cfg)) == [], cfg
     for cfg, message in (({"SPLIT_K": 6}, "MERGE=1 needs SPLIT_K in (2, 3, 4, 8) with SOLO=1"),
@@ -213,17 +217,27 @@ def test_its_one_warpgroup_kernel_merges_splits_in_clusters_of_2_to_8() -> None:
     solo_split = ws(SOLO=1, BLOCK_N=32, SPLIT_K=4).as_dict()
     assert ws_smem_bytes(solo_merged().as_dict()) == ws_smem_bytes(solo_split) + 4 * 256 + 8
     assert sweeps(WS_MERGE_KEY) and not swept_modes(solo_merged().as_dict()) and swept_modes(merged().as_dict())
-    assert not any(p.as_dict().get(WS_MERGE_KEY) and p.as_dict().get("SOLO") for p in VARIANTS["ws_sm90"].space(W))
-    for plan in (ws(SOLO=1, BLOCK_N=32, SPLIT_K=4, PDL=1), merged(), solo_merged()):
-        assert not any(n.as_dict().get(WS_MERGE_KEY) and n.as_dict().get("SOLO") for n in neighbours(plan)), plan
+    assert swept_modes(solo_merged(SPLIT_K=2).as_dict()) and swept_modes(solo_merged(SPLIT_K=3, BLOCK_N=64).as_dict())
+    in_space = [c for c in (p.as_dict() for p in VARIANTS["ws_sm90"].space(W))
+                if c.get(WS_MERGE_KEY) and c.get("SOLO")]
+    assert {(c["BLOCK_N"], c["SPLIT_K"], c.get("HEADS32", 0)) for c in in_space} == {
+        (bn, sk, h) for bn in (32, 64) for sk in (2, 3) for h in (0, 1)}
+    assert all(plan_problems(W, Plan.make("ws_sm90", c)) == [] for c in in_space)
+    for plan in (ws(SOLO=1, BLOCK_N=32, SPLIT_K=4, PDL=1), merged(), solo_merged(), ws(SOLO=1, SPLIT_K=2, PDL=1)):
+        merging = [n for n in neighbours(plan) if n.as_dict().get(WS_MERGE_KEY) and n.as_dict().get("SOLO")]
+        assert all(n["SPLIT_K"] in (2, 3) for n in merging), plan
+    turned_on = [n for n in neighbours(ws(SOLO=1, SPLIT_K=2, PDL=1)) if n.as_dict().get(WS_MERGE_KEY)]
+    assert turned_on and all(plan_problems(W, n) == [] for n in turned_on)  # (PDL and the combine keys dropped)
     turned_off = [n for n in neighbours(solo_merged()) if n["SPLIT_K"] == 4 and n.as_dict().get("SOLO")]
     assert turned_off and all(plan_problems(W, n) == [] for n in turned_off)
     import dsv4_tune.tuner.candidates as candidates_mod
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(candidates_mod, "variant_problem", lambda variant, *a: None)  # as under Triton 3.6
-        coarse = [p.as_dict() for p in decode_coarse_candidates(Workload(4, 64, 128, 0), "sm90")]
-        assert any(c.get("SOLO") for c in coarse) and not any(c.get("SOLO") and c.get(WS_MERGE_KEY) for c in coarse)
+        coarse = [p.as_dict() for p in decode_coarse_candidates(Workload(16, 64, 128, 0), "sm90")]
+        solo_merges = {(c["BLOCK_N"], c["SPLIT_K"], c.get("HEADS32", 0)) for c in coarse if c.get("SOLO")
+                       and c.get(WS_MERGE_KEY)}
+        assert solo_merges == {(32, 2, 0), (32, 3, 0), (64, 2, 0)}  # (3 splits of 64 exceed 128 candidates)
 
 
 def test_neighbours_step_its_own_knobs() -> None:
@@ -260,7 +274,8 @@ def test_its_one_warpgroup_plans_are_coarse_candidates_at_small_t_only(monkeypat
 
     monkeypatch.setattr(candidates_mod, "variant_problem", lambda variant, *a: None)  # as under Triton 3.6
     for t, expected in ((4, {1, 2, 4, 8, 16}), (64, {1, 2, 4, 8, 16}), (128, set())):
-        solo = [p for p in decode_coarse_candidates(Workload(t, 128, 128, 1024), "sm90") if p.as_dict().get("SOLO")]
+        solo = [p for p in decode_coarse_candidates(Workload(t, 128, 128, 1024), "sm90") if p.as_dict().get("SOLO")
+                and not p.as_dict().get(WS_MERGE_KEY)]  # (its MERGE: test_its_one_warpgroup_kernel_merges_...)
         for bn in (32, 64):
             assert {p["SPLIT_K"] for p in solo if p["BLOCK_N"] == bn} == expected, (t, bn)
         assert all(bool(p.as_dict().get("PDL")) == (p["SPLIT_K"] > 1) for p in solo)

@@ -28,8 +28,7 @@ WS_PERSIST_KEY = "PERSIST"
 WS_SOLO_KEY = "SOLO"
 # ws_sm90's optional knob (absent = 0): h_q a multiple of 128, the two items of a token's two head
 # blocks run as one cluster of two CTAs, each gathering and converting one 256-column half of every
-# K tile for both (FlashMLA's crossover; :mod:`dsv4_tune.runtime.cluster`).  Not in the swept space
-# until a GPU has checked and timed it (docs/ws-sm90.md).
+# K tile for both (FlashMLA's crossover; :mod:`dsv4_tune.runtime.cluster`; swept since 2026-12-06).
 WS_CROSS_KEY = "CROSS"
 # ws_sm90's optional knob (absent = 0), with SOLO only: a program takes 32 query heads, not 64 (the
 # wgmma's other 32 rows are zeros never loaded), so its Q costs half the bytes before the first MMA
@@ -41,8 +40,8 @@ WS_HEADS32_KEY = "HEADS32"
 # DSMEM, so no partials go through global memory and no combine kernel runs.  The warp-specialized
 # kernel: SPLIT_K 2, each CTA finalizing one 256-column half of the output from both splits'
 # normalised partials (docs/ws-sm90-cluster-merge.md); SOLO's: SPLIT_K in WS_SOLO_MERGE_SPLITS, each
-# CTA finalizing every SPLIT_K-th 32-column block of its program's half.  Not in the swept space until
-# a GPU has checked and timed it.
+# CTA finalizing every SPLIT_K-th 32-column block of its program's half.  Which of them sweeps try:
+# registry.variants.swept_modes.
 WS_MERGE_KEY = "MERGE"
 # SOLO's MERGE cluster sizes: those whose 32-column blocks a CTA receives from its peers fit its Q
 # buffer (64 KiB: at most 8 blocks).

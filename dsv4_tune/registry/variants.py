@@ -44,8 +44,8 @@ WS_KSTAGES_CHOICES = (2, 3, 4)  # ws_sm90: K tiles in flight between the produce
 # Its split plans take the PDL knob as fused_splitk's do (the combine a programmatic dependent).
 # Its optional SOLO knob (registry.launches.WS_SOLO_KEY) is swept at both tile sizes, split or not,
 # and with it HEADS32 (registry.launches.WS_HEADS32_KEY: 32 query heads a program).  MERGE
-# (registry.launches.WS_MERGE_KEY) is swept in its warp-specialized mode (split 2, staged or not), not
-# in SOLO's (``swept_modes``).
+# (registry.launches.WS_MERGE_KEY) is swept in its warp-specialized mode (split 2, staged or not) and
+# in SOLO's at clusters of WS_SOLO_MERGE_SWEPT (``swept_modes``).
 # Optional knobs a plan may name but no sweep tries (not in any space, never a refine step): a new
 # kernel mode until a GPU has run it (CROSS was, until 2026-12-06: a cluster kernel that deadlocked
 # would hang a sweep; HEADS32 and MERGE were, until an H100 had checked and timed them on 2026-12-07).
@@ -57,11 +57,16 @@ def sweeps(key: str) -> bool:
     return key not in NOT_SWEPT
 
 
+# SOLO's MERGE cluster sizes sweeps try: in a graph on an H100 (2026-12-08) clusters of 2 and 3 beat
+# the shipped plan at T = 16 with 128-192 candidates (one wave of programs of one or two tiles:
+# 0.88-0.97x), while clusters of 4 lost at every T timed (1.01-1.46x the split with its PDL combine).
+WS_SOLO_MERGE_SWEPT = (2, 3)
+
+
 def swept_modes(config: dict[str, int]) -> bool:
     """Whether sweeps try ``config``'s combination of modes: all but SOLO's MERGE (its splits merged
-    over DSMEM in clusters of 2-8), which an H100 ran exact and slower than the same split with its
-    PDL combine at every T it timed (2026-12-07, in a graph: 1.01-1.46x); a plan may still name it."""
-    return not (config.get(WS_SOLO_KEY) and config.get(WS_MERGE_KEY))
+    over DSMEM) in clusters other than WS_SOLO_MERGE_SWEPT; a plan may still name those."""
+    return not (config.get(WS_SOLO_KEY) and config.get(WS_MERGE_KEY)) or config["SPLIT_K"] in WS_SOLO_MERGE_SWEPT
 
 
 WS_SPLIT_K_CHOICES = (1, *SPLIT_K_CHOICES)
@@ -248,6 +253,11 @@ def _ws_space(w: Workload) -> Iterator[dict[str, int]]:
         yield from splits({**_ws_default(w), "BLOCK_N": bn, "SPLIT_K": sk, WS_SOLO_KEY: 1})
         if sweeps(WS_HEADS32_KEY):
             yield from splits({**_ws_default(w), "BLOCK_N": bn, "SPLIT_K": sk, WS_SOLO_KEY: 1, WS_HEADS32_KEY: 1})
+        if sweeps(WS_MERGE_KEY) and sk in WS_SOLO_MERGE_SWEPT:  # (its splits merged in clusters: no combine)
+            merged = {**_ws_default(w), "BLOCK_N": bn, "SPLIT_K": sk, WS_SOLO_KEY: 1, WS_MERGE_KEY: 1}
+            yield merged
+            if sweeps(WS_HEADS32_KEY):
+                yield {**merged, WS_HEADS32_KEY: 1}
 
 
 def _ws_default(w: Workload) -> dict[str, int]:

@@ -30,6 +30,7 @@ from dsv4_tune.registry.variants import (
     VARIANTS,
     WS_BLOCK_N_CHOICES,
     WS_KSTAGES_CHOICES,
+    WS_SOLO_MERGE_SWEPT,
     WS_SPLIT_K_CHOICES,
     plan_problems,
     sweeps,
@@ -102,7 +103,8 @@ def decode_coarse_candidates(w: Workload, arch: str | None = None) -> list[Plan]
                                    **{WS_MERGE_KEY: 1}))
     # Its one-warpgroup kernel (two programs an item, tiles in turn: for small T, where the SMs are
     # not all busy): alone and split 2-16 ways behind a programmatic-dependent combine.
-    # With HEADS32 too (32 query heads a program) once sweeps try it; not its MERGE (``swept_modes``).
+    # With HEADS32 too (32 query heads a program) once sweeps try it; its MERGE at 64 heads in the
+    # clusters sweeps try (WS_SOLO_MERGE_SWEPT: for T = 8-16, one wave of programs of one or two tiles).
     if w.total_tokens <= SOLO_MAX_TOKENS:
         heads = ({}, {WS_HEADS32_KEY: 1}) if sweeps(WS_HEADS32_KEY) else ({},)
         for bn, h32 in itertools.product(WS_BLOCK_N_CHOICES, heads):
@@ -111,6 +113,10 @@ def decode_coarse_candidates(w: Workload, arch: str | None = None) -> list[Plan]
             for sk in (2, 4, 8, 16):
                 plans.append(Plan.make("ws_sm90", BLOCK_N=bn, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=sk,
                                        **DEFAULT_COMBINE, **{PDL_KEY: 1, WS_SOLO_KEY: 1}, **h32))
+            if sweeps(WS_MERGE_KEY) and not h32:
+                for sk in WS_SOLO_MERGE_SWEPT:
+                    plans.append(Plan.make("ws_sm90", BLOCK_N=bn, KSTAGES=2, STAGED=0, PIPE=0, SPLIT_K=sk,
+                                           **{WS_SOLO_KEY: 1, WS_MERGE_KEY: 1}))
     unique = list(dict.fromkeys(plans))
     return [p for p in unique if sweepable(w, p, arch)]
 
