@@ -1,0 +1,122 @@
+// Does a generic-to-async proxy fence wait for the copies still in flight? (issue 32)
+//
+// A SOLO program (kernels/sm90/solo.py) converts each 32-token tile with st.shared and then runs
+// fence.proxy.async.shared::cta before its wgmma reads the tile; ptxas emits that fence as
+// MEMBAR.ALL.CTA + FENCE.VIEW.ASYNC.S, and when the fence runs, the cp.async gathers of the next
+// tiles are in flight.  An unsplit SOLO program spends 1.5-1.7 us a tile past its first three (H100,
+// 2026-12-07/08), however far ahead its copies are issued (three or five tiles), about one DRAM round
+// trip: if the fence waits for every copy in flight, the copy pipeline is one tile deep.
+//
+// One CTA of 128 threads gathers 32 rows of 576 bytes (one tile's NoPE + RoPE bytes) from a 576 MiB pool
+// with 16-byte cp.async, commits them, then (mode) runs nothing, fence.proxy.async.shared::cta,
+// membar.cta, or an ld.global left unconsumed followed by the proxy fence, and times with clock64:
+// issue (the copies), fence (the mode's instruction), land (cp.async.wait_all after the fence).  If
+// "fence" is about "land" in the fence modes, the fence waits for the copies.  Rows are fresh each
+// launch (the pool is 11x the L2); cycles, median of 200 launches a mode.
+//
+//   nvcc -O3 -arch=sm_90a -o /tmp/fence_probe benchmarks/fence_probe/fence_probe.cu && /tmp/fence_probe
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <vector>
+
+#define CHECK(x)                                                                                  \
+  do {                                                                                            \
+    cudaError_t e_ = (x);                                                                         \
+    if (e_ != cudaSuccess) {                                                                      \
+      std::fprintf(stderr, "%s: %s (line %d)\n", #x, cudaGetErrorString(e_), __LINE__);          \
+      std::exit(1);                                                                               \
+    }                                                                                             \
+  } while (0)
+
+constexpr int kRows = 32;
+constexpr int kRowBytes = 576;
+constexpr int kPieces = kRowBytes / 16;
+constexpr int kThreads = 128;
+constexpr long long kPoolRows = 1 << 20;  // 576 MiB
+
+enum Mode { kNone = 0, kProxyFence = 1, kMembarCta = 2, kLoadThenProxyFence = 3, kModes = 4 };
+const char* kNames[kModes] = {"none", "fence.proxy.async", "membar.cta", "ld.global + fence.proxy.async"};
+
+__global__ void probe(const uint4* __restrict__ pool, const int* __restrict__ ids, const int* __restrict__ far,
+                      int mode, long long* out, unsigned* sink) {
+  __shared__ __align__(16) uint4 tile[kRows * kPieces];
+  int my_ids[kRows * kPieces / kThreads];
+  for (int i = 0; i < kRows * kPieces / kThreads; ++i) my_ids[i] = ids[(threadIdx.x + i * kThreads) / kPieces];
+  unsigned far_word = 0;
+  __syncthreads();
+  long long t0 = clock64();
+  for (int i = 0; i < kRows * kPieces / kThreads; ++i) {
+    int p = threadIdx.x + i * kThreads;
+    const uint4* src = pool + (long long)my_ids[i] * kPieces + p % kPieces;
+    unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(&tile[p]));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+  }
+  asm volatile("cp.async.commit_group;" ::: "memory");
+  if (mode == kLoadThenProxyFence) asm volatile("ld.global.u32 %0, [%1];" : "=r"(far_word) : "l"(far + threadIdx.x));
+  long long t1 = clock64();
+  if (mode == kProxyFence || mode == kLoadThenProxyFence) {
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+  } else if (mode == kMembarCta) {
+    asm volatile("membar.cta;" ::: "memory");
+  }
+  long long t2 = clock64();
+  asm volatile("cp.async.wait_all;" ::: "memory");
+  long long t3 = clock64();
+  __syncthreads();
+  unsigned s = far_word;
+  for (int p = threadIdx.x; p < kRows * kPieces; p += kThreads) s += tile[p].x ^ tile[p].w;
+  atomicAdd(sink, s);
+  if (threadIdx.x == 0) {
+    out[0] = t1 - t0;
+    out[1] = t2 - t1;
+    out[2] = t3 - t1;
+  }
+}
+
+int main() {
+  uint4* pool;
+  CHECK(cudaMalloc(&pool, kPoolRows * kRowBytes));
+  CHECK(cudaMemset(pool, 1, kPoolRows * kRowBytes));
+  const int launches = 200;
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> row(0, kPoolRows - 1);
+  std::vector<int> ids(launches * kModes * kRows), far(launches * kModes * kThreads);
+  for (auto& x : ids) x = row(rng);
+  for (auto& x : far) x = row(rng) * (kRowBytes / 4);
+  int *d_ids, *d_far;
+  long long* d_out;
+  unsigned* d_sink;
+  CHECK(cudaMalloc(&d_ids, ids.size() * sizeof(int)));
+  CHECK(cudaMalloc(&d_far, far.size() * sizeof(int)));
+  CHECK(cudaMalloc(&d_out, 3 * sizeof(long long)));
+  CHECK(cudaMalloc(&d_sink, sizeof(unsigned)));
+  CHECK(cudaMemcpy(d_ids, ids.data(), ids.size() * sizeof(int), cudaMemcpyHostToDevice));
+  CHECK(cudaMemcpy(d_far, far.data(), far.size() * sizeof(int), cudaMemcpyHostToDevice));
+  std::printf("one CTA, %d rows of %d B by 16-byte cp.async, then the mode; SM cycles, median (p10-p90) of %d\n",
+              kRows, kRowBytes, launches);
+  std::printf("%-32s %22s %22s %22s\n", "mode", "issue", "fence", "land (after issue)");
+  for (int mode = 0; mode < kModes; ++mode) {
+    std::vector<long long> t[3];
+    for (int l = 0; l < launches; ++l) {
+      int k = mode * launches + l;
+      probe<<<1, kThreads>>>(pool, d_ids + k * kRows, reinterpret_cast<const int*>(pool) + far[k * kThreads], mode,
+                             d_out, d_sink);
+      CHECK(cudaGetLastError());
+      long long h[3];
+      CHECK(cudaMemcpy(h, d_out, sizeof(h), cudaMemcpyDeviceToHost));
+      for (int i = 0; i < 3; ++i) t[i].push_back(h[i]);
+    }
+    std::printf("%-32s", kNames[mode]);
+    for (auto& v : t) {
+      std::sort(v.begin(), v.end());
+      std::printf(" %8lld (%5lld-%6lld)", v[v.size() / 2], v[v.size() / 10], v[v.size() * 9 / 10]);
+    }
+    std::printf("\n");
+  }
+  return 0;
+}
