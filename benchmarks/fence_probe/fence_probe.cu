@@ -9,7 +9,9 @@
 //
 // One CTA of 128 threads gathers 32 rows of 576 bytes (one tile's NoPE + RoPE bytes) from a 576 MiB pool
 // with 16-byte cp.async, commits them, then (mode) runs nothing, fence.proxy.async.shared::cta,
-// membar.cta, or an ld.global left unconsumed followed by the proxy fence, and times with clock64:
+// membar.cta, or an ld.global left unconsumed followed by the proxy fence; or gathers them with 16-byte
+// loads into registers (the warp-specialized producer's way) with and without the proxy fence after
+// them (the producer fences each converted sub-block with the next one's loads in flight); times with clock64:
 // issue (the copies), fence (the mode's instruction), land (cp.async.wait_all after the fence).  If
 // "fence" is about "land" in the fence modes, the fence waits for the copies.  Rows are fresh each
 // launch (the pool is 11x the L2); cycles, median of 200 launches a mode.
@@ -39,8 +41,11 @@ constexpr int kPieces = kRowBytes / 16;
 constexpr int kThreads = 128;
 constexpr long long kPoolRows = 1 << 20;  // 576 MiB
 
-enum Mode { kNone = 0, kProxyFence = 1, kMembarCta = 2, kLoadThenProxyFence = 3, kModes = 4 };
-const char* kNames[kModes] = {"none", "fence.proxy.async", "membar.cta", "ld.global + fence.proxy.async"};
+enum Mode { kNone = 0, kProxyFence = 1, kMembarCta = 2, kLoadThenProxyFence = 3, kRegistersThenProxyFence = 4,
+            kRegistersNoFence = 5, kModes = 6 };
+const char* kNames[kModes] = {"cp.async, none", "cp.async, fence.proxy.async", "cp.async, membar.cta",
+                              "cp.async + ld.global, fence.proxy", "LDG to registers, fence.proxy",
+                              "LDG to registers, none"};
 
 __global__ void probe(const uint4* __restrict__ pool, const int* __restrict__ ids, const int* __restrict__ far,
                       int mode, long long* out, unsigned* sink) {
@@ -48,24 +53,35 @@ __global__ void probe(const uint4* __restrict__ pool, const int* __restrict__ id
   int my_ids[kRows * kPieces / kThreads];
   for (int i = 0; i < kRows * kPieces / kThreads; ++i) my_ids[i] = ids[(threadIdx.x + i * kThreads) / kPieces];
   unsigned far_word = 0;
+  constexpr int kMine = kRows * kPieces / kThreads;
+  const bool in_registers = mode == kRegistersThenProxyFence || mode == kRegistersNoFence;
+  uint4 rows[kMine];  // (the warp-specialized producer's way: 16-byte loads into registers, stored later)
   __syncthreads();
   long long t0 = clock64();
-  for (int i = 0; i < kRows * kPieces / kThreads; ++i) {
+  for (int i = 0; i < kMine; ++i) {
     int p = threadIdx.x + i * kThreads;
     const uint4* src = pool + (long long)my_ids[i] * kPieces + p % kPieces;
-    unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(&tile[p]));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+    if (in_registers) {
+      asm volatile("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+                   : "=r"(rows[i].x), "=r"(rows[i].y), "=r"(rows[i].z), "=r"(rows[i].w) : "l"(src));
+    } else {
+      unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(&tile[p]));
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+    }
   }
   asm volatile("cp.async.commit_group;" ::: "memory");
   if (mode == kLoadThenProxyFence) asm volatile("ld.global.u32 %0, [%1];" : "=r"(far_word) : "l"(far + threadIdx.x));
   long long t1 = clock64();
-  if (mode == kProxyFence || mode == kLoadThenProxyFence) {
+  if (mode == kProxyFence || mode == kLoadThenProxyFence || mode == kRegistersThenProxyFence) {
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
   } else if (mode == kMembarCta) {
     asm volatile("membar.cta;" ::: "memory");
   }
   long long t2 = clock64();
   asm volatile("cp.async.wait_all;" ::: "memory");
+  if (in_registers) {
+    for (int i = 0; i < kMine; ++i) tile[threadIdx.x + i * kThreads] = rows[i];  // (waits for the loads)
+  }
   long long t3 = clock64();
   __syncthreads();
   unsigned s = far_word;
