@@ -26,14 +26,7 @@
 #include <random>
 #include <vector>
 
-#define CHECK(x)                                                                                  \
-  do {                                                                                            \
-    cudaError_t e_ = (x);                                                                         \
-    if (e_ != cudaSuccess) {                                                                      \
-      std::fprintf(stderr, "%s: %s (line %d)\n", #x, cudaGetErrorString(e_), __LINE__);          \
-      std::exit(1);                                                                               \
-    }                                                                                             \
-  } while (0)
+#include "../cuda_check.cuh"
 
 constexpr int kRows = 32;
 constexpr int kRowBytes = 576;

@@ -26,14 +26,7 @@
 #include <random>
 #include <vector>
 
-#define CHECK(x)                                                                                  \
-  do {                                                                                            \
-    cudaError_t e_ = (x);                                                                         \
-    if (e_ != cudaSuccess) {                                                                      \
-      std::fprintf(stderr, "%s: %s (line %d)\n", #x, cudaGetErrorString(e_), __LINE__);          \
-      std::exit(1);                                                                               \
-    }                                                                                             \
-  } while (0)
+#include "../cuda_check.cuh"
 
 constexpr int kRowBytes = 576;
 constexpr int kPieces = kRowBytes / 16;  // 16-byte pieces a row
