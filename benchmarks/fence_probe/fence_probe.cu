@@ -32,6 +32,7 @@ constexpr int kRows = 32;
 constexpr int kRowBytes = 576;
 constexpr int kPieces = kRowBytes / 16;
 constexpr int kThreads = 128;
+constexpr int kMine = kRows * kPieces / kThreads;  // 16-byte pieces a thread copies
 constexpr long long kPoolRows = 1 << 20;  // 576 MiB
 
 enum Mode { kNone = 0, kProxyFence = 1, kMembarCta = 2, kLoadThenProxyFence = 3, kRegistersThenProxyFence = 4,
@@ -43,10 +44,9 @@ const char* kNames[kModes] = {"cp.async, none", "cp.async, fence.proxy.async", "
 __global__ void probe(const uint4* __restrict__ pool, const int* __restrict__ ids, const int* __restrict__ far,
                       int mode, long long* out, unsigned* sink) {
   __shared__ __align__(16) uint4 tile[kRows * kPieces];
-  int my_ids[kRows * kPieces / kThreads];
-  for (int i = 0; i < kRows * kPieces / kThreads; ++i) my_ids[i] = ids[(threadIdx.x + i * kThreads) / kPieces];
+  int my_ids[kMine];
+  for (int i = 0; i < kMine; ++i) my_ids[i] = ids[(threadIdx.x + i * kThreads) / kPieces];
   unsigned far_word = 0;
-  constexpr int kMine = kRows * kPieces / kThreads;
   const bool in_registers = mode == kRegistersThenProxyFence || mode == kRegistersNoFence;
   uint4 rows[kMine];  // (the warp-specialized producer's way: 16-byte loads into registers, stored later)
   __syncthreads();
@@ -94,18 +94,16 @@ int main() {
   const int launches = 200;
   std::mt19937 rng(7);
   std::uniform_int_distribution<int> row(0, kPoolRows - 1);
-  std::vector<int> ids(launches * kModes * kRows), far(launches * kModes * kThreads);
+  std::vector<int> ids(launches * kModes * kRows), far(launches * kModes);  // far: a word offset into the pool
   for (auto& x : ids) x = row(rng);
   for (auto& x : far) x = row(rng) * (kRowBytes / 4);
-  int *d_ids, *d_far;
+  int* d_ids;
   long long* d_out;
   unsigned* d_sink;
   CHECK(cudaMalloc(&d_ids, ids.size() * sizeof(int)));
-  CHECK(cudaMalloc(&d_far, far.size() * sizeof(int)));
   CHECK(cudaMalloc(&d_out, 3 * sizeof(long long)));
   CHECK(cudaMalloc(&d_sink, sizeof(unsigned)));
   CHECK(cudaMemcpy(d_ids, ids.data(), ids.size() * sizeof(int), cudaMemcpyHostToDevice));
-  CHECK(cudaMemcpy(d_far, far.data(), far.size() * sizeof(int), cudaMemcpyHostToDevice));
   std::printf("one CTA, %d rows of %d B by 16-byte cp.async, then the mode; SM cycles, median (p10-p90) of %d\n",
               kRows, kRowBytes, launches);
   std::printf("%-32s %22s %22s %22s\n", "mode", "issue", "fence", "land (after issue)");
@@ -113,7 +111,7 @@ int main() {
     std::vector<long long> t[3];
     for (int l = 0; l < launches; ++l) {
       int k = mode * launches + l;
-      probe<<<1, kThreads>>>(pool, d_ids + k * kRows, reinterpret_cast<const int*>(pool) + far[k * kThreads], mode,
+      probe<<<1, kThreads>>>(pool, d_ids + k * kRows, reinterpret_cast<const int*>(pool) + far[k], mode,
                              d_out, d_sink);
       CHECK(cudaGetLastError());
       long long h[3];
