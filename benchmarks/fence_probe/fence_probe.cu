@@ -11,10 +11,12 @@
 // with 16-byte cp.async, commits them, then (mode) runs nothing, fence.proxy.async.shared::cta,
 // membar.cta, or an ld.global left unconsumed followed by the proxy fence; or gathers them with 16-byte
 // loads into registers (the warp-specialized producer's way) with and without the proxy fence after
-// them (the producer fences each converted sub-block with the next one's loads in flight); times with clock64:
-// issue (the copies), fence (the mode's instruction), land (cp.async.wait_all after the fence).  If
-// "fence" is about "land" in the fence modes, the fence waits for the copies.  Rows are fresh each
-// launch (the pool is 11x the L2); cycles, median of 200 launches a mode.
+// them (the producer fences each converted sub-block with the next one's loads in flight); or gathers them
+// with one bulk copy a row (cp.async.bulk, the async proxy, counted by an mbarrier: what a fence might not
+// wait for) with and without the proxy fence after them; times with clock64: issue (the copies), fence (the
+// mode's instruction), land (cp.async.wait_all, or the mbarrier's wait, after the fence).  If "fence" is
+// about "land" in the fence modes, the fence waits for the copies.  Rows are fresh each launch (the pool is
+// 11x the L2); cycles, median of 200 launches a mode.
 //
 //   nvcc -O3 -arch=sm_90a -o /tmp/fence_probe benchmarks/fence_probe/fence_probe.cu && /tmp/fence_probe
 #include <cuda_runtime.h>
@@ -36,22 +38,32 @@ constexpr int kMine = kRows * kPieces / kThreads;  // 16-byte pieces a thread co
 constexpr long long kPoolRows = 1 << 20;  // 576 MiB
 
 enum Mode { kNone = 0, kProxyFence = 1, kMembarCta = 2, kLoadThenProxyFence = 3, kRegistersThenProxyFence = 4,
-            kRegistersNoFence = 5, kModes = 6 };
+            kRegistersNoFence = 5, kBulkNone = 6, kBulkProxyFence = 7, kModes = 8 };
 const char* kNames[kModes] = {"cp.async, none", "cp.async, fence.proxy.async", "cp.async, membar.cta",
                               "cp.async + ld.global, fence.proxy", "LDG to registers, fence.proxy",
-                              "LDG to registers, none"};
+                              "LDG to registers, none", "bulk copies, none", "bulk copies, fence.proxy"};
 
 __global__ void probe(const uint4* __restrict__ pool, const int* __restrict__ ids, const int* __restrict__ far,
                       int mode, long long* out, unsigned* sink) {
   __shared__ __align__(16) uint4 tile[kRows * kPieces];
+  __shared__ __align__(8) unsigned long long bar;
+  const bool bulk = mode == kBulkNone || mode == kBulkProxyFence;
+  const unsigned bar_at = static_cast<unsigned>(__cvta_generic_to_shared(&bar));
+  if (bulk && threadIdx.x == 0) {  // the copies' mbarrier: one arrival, expecting every row's bytes
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar_at) : "memory");
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // the init, seen by the bulk copies
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar_at), "r"(kRows * kRowBytes)
+                 : "memory");
+  }
   int my_ids[kMine];
   for (int i = 0; i < kMine; ++i) my_ids[i] = ids[(threadIdx.x + i * kThreads) / kPieces];
+  const int my_row = ids[threadIdx.x % kRows];  // (the bulk modes: thread r copies row r)
   unsigned far_word = 0;
   const bool in_registers = mode == kRegistersThenProxyFence || mode == kRegistersNoFence;
   uint4 rows[kMine];  // (the warp-specialized producer's way: 16-byte loads into registers, stored later)
   __syncthreads();
   long long t0 = clock64();
-  for (int i = 0; i < kMine; ++i) {
+  for (int i = 0; i < kMine && !bulk; ++i) {
     int p = threadIdx.x + i * kThreads;
     const uint4* src = pool + (long long)my_ids[i] * kPieces + p % kPieces;
     if (in_registers) {
@@ -62,16 +74,27 @@ __global__ void probe(const uint4* __restrict__ pool, const int* __restrict__ id
       asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
     }
   }
+  if (bulk && threadIdx.x < kRows) {  // one bulk copy a row, by the row's thread
+    unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(&tile[threadIdx.x * kPieces]));
+    const uint4* src = pool + (long long)my_row * kPieces;
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                 ::"r"(dst), "l"(src), "r"(kRowBytes), "r"(bar_at) : "memory");
+  }
   asm volatile("cp.async.commit_group;" ::: "memory");
   if (mode == kLoadThenProxyFence) asm volatile("ld.global.u32 %0, [%1];" : "=r"(far_word) : "l"(far + threadIdx.x));
   long long t1 = clock64();
-  if (mode == kProxyFence || mode == kLoadThenProxyFence || mode == kRegistersThenProxyFence) {
+  if (mode == kProxyFence || mode == kLoadThenProxyFence || mode == kRegistersThenProxyFence ||
+      mode == kBulkProxyFence) {
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
   } else if (mode == kMembarCta) {
     asm volatile("membar.cta;" ::: "memory");
   }
   long long t2 = clock64();
   asm volatile("cp.async.wait_all;" ::: "memory");
+  if (bulk) {
+    asm volatile("{ .reg .pred p; W: mbarrier.try_wait.parity.shared::cta.b64 p, [%0], 0; @!p bra W; }"
+                 ::"r"(bar_at) : "memory");
+  }
   if (in_registers) {
     for (int i = 0; i < kMine; ++i) tile[threadIdx.x + i * kThreads] = rows[i];  // (waits for the loads)
   }
