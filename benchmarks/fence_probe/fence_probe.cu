@@ -28,6 +28,7 @@
 #include <random>
 #include <vector>
 
+#include "../bulk_copy.cuh"
 #include "../cuda_check.cuh"
 
 constexpr int kRows = 32;
@@ -48,12 +49,10 @@ __global__ void probe(const uint4* __restrict__ pool, const int* __restrict__ id
   __shared__ __align__(16) uint4 tile[kRows * kPieces];
   __shared__ __align__(8) unsigned long long bar;
   const bool bulk = mode == kBulkNone || mode == kBulkProxyFence;
-  const unsigned bar_at = static_cast<unsigned>(__cvta_generic_to_shared(&bar));
+  const uint32_t bar_at = smem_addr(&bar);
   if (bulk && threadIdx.x == 0) {  // the copies' mbarrier: one arrival, expecting every row's bytes
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar_at) : "memory");
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // the init, seen by the bulk copies
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar_at), "r"(kRows * kRowBytes)
-                 : "memory");
+    mbar_init(bar_at);
+    mbar_expect(bar_at, kRows * kRowBytes);
   }
   int my_ids[kMine];
   for (int i = 0; i < kMine; ++i) my_ids[i] = ids[(threadIdx.x + i * kThreads) / kPieces];
@@ -70,15 +69,12 @@ __global__ void probe(const uint4* __restrict__ pool, const int* __restrict__ id
       asm volatile("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];"
                    : "=r"(rows[i].x), "=r"(rows[i].y), "=r"(rows[i].z), "=r"(rows[i].w) : "l"(src));
     } else {
-      unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(&tile[p]));
+      const uint32_t dst = smem_addr(&tile[p]);
       asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
     }
   }
   if (bulk && threadIdx.x < kRows) {  // one bulk copy a row, by the row's thread
-    unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(&tile[threadIdx.x * kPieces]));
-    const uint4* src = pool + (long long)my_row * kPieces;
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                 ::"r"(dst), "l"(src), "r"(kRowBytes), "r"(bar_at) : "memory");
+    bulk_copy(smem_addr(&tile[threadIdx.x * kPieces]), pool + (long long)my_row * kPieces, kRowBytes, bar_at);
   }
   asm volatile("cp.async.commit_group;" ::: "memory");
   if (mode == kLoadThenProxyFence) asm volatile("ld.global.u32 %0, [%1];" : "=r"(far_word) : "l"(far + threadIdx.x));
@@ -91,10 +87,7 @@ __global__ void probe(const uint4* __restrict__ pool, const int* __restrict__ id
   }
   long long t2 = clock64();
   asm volatile("cp.async.wait_all;" ::: "memory");
-  if (bulk) {
-    asm volatile("{ .reg .pred p; W: mbarrier.try_wait.parity.shared::cta.b64 p, [%0], 0; @!p bra W; }"
-                 ::"r"(bar_at) : "memory");
-  }
+  if (bulk) mbar_wait(bar_at);
   if (in_registers) {
     for (int i = 0; i < kMine; ++i) tile[threadIdx.x + i * kThreads] = rows[i];  // (waits for the loads)
   }

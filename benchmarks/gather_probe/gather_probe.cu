@@ -26,6 +26,7 @@
 #include <random>
 #include <vector>
 
+#include "../bulk_copy.cuh"
 #include "../cuda_check.cuh"
 
 constexpr int kRowBytes = 576;
@@ -39,10 +40,6 @@ constexpr size_t kPoolBytes = size_t(576) << 20;
 enum Mode { kNone = 0, kLdg = 1, kLdgsts = 2, kBulk = 3 };
 const char* kModeName[] = {"none", "ldg", "ldgsts", "bulk"};
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
 __device__ __forceinline__ uint32_t sum4(uint4 v) { return v.x + v.y + v.z + v.w; }
 
 // Launch `call` of a graph: CTA b gathers rows ids[(call * gridDim.x + b) * rows + r], r < rows.
@@ -55,8 +52,7 @@ __global__ void __launch_bounds__(kThreads) gather(const uint8_t* __restrict__ p
   const int t = threadIdx.x;
   const int* my_ids = ids + (size_t(call) * gridDim.x + blockIdx.x) * ROWS;
   if (MODE == kBulk && t == 0) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(&bar)));
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    mbar_init(smem_addr(&bar));
   }
   for (int r = t; r < ROWS; r += kThreads) row_id[r] = my_ids[r];  // round trip 1: the ids
   __syncthreads();
@@ -86,21 +82,11 @@ __global__ void __launch_bounds__(kThreads) gather(const uint8_t* __restrict__ p
     asm volatile("cp.async.commit_group;\ncp.async.wait_all;" ::: "memory");
     __syncthreads();
   } else {  // kBulk: the first thread expects every row's bytes, one thread a row copies it
-    if (t == 0)
-      asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(&bar)),
-                   "r"(ROWS * kRowBytes) : "memory");
+    if (t == 0) mbar_expect(smem_addr(&bar), ROWS * kRowBytes);
     __syncthreads();
-    for (int r = t; r < ROWS; r += kThreads) {
-      const uint8_t* src = pool + size_t(row_id[r]) * kRowBytes;
-      asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                       smem_addr(smem + r * kRowBytes)),
-                   "l"(src), "r"(kRowBytes), "r"(smem_addr(&bar))
-                   : "memory");
-    }
-    asm volatile(
-        "{ .reg .pred p; WAIT: mbarrier.try_wait.parity.shared::cta.b64 p, [%0], 0; @!p bra WAIT; }" ::"r"(
-            smem_addr(&bar))
-        : "memory");
+    for (int r = t; r < ROWS; r += kThreads)
+      bulk_copy(smem_addr(smem + r * kRowBytes), pool + size_t(row_id[r]) * kRowBytes, kRowBytes, smem_addr(&bar));
+    mbar_wait(smem_addr(&bar));
   }
   if (MODE != kNone) {
     for (int p = t; p < ROWS * kPieces; p += kThreads) acc += sum4(reinterpret_cast<const uint4*>(smem)[p]);
