@@ -7,8 +7,8 @@ for what runs there.  A *wave* is a run of global loads that are in flight toget
 an instruction reads a register one of its loads writes (the warp waits for the data there), and
 the next load starts a new wave, one more round trip.  Counted over the main loop (the longest
 backward branch), else the whole kernel.  Also named: each loop with spill traffic (local loads and
-stores) inside, and a kernel whose wgmma ptxas serialized (its C7513 note).  Beside each kernel's
-``.sass``, a ``.sb.txt`` lists every instruction that sets, reads or waits for a scoreboard (from
+stores) inside, and a kernel whose wgmma ptxas serialized (its note C7513, C7514, ...).  Beside each
+kernel's ``.sass``, a ``.sb.txt`` lists every instruction that sets, reads or waits for a scoreboard (from
 the encodings' control bits): which loads share one, and where a warp waits for them.
 
     PY=$(bash ../shared/tools/device-toolchain)
@@ -167,8 +167,8 @@ def main() -> None:
         for lo, hi, n in local_in_loops(ins):
             print(f"  loop {lo:#x}-{hi:#x}: {n} local loads / stores a trip")
         if usage.get("wgmma_serialized"):
-            print("  ptxas serialized every wgmma (C7513): a register an async wgmma uses is written before "
-                  "its wait; name it in the wait's deps")
+            print("  ptxas serialized every wgmma (its note C7513, C7514, ...): a register an async wgmma uses is "
+                  "touched before its wait; name it in the wait's deps, wait for it before other wgmma are issued")
 
 
 if __name__ == "__main__":

@@ -774,7 +774,7 @@ def compile_check(
     """Cross-compile every kernel config for each arch (no GPU needed); exit 1 on any compile failure, and
     with --policy on any kernel of a shipped plan that is unfit (spills past the budget, too much shared
     memory, occupancy 0): a kernel change that spoils a shipped plan fails here.  Kernels whose wgmma
-    ptxas serialized (its note C7513: correct, but no MMA overlaps anything) are named, not failed."""
+    ptxas serialized (its notes C7513, C7514, ...: correct, but no MMA overlaps anything) are named, not failed."""
     from dsv4_tune.files import check_folder
     from dsv4_tune.tuner import compile_check as cc
 
@@ -825,9 +825,9 @@ def compile_check(
     for r in unfit[:10]:
         console.print(Text.assemble(("UNFIT", "red"), f" a shipped plan's {r['key']}: {'; '.join(r['problems'])}"))
     if serialized:
-        console.print(f"{len(serialized)} kernels have every wgmma serialized by ptxas (C7513: a register an "
-                      f"async wgmma uses is written before its wait), e.g. {serialized[0]}", highlight=False,
-                      markup=False)
+        console.print(f"{len(serialized)} kernels have every wgmma serialized by ptxas (its note C7513, C7514, ...: "
+                      f"a register an async wgmma uses is touched before its wait), e.g. {serialized[0]}",
+                      highlight=False, markup=False)
     if failed or unfit:
         raise typer.Exit(1)
 

@@ -83,10 +83,12 @@ def _signature(fn, consts: dict) -> tuple[dict[str, str], dict]:
     return sig, attrs
 
 
-# ptxas's note that it serialized every wgmma of a function: a register an async wgmma reads (or
-# writes) is written by another instruction before the wgmma is waited for.  Correct, and much slower:
-# the MMAs of a warp-specialized pipeline no longer overlap anything.
-WGMMA_SERIALIZED = "C7513"
+# ptxas's note that it serialized every wgmma of a function, whatever its reason and number (C7513: a
+# register an async wgmma reads is written by another instruction before the wgmma is waited for;
+# C7514: an accumulator read while its wgmma may be in flight, as a wait_group N > 0 across a loop's
+# back edge makes it; others for calls and ill-formed pipelines).  Correct, and much slower: the MMAs
+# no longer overlap anything.
+WGMMA_SERIALIZED = re.compile(r"\((C75\d\d)\) Potential Performance Loss: wgmma\.mma_async instructions are serialized")
 
 
 def ptxas_report(stderr: str) -> tuple[int | None, int | None, bool]:
@@ -94,7 +96,7 @@ def ptxas_report(stderr: str) -> tuple[int | None, int | None, bool]:
     regs = re.search(r"Used (\d+) registers", stderr)
     spill = re.search(r"(\d+) bytes spill stores", stderr)
     return (int(regs.group(1)) if regs else None, int(spill.group(1)) if spill else None,
-            WGMMA_SERIALIZED in stderr)
+            WGMMA_SERIALIZED.search(stderr) is not None)
 
 
 def _ptxas_usage(ptx: str) -> tuple[int | None, int | None, bool | None]:
