@@ -16,8 +16,12 @@ Each point is timed twice:
   only the ring's barriers: the consumers alone) and ``no-mma`` (no wgmma: the producer alone,
   with the consumers' barriers and softmax): which side of the ring bounds a block; ``no-out`` (no
   output stored) and ``no-q`` (Q never read): what an item's own traffic costs; under CROSS also
-  ``no-send`` (no rows sent to the peer) and ``no-couple`` (nor k_empty shared).  ``--diag NAME
-  ...`` runs only those.
+  ``no-send`` (no rows sent to the peer) and ``no-couple`` (nor k_empty shared).  Under SOLO (the
+  one-warpgroup kernels: ``--config '{"SOLO": 1, ...}'``) ``no-gather``, ``no-convert``, ``no-out``
+  and ``no-q`` apply as they are (SOLO calls the same helpers), and :data:`SOLO_DIAGNOSTICS` take
+  a tile's parts out one at a time: ``solo-no-qk`` (no QK^T), ``solo-no-pv`` (no PV),
+  ``solo-no-softmax`` (P = S as it comes, no rescale): what each adds to a tile, in turn.
+  ``--diag NAME ...`` runs only those.
 
 At T = 1 an item is the whole kernel; at T = 256 (h128: 512 items, ~4 per SM) the fixed part is paid
 once a wave.  Times are graph replays after the L2 flush, as the sweep times plans.
@@ -33,6 +37,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import re
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -46,6 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import device_record, print_table, result_name, save_results
 
 KERNEL = Path(__file__).resolve().parents[1] / "dsv4_tune" / "kernels" / "sm90" / "decode.py"
+SOLO_KERNEL = KERNEL.with_name("solo.py")
+DECODE_MODULE, SOLO_MODULE = "dsv4_tune.kernels.sm90.decode", "dsv4_tune.kernels.sm90.solo"
 # CROSS's producer without its sends (the local arrive stays).
 _NO_SEND = (("    mbarrier.expect(k_ready.index(ks), 8 * PIECE + 4 * SUB)",
              "    mbarrier.arrive(k_ready.index(ks))"),
@@ -93,6 +100,19 @@ DIAGNOSTICS: dict[str, tuple[tuple[str, str], ...]] = {
                    "            mbarrier.init(k_empty.index(i), count=2)"),
                   ("        arrive_on_peer(EMPTY_OFF + ks * 8)\n", "        pass\n")),
 }
+# Timing-only edits of the SOLO kernels' source (both kernels): each (regex, replacement, how many
+# times it occurs).  The waits stay (on a plain tensor they wait for nothing).
+SOLO_DIAGNOSTICS: dict[str, tuple[tuple[str, str, int], ...]] = {
+    # No QK^T (S stays zero): what the tile's QK^T adds (its wgmma, their shared-memory reads).
+    "solo-no-qk": ((r"s = warpgroup_mma\(q\.slice\((?:0|DV), DV, dim=1\), [^\n]*\n", "s = s\n", 4),),
+    # No PV (O stays as rescaled): what the tile's PV adds.
+    "solo-no-pv": ((r"o = warpgroup_mma\(gl\.convert_layout\(pb, P_L\), [^\n]*\n", "o = o\n", 2),),
+    # No softmax (P = S as it comes, O "rescaled" by the running max): what the online softmax adds.
+    "solo-no-softmax": ((r"pb, alpha, m_i, l_i = _softmax_block\(s, bias, m_i, l_i, qk_scale\)\n",
+                         "pb, alpha = s.to(gl.bfloat16), m_i\n", 2),),
+}
+# The diagnostics of the warp-specialized kernel's own code (its consumers, ring and clusters).
+WS_ONLY = frozenset({"no-mma", "no-produce", "no-send", "no-couple"})
 HOT_SLOTS = 64
 ONE_ITEM = {"BLOCK_N": 64, "KSTAGES": 2, "PIPE": 0, "SPLIT_K": 1}  # + STAGED: the policies' long-item plans
 
@@ -107,11 +127,33 @@ def patched_kernel(name: str, edits: tuple[tuple[str, str], ...] | None = None) 
         src = src.replace(old, new)
     path = Path(tempfile.mkdtemp()) / f"ws_{name.replace('-', '_')}.py"
     path.write_text(src)
+    return _load(path)
+
+
+def _load(path: Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def patched_modules(name: str) -> dict[str, ModuleType]:
+    """The kernel modules of diagnostic ``name`` by the names they stand in for: the ``ws_sm90``
+    module (:func:`patched_kernel`, or as it is for a SOLO-only diagnostic) and a copy of the SOLO
+    module built on it (with the :data:`SOLO_DIAGNOSTICS` edits if ``name`` is one), so the decode
+    module's edits reach the SOLO kernels too."""
+    decode = patched_kernel(name) if name in DIAGNOSTICS else _load(KERNEL)
+    src = SOLO_KERNEL.read_text()
+    for pattern, new, count in SOLO_DIAGNOSTICS.get(name, ()):
+        src, n = re.subn(pattern, new, src)
+        if n != count:
+            raise SystemExit(f"diagnostic {name}: the SOLO source has its edit point {n} times, not {count}")
+    path = Path(tempfile.mkdtemp()) / f"solo_{name.replace('-', '_')}.py"
+    path.write_text(src)
+    with kernel_module({DECODE_MODULE: decode}):  # the copy imports the decode module it runs with
+        solo = _load(path)
+    return {DECODE_MODULE: decode, SOLO_MODULE: solo}
 
 
 def blocks(length: int, main_topk: int, block_n: int) -> int:
@@ -137,24 +179,27 @@ def fit_blocks(points: list[tuple[int, float]]) -> tuple[float, float] | None:
     return mu - slope * mb, slope
 
 
+Modules = ModuleType | dict[str, ModuleType] | None
+
+
 @contextmanager
-def kernel_module(mod: ModuleType | None) -> Iterator[None]:
-    """With ``mod`` (a :func:`patched_kernel`) standing in for the kernel module, which the ws
-    launcher imports at each call; None: the module as it is."""
-    key = "dsv4_tune.kernels.sm90.decode"
-    saved = sys.modules.get(key)
-    if mod is not None:
-        sys.modules[key] = mod
+def kernel_module(mod: Modules) -> Iterator[None]:
+    """With ``mod`` (a :func:`patched_kernel`, or :func:`patched_modules`' modules by name) standing
+    in for the kernel modules, which the ws launcher imports at each call; None: the modules as they are."""
+    mods = {} if mod is None else {DECODE_MODULE: mod} if isinstance(mod, ModuleType) else mod
+    saved = {key: sys.modules.get(key) for key in mods}
+    sys.modules.update(mods)
     try:
         yield
     finally:
-        if saved is not None:
-            sys.modules[key] = saved
-        elif mod is not None:
-            sys.modules.pop(key, None)
+        for key, old in saved.items():
+            if old is not None:
+                sys.modules[key] = old
+            else:
+                sys.modules.pop(key, None)
 
 
-def _timed(fn: Any, mod: ModuleType | None) -> float:
+def _timed(fn: Any, mod: Modules) -> float:
     """Median us of ``fn``, with ``mod`` standing in for the kernel module while it is captured and timed."""
     from dsv4_tune.tuner.measure import time_graph
 
@@ -184,8 +229,10 @@ def main() -> int:
     ap.add_argument("--staged", nargs="+", type=int, default=[0, 1], choices=[0, 1])
     ap.add_argument("--config", type=json.loads, default={}, metavar="JSON",
                     help='knobs laid over the one-item plan, e.g. \'{"BLOCK_N": 32, "PIPE": 1}\' (SPLIT_K stays 1)')
-    ap.add_argument("--diag", nargs="*", default=None, metavar="NAME", choices=sorted(DIAGNOSTICS),
-                    help="also the diagnostic kernel copies (timing only): these, or all of them without names")
+    ap.add_argument("--diag", nargs="*", default=None, metavar="NAME", choices=sorted(DIAGNOSTICS | SOLO_DIAGNOSTICS),
+                    help="also the diagnostic kernel copies (timing only): these, or all that apply without names")
+    ap.add_argument("--ids", nargs="+", default=["random", "hot"], choices=["random", "hot"],
+                    help="the ids each point is timed with (default both)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="result folder (default benchmarks/results/)")
     args = ap.parse_args()
@@ -198,6 +245,16 @@ def main() -> int:
         plan = Plan.make("ws_sm90", ONE_ITEM | {"STAGED": staged} | base)
         if bad := plan_problems(Workload(64, 128, 128, 1024), plan):
             print(f"ws_anatomy: --config {json.dumps(args.config)} with STAGED={staged}: {bad[0]}")
+            return 2
+
+    solo = bool(base.get("SOLO"))
+    names = []
+    if args.diag is not None:
+        names = args.diag or [n for n in [*DIAGNOSTICS, *SOLO_DIAGNOSTICS]
+                              if (n not in WS_ONLY if solo else n not in SOLO_DIAGNOSTICS)]
+        if bad := [n for n in names if (n in WS_ONLY if solo else n in SOLO_DIAGNOSTICS)]:
+            print(f"ws_anatomy: {', '.join(bad)}: not a diagnostic of the "
+                  f"{'one-warpgroup (SOLO)' if solo else 'warp-specialized'} kernel")
             return 2
 
     import torch
@@ -215,9 +272,9 @@ def main() -> int:
     if bad := [c for c, p in zip(args.cases, points, strict=True) if p is None]:
         print(f"ws_anatomy: not {point_form()}: {bad}")
         return 2
-    kernels: dict[str, ModuleType | None] = {"main": None}
+    kernels: dict[str, Modules] = {"main": None}
     if args.diag is not None:
-        kernels |= {name: patched_kernel(name) for name in args.diag or DIAGNOSTICS}
+        kernels |= {name: patched_modules(name) for name in names}
     gen = torch.Generator().manual_seed(args.seed)
     scopes = Scopes(max(t for _, _, t in points), "cuda", big=True, gen=gen)
     rows: list[dict[str, Any]] = []
@@ -228,7 +285,7 @@ def main() -> int:
         b, main_topk = q.shape[0], main.indices.shape[-1]
         extra_topk = kw["extra_indices"].shape[-1] if "extra_indices" in kw else 0
         for length in [n for n in args.lengths if n <= main_topk + extra_topk]:
-            for ids in ("random", "hot"):
+            for ids in args.ids:
                 kwn = dict(kw, topk_length=_lengths(b, min(length, main_topk)))
                 idx = main.indices
                 if ids == "hot":

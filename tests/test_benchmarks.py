@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -168,7 +169,18 @@ def test_ab_kernels_refuses_arms_it_cannot_compare(tmp_path: Path) -> None:
 
 def test_ws_anatomy_fits_the_fixed_part_and_the_per_block_slope() -> None:
     sys.path.insert(0, str(ROOT))
-    from benchmarks.ws_anatomy import DIAGNOSTICS, KERNEL, blocks, fit_blocks, full_blocks
+    from benchmarks.ws_anatomy import (
+        DECODE_MODULE,
+        DIAGNOSTICS,
+        KERNEL,
+        SOLO_DIAGNOSTICS,
+        SOLO_KERNEL,
+        SOLO_MODULE,
+        blocks,
+        fit_blocks,
+        full_blocks,
+        patched_modules,
+    )
 
     # 128 main candidates then the extra scope's, each scope in whole 64-candidate tiles.
     assert [blocks(n, 128, 64) for n in (0, 1, 64, 65, 128, 129, 640, 1152)] == [0, 1, 1, 2, 2, 3, 10, 18]
@@ -182,6 +194,14 @@ def test_ws_anatomy_fits_the_fixed_part_and_the_per_block_slope() -> None:
     # fails here, not on the GPU.
     src = KERNEL.read_text()
     assert all(src.count(old) == 1 for edits in DIAGNOSTICS.values() for old, _ in edits)
+    solo = SOLO_KERNEL.read_text()
+    assert all(len(re.findall(pat, solo)) == n for edits in SOLO_DIAGNOSTICS.values() for pat, _, n in edits)
+    # A SOLO copy runs on the decode module of its diagnostic: no-convert's edit reaches SOLO's tiles.
+    mods = patched_modules("no-convert")
+    assert mods[SOLO_MODULE]._dequant_sub is mods[DECODE_MODULE]._dequant_sub
+    assert "y = gl.join(x, x | sb)" in Path(mods[DECODE_MODULE].__file__).read_text()
+    qk = Path(patched_modules("solo-no-qk")[SOLO_MODULE].__file__).read_text()
+    assert "warpgroup_mma(q.slice" not in qk and qk.count("s = s\n") == 4
 
 
 def test_ws_anatomy_without_its_gpu_says_so_in_one_line(tmp_path: Path) -> None:
@@ -198,6 +218,12 @@ def test_ws_anatomy_without_its_gpu_says_so_in_one_line(tmp_path: Path) -> None:
                            str(tmp_path)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 2 and done.stdout.count("\n") == 1 and "BLOCK_N=16 not in" in done.stdout, done.stdout
+    # A diagnostic of the other kernel is named as such, before any GPU is looked for.
+    done = subprocess.run([sys.executable, "benchmarks/ws_anatomy.py", "--config", '{"SOLO": 1, "BLOCK_N": 32}',
+                           "--staged", "0", "--diag", "no-mma", "solo-no-pv", "--out", str(tmp_path)], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout.count("\n") == 1, done.stdout
+    assert done.stdout.startswith("ws_anatomy: no-mma: not a diagnostic of the one-warpgroup"), done.stdout
 
 
 def _store_copy(tmp_path: Path) -> Path:
