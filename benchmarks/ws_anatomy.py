@@ -125,12 +125,13 @@ def patched_kernel(name: str, edits: tuple[tuple[str, str], ...] | None = None) 
         if src.count(old) != 1:
             raise SystemExit(f"diagnostic {name}: the kernel source no longer has its edit point once")
         src = src.replace(old, new)
-    path = Path(tempfile.mkdtemp()) / f"ws_{name.replace('-', '_')}.py"
+    return _module_from(src, f"ws_{name.replace('-', '_')}")
+
+
+def _module_from(src: str, stem: str) -> ModuleType:
+    """A module run from ``src`` (written to a file of its own, which Triton's JIT reads back)."""
+    path = Path(tempfile.mkdtemp()) / f"{stem}.py"
     path.write_text(src)
-    return _load(path)
-
-
-def _load(path: Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
@@ -140,19 +141,17 @@ def _load(path: Path) -> ModuleType:
 
 def patched_modules(name: str) -> dict[str, ModuleType]:
     """The kernel modules of diagnostic ``name`` by the names they stand in for: the ``ws_sm90``
-    module (:func:`patched_kernel`, or as it is for a SOLO-only diagnostic) and a copy of the SOLO
-    module built on it (with the :data:`SOLO_DIAGNOSTICS` edits if ``name`` is one), so the decode
+    module (:func:`patched_kernel`, or the package's own for a SOLO-only diagnostic) and a copy of the
+    SOLO module built on it (with the :data:`SOLO_DIAGNOSTICS` edits if ``name`` is one), so the decode
     module's edits reach the SOLO kernels too."""
-    decode = patched_kernel(name) if name in DIAGNOSTICS else _load(KERNEL)
+    decode = patched_kernel(name) if name in DIAGNOSTICS else importlib.import_module(DECODE_MODULE)
     src = SOLO_KERNEL.read_text()
     for pattern, new, count in SOLO_DIAGNOSTICS.get(name, ()):
         src, n = re.subn(pattern, new, src)
         if n != count:
             raise SystemExit(f"diagnostic {name}: the SOLO source has its edit point {n} times, not {count}")
-    path = Path(tempfile.mkdtemp()) / f"solo_{name.replace('-', '_')}.py"
-    path.write_text(src)
     with kernel_module({DECODE_MODULE: decode}):  # the copy imports the decode module it runs with
-        solo = _load(path)
+        solo = _module_from(src, f"solo_{name.replace('-', '_')}")
     return {DECODE_MODULE: decode, SOLO_MODULE: solo}
 
 
